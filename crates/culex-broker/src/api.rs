@@ -1,0 +1,206 @@
+//! What connection tasks and the router say to each other.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use culex_proto::{
+    publish_encoded_len, EncodeError, LastWill, Packet, Properties, Protocol, Publish,
+    PublishView, QoS, ReasonCode, Subscribe, Unsubscribe,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::message::Message;
+
+/// Identifies one network connection for its whole life (never reused).
+pub type ConnId = u64;
+
+/// The router's side of a connection's bounded outbox. The router only ever uses `try_send`;
+/// it keeps the in-flight window and the QoS 0 budget within the channel's capacity, so the
+/// send never has to wait.
+pub type Outbox = mpsc::Sender<Outbound>;
+
+/// Outbox slots kept for control packets (SUBACK, UNSUBACK, PUBREL, DISCONNECT).
+pub(crate) const CONTROL_RESERVE: usize = 64;
+
+/// A CONNECT the connection task has decoded, checked and authenticated.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// The connection.
+    pub conn: ConnId,
+    /// Protocol version it speaks.
+    pub protocol: Protocol,
+    /// Client identifier; empty means "assign one".
+    pub client_id: String,
+    /// Clean session (3.1.1) / Clean Start (5.0).
+    pub clean_start: bool,
+    /// Session expiry interval in seconds after the connection ends: 0 ends the session with
+    /// the connection; `u32::MAX` never expires. For 3.1.1 the connection passes 0 for a clean
+    /// session and `u32::MAX` otherwise.
+    pub session_expiry: u32,
+    /// The client's Receive Maximum (65535 when it sent none).
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size (`u32::MAX` when it sent none).
+    pub maximum_packet_size: u32,
+    /// Will message, if any.
+    pub will: Option<LastWill>,
+    /// Authenticated user name, if any.
+    pub username: Option<String>,
+    /// Where the router sends this connection's packets.
+    pub outbox: Outbox,
+    /// Where the router sends its answer, before anything goes to the outbox.
+    pub reply: oneshot::Sender<ConnectOutcome>,
+}
+
+/// The router's answer to a [`ConnectRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    /// Session present flag for CONNACK.
+    pub session_present: bool,
+    /// The client identifier in force (assigned when the request's was empty).
+    pub client_id: Arc<str>,
+    /// True when the router assigned the identifier (MQTT 5 then returns it in CONNACK).
+    pub assigned: bool,
+    /// Packet identifiers of QoS 2 messages received from this client whose PUBREL is still
+    /// awaited (kept with the session across connections).
+    pub inbound_qos2: Vec<u16>,
+}
+
+/// How a connection ended, for the will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectKind {
+    /// DISCONNECT with a normal reason: the will is discarded.
+    Normal,
+    /// Anything else (socket closed, protocol error, keepalive timeout, DISCONNECT 0x04, server
+    /// shutdown): the will is published.
+    WithWill,
+}
+
+/// Commands from connection tasks to the router.
+#[derive(Debug)]
+pub enum Command {
+    /// A client connected.
+    Connect(Box<ConnectRequest>),
+    /// A PUBLISH from a client, already validated (topic alias resolved, limits checked) and
+    /// acknowledged by the connection task.
+    Publish {
+        /// The connection.
+        conn: ConnId,
+        /// The packet.
+        publish: Publish,
+    },
+    /// PUBACK from a client for a QoS 1 delivery.
+    PubAck {
+        /// The connection.
+        conn: ConnId,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// PUBREC from a client for a QoS 2 delivery.
+    PubRec {
+        /// The connection.
+        conn: ConnId,
+        /// Packet identifier.
+        packet_id: u16,
+        /// Its reason code (MQTT 5; an error ends the exchange).
+        reason: ReasonCode,
+    },
+    /// PUBCOMP from a client for a QoS 2 delivery.
+    PubComp {
+        /// The connection.
+        conn: ConnId,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// SUBSCRIBE; the router answers with SUBACK in the outbox, then retained messages.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The packet (filters validated by the codec).
+        subscribe: Subscribe,
+    },
+    /// UNSUBSCRIBE; the router answers with UNSUBACK in the outbox.
+    Unsubscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The packet.
+        unsubscribe: Unsubscribe,
+    },
+    /// The connection ended.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+        /// Whether the will is published.
+        kind: DisconnectKind,
+        /// New session expiry interval from an MQTT 5 DISCONNECT, if it carried one.
+        session_expiry: Option<u32>,
+        /// QoS 2 packet identifiers still awaiting PUBREL.
+        inbound_qos2: Vec<u16>,
+    },
+}
+
+/// A PUBLISH for one subscriber. The connection task encodes it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// Packet identifier for QoS 1/2.
+    pub packet_id: Option<u16>,
+    /// DUP flag (redelivery).
+    pub dup: bool,
+    /// RETAIN flag as sent to this subscriber.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+    /// Message Expiry Interval to send (MQTT 5), already reduced by the time spent waiting.
+    pub expiry_interval: Option<u32>,
+}
+
+/// What the router puts in a connection's outbox.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A PUBLISH.
+    Deliver(Delivery),
+    /// A control packet (SUBACK, UNSUBACK, PUBREL).
+    Packet(Packet),
+    /// Close the connection: send DISCONNECT with this reason first (MQTT 5), e.g. session
+    /// taken over (0x8E).
+    Close(ReasonCode),
+}
+
+impl Delivery {
+    /// The MQTT 5 properties this PUBLISH carries: the message's own, with this delivery's
+    /// Subscription Identifiers and remaining Message Expiry Interval. Borrowed when unchanged.
+    pub fn properties(&self) -> Cow<'_, Properties> {
+        let own = &self.message.properties;
+        if self.subscription_ids.is_empty() && self.expiry_interval == own.message_expiry_interval
+        {
+            return Cow::Borrowed(own);
+        }
+        let mut p = own.clone();
+        p.subscription_identifiers.clone_from(&self.subscription_ids);
+        p.message_expiry_interval = self.expiry_interval;
+        Cow::Owned(p)
+    }
+
+    /// The borrowed PUBLISH view the encoder takes, with `properties` from
+    /// [`Delivery::properties`].
+    pub fn view<'a>(&'a self, properties: &'a Properties) -> PublishView<'a> {
+        PublishView {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.message.topic,
+            packet_id: self.packet_id,
+            properties,
+            payload: &self.message.payload,
+        }
+    }
+
+    /// Size of this PUBLISH on the wire for `protocol`.
+    pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        let props = self.properties();
+        publish_encoded_len(&self.view(&props), protocol)
+    }
+}

@@ -1,0 +1,24 @@
+//! The Culex broker core.
+//!
+//! Everything here is driven by its caller: the [`Router`] is a plain struct that owns sessions,
+//! subscriptions, retained messages and wills, and is fed [`Command`]s together with the current
+//! time. Nothing in this crate reads the clock or touches a socket; connection tasks (in the
+//! `culex` binary) decode packets, send commands, and write what arrives in their [`Outbox`].
+//! That keeps every rule here testable with a virtual clock.
+
+mod api;
+mod message;
+pub mod retained;
+mod router;
+mod session;
+mod settings;
+mod stats;
+pub mod trie;
+
+pub use api::{
+    Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind, Outbound, Outbox,
+};
+pub use message::Message;
+pub use router::Router;
+pub use settings::BrokerSettings;
+pub use stats::RouterStats;

@@ -1,0 +1,753 @@
+//! The router: owns every session, the subscription tree, retained messages and wills.
+//!
+//! It is a plain struct driven by one task that feeds it [`Command`]s and the current time;
+//! there are no locks. Packets for clients go into their bounded outboxes with `try_send`, and
+//! the window and budget arithmetic below guarantees that QoS 1/2 deliveries and control packets
+//! always fit; only QoS 0 deliveries to a slow consumer are dropped (and counted).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use culex_proto::topic::parse_shared;
+use culex_proto::{
+    LastWill, Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use tracing::{debug, warn};
+
+use crate::api::{
+    Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind, Outbound,
+    CONTROL_RESERVE,
+};
+use crate::message::Message;
+use crate::retained::RetainedStore;
+use crate::session::{Link, Pending, Resend, Session, Subscription};
+use crate::settings::BrokerSettings;
+use crate::stats::RouterStats;
+use crate::trie::SubscriptionTree;
+
+type SessionId = u64;
+
+/// How often expired retained messages are swept out.
+const RETAINED_SWEEP: Duration = Duration::from_secs(60);
+
+/// The broker's routing core. See the module documentation.
+#[derive(Debug)]
+pub struct Router {
+    settings: BrokerSettings,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<Arc<str>, SessionId>,
+    by_conn: HashMap<ConnId, SessionId>,
+    next_session: SessionId,
+    next_auto_id: u64,
+    tree: SubscriptionTree<SessionId, Subscription>,
+    retained: RetainedStore<Arc<Message>>,
+    retained_bytes: u64,
+    /// Offline sessions by expiry time.
+    expiries: BTreeSet<(Instant, SessionId)>,
+    /// Delayed wills by due time; the will itself waits in `delayed`.
+    will_due: BTreeSet<(Instant, SessionId)>,
+    delayed: HashMap<SessionId, (Instant, LastWill)>,
+    next_retained_sweep: Option<Instant>,
+    stats: RouterStats,
+    scratch: Vec<(SessionId, Subscription)>,
+}
+
+impl Router {
+    /// A router with no sessions, enforcing `settings`.
+    pub fn new(settings: BrokerSettings) -> Self {
+        Router {
+            settings,
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            by_conn: HashMap::new(),
+            next_session: 1,
+            next_auto_id: 1,
+            tree: SubscriptionTree::new(),
+            retained: RetainedStore::new(),
+            retained_bytes: 0,
+            expiries: BTreeSet::new(),
+            will_due: BTreeSet::new(),
+            delayed: HashMap::new(),
+            next_retained_sweep: None,
+            stats: RouterStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.settings
+    }
+
+    /// Counters of what was routed and dropped.
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// Number of sessions (connected and offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of connected clients.
+    pub fn connected_count(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    /// Number of subscriptions (shared memberships included).
+    pub fn subscription_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Number of shared-subscription memberships.
+    pub fn shared_subscription_count(&self) -> usize {
+        self.tree.shared_len()
+    }
+
+    /// Number of retained messages and their payload bytes.
+    pub fn retained_count(&self) -> (usize, u64) {
+        (self.retained.len(), self.retained_bytes)
+    }
+
+    /// Messages queued or in flight across all sessions.
+    pub fn queued_count(&self) -> (usize, usize) {
+        self.sessions.values().fold((0, 0), |(q, f), s| {
+            (q + s.outgoing.queued_len(), f + s.outgoing.inflight_len())
+        })
+    }
+
+    /// Handles one command at time `now`.
+    pub fn handle(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Connect(req) => self.connect(*req, now),
+            Command::Publish { conn, publish } => {
+                let Some(&sid) = self.by_conn.get(&conn) else {
+                    return;
+                };
+                let mut properties = publish.properties;
+                properties.topic_alias = None;
+                properties.subscription_identifiers.clear();
+                let expires_at = properties
+                    .message_expiry_interval
+                    .map(|s| now + Duration::from_secs(u64::from(s)));
+                let message = Message {
+                    topic: publish.topic.into(),
+                    payload: publish.payload,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    properties,
+                    expires_at,
+                    origin: Some(sid),
+                };
+                self.route(Arc::new(message), now);
+            }
+            Command::PubAck { conn, packet_id } => {
+                if let Some(sid) = self.linked(conn) {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.outgoing.ack(packet_id);
+                    }
+                    self.pump(sid, now);
+                }
+            }
+            Command::PubRec {
+                conn,
+                packet_id,
+                reason,
+            } => self.pubrec(conn, packet_id, reason, now),
+            Command::PubComp { conn, packet_id } => {
+                if let Some(sid) = self.linked(conn) {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.outgoing.comp(packet_id);
+                    }
+                    self.pump(sid, now);
+                }
+            }
+            Command::Subscribe { conn, subscribe } => self.subscribe(conn, subscribe, now),
+            Command::Unsubscribe { conn, unsubscribe } => self.unsubscribe(conn, unsubscribe),
+            Command::Disconnect {
+                conn,
+                kind,
+                session_expiry,
+                inbound_qos2,
+            } => self.disconnect(conn, kind, session_expiry, inbound_qos2, now),
+        }
+    }
+
+    /// The earliest time [`Router::tick`] has work to do, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let a = self.expiries.first().map(|(t, _)| *t);
+        let b = self.will_due.first().map(|(t, _)| *t);
+        let c = self.next_retained_sweep;
+        [a, b, c].into_iter().flatten().min()
+    }
+
+    /// Publishes delayed wills that are due and ends sessions whose expiry has passed.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(due, sid)) = self.will_due.first() {
+            if due > now {
+                break;
+            }
+            self.will_due.remove(&(due, sid));
+            if let Some((_, will)) = self.delayed.remove(&sid) {
+                self.publish_will(will, now);
+            }
+        }
+        while let Some(&(due, sid)) = self.expiries.first() {
+            if due > now {
+                break;
+            }
+            self.expiries.remove(&(due, sid));
+            self.stats.sessions_expired += 1;
+            self.end_session(sid, now);
+        }
+        if self.next_retained_sweep.is_some_and(|t| t <= now) {
+            let mut freed = 0u64;
+            let mut dropped = 0u64;
+            self.retained.retain(|_, m| {
+                let keep = !m.is_expired(now);
+                if !keep {
+                    freed += m.payload.len() as u64;
+                    dropped += 1;
+                }
+                keep
+            });
+            self.retained_bytes = self.retained_bytes.saturating_sub(freed);
+            self.stats.dropped_expired += dropped;
+            self.next_retained_sweep = (!self.retained.is_empty()).then(|| now + RETAINED_SWEEP);
+        }
+    }
+
+    fn linked(&self, conn: ConnId) -> Option<SessionId> {
+        self.by_conn.get(&conn).copied()
+    }
+
+    fn connect(&mut self, req: ConnectRequest, now: Instant) {
+        let ConnectRequest {
+            conn,
+            protocol,
+            client_id,
+            clean_start,
+            session_expiry,
+            receive_maximum,
+            maximum_packet_size,
+            will,
+            username,
+            outbox,
+            reply,
+        } = req;
+        let (client_id, assigned): (Arc<str>, bool) = if client_id.is_empty() {
+            (self.assign_client_id(), true)
+        } else {
+            (client_id.into(), false)
+        };
+
+        let mut session_present = false;
+        let mut inbound_qos2 = Vec::new();
+        let existing = self.by_client.get(&client_id).copied();
+        let sid = match existing {
+            Some(sid) => {
+                self.take_over(sid, now);
+                // A new connection to the session means a delayed will must not be sent.
+                self.cancel_delayed_will(sid);
+                if clean_start {
+                    self.end_session(sid, now);
+                    self.new_session(Arc::clone(&client_id))
+                } else {
+                    session_present = true;
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        if let Some(at) = s.expires_at.take() {
+                            self.expiries.remove(&(at, sid));
+                        }
+                        inbound_qos2 = std::mem::take(&mut s.inbound_qos2);
+                    }
+                    sid
+                }
+            }
+            None => self.new_session(Arc::clone(&client_id)),
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.link = Some(Link {
+            conn,
+            outbox,
+            protocol,
+            receive_maximum,
+            maximum_packet_size,
+        });
+        s.expiry_interval = session_expiry;
+        s.will = will;
+        s.username = username;
+        self.by_conn.insert(conn, sid);
+        debug!(client_id = %client_id, conn, session_present, "client connected");
+        let outcome = ConnectOutcome {
+            session_present,
+            client_id,
+            assigned,
+            inbound_qos2,
+        };
+        if reply.send(outcome).is_err() {
+            // The connection went away while we worked; its Disconnect command follows.
+            return;
+        }
+        if session_present {
+            self.resume(sid, now);
+        }
+    }
+
+    fn assign_client_id(&mut self) -> Arc<str> {
+        loop {
+            let id: Arc<str> =
+                format!("{}{:08x}", self.settings.auto_id_prefix, self.next_auto_id).into();
+            self.next_auto_id += 1;
+            if !self.by_client.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn new_session(&mut self, client_id: Arc<str>) -> SessionId {
+        let sid = self.next_session;
+        self.next_session += 1;
+        self.by_client.insert(Arc::clone(&client_id), sid);
+        self.sessions.insert(sid, Session::new(client_id));
+        sid
+    }
+
+    /// Disconnects the connection currently attached to `sid`, if any: session taken over.
+    fn take_over(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(link) = s.link.take() else {
+            return;
+        };
+        debug!(client_id = %s.client_id, old_conn = link.conn, "session taken over");
+        let _ = link
+            .outbox
+            .try_send(Outbound::Close(ReasonCode::SessionTakenOver));
+        self.by_conn.remove(&link.conn);
+        if let Some(will) = s.will.take() {
+            self.schedule_will(sid, will, now);
+        }
+    }
+
+    /// Redelivers in-flight messages and drains the queue after a session resumes.
+    fn resume(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let resend = s.outgoing.redeliver(now, &mut self.stats.dropped_expired);
+        for r in resend {
+            match r {
+                Resend::Publish(d) => self.send_delivery(sid, d),
+                Resend::PubRel(id) => self.send_control(sid, Packet::PubRel(PubResp::new(id))),
+            }
+        }
+        self.pump(sid, now);
+    }
+
+    /// Moves queued messages into the window while it has room.
+    fn pump(&mut self, sid: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.link.is_none() {
+            return;
+        }
+        let window = s.window(&self.settings);
+        let ready = s
+            .outgoing
+            .pump(window, now, &mut self.stats.dropped_expired);
+        for d in ready {
+            self.send_delivery(sid, d);
+        }
+    }
+
+    fn pubrec(&mut self, conn: ConnId, packet_id: u16, reason: ReasonCode, now: Instant) {
+        let Some(sid) = self.linked(conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.outgoing.rec(packet_id, reason.is_error()) {
+            self.send_control(sid, Packet::PubRel(PubResp::new(packet_id)));
+        } else if reason.is_error() {
+            self.pump(sid, now);
+        } else if s.link.as_ref().is_some_and(|l| l.protocol.is_v5()) {
+            let mut rel = PubResp::new(packet_id);
+            rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+            self.send_control(sid, Packet::PubRel(rel));
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, subscribe: Subscribe, now: Instant) {
+        let Some(sid) = self.linked(conn) else {
+            return;
+        };
+        let sub_id = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
+        let mut protocol_error = false;
+        for f in &subscribe.filters {
+            let shared = match parse_shared(&f.filter) {
+                Ok(s) => s.is_some(),
+                Err(_) => {
+                    reason_codes.push(ReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            if shared && f.options.no_local {
+                // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                protocol_error = true;
+                break;
+            }
+            let mut options = f.options;
+            options.qos = options.qos.min(self.settings.max_qos);
+            let entry = Subscription {
+                options,
+                id: sub_id,
+            };
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            let existed = s.subscriptions.insert(f.filter.clone(), entry).is_some();
+            self.tree.insert(&f.filter, sid, entry);
+            reason_codes.push(ReasonCode::granted(options.qos));
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                let mut found = Vec::new();
+                self.retained.matching(&f.filter, &mut found);
+                retained.extend(
+                    found
+                        .into_iter()
+                        .filter(|m| !m.is_expired(now))
+                        .map(|m| (Arc::clone(m), options.qos, sub_id)),
+                );
+            }
+        }
+        if protocol_error {
+            self.send_outbound(sid, Outbound::Close(ReasonCode::ProtocolError));
+            return;
+        }
+        self.send_control(
+            sid,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reason_codes,
+                properties: Properties::default(),
+            }),
+        );
+        for (message, sub_qos, id) in retained {
+            let qos = self.delivery_qos(sub_qos, message.qos);
+            let pending = Pending {
+                message,
+                qos,
+                retain: true,
+                subscription_ids: id.into_iter().collect(),
+            };
+            self.deliver(sid, pending, now);
+        }
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {
+        let Some(sid) = self.linked(conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        for f in &unsubscribe.filters {
+            if s.subscriptions.remove(f).is_some() {
+                self.tree.remove(f, sid);
+                reason_codes.push(ReasonCode::Success);
+            } else {
+                reason_codes.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        self.send_control(
+            sid,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                reason_codes,
+                properties: Properties::default(),
+            }),
+        );
+    }
+
+    fn disconnect(
+        &mut self,
+        conn: ConnId,
+        kind: DisconnectKind,
+        session_expiry: Option<u32>,
+        inbound_qos2: Vec<u16>,
+        now: Instant,
+    ) {
+        // A connection that was taken over is no longer in `by_conn`: nothing to do.
+        let Some(sid) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.link = None;
+        s.inbound_qos2 = inbound_qos2;
+        if let Some(e) = session_expiry {
+            s.expiry_interval = e;
+        }
+        let will = s.will.take();
+        let expiry = s.expiry_interval;
+        debug!(client_id = %s.client_id, conn, ?kind, "client disconnected");
+        if kind == DisconnectKind::WithWill {
+            if let Some(will) = will {
+                self.schedule_will(sid, will, now);
+            }
+        }
+        if expiry == 0 {
+            self.end_session(sid, now);
+            return;
+        }
+        let lifetime = if expiry == u32::MAX {
+            self.settings.persistent_client_expiration
+        } else {
+            Some(Duration::from_secs(u64::from(expiry)))
+        };
+        if let Some(d) = lifetime {
+            let at = now + d;
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.expires_at = Some(at);
+            }
+            self.expiries.insert((at, sid));
+        }
+    }
+
+    /// Publishes a will now, or schedules it after its Will Delay Interval.
+    fn schedule_will(&mut self, sid: SessionId, will: LastWill, now: Instant) {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        if delay == 0 {
+            self.publish_will(will, now);
+        } else {
+            let due = now + Duration::from_secs(u64::from(delay));
+            self.cancel_delayed_will(sid);
+            self.will_due.insert((due, sid));
+            self.delayed.insert(sid, (due, will));
+        }
+    }
+
+    fn cancel_delayed_will(&mut self, sid: SessionId) {
+        if let Some((due, _)) = self.delayed.remove(&sid) {
+            self.will_due.remove(&(due, sid));
+        }
+    }
+
+    fn publish_will(&mut self, will: LastWill, now: Instant) {
+        let mut properties = will.properties;
+        properties.will_delay_interval = None;
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let message = Message {
+            topic: will.topic.into(),
+            payload: will.payload,
+            qos: will.qos.min(self.settings.max_qos),
+            retain: will.retain && self.settings.retain_available,
+            properties,
+            expires_at,
+            origin: None,
+        };
+        self.stats.wills_published += 1;
+        self.route(Arc::new(message), now);
+    }
+
+    /// Removes a session and its subscriptions. A will still waiting for its delay is
+    /// published now: the session's end is the other deadline of a delayed will.
+    fn end_session(&mut self, sid: SessionId, now: Instant) {
+        if let Some((due, will)) = self.delayed.remove(&sid) {
+            self.will_due.remove(&(due, sid));
+            self.publish_will(will, now);
+        }
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if let Some(at) = s.expires_at {
+            self.expiries.remove(&(at, sid));
+        }
+        for filter in s.subscriptions.keys() {
+            self.tree.remove(filter, sid);
+        }
+        if let Some(link) = &s.link {
+            self.by_conn.remove(&link.conn);
+        }
+        self.by_client.remove(&s.client_id);
+    }
+
+    /// The QoS of a delivery for a subscription granted `sub` of a message published at `msg`.
+    fn delivery_qos(&self, sub: QoS, msg: QoS) -> QoS {
+        if self.settings.upgrade_outgoing_qos {
+            sub
+        } else {
+            sub.min(msg)
+        }
+    }
+
+    /// Routes a message to every matching subscription and updates the retained store.
+    fn route(&mut self, message: Arc<Message>, now: Instant) {
+        self.stats.messages_received += 1;
+        if message.retain {
+            self.update_retained(&message, now);
+        }
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        {
+            let sessions = &self.sessions;
+            self.tree.matches(
+                &message.topic,
+                |k| sessions.get(&k).is_some_and(|s| s.link.is_some()),
+                &mut matches,
+            );
+        }
+        // One copy per session at the highest QoS of its matching subscriptions, carrying
+        // every matching subscription identifier.
+        matches.sort_unstable_by_key(|(sid, _)| *sid);
+        let mut i = 0;
+        while i < matches.len() {
+            let sid = matches[i].0;
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            while i < matches.len() && matches[i].0 == sid {
+                let sub = matches[i].1;
+                i += 1;
+                if sub.options.no_local && message.origin == Some(sid) {
+                    continue;
+                }
+                let q = self.delivery_qos(sub.options.qos, message.qos);
+                qos = Some(qos.map_or(q, |old| old.max(q)));
+                retain |= sub.options.retain_as_published && message.retain;
+                ids.extend(sub.id);
+            }
+            if let Some(qos) = qos {
+                let pending = Pending {
+                    message: Arc::clone(&message),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                };
+                self.deliver(sid, pending, now);
+            }
+        }
+        matches.clear();
+        self.scratch = matches;
+    }
+
+    fn update_retained(&mut self, message: &Arc<Message>, now: Instant) {
+        let old = if message.payload.is_empty() {
+            self.retained.remove(&message.topic)
+        } else {
+            self.retained_bytes += message.payload.len() as u64;
+            if self.next_retained_sweep.is_none() {
+                self.next_retained_sweep = Some(now + RETAINED_SWEEP);
+            }
+            self.retained.insert(&message.topic, Arc::clone(message))
+        };
+        if let Some(old) = old {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.payload.len() as u64);
+        }
+    }
+
+    /// Hands a message to one session: straight to the connection when the window allows,
+    /// otherwise into the session's bounded queue.
+    fn deliver(&mut self, sid: SessionId, pending: Pending, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if pending.qos == QoS::AtMostOnce {
+            let Some(link) = &s.link else {
+                self.stats.dropped_offline_qos0 += 1;
+                return;
+            };
+            let reserve = s.window(&self.settings) + CONTROL_RESERVE;
+            if link.outbox.capacity() <= reserve {
+                self.stats.dropped_outbox_full += 1;
+                return;
+            }
+            let d = Delivery {
+                expiry_interval: pending.message.remaining_expiry(now),
+                message: pending.message,
+                qos: QoS::AtMostOnce,
+                packet_id: None,
+                dup: false,
+                retain: pending.retain,
+                subscription_ids: pending.subscription_ids,
+            };
+            self.send_delivery(sid, d);
+            return;
+        }
+        let window = s.window(&self.settings);
+        if s.link.is_some() && s.outgoing.has_room(window) {
+            let d = s.outgoing.start(pending, now);
+            self.send_delivery(sid, d);
+        } else if s.outgoing.enqueue(pending, &self.settings).is_err() {
+            self.stats.dropped_queue_full += 1;
+        }
+    }
+
+    /// Sends a delivery to the session's connection, dropping it if it exceeds the client's
+    /// Maximum Packet Size [MQTT-3.1.2-25] (a QoS 1/2 one then leaves the window as if sent).
+    fn send_delivery(&mut self, sid: SessionId, d: Delivery) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(link) = &s.link else {
+            return;
+        };
+        if link.maximum_packet_size < u32::MAX {
+            let too_large = d
+                .encoded_len(link.protocol)
+                .map_or(true, |n| n > link.maximum_packet_size as usize);
+            if too_large {
+                self.stats.dropped_too_large += 1;
+                if let Some(id) = d.packet_id {
+                    s.outgoing.abandon(id);
+                }
+                return;
+            }
+        }
+        match link.outbox.try_send(Outbound::Deliver(d)) {
+            Ok(()) => self.stats.messages_sent += 1,
+            Err(e) => {
+                // Cannot happen for QoS 1/2 (the window fits the outbox); a closed outbox means
+                // the connection is ending and its Disconnect command is on its way. In-flight
+                // messages stay in the window for redelivery.
+                if let tokio::sync::mpsc::error::TrySendError::Full(Outbound::Deliver(d)) = &e {
+                    if d.qos == QoS::AtMostOnce {
+                        self.stats.dropped_outbox_full += 1;
+                    } else {
+                        warn!(client_id = %s.client_id, "outbox full for a QoS>0 delivery");
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_control(&mut self, sid: SessionId, packet: Packet) {
+        self.send_outbound(sid, Outbound::Packet(packet));
+    }
+
+    fn send_outbound(&mut self, sid: SessionId, out: Outbound) {
+        if let Some(link) = self.sessions.get(&sid).and_then(|s| s.link.as_ref()) {
+            if link.outbox.try_send(out).is_err() {
+                debug!(conn = link.conn, "outbox closed or full for a control packet");
+            }
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! One client session: its subscriptions, its will, and the outgoing QoS 1/2 state machine
+//! (in-flight window, packet identifiers, bounded queue).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
+
+use crate::api::{ConnId, Delivery, Outbox};
+use crate::message::Message;
+use crate::settings::BrokerSettings;
+
+/// A live connection attached to a session.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) conn: ConnId,
+    pub(crate) outbox: Outbox,
+    pub(crate) protocol: Protocol,
+    pub(crate) receive_maximum: u16,
+    pub(crate) maximum_packet_size: u32,
+}
+
+/// One subscription of a session, stored under its full filter (including `$share/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<u32>,
+}
+
+/// A message waiting for room in the in-flight window.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) message: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) subscription_ids: Vec<u32>,
+}
+
+/// Where an outgoing QoS 1/2 exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflightState {
+    /// QoS 1 PUBLISH sent, PUBACK awaited.
+    AwaitAck,
+    /// QoS 2 PUBLISH sent, PUBREC awaited.
+    AwaitRec,
+    /// PUBREL sent, PUBCOMP awaited.
+    AwaitComp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    /// Order of first sending, for redelivery in the original order [MQTT-4.6.0-1].
+    seq: u64,
+    pub(crate) pending: Pending,
+    pub(crate) state: InflightState,
+}
+
+/// What a redelivery on reconnect sends.
+#[derive(Debug)]
+pub(crate) enum Resend {
+    Publish(Delivery),
+    PubRel(u16),
+}
+
+/// Why a message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    QueueFull,
+}
+
+/// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
+    inflight: HashMap<u16, Inflight>,
+    queue: VecDeque<Pending>,
+    queued_bytes: u64,
+    next_packet_id: u16,
+    next_seq: u64,
+}
+
+impl Outgoing {
+    pub(crate) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Adds a QoS 1/2 message behind the window, within the queue limits.
+    pub(crate) fn enqueue(
+        &mut self,
+        pending: Pending,
+        settings: &BrokerSettings,
+    ) -> Result<(), Refused> {
+        let size = pending.message.size();
+        let over_bytes = settings.max_queued_bytes > 0
+            && self.queued_bytes + size > settings.max_queued_bytes
+            && !self.queue.is_empty();
+        if self.queue.len() >= settings.max_queued_messages || over_bytes {
+            return Err(Refused::QueueFull);
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(pending);
+        Ok(())
+    }
+
+    /// Moves queued messages into the window while there is room, returning the deliveries
+    /// to send. Expired messages are dropped and counted in `expired`.
+    pub(crate) fn pump(&mut self, window: usize, now: Instant, expired: &mut u64) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while self.inflight.len() < window {
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+            if p.message.is_expired(now) {
+                *expired += 1;
+                continue;
+            }
+            out.push(self.start(p, now));
+        }
+        out
+    }
+
+    /// True when a new message may go straight into the window.
+    pub(crate) fn has_room(&self, window: usize) -> bool {
+        self.queue.is_empty() && self.inflight.len() < window
+    }
+
+    /// Puts a message into the window and returns its delivery.
+    pub(crate) fn start(&mut self, pending: Pending, now: Instant) -> Delivery {
+        let packet_id = self.allocate_packet_id();
+        let state = if pending.qos == QoS::ExactlyOnce {
+            InflightState::AwaitRec
+        } else {
+            InflightState::AwaitAck
+        };
+        let delivery = Delivery {
+            message: Arc::clone(&pending.message),
+            qos: pending.qos,
+            packet_id: Some(packet_id),
+            dup: false,
+            retain: pending.retain,
+            subscription_ids: pending.subscription_ids.clone(),
+            expiry_interval: pending.message.remaining_expiry(now),
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(
+            packet_id,
+            Inflight {
+                seq,
+                pending,
+                state,
+            },
+        );
+        delivery
+    }
+
+    /// Next free non-zero packet identifier. The window is at most 65535 wide, so one is free.
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id == 0 {
+                self.next_packet_id = 1;
+            }
+            if !self.inflight.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    /// PUBACK: true if it completed a QoS 1 exchange.
+    pub(crate) fn ack(&mut self, packet_id: u16) -> bool {
+        self.finish_if(packet_id, InflightState::AwaitAck)
+    }
+
+    /// PUBCOMP: true if it completed a QoS 2 exchange.
+    pub(crate) fn comp(&mut self, packet_id: u16) -> bool {
+        self.finish_if(packet_id, InflightState::AwaitComp)
+    }
+
+    fn finish_if(&mut self, packet_id: u16, expected: InflightState) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(f) if f.state == expected => {
+                self.inflight.remove(&packet_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC. Success moves the exchange to PUBREL (returns true: send PUBREL); an error
+    /// reason ends it (returns false). Unknown ids return false. A PUBREC for an exchange
+    /// already at PUBREL is answered with PUBREL again.
+    pub(crate) fn rec(&mut self, packet_id: u16, error: bool) -> bool {
+        match self.inflight.get_mut(&packet_id) {
+            Some(f) if f.state == InflightState::AwaitRec && error => {
+                self.inflight.remove(&packet_id);
+                false
+            }
+            Some(f) if matches!(f.state, InflightState::AwaitRec | InflightState::AwaitComp) => {
+                f.state = InflightState::AwaitComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Everything to resend when a persistent session reconnects, in original order: PUBLISH
+    /// with DUP for unacknowledged messages, PUBREL for those past PUBREC [MQTT-4.4.0-1].
+    /// Messages that expired meanwhile are dropped (counted in `expired`) unless already at
+    /// PUBREL.
+    pub(crate) fn redeliver(&mut self, now: Instant, expired: &mut u64) -> Vec<Resend> {
+        let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            let Some(f) = self.inflight.get(&id) else {
+                continue;
+            };
+            match f.state {
+                InflightState::AwaitComp => out.push(Resend::PubRel(id)),
+                _ if f.pending.message.is_expired(now) => {
+                    *expired += 1;
+                    self.inflight.remove(&id);
+                }
+                _ => out.push(Resend::Publish(Delivery {
+                    message: Arc::clone(&f.pending.message),
+                    qos: f.pending.qos,
+                    packet_id: Some(id),
+                    dup: true,
+                    retain: f.pending.retain,
+                    subscription_ids: f.pending.subscription_ids.clone(),
+                    expiry_interval: f.pending.message.remaining_expiry(now),
+                })),
+            }
+        }
+        out
+    }
+
+    /// Removes an in-flight entry that could not be delivered (e.g. too large for the client).
+    pub(crate) fn abandon(&mut self, packet_id: u16) {
+        self.inflight.remove(&packet_id);
+    }
+}
+
+/// One client session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) link: Option<Link>,
+    pub(crate) subscriptions: HashMap<String, Subscription>,
+    pub(crate) outgoing: Outgoing,
+    /// Session expiry interval in seconds; `u32::MAX` never expires.
+    pub(crate) expiry_interval: u32,
+    /// When an offline session expires.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) will: Option<LastWill>,
+    pub(crate) inbound_qos2: Vec<u16>,
+    pub(crate) username: Option<String>,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: Arc<str>) -> Self {
+        Session {
+            client_id,
+            link: None,
+            subscriptions: HashMap::new(),
+            outgoing: Outgoing::default(),
+            expiry_interval: 0,
+            expires_at: None,
+            will: None,
+            inbound_qos2: Vec::new(),
+            username: None,
+        }
+    }
+
+    /// The in-flight window in force: our limit and the client's Receive Maximum.
+    pub(crate) fn window(&self, settings: &BrokerSettings) -> usize {
+        let ours = settings.max_inflight_messages.max(1);
+        let theirs = self.link.as_ref().map_or(ours, |l| l.receive_maximum.max(1));
+        usize::from(ours.min(theirs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn msg(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at,
+            origin: None,
+        })
+    }
+
+    fn pending(m: Arc<Message>, qos: QoS) -> Pending {
+        Pending {
+            message: m,
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn window_then_queue_then_pump_in_order() {
+        let now = Instant::now();
+        let s = BrokerSettings {
+            max_queued_messages: 2,
+            ..Default::default()
+        };
+        let mut o = Outgoing::default();
+        let d1 = o.start(pending(msg("a", None), QoS::AtLeastOnce), now);
+        assert_eq!(d1.packet_id, Some(1));
+        assert!(!o.has_room(1));
+        o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), &s).unwrap();
+        o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), &s).unwrap();
+        assert_eq!(
+            o.enqueue(pending(msg("d", None), QoS::AtLeastOnce), &s),
+            Err(Refused::QueueFull)
+        );
+        let mut expired = 0;
+        assert!(o.pump(1, now, &mut expired).is_empty());
+        assert!(o.ack(1));
+        assert!(!o.ack(1), "a second PUBACK for the same id completes nothing");
+        let next = o.pump(1, now, &mut expired);
+        assert_eq!(next.len(), 1);
+        assert_eq!(&*next[0].message.topic, "b");
+        assert_eq!(next[0].packet_id, Some(2));
+    }
+
+    #[test]
+    fn qos2_flow_and_redelivery_order() {
+        let now = Instant::now();
+        let mut o = Outgoing::default();
+        let a = o.start(pending(msg("a", None), QoS::ExactlyOnce), now);
+        let b = o.start(pending(msg("b", None), QoS::AtLeastOnce), now);
+        let a_id = a.packet_id.unwrap();
+        assert!(!o.comp(a_id), "PUBCOMP before PUBREC is ignored");
+        assert!(o.rec(a_id, false));
+        assert!(o.rec(a_id, false), "a repeated PUBREC gets PUBREL again");
+        let mut expired = 0;
+        let resend = o.redeliver(now, &mut expired);
+        assert!(matches!(resend[0], Resend::PubRel(id) if id == a_id));
+        match &resend[1] {
+            Resend::Publish(d) => {
+                assert!(d.dup);
+                assert_eq!(d.packet_id, b.packet_id);
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        assert!(o.comp(a_id));
+        assert_eq!(o.inflight_len(), 1);
+    }
+
+    #[test]
+    fn pubrec_error_ends_exchange() {
+        let now = Instant::now();
+        let mut o = Outgoing::default();
+        let a = o.start(pending(msg("a", None), QoS::ExactlyOnce), now);
+        assert!(!o.rec(a.packet_id.unwrap(), true));
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_from_queue_with_virtual_clock() {
+        let t0 = Instant::now();
+        let s = BrokerSettings::default();
+        let mut o = Outgoing::default();
+        o.enqueue(
+            pending(msg("old", Some(t0 + Duration::from_secs(5))), QoS::AtLeastOnce),
+            &s,
+        )
+        .unwrap();
+        o.enqueue(pending(msg("new", None), QoS::AtLeastOnce), &s)
+            .unwrap();
+        let mut expired = 0;
+        let out = o.pump(10, t0 + Duration::from_secs(6), &mut expired);
+        assert_eq!(expired, 1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&*out[0].message.topic, "new");
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let now = Instant::now();
+        let mut o = Outgoing {
+            next_packet_id: u16::MAX - 1,
+            ..Default::default()
+        };
+        let a = o.start(pending(msg("a", None), QoS::AtLeastOnce), now);
+        let b = o.start(pending(msg("b", None), QoS::AtLeastOnce), now);
+        assert_eq!(a.packet_id, Some(u16::MAX));
+        assert_eq!(b.packet_id, Some(1));
+    }
+
+    #[test]
+    fn byte_limit_bounds_queue() {
+        let s = BrokerSettings {
+            max_queued_bytes: 4,
+            ..Default::default()
+        };
+        let mut o = Outgoing::default();
+        // "ab" + "x" = 3 bytes each; the first always fits, the second would exceed 4.
+        o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), &s)
+            .unwrap();
+        assert_eq!(
+            o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), &s),
+            Err(Refused::QueueFull)
+        );
+        assert_eq!(o.queued_len(), 1);
+    }
+}

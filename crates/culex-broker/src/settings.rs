@@ -1,0 +1,52 @@
+//! Limits and switches the router enforces, derived from the configuration by the binary.
+
+use std::time::Duration;
+
+use culex_proto::QoS;
+
+/// What the router needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// In-flight window per session for outgoing QoS 1/2 messages (`max_inflight_messages`).
+    pub max_inflight_messages: u16,
+    /// Queued messages per session beyond the in-flight window (`max_queued_messages`).
+    pub max_queued_messages: usize,
+    /// Queued payload bytes per session; 0 = no byte limit (`max_queued_bytes`).
+    pub max_queued_bytes: u64,
+    /// Whether retained messages are supported (`retain_available`).
+    pub retain_available: bool,
+    /// Highest QoS the server supports (`max_qos`).
+    pub max_qos: QoS,
+    /// Deliver at the subscription's QoS instead of the lower of the two (`upgrade_outgoing_qos`).
+    pub upgrade_outgoing_qos: bool,
+    /// Expiry of persistent sessions of clients that never set one (`persistent_client_expiration`).
+    pub persistent_client_expiration: Option<Duration>,
+    /// Prefix of assigned client identifiers (`auto_id_prefix`).
+    pub auto_id_prefix: String,
+    /// QoS 0 messages the outbox of one connection may hold before further ones are dropped.
+    pub max_outbox_qos0: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            retain_available: true,
+            max_qos: QoS::ExactlyOnce,
+            upgrade_outgoing_qos: false,
+            persistent_client_expiration: None,
+            auto_id_prefix: "auto-".to_string(),
+            max_outbox_qos0: 1000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// Capacity of a connection's outbox: room for a full in-flight window of the largest
+    /// allowed size, the QoS 0 budget and control packets. The router never blocks on it.
+    pub fn outbox_capacity(&self, window: u16) -> usize {
+        usize::from(window) + self.max_outbox_qos0 + crate::api::CONTROL_RESERVE
+    }
+}

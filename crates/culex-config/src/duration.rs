@@ -1,0 +1,106 @@
+//! Durations in both syntaxes.
+//!
+//! * mosquitto.conf: a positive integer followed by one unit letter, as
+//!   Mosquitto: `s` second, `h` hour, `d` day, `w` week, `m` **month** (30
+//!   days), `y` year (365 days). E.g. `2d`, `1w`, `6m`.
+//! * TOML: a [humantime] string such as `"90s"`, `"30m"` (**minutes**),
+//!   `"1h 30m"`, `"2d"`, `"1w"`; or `"never"`.
+
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
+
+const DAY: u64 = 86_400;
+
+/// Parses a mosquitto.conf duration (`persistent_client_expiration`).
+pub(crate) fn parse_mosquitto(text: &str) -> Result<Duration, String> {
+    const ALLOWED: &str = "a positive whole number followed by a unit: \
+         s (seconds), h (hours), d (days), w (weeks), m (months of 30 days) or y (years of 365 days), \
+         e.g. 2d or 1w";
+    let Some(unit) = text.chars().last() else {
+        return Err(format!("missing value; expected {ALLOWED}"));
+    };
+    let seconds_per_unit = match unit {
+        's' => 1,
+        'h' => 3600,
+        'd' => DAY,
+        'w' => 7 * DAY,
+        'm' => 30 * DAY,
+        'y' => 365 * DAY,
+        _ => return Err(format!("invalid duration '{text}'; expected {ALLOWED}")),
+    };
+    let number = &text[..text.len() - unit.len_utf8()];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid duration '{text}'; expected {ALLOWED}"));
+    }
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("duration '{text}' is too large"))?;
+    if count == 0 {
+        return Err(format!(
+            "duration '{text}' must be greater than zero; to keep sessions forever leave the option out"
+        ));
+    }
+    let seconds = count
+        .checked_mul(seconds_per_unit)
+        .ok_or_else(|| format!("duration '{text}' is too large"))?;
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Parses a TOML (or environment) duration: a humantime string or `never`.
+pub(crate) fn parse_toml(text: &str) -> Result<Option<Duration>, String> {
+    let trimmed = text.trim();
+    if trimmed == "never" {
+        return Ok(None);
+    }
+    match humantime::parse_duration(trimmed) {
+        Ok(d) if d.is_zero() => Err(format!(
+            "duration \"{text}\" must be greater than zero; use \"never\" (or leave the key out) to keep sessions forever"
+        )),
+        Ok(d) => Ok(Some(d)),
+        Err(e) => Err(format!(
+            "invalid duration \"{text}\" ({e}); expected a duration such as \"90s\", \"30m\" (minutes), \"12h\", \"2d\", \"1w\", or \"never\""
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mosquitto_units() {
+        let s = |n| Ok(Duration::from_secs(n));
+        assert_eq!(parse_mosquitto("30s"), s(30));
+        assert_eq!(parse_mosquitto("1h"), s(3600));
+        assert_eq!(parse_mosquitto("2d"), s(2 * DAY));
+        assert_eq!(parse_mosquitto("1w"), s(7 * DAY));
+        assert_eq!(parse_mosquitto("1m"), s(30 * DAY));
+        assert_eq!(parse_mosquitto("1y"), s(365 * DAY));
+    }
+
+    #[test]
+    fn mosquitto_rejects_garbage() {
+        for bad in [
+            "", "d", "10", "1.5d", "-1d", "0d", "1x", "1 d", "+1d", "1dd", "é",
+        ] {
+            assert!(parse_mosquitto(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_mosquitto("99999999999999999999y").is_err());
+        assert!(parse_mosquitto("999999999999999999y").is_err());
+    }
+
+    #[test]
+    fn toml_durations() {
+        assert_eq!(parse_toml("30m"), Ok(Some(Duration::from_secs(1800))));
+        assert_eq!(parse_toml("2d"), Ok(Some(Duration::from_secs(2 * DAY))));
+        assert_eq!(
+            parse_toml("1h 30m"),
+            Ok(Some(Duration::from_secs(5400)))
+        );
+        assert_eq!(parse_toml("never"), Ok(None));
+        assert!(parse_toml("0s").is_err());
+        assert!(parse_toml("3600").is_err());
+        assert!(parse_toml("soon").is_err());
+    }
+}

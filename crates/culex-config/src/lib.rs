@@ -1,0 +1,314 @@
+//! Configuration for Culex, an MQTT broker.
+//!
+//! The configuration model is [`Config`]. It can be loaded from two syntaxes
+//! with [`load_file`]:
+//!
+//! * **TOML** (any path ending in `.toml`), with sections `[[listeners]]`,
+//!   `[security]`, `[limits]`, `[sessions]` and `[mqtt]`; every key can be
+//!   overridden from the environment as `CULEX__SECTION__KEY`, e.g.
+//!   `CULEX__LIMITS__MAX_INFLIGHT_MESSAGES=50`.
+//! * **mosquitto.conf** syntax (every other path): one `option value` per
+//!   line, as understood by Mosquitto 2, for the options Culex supports.
+//!
+//! Both syntaxes are checked by the same validation ([`Config::validate`]) and
+//! every problem is reported at once, each naming the file, the line (where
+//! known), the option, what was wrong and what is allowed; see
+//! [`ConfigError`]. `docs/configuration.md` in the repository describes every
+//! option and the differences from Mosquitto.
+//!
+//! Defaults are defined in exactly one place: the [`Default`] impls of the
+//! model types below (plus [`Config::embedded_default`], which is
+//! `Config::default()`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod de;
+mod duration;
+mod error;
+mod mosquitto;
+mod options;
+#[cfg(test)]
+mod test_util;
+mod toml_format;
+mod validate;
+
+pub use error::{ConfigError, Diagnostic};
+
+/// The largest value of MQTT's variable byte integer, and so the largest
+/// packet (and payload) size MQTT can express: 268435455 bytes (256 MiB - 1).
+pub const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// Default [`Limits::max_packet_size`]: 16 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
+
+/// The port a broker listens on when nothing else is said: 1883.
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// The complete broker configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the broker accepts MQTT connections. Never empty in a validated
+    /// configuration.
+    pub listeners: Vec<Listener>,
+    /// Authentication settings.
+    pub security: Security,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Session and client identifier settings.
+    pub sessions: Sessions,
+    /// MQTT protocol feature settings.
+    pub mqtt: Mqtt,
+}
+
+/// A TCP listener for plain MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address (IP address or host name) to bind to. `None` means all
+    /// interfaces, i.e. both `0.0.0.0` and `::`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// TCP port. `0` is allowed and asks the operating system for an
+    /// ephemeral port (useful in tests).
+    pub port: u16,
+}
+
+impl Listener {
+    /// A listener on `host` (an IP address or host name) and `port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Listener {
+        Listener {
+            host: Some(host.into()),
+            port,
+        }
+    }
+
+    /// A listener on all interfaces (IPv4 and IPv6) on `port`.
+    pub fn all_interfaces(port: u16) -> Listener {
+        Listener { host: None, port }
+    }
+
+    /// The loopback listeners Culex (like Mosquitto 2) uses when nothing else
+    /// is configured: `127.0.0.1:port` and `[::1]:port`.
+    pub fn loopback(port: u16) -> Vec<Listener> {
+        vec![Listener::new("127.0.0.1", port), Listener::new("::1", port)]
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Whether clients that connect without a username may connect.
+    ///
+    /// `Security::default()` has `true`, but when a configuration *file*
+    /// defines its own listeners and does not set this option, the loader
+    /// sets it to `false` (Mosquitto 2 behaviour: a broker reachable from
+    /// the network is not open by default).
+    pub allow_anonymous: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most QoS 1 and 2 messages in flight to one client at once (also sent
+    /// to MQTT v5 clients as Receive Maximum). Default 20. In configuration
+    /// files `0` means unlimited and is stored as 65535, the protocol maximum.
+    #[serde(deserialize_with = "de::inflight")]
+    pub max_inflight_messages: u16,
+    /// Most messages queued for one client (beyond those in flight).
+    /// Default 1000. Must be at least 1: unlike Mosquitto, `0` ("unlimited")
+    /// is an error, because every queue in Culex is bounded.
+    pub max_queued_messages: usize,
+    /// Most payload bytes queued for one client; `0` (the default) means no
+    /// byte limit, the message count limit still applies.
+    pub max_queued_bytes: u64,
+    /// Largest PUBLISH payload accepted, in bytes; `0` (the default) means no
+    /// limit other than `max_packet_size`. At most 268435455.
+    pub message_size_limit: u32,
+    /// Largest MQTT packet accepted, in bytes, 20 to 268435455. The default
+    /// is 16 MiB (16777216), stricter than Mosquitto's 268435455, to bound
+    /// the memory one client can make the broker allocate.
+    pub max_packet_size: u32,
+    /// Largest keep alive, in seconds, a client may use; clients asking for
+    /// more are told (MQTT v5) or refused (v3). Default 65535.
+    pub max_keepalive: u16,
+    /// Most client connections at once; `None` (the default) is unlimited.
+    /// Written `-1` in configuration files, like Mosquitto.
+    #[serde(deserialize_with = "de::max_connections")]
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            message_size_limit: 0,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            max_keepalive: 65535,
+            max_connections: None,
+        }
+    }
+}
+
+/// Session and client identifier settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sessions {
+    /// Whether a client may connect with an empty client identifier (the
+    /// broker then assigns one). Default `true`.
+    pub allow_zero_length_clientid: bool,
+    /// Prefix of client identifiers the broker assigns. Default `"auto-"`.
+    pub auto_id_prefix: String,
+    /// How long a persistent session of a disconnected client is kept;
+    /// `None` (the default) keeps it until the client cleans it.
+    #[serde(deserialize_with = "de::expiration")]
+    pub persistent_client_expiration: Option<Duration>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".to_owned(),
+            persistent_client_expiration: None,
+        }
+    }
+}
+
+/// MQTT protocol feature settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Whether retained messages are supported. Default `true`.
+    pub retain_available: bool,
+    /// Highest QoS the broker supports: 0, 1 or 2 (a plain `u8`, checked by
+    /// [`Config::validate`]). Default 2.
+    pub max_qos: u8,
+    /// Whether messages are delivered with the subscription's QoS even when
+    /// published with a lower one. Default `false`.
+    pub upgrade_outgoing_qos: bool,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Mqtt {
+            retain_available: true,
+            max_qos: 2,
+            upgrade_outgoing_qos: false,
+        }
+    }
+}
+
+impl Default for Config {
+    /// Same as [`Config::embedded_default`].
+    fn default() -> Self {
+        Config {
+            listeners: Listener::loopback(DEFAULT_PORT),
+            security: Security::default(),
+            limits: Limits::default(),
+            sessions: Sessions::default(),
+            mqtt: Mqtt::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Embedded default used when `culex` runs with no arguments: listeners
+    /// `127.0.0.1:1883` and `[::1]:1883`, `allow_anonymous = true`, all other
+    /// defaults. `configs/default.toml` in the repository is this
+    /// configuration written out.
+    pub fn embedded_default() -> Config {
+        Config::default()
+    }
+
+    /// `culex -p PORT` without a configuration file: the embedded default on
+    /// another port (loopback only, IPv4 and IPv6).
+    pub fn embedded_on_port(port: u16) -> Config {
+        Config {
+            listeners: Listener::loopback(port),
+            ..Config::default()
+        }
+    }
+
+    /// Checks the rules every configuration must satisfy (at least one
+    /// listener, no duplicate listener, valid host names, every value in its
+    /// range). Loading a file runs this already; call it after changing a
+    /// `Config` by hand. The diagnostics of the error name no file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                diagnostics: problems
+                    .into_iter()
+                    .map(|p| Diagnostic {
+                        file: Default::default(),
+                        line: None,
+                        key: p.key,
+                        message: p.message,
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// What loading produced: the configuration plus warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Things that did not stop loading but deserve the operator's attention
+    /// (e.g. `FILE:LINE: option 'log_dest' is accepted but ignored by Culex`).
+    /// Each names the file and line it is about.
+    pub warnings: Vec<String>,
+}
+
+/// Loads a configuration file: a path ending in `.toml` is TOML (with
+/// `CULEX__SECTION__KEY` environment overrides), anything else is
+/// mosquitto.conf syntax.
+///
+/// Returns every problem found, not just the first; a missing or unreadable
+/// file is an error naming the path.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    if is_toml_path(path) {
+        toml_format::load(path, toml_format::culex_env_vars())
+    } else {
+        let mut loaded = mosquitto::load(path)?;
+        let ignored: Vec<String> = toml_format::culex_env_vars()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        if !ignored.is_empty() {
+            loaded.warnings.push(format!(
+                "{}: environment variable(s) {} ignored: CULEX__ overrides apply only to TOML configuration files",
+                path.display(),
+                ignored.join(", ")
+            ));
+        }
+        Ok(loaded)
+    }
+}
+
+/// Whether `load_file` treats `path` as TOML (its name ends in `.toml`).
+fn is_toml_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}

@@ -1,0 +1,437 @@
+use super::*;
+use crate::test_util::{write, TempConfig};
+use std::time::Duration;
+
+/// Loads `text` as `culex.conf` in a fresh directory.
+fn load_text(text: &str) -> (TempConfig, Result<Loaded, ConfigError>) {
+    let dir = TempConfig::new();
+    let path = dir.file("culex.conf", text);
+    let result = load(&path);
+    (dir, result)
+}
+
+fn config(text: &str) -> Config {
+    match load_text(text).1 {
+        Ok(loaded) => loaded.config,
+        Err(e) => panic!("{text:?} should load, got:\n{e}"),
+    }
+}
+
+/// The single error of `text`, displayed, with the temp dir removed.
+fn error(text: &str) -> String {
+    let (dir, result) = load_text(text);
+    match result {
+        Ok(loaded) => panic!("{text:?} should fail, got {:?}", loaded.config),
+        Err(e) => {
+            assert_eq!(e.diagnostics.len(), 1, "{e}");
+            dir.strip(&e.to_string())
+        }
+    }
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    let (dir, result) = load_text(text);
+    match result {
+        Ok(loaded) => loaded.warnings.iter().map(|w| dir.strip(w)).collect(),
+        Err(e) => panic!("{text:?} should load, got:\n{e}"),
+    }
+}
+
+#[test]
+fn empty_file_is_mosquitto_2_default() {
+    let c = config("");
+    assert_eq!(c, Config::embedded_default());
+    let c = config("# only a comment\n\n   \n");
+    assert_eq!(c, Config::embedded_default());
+}
+
+#[test]
+fn comments_blank_lines_and_whitespace() {
+    let c = config("# comment\n\n  max_qos 1  \r\n\t# indented comment\nretain_available\tfalse\n");
+    assert_eq!(c.mqtt.max_qos, 1);
+    assert!(!c.mqtt.retain_available);
+    // A '#' after a value is not a comment, as in mosquitto.
+    assert_eq!(
+        error("max_qos 1 # one\n"),
+        "culex.conf:1: option 'max_qos': too many values '1 # one'; expected one value: 0, 1 or 2"
+    );
+}
+
+#[test]
+fn listeners_and_anonymous_rule() {
+    let c = config("listener 1883\n");
+    assert_eq!(c.listeners, vec![Listener::all_interfaces(1883)]);
+    assert!(!c.security.allow_anonymous, "listener defined: anonymous off");
+
+    let c = config("listener 1883 127.0.0.1\nlistener 8883 ::1\nallow_anonymous true\n");
+    assert_eq!(
+        c.listeners,
+        vec![Listener::new("127.0.0.1", 1883), Listener::new("::1", 8883)]
+    );
+    assert!(c.security.allow_anonymous);
+
+    let c = config("port 1884\n");
+    assert_eq!(c.listeners, vec![Listener::all_interfaces(1884)]);
+    assert!(!c.security.allow_anonymous);
+
+    let c = config("bind_address 10.0.0.1\nport 1884\nlistener 1885\n");
+    assert_eq!(
+        c.listeners,
+        vec![Listener::new("10.0.0.1", 1884), Listener::all_interfaces(1885)]
+    );
+
+    // bind_address alone: the default listener on port 1883.
+    let c = config("bind_address 127.0.0.1\n");
+    assert_eq!(c.listeners, vec![Listener::new("127.0.0.1", 1883)]);
+
+    // No listener: loopback, anonymous allowed unless said otherwise.
+    let c = config("allow_anonymous false\n");
+    assert_eq!(c.listeners, Listener::loopback(1883));
+    assert!(!c.security.allow_anonymous);
+
+    let c = config("listener 0\nlistener 0\n");
+    assert_eq!(c.listeners.len(), 2, "port 0 never collides");
+}
+
+#[test]
+fn listener_errors() {
+    assert_eq!(
+        error("listener\n"),
+        "culex.conf:1: option 'listener': missing port; expected: listener PORT [BIND_ADDRESS]"
+    );
+    assert_eq!(
+        error("listener 1883 127.0.0.1 extra\n"),
+        "culex.conf:1: option 'listener': too many values '1883 127.0.0.1 extra'; expected: listener PORT [BIND_ADDRESS]"
+    );
+    assert_eq!(
+        error("listener 70000\n"),
+        "culex.conf:1: option 'listener': port 70000 is out of range; allowed: 0 to 65535 (0 = an ephemeral port chosen by the system)"
+    );
+    assert!(error("listener abc\n").contains("value 'abc' is not a whole number"));
+    assert!(error("listener -1\n").contains("port -1 is out of range"));
+    assert!(error("port\n").contains("option 'port': missing value"));
+    assert!(error("port 1 2\n").contains("too many values"));
+    assert!(error("bind_address\n").contains("option 'bind_address': missing value"));
+    assert!(error("bind_address a b\n").contains("too many values"));
+    assert_eq!(
+        error("listener 1883 [::1]\n"),
+        "culex.conf:1: option 'listener': host '[::1]': write IPv6 addresses without brackets, e.g. ::1"
+    );
+    assert!(error("listener 0 /tmp/mosquitto.sock\n").contains("not supported yet by Culex"));
+    assert_eq!(
+        error("bind_address bad_host!\nport 1883\n"),
+        "culex.conf:1: option 'bind_address': host 'bad_host!' is not an IP address or host name; allowed: e.g. 127.0.0.1, ::1, 0.0.0.0 or localhost"
+    );
+    assert_eq!(
+        error("listener 1883 127.0.0.1\nlistener 1883 127.0.0.1\n"),
+        "culex.conf:2: option 'listener': listener 127.0.0.1:1883 is defined more than once; each host and port may be used once"
+    );
+    assert_eq!(
+        error("port 1883\nlistener 1883\n"),
+        "culex.conf:2: option 'listener': listener *:1883 (all interfaces) is defined more than once; each host and port may be used once"
+    );
+}
+
+#[test]
+fn port_and_bind_address_repeated_warn() {
+    let w = warnings("port 1883\nport 1884\n");
+    assert_eq!(
+        w,
+        ["culex.conf:2: option 'port' is given more than once (also at culex.conf:1); only the last one is used"]
+    );
+    assert_eq!(warnings("bind_address ::1\nbind_address ::\n").len(), 1);
+}
+
+#[test]
+fn booleans() {
+    for (key, get) in [
+        ("allow_anonymous", (|c: &Config| c.security.allow_anonymous) as fn(&Config) -> bool),
+        ("allow_zero_length_clientid", |c| c.sessions.allow_zero_length_clientid),
+        ("retain_available", |c| c.mqtt.retain_available),
+        ("upgrade_outgoing_qos", |c| c.mqtt.upgrade_outgoing_qos),
+    ] {
+        assert!(get(&config(&format!("{key} true\n"))), "{key}");
+        assert!(!get(&config(&format!("{key} false\n"))), "{key}");
+        // mosquitto also accepts 1 and 0.
+        assert!(get(&config(&format!("{key} 1\n"))), "{key}");
+        assert!(!get(&config(&format!("{key} 0\n"))), "{key}");
+        for bad in ["yes", "True", "on", "2"] {
+            assert_eq!(
+                error(&format!("{key} {bad}\n")),
+                format!("culex.conf:1: option '{key}': invalid value '{bad}'; allowed: true or false")
+            );
+        }
+        assert_eq!(
+            error(&format!("{key}\n")),
+            format!("culex.conf:1: option '{key}': missing value; allowed: true or false")
+        );
+        assert!(error(&format!("{key} true false\n")).contains("too many values 'true false'"));
+    }
+}
+
+#[test]
+fn integers() {
+    let c = config(
+        "max_inflight_messages 10\nmax_queued_messages 5\nmax_queued_bytes 1000000\n\
+         message_size_limit 1024\nmax_packet_size 2048\nmax_keepalive 60\n\
+         max_connections 100\nmax_qos 1\n",
+    );
+    assert_eq!(c.limits.max_inflight_messages, 10);
+    assert_eq!(c.limits.max_queued_messages, 5);
+    assert_eq!(c.limits.max_queued_bytes, 1_000_000);
+    assert_eq!(c.limits.message_size_limit, 1024);
+    assert_eq!(c.limits.max_packet_size, 2048);
+    assert_eq!(c.limits.max_keepalive, 60);
+    assert_eq!(c.limits.max_connections, Some(100));
+    assert_eq!(c.mqtt.max_qos, 1);
+
+    // Special values.
+    assert_eq!(config("max_inflight_messages 0\n").limits.max_inflight_messages, 65535);
+    assert_eq!(config("max_inflight_messages 65535\n").limits.max_inflight_messages, 65535);
+    assert_eq!(config("max_connections -1\n").limits.max_connections, None);
+    assert_eq!(config("max_qos 0\n").mqtt.max_qos, 0);
+    assert_eq!(config("max_keepalive 0\n").limits.max_keepalive, 0);
+    assert_eq!(config("max_packet_size 20\n").limits.max_packet_size, 20);
+    assert_eq!(
+        config("max_packet_size 268435455\n").limits.max_packet_size,
+        268_435_455
+    );
+    assert_eq!(config("message_size_limit 0\n").limits.message_size_limit, 0);
+}
+
+#[test]
+fn integer_errors() {
+    assert_eq!(
+        error("max_qos 3\n"),
+        "culex.conf:1: option 'max_qos': value 3 is out of range; allowed: 0, 1 or 2"
+    );
+    assert_eq!(
+        error("max_inflight_messages 65536\n"),
+        "culex.conf:1: option 'max_inflight_messages': value 65536 is out of range; allowed: 0 to 65535 (0 means unlimited, the same as 65535)"
+    );
+    assert!(error("max_inflight_messages -1\n").contains("value -1 is out of range"));
+    assert!(error("max_queued_messages 0\n").contains("use a large number"));
+    assert!(error("max_queued_messages -5\n").contains("value -5 is out of range; allowed: 1 to 2147483647"));
+    assert!(error("max_queued_bytes -1\n").contains("out of range"));
+    assert!(error("message_size_limit 268435456\n").contains("allowed: 0 (no limit) to 268435455"));
+    assert!(error("max_packet_size 19\n").contains("allowed: 20 to 268435455"));
+    assert!(error("max_packet_size 268435456\n").contains("out of range"));
+    assert!(error("max_keepalive 65536\n").contains("allowed: 0 to 65535"));
+    assert!(error("max_connections 0\n").contains("would refuse every connection"));
+    assert!(error("max_connections -2\n").contains("allowed: -1 (unlimited) or 1 to 2147483647"));
+    assert_eq!(
+        error("max_qos two\n"),
+        "culex.conf:1: option 'max_qos': value 'two' is not a whole number; allowed: 0, 1 or 2"
+    );
+    for garbage in ["1.5", "0x10", "+1", "1e3", "-", "1_000"] {
+        assert!(
+            error(&format!("max_keepalive {garbage}\n")).contains("is not a whole number"),
+            "{garbage}"
+        );
+    }
+    assert!(error("max_keepalive 010\n").contains("leading zero"));
+    assert!(error("max_queued_bytes 99999999999999999999999999999999999999999999\n")
+        .contains("out of range"));
+    assert!(error("max_queued_bytes 9223372036854775808\n").contains("out of range"));
+    assert_eq!(
+        error("max_qos\n"),
+        "culex.conf:1: option 'max_qos': missing value; allowed: 0, 1 or 2"
+    );
+}
+
+#[test]
+fn strings_and_durations() {
+    let c = config("auto_id_prefix culex-\n");
+    assert_eq!(c.sessions.auto_id_prefix, "culex-");
+    // Strings take the rest of the line, as in mosquitto.
+    let c = config("auto_id_prefix my prefix \n");
+    assert_eq!(c.sessions.auto_id_prefix, "my prefix");
+    assert!(error("auto_id_prefix\n").contains("missing value"));
+
+    let day = 86_400;
+    for (text, secs) in [
+        ("3600s", 3600),
+        ("1h", 3600),
+        ("2d", 2 * day),
+        ("1w", 7 * day),
+        ("1m", 30 * day),
+        ("1y", 365 * day),
+    ] {
+        let c = config(&format!("persistent_client_expiration {text}\n"));
+        assert_eq!(
+            c.sessions.persistent_client_expiration,
+            Some(Duration::from_secs(secs)),
+            "{text}"
+        );
+    }
+    assert!(error("persistent_client_expiration 10\n").contains("invalid duration '10'"));
+    assert!(error("persistent_client_expiration 0d\n").contains("greater than zero"));
+    assert!(error("persistent_client_expiration 1x\n").contains("m (months of 30 days)"));
+    assert!(error("persistent_client_expiration\n").contains("missing value"));
+    assert!(error("persistent_client_expiration 1d 2d\n").contains("too many values"));
+}
+
+#[test]
+fn repeated_options_warn_and_last_wins() {
+    let (dir, result) = load_text("max_qos 1\nmax_qos 0\n");
+    let loaded = result.expect("loads");
+    assert_eq!(loaded.config.mqtt.max_qos, 0);
+    assert_eq!(
+        dir.strip(&loaded.warnings.join("\n")),
+        "culex.conf:2: option 'max_qos' is given more than once (also at culex.conf:1); the last value is used"
+    );
+}
+
+#[test]
+fn ignored_options_warn() {
+    let w = warnings(
+        "log_dest stdout\nlog_type all\nlog_timestamp true\nlog_timestamp_format %Y\n\
+         connection_messages true\npid_file /run/m.pid\nuser mosquitto\n",
+    );
+    assert_eq!(w.len(), 7);
+    assert_eq!(
+        w[0],
+        "culex.conf:1: option 'log_dest' is accepted but ignored by Culex"
+    );
+    assert_eq!(w[6], "culex.conf:7: option 'user' is accepted but ignored by Culex");
+}
+
+#[test]
+fn unknown_options() {
+    assert_eq!(
+        error("\n\nfoo bar\n"),
+        format!(
+            "culex.conf:3: unknown option 'foo'; supported options: {}",
+            supported_options().join(", ")
+        )
+    );
+    assert_eq!(
+        error("password_file /etc/mosquitto/passwd\n"),
+        "culex.conf:1: unknown option 'password_file': this mosquitto option is not supported yet by Culex"
+    );
+    for option in ["persistence true", "connection bridge1", "bridge_foo 1", "plugin_opt_x 1"] {
+        assert!(error(&format!("{option}\n")).contains("not supported yet by Culex"), "{option}");
+    }
+    assert_eq!(
+        error("max_qso 1\n"),
+        "culex.conf:1: unknown option 'max_qso'; did you mean 'max_qos'?"
+    );
+    assert!(error("[limits]\n").contains("name it *.toml"));
+    assert!(error("max_qos=1\n").contains("name it *.toml"));
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let (dir, result) = load_text("max_qos 3\nfoo 1\nlistener 1883\nlistener 1883\nmax_keepalive x\n");
+    let e = result.expect_err("fails");
+    let lines: Vec<String> = e
+        .diagnostics
+        .iter()
+        .map(|d| dir.strip(&d.to_string()))
+        .map(|d| d.split(':').take(2).collect::<Vec<_>>().join(":"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["culex.conf:1", "culex.conf:2", "culex.conf:5", "culex.conf:4"]
+    );
+}
+
+#[test]
+fn missing_and_unreadable_files() {
+    let dir = TempConfig::new();
+    let missing = dir.path().join("nope.conf");
+    let e = load(&missing).expect_err("missing file");
+    assert_eq!(e.diagnostics[0].file, missing);
+    assert!(dir.strip(&e.to_string()).starts_with("nope.conf: cannot read configuration file:"));
+
+    let e = load(dir.path()).expect_err("directory");
+    assert!(e.to_string().contains("it is a directory"));
+
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(&bad, b"max_qos 1\nmax_qos \xff\n").expect("write");
+    let e = load(&bad).expect_err("not UTF-8");
+    assert_eq!(e.diagnostics[0].line, Some(2));
+}
+
+#[test]
+fn include_dir_loads_conf_files_in_order() {
+    let dir = TempConfig::new();
+    let inc = dir.path().join("conf.d");
+    std::fs::create_dir(&inc).expect("mkdir");
+    write(&inc.join("b.conf"), "max_qos 1\nlistener 1884\n");
+    write(&inc.join("A.conf"), "max_qos 0\nlistener 1883\n");
+    write(&inc.join("c.conf"), "max_keepalive 30\n");
+    write(&inc.join("ignored.txt"), "garbage here\n");
+    write(&inc.join(".conf"), "garbage here\n");
+    std::fs::create_dir(inc.join("sub.d")).expect("mkdir");
+    // Absolute path: relative include_dir paths follow the working directory.
+    let main = dir.file(
+        "main.conf",
+        &format!("max_qos 2\ninclude_dir {}\nmax_keepalive 40\n", inc.display()),
+    );
+    let loaded = load(&main).expect("loads");
+    // A.conf, then b.conf (case-insensitive order): last max_qos is 1.
+    assert_eq!(loaded.config.mqtt.max_qos, 1);
+    assert_eq!(
+        loaded.config.listeners,
+        vec![Listener::all_interfaces(1883), Listener::all_interfaces(1884)]
+    );
+    assert_eq!(loaded.config.limits.max_keepalive, 40);
+    assert_eq!(
+        loaded
+            .warnings
+            .iter()
+            .map(|w| dir.strip(w))
+            .collect::<Vec<_>>(),
+        [
+            "conf.d/A.conf:1: option 'max_qos' is given more than once (also at main.conf:1); the last value is used",
+            "conf.d/b.conf:1: option 'max_qos' is given more than once (also at conf.d/A.conf:1); the last value is used",
+            "main.conf:3: option 'max_keepalive' is given more than once (also at conf.d/c.conf:1); the last value is used",
+        ]
+    );
+}
+
+#[test]
+fn include_dir_diagnostics_name_the_included_file() {
+    let dir = TempConfig::new();
+    let inc = dir.path().join("conf.d");
+    std::fs::create_dir(&inc).expect("mkdir");
+    write(&inc.join("10-limits.conf"), "# limits\nmax_qos 7\n");
+    write(&inc.join("20-more.conf"), "listener 1883\n\nwhatever 1\ninclude_dir /tmp\n");
+    write(&inc.join("30-dup.conf"), "listener 1883\n");
+    let main = dir.file("main.conf", &format!("include_dir {}\nmax_qos x\n", inc.display()));
+    let e = load(&main).expect_err("fails");
+    let text = dir.strip(&e.to_string());
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "conf.d/10-limits.conf:2: option 'max_qos': value 7 is out of range; allowed: 0, 1 or 2",
+            &format!(
+                "conf.d/20-more.conf:3: unknown option 'whatever'; supported options: {}",
+                supported_options().join(", ")
+            ),
+            "conf.d/20-more.conf:4: option 'include_dir': include_dir is only allowed in the main configuration file (as in mosquitto)",
+            "main.conf:2: option 'max_qos': value 'x' is not a whole number; allowed: 0, 1 or 2",
+            "conf.d/30-dup.conf:1: option 'listener': listener *:1883 (all interfaces) is defined more than once; each host and port may be used once",
+        ]
+    );
+}
+
+#[test]
+fn include_dir_errors() {
+    assert!(error("include_dir\n").contains("missing value"));
+    let text = error("include_dir /nonexistent/culex-dir\n");
+    assert!(
+        text.starts_with("culex.conf:1: option 'include_dir': cannot open directory '/nonexistent/culex-dir'"),
+        "{text}"
+    );
+    assert!(text.contains("relative to the current directory"));
+}
+
+#[test]
+fn edit_distance_works() {
+    assert_eq!(edit_distance("max_qos", "max_qos"), 0);
+    assert_eq!(edit_distance("max_qso", "max_qos"), 2);
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+}

@@ -1,0 +1,352 @@
+//! The scalar options both syntaxes share: their section, name, kind and
+//! allowed values, and how a checked value is stored in a [`Config`].
+//!
+//! Listeners are not scalar options; each syntax handles them itself.
+
+use std::time::Duration;
+
+use crate::{Config, MQTT_MAX_PACKET_SIZE};
+
+/// The TOML section an option lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    Security,
+    Limits,
+    Sessions,
+    Mqtt,
+}
+
+impl Section {
+    /// Every section, in file order.
+    pub(crate) const ALL: [Section; 4] = [
+        Section::Security,
+        Section::Limits,
+        Section::Sessions,
+        Section::Mqtt,
+    ];
+
+    /// The section's name in TOML.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Section::Security => "security",
+            Section::Limits => "limits",
+            Section::Sessions => "sessions",
+            Section::Mqtt => "mqtt",
+        }
+    }
+
+    /// The section called `name`, if any.
+    pub(crate) fn from_name(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What values an option takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `true` or `false`.
+    Bool,
+    /// An integer from `min` to `max`; `allowed` says so in words.
+    Int {
+        min: i64,
+        max: i64,
+        allowed: &'static str,
+    },
+    /// Any string.
+    Str,
+    /// A duration (syntax differs between mosquitto.conf and TOML).
+    Duration,
+}
+
+/// One scalar option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spec {
+    pub(crate) section: Section,
+    /// The name, the same in both syntaxes.
+    pub(crate) key: &'static str,
+    pub(crate) kind: Kind,
+}
+
+impl Spec {
+    /// `section.key`, the option's path in TOML.
+    pub(crate) fn path(&self) -> String {
+        format!("{}.{}", self.section.name(), self.key)
+    }
+}
+
+const MAX_INT: i64 = i32::MAX as i64;
+
+/// Every scalar option.
+pub(crate) const OPTIONS: &[Spec] = &[
+    Spec {
+        section: Section::Security,
+        key: "allow_anonymous",
+        kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_inflight_messages",
+        kind: Kind::Int {
+            min: 0,
+            max: 65535,
+            allowed: "0 to 65535 (0 means unlimited, the same as 65535)",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_queued_messages",
+        kind: Kind::Int {
+            min: 1,
+            max: MAX_INT,
+            allowed: "1 to 2147483647",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_queued_bytes",
+        kind: Kind::Int {
+            min: 0,
+            max: i64::MAX,
+            allowed: "0 (no byte limit) to 9223372036854775807",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "message_size_limit",
+        kind: Kind::Int {
+            min: 0,
+            max: MQTT_MAX_PACKET_SIZE as i64,
+            allowed: "0 (no limit) to 268435455",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_packet_size",
+        kind: Kind::Int {
+            min: 20,
+            max: MQTT_MAX_PACKET_SIZE as i64,
+            allowed: "20 to 268435455",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_keepalive",
+        kind: Kind::Int {
+            min: 0,
+            max: 65535,
+            allowed: "0 to 65535",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_connections",
+        kind: Kind::Int {
+            min: -1,
+            max: MAX_INT,
+            allowed: "-1 (unlimited) or 1 to 2147483647",
+        },
+    },
+    Spec {
+        section: Section::Sessions,
+        key: "allow_zero_length_clientid",
+        kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Sessions,
+        key: "auto_id_prefix",
+        kind: Kind::Str,
+    },
+    Spec {
+        section: Section::Sessions,
+        key: "persistent_client_expiration",
+        kind: Kind::Duration,
+    },
+    Spec {
+        section: Section::Mqtt,
+        key: "retain_available",
+        kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Mqtt,
+        key: "max_qos",
+        kind: Kind::Int {
+            min: 0,
+            max: 2,
+            allowed: "0, 1 or 2",
+        },
+    },
+    Spec {
+        section: Section::Mqtt,
+        key: "upgrade_outgoing_qos",
+        kind: Kind::Bool,
+    },
+];
+
+/// The option called `key` (same name in both syntaxes).
+pub(crate) fn find(key: &str) -> Option<&'static Spec> {
+    OPTIONS.iter().find(|s| s.key == key)
+}
+
+/// The option `key` of `section`.
+pub(crate) fn find_in(section: Section, key: &str) -> Option<&'static Spec> {
+    OPTIONS
+        .iter()
+        .find(|s| s.section == section && s.key == key)
+}
+
+/// The names of the options of `section`, for "allowed keys" hints.
+pub(crate) fn keys_of(section: Section) -> Vec<&'static str> {
+    OPTIONS
+        .iter()
+        .filter(|s| s.section == section)
+        .map(|s| s.key)
+        .collect()
+}
+
+/// Checks an integer against the option's range; the error says what is
+/// allowed.
+pub(crate) fn check_int(spec: &Spec, value: i128) -> Result<i64, String> {
+    let Kind::Int { min, max, allowed } = spec.kind else {
+        return Err(format!("option '{}' does not take an integer", spec.key));
+    };
+    // Values with a special explanation.
+    match (spec.key, value) {
+        ("max_queued_messages", 0) => {
+            return Err("value 0 is not allowed: Culex bounds every queue, there is no \
+                 'unlimited' (unlike mosquitto); use a large number such as 100000; \
+                 allowed: 1 to 2147483647"
+                .to_owned())
+        }
+        ("max_connections", 0) => {
+            return Err(
+                "value 0 would refuse every connection; allowed: -1 (unlimited) or 1 to 2147483647"
+                    .to_owned(),
+            )
+        }
+        _ => {}
+    }
+    if value < i128::from(min) || value > i128::from(max) {
+        return Err(format!("value {value} is out of range; allowed: {allowed}"));
+    }
+    i64::try_from(value).map_err(|_| format!("value {value} is out of range; allowed: {allowed}"))
+}
+
+/// A checked option value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Value {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Duration(Option<Duration>),
+}
+
+/// Stores a value (already checked by [`check_int`] for integers) in
+/// `config`. Applies the file-format conventions: `max_inflight_messages 0`
+/// is stored as 65535, `max_connections -1` as `None`.
+pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<(), String> {
+    let bad = || format!("internal error: unexpected value for option '{}'", spec.key);
+    let int = |v: &Value| match v {
+        Value::Int(i) => Ok(*i),
+        _ => Err(bad()),
+    };
+    let boolean = |v: &Value| match v {
+        Value::Bool(b) => Ok(*b),
+        _ => Err(bad()),
+    };
+    let range = |v: i64| format!("value {v} is out of range");
+    match spec.key {
+        "allow_anonymous" => config.security.allow_anonymous = boolean(&value)?,
+        "max_inflight_messages" => {
+            let v = int(&value)?;
+            config.limits.max_inflight_messages = if v == 0 {
+                u16::MAX
+            } else {
+                u16::try_from(v).map_err(|_| range(v))?
+            };
+        }
+        "max_queued_messages" => {
+            let v = int(&value)?;
+            config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_queued_bytes" => {
+            let v = int(&value)?;
+            config.limits.max_queued_bytes = u64::try_from(v).map_err(|_| range(v))?;
+        }
+        "message_size_limit" => {
+            let v = int(&value)?;
+            config.limits.message_size_limit = u32::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_packet_size" => {
+            let v = int(&value)?;
+            config.limits.max_packet_size = u32::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_keepalive" => {
+            let v = int(&value)?;
+            config.limits.max_keepalive = u16::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_connections" => {
+            let v = int(&value)?;
+            config.limits.max_connections = if v < 0 {
+                None
+            } else {
+                Some(usize::try_from(v).map_err(|_| range(v))?)
+            };
+        }
+        "allow_zero_length_clientid" => {
+            config.sessions.allow_zero_length_clientid = boolean(&value)?
+        }
+        "auto_id_prefix" => match value {
+            Value::Str(s) => config.sessions.auto_id_prefix = s,
+            _ => return Err(bad()),
+        },
+        "persistent_client_expiration" => match value {
+            Value::Duration(d) => config.sessions.persistent_client_expiration = d,
+            _ => return Err(bad()),
+        },
+        "retain_available" => config.mqtt.retain_available = boolean(&value)?,
+        "max_qos" => {
+            let v = int(&value)?;
+            config.mqtt.max_qos = u8::try_from(v).map_err(|_| range(v))?;
+        }
+        "upgrade_outgoing_qos" => config.mqtt.upgrade_outgoing_qos = boolean(&value)?,
+        _ => return Err(bad()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_option_can_be_applied() {
+        for spec in OPTIONS {
+            let mut config = Config::default();
+            let value = match spec.kind {
+                Kind::Bool => Value::Bool(false),
+                Kind::Int { max, .. } => Value::Int(max),
+                Kind::Str => Value::Str("x".into()),
+                Kind::Duration => Value::Duration(Some(Duration::from_secs(1))),
+            };
+            assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);
+        }
+    }
+
+    #[test]
+    fn ranges_name_what_is_allowed() {
+        let spec = find("max_qos").expect("max_qos exists");
+        assert_eq!(check_int(spec, 2), Ok(2));
+        assert_eq!(
+            check_int(spec, 3),
+            Err("value 3 is out of range; allowed: 0, 1 or 2".to_owned())
+        );
+        let spec = find("max_queued_messages").expect("exists");
+        assert!(check_int(spec, 0)
+            .expect_err("0 rejected")
+            .contains("use a large number"));
+        let spec = find("max_connections").expect("exists");
+        assert_eq!(check_int(spec, -1), Ok(-1));
+        assert!(check_int(spec, 0).is_err());
+        assert!(check_int(spec, -2).is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! TOML syntax, with `CULEX__SECTION__KEY` environment overrides.
+//!
+//! Loading goes in three steps:
+//!
+//! 1. the file is parsed with `toml_edit`, which keeps the position of every
+//!    key, and every key and value is checked against the option table, so
+//!    that every problem (unknown key, wrong type, out of range) is reported
+//!    with its line; the environment overrides are checked the same way;
+//! 2. the file and the environment are merged by the `config` crate and
+//!    deserialized into [`Config`] (serde, `deny_unknown_fields`);
+//! 3. the result is validated like any configuration.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ImDocument, Item, TableLike, Value as TomlValue};
+
+use crate::error::{ConfigError, Diagnostic};
+use crate::options::{self, check_int, Kind, Section, Spec};
+use crate::validate;
+use crate::{duration, Config, Loaded};
+
+/// Prefix of environment overrides, followed by `SECTION__KEY`.
+pub(crate) const ENV_PREFIX: &str = "CULEX__";
+
+/// The environment variables whose name starts with `CULEX__` (in any case,
+/// as the `config` crate matches them).
+pub(crate) fn culex_env_vars() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            name.to_ascii_uppercase()
+                .starts_with(ENV_PREFIX)
+                .then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect();
+    vars.sort();
+    vars
+}
+
+/// What the checks of step 1 learned.
+struct Checked {
+    diagnostics: Vec<Diagnostic>,
+    /// Line of each key path (`limits.max_qos`, `listeners[0]`,
+    /// `listeners[0].port`).
+    lines: HashMap<String, usize>,
+    /// Whether the file defines listeners.
+    listeners_given: bool,
+    /// Options set from the environment: path -> (variable name, raw value).
+    from_env: HashMap<String, (String, String)>,
+}
+
+impl Checked {
+    fn error(&mut self, file: &Path, line: Option<usize>, key: &str, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Loads a TOML file with the given `CULEX__` environment variables.
+pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, ConfigError> {
+    let file_error = |line: Option<usize>, message: String| {
+        ConfigError::single(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            key: String::new(),
+            message,
+        })
+    };
+    if path.is_dir() {
+        return Err(file_error(
+            None,
+            "cannot read configuration file: it is a directory".to_owned(),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_error(None, format!("cannot read configuration file: {e}")))?;
+
+    // Step 1: check the file and the environment, with positions.
+    let doc = ImDocument::parse(text.as_str()).map_err(|e| {
+        let line = e.span().map(|span| line_of(&text, span.start));
+        file_error(line, format!("TOML syntax error: {}", e.message().trim_end()))
+    })?;
+    let mut checked = Checked {
+        diagnostics: Vec::new(),
+        lines: HashMap::new(),
+        listeners_given: false,
+        from_env: HashMap::new(),
+    };
+    check_document(path, &text, &doc, &mut checked);
+    check_env(&env, &mut checked);
+    if !checked.diagnostics.is_empty() {
+        return Err(ConfigError {
+            diagnostics: checked.diagnostics,
+        });
+    }
+
+    // Step 2: merge and deserialize.
+    let env_map: config::Map<String, String> = env.into_iter().collect();
+    let merged = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("CULEX")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        )
+        .build()
+        .map_err(|e| file_error(None, format!("cannot load configuration: {e}")))?;
+    let mut config: Config = merged
+        .try_deserialize()
+        .map_err(|e| file_error(None, format!("invalid configuration: {e}")))?;
+
+    // `try_parsing` turns string-looking numbers ("007") into numbers; take
+    // string options from the environment verbatim.
+    if let Some((_, raw)) = checked.from_env.get("sessions.auto_id_prefix") {
+        config.sessions.auto_id_prefix = raw.clone();
+    }
+    // Mosquitto 2 rule: a configuration that defines its own listeners does
+    // not allow anonymous clients unless it says so.
+    if checked.listeners_given
+        && !checked.lines.contains_key("security.allow_anonymous")
+        && !checked.from_env.contains_key("security.allow_anonymous")
+    {
+        config.security.allow_anonymous = false;
+    }
+
+    // Step 3: validate.
+    let diagnostics: Vec<Diagnostic> = validate::problems(&config)
+        .into_iter()
+        .map(|problem| {
+            if let Some((name, _)) = checked.from_env.get(&problem.key) {
+                return Diagnostic {
+                    file: PathBuf::from(format!("environment variable {name}")),
+                    line: None,
+                    key: problem.key,
+                    message: problem.message,
+                };
+            }
+            let line = checked.lines.get(&problem.key).copied().or_else(|| {
+                problem
+                    .listener
+                    .and_then(|i| checked.lines.get(&format!("listeners[{i}]")).copied())
+            });
+            Diagnostic {
+                file: path.to_path_buf(),
+                line,
+                key: problem.key,
+                message: problem.message,
+            }
+        })
+        .collect();
+    if diagnostics.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: Vec::new(),
+        })
+    } else {
+        Err(ConfigError { diagnostics })
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Line of `key` in `table`, if known.
+fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
+    table
+        .key(key)
+        .and_then(|k| k.span())
+        .map(|span| line_of(text, span.start))
+}
+
+const TOP_LEVEL: &str = "listeners, security, limits, sessions, mqtt";
+
+fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
+    let root = doc.as_table();
+    for (key, item) in root.iter() {
+        let line = key_line(text, root, key);
+        if key == "listeners" {
+            checked.listeners_given = true;
+            if let Some(line) = line {
+                checked.lines.insert("listeners".to_owned(), line);
+            }
+            check_listeners(path, text, item, line, checked);
+        } else if let Some(section) = Section::from_name(key) {
+            match item.as_table_like() {
+                Some(table) => check_section(path, text, section, table, checked),
+                None => checked.error(
+                    path,
+                    line,
+                    key,
+                    format!(
+                        "'{key}' must be a table: write a [{key}] section; found {}",
+                        describe_item(item)
+                    ),
+                ),
+            }
+        } else if let Some(spec) = options::find(key) {
+            checked.error(
+                path,
+                line,
+                key,
+                format!(
+                    "unknown key '{key}' at the top level; it belongs in the [{}] section: {}",
+                    spec.section.name(),
+                    spec.path()
+                ),
+            );
+        } else {
+            checked.error(
+                path,
+                line,
+                key,
+                format!("unknown key '{key}'; allowed top-level keys: {TOP_LEVEL}"),
+            );
+        }
+    }
+}
+
+fn check_section(
+    path: &Path,
+    text: &str,
+    section: Section,
+    table: &dyn TableLike,
+    checked: &mut Checked,
+) {
+    for (key, item) in table.iter() {
+        let line = key_line(text, table, key);
+        let full = format!("{}.{key}", section.name());
+        let Some(spec) = options::find_in(section, key) else {
+            let mut message = format!(
+                "unknown key '{full}'; allowed keys in [{}]: {}",
+                section.name(),
+                options::keys_of(section).join(", ")
+            );
+            if let Some(other) = options::find(key) {
+                message = format!(
+                    "unknown key '{full}'; '{key}' belongs in the [{}] section",
+                    other.section.name()
+                );
+            }
+            checked.error(path, line, &full, message);
+            continue;
+        };
+        if let Some(line) = line {
+            checked.lines.insert(full.clone(), line);
+        }
+        if let Err(message) = check_value(spec, item) {
+            checked.error(path, line, &full, message);
+        }
+    }
+}
+
+/// Checks a file value against the option's kind and range.
+fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
+    let value = item.as_value();
+    match (spec.kind, value) {
+        (Kind::Bool, Some(TomlValue::Boolean(_))) => Ok(()),
+        (Kind::Int { .. }, Some(TomlValue::Integer(i))) => {
+            check_int(spec, i128::from(*i.value())).map(|_| ())
+        }
+        (Kind::Str, Some(TomlValue::String(_))) => Ok(()),
+        (Kind::Duration, Some(TomlValue::String(s))) => {
+            duration::parse_toml(s.value()).map(|_| ())
+        }
+        (kind, _) => Err(format!(
+            "expected {}, found {}",
+            expected(kind),
+            describe_item(item)
+        )),
+    }
+}
+
+fn expected(kind: Kind) -> String {
+    match kind {
+        Kind::Bool => "true or false".to_owned(),
+        Kind::Int { allowed, .. } => format!("an integer ({allowed})"),
+        Kind::Str => "a string".to_owned(),
+        Kind::Duration => {
+            "a duration string such as \"30m\" (minutes), \"12h\", \"2d\", \"1w\", or \"never\""
+                .to_owned()
+        }
+    }
+}
+
+/// "integer 3", "string \"x\"", ... for messages.
+fn describe_item(item: &Item) -> String {
+    match item {
+        Item::None => "nothing".to_owned(),
+        Item::Table(_) => "a table".to_owned(),
+        Item::ArrayOfTables(_) => "an array of tables".to_owned(),
+        Item::Value(v) => match v {
+            TomlValue::String(s) => format!("string {:?}", s.value()),
+            TomlValue::Integer(i) => format!("integer {}", i.value()),
+            TomlValue::Float(f) => format!("float {}", f.value()),
+            TomlValue::Boolean(b) => format!("boolean {}", b.value()),
+            TomlValue::Datetime(d) => format!("date-time {}", d.value()),
+            TomlValue::Array(_) => "an array".to_owned(),
+            TomlValue::InlineTable(_) => "an inline table".to_owned(),
+        },
+    }
+}
+
+fn check_listeners(
+    path: &Path,
+    text: &str,
+    item: &Item,
+    line: Option<usize>,
+    checked: &mut Checked,
+) {
+    // [[listeners]] sections, or listeners = [{ ... }, ...].
+    let mut tables: Vec<(&dyn TableLike, Option<usize>)> = Vec::new();
+    match item {
+        Item::ArrayOfTables(array) => {
+            for table in array.iter() {
+                let line = table.span().map(|s| line_of(text, s.start));
+                tables.push((table as &dyn TableLike, line));
+            }
+        }
+        Item::Value(TomlValue::Array(array)) => {
+            for value in array.iter() {
+                let line = value.span().map(|s| line_of(text, s.start));
+                match value {
+                    TomlValue::InlineTable(table) => tables.push((table as &dyn TableLike, line)),
+                    other => {
+                        checked.error(
+                            path,
+                            line,
+                            "listeners",
+                            format!(
+                                "each listener must be a table such as {{ host = \"127.0.0.1\", port = 1883 }}; found {}",
+                                describe_item(&Item::Value(other.clone()))
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        other => {
+            checked.error(
+                path,
+                line,
+                "listeners",
+                format!(
+                    "'listeners' must be an array of tables: write [[listeners]] sections; found {}",
+                    describe_item(other)
+                ),
+            );
+            return;
+        }
+    }
+    for (i, (table, table_line)) in tables.into_iter().enumerate() {
+        let name = format!("listeners[{i}]");
+        let table_line = table_line.or(line);
+        if let Some(l) = table_line {
+            checked.lines.insert(name.clone(), l);
+        }
+        let mut has_port = false;
+        for (key, value) in table.iter() {
+            let key_line = key_line(text, table, key).or(table_line);
+            let full = format!("{name}.{key}");
+            if let Some(l) = key_line {
+                checked.lines.insert(full.clone(), l);
+            }
+            let problem = match (key, value.as_value()) {
+                ("host", Some(TomlValue::String(_))) => None,
+                ("host", _) => Some(format!(
+                    "expected a string (an IP address or host name; leave it out for all interfaces), found {}",
+                    describe_item(value)
+                )),
+                ("port", Some(TomlValue::Integer(port))) => {
+                    has_port = true;
+                    let port = *port.value();
+                    (!(0..=65535).contains(&port)).then(|| {
+                        format!(
+                            "value {port} is out of range; allowed: 0 to 65535 (0 = an ephemeral port chosen by the system)"
+                        )
+                    })
+                }
+                ("port", _) => {
+                    has_port = true;
+                    Some(format!(
+                        "expected an integer (0 to 65535), found {}",
+                        describe_item(value)
+                    ))
+                }
+                _ => Some(format!("unknown key '{full}'; allowed keys: host, port")),
+            };
+            if let Some(message) = problem {
+                checked.error(path, key_line, &full, message);
+            }
+        }
+        if !has_port {
+            checked.error(
+                path,
+                table_line,
+                &format!("{name}.port"),
+                "missing port; every listener needs one, e.g. port = 1883",
+            );
+        }
+    }
+}
+
+/// Checks `CULEX__SECTION__KEY` variables.
+fn check_env(env: &[(String, String)], checked: &mut Checked) {
+    for (name, raw) in env {
+        let label = PathBuf::from(format!("environment variable {name}"));
+        let rest = name
+            .get(ENV_PREFIX.len()..)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let parts: Vec<&str> = rest.split("__").collect();
+        let spec = match parts.as_slice() {
+            [section, key] => Section::from_name(section).and_then(|s| options::find_in(s, key)),
+            _ => None,
+        };
+        let Some(spec) = spec else {
+            let message = if rest.starts_with("listeners") {
+                "listeners cannot be set from the environment; define them in the file".to_owned()
+            } else {
+                format!(
+                    "unknown override '{name}'; overrides are named CULEX__SECTION__KEY, e.g. \
+                     CULEX__LIMITS__MAX_INFLIGHT_MESSAGES; allowed: {}",
+                    options::OPTIONS
+                        .iter()
+                        .map(|s| format!(
+                            "{ENV_PREFIX}{}__{}",
+                            s.section.name().to_ascii_uppercase(),
+                            s.key.to_ascii_uppercase()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            checked.diagnostics.push(Diagnostic {
+                file: label,
+                line: None,
+                key: name.clone(),
+                message,
+            });
+            continue;
+        };
+        let result = match spec.kind {
+            Kind::Bool => match raw.to_ascii_lowercase().as_str() {
+                "true" | "false" => Ok(()),
+                _ => Err(format!("invalid value '{raw}'; allowed: true or false")),
+            },
+            Kind::Int { allowed, .. } => match raw.parse::<i64>() {
+                Ok(v) => check_int(spec, i128::from(v)).map(|_| ()),
+                Err(_) => Err(format!(
+                    "value '{raw}' is not a whole number; allowed: {allowed}"
+                )),
+            },
+            Kind::Str => Ok(()),
+            Kind::Duration => duration::parse_toml(raw).map(|_| ()),
+        };
+        if let Err(message) = result {
+            checked.diagnostics.push(Diagnostic {
+                file: label,
+                line: None,
+                key: spec.path(),
+                message,
+            });
+        }
+        checked
+            .from_env
+            .insert(spec.path(), (name.clone(), raw.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

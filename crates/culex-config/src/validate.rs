@@ -1,0 +1,245 @@
+//! The checks every configuration must pass, whatever syntax it came from.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::options::{self, check_int};
+use crate::{Config, Listener};
+
+/// One failed check. Loaders turn it into a [`Diagnostic`](crate::Diagnostic)
+/// with the file and line of the offending option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// TOML path of the offending value: `limits.max_qos`,
+    /// `listeners[1].host`, or `listeners`.
+    pub(crate) key: String,
+    /// Index of the listener concerned, if any.
+    pub(crate) listener: Option<usize>,
+    /// The scalar option concerned, if any (its name is the same in both
+    /// syntaxes).
+    pub(crate) option: Option<&'static str>,
+    /// What is wrong and what is allowed.
+    pub(crate) message: String,
+}
+
+/// Every problem with `config`, in a stable order (listeners first).
+pub(crate) fn problems(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_listeners(&config.listeners, &mut out);
+
+    let limits = &config.limits;
+    if limits.max_inflight_messages == 0 {
+        // Files write "unlimited" as 0 and store it as 65535; a stored 0 can
+        // only come from code.
+        out.push(Problem {
+            key: "limits.max_inflight_messages".to_owned(),
+            listener: None,
+            option: Some("max_inflight_messages"),
+            message: "value 0 is not a valid stored value; allowed: 1 to 65535 (65535 for unlimited)"
+                .to_owned(),
+        });
+    }
+    let mut int = |key: &'static str, value: i128| {
+        if let Some(spec) = options::find(key) {
+            if let Err(message) = check_int(spec, value) {
+                out.push(Problem {
+                    key: spec.path(),
+                    listener: None,
+                    option: Some(spec.key),
+                    message,
+                });
+            }
+        }
+    };
+    int(
+        "max_queued_messages",
+        i128::try_from(limits.max_queued_messages).unwrap_or(i128::MAX),
+    );
+    int("max_queued_bytes", i128::from(limits.max_queued_bytes));
+    int("message_size_limit", i128::from(limits.message_size_limit));
+    int("max_packet_size", i128::from(limits.max_packet_size));
+    int("max_keepalive", i128::from(limits.max_keepalive));
+    if let Some(n) = limits.max_connections {
+        int(
+            "max_connections",
+            i128::try_from(n).unwrap_or(i128::MAX),
+        );
+    }
+    int("max_qos", i128::from(config.mqtt.max_qos));
+
+    if config
+        .sessions
+        .persistent_client_expiration
+        .is_some_and(|d| d.is_zero())
+    {
+        out.push(Problem {
+            key: "sessions.persistent_client_expiration".to_owned(),
+            listener: None,
+            option: Some("persistent_client_expiration"),
+            message: "must be greater than zero; leave it unset to keep sessions forever"
+                .to_owned(),
+        });
+    }
+    out
+}
+
+fn check_listeners(listeners: &[Listener], out: &mut Vec<Problem>) {
+    if listeners.is_empty() {
+        out.push(Problem {
+            key: "listeners".to_owned(),
+            listener: None,
+            option: None,
+            message: "no listener configured; at least one listener is required".to_owned(),
+        });
+        return;
+    }
+    let mut seen: HashMap<(String, u16), usize> = HashMap::new();
+    for (i, listener) in listeners.iter().enumerate() {
+        if let Some(host) = &listener.host {
+            if let Err(message) = check_host(host) {
+                out.push(Problem {
+                    key: format!("listeners[{i}].host"),
+                    listener: Some(i),
+                    option: None,
+                    message,
+                });
+                continue;
+            }
+        }
+        // Port 0 asks for a fresh ephemeral port each time, so it never
+        // collides.
+        if listener.port == 0 {
+            continue;
+        }
+        let host_key = listener.host.as_deref().map_or_else(String::new, |h| {
+            h.parse::<IpAddr>()
+                .map_or_else(|_| h.to_ascii_lowercase(), |ip| ip.to_string())
+        });
+        if seen.insert((host_key, listener.port), i).is_some() {
+            out.push(Problem {
+                key: format!("listeners[{i}]"),
+                listener: Some(i),
+                option: None,
+                message: format!(
+                    "listener {} is defined more than once; each host and port may be used once",
+                    display_listener(listener)
+                ),
+            });
+        }
+    }
+}
+
+/// `host:port` for messages: `[::1]:1883`, `*:1883` for all interfaces.
+pub(crate) fn display_listener(listener: &Listener) -> String {
+    match &listener.host {
+        None => format!("*:{} (all interfaces)", listener.port),
+        Some(h) if h.contains(':') => format!("[{h}]:{}", listener.port),
+        Some(h) => format!("{h}:{}", listener.port),
+    }
+}
+
+/// Checks a listener host: an IP address or a host name.
+pub(crate) fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err(
+            "host must not be empty; leave it out to listen on all interfaces".to_owned(),
+        );
+    }
+    if host.starts_with('[') {
+        return Err(format!(
+            "host '{host}': write IPv6 addresses without brackets, e.g. ::1"
+        ));
+    }
+    if host.starts_with('/') {
+        return Err(format!(
+            "host '{host}': unix socket listeners are not supported yet by Culex; \
+             allowed: an IP address or host name"
+        ));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid_name = host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid_name {
+        Ok(())
+    } else {
+        Err(format!(
+            "host '{host}' is not an IP address or host name; allowed: e.g. 127.0.0.1, ::1, 0.0.0.0 or localhost"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(problems(&Config::embedded_default()), vec![]);
+        assert_eq!(problems(&Config::embedded_on_port(0)), vec![]);
+    }
+
+    #[test]
+    fn listeners_are_required_and_unique() {
+        let mut c = Config::default();
+        c.listeners.clear();
+        assert_eq!(problems(&c)[0].key, "listeners");
+
+        c.listeners = vec![
+            Listener::new("::1", 1883),
+            Listener::new("0:0:0:0:0:0:0:1", 1883),
+            Listener::all_interfaces(1883),
+            Listener::all_interfaces(1883),
+            Listener::all_interfaces(0),
+            Listener::all_interfaces(0),
+        ];
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].listener, Some(1));
+        assert!(p[0].message.contains("[0:0:0:0:0:0:0:1]:1883"));
+        assert_eq!(p[1].listener, Some(3));
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in ["127.0.0.1", "::", "::1", "localhost", "broker.example.com", "a-b"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "[::1]", "/tmp/sock", "a b", "-a", "a..b", "ex_ample"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scalar_ranges() {
+        let mut c = Config::default();
+        c.mqtt.max_qos = 3;
+        c.limits.max_inflight_messages = 0;
+        c.limits.max_queued_messages = 0;
+        c.limits.max_packet_size = 19;
+        c.limits.message_size_limit = 268_435_456;
+        c.limits.max_connections = Some(0);
+        c.sessions.persistent_client_expiration = Some(Duration::ZERO);
+        let keys: Vec<String> = problems(&c).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.max_inflight_messages",
+                "limits.max_queued_messages",
+                "limits.message_size_limit",
+                "limits.max_packet_size",
+                "limits.max_connections",
+                "mqtt.max_qos",
+                "sessions.persistent_client_expiration",
+            ]
+        );
+    }
+}

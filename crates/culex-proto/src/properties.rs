@@ -1,0 +1,260 @@
+//! MQTT 5 properties.
+//!
+//! One struct holds every property; which ones a packet may carry is checked by the decoder
+//! (`[MQTT-2.2.2-*]`, and per packet in chapter 3). Absent properties are `None` / empty. For
+//! MQTT 3.1 and 3.1.1 every packet's properties are empty and nothing is encoded.
+
+use bytes::Bytes;
+
+/// A User Property: a UTF-8 string pair; order and duplicates are preserved.
+pub type UserProperty = (String, String);
+
+/// The MQTT 5 properties of a packet or will.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Properties {
+    /// 0x01 Payload Format Indicator (PUBLISH, will).
+    pub payload_format_indicator: Option<u8>,
+    /// 0x02 Message Expiry Interval in seconds (PUBLISH, will).
+    pub message_expiry_interval: Option<u32>,
+    /// 0x03 Content Type (PUBLISH, will).
+    pub content_type: Option<String>,
+    /// 0x08 Response Topic (PUBLISH, will).
+    pub response_topic: Option<String>,
+    /// 0x09 Correlation Data (PUBLISH, will).
+    pub correlation_data: Option<Bytes>,
+    /// 0x0B Subscription Identifier(s). SUBSCRIBE carries at most one; a PUBLISH from the
+    /// server may carry several.
+    pub subscription_identifiers: Vec<u32>,
+    /// 0x11 Session Expiry Interval in seconds (CONNECT, CONNACK, DISCONNECT).
+    pub session_expiry_interval: Option<u32>,
+    /// 0x12 Assigned Client Identifier (CONNACK).
+    pub assigned_client_identifier: Option<String>,
+    /// 0x13 Server Keep Alive (CONNACK).
+    pub server_keep_alive: Option<u16>,
+    /// 0x15 Authentication Method (CONNECT, CONNACK, AUTH).
+    pub authentication_method: Option<String>,
+    /// 0x16 Authentication Data (CONNECT, CONNACK, AUTH).
+    pub authentication_data: Option<Bytes>,
+    /// 0x17 Request Problem Information (CONNECT).
+    pub request_problem_information: Option<u8>,
+    /// 0x18 Will Delay Interval in seconds (will).
+    pub will_delay_interval: Option<u32>,
+    /// 0x19 Request Response Information (CONNECT).
+    pub request_response_information: Option<u8>,
+    /// 0x1A Response Information (CONNACK).
+    pub response_information: Option<String>,
+    /// 0x1C Server Reference (CONNACK, DISCONNECT).
+    pub server_reference: Option<String>,
+    /// 0x1F Reason String (acks, CONNACK, DISCONNECT, AUTH).
+    pub reason_string: Option<String>,
+    /// 0x21 Receive Maximum (CONNECT, CONNACK); never 0.
+    pub receive_maximum: Option<u16>,
+    /// 0x22 Topic Alias Maximum (CONNECT, CONNACK).
+    pub topic_alias_maximum: Option<u16>,
+    /// 0x23 Topic Alias (PUBLISH); never 0.
+    pub topic_alias: Option<u16>,
+    /// 0x24 Maximum QoS (CONNACK); 0 or 1.
+    pub maximum_qos: Option<u8>,
+    /// 0x25 Retain Available (CONNACK); 0 or 1.
+    pub retain_available: Option<u8>,
+    /// 0x26 User Property (all packets with properties).
+    pub user_properties: Vec<UserProperty>,
+    /// 0x27 Maximum Packet Size (CONNECT, CONNACK); never 0.
+    pub maximum_packet_size: Option<u32>,
+    /// 0x28 Wildcard Subscription Available (CONNACK); 0 or 1.
+    pub wildcard_subscription_available: Option<u8>,
+    /// 0x29 Subscription Identifier Available (CONNACK); 0 or 1.
+    pub subscription_identifier_available: Option<u8>,
+    /// 0x2A Shared Subscription Available (CONNACK); 0 or 1.
+    pub shared_subscription_available: Option<u8>,
+}
+
+impl Properties {
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Properties::default()
+    }
+}
+
+/// Property identifiers (MQTT 5 section 2.2.2.2, table 2-4).
+pub(crate) mod id {
+    pub(crate) const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub(crate) const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+    pub(crate) const CONTENT_TYPE: u8 = 0x03;
+    pub(crate) const RESPONSE_TOPIC: u8 = 0x08;
+    pub(crate) const CORRELATION_DATA: u8 = 0x09;
+    pub(crate) const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+    pub(crate) const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub(crate) const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+    pub(crate) const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub(crate) const AUTHENTICATION_METHOD: u8 = 0x15;
+    pub(crate) const AUTHENTICATION_DATA: u8 = 0x16;
+    pub(crate) const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+    pub(crate) const WILL_DELAY_INTERVAL: u8 = 0x18;
+    pub(crate) const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub(crate) const RESPONSE_INFORMATION: u8 = 0x1A;
+    pub(crate) const SERVER_REFERENCE: u8 = 0x1C;
+    pub(crate) const REASON_STRING: u8 = 0x1F;
+    pub(crate) const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub(crate) const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub(crate) const TOPIC_ALIAS: u8 = 0x23;
+    pub(crate) const MAXIMUM_QOS: u8 = 0x24;
+    pub(crate) const RETAIN_AVAILABLE: u8 = 0x25;
+    pub(crate) const USER_PROPERTY: u8 = 0x26;
+    pub(crate) const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub(crate) const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+    pub(crate) const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+    pub(crate) const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+}
+
+/// The property section being read or written: decides which identifiers are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PropCtx {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    PubResp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+const fn mask(ids: &[u8]) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < ids.len() {
+        m |= 1u64 << ids[i];
+        i += 1;
+    }
+    m
+}
+
+impl PropCtx {
+    /// Bit `i` set when identifier `i` may appear in this section.
+    const fn allowed(self) -> u64 {
+        use id::*;
+        match self {
+            PropCtx::Connect => {
+                const {
+                    mask(&[
+                        SESSION_EXPIRY_INTERVAL,
+                        AUTHENTICATION_METHOD,
+                        AUTHENTICATION_DATA,
+                        REQUEST_PROBLEM_INFORMATION,
+                        REQUEST_RESPONSE_INFORMATION,
+                        RECEIVE_MAXIMUM,
+                        TOPIC_ALIAS_MAXIMUM,
+                        USER_PROPERTY,
+                        MAXIMUM_PACKET_SIZE,
+                    ])
+                }
+            }
+            PropCtx::Will => {
+                const {
+                    mask(&[
+                        PAYLOAD_FORMAT_INDICATOR,
+                        MESSAGE_EXPIRY_INTERVAL,
+                        CONTENT_TYPE,
+                        RESPONSE_TOPIC,
+                        CORRELATION_DATA,
+                        WILL_DELAY_INTERVAL,
+                        USER_PROPERTY,
+                    ])
+                }
+            }
+            PropCtx::ConnAck => {
+                const {
+                    mask(&[
+                        SESSION_EXPIRY_INTERVAL,
+                        ASSIGNED_CLIENT_IDENTIFIER,
+                        SERVER_KEEP_ALIVE,
+                        AUTHENTICATION_METHOD,
+                        AUTHENTICATION_DATA,
+                        RESPONSE_INFORMATION,
+                        SERVER_REFERENCE,
+                        REASON_STRING,
+                        RECEIVE_MAXIMUM,
+                        TOPIC_ALIAS_MAXIMUM,
+                        MAXIMUM_QOS,
+                        RETAIN_AVAILABLE,
+                        USER_PROPERTY,
+                        MAXIMUM_PACKET_SIZE,
+                        WILDCARD_SUBSCRIPTION_AVAILABLE,
+                        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+                        SHARED_SUBSCRIPTION_AVAILABLE,
+                    ])
+                }
+            }
+            PropCtx::Publish => {
+                const {
+                    mask(&[
+                        PAYLOAD_FORMAT_INDICATOR,
+                        MESSAGE_EXPIRY_INTERVAL,
+                        CONTENT_TYPE,
+                        RESPONSE_TOPIC,
+                        CORRELATION_DATA,
+                        SUBSCRIPTION_IDENTIFIER,
+                        TOPIC_ALIAS,
+                        USER_PROPERTY,
+                    ])
+                }
+            }
+            PropCtx::PubResp | PropCtx::SubAck | PropCtx::UnsubAck => {
+                const { mask(&[REASON_STRING, USER_PROPERTY]) }
+            }
+            PropCtx::Subscribe => const { mask(&[SUBSCRIPTION_IDENTIFIER, USER_PROPERTY]) },
+            PropCtx::Unsubscribe => const { mask(&[USER_PROPERTY]) },
+            PropCtx::Disconnect => {
+                const {
+                    mask(&[
+                        SESSION_EXPIRY_INTERVAL,
+                        SERVER_REFERENCE,
+                        REASON_STRING,
+                        USER_PROPERTY,
+                    ])
+                }
+            }
+            PropCtx::Auth => {
+                const {
+                    mask(&[
+                        AUTHENTICATION_METHOD,
+                        AUTHENTICATION_DATA,
+                        REASON_STRING,
+                        USER_PROPERTY,
+                    ])
+                }
+            }
+        }
+    }
+
+    /// True when property `id` may appear in this section.
+    pub(crate) fn allows(self, id: u8) -> bool {
+        id < 64 && self.allowed() & (1u64 << id) != 0
+    }
+
+    /// True when property `id` may appear more than once in this section.
+    pub(crate) fn repeatable(self, id: u8) -> bool {
+        id == id::USER_PROPERTY || (id == id::SUBSCRIPTION_IDENTIFIER && self == PropCtx::Publish)
+    }
+
+    /// The packet (or will) the section belongs to, for error messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PropCtx::Connect => "CONNECT",
+            PropCtx::Will => "CONNECT will",
+            PropCtx::ConnAck => "CONNACK",
+            PropCtx::Publish => "PUBLISH",
+            PropCtx::PubResp => "PUBACK/PUBREC/PUBREL/PUBCOMP",
+            PropCtx::Subscribe => "SUBSCRIBE",
+            PropCtx::SubAck => "SUBACK",
+            PropCtx::Unsubscribe => "UNSUBSCRIBE",
+            PropCtx::UnsubAck => "UNSUBACK",
+            PropCtx::Disconnect => "DISCONNECT",
+            PropCtx::Auth => "AUTH",
+        }
+    }
+}

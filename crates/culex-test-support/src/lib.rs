@@ -1,0 +1,160 @@
+//! Test helpers: an in-process Culex on an ephemeral loopback port, and a raw-packet client for
+//! exact byte-level checks. Nothing here is mocked: the broker is the real server and the
+//! client speaks over a real TCP socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use culex::RunningServer;
+use culex_config::{Config, Listener};
+use culex_proto::{decode, encode, Packet, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for something that should happen promptly. Generous on purpose:
+/// tests run on a busy 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker running in this process on 127.0.0.1 with an ephemeral port.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    server: RunningServer,
+}
+
+impl TestBroker {
+    /// Starts the embedded default configuration on 127.0.0.1, port 0.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(Config::embedded_default()).await
+    }
+
+    /// Starts `config` with its listeners replaced by one on 127.0.0.1, port 0.
+    pub async fn start_with(mut config: Config) -> Result<Self> {
+        config.listeners = vec![Listener {
+            host: Some("127.0.0.1".into()),
+            port: 0,
+        }];
+        let server = culex::start(&config).await?;
+        let addr = *server
+            .local_addrs()
+            .first()
+            .ok_or_else(|| anyhow!("server bound no address"))?;
+        Ok(TestBroker { addr, server })
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The running server (counters).
+    pub fn server(&self) -> &RunningServer {
+        &self.server
+    }
+
+    /// Shuts the broker down cleanly.
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// A client that sends and receives packets (or raw bytes) exactly as given.
+#[derive(Debug)]
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// The protocol used to encode and decode packets.
+    pub protocol: Protocol,
+}
+
+impl RawClient {
+    /// Connects a socket (no MQTT CONNECT is sent).
+    pub async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Self> {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::new(),
+            protocol,
+        })
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Encodes and writes a packet.
+    pub async fn send(&mut self, packet: &Packet) -> Result<()> {
+        let mut out = BytesMut::new();
+        encode(packet, self.protocol, &mut out)?;
+        self.send_bytes(&out).await
+    }
+
+    /// Receives the next packet; fails on timeout or if the server closed the connection.
+    pub async fn recv(&mut self) -> Result<Packet> {
+        match self.recv_or_closed().await? {
+            Some(p) => Ok(p),
+            None => bail!("connection closed by server"),
+        }
+    }
+
+    /// Receives the next packet, or `None` if the server closed the connection.
+    pub async fn recv_or_closed(&mut self) -> Result<Option<Packet>> {
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .context("timed out waiting for a packet")?
+    }
+
+    async fn recv_inner(&mut self) -> Result<Option<Packet>> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, Some(self.protocol), u32::MAX)? {
+                return Ok(Some(p));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads raw bytes until the server closes the connection; returns them.
+    pub async fn read_until_closed(&mut self) -> Result<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.buf).to_vec();
+        tokio::time::timeout(WAIT, self.stream.read_to_end(&mut all))
+            .await
+            .context("server did not close the connection")??;
+        Ok(all)
+    }
+
+    /// Waits until the server closes the connection, returning the packets received first.
+    pub async fn expect_closed(&mut self) -> Result<Vec<Packet>> {
+        let mut packets = Vec::new();
+        while let Some(p) = self.recv_or_closed().await? {
+            packets.push(p);
+        }
+        Ok(packets)
+    }
+
+    /// Asserts nothing arrives within `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) -> Result<()> {
+        match tokio::time::timeout(quiet, self.recv_inner()).await {
+            Err(_) => Ok(()),
+            Ok(Ok(Some(p))) => bail!("expected silence, got {p:?}"),
+            Ok(Ok(None)) => bail!("expected silence, connection closed"),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// A port that was free a moment ago, for tests that spawn the real binary with `-p`. Prefer
+/// port 0 wherever the server can report what it bound.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,115 @@
+//! `culex`: the MQTT broker binary. Command line after Mosquitto's: `-c FILE`, `-p PORT`, `-v`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use culex_config::Config;
+use tracing::{error, info, warn};
+
+/// Culex, an MQTT broker for MQTT 3.1, 3.1.1 and 5.0.
+#[derive(Debug, Parser)]
+#[command(name = "culex", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file: `*.toml` is TOML, anything else is mosquitto.conf syntax.
+    #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this port (loopback, IPv4 and IPv6) instead of the configured listeners.
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Verbose logging (debug level). `RUST_LOG` overrides.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Check the configuration file, print any problems, and exit (non-zero on errors).
+    #[arg(long = "check", requires = "config")]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+
+    let mut config = match &cli.config {
+        None => Config::embedded_default(),
+        Some(path) => match culex_config::load_file(path) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!("{w}");
+                }
+                loaded.config
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("culex: configuration has errors; not starting");
+                return ExitCode::from(3);
+            }
+        },
+    };
+    if cli.check {
+        println!("{}: configuration OK", display(&cli.config));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(port) = cli.port {
+        config.listeners = Config::embedded_on_port(port).listeners;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("culex")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("culex: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!("culex {} starting", env!("CARGO_PKG_VERSION"));
+    match runtime.block_on(culex::run(&config, stop_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("culex: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn display(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map_or_else(|| "(embedded default)".into(), |p| p.display().to_string())
+}
+
+fn init_logging(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

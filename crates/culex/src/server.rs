@@ -1,0 +1,360 @@
+//! The server: binds listeners, accepts connections, runs the router task, shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use culex_broker::{BrokerSettings, Command, Router};
+use culex_config::Config;
+use culex_proto::QoS;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::connection;
+
+/// Commands the router's channel holds before connections wait (backpressure).
+const ROUTER_QUEUE: usize = 16 * 1024;
+/// Commands the router handles per wake-up.
+const ROUTER_BATCH: usize = 512;
+/// How long shutdown waits for connections to close before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Limits each connection task enforces, from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnLimits {
+    pub(crate) max_packet_size: u32,
+    pub(crate) message_size_limit: u32,
+    pub(crate) max_keepalive: u16,
+    pub(crate) max_inflight_messages: u16,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) allow_zero_length_clientid: bool,
+    pub(crate) retain_available: bool,
+    pub(crate) max_qos: QoS,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+}
+
+/// A monotonically increasing count or a gauge, readable from anywhere. The metrics issue
+/// exports these; they are plain relaxed atomics so the hot path pays almost nothing.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one (gauges).
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Server-wide counters kept by connection tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted on a socket.
+    pub accepted: Counter,
+    /// Connections closed at once because `max_connections` was reached.
+    pub rejected_max_connections: Counter,
+    /// CONNECTs refused with a CONNACK error.
+    pub refused: Counter,
+    /// Clients currently connected (gauge).
+    pub connected: Counter,
+    /// Connections closed for malformed or out-of-order packets.
+    pub protocol_errors: Counter,
+    /// Connections refused for authentication.
+    pub auth_failures: Counter,
+    /// PUBLISH packets received.
+    pub publish_received: Counter,
+    /// PUBLISH packets sent.
+    pub publish_sent: Counter,
+    /// PUBLISH packets dropped for exceeding `message_size_limit`.
+    pub dropped_too_large: Counter,
+    /// Bytes written to clients.
+    pub bytes_sent: Counter,
+}
+
+/// State every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: mpsc::Sender<Command>,
+    pub(crate) limits: Arc<ConnLimits>,
+    pub(crate) broker: BrokerSettings,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Maps the configuration onto the router's settings.
+pub fn broker_settings(config: &Config) -> BrokerSettings {
+    BrokerSettings {
+        max_inflight_messages: config.limits.max_inflight_messages.max(1),
+        max_queued_messages: config.limits.max_queued_messages,
+        max_queued_bytes: config.limits.max_queued_bytes,
+        retain_available: config.mqtt.retain_available,
+        max_qos: qos_from(config.mqtt.max_qos),
+        upgrade_outgoing_qos: config.mqtt.upgrade_outgoing_qos,
+        persistent_client_expiration: config.sessions.persistent_client_expiration,
+        auto_id_prefix: config.sessions.auto_id_prefix.clone(),
+        max_outbox_qos0: config.limits.max_queued_messages,
+    }
+}
+
+fn qos_from(v: u8) -> QoS {
+    QoS::from_u8(v).unwrap_or(QoS::ExactlyOnce)
+}
+
+fn conn_limits(config: &Config) -> ConnLimits {
+    ConnLimits {
+        max_packet_size: config.limits.max_packet_size,
+        message_size_limit: config.limits.message_size_limit,
+        max_keepalive: config.limits.max_keepalive,
+        max_inflight_messages: config.limits.max_inflight_messages.max(1),
+        allow_anonymous: config.security.allow_anonymous,
+        allow_zero_length_clientid: config.sessions.allow_zero_length_clientid,
+        retain_available: config.mqtt.retain_available,
+        max_qos: qos_from(config.mqtt.max_qos),
+        connect_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A running server: its bound addresses and the means to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl RunningServer {
+    /// The addresses the listeners are bound to (ports resolved when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Server-wide counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B), waits
+    /// for the connection tasks and the router to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds every configured listener and starts serving. Returns once the listeners are bound.
+pub async fn start(config: &Config) -> Result<RunningServer> {
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        for addr in resolve(l.host.as_deref(), l.port).await? {
+            let listener = bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (listener port {})", l.port))?;
+            listeners.push(listener);
+        }
+    }
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for a in &addrs {
+        info!("listening on {a}");
+    }
+
+    let settings = broker_settings(config);
+    let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
+    let router = Router::new(settings.clone());
+    let router_task = tokio::spawn(run_router(router, router_rx));
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(Shared {
+        router: router_tx,
+        limits: Arc::new(conn_limits(config)),
+        broker: settings,
+        counters: Arc::clone(&counters),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let max_conn = config
+        .limits
+        .max_connections
+        .unwrap_or(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_conn.min(Semaphore::MAX_PERMITS)));
+    let task = tokio::spawn(serve(
+        listeners,
+        shared,
+        permits,
+        shutdown_rx,
+        router_task,
+    ));
+    Ok(RunningServer {
+        addrs,
+        shutdown: shutdown_tx,
+        task,
+        counters,
+    })
+}
+
+/// Runs the server until `stop` completes, then shuts down cleanly.
+pub async fn run(config: &Config, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let server = start(config).await?;
+    stop.await;
+    info!("shutting down");
+    server.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn resolve(host: Option<&str>, port: u16) -> Result<Vec<SocketAddr>> {
+    match host {
+        None => Ok(vec![
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from(([0u16; 8], port)),
+        ]),
+        Some(h) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+                return Ok(vec![SocketAddr::new(ip, port)]);
+            }
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((h, port))
+                .await
+                .with_context(|| format!("cannot resolve listener address '{h}'"))?
+                .collect();
+            if found.is_empty() {
+                anyhow::bail!("listener address '{h}' resolves to nothing");
+            }
+            Ok(found)
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Bind v6 and v4 separately, as Mosquitto does, so `::` and `0.0.0.0` coexist.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn serve(
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    router_task: tokio::task::JoinHandle<()>,
+) {
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let mut accept_loops = JoinSet::new();
+    let connections = TaskTracker::new();
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            Arc::clone(&permits),
+            shutdown.clone(),
+            Arc::clone(&next_conn),
+            connections.clone(),
+        ));
+    }
+    while accept_loops.join_next().await.is_some() {}
+    // Every accept loop has stopped (shutdown). Let connections say goodbye.
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close in time");
+    }
+    drop(shared);
+    let _ = router_task.await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    next_conn: Arc<AtomicU64>,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.counters.accepted.inc();
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            shared.counters.rejected_max_connections.inc();
+            warn!(%peer, "max_connections reached; connection closed");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let task = connection::serve(stream, peer, conn, Arc::clone(&shared), shutdown.clone());
+        connections.spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+}
+
+/// The router task: drains commands in batches and wakes for timers (wills, expiry).
+async fn run_router(mut router: Router, mut rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(ROUTER_BATCH);
+    loop {
+        let deadline = router.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = rx.recv_many(&mut batch, ROUTER_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                let now = tokio::time::Instant::now().into_std();
+                for cmd in batch.drain(..) {
+                    router.handle(cmd, now);
+                }
+            }
+            _ = sleep => {}
+        }
+        let now = tokio::time::Instant::now().into_std();
+        if router.next_deadline().is_some_and(|d| d <= now) {
+            router.tick(now);
+        }
+    }
+}
