@@ -751,3 +751,7 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

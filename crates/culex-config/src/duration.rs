@@ -94,10 +94,7 @@ mod tests {
     fn toml_durations() {
         assert_eq!(parse_toml("30m"), Ok(Some(Duration::from_secs(1800))));
         assert_eq!(parse_toml("2d"), Ok(Some(Duration::from_secs(2 * DAY))));
-        assert_eq!(
-            parse_toml("1h 30m"),
-            Ok(Some(Duration::from_secs(5400)))
-        );
+        assert_eq!(parse_toml("1h 30m"), Ok(Some(Duration::from_secs(5400))));
         assert_eq!(parse_toml("never"), Ok(None));
         assert!(parse_toml("0s").is_err());
         assert!(parse_toml("3600").is_err());

@@ -192,7 +192,11 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
         }
         Err(e) => {
             let valid = e.utf8_error().valid_up_to();
-            let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+            let line = e.as_bytes()[..valid]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
             Err(ConfigError::single(Diagnostic {
                 file: path.to_path_buf(),
                 line: Some(line),
@@ -373,8 +377,9 @@ impl Reader {
             (Kind::Int { .. }, [word]) => parse_int(word, &expected)
                 .and_then(|v| check_int(spec, v))
                 .map(Value::Int),
-            (Kind::Duration, [word]) => duration::parse_mosquitto(word)
-                .map(|d| Value::Duration(Some(d))),
+            (Kind::Duration, [word]) => {
+                duration::parse_mosquitto(word).map(|d| Value::Duration(Some(d)))
+            }
         };
         match value {
             Ok(value) => {

@@ -212,10 +212,12 @@ pub(crate) fn check_int(spec: &Spec, value: i128) -> Result<i64, String> {
     // Values with a special explanation.
     match (spec.key, value) {
         ("max_queued_messages", 0) => {
-            return Err("value 0 is not allowed: Culex bounds every queue, there is no \
+            return Err(
+                "value 0 is not allowed: Culex bounds every queue, there is no \
                  'unlimited' (unlike mosquitto); use a large number such as 100000; \
                  allowed: 1 to 2147483647"
-                .to_owned())
+                    .to_owned(),
+            )
         }
         ("max_connections", 0) => {
             return Err(

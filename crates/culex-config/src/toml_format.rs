@@ -83,7 +83,10 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
     // Step 1: check the file and the environment, with positions.
     let doc = ImDocument::parse(text.as_str()).map_err(|e| {
         let line = e.span().map(|span| line_of(&text, span.start));
-        file_error(line, format!("TOML syntax error: {}", e.message().trim_end()))
+        file_error(
+            line,
+            format!("TOML syntax error: {}", e.message().trim_end()),
+        )
     })?;
     let mut checked = Checked {
         diagnostics: Vec::new(),
@@ -168,7 +171,11 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Line of `key` in `table`, if known.
@@ -269,9 +276,7 @@ fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
             check_int(spec, i128::from(*i.value())).map(|_| ())
         }
         (Kind::Str, Some(TomlValue::String(_))) => Ok(()),
-        (Kind::Duration, Some(TomlValue::String(s))) => {
-            duration::parse_toml(s.value()).map(|_| ())
-        }
+        (Kind::Duration, Some(TomlValue::String(s))) => duration::parse_toml(s.value()).map(|_| ()),
         (kind, _) => Err(format!(
             "expected {}, found {}",
             expected(kind),

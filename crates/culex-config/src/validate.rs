@@ -35,8 +35,9 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
             key: "limits.max_inflight_messages".to_owned(),
             listener: None,
             option: Some("max_inflight_messages"),
-            message: "value 0 is not a valid stored value; allowed: 1 to 65535 (65535 for unlimited)"
-                .to_owned(),
+            message:
+                "value 0 is not a valid stored value; allowed: 1 to 65535 (65535 for unlimited)"
+                    .to_owned(),
         });
     }
     let mut int = |key: &'static str, value: i128| {
@@ -60,10 +61,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     int("max_packet_size", i128::from(limits.max_packet_size));
     int("max_keepalive", i128::from(limits.max_keepalive));
     if let Some(n) = limits.max_connections {
-        int(
-            "max_connections",
-            i128::try_from(n).unwrap_or(i128::MAX),
-        );
+        int("max_connections", i128::try_from(n).unwrap_or(i128::MAX));
     }
     int("max_qos", i128::from(config.mqtt.max_qos));
 
@@ -141,9 +139,7 @@ pub(crate) fn display_listener(listener: &Listener) -> String {
 /// Checks a listener host: an IP address or a host name.
 pub(crate) fn check_host(host: &str) -> Result<(), String> {
     if host.is_empty() {
-        return Err(
-            "host must not be empty; leave it out to listen on all interfaces".to_owned(),
-        );
+        return Err("host must not be empty; leave it out to listen on all interfaces".to_owned());
     }
     if host.starts_with('[') {
         return Err(format!(
@@ -165,7 +161,9 @@ pub(crate) fn check_host(host: &str) -> Result<(), String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if valid_name {
         Ok(())
@@ -210,7 +208,14 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["127.0.0.1", "::", "::1", "localhost", "broker.example.com", "a-b"] {
+        for ok in [
+            "127.0.0.1",
+            "::",
+            "::1",
+            "localhost",
+            "broker.example.com",
+            "a-b",
+        ] {
             assert_eq!(check_host(ok), Ok(()), "{ok}");
         }
         for bad in ["", "[::1]", "/tmp/sock", "a b", "-a", "a..b", "ex_ample"] {

@@ -61,7 +61,10 @@ fn comments_blank_lines_and_whitespace() {
 fn listeners_and_anonymous_rule() {
     let c = config("listener 1883\n");
     assert_eq!(c.listeners, vec![Listener::all_interfaces(1883)]);
-    assert!(!c.security.allow_anonymous, "listener defined: anonymous off");
+    assert!(
+        !c.security.allow_anonymous,
+        "listener defined: anonymous off"
+    );
 
     let c = config("listener 1883 127.0.0.1\nlistener 8883 ::1\nallow_anonymous true\n");
     assert_eq!(
@@ -77,7 +80,10 @@ fn listeners_and_anonymous_rule() {
     let c = config("bind_address 10.0.0.1\nport 1884\nlistener 1885\n");
     assert_eq!(
         c.listeners,
-        vec![Listener::new("10.0.0.1", 1884), Listener::all_interfaces(1885)]
+        vec![
+            Listener::new("10.0.0.1", 1884),
+            Listener::all_interfaces(1885)
+        ]
     );
 
     // bind_address alone: the default listener on port 1883.
@@ -145,8 +151,13 @@ fn port_and_bind_address_repeated_warn() {
 #[test]
 fn booleans() {
     for (key, get) in [
-        ("allow_anonymous", (|c: &Config| c.security.allow_anonymous) as fn(&Config) -> bool),
-        ("allow_zero_length_clientid", |c| c.sessions.allow_zero_length_clientid),
+        (
+            "allow_anonymous",
+            (|c: &Config| c.security.allow_anonymous) as fn(&Config) -> bool,
+        ),
+        ("allow_zero_length_clientid", |c| {
+            c.sessions.allow_zero_length_clientid
+        }),
         ("retain_available", |c| c.mqtt.retain_available),
         ("upgrade_outgoing_qos", |c| c.mqtt.upgrade_outgoing_qos),
     ] {
@@ -158,7 +169,9 @@ fn booleans() {
         for bad in ["yes", "True", "on", "2"] {
             assert_eq!(
                 error(&format!("{key} {bad}\n")),
-                format!("culex.conf:1: option '{key}': invalid value '{bad}'; allowed: true or false")
+                format!(
+                    "culex.conf:1: option '{key}': invalid value '{bad}'; allowed: true or false"
+                )
             );
         }
         assert_eq!(
@@ -186,8 +199,18 @@ fn integers() {
     assert_eq!(c.mqtt.max_qos, 1);
 
     // Special values.
-    assert_eq!(config("max_inflight_messages 0\n").limits.max_inflight_messages, 65535);
-    assert_eq!(config("max_inflight_messages 65535\n").limits.max_inflight_messages, 65535);
+    assert_eq!(
+        config("max_inflight_messages 0\n")
+            .limits
+            .max_inflight_messages,
+        65535
+    );
+    assert_eq!(
+        config("max_inflight_messages 65535\n")
+            .limits
+            .max_inflight_messages,
+        65535
+    );
     assert_eq!(config("max_connections -1\n").limits.max_connections, None);
     assert_eq!(config("max_qos 0\n").mqtt.max_qos, 0);
     assert_eq!(config("max_keepalive 0\n").limits.max_keepalive, 0);
@@ -196,7 +219,10 @@ fn integers() {
         config("max_packet_size 268435455\n").limits.max_packet_size,
         268_435_455
     );
-    assert_eq!(config("message_size_limit 0\n").limits.message_size_limit, 0);
+    assert_eq!(
+        config("message_size_limit 0\n").limits.message_size_limit,
+        0
+    );
 }
 
 #[test]
@@ -211,7 +237,8 @@ fn integer_errors() {
     );
     assert!(error("max_inflight_messages -1\n").contains("value -1 is out of range"));
     assert!(error("max_queued_messages 0\n").contains("use a large number"));
-    assert!(error("max_queued_messages -5\n").contains("value -5 is out of range; allowed: 1 to 2147483647"));
+    assert!(error("max_queued_messages -5\n")
+        .contains("value -5 is out of range; allowed: 1 to 2147483647"));
     assert!(error("max_queued_bytes -1\n").contains("out of range"));
     assert!(error("message_size_limit 268435456\n").contains("allowed: 0 (no limit) to 268435455"));
     assert!(error("max_packet_size 19\n").contains("allowed: 20 to 268435455"));
@@ -230,8 +257,10 @@ fn integer_errors() {
         );
     }
     assert!(error("max_keepalive 010\n").contains("leading zero"));
-    assert!(error("max_queued_bytes 99999999999999999999999999999999999999999999\n")
-        .contains("out of range"));
+    assert!(
+        error("max_queued_bytes 99999999999999999999999999999999999999999999\n")
+            .contains("out of range")
+    );
     assert!(error("max_queued_bytes 9223372036854775808\n").contains("out of range"));
     assert_eq!(
         error("max_qos\n"),
@@ -293,7 +322,10 @@ fn ignored_options_warn() {
         w[0],
         "culex.conf:1: option 'log_dest' is accepted but ignored by Culex"
     );
-    assert_eq!(w[6], "culex.conf:7: option 'user' is accepted but ignored by Culex");
+    assert_eq!(
+        w[6],
+        "culex.conf:7: option 'user' is accepted but ignored by Culex"
+    );
 }
 
 #[test]
@@ -309,8 +341,16 @@ fn unknown_options() {
         error("password_file /etc/mosquitto/passwd\n"),
         "culex.conf:1: unknown option 'password_file': this mosquitto option is not supported yet by Culex"
     );
-    for option in ["persistence true", "connection bridge1", "bridge_foo 1", "plugin_opt_x 1"] {
-        assert!(error(&format!("{option}\n")).contains("not supported yet by Culex"), "{option}");
+    for option in [
+        "persistence true",
+        "connection bridge1",
+        "bridge_foo 1",
+        "plugin_opt_x 1",
+    ] {
+        assert!(
+            error(&format!("{option}\n")).contains("not supported yet by Culex"),
+            "{option}"
+        );
     }
     assert_eq!(
         error("max_qso 1\n"),
@@ -322,7 +362,8 @@ fn unknown_options() {
 
 #[test]
 fn every_problem_is_reported() {
-    let (dir, result) = load_text("max_qos 3\nfoo 1\nlistener 1883\nlistener 1883\nmax_keepalive x\n");
+    let (dir, result) =
+        load_text("max_qos 3\nfoo 1\nlistener 1883\nlistener 1883\nmax_keepalive x\n");
     let e = result.expect_err("fails");
     let lines: Vec<String> = e
         .diagnostics
@@ -332,7 +373,12 @@ fn every_problem_is_reported() {
         .collect();
     assert_eq!(
         lines,
-        ["culex.conf:1", "culex.conf:2", "culex.conf:5", "culex.conf:4"]
+        [
+            "culex.conf:1",
+            "culex.conf:2",
+            "culex.conf:5",
+            "culex.conf:4"
+        ]
     );
 }
 
@@ -342,7 +388,9 @@ fn missing_and_unreadable_files() {
     let missing = dir.path().join("nope.conf");
     let e = load(&missing).expect_err("missing file");
     assert_eq!(e.diagnostics[0].file, missing);
-    assert!(dir.strip(&e.to_string()).starts_with("nope.conf: cannot read configuration file:"));
+    assert!(dir
+        .strip(&e.to_string())
+        .starts_with("nope.conf: cannot read configuration file:"));
 
     let e = load(dir.path()).expect_err("directory");
     assert!(e.to_string().contains("it is a directory"));
@@ -367,14 +415,20 @@ fn include_dir_loads_conf_files_in_order() {
     // Absolute path: relative include_dir paths follow the working directory.
     let main = dir.file(
         "main.conf",
-        &format!("max_qos 2\ninclude_dir {}\nmax_keepalive 40\n", inc.display()),
+        &format!(
+            "max_qos 2\ninclude_dir {}\nmax_keepalive 40\n",
+            inc.display()
+        ),
     );
     let loaded = load(&main).expect("loads");
     // A.conf, then b.conf (case-insensitive order): last max_qos is 1.
     assert_eq!(loaded.config.mqtt.max_qos, 1);
     assert_eq!(
         loaded.config.listeners,
-        vec![Listener::all_interfaces(1883), Listener::all_interfaces(1884)]
+        vec![
+            Listener::all_interfaces(1883),
+            Listener::all_interfaces(1884)
+        ]
     );
     assert_eq!(loaded.config.limits.max_keepalive, 40);
     assert_eq!(
@@ -397,9 +451,15 @@ fn include_dir_diagnostics_name_the_included_file() {
     let inc = dir.path().join("conf.d");
     std::fs::create_dir(&inc).expect("mkdir");
     write(&inc.join("10-limits.conf"), "# limits\nmax_qos 7\n");
-    write(&inc.join("20-more.conf"), "listener 1883\n\nwhatever 1\ninclude_dir /tmp\n");
+    write(
+        &inc.join("20-more.conf"),
+        "listener 1883\n\nwhatever 1\ninclude_dir /tmp\n",
+    );
     write(&inc.join("30-dup.conf"), "listener 1883\n");
-    let main = dir.file("main.conf", &format!("include_dir {}\nmax_qos x\n", inc.display()));
+    let main = dir.file(
+        "main.conf",
+        &format!("include_dir {}\nmax_qos x\n", inc.display()),
+    );
     let e = load(&main).expect_err("fails");
     let text = dir.strip(&e.to_string());
     assert_eq!(
@@ -422,7 +482,9 @@ fn include_dir_errors() {
     assert!(error("include_dir\n").contains("missing value"));
     let text = error("include_dir /nonexistent/culex-dir\n");
     assert!(
-        text.starts_with("culex.conf:1: option 'include_dir': cannot open directory '/nonexistent/culex-dir'"),
+        text.starts_with(
+            "culex.conf:1: option 'include_dir': cannot open directory '/nonexistent/culex-dir'"
+        ),
         "{text}"
     );
     assert!(text.contains("relative to the current directory"));

@@ -1,0 +1,313 @@
+//! Router unit tests with a virtual clock: every `now` is made up, nothing sleeps.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use culex_proto::{
+    LastWill, Packet, Properties, Protocol, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Router;
+use crate::api::{Command, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound};
+use crate::settings::BrokerSettings;
+
+struct Client {
+    conn: u64,
+    rx: mpsc::Receiver<Outbound>,
+    outcome: ConnectOutcome,
+}
+
+fn connect(
+    r: &mut Router,
+    now: Instant,
+    conn: u64,
+    id: &str,
+    clean: bool,
+    expiry: u32,
+    will: Option<LastWill>,
+) -> Client {
+    let (tx, rx) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (reply, mut reply_rx) = oneshot::channel();
+    r.handle(
+        Command::Connect(Box::new(ConnectRequest {
+            conn,
+            protocol: Protocol::V5,
+            client_id: id.into(),
+            clean_start: clean,
+            session_expiry: expiry,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            will,
+            username: None,
+            outbox: tx,
+            reply,
+        })),
+        now,
+    );
+    let outcome = reply_rx.try_recv().expect("router answers CONNECT at once");
+    Client { conn, rx, outcome }
+}
+
+fn subscribe(r: &mut Router, now: Instant, c: &mut Client, filter: &str, qos: QoS) {
+    r.handle(
+        Command::Subscribe {
+            conn: c.conn,
+            subscribe: Subscribe {
+                packet_id: 1,
+                filters: vec![SubscribeFilter {
+                    filter: filter.into(),
+                    options: SubscriptionOptions {
+                        qos,
+                        ..Default::default()
+                    },
+                }],
+                properties: Properties::default(),
+            },
+        },
+        now,
+    );
+    match c.rx.try_recv() {
+        Ok(Outbound::Packet(Packet::SubAck(a))) => {
+            assert_eq!(a.reason_codes, vec![ReasonCode::granted(qos)])
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn publish(r: &mut Router, now: Instant, conn: u64, topic: &str, qos: QoS, retain: bool) {
+    r.handle(
+        Command::Publish {
+            conn,
+            publish: Publish {
+                dup: false,
+                qos,
+                retain,
+                topic: topic.into(),
+                packet_id: (qos != QoS::AtMostOnce).then_some(7),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"hello"),
+            },
+        },
+        now,
+    );
+}
+
+fn disconnect(r: &mut Router, now: Instant, conn: u64, kind: DisconnectKind) {
+    r.handle(
+        Command::Disconnect {
+            conn,
+            kind,
+            session_expiry: None,
+            inbound_qos2: vec![],
+        },
+        now,
+    );
+}
+
+fn will(topic: &str, delay: Option<u32>) -> LastWill {
+    LastWill {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    }
+}
+
+fn next_topic(c: &mut Client) -> Option<String> {
+    match c.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => Some(d.message.topic.to_string()),
+        Ok(other) => panic!("expected a delivery, got {other:?}"),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn routes_to_matching_subscriber_only() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut a = connect(&mut r, t0, 1, "a", true, 0, None);
+    let mut b = connect(&mut r, t0, 2, "b", true, 0, None);
+    subscribe(&mut r, t0, &mut a, "x/+", QoS::AtLeastOnce);
+    subscribe(&mut r, t0, &mut b, "y/#", QoS::AtLeastOnce);
+    publish(&mut r, t0, 2, "x/1", QoS::AtLeastOnce, false);
+    assert_eq!(next_topic(&mut a).as_deref(), Some("x/1"));
+    assert_eq!(next_topic(&mut b), None);
+}
+
+#[test]
+fn delayed_will_fires_after_its_delay_and_not_before() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
+    let _dying = connect(&mut r, t0, 2, "d", true, 100, Some(will("wills/d", Some(5))));
+    disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
+    assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(5)));
+    r.tick(t0 + Duration::from_secs(4));
+    assert_eq!(next_topic(&mut watcher), None);
+    r.tick(t0 + Duration::from_secs(5));
+    assert_eq!(next_topic(&mut watcher).as_deref(), Some("wills/d"));
+}
+
+#[test]
+fn reconnect_before_will_delay_cancels_the_will() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
+    let _d = connect(&mut r, t0, 2, "d", false, 100, Some(will("wills/d", Some(5))));
+    disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
+    let back = connect(&mut r, t0 + Duration::from_secs(2), 3, "d", false, 100, None);
+    assert!(back.outcome.session_present);
+    r.tick(t0 + Duration::from_secs(10));
+    assert_eq!(next_topic(&mut watcher), None);
+}
+
+#[test]
+fn session_end_publishes_a_will_whose_delay_is_longer() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
+    let _d = connect(&mut r, t0, 2, "d", false, 10, Some(will("wills/d", Some(60))));
+    disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
+    r.tick(t0 + Duration::from_secs(9));
+    assert_eq!(next_topic(&mut watcher), None);
+    assert_eq!(r.session_count(), 2);
+    r.tick(t0 + Duration::from_secs(10));
+    assert_eq!(next_topic(&mut watcher).as_deref(), Some("wills/d"));
+    assert_eq!(r.session_count(), 1, "the expired session is gone");
+    assert_eq!(r.stats().sessions_expired, 1);
+}
+
+#[test]
+fn normal_disconnect_discards_the_will() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
+    let _d = connect(&mut r, t0, 2, "d", true, 0, Some(will("wills/d", None)));
+    disconnect(&mut r, t0, 2, DisconnectKind::Normal);
+    r.tick(t0 + Duration::from_secs(100));
+    assert_eq!(next_topic(&mut watcher), None);
+    assert_eq!(r.stats().wills_published, 0);
+}
+
+#[test]
+fn offline_persistent_session_gets_queued_messages_on_return() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut sub = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::AtLeastOnce);
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
+    publish(&mut r, t0, 2, "t", QoS::AtMostOnce, false);
+    assert_eq!(r.stats().dropped_offline_qos0, 1);
+    let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
+    assert!(back.outcome.session_present);
+    assert_eq!(next_topic(&mut back).as_deref(), Some("t"));
+    assert_eq!(next_topic(&mut back), None);
+}
+
+#[test]
+fn unacked_inflight_is_redelivered_with_dup_on_reconnect() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut sub = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::ExactlyOnce);
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    publish(&mut r, t0, 2, "t", QoS::ExactlyOnce, false);
+    let first = match sub.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert!(!first.dup);
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
+    match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => {
+            assert!(d.dup);
+            assert_eq!(d.packet_id, first.packet_id);
+            assert_eq!(d.qos, QoS::ExactlyOnce);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn takeover_closes_the_old_connection_and_keeps_the_session() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut first = connect(&mut r, t0, 1, "c", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut first, "t", QoS::AtLeastOnce);
+    let mut second = connect(&mut r, t0, 2, "c", false, u32::MAX, None);
+    assert!(second.outcome.session_present);
+    assert!(matches!(
+        first.rx.try_recv(),
+        Ok(Outbound::Close(ReasonCode::SessionTakenOver))
+    ));
+    // The old connection's late Disconnect must not end the new one.
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    assert_eq!(r.connected_count(), 1);
+    publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
+    assert_eq!(next_topic(&mut second).as_deref(), Some("t"));
+}
+
+#[test]
+fn slow_qos0_consumer_drops_are_counted_and_bounded() {
+    let t0 = Instant::now();
+    let settings = BrokerSettings {
+        max_outbox_qos0: 5,
+        ..Default::default()
+    };
+    let mut r = Router::new(settings);
+    let mut sub = connect(&mut r, t0, 1, "s", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::AtMostOnce);
+    for _ in 0..50 {
+        publish(&mut r, t0, 1, "t", QoS::AtMostOnce, false);
+    }
+    let mut got = 0;
+    while next_topic(&mut sub).is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 5);
+    assert_eq!(r.stats().dropped_outbox_full, 45);
+}
+
+#[test]
+fn retained_is_sent_after_suback_and_cleared_by_empty_payload() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let _p = connect(&mut r, t0, 1, "p", true, 0, None);
+    publish(&mut r, t0, 1, "r/a", QoS::AtLeastOnce, true);
+    assert_eq!(r.retained_count().0, 1);
+    let mut s = connect(&mut r, t0, 2, "s", true, 0, None);
+    subscribe(&mut r, t0, &mut s, "r/+", QoS::AtLeastOnce);
+    match s.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => assert!(d.retain),
+        other => panic!("{other:?}"),
+    }
+    r.handle(
+        Command::Publish {
+            conn: 1,
+            publish: Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: "r/a".into(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: Bytes::new(),
+            },
+        },
+        t0,
+    );
+    assert_eq!(r.retained_count().0, 0);
+}
