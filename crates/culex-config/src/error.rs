@@ -20,8 +20,10 @@ pub struct ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// The file the problem is in (an included file for problems found in
-    /// one). Empty for [`Config::validate`](crate::Config::validate) on a
-    /// configuration built in code.
+    /// one). For a TOML value overridden from the environment it reads
+    /// `environment variable CULEX__SECTION__KEY`. Empty for
+    /// [`Config::validate`](crate::Config::validate) on a configuration
+    /// built in code.
     pub file: PathBuf,
     /// 1-based line number, where known.
     pub line: Option<usize>,

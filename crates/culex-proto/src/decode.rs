@@ -195,28 +195,28 @@ fn read_properties(r: &mut Reader, p: Protocol, ctx: PropCtx) -> Result<Properti
 }
 
 fn packet_id(r: &mut Reader) -> Result<u16> {
-    match r.u16("packet identifier")? {
+    match r.u16("truncated packet identifier")? {
         0 => Err(protocol_error("[MQTT-2.2.1-3]", "packet identifier 0")),
         id => Ok(id),
     }
 }
 
 fn reason(r: &mut Reader, packet_type: u8) -> Result<ReasonCode> {
-    let byte = r.u8("reason code")?;
+    let byte = r.u8("truncated reason code")?;
     ReasonCode::from_byte(packet_type, byte)
         .ok_or_else(|| malformed("[2.4]", "invalid reason code for this packet"))
 }
 
 fn connect(r: &mut Reader) -> Result<Connect> {
-    let name = r.string("protocol name")?;
-    let level = r.u8("protocol level")?;
+    let name = r.string("truncated protocol name")?;
+    let level = r.u8("truncated protocol level")?;
     let protocol = match (name.as_str(), level) {
         ("MQTT", 4) => Protocol::V311,
         ("MQTT", 5) => Protocol::V5,
         ("MQIsdp", 3) => Protocol::V31,
         _ => return Err(DecodeError::UnsupportedProtocol { name, level }),
     };
-    let flags = r.u8("connect flags")?;
+    let flags = r.u8("truncated connect flags")?;
     if flags & 0x01 != 0 {
         return Err(malformed("[MQTT-3.1.2-3]", "CONNECT reserved flag is set"));
     }
@@ -245,7 +245,7 @@ fn connect(r: &mut Reader) -> Result<Connect> {
             "Password Flag set without the User Name Flag",
         ));
     }
-    let keep_alive = r.u16("keep alive")?;
+    let keep_alive = r.u16("truncated keep alive")?;
     let properties = read_properties(r, protocol, PropCtx::Connect)?;
     if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
         return Err(protocol_error(
@@ -253,12 +253,12 @@ fn connect(r: &mut Reader) -> Result<Connect> {
             "Authentication Data without Authentication Method",
         ));
     }
-    let client_id = r.string("client identifier")?;
+    let client_id = r.string("truncated client identifier")?;
     let will = if will_flag {
         let properties = read_properties(r, protocol, PropCtx::Will)?;
-        let topic = r.string("will topic")?;
+        let topic = r.string("truncated will topic")?;
         check_topic_name(&topic, "[MQTT-3.1.3-11]")?;
-        let payload = r.binary("will payload")?;
+        let payload = r.binary("truncated will payload")?;
         Some(LastWill {
             topic,
             payload,
@@ -269,8 +269,12 @@ fn connect(r: &mut Reader) -> Result<Connect> {
     } else {
         None
     };
-    let username = username_flag.then(|| r.string("user name")).transpose()?;
-    let password = password_flag.then(|| r.binary("password")).transpose()?;
+    let username = username_flag
+        .then(|| r.string("truncated user name"))
+        .transpose()?;
+    let password = password_flag
+        .then(|| r.binary("truncated password"))
+        .transpose()?;
     Ok(Connect {
         protocol,
         clean_start: flags & 0x02 != 0,
@@ -284,14 +288,14 @@ fn connect(r: &mut Reader) -> Result<Connect> {
 }
 
 fn connack(r: &mut Reader, p: Protocol) -> Result<ConnAck> {
-    let flags = r.u8("connect acknowledge flags")?;
+    let flags = r.u8("truncated connect acknowledge flags")?;
     if flags & 0xFE != 0 {
         return Err(malformed(
             "[MQTT-3.2.2-1]",
             "CONNACK reserved flags are set",
         ));
     }
-    let code = r.u8("connect reason code")?;
+    let code = r.u8("truncated connect reason code")?;
     let reason_code = if p.is_v5() {
         ReasonCode::from_byte(2, code)
     } else {
@@ -316,7 +320,7 @@ fn connack(r: &mut Reader, p: Protocol) -> Result<ConnAck> {
 fn publish(r: &mut Reader, flags: u8, p: Protocol) -> Result<Publish> {
     let qos = QoS::from_u8((flags >> 1) & 0b11)
         .ok_or_else(|| malformed("[MQTT-3.3.1-4]", "PUBLISH with QoS 3"))?;
-    let topic = r.string("topic name")?;
+    let topic = r.string("truncated topic name")?;
     let packet_id = match qos {
         QoS::AtMostOnce => None,
         _ => Some(packet_id(r)?),
@@ -360,8 +364,8 @@ fn subscribe(r: &mut Reader, p: Protocol) -> Result<Subscribe> {
     let properties = read_properties(r, p, PropCtx::Subscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
-        let filter = r.string("topic filter")?;
-        let options = subscription_options(r.u8("subscription options")?, &filter, p)?;
+        let filter = r.string("truncated topic filter")?;
+        let options = subscription_options(r.u8("truncated subscription options")?, &filter, p)?;
         check_topic_filter(&filter)?;
         filters.push(SubscribeFilter { filter, options });
     }
@@ -421,7 +425,7 @@ fn suback(r: &mut Reader, p: Protocol) -> Result<SubAck> {
     let properties = read_properties(r, p, PropCtx::SubAck)?;
     let mut reason_codes = Vec::new();
     while !r.is_empty() {
-        let byte = r.u8("SUBACK reason code")?;
+        let byte = r.u8("truncated SUBACK reason code")?;
         let code = if p.is_v5() {
             ReasonCode::from_byte(9, byte)
         } else {
@@ -451,7 +455,7 @@ fn unsubscribe(r: &mut Reader, p: Protocol) -> Result<Unsubscribe> {
     let properties = read_properties(r, p, PropCtx::Unsubscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
-        let filter = r.string("topic filter")?;
+        let filter = r.string("truncated topic filter")?;
         check_topic_filter(&filter)?;
         filters.push(filter);
     }

@@ -123,12 +123,13 @@ pub(crate) enum PropCtx {
     Auth,
 }
 
+/// The bit set of identifiers `ids` (evaluated at compile time).
 const fn mask(ids: &[u8]) -> u64 {
     let mut m = 0u64;
-    let mut i = 0;
-    while i < ids.len() {
-        m |= 1u64 << ids[i];
-        i += 1;
+    let mut rest = ids;
+    while let [first, tail @ ..] = rest {
+        m |= 1u64 << *first;
+        rest = tail;
     }
     m
 }

@@ -1,6 +1,8 @@
 //! Byte-exact vectors, hand-built from the specification: good packets decode to the expected
 //! value and encode back to the same bytes; bad packets fail with the expected rule.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::{Bytes, BytesMut};
 use culex_proto::*;
 
@@ -20,7 +22,11 @@ fn dec(bytes: &[u8], p: Option<Protocol>) -> Result<Option<Packet>, DecodeError>
 
 /// Decodes `bytes` as one whole packet and checks it equals `expected`.
 fn decodes_to(bytes: &[u8], p: Protocol, expected: &Packet) {
-    let ctx = if matches!(expected, Packet::Connect(_)) { None } else { Some(p) };
+    let ctx = if matches!(expected, Packet::Connect(_)) {
+        None
+    } else {
+        Some(p)
+    };
     let got = dec(bytes, ctx).unwrap_or_else(|e| panic!("{bytes:02x?}: {e}"));
     assert_eq!(got.as_ref(), Some(expected), "decoding {bytes:02x?}");
 }
@@ -152,9 +158,8 @@ fn connect_v5_password_without_username_is_allowed() {
 
 #[test]
 fn connect_errors() {
-    let with_flags = |level: u8, flags: u8| {
-        pkt(0x10, &cat(&[&s("MQTT"), &[level, flags, 0, 60], &s("abc")]))
-    };
+    let with_flags =
+        |level: u8, flags: u8| pkt(0x10, &cat(&[&s("MQTT"), &[level, flags, 0, 60], &s("abc")]));
     malformed(&with_flags(4, 0x03), None, "[MQTT-3.1.2-3]");
     malformed(&with_flags(4, 0x0a), None, "[MQTT-3.1.2-11]");
     malformed(&with_flags(4, 0x22), None, "[MQTT-3.1.2-13]");
@@ -172,7 +177,10 @@ fn connect_errors() {
     // Trailing bytes after the payload.
     malformed(&bad(b"\x00\x01a\x00"), None, "[2.1.4]");
     // Will topic with a wildcard.
-    let will = pkt(0x10, &cat(&[&s("MQTT"), b"\x04\x06\x00\x3c", &s("c"), &s("a/#"), &s("x")]));
+    let will = pkt(
+        0x10,
+        &cat(&[&s("MQTT"), b"\x04\x06\x00\x3c", &s("c"), &s("a/#"), &s("x")]),
+    );
     malformed(&will, None, "[MQTT-3.1.3-11]");
     // Unsupported name / level.
     for (name, level) in [("MQTT", 3u8), ("MQTT", 6), ("MQIsdp", 4), ("MQTTX", 4)] {
@@ -196,7 +204,7 @@ fn connect_errors() {
     protocol_err(&v5(b"\x02\x17\x02"), None, "[3.1.2.11.7]");
     protocol_err(&v5(b"\x02\x19\x02"), None, "[3.1.2.11.6]");
     protocol_err(&v5(b"\x03\x16\x00\x00"), None, "[3.1.2.11.10]");
-    protocol_err(&v5(b"\x04\x21\x00\x01\x21"), None, "[2.2.2.2]"); // not the duplicate: truncated
+    protocol_err(&v5(b"\x04\x21\x00\x01\x21"), None, "[2.2.2.2]"); // duplicate, caught before its value
 }
 
 // ---------------------------------------------------------------- CONNACK
@@ -208,16 +216,37 @@ fn connack() {
         reason_code: rc,
         properties: props(),
     };
-    good(b"\x20\x02\x01\x00", V311, Packet::ConnAck(ack(true, ReasonCode::Success)));
-    good(b"\x20\x02\x00\x05", V31, Packet::ConnAck(ack(false, ReasonCode::NotAuthorized)));
-    good(b"\x20\x03\x00\x00\x00", V5, Packet::ConnAck(ack(false, ReasonCode::Success)));
+    good(
+        b"\x20\x02\x01\x00",
+        V311,
+        Packet::ConnAck(ack(true, ReasonCode::Success)),
+    );
+    good(
+        b"\x20\x02\x00\x05",
+        V31,
+        Packet::ConnAck(ack(false, ReasonCode::NotAuthorized)),
+    );
+    good(
+        b"\x20\x03\x00\x00\x00",
+        V5,
+        Packet::ConnAck(ack(false, ReasonCode::Success)),
+    );
     let mut a = ack(false, ReasonCode::Success);
     a.properties.receive_maximum = Some(10);
     a.properties.maximum_qos = Some(1);
-    good(b"\x20\x08\x00\x00\x05\x21\x00\x0a\x24\x01", V5, Packet::ConnAck(a));
+    good(
+        b"\x20\x08\x00\x00\x05\x21\x00\x0a\x24\x01",
+        V5,
+        Packet::ConnAck(a),
+    );
     // A v5-only reason maps to a 3.1.1 return code on encode.
     let mut out = BytesMut::new();
-    encode(&Packet::ConnAck(ack(false, ReasonCode::Banned)), V311, &mut out).unwrap();
+    encode(
+        &Packet::ConnAck(ack(false, ReasonCode::Banned)),
+        V311,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(&out[..], b"\x20\x02\x00\x05");
 
     malformed(b"\x20\x02\x02\x00", Some(V311), "[MQTT-3.2.2-1]");
@@ -252,13 +281,21 @@ fn publish_good() {
             p,
             Packet::Publish(publish(QoS::AtLeastOnce, "a/b", Some(7), b"hey")),
         );
-        good(b"\x30\x05\x00\x03a/b", p, Packet::Publish(publish(QoS::AtMostOnce, "a/b", None, b"")));
+        good(
+            b"\x30\x05\x00\x03a/b",
+            p,
+            Packet::Publish(publish(QoS::AtMostOnce, "a/b", None, b"")),
+        );
     }
     let mut x = publish(QoS::ExactlyOnce, "t", Some(1), b"p");
     x.dup = true;
     x.retain = true;
     good(b"\x3d\x06\x00\x01t\x00\x01p", V311, Packet::Publish(x));
-    good(b"\x30\x07\x00\x03a/b\x00h", V5, Packet::Publish(publish(QoS::AtMostOnce, "a/b", None, b"h")));
+    good(
+        b"\x30\x07\x00\x03a/b\x00h",
+        V5,
+        Packet::Publish(publish(QoS::AtMostOnce, "a/b", None, b"h")),
+    );
     // Empty topic with a Topic Alias.
     let mut x = publish(QoS::AtMostOnce, "", None, b"x");
     x.properties.topic_alias = Some(1);
@@ -283,15 +320,31 @@ fn publish_errors() {
     protocol_err(b"\x32\x05\x00\x01t\x00\x00", Some(V311), "[MQTT-2.2.1-3]");
     malformed(b"\x30\x02\x00\x00", Some(V311), "[MQTT-4.7.3-1]");
     protocol_err(b"\x30\x03\x00\x00\x00", Some(V5), "[3.3.2.1]");
-    protocol_err(b"\x30\x07\x00\x01t\x03\x23\x00\x00", Some(V5), "[MQTT-3.3.2-8]");
-    protocol_err(b"\x30\x08\x00\x01t\x04\x01\x01\x01\x00", Some(V5), "[2.2.2.2]"); // duplicate
+    protocol_err(
+        b"\x30\x07\x00\x01t\x03\x23\x00\x00",
+        Some(V5),
+        "[MQTT-3.3.2-8]",
+    );
+    protocol_err(
+        b"\x30\x08\x00\x01t\x04\x01\x01\x01\x00",
+        Some(V5),
+        "[2.2.2.2]",
+    ); // duplicate
     protocol_err(b"\x30\x07\x00\x01t\x03\x21\x00\x01", Some(V5), "[2.2.2.2]"); // not allowed
     malformed(b"\x30\x06\x00\x01t\x02\x05\x00", Some(V5), "[2.2.2.2]"); // unknown id
     malformed(b"\x30\x06\x00\x01t\x05\x01\x00", Some(V5), "[2.1.4]"); // length past end
     protocol_err(b"\x30\x06\x00\x01t\x02\x01\x02", Some(V5), "[3.3.2.3.2]");
     protocol_err(b"\x30\x06\x00\x01t\x02\x0b\x00", Some(V5), "[3.8.2.1.2]");
-    malformed(b"\x30\x08\x00\x01t\x04\x0b\x80\x80\x00", Some(V5), "[MQTT-1.5.5-1]");
-    malformed(b"\x30\x0a\x00\x01t\x06\x08\x00\x03a/+", Some(V5), "[MQTT-3.3.2-14]");
+    malformed(
+        b"\x30\x08\x00\x01t\x04\x0b\x80\x80\x00",
+        Some(V5),
+        "[MQTT-1.5.5-1]",
+    );
+    malformed(
+        b"\x30\x0a\x00\x01t\x06\x08\x00\x03a/+",
+        Some(V5),
+        "[MQTT-3.3.2-14]",
+    );
     // PUBLISH before CONNECT.
     protocol_err(b"\x30\x03\x00\x01t", None, "[MQTT-3.1.0-1]");
 }
@@ -315,18 +368,34 @@ fn pub_resp() {
     good(b"\x40\x03\x00\x07\x10", V5, Packet::PubAck(r.clone()));
     r.reason_code = ReasonCode::UnspecifiedError;
     r.properties.reason_string = Some("bad".into());
-    good(b"\x40\x0a\x00\x07\x80\x06\x1f\x00\x03bad", V5, Packet::PubAck(r));
+    good(
+        b"\x40\x0a\x00\x07\x80\x06\x1f\x00\x03bad",
+        V5,
+        Packet::PubAck(r),
+    );
     let mut r = PubResp::new(1);
     r.reason_code = ReasonCode::PacketIdentifierNotFound;
     good(b"\x62\x03\x00\x01\x92", V5, Packet::PubRel(r));
     // Long forms of a bare success are accepted.
-    decodes_to(b"\x40\x03\x00\x07\x00", V5, &Packet::PubAck(PubResp::new(7)));
-    decodes_to(b"\x40\x04\x00\x07\x00\x00", V5, &Packet::PubAck(PubResp::new(7)));
+    decodes_to(
+        b"\x40\x03\x00\x07\x00",
+        V5,
+        &Packet::PubAck(PubResp::new(7)),
+    );
+    decodes_to(
+        b"\x40\x04\x00\x07\x00\x00",
+        V5,
+        &Packet::PubAck(PubResp::new(7)),
+    );
 
     malformed(b"\x40\x03\x00\x07\x00", Some(V311), "[2.1.4]");
     malformed(b"\x40\x03\x00\x07\x05", Some(V5), "[2.4]");
     malformed(b"\x62\x03\x00\x07\x10", Some(V5), "[2.4]");
-    protocol_err(b"\x40\x07\x00\x07\x00\x03\x02\x00\x00", Some(V5), "[2.2.2.2]");
+    protocol_err(
+        b"\x40\x07\x00\x07\x00\x03\x02\x00\x00",
+        Some(V5),
+        "[2.2.2.2]",
+    );
 }
 
 // ---------------------------------------------------------------- SUBSCRIBE / SUBACK
@@ -364,29 +433,73 @@ fn subscribe() {
         properties: props(),
     };
     x.properties.subscription_identifiers = vec![5];
-    good(b"\x82\x0b\x00\x01\x02\x0b\x05\x00\x03a/#\x1e", V5, Packet::Subscribe(x));
+    good(
+        b"\x82\x0b\x00\x01\x02\x0b\x05\x00\x03a/#\x1e",
+        V5,
+        Packet::Subscribe(x),
+    );
     // A shared subscription without No Local.
     let shared = pkt(0x82, &cat(&[b"\x00\x01\x00", &s("$share/g/a"), b"\x00"]));
     assert!(dec(&shared, Some(V5)).unwrap().is_some());
 
     protocol_err(b"\x82\x02\x00\x01", Some(V311), "[MQTT-3.8.3-3]");
     protocol_err(b"\x82\x03\x00\x01\x00", Some(V5), "[MQTT-3.8.3-3]");
-    protocol_err(b"\x82\x05\x00\x00\x00\x01a\x00", Some(V311), "[MQTT-2.2.1-3]");
-    malformed(b"\x80\x06\x00\x01\x00\x01a\x00", Some(V311), "[MQTT-2.1.3-1]");
-    malformed(b"\x82\x06\x00\x01\x00\x01a\x03", Some(V311), "[MQTT-3-8.3-4]");
-    malformed(b"\x82\x06\x00\x01\x00\x01a\x04", Some(V311), "[MQTT-3-8.3-4]");
-    malformed(b"\x82\x07\x00\x01\x00\x00\x01a\x40", Some(V5), "[MQTT-3.8.3-5]");
+    protocol_err(
+        b"\x82\x05\x00\x00\x00\x01a\x00",
+        Some(V311),
+        "[MQTT-2.2.1-3]",
+    );
+    malformed(
+        b"\x80\x06\x00\x01\x00\x01a\x00",
+        Some(V311),
+        "[MQTT-2.1.3-1]",
+    );
+    malformed(
+        b"\x82\x06\x00\x01\x00\x01a\x03",
+        Some(V311),
+        "[MQTT-3-8.3-4]",
+    );
+    malformed(
+        b"\x82\x06\x00\x01\x00\x01a\x04",
+        Some(V311),
+        "[MQTT-3-8.3-4]",
+    );
+    malformed(
+        b"\x82\x07\x00\x01\x00\x00\x01a\x40",
+        Some(V5),
+        "[MQTT-3.8.3-5]",
+    );
     protocol_err(b"\x82\x07\x00\x01\x00\x00\x01a\x03", Some(V5), "[3.8.3.1]");
     protocol_err(b"\x82\x07\x00\x01\x00\x00\x01a\x30", Some(V5), "[3.8.3.1]");
-    malformed(b"\x82\x09\x00\x01\x00\x03a/#\x00\x00", Some(V311), "[2.1.4]"); // truncated pair
-    malformed(b"\x82\x0a\x00\x01\x00\x05a/#/b\x00", Some(V311), "[MQTT-4.7.1-1]");
-    malformed(b"\x82\x08\x00\x01\x00\x03a+b\x00", Some(V311), "[MQTT-4.7.1-2]");
+    malformed(
+        b"\x82\x09\x00\x01\x00\x03a/#\x00\x00",
+        Some(V311),
+        "[2.1.4]",
+    ); // truncated pair
+    malformed(
+        b"\x82\x0a\x00\x01\x00\x05a/#/b\x00",
+        Some(V311),
+        "[MQTT-4.7.1-1]",
+    );
+    malformed(
+        b"\x82\x08\x00\x01\x00\x03a+b\x00",
+        Some(V311),
+        "[MQTT-4.7.1-2]",
+    );
     let empty_group = pkt(0x82, &cat(&[b"\x00\x01\x00", &s("$share//a"), b"\x00"]));
     malformed(&empty_group, Some(V5), "[MQTT-4.8.2-1]");
     let nl_shared = pkt(0x82, &cat(&[b"\x00\x01\x00", &s("$share/g/a"), b"\x04"]));
     protocol_err(&nl_shared, Some(V5), "[MQTT-3.8.3-4]");
-    protocol_err(b"\x82\x09\x00\x01\x02\x0b\x00\x00\x01a\x00", Some(V5), "[3.8.2.1.2]");
-    protocol_err(b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00", Some(V5), "[2.2.2.2]");
+    protocol_err(
+        b"\x82\x09\x00\x01\x02\x0b\x00\x00\x01a\x00",
+        Some(V5),
+        "[3.8.2.1.2]",
+    );
+    protocol_err(
+        b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00",
+        Some(V5),
+        "[2.2.2.2]",
+    );
 }
 
 #[test]
@@ -399,10 +512,17 @@ fn suback() {
     good(b"\x90\x04\x00\x01\x00\x80", V311, Packet::SubAck(x));
     let x = SubAck {
         packet_id: 1,
-        reason_codes: vec![ReasonCode::GrantedQoS1, ReasonCode::WildcardSubscriptionsNotSupported],
+        reason_codes: vec![
+            ReasonCode::GrantedQoS1,
+            ReasonCode::WildcardSubscriptionsNotSupported,
+        ],
         properties: props(),
     };
-    good(b"\x90\x05\x00\x01\x00\x01\xa2", V5, Packet::SubAck(x.clone()));
+    good(
+        b"\x90\x05\x00\x01\x00\x01\xa2",
+        V5,
+        Packet::SubAck(x.clone()),
+    );
     // Any failure maps to 0x80 for 3.1.1.
     let mut out = BytesMut::new();
     encode(&Packet::SubAck(x), V311, &mut out).unwrap();
@@ -423,7 +543,11 @@ fn unsubscribe_unsuback() {
         filters: vec!["a".into()],
         properties: props(),
     };
-    good(b"\xa2\x05\x00\x02\x00\x01a", V311, Packet::Unsubscribe(x.clone()));
+    good(
+        b"\xa2\x05\x00\x02\x00\x01a",
+        V311,
+        Packet::Unsubscribe(x.clone()),
+    );
     good(b"\xa2\x06\x00\x02\x00\x00\x01a", V5, Packet::Unsubscribe(x));
     protocol_err(b"\xa2\x02\x00\x02", Some(V311), "[MQTT-3.10.3-2]");
     malformed(b"\xa0\x05\x00\x02\x00\x01a", Some(V311), "[MQTT-2.1.3-1]");
@@ -440,7 +564,11 @@ fn unsubscribe_unsuback() {
         reason_codes: vec![ReasonCode::NoSubscriptionExisted],
         properties: props(),
     };
-    good(b"\xb0\x04\x00\x02\x00\x11", V5, Packet::UnsubAck(v5.clone()));
+    good(
+        b"\xb0\x04\x00\x02\x00\x11",
+        V5,
+        Packet::UnsubAck(v5.clone()),
+    );
     // 3.1.1 UNSUBACK has only the packet identifier.
     let mut out = BytesMut::new();
     encode(&Packet::UnsubAck(v5), V311, &mut out).unwrap();
@@ -472,10 +600,19 @@ fn ping_disconnect_auth() {
     good(b"\xe0\x01\x04", V5, Packet::Disconnect(d));
     let mut d = Disconnect::new(ReasonCode::SessionTakenOver);
     d.properties.session_expiry_interval = Some(0);
-    good(b"\xe0\x07\x8e\x05\x11\x00\x00\x00\x00", V5, Packet::Disconnect(d));
+    good(
+        b"\xe0\x07\x8e\x05\x11\x00\x00\x00\x00",
+        V5,
+        Packet::Disconnect(d),
+    );
     // Disconnect without will is never in 3.1.1 on the wire.
     let mut out = BytesMut::new();
-    encode(&Packet::Disconnect(Disconnect::new(ReasonCode::ServerBusy)), V311, &mut out).unwrap();
+    encode(
+        &Packet::Disconnect(Disconnect::new(ReasonCode::ServerBusy)),
+        V311,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(&out[..], b"\xe0\x00");
     malformed(b"\xe0\x01\x01", Some(V5), "[2.4]");
     protocol_err(b"\xe0\x04\x00\x02\x27\x01", Some(V5), "[2.2.2.2]");
@@ -499,7 +636,14 @@ fn ping_disconnect_auth() {
     malformed(b"\xf1\x00", Some(V5), "[MQTT-2.1.3-1]");
     assert!(encode(&Packet::PingReq, V5, &mut BytesMut::new()).is_ok());
     assert!(matches!(
-        encode(&Packet::Auth(Auth { reason_code: ReasonCode::Success, properties: props() }), V311, &mut BytesMut::new()),
+        encode(
+            &Packet::Auth(Auth {
+                reason_code: ReasonCode::Success,
+                properties: props()
+            }),
+            V311,
+            &mut BytesMut::new()
+        ),
         Err(EncodeError::Invalid { .. })
     ));
 }
@@ -550,7 +694,9 @@ fn packet_too_large_from_the_header_alone() {
     );
     // The limit counts the fixed header: a 10-byte packet fits in 10, not in 9.
     let pkt = b"\x30\x08\x00\x01t\x00\x00\x00\x00\x00";
-    assert!(decode(&mut BytesMut::from(&pkt[..]), Some(V311), 10).unwrap().is_some());
+    assert!(decode(&mut BytesMut::from(&pkt[..]), Some(V311), 10)
+        .unwrap()
+        .is_some());
     assert!(matches!(
         decode(&mut BytesMut::from(&pkt[..2]), Some(V311), 9),
         Err(DecodeError::PacketTooLarge { size: 10, max: 9 })
@@ -560,7 +706,10 @@ fn packet_too_large_from_the_header_alone() {
 #[test]
 fn decodes_packets_one_after_another() {
     let mut buf = BytesMut::from(&b"\xc0\x00\x40\x02\x00\x07\xd0"[..]);
-    assert_eq!(decode(&mut buf, Some(V311), u32::MAX), Ok(Some(Packet::PingReq)));
+    assert_eq!(
+        decode(&mut buf, Some(V311), u32::MAX),
+        Ok(Some(Packet::PingReq))
+    );
     assert_eq!(
         decode(&mut buf, Some(V311), u32::MAX),
         Ok(Some(Packet::PubAck(PubResp::new(7))))
@@ -584,32 +733,53 @@ fn encode_errors() {
     let mut out = BytesMut::new();
     let bad = |p: Packet, proto| encode(&p, proto, &mut BytesMut::new()).unwrap_err();
     let mut x = publish(QoS::AtLeastOnce, "t", None, b"");
-    assert!(matches!(bad(Packet::Publish(x.clone()), V311), EncodeError::Invalid { .. }));
+    assert!(matches!(
+        bad(Packet::Publish(x.clone()), V311),
+        EncodeError::Invalid { .. }
+    ));
     x.packet_id = Some(0);
-    assert!(matches!(bad(Packet::Publish(x.clone()), V311), EncodeError::Invalid { .. }));
+    assert!(matches!(
+        bad(Packet::Publish(x.clone()), V311),
+        EncodeError::Invalid { .. }
+    ));
     x.packet_id = Some(1);
     x.properties.receive_maximum = Some(1);
-    assert!(matches!(bad(Packet::Publish(x.clone()), V5), EncodeError::Invalid { .. }));
+    assert!(matches!(
+        bad(Packet::Publish(x.clone()), V5),
+        EncodeError::Invalid { .. }
+    ));
     // Properties are dropped for older versions.
     encode(&Packet::Publish(x), V311, &mut out).unwrap();
     assert_eq!(&out[..], b"\x32\x05\x00\x01t\x00\x01");
     let long = "x".repeat(70_000);
     assert!(matches!(
-        bad(Packet::Publish(publish(QoS::AtMostOnce, &long, None, b"")), V311),
+        bad(
+            Packet::Publish(publish(QoS::AtMostOnce, &long, None, b"")),
+            V311
+        ),
         EncodeError::TooLong { len: 70_000, .. }
     ));
     let mut r = PubResp::new(1);
     r.reason_code = ReasonCode::GrantedQoS1;
-    assert!(matches!(bad(Packet::PubAck(r), V5), EncodeError::Invalid { .. }));
+    assert!(matches!(
+        bad(Packet::PubAck(r), V5),
+        EncodeError::Invalid { .. }
+    ));
     let mut s = Subscribe {
         packet_id: 1,
         filters: vec![sub("a", QoS::AtMostOnce)],
         properties: props(),
     };
     s.properties.subscription_identifiers = vec![268_435_456];
-    assert!(matches!(bad(Packet::Subscribe(s.clone()), V5), EncodeError::VarIntOutOfRange { .. }));
+    assert!(matches!(
+        bad(Packet::Subscribe(s.clone()), V5),
+        EncodeError::VarIntOutOfRange { .. }
+    ));
     s.properties.subscription_identifiers = vec![1, 2];
-    assert!(matches!(bad(Packet::Subscribe(s), V5), EncodeError::Invalid { .. }));
+    assert!(matches!(
+        bad(Packet::Subscribe(s), V5),
+        EncodeError::Invalid { .. }
+    ));
     assert!(matches!(
         bad(Packet::Connect(Box::new(connect(V5, "a"))), V311),
         EncodeError::Invalid { .. }
@@ -625,7 +795,10 @@ fn encode_errors() {
         properties: &props(),
         payload: &huge,
     };
-    assert!(matches!(publish_encoded_len(&view, V311), Err(EncodeError::PacketTooLarge { .. })));
+    assert!(matches!(
+        publish_encoded_len(&view, V311),
+        Err(EncodeError::PacketTooLarge { .. })
+    ));
     let before = out.len();
     assert!(encode_publish(&view, V311, &mut out).is_err());
     assert_eq!(out.len(), before, "a failed encode appends nothing");
@@ -642,6 +815,9 @@ fn publish_view_matches_publish() {
         encode(&Packet::Publish(x.clone()), p, &mut a).unwrap();
         encode_publish(&PublishView::from(&x), p, &mut b).unwrap();
         assert_eq!(a, b);
-        assert_eq!(publish_encoded_len(&PublishView::from(&x), p).unwrap(), a.len());
+        assert_eq!(
+            publish_encoded_len(&PublishView::from(&x), p).unwrap(),
+            a.len()
+        );
     }
 }

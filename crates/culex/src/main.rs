@@ -40,7 +40,11 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
-                eprintln!("culex: configuration has errors; not starting");
+                if cli.check {
+                    eprintln!("culex: configuration has errors");
+                } else {
+                    eprintln!("culex: configuration has errors; not starting");
+                }
                 return ExitCode::from(3);
             }
         },

@@ -1,6 +1,6 @@
 //! MQTT 5 property sections (section 2.2.2).
 
-use super::reader::{malformed, protocol_error, Reader, MAX_VARINT};
+use super::reader::{malformed, protocol_error, Reader};
 use super::{check_topic_name, Result};
 use crate::properties::{id, PropCtx, Properties};
 
@@ -8,15 +8,15 @@ use crate::properties::{id, PropCtx, Properties};
 /// known, allowed in `ctx`, not repeated (except User Property, and Subscription Identifier in
 /// PUBLISH), and that its value is in range.
 pub(super) fn read(r: &mut Reader, ctx: PropCtx) -> Result<Properties> {
-    let len = r.varint("property length")?;
+    let len = r.varint("truncated property length")?;
     let mut r = r.sub(
         usize::try_from(len).unwrap_or(usize::MAX),
-        "property length exceeds the packet",
+        "property length exceeds the remaining length",
     )?;
     let mut p = Properties::default();
     let mut seen = 0u64;
     while !r.is_empty() {
-        let ident = r.varint("property identifier")?;
+        let ident = r.varint("truncated property identifier")?;
         let ident = u8::try_from(ident)
             .ok()
             .filter(|&i| i <= id::SHARED_SUBSCRIPTION_AVAILABLE && is_known(i))
@@ -49,14 +49,14 @@ fn is_known(ident: u8) -> bool {
 
 /// A byte property that must be 0 or 1.
 fn flag(r: &mut Reader, rule: &'static str, what: &'static str) -> Result<Option<u8>> {
-    match r.u8(what)? {
+    match r.u8("truncated property value")? {
         v @ (0 | 1) => Ok(Some(v)),
         _ => Err(protocol_error(rule, what)),
     }
 }
 
 fn non_zero_u16(r: &mut Reader, rule: &'static str, what: &'static str) -> Result<Option<u16>> {
-    match r.u16(what)? {
+    match r.u16("truncated property value")? {
         0 => Err(protocol_error(rule, what)),
         v => Ok(Some(v)),
     }
@@ -69,62 +69,68 @@ fn read_value(r: &mut Reader, ident: u8, p: &mut Properties) -> Result<()> {
                 flag(r, "[3.3.2.3.2]", "Payload Format Indicator not 0 or 1")?
         }
         id::MESSAGE_EXPIRY_INTERVAL => {
-            p.message_expiry_interval = Some(r.u32("Message Expiry Interval")?)
+            p.message_expiry_interval = Some(r.u32("truncated Message Expiry Interval")?)
         }
-        id::CONTENT_TYPE => p.content_type = Some(r.string("Content Type")?),
+        id::CONTENT_TYPE => p.content_type = Some(r.string("truncated Content Type")?),
         id::RESPONSE_TOPIC => {
-            let topic = r.string("Response Topic")?;
+            let topic = r.string("truncated Response Topic")?;
             check_topic_name(&topic, "[MQTT-3.3.2-14]")?;
             p.response_topic = Some(topic);
         }
-        id::CORRELATION_DATA => p.correlation_data = Some(r.binary("Correlation Data")?),
+        id::CORRELATION_DATA => p.correlation_data = Some(r.binary("truncated Correlation Data")?),
         id::SUBSCRIPTION_IDENTIFIER => {
-            let v = r.varint("Subscription Identifier")?;
-            if v == 0 || v > MAX_VARINT {
+            let v = r.varint("truncated Subscription Identifier")?;
+            if v == 0 {
                 return Err(protocol_error("[3.8.2.1.2]", "Subscription Identifier 0"));
             }
             p.subscription_identifiers.push(v);
         }
         id::SESSION_EXPIRY_INTERVAL => {
-            p.session_expiry_interval = Some(r.u32("Session Expiry Interval")?)
+            p.session_expiry_interval = Some(r.u32("truncated Session Expiry Interval")?)
         }
         id::ASSIGNED_CLIENT_IDENTIFIER => {
-            p.assigned_client_identifier = Some(r.string("Assigned Client Identifier")?)
+            p.assigned_client_identifier = Some(r.string("truncated Assigned Client Identifier")?)
         }
-        id::SERVER_KEEP_ALIVE => p.server_keep_alive = Some(r.u16("Server Keep Alive")?),
+        id::SERVER_KEEP_ALIVE => p.server_keep_alive = Some(r.u16("truncated Server Keep Alive")?),
         id::AUTHENTICATION_METHOD => {
-            p.authentication_method = Some(r.string("Authentication Method")?)
+            p.authentication_method = Some(r.string("truncated Authentication Method")?)
         }
-        id::AUTHENTICATION_DATA => p.authentication_data = Some(r.binary("Authentication Data")?),
+        id::AUTHENTICATION_DATA => {
+            p.authentication_data = Some(r.binary("truncated Authentication Data")?)
+        }
         id::REQUEST_PROBLEM_INFORMATION => {
             p.request_problem_information =
                 flag(r, "[3.1.2.11.7]", "Request Problem Information not 0 or 1")?
         }
-        id::WILL_DELAY_INTERVAL => p.will_delay_interval = Some(r.u32("Will Delay Interval")?),
+        id::WILL_DELAY_INTERVAL => {
+            p.will_delay_interval = Some(r.u32("truncated Will Delay Interval")?)
+        }
         id::REQUEST_RESPONSE_INFORMATION => {
             p.request_response_information =
                 flag(r, "[3.1.2.11.6]", "Request Response Information not 0 or 1")?
         }
         id::RESPONSE_INFORMATION => {
-            p.response_information = Some(r.string("Response Information")?)
+            p.response_information = Some(r.string("truncated Response Information")?)
         }
-        id::SERVER_REFERENCE => p.server_reference = Some(r.string("Server Reference")?),
-        id::REASON_STRING => p.reason_string = Some(r.string("Reason String")?),
+        id::SERVER_REFERENCE => p.server_reference = Some(r.string("truncated Server Reference")?),
+        id::REASON_STRING => p.reason_string = Some(r.string("truncated Reason String")?),
         id::RECEIVE_MAXIMUM => {
             p.receive_maximum = non_zero_u16(r, "[3.1.2.11.3]", "Receive Maximum 0")?
         }
-        id::TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(r.u16("Topic Alias Maximum")?),
+        id::TOPIC_ALIAS_MAXIMUM => {
+            p.topic_alias_maximum = Some(r.u16("truncated Topic Alias Maximum")?)
+        }
         id::TOPIC_ALIAS => p.topic_alias = non_zero_u16(r, "[MQTT-3.3.2-8]", "Topic Alias 0")?,
         id::MAXIMUM_QOS => p.maximum_qos = flag(r, "[3.2.2.3.4]", "Maximum QoS not 0 or 1")?,
         id::RETAIN_AVAILABLE => {
             p.retain_available = flag(r, "[3.2.2.3.5]", "Retain Available not 0 or 1")?
         }
         id::USER_PROPERTY => {
-            let key = r.string("User Property name")?;
-            let value = r.string("User Property value")?;
+            let key = r.string("truncated User Property name")?;
+            let value = r.string("truncated User Property value")?;
             p.user_properties.push((key, value));
         }
-        id::MAXIMUM_PACKET_SIZE => match r.u32("Maximum Packet Size")? {
+        id::MAXIMUM_PACKET_SIZE => match r.u32("truncated Maximum Packet Size")? {
             0 => return Err(protocol_error("[3.1.2.11.4]", "Maximum Packet Size 0")),
             v => p.maximum_packet_size = Some(v),
         },

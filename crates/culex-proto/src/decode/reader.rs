@@ -5,9 +5,6 @@ use bytes::Bytes;
 use super::Result;
 use crate::error::DecodeError;
 
-/// Largest value of a Variable Byte Integer (MQTT 5 section 1.5.5).
-pub(crate) const MAX_VARINT: u32 = 268_435_455;
-
 pub(super) fn malformed(rule: &'static str, what: &'static str) -> DecodeError {
     DecodeError::Malformed { rule, what }
 }

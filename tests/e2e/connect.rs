@@ -1,0 +1,245 @@
+//! CONNECT / CONNACK: acceptance, client identifiers, protocol versions, ordering rules,
+//! advertised limits and anonymous access.
+
+use anyhow::Result;
+use culex_config::Config;
+use culex_proto::{Packet, Protocol, QoS, ReasonCode};
+use culex_test_support::{RawClient, TestBroker};
+
+use crate::*;
+
+async fn accepted_clean_session_not_present(protocol: Protocol) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_c, ack) = connect_with(broker.addr, connect_packet(protocol, "c1", true)).await?;
+    assert_eq!(ack.reason_code.as_u8(), 0, "{ack:?}");
+    // [MQTT-3.2.2-1] (3.1.1) / [MQTT-3.2.2-2] (5.0): clean start => session present 0.
+    assert!(!ack.session_present, "{ack:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_connect_is_accepted_without_session_present() -> Result<()> {
+    accepted_clean_session_not_present(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_connect_is_accepted_without_session_present() -> Result<()> {
+    accepted_clean_session_not_present(Protocol::V5).await
+}
+
+#[tokio::test]
+async fn v31_connect_subscribe_publish_smoke() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (mut c, ack) =
+        connect_with(broker.addr, connect_packet(Protocol::V31, "v31-client", true)).await?;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(!ack.session_present);
+    let codes = subscribe(&mut c, 1, "v31/t", QoS::AtLeastOnce).await?;
+    assert_eq!(codes[0].as_u8(), 1);
+    publish(&mut c, "v31/t", "hello 3.1", QoS::AtLeastOnce, false, 2).await?;
+    let p = recv_publish_ack(&mut c).await?;
+    assert_eq!(p.topic, "v31/t");
+    assert_eq!(text(&p), "hello 3.1");
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    disconnect(c).await
+}
+
+#[tokio::test]
+async fn v5_zero_length_client_id_is_assigned_an_identifier() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_c, ack) = connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await?;
+    assert_eq!(ack.reason_code.as_u8(), 0, "{ack:?}");
+    // [MQTT-3.1.3-7] / [MQTT-3.2.2-16]: the assigned id is returned in CONNACK.
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("CONNACK without Assigned Client Identifier");
+    assert!(!id.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn v5_zero_length_client_ids_get_distinct_identifiers() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_a, ack_a) = connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await?;
+    let (_b, ack_b) = connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await?;
+    let a = ack_a.properties.assigned_client_identifier.unwrap();
+    let b = ack_b.properties.assigned_client_identifier.unwrap();
+    assert_ne!(a, b, "two clients were assigned the same identifier");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_zero_length_client_id_is_accepted_with_clean_session() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    // [MQTT-3.1.3-6]
+    let (mut c, ack) = connect_with(broker.addr, connect_packet(Protocol::V311, "", true)).await?;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(!ack.session_present);
+    // It is a working connection.
+    subscribe(&mut c, 1, "zero/t", QoS::AtMostOnce).await?;
+    publish(&mut c, "zero/t", "x", QoS::AtMostOnce, false, 0).await?;
+    assert_eq!(text(&recv_publish(&mut c).await?), "x");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_zero_length_client_id_with_persistent_session_is_refused() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (mut c, ack) = connect_with(broker.addr, connect_packet(Protocol::V311, "", false)).await?;
+    // [MQTT-3.1.3-8]: CONNACK return code 0x02 (Identifier rejected), then close.
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    assert!(!ack.session_present);
+    // [MQTT-3.2.2-5]
+    let rest = c.expect_closed().await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    Ok(())
+}
+
+fn raw_connect(name: &[u8], level: u8) -> Vec<u8> {
+    let mut body = mqtt_str(name);
+    body.push(level);
+    body.push(0x02); // clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.extend_from_slice(&mqtt_str(b"proto-client"));
+    raw_packet(0x10, &body)
+}
+
+async fn unsupported_protocol_gets_connack_1_then_close(name: &[u8], level: u8) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut c = RawClient::connect(broker.addr, Protocol::V311).await?;
+    c.send_bytes(&raw_connect(name, level)).await?;
+    // [MQTT-3.1.2-2]: CONNACK with return code 0x01 (unacceptable protocol level), then close.
+    let bytes = c.read_until_closed().await?;
+    assert_eq!(bytes, [0x20, 0x02, 0x00, 0x01], "got {bytes:02x?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn protocol_level_6_is_refused_with_connack_1_then_closed() -> Result<()> {
+    unsupported_protocol_gets_connack_1_then_close(b"MQTT", 6).await
+}
+
+#[tokio::test]
+async fn protocol_name_mqisdp_with_level_4_is_refused_with_connack_1_then_closed() -> Result<()> {
+    unsupported_protocol_gets_connack_1_then_close(b"MQIsdp", 4).await
+}
+
+async fn second_connect_closes(protocol: Protocol) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut c = connect_clean(broker.addr, protocol, "twice").await?;
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        protocol, "twice", true,
+    ))))
+    .await?;
+    // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation (5.0: DISCONNECT 0x82).
+    expect_closed_with(&mut c, &[0x82]).await
+}
+
+#[tokio::test]
+async fn v311_second_connect_on_a_connection_closes_it() -> Result<()> {
+    second_connect_closes(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_second_connect_on_a_connection_gets_disconnect_0x82() -> Result<()> {
+    second_connect_closes(Protocol::V5).await
+}
+
+async fn first_packet_not_connect_closes(protocol: Protocol) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut c = RawClient::connect(broker.addr, protocol).await?;
+    // [MQTT-3.1.0-1]: PINGREQ before CONNECT.
+    c.send(&Packet::PingReq).await?;
+    let bytes = c.read_until_closed().await?;
+    assert!(bytes.is_empty(), "got {bytes:02x?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_first_packet_other_than_connect_closes_connection() -> Result<()> {
+    first_packet_not_connect_closes(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_first_packet_other_than_connect_closes_connection() -> Result<()> {
+    first_packet_not_connect_closes(Protocol::V5).await
+}
+
+#[tokio::test]
+async fn v5_first_packet_publish_closes_connection() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut c = RawClient::connect(broker.addr, Protocol::V5).await?;
+    c.send(&Packet::Publish(publish_packet(
+        "t",
+        "x",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )))
+    .await?;
+    let bytes = c.read_until_closed().await?;
+    assert!(bytes.is_empty(), "got {bytes:02x?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v5_connack_advertises_server_limits() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_c, ack) = connect_ok(broker.addr, connect_packet(Protocol::V5, "limits", true)).await?;
+    let p = &ack.properties;
+    let defaults = Config::embedded_default();
+    assert_eq!(
+        p.receive_maximum,
+        Some(defaults.limits.max_inflight_messages),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.maximum_packet_size,
+        Some(defaults.limits.max_packet_size),
+        "{p:?}"
+    );
+    assert!(p.topic_alias_maximum.is_some(), "{p:?}");
+    assert_eq!(p.retain_available, Some(1), "{p:?}");
+    assert_eq!(p.shared_subscription_available, Some(1), "{p:?}");
+    assert_eq!(p.wildcard_subscription_available, Some(1), "{p:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v5_connack_reflects_configured_limits() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 7;
+    config.limits.max_packet_size = 4096;
+    config.mqtt.retain_available = false;
+    let broker = TestBroker::start_with(config).await?;
+    let (_c, ack) = connect_ok(broker.addr, connect_packet(Protocol::V5, "limits", true)).await?;
+    let p = &ack.properties;
+    assert_eq!(p.receive_maximum, Some(7), "{p:?}");
+    assert_eq!(p.maximum_packet_size, Some(4096), "{p:?}");
+    assert_eq!(p.retain_available, Some(0), "{p:?}");
+    Ok(())
+}
+
+async fn anonymous_refused(protocol: Protocol) -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.security.allow_anonymous = false;
+    let broker = TestBroker::start_with(config).await?;
+    let (mut c, ack) = connect_with(broker.addr, connect_packet(protocol, "anon", true)).await?;
+    // 3.1.1: return code 5 (not authorized); 5.0: 0x87.
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "{ack:?}");
+    assert!(!ack.session_present);
+    let rest = c.expect_closed().await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_anonymous_client_refused_with_code_5_when_not_allowed() -> Result<()> {
+    anonymous_refused(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_anonymous_client_refused_with_0x87_when_not_allowed() -> Result<()> {
+    anonymous_refused(Protocol::V5).await
+}
