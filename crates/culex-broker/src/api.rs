@@ -4,8 +4,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use culex_proto::{
-    publish_encoded_len, EncodeError, LastWill, Packet, Properties, Protocol, Publish,
-    PublishView, QoS, ReasonCode, Subscribe, Unsubscribe,
+    publish_encoded_len, EncodeError, LastWill, Packet, Properties, Protocol, Publish, PublishView,
+    QoS, ReasonCode, Subscribe, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -162,8 +162,8 @@ pub struct Delivery {
 pub enum Outbound {
     /// A PUBLISH.
     Deliver(Delivery),
-    /// A control packet (SUBACK, UNSUBACK, PUBREL).
-    Packet(Packet),
+    /// A control packet (SUBACK, UNSUBACK, PUBREL), boxed: they are rare and large.
+    Packet(Box<Packet>),
     /// Close the connection: send DISCONNECT with this reason first (MQTT 5), e.g. session
     /// taken over (0x8E).
     Close(ReasonCode),
@@ -174,12 +174,12 @@ impl Delivery {
     /// Subscription Identifiers and remaining Message Expiry Interval. Borrowed when unchanged.
     pub fn properties(&self) -> Cow<'_, Properties> {
         let own = &self.message.properties;
-        if self.subscription_ids.is_empty() && self.expiry_interval == own.message_expiry_interval
-        {
+        if self.subscription_ids.is_empty() && self.expiry_interval == own.message_expiry_interval {
             return Cow::Borrowed(own);
         }
         let mut p = own.clone();
-        p.subscription_identifiers.clone_from(&self.subscription_ids);
+        p.subscription_identifiers
+            .clone_from(&self.subscription_ids);
         p.message_expiry_interval = self.expiry_interval;
         Cow::Owned(p)
     }

@@ -388,7 +388,11 @@ impl Router {
         let Some(sid) = self.linked(conn) else {
             return;
         };
-        let sub_id = subscribe.properties.subscription_identifiers.first().copied();
+        let sub_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
         let mut protocol_error = false;
@@ -740,13 +744,16 @@ impl Router {
     }
 
     fn send_control(&mut self, sid: SessionId, packet: Packet) {
-        self.send_outbound(sid, Outbound::Packet(packet));
+        self.send_outbound(sid, Outbound::Packet(Box::new(packet)));
     }
 
     fn send_outbound(&mut self, sid: SessionId, out: Outbound) {
         if let Some(link) = self.sessions.get(&sid).and_then(|s| s.link.as_ref()) {
             if link.outbox.try_send(out).is_err() {
-                debug!(conn = link.conn, "outbox closed or full for a control packet");
+                debug!(
+                    conn = link.conn,
+                    "outbox closed or full for a control packet"
+                );
             }
         }
     }

@@ -69,7 +69,10 @@ fn subscribe(r: &mut Router, now: Instant, c: &mut Client, filter: &str, qos: Qo
         now,
     );
     match c.rx.try_recv() {
-        Ok(Outbound::Packet(Packet::SubAck(a))) => {
+        Ok(Outbound::Packet(p)) if matches!(*p, Packet::SubAck(_)) => {
+            let Packet::SubAck(a) = *p else {
+                unreachable!()
+            };
             assert_eq!(a.reason_codes, vec![ReasonCode::granted(qos)])
         }
         other => panic!("expected SUBACK, got {other:?}"),
@@ -146,7 +149,15 @@ fn delayed_will_fires_after_its_delay_and_not_before() {
     let mut r = Router::new(BrokerSettings::default());
     let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
     subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
-    let _dying = connect(&mut r, t0, 2, "d", true, 100, Some(will("wills/d", Some(5))));
+    let _dying = connect(
+        &mut r,
+        t0,
+        2,
+        "d",
+        true,
+        100,
+        Some(will("wills/d", Some(5))),
+    );
     disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
     assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(5)));
     r.tick(t0 + Duration::from_secs(4));
@@ -161,9 +172,25 @@ fn reconnect_before_will_delay_cancels_the_will() {
     let mut r = Router::new(BrokerSettings::default());
     let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
     subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
-    let _d = connect(&mut r, t0, 2, "d", false, 100, Some(will("wills/d", Some(5))));
+    let _d = connect(
+        &mut r,
+        t0,
+        2,
+        "d",
+        false,
+        100,
+        Some(will("wills/d", Some(5))),
+    );
     disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
-    let back = connect(&mut r, t0 + Duration::from_secs(2), 3, "d", false, 100, None);
+    let back = connect(
+        &mut r,
+        t0 + Duration::from_secs(2),
+        3,
+        "d",
+        false,
+        100,
+        None,
+    );
     assert!(back.outcome.session_present);
     r.tick(t0 + Duration::from_secs(10));
     assert_eq!(next_topic(&mut watcher), None);
@@ -175,7 +202,15 @@ fn session_end_publishes_a_will_whose_delay_is_longer() {
     let mut r = Router::new(BrokerSettings::default());
     let mut watcher = connect(&mut r, t0, 1, "w", true, 0, None);
     subscribe(&mut r, t0, &mut watcher, "wills/#", QoS::AtLeastOnce);
-    let _d = connect(&mut r, t0, 2, "d", false, 10, Some(will("wills/d", Some(60))));
+    let _d = connect(
+        &mut r,
+        t0,
+        2,
+        "d",
+        false,
+        10,
+        Some(will("wills/d", Some(60))),
+    );
     disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
     r.tick(t0 + Duration::from_secs(9));
     assert_eq!(next_topic(&mut watcher), None);

@@ -41,11 +41,11 @@ pub(crate) struct Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InflightState {
     /// QoS 1 PUBLISH sent, PUBACK awaited.
-    AwaitAck,
+    WaitPubAck,
     /// QoS 2 PUBLISH sent, PUBREC awaited.
-    AwaitRec,
+    WaitPubRec,
     /// PUBREL sent, PUBCOMP awaited.
-    AwaitComp,
+    Released,
 }
 
 #[derive(Debug, Clone)]
@@ -133,9 +133,9 @@ impl Outgoing {
     pub(crate) fn start(&mut self, pending: Pending, now: Instant) -> Delivery {
         let packet_id = self.allocate_packet_id();
         let state = if pending.qos == QoS::ExactlyOnce {
-            InflightState::AwaitRec
+            InflightState::WaitPubRec
         } else {
-            InflightState::AwaitAck
+            InflightState::WaitPubAck
         };
         let delivery = Delivery {
             message: Arc::clone(&pending.message),
@@ -174,12 +174,12 @@ impl Outgoing {
 
     /// PUBACK: true if it completed a QoS 1 exchange.
     pub(crate) fn ack(&mut self, packet_id: u16) -> bool {
-        self.finish_if(packet_id, InflightState::AwaitAck)
+        self.finish_if(packet_id, InflightState::WaitPubAck)
     }
 
     /// PUBCOMP: true if it completed a QoS 2 exchange.
     pub(crate) fn comp(&mut self, packet_id: u16) -> bool {
-        self.finish_if(packet_id, InflightState::AwaitComp)
+        self.finish_if(packet_id, InflightState::Released)
     }
 
     fn finish_if(&mut self, packet_id: u16, expected: InflightState) -> bool {
@@ -197,12 +197,12 @@ impl Outgoing {
     /// already at PUBREL is answered with PUBREL again.
     pub(crate) fn rec(&mut self, packet_id: u16, error: bool) -> bool {
         match self.inflight.get_mut(&packet_id) {
-            Some(f) if f.state == InflightState::AwaitRec && error => {
+            Some(f) if f.state == InflightState::WaitPubRec && error => {
                 self.inflight.remove(&packet_id);
                 false
             }
-            Some(f) if matches!(f.state, InflightState::AwaitRec | InflightState::AwaitComp) => {
-                f.state = InflightState::AwaitComp;
+            Some(f) if matches!(f.state, InflightState::WaitPubRec | InflightState::Released) => {
+                f.state = InflightState::Released;
                 true
             }
             _ => false,
@@ -222,7 +222,7 @@ impl Outgoing {
                 continue;
             };
             match f.state {
-                InflightState::AwaitComp => out.push(Resend::PubRel(id)),
+                InflightState::Released => out.push(Resend::PubRel(id)),
                 _ if f.pending.message.is_expired(now) => {
                     *expired += 1;
                     self.inflight.remove(&id);
@@ -281,7 +281,10 @@ impl Session {
     /// The in-flight window in force: our limit and the client's Receive Maximum.
     pub(crate) fn window(&self, settings: &BrokerSettings) -> usize {
         let ours = settings.max_inflight_messages.max(1);
-        let theirs = self.link.as_ref().map_or(ours, |l| l.receive_maximum.max(1));
+        let theirs = self
+            .link
+            .as_ref()
+            .map_or(ours, |l| l.receive_maximum.max(1));
         usize::from(ours.min(theirs))
     }
 }
@@ -324,8 +327,10 @@ mod tests {
         let d1 = o.start(pending(msg("a", None), QoS::AtLeastOnce), now);
         assert_eq!(d1.packet_id, Some(1));
         assert!(!o.has_room(1));
-        o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), &s).unwrap();
-        o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), &s).unwrap();
+        o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), &s)
+            .unwrap();
+        o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), &s)
+            .unwrap();
         assert_eq!(
             o.enqueue(pending(msg("d", None), QoS::AtLeastOnce), &s),
             Err(Refused::QueueFull)
@@ -333,7 +338,10 @@ mod tests {
         let mut expired = 0;
         assert!(o.pump(1, now, &mut expired).is_empty());
         assert!(o.ack(1));
-        assert!(!o.ack(1), "a second PUBACK for the same id completes nothing");
+        assert!(
+            !o.ack(1),
+            "a second PUBACK for the same id completes nothing"
+        );
         let next = o.pump(1, now, &mut expired);
         assert_eq!(next.len(), 1);
         assert_eq!(&*next[0].message.topic, "b");
@@ -379,7 +387,10 @@ mod tests {
         let s = BrokerSettings::default();
         let mut o = Outgoing::default();
         o.enqueue(
-            pending(msg("old", Some(t0 + Duration::from_secs(5))), QoS::AtLeastOnce),
+            pending(
+                msg("old", Some(t0 + Duration::from_secs(5))),
+                QoS::AtLeastOnce,
+            ),
             &s,
         )
         .unwrap();

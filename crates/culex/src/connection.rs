@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use culex_broker::{
-    Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound,
-};
+use culex_broker::{Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound};
 use culex_proto::{
     decode, encode, encode_publish, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     Protocol, PubResp, Publish, QoS, ReasonCode,
@@ -398,33 +396,30 @@ where
                 } else if v5 {
                     comp.reason_code = ReasonCode::PacketIdentifierNotFound;
                 }
-                return self.queue_or_end(&Packet::PubComp(comp));
+                self.queue_or_end(&Packet::PubComp(comp))
             }
-            Packet::PubAck(r) => {
-                self.command(Command::PubAck {
+            Packet::PubAck(r) => self
+                .command(Command::PubAck {
                     conn: self.conn,
                     packet_id: r.packet_id,
                 })
                 .await
-                .err()
-            }
-            Packet::PubRec(r) => {
-                self.command(Command::PubRec {
+                .err(),
+            Packet::PubRec(r) => self
+                .command(Command::PubRec {
                     conn: self.conn,
                     packet_id: r.packet_id,
                     reason: r.reason_code,
                 })
                 .await
-                .err()
-            }
-            Packet::PubComp(r) => {
-                self.command(Command::PubComp {
+                .err(),
+            Packet::PubComp(r) => self
+                .command(Command::PubComp {
                     conn: self.conn,
                     packet_id: r.packet_id,
                 })
                 .await
-                .err()
-            }
+                .err(),
             Packet::Subscribe(s) => {
                 self.pending_replies += 1;
                 self.command(Command::Subscribe {
@@ -443,20 +438,18 @@ where
                 .await
                 .err()
             }
-            Packet::PingReq => return self.queue_or_end(&Packet::PingResp),
-            Packet::Disconnect(d) => return Some(self.on_disconnect(d)),
-            Packet::Auth(_) => {
-                return Some(Ending::abnormal(
-                    Some(ReasonCode::BadAuthenticationMethod),
-                    "AUTH without an authentication method",
-                ))
-            }
+            Packet::PingReq => self.queue_or_end(&Packet::PingResp),
+            Packet::Disconnect(d) => Some(self.on_disconnect(d)),
+            Packet::Auth(_) => Some(Ending::abnormal(
+                Some(ReasonCode::BadAuthenticationMethod),
+                "AUTH without an authentication method",
+            )),
             other => {
                 self.shared.counters.protocol_errors.inc();
-                return Some(Ending::abnormal(
+                Some(Ending::abnormal(
                     Some(ReasonCode::ProtocolError),
                     format!("{} is not sent by clients", other.name()),
-                ));
+                ))
             }
         }
     }
@@ -524,8 +517,8 @@ where
                 "retained PUBLISH but retain is not available",
             ));
         }
-        let too_large = limits.message_size_limit > 0
-            && p.payload.len() > limits.message_size_limit as usize;
+        let too_large =
+            limits.message_size_limit > 0 && p.payload.len() > limits.message_size_limit as usize;
         let packet_id = p.packet_id.unwrap_or(0);
         match p.qos {
             QoS::AtMostOnce => {
@@ -616,7 +609,7 @@ where
                 None
             }
             Outbound::Packet(p) => {
-                if matches!(p, Packet::SubAck(_) | Packet::UnsubAck(_)) {
+                if matches!(*p, Packet::SubAck(_) | Packet::UnsubAck(_)) {
                     self.pending_replies = self.pending_replies.saturating_sub(1);
                 }
                 self.queue_or_end(&p)

@@ -194,13 +194,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         .max_connections
         .unwrap_or(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max_conn.min(Semaphore::MAX_PERMITS)));
-    let task = tokio::spawn(serve(
-        listeners,
-        shared,
-        permits,
-        shutdown_rx,
-        router_task,
-    ));
+    let task = tokio::spawn(serve(listeners, shared, permits, shutdown_rx, router_task));
     Ok(RunningServer {
         addrs,
         shutdown: shutdown_tx,

@@ -1,0 +1,125 @@
+//! Outgoing flow control: the in-flight window (`max_inflight_messages`, MQTT 5 Receive
+//! Maximum) and the bounded per-session queue (`max_queued_messages`).
+
+use anyhow::Result;
+use culex_config::Config;
+use culex_proto::{Packet, Protocol, PubResp, QoS};
+use culex_test_support::TestBroker;
+
+use crate::*;
+
+async fn window_of_two(protocol: Protocol) -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 2;
+    let broker = TestBroker::start_with(config).await?;
+    let mut sub = connect_clean(broker.addr, protocol, "win-sub").await?;
+    subscribe(&mut sub, 1, "win/t", QoS::AtLeastOnce).await?;
+    let mut publisher = connect_clean(broker.addr, protocol, "win-pub").await?;
+    for i in 1..=3u16 {
+        publish(&mut publisher, "win/t", format!("m{i}"), QoS::AtLeastOnce, false, i).await?;
+    }
+    router_barrier(&mut publisher, 100).await?;
+
+    let a = recv_publish(&mut sub).await?;
+    let b = recv_publish(&mut sub).await?;
+    assert_eq!((text(&a).as_str(), text(&b).as_str()), ("m1", "m2"));
+    // The router has seen all three; the third must wait for an acknowledgement.
+    sub.expect_silence(QUIET).await?;
+    sub.send(&Packet::PubAck(PubResp::new(a.packet_id.unwrap())))
+        .await?;
+    let c = recv_publish(&mut sub).await?;
+    assert_eq!(text(&c), "m3");
+    assert!(!c.dup);
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_inflight_window_holds_third_message_until_an_ack() -> Result<()> {
+    window_of_two(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_inflight_window_holds_third_message_until_an_ack() -> Result<()> {
+    window_of_two(Protocol::V5).await
+}
+
+#[tokio::test]
+async fn v5_client_receive_maximum_1_is_honoured_below_server_window() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 10;
+    let broker = TestBroker::start_with(config).await?;
+    let mut connect = connect_packet(Protocol::V5, "rm-sub", true);
+    connect.properties.receive_maximum = Some(1);
+    let (mut sub, _) = connect_ok(broker.addr, connect).await?;
+    subscribe(&mut sub, 1, "rm/t", QoS::ExactlyOnce).await?;
+    let mut publisher = connect_v5(broker.addr, "rm-pub").await?;
+    publish(&mut publisher, "rm/t", "m1", QoS::AtLeastOnce, false, 1).await?;
+    publish(&mut publisher, "rm/t", "m2", QoS::ExactlyOnce, false, 2).await?;
+    publish(&mut publisher, "rm/t", "m3", QoS::AtLeastOnce, false, 3).await?;
+    router_barrier(&mut publisher, 100).await?;
+
+    // [MQTT-3.3.4-9]: never more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum.
+    let a = recv_publish(&mut sub).await?;
+    assert_eq!(text(&a), "m1");
+    sub.expect_silence(QUIET).await?;
+    sub.send(&Packet::PubAck(PubResp::new(a.packet_id.unwrap())))
+        .await?;
+    let b = recv_publish(&mut sub).await?;
+    assert_eq!((text(&b).as_str(), b.qos), ("m2", QoS::ExactlyOnce));
+    let id = b.packet_id.unwrap();
+    sub.send(&Packet::PubRec(PubResp::new(id))).await?;
+    match sub.recv().await? {
+        Packet::PubRel(r) => assert_eq!(r.packet_id, id),
+        other => anyhow::bail!("expected PUBREL, got {other:?}"),
+    }
+    // A QoS 2 message counts until PUBCOMP.
+    sub.expect_silence(QUIET).await?;
+    sub.send(&Packet::PubComp(PubResp::new(id))).await?;
+    let c = recv_publish_ack(&mut sub).await?;
+    assert_eq!(text(&c), "m3");
+    Ok(())
+}
+
+async fn queue_is_bounded(protocol: Protocol) -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 2;
+    config.limits.max_queued_messages = 3;
+    let broker = TestBroker::start_with(config).await?;
+    let mut sub = connect_clean(broker.addr, protocol, "q-sub").await?;
+    subscribe(&mut sub, 1, "q/t", QoS::AtLeastOnce).await?;
+    let mut publisher = connect_clean(broker.addr, protocol, "q-pub").await?;
+    for i in 1..=10u16 {
+        publish(&mut publisher, "q/t", format!("m{i}"), QoS::AtLeastOnce, false, i).await?;
+    }
+    router_barrier(&mut publisher, 100).await?;
+
+    // Window (2) + queue (3) are kept; the rest were dropped. Ack everything as it arrives.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(text(&recv_publish_ack(&mut sub).await?));
+    }
+    publish(&mut publisher, "q/t", "marker", QoS::AtLeastOnce, false, 11).await?;
+    let next = recv_publish_ack(&mut sub).await?;
+    assert_eq!(
+        text(&next),
+        "marker",
+        "more than window + queue limit delivered: {got:?} then {next:?}"
+    );
+    assert_eq!(&got[..2], ["m1", "m2"]);
+    let mut numbers: Vec<u32> = got.iter().map(|s| s[1..].parse().unwrap()).collect();
+    let in_order = numbers.windows(2).all(|w| w[0] < w[1]);
+    assert!(in_order, "out of order: {got:?}");
+    numbers.dedup();
+    assert_eq!(numbers.len(), 5, "duplicates: {got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
+    queue_is_bounded(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
+    queue_is_bounded(Protocol::V5).await
+}
