@@ -30,8 +30,11 @@ async fn v5_connect_is_accepted_without_session_present() -> Result<()> {
 #[tokio::test]
 async fn v31_connect_subscribe_publish_smoke() -> Result<()> {
     let broker = TestBroker::start().await?;
-    let (mut c, ack) =
-        connect_with(broker.addr, connect_packet(Protocol::V31, "v31-client", true)).await?;
+    let (mut c, ack) = connect_with(
+        broker.addr,
+        connect_packet(Protocol::V31, "v31-client", true),
+    )
+    .await?;
     assert_eq!(ack.reason_code, ReasonCode::Success);
     assert!(!ack.session_present);
     let codes = subscribe(&mut c, 1, "v31/t", QoS::AtLeastOnce).await?;

@@ -16,7 +16,15 @@ async fn window_of_two(protocol: Protocol) -> Result<()> {
     subscribe(&mut sub, 1, "win/t", QoS::AtLeastOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "win-pub").await?;
     for i in 1..=3u16 {
-        publish(&mut publisher, "win/t", format!("m{i}"), QoS::AtLeastOnce, false, i).await?;
+        publish(
+            &mut publisher,
+            "win/t",
+            format!("m{i}"),
+            QoS::AtLeastOnce,
+            false,
+            i,
+        )
+        .await?;
     }
     router_barrier(&mut publisher, 100).await?;
 
@@ -89,7 +97,15 @@ async fn queue_is_bounded(protocol: Protocol) -> Result<()> {
     subscribe(&mut sub, 1, "q/t", QoS::AtLeastOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "q-pub").await?;
     for i in 1..=10u16 {
-        publish(&mut publisher, "q/t", format!("m{i}"), QoS::AtLeastOnce, false, i).await?;
+        publish(
+            &mut publisher,
+            "q/t",
+            format!("m{i}"),
+            QoS::AtLeastOnce,
+            false,
+            i,
+        )
+        .await?;
     }
     router_barrier(&mut publisher, 100).await?;
 

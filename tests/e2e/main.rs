@@ -28,7 +28,7 @@ use culex_proto::{
     ConnAck, Connect, LastWill, Packet, Properties, Protocol, PubResp, Publish, QoS, ReasonCode,
     Subscribe, SubscribeFilter, SubscriptionOptions, Unsubscribe,
 };
-use culex_test_support::{RawClient, WAIT};
+use culex_test_support::RawClient;
 
 /// A short quiet period for "nothing more arrives" checks, used only after a positive
 /// synchronisation point.
@@ -61,7 +61,10 @@ pub(crate) fn will(topic: &str, payload: &str, qos: QoS) -> LastWill {
 
 /// Opens a socket, sends `connect` and returns the client with the CONNACK it got (whatever
 /// its reason code).
-pub(crate) async fn connect_with(addr: SocketAddr, connect: Connect) -> Result<(RawClient, ConnAck)> {
+pub(crate) async fn connect_with(
+    addr: SocketAddr,
+    connect: Connect,
+) -> Result<(RawClient, ConnAck)> {
     let mut c = RawClient::connect(addr, connect.protocol).await?;
     c.send(&Packet::Connect(Box::new(connect))).await?;
     match c.recv().await? {
@@ -87,7 +90,9 @@ pub(crate) async fn connect_clean(
     protocol: Protocol,
     client_id: &str,
 ) -> Result<RawClient> {
-    Ok(connect_ok(addr, connect_packet(protocol, client_id, true)).await?.0)
+    Ok(connect_ok(addr, connect_packet(protocol, client_id, true))
+        .await?
+        .0)
 }
 
 /// A clean MQTT 5.0 client after a successful CONNACK.
@@ -229,9 +234,7 @@ pub(crate) async fn publish(
     match qos {
         QoS::AtMostOnce => Ok(()),
         QoS::AtLeastOnce => match c.recv().await? {
-            Packet::PubAck(a) if a.packet_id == packet_id && a.reason_code.as_u8() < 0x80 => {
-                Ok(())
-            }
+            Packet::PubAck(a) if a.packet_id == packet_id && a.reason_code.as_u8() < 0x80 => Ok(()),
             other => bail!("expected PUBACK {packet_id}, got {other:?}"),
         },
         QoS::ExactlyOnce => {
@@ -403,7 +406,8 @@ pub(crate) mod rumq {
     ) -> Result<T> {
         let found = tokio::time::timeout(WAIT, async {
             while let Some(ev) = rx.recv().await {
-                let ev = ev.map_err(|e| anyhow!("event loop error while waiting for {what}: {e}"))?;
+                let ev =
+                    ev.map_err(|e| anyhow!("event loop error while waiting for {what}: {e}"))?;
                 if let Some(t) = pick(&ev) {
                     return Ok(t);
                 }

@@ -62,12 +62,22 @@ async fn v311_rumqttc_qos_0_1_2_round_trip_keeps_topic_and_payload() -> Result<(
     v311_subscribe(&sub, &mut sub_rx, "rq/#", rumqttc::QoS::ExactlyOnce).await?;
     let (publisher, _pub_rx) = v311_client("rq-pub", broker.port()).await?;
     let sent = [
-        ("rq/zero", rumqttc::QoS::AtMostOnce, b"payload \x00 zero".to_vec()),
+        (
+            "rq/zero",
+            rumqttc::QoS::AtMostOnce,
+            b"payload \x00 zero".to_vec(),
+        ),
         ("rq/one", rumqttc::QoS::AtLeastOnce, vec![1u8; 3000]),
-        ("rq/two/deep", rumqttc::QoS::ExactlyOnce, "zwei ✓".as_bytes().to_vec()),
+        (
+            "rq/two/deep",
+            rumqttc::QoS::ExactlyOnce,
+            "zwei ✓".as_bytes().to_vec(),
+        ),
     ];
     for (topic, qos, payload) in &sent {
-        publisher.publish(*topic, *qos, false, payload.clone()).await?;
+        publisher
+            .publish(*topic, *qos, false, payload.clone())
+            .await?;
     }
     let mut got = HashMap::new();
     for _ in 0..sent.len() {
@@ -75,7 +85,9 @@ async fn v311_rumqttc_qos_0_1_2_round_trip_keeps_topic_and_payload() -> Result<(
         got.insert(p.topic.clone(), p);
     }
     for (topic, qos, payload) in &sent {
-        let p = got.get(*topic).unwrap_or_else(|| panic!("{topic} not delivered"));
+        let p = got
+            .get(*topic)
+            .unwrap_or_else(|| panic!("{topic} not delivered"));
         assert_eq!(p.payload.as_ref(), payload.as_slice(), "{topic}");
         assert_eq!(p.qos, *qos, "{topic}");
         assert!(!p.retain);
@@ -118,10 +130,7 @@ async fn v5_client(id: &str, port: u16) -> Result<(rumqttc::v5::AsyncClient, V5E
         _ => None,
     })
     .await?;
-    assert_eq!(
-        code,
-        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
-    );
+    assert_eq!(code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
     Ok((client, rx))
 }
 
@@ -156,10 +165,16 @@ async fn v5_rumqttc_qos_0_1_2_round_trip_keeps_topic_and_payload() -> Result<()>
     let sent = [
         ("rq/zero", V5QoS::AtMostOnce, b"payload \x00 zero".to_vec()),
         ("rq/one", V5QoS::AtLeastOnce, vec![1u8; 3000]),
-        ("rq/two/deep", V5QoS::ExactlyOnce, "zwei ✓".as_bytes().to_vec()),
+        (
+            "rq/two/deep",
+            V5QoS::ExactlyOnce,
+            "zwei ✓".as_bytes().to_vec(),
+        ),
     ];
     for (topic, qos, payload) in &sent {
-        publisher.publish(*topic, *qos, false, payload.clone()).await?;
+        publisher
+            .publish(*topic, *qos, false, payload.clone())
+            .await?;
     }
     let mut got = HashMap::new();
     for _ in 0..sent.len() {
@@ -167,7 +182,9 @@ async fn v5_rumqttc_qos_0_1_2_round_trip_keeps_topic_and_payload() -> Result<()>
         got.insert(String::from_utf8(p.topic.to_vec())?, p);
     }
     for (topic, qos, payload) in &sent {
-        let p = got.get(*topic).unwrap_or_else(|| panic!("{topic} not delivered"));
+        let p = got
+            .get(*topic)
+            .unwrap_or_else(|| panic!("{topic} not delivered"));
         assert_eq!(p.payload.as_ref(), payload.as_slice(), "{topic}");
         assert_eq!(p.qos, *qos, "{topic}");
         assert!(!p.retain);
@@ -321,7 +338,15 @@ async fn qos2_outbound_flow(protocol: Protocol) -> Result<()> {
     let mut sub = connect_clean(broker.addr, protocol, "out2-sub").await?;
     subscribe(&mut sub, 1, "out2/t", QoS::ExactlyOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "out2-pub").await?;
-    publish(&mut publisher, "out2/t", "first", QoS::ExactlyOnce, false, 1).await?;
+    publish(
+        &mut publisher,
+        "out2/t",
+        "first",
+        QoS::ExactlyOnce,
+        false,
+        1,
+    )
+    .await?;
 
     let p = recv_publish(&mut sub).await?;
     assert_eq!(p.qos, QoS::ExactlyOnce);
@@ -337,7 +362,15 @@ async fn qos2_outbound_flow(protocol: Protocol) -> Result<()> {
     sub.send(&Packet::PubComp(PubResp::new(id))).await?;
 
     // The flow is complete: the next message arrives normally.
-    publish(&mut publisher, "out2/t", "second", QoS::ExactlyOnce, false, 2).await?;
+    publish(
+        &mut publisher,
+        "out2/t",
+        "second",
+        QoS::ExactlyOnce,
+        false,
+        2,
+    )
+    .await?;
     let p2 = recv_publish_ack(&mut sub).await?;
     assert_eq!(text(&p2), "second");
     assert!(!p2.dup);

@@ -19,7 +19,15 @@ async fn retained_for(
 ) -> Result<Vec<culex_proto::Publish>> {
     let mut sub = connect_clean(broker.addr, protocol, id).await?;
     let (_, mut got) = subscribe_collect(&mut sub, 1, &[(filter, QoS::AtLeastOnce)]).await?;
-    publish(publisher, marker_topic, "marker", QoS::AtLeastOnce, false, 900).await?;
+    publish(
+        publisher,
+        marker_topic,
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        900,
+    )
+    .await?;
     loop {
         let p = recv_publish_ack(&mut sub).await?;
         if p.topic == marker_topic && text(&p) == "marker" {
@@ -44,7 +52,10 @@ async fn set_replace_clear(protocol: Protocol) -> Result<()> {
     assert_eq!(got.len(), 1, "{got:?}");
     // [MQTT-3.3.1-8] (3.1.1) / [MQTT-3.3.1-9] (5.0): RETAIN set on delivery at subscribe time.
     assert!(got[0].retain);
-    assert_eq!((got[0].topic.as_str(), text(&got[0]).as_str()), ("ret/a", "one"));
+    assert_eq!(
+        (got[0].topic.as_str(), text(&got[0]).as_str()),
+        ("ret/a", "one")
+    );
     assert_eq!(got[0].qos, QoS::AtLeastOnce);
 
     // Replace.
@@ -77,8 +88,24 @@ async fn wildcard_delivery(protocol: Protocol) -> Result<()> {
     let mut publisher = connect_clean(broker.addr, protocol, "retw-pub").await?;
     publish(&mut publisher, "rw/x/1", "x1", QoS::AtLeastOnce, true, 1).await?;
     publish(&mut publisher, "rw/y/2", "y2", QoS::AtLeastOnce, true, 2).await?;
-    publish(&mut publisher, "rw/x/1/deep", "deep", QoS::AtLeastOnce, true, 3).await?;
-    publish(&mut publisher, "other/x/1", "other", QoS::AtLeastOnce, true, 4).await?;
+    publish(
+        &mut publisher,
+        "rw/x/1/deep",
+        "deep",
+        QoS::AtLeastOnce,
+        true,
+        3,
+    )
+    .await?;
+    publish(
+        &mut publisher,
+        "other/x/1",
+        "other",
+        QoS::AtLeastOnce,
+        true,
+        4,
+    )
+    .await?;
 
     let sorted = |mut v: Vec<culex_proto::Publish>| {
         assert!(v.iter().all(|p| p.retain), "RETAIN flag missing: {v:?}");
@@ -101,7 +128,15 @@ async fn wildcard_delivery(protocol: Protocol) -> Result<()> {
     );
 
     // "#" matches the parent level too [MQTT-4.7.1-2].
-    let got = retained_for(&broker, protocol, &mut publisher, "rw/y/2/#", "rw/y/2/m", "s4").await?;
+    let got = retained_for(
+        &broker,
+        protocol,
+        &mut publisher,
+        "rw/y/2/#",
+        "rw/y/2/m",
+        "s4",
+    )
+    .await?;
     assert_eq!(sorted(got), ["rw/y/2=y2"]);
     Ok(())
 }
@@ -121,7 +156,15 @@ async fn live_delivery_not_retained(protocol: Protocol) -> Result<()> {
     let mut sub = connect_clean(broker.addr, protocol, "live-sub").await?;
     subscribe(&mut sub, 1, "live/t", QoS::AtLeastOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "live-pub").await?;
-    publish(&mut publisher, "live/t", "retained", QoS::AtLeastOnce, true, 1).await?;
+    publish(
+        &mut publisher,
+        "live/t",
+        "retained",
+        QoS::AtLeastOnce,
+        true,
+        1,
+    )
+    .await?;
     // [MQTT-3.3.1-9] (3.1.1); 5.0 without Retain As Published [MQTT-3.3.1-12].
     let p = recv_publish_ack(&mut sub).await?;
     assert_eq!(text(&p), "retained");

@@ -16,9 +16,33 @@ async fn persistent_session_keeps_subscriptions_and_messages(protocol: Protocol)
     disconnect(c).await?;
 
     let mut publisher = connect_clean(broker.addr, protocol, "keep-pub").await?;
-    publish(&mut publisher, "keep/one", "q1 while away", QoS::AtLeastOnce, false, 1).await?;
-    publish(&mut publisher, "keep/two", "q2 while away", QoS::ExactlyOnce, false, 2).await?;
-    publish(&mut publisher, "keep/zero", "q0 while away", QoS::AtMostOnce, false, 0).await?;
+    publish(
+        &mut publisher,
+        "keep/one",
+        "q1 while away",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )
+    .await?;
+    publish(
+        &mut publisher,
+        "keep/two",
+        "q2 while away",
+        QoS::ExactlyOnce,
+        false,
+        2,
+    )
+    .await?;
+    publish(
+        &mut publisher,
+        "keep/zero",
+        "q0 while away",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )
+    .await?;
     router_barrier(&mut publisher, 3).await?;
 
     // [MQTT-3.2.2-2] (3.1.1) / [MQTT-3.2.2-3] (5.0): session present = 1.
@@ -27,11 +51,25 @@ async fn persistent_session_keeps_subscriptions_and_messages(protocol: Protocol)
     // [MQTT-3.1.2-5] (3.1.1): QoS 1 and 2 messages stored while offline are delivered, without
     // a new SUBSCRIBE.
     let a = recv_publish_ack(&mut c).await?;
-    assert_eq!((a.topic.as_str(), text(&a).as_str(), a.qos), ("keep/one", "q1 while away", QoS::AtLeastOnce));
+    assert_eq!(
+        (a.topic.as_str(), text(&a).as_str(), a.qos),
+        ("keep/one", "q1 while away", QoS::AtLeastOnce)
+    );
     let b = recv_publish_ack(&mut c).await?;
-    assert_eq!((b.topic.as_str(), text(&b).as_str(), b.qos), ("keep/two", "q2 while away", QoS::ExactlyOnce));
+    assert_eq!(
+        (b.topic.as_str(), text(&b).as_str(), b.qos),
+        ("keep/two", "q2 while away", QoS::ExactlyOnce)
+    );
     // QoS 0 messages may or may not be kept; the subscription itself is still live:
-    publish(&mut publisher, "keep/live", "live", QoS::AtLeastOnce, false, 4).await?;
+    publish(
+        &mut publisher,
+        "keep/live",
+        "live",
+        QoS::AtLeastOnce,
+        false,
+        4,
+    )
+    .await?;
     loop {
         let p = recv_publish_ack(&mut c).await?;
         match text(&p).as_str() {
@@ -59,16 +97,39 @@ async fn clean_session_discards(protocol: Protocol) -> Result<()> {
     subscribe(&mut c, 1, "gone/t", QoS::AtLeastOnce).await?;
     disconnect(c).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "gone-pub").await?;
-    publish(&mut publisher, "gone/t", "queued", QoS::AtLeastOnce, false, 1).await?;
+    publish(
+        &mut publisher,
+        "gone/t",
+        "queued",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )
+    .await?;
     router_barrier(&mut publisher, 2).await?;
 
     // [MQTT-3.1.2-6] (3.1.1) / [MQTT-3.1.2-4] (5.0): clean start discards the session.
-    let (mut c, ack) =
-        connect_ok(broker.addr, connect_packet(protocol, "forgetful", true)).await?;
+    let (mut c, ack) = connect_ok(broker.addr, connect_packet(protocol, "forgetful", true)).await?;
     assert!(!ack.session_present, "{ack:?}");
     subscribe(&mut c, 1, "gone/marker", QoS::AtLeastOnce).await?;
-    publish(&mut publisher, "gone/t", "after", QoS::AtLeastOnce, false, 3).await?;
-    publish(&mut publisher, "gone/marker", "marker", QoS::AtLeastOnce, false, 4).await?;
+    publish(
+        &mut publisher,
+        "gone/t",
+        "after",
+        QoS::AtLeastOnce,
+        false,
+        3,
+    )
+    .await?;
+    publish(
+        &mut publisher,
+        "gone/marker",
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        4,
+    )
+    .await?;
     let p = recv_publish_ack(&mut c).await?;
     assert_eq!(
         (p.topic.as_str(), text(&p).as_str()),
@@ -92,8 +153,7 @@ async fn v5_clean_start_discards_previous_session() -> Result<()> {
 async fn v5_session_with_zero_expiry_is_not_kept() -> Result<()> {
     let broker = TestBroker::start().await?;
     // Clean start 0 but no Session Expiry Interval: the session ends with the connection.
-    let (mut c, _) =
-        connect_ok(broker.addr, connect_packet(Protocol::V5, "short", false)).await?;
+    let (mut c, _) = connect_ok(broker.addr, connect_packet(Protocol::V5, "short", false)).await?;
     subscribe(&mut c, 1, "short/t", QoS::AtLeastOnce).await?;
     disconnect(c).await?;
     let (_c, ack) = connect_ok(broker.addr, connect_packet(Protocol::V5, "short", false)).await?;
@@ -106,7 +166,15 @@ async fn unacked_redelivered_with_dup(protocol: Protocol) -> Result<()> {
     let (mut c, _) = connect_ok(broker.addr, persistent_connect(protocol, "slow")).await?;
     subscribe(&mut c, 1, "redo/t", QoS::AtLeastOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "redo-pub").await?;
-    publish(&mut publisher, "redo/t", "again", QoS::AtLeastOnce, false, 1).await?;
+    publish(
+        &mut publisher,
+        "redo/t",
+        "again",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )
+    .await?;
 
     let first = recv_publish(&mut c).await?;
     assert_eq!(text(&first), "again");
@@ -119,14 +187,25 @@ async fn unacked_redelivered_with_dup(protocol: Protocol) -> Result<()> {
     // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH packets with DUP=1 [MQTT-3.3.1-1] and the
     // original packet identifier.
     let again = recv_publish(&mut c).await?;
-    assert_eq!((again.topic.as_str(), text(&again).as_str()), ("redo/t", "again"));
+    assert_eq!(
+        (again.topic.as_str(), text(&again).as_str()),
+        ("redo/t", "again")
+    );
     assert!(again.dup, "redelivery without DUP: {again:?}");
     assert_eq!(again.packet_id, first.packet_id);
     assert_eq!(again.qos, QoS::AtLeastOnce);
     ack_publish(&mut c, &again).await?;
 
     // Acknowledged now: it does not come a third time.
-    publish(&mut publisher, "redo/t", "marker", QoS::AtLeastOnce, false, 2).await?;
+    publish(
+        &mut publisher,
+        "redo/t",
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        2,
+    )
+    .await?;
     let next = recv_publish_ack(&mut c).await?;
     assert_eq!(text(&next), "marker", "{next:?}");
     Ok(())
@@ -150,7 +229,8 @@ async fn pubrel_resent_after_reconnect(protocol: Protocol) -> Result<()> {
     publish(&mut publisher, "half/t", "q2", QoS::ExactlyOnce, false, 1).await?;
     let p = recv_publish(&mut c).await?;
     let id = p.packet_id.unwrap();
-    c.send(&Packet::PubRec(culex_proto::PubResp::new(id))).await?;
+    c.send(&Packet::PubRec(culex_proto::PubResp::new(id)))
+        .await?;
     match c.recv().await? {
         Packet::PubRel(r) => assert_eq!(r.packet_id, id),
         other => bail!("expected PUBREL, got {other:?}"),
@@ -163,8 +243,17 @@ async fn pubrel_resent_after_reconnect(protocol: Protocol) -> Result<()> {
         Packet::PubRel(r) => assert_eq!(r.packet_id, id),
         other => bail!("expected PUBREL resent, got {other:?}"),
     }
-    c.send(&Packet::PubComp(culex_proto::PubResp::new(id))).await?;
-    publish(&mut publisher, "half/t", "marker", QoS::AtLeastOnce, false, 2).await?;
+    c.send(&Packet::PubComp(culex_proto::PubResp::new(id)))
+        .await?;
+    publish(
+        &mut publisher,
+        "half/t",
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        2,
+    )
+    .await?;
     let next = recv_publish_ack(&mut c).await?;
     assert_eq!(text(&next), "marker", "{next:?}");
     Ok(())
@@ -214,7 +303,15 @@ async fn v311_takeover_of_persistent_session_keeps_subscriptions() -> Result<()>
     assert!(ack.session_present);
     expect_closed_with(&mut first, &[]).await?;
     let mut publisher = connect_v311(broker.addr, "heir-pub").await?;
-    publish(&mut publisher, "heir/t", "inherited", QoS::AtLeastOnce, false, 1).await?;
+    publish(
+        &mut publisher,
+        "heir/t",
+        "inherited",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )
+    .await?;
     assert_eq!(text(&recv_publish_ack(&mut second).await?), "inherited");
     Ok(())
 }

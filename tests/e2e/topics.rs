@@ -22,9 +22,25 @@ async fn delivered_topics(
     subscribe(&mut sub, 1, filter, QoS::AtLeastOnce).await?;
     let mut publisher = connect_clean(broker.addr, protocol, "matcher-pub").await?;
     for (i, t) in topics.iter().enumerate() {
-        publish(&mut publisher, t, "m", QoS::AtLeastOnce, false, i as u16 + 1).await?;
+        publish(
+            &mut publisher,
+            t,
+            "m",
+            QoS::AtLeastOnce,
+            false,
+            i as u16 + 1,
+        )
+        .await?;
     }
-    publish(&mut publisher, marker, "marker", QoS::AtLeastOnce, false, 1000).await?;
+    publish(
+        &mut publisher,
+        marker,
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        1000,
+    )
+    .await?;
     let mut got = Vec::new();
     loop {
         let p = recv_publish_ack(&mut sub).await?;
@@ -40,7 +56,9 @@ async fn single_level_wildcard(protocol: Protocol) -> Result<()> {
     let got = delivered_topics(
         protocol,
         "a/+/c",
-        &["a/b/c", "a/b/d", "a/b/c/d", "a/c", "b/b/c", "a//c", "a/xyz/c"],
+        &[
+            "a/b/c", "a/b/d", "a/b/c/d", "a/c", "b/b/c", "a//c", "a/xyz/c",
+        ],
         "a/m/c",
     )
     .await?;
@@ -113,13 +131,18 @@ async fn v311_overlapping_subscriptions_deliver_one_copy_at_highest_qos() -> Res
         &[("ov/#", QoS::AtMostOnce), ("ov/b", QoS::AtLeastOnce)],
     )
     .await?;
-    assert_eq!(
-        codes.iter().map(|c| c.as_u8()).collect::<Vec<_>>(),
-        [0, 1]
-    );
+    assert_eq!(codes.iter().map(|c| c.as_u8()).collect::<Vec<_>>(), [0, 1]);
     let mut publisher = connect_v311(broker.addr, "overlap-pub").await?;
     publish(&mut publisher, "ov/b", "both", QoS::AtLeastOnce, false, 1).await?;
-    publish(&mut publisher, "ov/marker", "marker", QoS::AtMostOnce, false, 0).await?;
+    publish(
+        &mut publisher,
+        "ov/marker",
+        "marker",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )
+    .await?;
     // [MQTT-3.3.5-1] (3.1.1): one copy, at the maximum QoS of the matching subscriptions.
     let p = recv_publish_ack(&mut sub).await?;
     assert_eq!(text(&p), "both");
@@ -141,7 +164,15 @@ async fn unsubscribe_stops_delivery(protocol: Protocol) -> Result<()> {
     // [MQTT-3.10.4-4] / [MQTT-3.10.4-5]: UNSUBACK with the same id.
     unsubscribe(&mut sub, 3, "un/t").await?;
     publish(&mut publisher, "un/t", "after", QoS::AtLeastOnce, false, 2).await?;
-    publish(&mut publisher, "un/marker", "marker", QoS::AtLeastOnce, false, 3).await?;
+    publish(
+        &mut publisher,
+        "un/marker",
+        "marker",
+        QoS::AtLeastOnce,
+        false,
+        3,
+    )
+    .await?;
     // [MQTT-3.10.4-2]: no new messages for the removed filter.
     let p = recv_publish_ack(&mut sub).await?;
     assert_eq!(
@@ -185,9 +216,25 @@ async fn shared_subscription(protocol: Protocol) -> Result<()> {
     }
     let mut publisher = connect_clean(broker.addr, protocol, "sh-pub").await?;
     for i in 0..20u16 {
-        publish(&mut publisher, "sh/t", i.to_string(), QoS::AtLeastOnce, false, i + 1).await?;
+        publish(
+            &mut publisher,
+            "sh/t",
+            i.to_string(),
+            QoS::AtLeastOnce,
+            false,
+            i + 1,
+        )
+        .await?;
     }
-    publish(&mut publisher, "sh/end", "end", QoS::AtLeastOnce, false, 100).await?;
+    publish(
+        &mut publisher,
+        "sh/end",
+        "end",
+        QoS::AtLeastOnce,
+        false,
+        100,
+    )
+    .await?;
 
     let tasks: Vec<_> = members
         .into_iter()

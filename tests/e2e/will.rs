@@ -20,7 +20,11 @@ async fn watcher(broker: &TestBroker, protocol: Protocol) -> Result<RawClient> {
 fn with_will(protocol: Protocol, id: &str, keep_alive: u16) -> Connect {
     let mut c = connect_packet(protocol, id, true);
     c.keep_alive = keep_alive;
-    c.will = Some(will(&format!("will/{id}"), &format!("{id} is gone"), QoS::AtLeastOnce));
+    c.will = Some(will(
+        &format!("will/{id}"),
+        &format!("{id} is gone"),
+        QoS::AtLeastOnce,
+    ));
     c
 }
 
@@ -193,7 +197,10 @@ async fn v5_will_not_published_when_client_reconnects_within_delay() -> Result<(
     back.properties.session_expiry_interval = Some(60);
     let (_back, ack) = connect_ok(broker.addr, back).await?;
     assert!(ack.session_present);
-    assert!(dropped.elapsed() < Duration::from_millis(1500), "reconnect too slow to test");
+    assert!(
+        dropped.elapsed() < Duration::from_millis(1500),
+        "reconnect too slow to test"
+    );
     // Wait past the delay (with margin): the will must not come.
     let quiet = Duration::from_millis(3000).saturating_sub(dropped.elapsed());
     w.expect_silence(quiet).await?;

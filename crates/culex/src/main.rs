@@ -8,6 +8,9 @@ use culex_config::Config;
 use tracing::{error, info, warn};
 
 /// Culex, an MQTT broker for MQTT 3.1, 3.1.1 and 5.0.
+///
+/// Subcommands: `culex passwd` (like mosquitto_passwd), `culex pub` (like mosquitto_pub),
+/// `culex sub` (like mosquitto_sub); each has its own `--help`.
 #[derive(Debug, Parser)]
 #[command(name = "culex", version, about, long_about = None)]
 struct Cli {
@@ -26,6 +29,16 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Subcommands keep their Mosquitto-tool flags (`culex pub -h HOST` like `mosquitto_pub`), so
+    // they parse their own arguments.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let rest = args.get(2..).unwrap_or_default();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("passwd") => return culex::cmd_passwd::main(rest),
+        Some("pub") => return culex::cmd_pub::main(rest),
+        Some("sub") => return culex::cmd_sub::main(rest),
+        _ => {}
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
 

@@ -1,0 +1,10 @@
+//! `culex pub`: being written (see the issue tracker).
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// Runs `culex pub` with the arguments after the subcommand name.
+pub fn main(_args: &[OsString]) -> ExitCode {
+    eprintln!("culex pub: not available yet");
+    ExitCode::from(2)
+}
