@@ -22,7 +22,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
-use crate::server::Shared;
+use crate::server::{ListenerCtx, Shared};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// Remote socket address.
+    pub(crate) addr: SocketAddr,
+    /// The listener that accepted it.
+    pub(crate) listener: Arc<ListenerCtx>,
+    /// Identity from a verified TLS client certificate (its subject CN), if any.
+    pub(crate) identity: Option<String>,
+}
 
 /// Outbox items encoded per wake-up at most, so one busy subscriber cannot starve its reads.
 const MAX_BATCH: usize = 256;
@@ -60,7 +71,7 @@ impl Ending {
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -74,7 +85,9 @@ pub(crate) async fn serve<S>(
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::with_capacity(4096),
         conn,
-        peer,
+        peer: peer.addr,
+        listener: peer.listener,
+        identity: peer.identity,
         shared,
         protocol: Protocol::V311,
         client_id: Arc::from(""),
@@ -98,6 +111,9 @@ struct Conn<R, W> {
     wbuf: BytesMut,
     conn: ConnId,
     peer: SocketAddr,
+    listener: Arc<ListenerCtx>,
+    #[allow(dead_code)]
+    identity: Option<String>,
     shared: Arc<Shared>,
     protocol: Protocol,
     client_id: Arc<str>,
@@ -275,7 +291,7 @@ where
             properties,
         });
         self.shared.counters.connected.inc();
-        info!(peer = %self.peer, client_id = %client_id, protocol = ?self.protocol,
+        info!(peer = %self.peer, listener = %self.listener.local, client_id = %client_id, protocol = ?self.protocol,
             session_present, "client connected");
         if self.queue(&connack).is_err() || self.flush().await.is_err() {
             self.finish(Ending::abnormal(None, "write failed")).await;

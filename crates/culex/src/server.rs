@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::connection;
+use crate::connection::{self, Peer};
 
 /// Commands the router's channel holds before connections wait (backpressure).
 const ROUTER_QUEUE: usize = 16 * 1024;
@@ -86,6 +86,13 @@ pub struct Counters {
     pub dropped_too_large: Counter,
     /// Bytes written to clients.
     pub bytes_sent: Counter,
+}
+
+/// What a connection needs to know of the listener that accepted it.
+#[derive(Debug)]
+pub(crate) struct ListenerCtx {
+    /// The bound address.
+    pub(crate) local: SocketAddr,
 }
 
 /// State every connection task shares.
@@ -292,6 +299,14 @@ async fn accept_loop(
     next_conn: Arc<AtomicU64>,
     connections: TaskTracker,
 ) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "listener has no local address; not accepting on it");
+            return;
+        }
+    };
+    let ctx = Arc::new(ListenerCtx { local });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -315,6 +330,11 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let peer = Peer {
+            addr: peer,
+            listener: Arc::clone(&ctx),
+            identity: None,
+        };
         let task = connection::serve(stream, peer, conn, Arc::clone(&shared), shutdown.clone());
         connections.spawn(async move {
             task.await;
