@@ -39,11 +39,34 @@ async fn v31_connect_subscribe_publish_smoke() -> Result<()> {
     assert!(!ack.session_present);
     let codes = subscribe(&mut c, 1, "v31/t", QoS::AtLeastOnce).await?;
     assert_eq!(codes[0].as_u8(), 1);
-    publish(&mut c, "v31/t", "hello 3.1", QoS::AtLeastOnce, false, 2).await?;
+    let mut publisher = connect_clean(broker.addr, Protocol::V31, "v31-pub").await?;
+    publish(
+        &mut publisher,
+        "v31/t",
+        "hello 3.1",
+        QoS::AtLeastOnce,
+        false,
+        2,
+    )
+    .await?;
+    publish(
+        &mut publisher,
+        "v31/t",
+        "exactly 3.1",
+        QoS::ExactlyOnce,
+        false,
+        3,
+    )
+    .await?;
     let p = recv_publish_ack(&mut c).await?;
     assert_eq!(p.topic, "v31/t");
     assert_eq!(text(&p), "hello 3.1");
     assert_eq!(p.qos, QoS::AtLeastOnce);
+    let p = recv_publish_ack(&mut c).await?;
+    assert_eq!(
+        (text(&p).as_str(), p.qos),
+        ("exactly 3.1", QoS::AtLeastOnce)
+    );
     disconnect(c).await
 }
 
