@@ -22,6 +22,17 @@ pub type Outbox = mpsc::Sender<Outbound>;
 /// Outbox slots kept for control packets (SUBACK, UNSUBACK, PUBREL, DISCONNECT).
 pub(crate) const CONTROL_RESERVE: usize = 64;
 
+/// Decides what a client may read, write and subscribe to: the ACL. The binary implements it
+/// over its reloadable ACL file, so every check sees the rules in force at that moment.
+pub trait AccessPolicy: Send + Sync + std::fmt::Debug {
+    /// May this client receive messages published to `topic`?
+    fn can_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool;
+    /// May this client publish to `topic` (also checked for its will when the will is sent)?
+    fn can_write(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool;
+    /// May this client subscribe to `filter`?
+    fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool;
+}
+
 /// A CONNECT the connection task has decoded, checked and authenticated.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -45,6 +56,8 @@ pub struct ConnectRequest {
     pub will: Option<LastWill>,
     /// Authenticated user name, if any.
     pub username: Option<String>,
+    /// The ACL in force for this client; `None` allows everything.
+    pub access: Option<Arc<dyn AccessPolicy>>,
     /// Where the router sends this connection's packets.
     pub outbox: Outbox,
     /// Where the router sends its answer, before anything goes to the outbox.

@@ -16,7 +16,8 @@ mod stats;
 pub mod trie;
 
 pub use api::{
-    Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind, Outbound, Outbox,
+    AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
+    Outbound, Outbox,
 };
 pub use message::Message;
 pub use router::Router;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use culex_proto::topic::parse_shared;
 use culex_proto::{
-    LastWill, Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 use tracing::{debug, warn};
 
@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::message::Message;
 use crate::retained::RetainedStore;
-use crate::session::{Link, Pending, Resend, Session, Subscription};
+use crate::session::{Link, Pending, PendingWill, Resend, Session, Subscription};
 use crate::settings::BrokerSettings;
 use crate::stats::RouterStats;
 use crate::trie::SubscriptionTree;
@@ -48,7 +48,7 @@ pub struct Router {
     expiries: BTreeSet<(Instant, SessionId)>,
     /// Delayed wills by due time; the will itself waits in `delayed`.
     will_due: BTreeSet<(Instant, SessionId)>,
-    delayed: HashMap<SessionId, (Instant, LastWill)>,
+    delayed: HashMap<SessionId, (Instant, PendingWill)>,
     next_retained_sweep: Option<Instant>,
     stats: RouterStats,
     scratch: Vec<(SessionId, Subscription)>,
@@ -234,6 +234,7 @@ impl Router {
             maximum_packet_size,
             will,
             username,
+            access,
             outbox,
             reply,
         } = req;
@@ -280,6 +281,7 @@ impl Router {
         s.expiry_interval = session_expiry;
         s.will = will;
         s.username = username;
+        s.access = access;
         self.by_conn.insert(conn, sid);
         debug!(client_id = %client_id, conn, session_present, "client connected");
         let outcome = ConnectOutcome {
@@ -329,7 +331,7 @@ impl Router {
             .outbox
             .try_send(Outbound::Close(ReasonCode::SessionTakenOver));
         self.by_conn.remove(&link.conn);
-        if let Some(will) = s.will.take() {
+        if let Some(will) = PendingWill::take_from(s) {
             self.schedule_will(sid, will, now);
         }
     }
@@ -408,6 +410,16 @@ impl Router {
                 // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
                 protocol_error = true;
                 break;
+            }
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
+            if let Some(acl) = &s.access {
+                if !acl.can_subscribe(s.username.as_deref(), &s.client_id, &f.filter) {
+                    self.stats.subscriptions_denied += 1;
+                    reason_codes.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
             }
             let mut options = f.options;
             options.qos = options.qos.min(self.settings.max_qos);
@@ -508,7 +520,7 @@ impl Router {
         if let Some(e) = session_expiry {
             s.expiry_interval = e;
         }
-        let will = s.will.take();
+        let will = PendingWill::take_from(s);
         let expiry = s.expiry_interval;
         debug!(client_id = %s.client_id, conn, ?kind, "client disconnected");
         if kind == DisconnectKind::WithWill {
@@ -535,8 +547,8 @@ impl Router {
     }
 
     /// Publishes a will now, or schedules it after its Will Delay Interval.
-    fn schedule_will(&mut self, sid: SessionId, will: LastWill, now: Instant) {
-        let delay = will.properties.will_delay_interval.unwrap_or(0);
+    fn schedule_will(&mut self, sid: SessionId, will: PendingWill, now: Instant) {
+        let delay = will.will.properties.will_delay_interval.unwrap_or(0);
         if delay == 0 {
             self.publish_will(will, now);
         } else {
@@ -553,7 +565,15 @@ impl Router {
         }
     }
 
-    fn publish_will(&mut self, will: LastWill, now: Instant) {
+    /// Publishes a will, if its client may still write its topic (checked now, as the ACL in
+    /// force may have changed since the client connected).
+    fn publish_will(&mut self, pending: PendingWill, now: Instant) {
+        if !pending.allowed() {
+            self.stats.dropped_acl_will += 1;
+            debug!(client_id = %pending.client_id, "will denied by the ACL");
+            return;
+        }
+        let will = pending.will;
         let mut properties = will.properties;
         properties.will_delay_interval = None;
         let expires_at = properties
@@ -674,6 +694,10 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if !s.can_read(&pending.message.topic) {
+            self.stats.dropped_acl_read += 1;
+            return;
+        }
         if pending.qos == QoS::AtMostOnce {
             let Some(link) = &s.link else {
                 self.stats.dropped_offline_qos0 += 1;

@@ -41,6 +41,7 @@ fn connect(
             maximum_packet_size: u32::MAX,
             will,
             username: None,
+            access: None,
             outbox: tx,
             reply,
         })),
@@ -345,4 +346,115 @@ fn retained_is_sent_after_suback_and_cleared_by_empty_payload() {
         t0,
     );
     assert_eq!(r.retained_count().0, 0);
+}
+
+/// A fixed ACL for tests: `secret/...` unreadable, `w/denied` unwritable, `forbidden/#`
+/// not subscribable.
+#[derive(Debug)]
+struct TestAcl;
+
+impl crate::api::AccessPolicy for TestAcl {
+    fn can_read(&self, _u: Option<&str>, _c: &str, topic: &str) -> bool {
+        !topic.starts_with("secret/")
+    }
+    fn can_write(&self, _u: Option<&str>, _c: &str, topic: &str) -> bool {
+        topic != "w/denied"
+    }
+    fn can_subscribe(&self, _u: Option<&str>, _c: &str, filter: &str) -> bool {
+        filter != "forbidden/#"
+    }
+}
+
+#[test]
+fn acl_withholds_reads_refuses_subscriptions_and_checks_wills_when_sent() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let (tx, mut rx) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (reply, mut reply_rx) = oneshot::channel();
+    r.handle(
+        Command::Connect(Box::new(ConnectRequest {
+            conn: 1,
+            protocol: Protocol::V5,
+            client_id: "watched".into(),
+            clean_start: true,
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            will: None,
+            username: Some("u".into()),
+            access: Some(std::sync::Arc::new(TestAcl)),
+            outbox: tx,
+            reply,
+        })),
+        t0,
+    );
+    reply_rx.try_recv().unwrap();
+    r.handle(
+        Command::Subscribe {
+            conn: 1,
+            subscribe: Subscribe {
+                packet_id: 1,
+                filters: vec![
+                    SubscribeFilter {
+                        filter: "#".into(),
+                        options: SubscriptionOptions::default(),
+                    },
+                    SubscribeFilter {
+                        filter: "forbidden/#".into(),
+                        options: SubscriptionOptions::default(),
+                    },
+                ],
+                properties: Properties::default(),
+            },
+        },
+        t0,
+    );
+    match rx.try_recv() {
+        Ok(Outbound::Packet(p)) => match *p {
+            Packet::SubAck(a) => assert_eq!(
+                a.reason_codes,
+                vec![ReasonCode::GrantedQoS0, ReasonCode::NotAuthorized]
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let mut c = Client {
+        conn: 1,
+        rx,
+        outcome: ConnectOutcome {
+            session_present: false,
+            client_id: "watched".into(),
+            assigned: false,
+            inbound_qos2: vec![],
+        },
+    };
+    // A publisher whose will topic the ACL denies, and one whose will is allowed.
+    let (tx2, _rx2) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (reply2, _r2) = oneshot::channel();
+    r.handle(
+        Command::Connect(Box::new(ConnectRequest {
+            conn: 2,
+            protocol: Protocol::V311,
+            client_id: "p".into(),
+            clean_start: true,
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            will: Some(will("w/denied", None)),
+            username: None,
+            access: Some(std::sync::Arc::new(TestAcl)),
+            outbox: tx2,
+            reply: reply2,
+        })),
+        t0,
+    );
+    publish(&mut r, t0, 2, "secret/x", QoS::AtMostOnce, false);
+    publish(&mut r, t0, 2, "open/x", QoS::AtMostOnce, false);
+    assert_eq!(next_topic(&mut c).as_deref(), Some("open/x"));
+    assert_eq!(r.stats().dropped_acl_read, 1);
+    disconnect(&mut r, t0, 2, DisconnectKind::WithWill);
+    assert_eq!(next_topic(&mut c), None);
+    assert_eq!(r.stats().dropped_acl_will, 1);
+    assert_eq!(r.stats().subscriptions_denied, 1);
 }

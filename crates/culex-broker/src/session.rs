@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
-use crate::api::{ConnId, Delivery, Outbox};
+use crate::api::{AccessPolicy, ConnId, Delivery, Outbox};
 use crate::message::Message;
 use crate::settings::BrokerSettings;
 
@@ -261,6 +261,46 @@ pub(crate) struct Session {
     pub(crate) will: Option<LastWill>,
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
+    pub(crate) access: Option<Arc<dyn AccessPolicy>>,
+}
+
+impl Session {
+    /// The ACL allows this session to read `topic` (always, without an ACL).
+    pub(crate) fn can_read(&self, topic: &str) -> bool {
+        self.access
+            .as_ref()
+            .is_none_or(|a| a.can_read(self.username.as_deref(), &self.client_id, topic))
+    }
+}
+
+/// A will waiting to be published, with what is needed to check it against the ACL when it is
+/// sent (the session may be gone by then).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingWill {
+    pub(crate) will: LastWill,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) username: Option<String>,
+    pub(crate) access: Option<Arc<dyn AccessPolicy>>,
+}
+
+impl PendingWill {
+    /// Takes the session's will, if any, with its owner's identity.
+    pub(crate) fn take_from(s: &mut Session) -> Option<PendingWill> {
+        let will = s.will.take()?;
+        Some(PendingWill {
+            will,
+            client_id: Arc::clone(&s.client_id),
+            username: s.username.clone(),
+            access: s.access.clone(),
+        })
+    }
+
+    /// The ACL allows publishing the will now.
+    pub(crate) fn allowed(&self) -> bool {
+        self.access.as_ref().is_none_or(|a| {
+            a.can_write(self.username.as_deref(), &self.client_id, &self.will.topic)
+        })
+    }
 }
 
 impl Session {
@@ -275,6 +315,7 @@ impl Session {
             will: None,
             inbound_qos2: Vec::new(),
             username: None,
+            access: None,
         }
     }
 

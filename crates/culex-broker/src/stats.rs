@@ -17,6 +17,12 @@ pub struct RouterStats {
     pub dropped_expired: u64,
     /// QoS 0 messages not queued for an offline persistent session.
     pub dropped_offline_qos0: u64,
+    /// Deliveries withheld because the ACL denies the subscriber reading the topic.
+    pub dropped_acl_read: u64,
+    /// Wills not published because the ACL denies their client writing the will topic.
+    pub dropped_acl_will: u64,
+    /// Subscriptions refused by the ACL.
+    pub subscriptions_denied: u64,
     /// Wills published.
     pub wills_published: u64,
     /// Sessions removed because their expiry interval elapsed.

@@ -243,6 +243,7 @@ where
             maximum_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
             will: connect.will,
             username: connect.username,
+            access: None,
             outbox: tx,
             reply: reply_tx,
         };
