@@ -101,7 +101,7 @@ async fn v5_hash_matches_parent_and_all_children() -> Result<()> {
 
 async fn dollar_topics(protocol: Protocol) -> Result<()> {
     // [MQTT-4.7.2-1]: wildcards at the first level do not match topics starting with "$".
-    let got = delivered_topics(protocol, "#", &["$SYS/x", "$foo", "plain/x"], "marker").await?;
+    let got = delivered_topics(protocol, "#", &["$bar/x", "$foo", "plain/x"], "marker").await?;
     assert_eq!(got, ["plain/x"]);
     let got = delivered_topics(protocol, "+/x", &["$foo/x", "foo/x"], "m/x").await?;
     assert_eq!(got, ["foo/x"]);

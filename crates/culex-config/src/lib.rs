@@ -20,7 +20,7 @@
 //! model types below (plus [`Config::embedded_default`], which is
 //! `Config::default()`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -30,6 +30,8 @@ mod duration;
 mod error;
 mod mosquitto;
 mod options;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod test_util;
 mod toml_format;
@@ -54,8 +56,15 @@ pub struct Config {
     /// Where the broker accepts MQTT connections. Never empty in a validated
     /// configuration.
     pub listeners: Vec<Listener>,
-    /// Authentication settings.
+    /// Authentication settings: for every listener, or, when
+    /// `per_listener_settings` is `true`, for none (each listener has its
+    /// own); see [`Config::security_for`].
     pub security: Security,
+    /// Mosquitto's `per_listener_settings`: whether each listener has its own
+    /// `allow_anonymous`, `password_file` and `acl_file`
+    /// ([`Listener::security`]). Default `false`: [`Config::security`]
+    /// applies to all listeners. A top-level key in TOML.
+    pub per_listener_settings: bool,
     /// Resource limits.
     pub limits: Limits,
     /// Session and client identifier settings.
@@ -64,7 +73,8 @@ pub struct Config {
     pub mqtt: Mqtt,
 }
 
-/// A TCP listener for plain MQTT.
+/// A TCP listener: plain MQTT, MQTT over TLS, or MQTT over WebSocket (with
+/// or without TLS).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
@@ -75,20 +85,40 @@ pub struct Listener {
     /// TCP port. `0` is allowed and asks the operating system for an
     /// ephemeral port (useful in tests).
     pub port: u16,
+    /// What is spoken on the connection: MQTT directly (the default) or MQTT
+    /// over WebSocket (mosquitto.conf `protocol websockets`).
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// TLS settings; `None` for a plain-text listener.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// This listener's own authentication settings. Only allowed (and then
+    /// always present after loading a file) when
+    /// [`Config::per_listener_settings`] is `true`; use
+    /// [`Config::security_for`] rather than reading it directly.
+    #[serde(default)]
+    pub security: Option<Security>,
 }
 
 impl Listener {
-    /// A listener on `host` (an IP address or host name) and `port`.
+    /// A plain MQTT listener on `host` (an IP address or host name) and
+    /// `port`.
     pub fn new(host: impl Into<String>, port: u16) -> Listener {
         Listener {
             host: Some(host.into()),
-            port,
+            ..Listener::all_interfaces(port)
         }
     }
 
-    /// A listener on all interfaces (IPv4 and IPv6) on `port`.
+    /// A plain MQTT listener on all interfaces (IPv4 and IPv6) on `port`.
     pub fn all_interfaces(port: u16) -> Listener {
-        Listener { host: None, port }
+        Listener {
+            host: None,
+            port,
+            protocol: ListenerProtocol::Mqtt,
+            tls: None,
+            security: None,
+        }
     }
 
     /// The loopback listeners Culex (like Mosquitto 2) uses when nothing else
@@ -96,10 +126,130 @@ impl Listener {
     pub fn loopback(port: u16) -> Vec<Listener> {
         vec![Listener::new("127.0.0.1", port), Listener::new("::1", port)]
     }
+
+    /// This listener with `protocol`.
+    pub fn with_protocol(mut self, protocol: ListenerProtocol) -> Listener {
+        self.protocol = protocol;
+        self
+    }
+
+    /// This listener with TLS settings.
+    pub fn with_tls(mut self, tls: Tls) -> Listener {
+        self.tls = Some(tls);
+        self
+    }
 }
 
-/// Authentication settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// What a listener speaks (mosquitto.conf `protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// MQTT directly over TCP (or TLS). mosquitto.conf: `protocol mqtt`.
+    #[default]
+    Mqtt,
+    /// MQTT over WebSocket (RFC 6455, subprotocol `mqtt` or `mqttv3.1`),
+    /// any path. mosquitto.conf: `protocol websockets`.
+    Websockets,
+}
+
+impl ListenerProtocol {
+    /// The name used in both syntaxes: `mqtt` or `websockets`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Websockets => "websockets",
+        }
+    }
+}
+
+/// TLS settings of a listener. The files are PEM; relative paths are
+/// relative to the broker's working directory (as in Mosquitto). Loading
+/// checks that they can be read; the broker parses them at startup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The server's certificate chain (PEM, the server certificate first).
+    pub certfile: PathBuf,
+    /// The private key of the server certificate (PEM: PKCS#8, PKCS#1 RSA or
+    /// SEC1 EC).
+    pub keyfile: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified against.
+    /// Without `cafile` or `capath` clients are not asked for a certificate.
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// A directory of CA certificates (PEM files), used like `cafile`.
+    #[serde(default)]
+    pub capath: Option<PathBuf>,
+    /// Whether clients must present a certificate signed by one of the CAs.
+    /// Needs `cafile` or `capath`. Default `false`: a client certificate is
+    /// then verified if one is presented, but not required.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// Whether the subject CN of the client certificate is used as the
+    /// client's username (the MQTT username is then ignored). Needs `cafile`
+    /// or `capath`; clients without a certificate are refused.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// The lowest TLS version accepted. Default TLS 1.2.
+    #[serde(default)]
+    pub tls_version: TlsVersion,
+}
+
+impl Tls {
+    /// TLS with a certificate and key, no client certificates, TLS 1.2 or
+    /// later.
+    pub fn new(certfile: impl Into<PathBuf>, keyfile: impl Into<PathBuf>) -> Tls {
+        Tls {
+            certfile: certfile.into(),
+            keyfile: keyfile.into(),
+            cafile: None,
+            capath: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            tls_version: TlsVersion::default(),
+        }
+    }
+}
+
+/// A minimum TLS version (`tls_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3). Written `tlsv1.2`.
+    #[default]
+    #[serde(rename = "tlsv1.2")]
+    V1_2,
+    /// TLS 1.3 only. Written `tlsv1.3`.
+    #[serde(rename = "tlsv1.3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    /// The name used in both syntaxes: `tlsv1.2` or `tlsv1.3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "tlsv1.2",
+            TlsVersion::V1_3 => "tlsv1.3",
+        }
+    }
+
+    /// Parses `tlsv1.2` or `tlsv1.3`; the error says what is allowed.
+    pub fn parse(text: &str) -> Result<TlsVersion, String> {
+        match text {
+            "tlsv1.2" => Ok(TlsVersion::V1_2),
+            "tlsv1.3" => Ok(TlsVersion::V1_3),
+            "tlsv1" | "tlsv1.1" => Err(format!(
+                "'{text}' is not supported: TLS versions before 1.2 are insecure; allowed: tlsv1.2 or tlsv1.3"
+            )),
+            other => Err(format!(
+                "invalid value '{other}'; allowed: tlsv1.2 or tlsv1.3"
+            )),
+        }
+    }
+}
+
+/// Authentication and authorisation settings: global (`[security]`), or of
+/// one listener when [`Config::per_listener_settings`] is `true`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
     /// Whether clients that connect without a username may connect.
@@ -107,14 +257,33 @@ pub struct Security {
     /// `Security::default()` has `true`, but when a configuration *file*
     /// defines its own listeners and does not set this option, the loader
     /// sets it to `false` (Mosquitto 2 behaviour: a broker reachable from
-    /// the network is not open by default).
+    /// the network is not open by default). Per-listener settings likewise
+    /// default to `false`.
     pub allow_anonymous: bool,
+    /// Mosquitto password file (`user:hash` lines); `None` means no
+    /// password checks. Relative to the working directory.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file; `None` means no topic access control.
+    /// Relative to the working directory.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for Security {
     fn default() -> Self {
         Security {
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+}
+
+impl Security {
+    /// The per-listener default: anonymous clients refused, no files.
+    pub fn per_listener_default() -> Security {
+        Security {
+            allow_anonymous: false,
+            ..Security::default()
         }
     }
 }
@@ -220,6 +389,7 @@ impl Default for Config {
         Config {
             listeners: Listener::loopback(DEFAULT_PORT),
             security: Security::default(),
+            per_listener_settings: false,
             limits: Limits::default(),
             sessions: Sessions::default(),
             mqtt: Mqtt::default(),
@@ -245,9 +415,20 @@ impl Config {
         }
     }
 
+    /// The authentication settings that apply to clients of `listener`: its
+    /// own with `per_listener_settings` (when it has them), otherwise the
+    /// global [`Config::security`].
+    pub fn security_for<'a>(&'a self, listener: &'a Listener) -> &'a Security {
+        match (&listener.security, self.per_listener_settings) {
+            (Some(own), true) => own,
+            _ => &self.security,
+        }
+    }
+
     /// Checks the rules every configuration must satisfy (at least one
     /// listener, no duplicate listener, valid host names, every value in its
-    /// range). Loading a file runs this already; call it after changing a
+    /// range, TLS and security files that exist and can be read, TLS options
+    /// that go together). Loading a file runs this already; call it after changing a
     /// `Config` by hand. The diagnostics of the error name no file.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = validate::problems(self);

@@ -11,7 +11,95 @@ use std::path::{Path, PathBuf};
 use crate::error::{ConfigError, Diagnostic};
 use crate::options::{self, check_int, Kind, Spec, Value};
 use crate::validate::{self, Problem};
-use crate::{duration, Config, Listener, Loaded, DEFAULT_PORT};
+use crate::{
+    duration, Config, Listener, ListenerProtocol, Loaded, Security, Tls, TlsVersion, DEFAULT_PORT,
+};
+
+/// Options of one listener: they apply to the most recent `listener` line
+/// (before any, to the default listener of `port`/`bind_address`).
+const LISTENER_OPTIONS: &[&str] = &[
+    "protocol",
+    "certfile",
+    "keyfile",
+    "cafile",
+    "capath",
+    "require_certificate",
+    "use_identity_as_username",
+    "tls_version",
+];
+
+/// The listener options that make a listener a TLS listener.
+const TLS_OPTIONS: &[&str] = &[
+    "certfile",
+    "keyfile",
+    "cafile",
+    "capath",
+    "require_certificate",
+    "use_identity_as_username",
+    "tls_version",
+];
+
+/// A checked listener option value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListenerValue {
+    Protocol(ListenerProtocol),
+    Path(PathBuf),
+    Bool(bool),
+    Version(TlsVersion),
+}
+
+/// The listener options given for one listener, with where each was given.
+#[derive(Debug, Default)]
+struct ListenerOpts {
+    values: HashMap<&'static str, (ListenerValue, Loc)>,
+}
+
+impl ListenerOpts {
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        match self.values.get(key) {
+            Some((ListenerValue::Path(p), _)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.values.get(key), Some((ListenerValue::Bool(true), _)))
+    }
+
+    fn loc(&self, key: &str) -> Option<&Loc> {
+        self.values.get(key).map(|(_, loc)| loc)
+    }
+}
+
+/// A `listener` line and the options that followed it.
+#[derive(Debug)]
+struct PendingListener {
+    listener: Listener,
+    loc: Loc,
+    opts: ListenerOpts,
+}
+
+/// A security option (`allow_anonymous`, `password_file`, `acl_file`), kept
+/// until the end of the file because `per_listener_settings` decides where
+/// it goes.
+#[derive(Debug)]
+struct SecuritySetting {
+    spec: &'static Spec,
+    value: Value,
+    loc: Loc,
+    /// Index of the `listener` line it follows, if any.
+    after_listener: Option<usize>,
+}
+
+/// Where a listener and its options were written, for diagnostics.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// `listener`, `port` or `bind_address`.
+    option: &'static str,
+    loc: Option<Loc>,
+    /// Where each listener option (TLS and per-listener security) was given.
+    options: HashMap<&'static str, Loc>,
+}
 
 /// Options that are accepted, with a warning, and otherwise ignored.
 const IGNORED: &[&str] = &["connection_messages", "pid_file", "user"];
@@ -19,7 +107,6 @@ const IGNORED: &[&str] = &["connection_messages", "pid_file", "user"];
 /// Mosquitto options Culex does not support yet: an error that says so.
 const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "accept_protocol_versions",
-    "acl_file",
     "address",
     "addresses",
     "allow_duplicate_messages",
@@ -47,9 +134,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "bridge_require_ocsp",
     "bridge_session_expiry_interval",
     "bridge_tls_version",
-    "cafile",
-    "capath",
-    "certfile",
     "check_retain_source",
     "ciphers",
     "ciphers_tls1.3",
@@ -65,7 +149,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "http_dir",
     "idle_timeout",
     "keepalive_interval",
-    "keyfile",
     "local_cleansession",
     "local_clientid",
     "local_password",
@@ -79,8 +162,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "notifications_local_only",
     "ocsp_data",
     "password",
-    "password_file",
-    "per_listener_settings",
     "persistence",
     "persistence_file",
     "persistence_location",
@@ -88,7 +169,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "plugin_load",
     "plugin_opt_",
     "plugin_use",
-    "protocol",
     "proxy_protocol_v2_require_tls",
     "psk_file",
     "psk_hint",
@@ -96,7 +176,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "remote_clientid",
     "remote_password",
     "remote_username",
-    "require_certificate",
     "restart_timeout",
     "retain_expiry_interval",
     "retry_interval",
@@ -110,10 +189,8 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
-    "tls_version",
     "topic",
     "try_private",
-    "use_identity_as_username",
     "use_subject_as_username",
     "use_username_as_clientid",
     "username",
@@ -140,8 +217,13 @@ struct Reader {
     config: Config,
     diagnostics: Vec<Diagnostic>,
     warnings: Vec<String>,
-    /// `listener` lines, in order.
-    listeners: Vec<(Listener, Loc)>,
+    /// `listener` lines, in order, with their options.
+    listeners: Vec<PendingListener>,
+    /// Listener options given before any `listener` line: they belong to
+    /// the default listener.
+    default_opts: ListenerOpts,
+    /// Security options, in file order.
+    security: Vec<SecuritySetting>,
     /// `port`, for the default listener.
     default_port: Option<(u16, Loc)>,
     /// `bind_address`, for the default listener.
@@ -157,6 +239,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ConfigError> {
         diagnostics: Vec::new(),
         warnings: Vec::new(),
         listeners: Vec::new(),
+        default_opts: ListenerOpts::default(),
+        security: Vec::new(),
         default_port: None,
         bind_address: None,
         set_at: HashMap::new(),
@@ -284,7 +368,9 @@ impl Reader {
             },
             "include_dir" => self.include_dir(loc, rest, level),
             _ => {
-                if let Some(spec) = options::find(option) {
+                if let Some(key) = LISTENER_OPTIONS.iter().find(|k| **k == option) {
+                    self.listener_option(loc, key, rest, words);
+                } else if let Some(spec) = options::find(option) {
                     self.scalar(loc, spec, rest, words);
                 } else if option.starts_with("log_") || IGNORED.contains(&option) {
                     self.warn(
@@ -319,8 +405,65 @@ impl Reader {
             }
         };
         match parse_port(port) {
-            Ok(port) => self.listeners.push((Listener { host, port }, loc.clone())),
+            Ok(port) => self.listeners.push(PendingListener {
+                listener: Listener {
+                    host,
+                    ..Listener::all_interfaces(port)
+                },
+                loc: loc.clone(),
+                opts: ListenerOpts::default(),
+            }),
             Err(message) => self.error(loc, "listener", message),
+        }
+    }
+
+    /// An option of the current listener (`certfile`, `protocol`, ...).
+    fn listener_option(&mut self, loc: &Loc, key: &'static str, rest: &str, words: &[&str]) {
+        let value = match key {
+            "protocol" => match words {
+                ["mqtt"] => Ok(ListenerValue::Protocol(ListenerProtocol::Mqtt)),
+                ["websockets"] => Ok(ListenerValue::Protocol(ListenerProtocol::Websockets)),
+                [] => Err("missing value; allowed: mqtt or websockets".to_owned()),
+                [other] => Err(format!(
+                    "invalid value '{other}'; allowed: mqtt or websockets"
+                )),
+                _ => Err(format!(
+                    "too many values '{rest}'; allowed: mqtt or websockets"
+                )),
+            },
+            "require_certificate" | "use_identity_as_username" => match words {
+                [word] => parse_bool(word).map(ListenerValue::Bool),
+                [] => Err("missing value; allowed: true or false".to_owned()),
+                _ => Err(format!("too many values '{rest}'; allowed: true or false")),
+            },
+            "tls_version" => match words {
+                [word] => TlsVersion::parse(word).map(ListenerValue::Version),
+                [] => Err("missing value; allowed: tlsv1.2 or tlsv1.3".to_owned()),
+                _ => Err(format!(
+                    "too many values '{rest}'; allowed: tlsv1.2 or tlsv1.3"
+                )),
+            },
+            // Paths take the rest of the line, like mosquitto.
+            _ if rest.is_empty() => Err(format!("missing value; expected: {key} PATH")),
+            _ => Ok(ListenerValue::Path(PathBuf::from(rest))),
+        };
+        let value = match value {
+            Ok(value) => value,
+            Err(message) => {
+                self.error(loc, key, message);
+                return;
+            }
+        };
+        let opts = match self.listeners.last_mut() {
+            Some(pending) => &mut pending.opts,
+            None => &mut self.default_opts,
+        };
+        if let Some((_, previous)) = opts.values.insert(key, (value, loc.clone())) {
+            let previous = previous.label();
+            self.warn(
+                loc,
+                format!("option '{key}' is given more than once for this listener (also at {previous}); the last value is used"),
+            );
         }
     }
 
@@ -356,6 +499,7 @@ impl Reader {
             Kind::Bool => "true or false".to_owned(),
             Kind::Int { allowed, .. } => allowed.to_owned(),
             Kind::Str => "a string".to_owned(),
+            Kind::Path => "a file path".to_owned(),
             Kind::Duration => {
                 "a duration such as 2d or 1w (units s, h, d, w, m = 30 days, y = 365 days)"
                     .to_owned()
@@ -363,17 +507,14 @@ impl Reader {
         };
         let value = match (spec.kind, words) {
             (_, []) => Err(format!("missing value; allowed: {expected}")),
-            // Strings take the rest of the line, like mosquitto.
+            // Strings and paths take the rest of the line, like mosquitto.
             (Kind::Str, _) => Ok(Value::Str(rest.to_owned())),
+            (Kind::Path, _) => Ok(Value::Path(PathBuf::from(rest))),
             (_, [_, _, ..]) => Err(format!(
                 "too many values '{}'; expected one value: {expected}",
                 words.join(" ")
             )),
-            (Kind::Bool, [word]) => match *word {
-                "true" | "1" => Ok(Value::Bool(true)),
-                "false" | "0" => Ok(Value::Bool(false)),
-                other => Err(format!("invalid value '{other}'; allowed: true or false")),
-            },
+            (Kind::Bool, [word]) => parse_bool(word).map(Value::Bool),
             (Kind::Int { .. }, [word]) => parse_int(word, &expected)
                 .and_then(|v| check_int(spec, v))
                 .map(Value::Int),
@@ -382,6 +523,12 @@ impl Reader {
             }
         };
         match value {
+            Ok(value) if spec.is_security() => self.security.push(SecuritySetting {
+                spec,
+                value,
+                loc: loc.clone(),
+                after_listener: self.listeners.len().checked_sub(1),
+            }),
             Ok(value) => {
                 if let Err(message) = options::apply(&mut self.config, spec, value) {
                     self.error(loc, key, message);
@@ -465,36 +612,93 @@ impl Reader {
         }
     }
 
-    /// Builds the listeners, applies the allow_anonymous rule, validates.
+    /// Builds the listeners, applies the security options and the
+    /// allow_anonymous rule, validates.
     fn finish(mut self, main_file: &Path) -> Result<Loaded, ConfigError> {
-        let mut origins: Vec<(&'static str, Option<Loc>)> = Vec::new();
+        let mut origins: Vec<Origin> = Vec::new();
         let mut listeners = Vec::new();
-        if self.default_port.is_some() || self.bind_address.is_some() {
+        let mut opts = Vec::new();
+        let default_opts = std::mem::take(&mut self.default_opts);
+        let has_default = self.default_port.is_some() || self.bind_address.is_some();
+        if has_default {
             let port = self.default_port.as_ref().map_or(DEFAULT_PORT, |(p, _)| *p);
             let host = self.bind_address.as_ref().map(|(h, _)| h.clone());
             // Report problems with the default listener at bind_address when
             // it is about the host, else at port.
-            let origin = match (&self.bind_address, &self.default_port) {
+            let (option, loc) = match (&self.bind_address, &self.default_port) {
                 (Some((_, loc)), None) => ("bind_address", Some(loc.clone())),
                 (_, Some((_, loc))) => ("port", Some(loc.clone())),
                 (None, None) => ("port", None),
             };
-            origins.push(origin);
-            listeners.push(Listener { host, port });
-        }
-        for (listener, loc) in self.listeners.drain(..) {
-            origins.push(("listener", Some(loc)));
-            listeners.push(listener);
-        }
-        if listeners.is_empty() {
-            // Mosquitto 2 without listeners: loopback only, anonymous allowed.
-            self.config.listeners = Listener::loopback(DEFAULT_PORT);
+            origins.push(Origin {
+                option,
+                loc: loc.clone(),
+                options: HashMap::new(),
+            });
+            listeners.push(Listener {
+                host,
+                ..Listener::all_interfaces(port)
+            });
+            opts.push((default_opts, loc));
         } else {
-            self.config.listeners = listeners;
-            if !self.set_at.contains_key("allow_anonymous") {
-                self.config.security.allow_anonymous = false;
+            for (key, (_, loc)) in sorted(&default_opts) {
+                self.error(
+                    &loc,
+                    key,
+                    format!(
+                        "option '{key}' applies to a listener, but there is no `listener` line \
+                         before it and no default listener (`port`); put it after the \
+                         `listener` line it is for"
+                    ),
+                );
             }
         }
+        // Index of the first `listener` line in `listeners`.
+        let first_line = listeners.len();
+        for pending in self.listeners.drain(..) {
+            origins.push(Origin {
+                option: "listener",
+                loc: Some(pending.loc.clone()),
+                options: HashMap::new(),
+            });
+            listeners.push(pending.listener);
+            opts.push((pending.opts, Some(pending.loc)));
+        }
+        for (i, (listener_opts, listener_loc)) in opts.into_iter().enumerate() {
+            let (Some(listener), Some(origin)) = (listeners.get_mut(i), origins.get_mut(i)) else {
+                continue;
+            };
+            for (key, (_, loc)) in &listener_opts.values {
+                origin.options.insert(key, loc.clone());
+            }
+            if let Some((ListenerValue::Protocol(p), _)) = listener_opts.values.get("protocol") {
+                listener.protocol = *p;
+            }
+            match build_tls(&listener_opts) {
+                Ok(tls) => listener.tls = tls,
+                Err((loc, key, message)) => {
+                    let loc = loc.or(listener_loc);
+                    match loc {
+                        Some(loc) => self.error(&loc, key, message),
+                        None => self.diagnostics.push(Diagnostic {
+                            file: main_file.to_path_buf(),
+                            line: None,
+                            key: key.to_owned(),
+                            message,
+                        }),
+                    }
+                }
+            }
+        }
+
+        let defines_listeners = !listeners.is_empty();
+        if defines_listeners {
+            self.config.listeners = listeners;
+        } else {
+            // Mosquitto 2 without listeners: loopback only, anonymous allowed.
+            self.config.listeners = Listener::loopback(DEFAULT_PORT);
+        }
+        self.apply_security(&mut origins, has_default, first_line, defines_listeners);
 
         for problem in validate::problems(&self.config) {
             let diagnostic = self.locate(problem, &origins, main_file);
@@ -512,24 +716,118 @@ impl Reader {
         }
     }
 
+    /// Applies `allow_anonymous`, `password_file` and `acl_file`: globally,
+    /// or with `per_listener_settings true` to the listener each follows.
+    fn apply_security(
+        &mut self,
+        origins: &mut [Origin],
+        has_default: bool,
+        first_line: usize,
+        defines_listeners: bool,
+    ) {
+        let settings = std::mem::take(&mut self.security);
+        let per_listener = self.config.per_listener_settings;
+        if per_listener {
+            if !defines_listeners {
+                let loc = self.set_at.get("per_listener_settings").cloned();
+                if let Some(loc) = loc {
+                    self.error(
+                        &loc,
+                        "per_listener_settings",
+                        "per_listener_settings true needs at least one `listener` line \
+                         (each listener then has its own security options)",
+                    );
+                }
+                return;
+            }
+            for listener in &mut self.config.listeners {
+                listener.security = Some(Security::per_listener_default());
+            }
+        }
+        // Where each option was set, per target (None = global), for the
+        // "given more than once" warning.
+        let mut seen: HashMap<(Option<usize>, &'static str), Loc> = HashMap::new();
+        for setting in settings {
+            let key = setting.spec.key;
+            let target = if per_listener {
+                match setting.after_listener {
+                    Some(line) => Some(first_line + line),
+                    None if has_default => Some(0),
+                    None => {
+                        self.error(
+                            &setting.loc,
+                            key,
+                            format!(
+                                "with per_listener_settings true, '{key}' applies to the listener \
+                                 it follows, but there is no `listener` line before it and no \
+                                 default listener (`port`); put it after the `listener` line it is for"
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let security = match target {
+                Some(i) => self
+                    .config
+                    .listeners
+                    .get_mut(i)
+                    .and_then(|l| l.security.as_mut()),
+                None => Some(&mut self.config.security),
+            };
+            let Some(security) = security else {
+                continue;
+            };
+            if let Err(message) = options::apply_security(security, setting.spec, setting.value) {
+                self.error(&setting.loc, key, message);
+                continue;
+            }
+            if let Some(previous) = seen.insert((target, key), setting.loc.clone()) {
+                let previous = previous.label();
+                let scope = if target.is_some() {
+                    " for this listener"
+                } else {
+                    ""
+                };
+                self.warn(
+                    &setting.loc,
+                    format!("option '{key}' is given more than once{scope} (also at {previous}); the last value is used"),
+                );
+            }
+            match target.and_then(|i| origins.get_mut(i)) {
+                Some(origin) => {
+                    origin.options.insert(key, setting.loc);
+                }
+                None => {
+                    self.set_at.insert(key, setting.loc);
+                }
+            }
+        }
+        // Mosquitto 2 rule: a file that defines listeners does not allow
+        // anonymous clients unless it says so.
+        if defines_listeners && !self.set_at.contains_key("allow_anonymous") {
+            self.config.security.allow_anonymous = false;
+        }
+    }
+
     /// Turns a validation problem into a diagnostic at the line that caused
     /// it.
-    fn locate(
-        &self,
-        problem: Problem,
-        origins: &[(&'static str, Option<Loc>)],
-        main_file: &Path,
-    ) -> Diagnostic {
+    fn locate(&self, problem: Problem, origins: &[Origin], main_file: &Path) -> Diagnostic {
         let mut key = problem.option.map_or_else(String::new, str::to_owned);
         let mut loc = problem.option.and_then(|o| self.set_at.get(o).cloned());
-        if let Some(i) = problem.listener {
-            if let Some((option, origin)) = origins.get(i) {
-                key = (*option).to_owned();
-                loc = origin.clone();
-                if *option == "port" && problem.key.ends_with(".host") {
-                    if let Some((_, l)) = &self.bind_address {
-                        key = "bind_address".to_owned();
-                        loc = Some(l.clone());
+        if let Some(origin) = problem.listener.and_then(|i| origins.get(i)) {
+            match problem.option.and_then(|o| origin.options.get(o)) {
+                Some(l) => loc = Some(l.clone()),
+                None => {
+                    key = origin.option.to_owned();
+                    loc = origin.loc.clone();
+                    if origin.option == "port" && problem.key.ends_with(".host") {
+                        if let Some((_, l)) = &self.bind_address {
+                            key = "bind_address".to_owned();
+                            loc = Some(l.clone());
+                        }
                     }
                 }
             }
@@ -542,6 +840,76 @@ impl Reader {
             key,
             message: problem.message,
         }
+    }
+}
+
+/// The listener options of `opts` in file order.
+fn sorted(opts: &ListenerOpts) -> Vec<(&'static str, (ListenerValue, Loc))> {
+    let mut all: Vec<(&'static str, (ListenerValue, Loc))> =
+        opts.values.iter().map(|(k, v)| (*k, v.clone())).collect();
+    all.sort_by(|a, b| (&a.1 .1.file, a.1 .1.line).cmp(&(&b.1 .1.file, b.1 .1.line)));
+    all
+}
+
+/// The TLS settings of a listener from its options; `None` when it has no
+/// TLS option. The error names where and which option is wrong.
+#[allow(clippy::type_complexity)]
+fn build_tls(opts: &ListenerOpts) -> Result<Option<Tls>, (Option<Loc>, &'static str, String)> {
+    let given: Vec<(&'static str, (ListenerValue, Loc))> = sorted(opts)
+        .into_iter()
+        .filter(|(k, _)| TLS_OPTIONS.contains(k))
+        .collect();
+    let Some((first, (_, first_loc))) = given.first() else {
+        return Ok(None);
+    };
+    let (certfile, keyfile) = match (opts.path("certfile"), opts.path("keyfile")) {
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            return Err((
+                opts.loc("certfile").cloned(),
+                "certfile",
+                "certfile is given without keyfile; a TLS listener needs both".to_owned(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                opts.loc("keyfile").cloned(),
+                "keyfile",
+                "keyfile is given without certfile; a TLS listener needs both".to_owned(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                Some(first_loc.clone()),
+                first,
+                format!(
+                    "'{first}' is a TLS option, but this listener has no certfile and keyfile; \
+                     a TLS listener needs both"
+                ),
+            ))
+        }
+    };
+    let tls_version = match opts.values.get("tls_version") {
+        Some((ListenerValue::Version(v), _)) => *v,
+        _ => TlsVersion::default(),
+    };
+    Ok(Some(Tls {
+        certfile,
+        keyfile,
+        cafile: opts.path("cafile"),
+        capath: opts.path("capath"),
+        require_certificate: opts.flag("require_certificate"),
+        use_identity_as_username: opts.flag("use_identity_as_username"),
+        tls_version,
+    }))
+}
+
+/// A boolean: `true`/`false`, or `1`/`0` as Mosquitto accepts.
+fn parse_bool(word: &str) -> Result<bool, String> {
+    match word {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("invalid value '{other}'; allowed: true or false")),
     }
 }
 
@@ -603,6 +971,7 @@ fn unknown_option_message(option: &str) -> String {
 /// Every option name this syntax accepts without an error.
 fn supported_options() -> Vec<&'static str> {
     let mut names = vec!["listener", "port", "bind_address", "include_dir"];
+    names.extend(LISTENER_OPTIONS);
     names.extend(options::OPTIONS.iter().map(|s| s.key));
     names
 }

@@ -3,13 +3,16 @@
 //!
 //! Listeners are not scalar options; each syntax handles them itself.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Config, MQTT_MAX_PACKET_SIZE};
+use crate::{Config, Security, MQTT_MAX_PACKET_SIZE};
 
 /// The TOML section an option lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {
+    /// Top-level keys of a TOML file (`per_listener_settings`).
+    Root,
     Security,
     Limits,
     Sessions,
@@ -17,7 +20,7 @@ pub(crate) enum Section {
 }
 
 impl Section {
-    /// Every section, in file order.
+    /// Every named section (TOML tables), in file order.
     pub(crate) const ALL: [Section; 4] = [
         Section::Security,
         Section::Limits,
@@ -28,6 +31,7 @@ impl Section {
     /// The section's name in TOML.
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Section::Root => "",
             Section::Security => "security",
             Section::Limits => "limits",
             Section::Sessions => "sessions",
@@ -54,6 +58,9 @@ pub(crate) enum Kind {
     },
     /// Any string.
     Str,
+    /// A file path (a non-empty string; mosquitto.conf: the rest of the
+    /// line). Checked to be readable by validation, not here.
+    Path,
     /// A duration (syntax differs between mosquitto.conf and TOML).
     Duration,
 }
@@ -68,9 +75,19 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
-    /// `section.key`, the option's path in TOML.
+    /// `section.key`, the option's path in TOML (just `key` at the top
+    /// level).
     pub(crate) fn path(&self) -> String {
-        format!("{}.{}", self.section.name(), self.key)
+        match self.section {
+            Section::Root => self.key.to_owned(),
+            section => format!("{}.{}", section.name(), self.key),
+        }
+    }
+
+    /// Whether this is a security option, which belongs to one listener
+    /// when `per_listener_settings` is `true`.
+    pub(crate) fn is_security(&self) -> bool {
+        self.section == Section::Security
     }
 }
 
@@ -79,9 +96,24 @@ const MAX_INT: i64 = i32::MAX as i64;
 /// Every scalar option.
 pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
+        section: Section::Root,
+        key: "per_listener_settings",
+        kind: Kind::Bool,
+    },
+    Spec {
         section: Section::Security,
         key: "allow_anonymous",
         kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Security,
+        key: "password_file",
+        kind: Kind::Path,
+    },
+    Spec {
+        section: Section::Security,
+        key: "acl_file",
+        kind: Kind::Path,
     },
     Spec {
         section: Section::Limits,
@@ -239,13 +271,35 @@ pub(crate) enum Value {
     Bool(bool),
     Int(i64),
     Str(String),
+    Path(PathBuf),
     Duration(Option<Duration>),
+}
+
+/// Stores a security option's value in `security` (global or one
+/// listener's).
+pub(crate) fn apply_security(
+    security: &mut Security,
+    spec: &Spec,
+    value: Value,
+) -> Result<(), String> {
+    let bad = || format!("internal error: unexpected value for option '{}'", spec.key);
+    match (spec.key, value) {
+        ("allow_anonymous", Value::Bool(b)) => security.allow_anonymous = b,
+        ("password_file", Value::Path(p)) => security.password_file = Some(p),
+        ("acl_file", Value::Path(p)) => security.acl_file = Some(p),
+        _ => return Err(bad()),
+    }
+    Ok(())
 }
 
 /// Stores a value (already checked by [`check_int`] for integers) in
 /// `config`. Applies the file-format conventions: `max_inflight_messages 0`
-/// is stored as 65535, `max_connections -1` as `None`.
+/// is stored as 65535, `max_connections -1` as `None`. Security options go
+/// to the global [`Config::security`].
 pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<(), String> {
+    if spec.is_security() {
+        return apply_security(&mut config.security, spec, value);
+    }
     let bad = || format!("internal error: unexpected value for option '{}'", spec.key);
     let int = |v: &Value| match v {
         Value::Int(i) => Ok(*i),
@@ -257,7 +311,7 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
     };
     let range = |v: i64| format!("value {v} is out of range");
     match spec.key {
-        "allow_anonymous" => config.security.allow_anonymous = boolean(&value)?,
+        "per_listener_settings" => config.per_listener_settings = boolean(&value)?,
         "max_inflight_messages" => {
             let v = int(&value)?;
             config.limits.max_inflight_messages = if v == 0 {
@@ -328,6 +382,7 @@ mod tests {
                 Kind::Bool => Value::Bool(false),
                 Kind::Int { max, .. } => Value::Int(max),
                 Kind::Str => Value::Str("x".into()),
+                Kind::Path => Value::Path("x".into()),
                 Kind::Duration => Value::Duration(Some(Duration::from_secs(1))),
             };
             assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);

@@ -18,7 +18,7 @@ use toml_edit::{ImDocument, Item, TableLike, Value as TomlValue};
 use crate::error::{ConfigError, Diagnostic};
 use crate::options::{self, check_int, Kind, Section, Spec};
 use crate::validate;
-use crate::{duration, Config, Loaded};
+use crate::{duration, Config, Loaded, Security};
 
 /// Prefix of environment overrides, followed by `SECTION__KEY`.
 pub(crate) const ENV_PREFIX: &str = "CULEX__";
@@ -124,6 +124,9 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
     if let Some((_, raw)) = checked.from_env.get("sessions.auto_id_prefix") {
         config.sessions.auto_id_prefix = raw.clone();
     }
+    if let Err(diagnostics) = per_listener(path, &mut config, &checked) {
+        return Err(ConfigError { diagnostics });
+    }
     // Mosquitto 2 rule: a configuration that defines its own listeners does
     // not allow anonymous clients unless it says so.
     if checked.listeners_given
@@ -168,6 +171,80 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
     }
 }
 
+/// `per_listener_settings`: with `true`, every listener gets its own
+/// security settings (anonymous refused unless its `[listeners.security]`
+/// says otherwise) and the global `[security]` must be empty.
+fn per_listener(
+    path: &Path,
+    config: &mut Config,
+    checked: &Checked,
+) -> Result<(), Vec<Diagnostic>> {
+    let diagnostic = |key: &str, message: String| {
+        let (file, line) = match checked.from_env.get(key) {
+            Some((name, _)) => (PathBuf::from(format!("environment variable {name}")), None),
+            None => (path.to_path_buf(), checked.lines.get(key).copied()),
+        };
+        Diagnostic {
+            file,
+            line,
+            key: key.to_owned(),
+            message,
+        }
+    };
+    let mut out = Vec::new();
+    if !config.per_listener_settings {
+        return Ok(());
+    }
+    if !checked.listeners_given {
+        out.push(diagnostic(
+            "per_listener_settings",
+            "per_listener_settings = true needs [[listeners]] (each listener then has its own [listeners.security])".to_owned(),
+        ));
+    }
+    let mut global: Vec<&String> = checked
+        .lines
+        .keys()
+        .chain(checked.from_env.keys())
+        .filter(|k| k.starts_with("security."))
+        .collect();
+    global.sort_by_key(|k| (checked.lines.get(*k).copied(), (*k).clone()));
+    global.dedup();
+    for key in global {
+        out.push(diagnostic(
+            key,
+            "with per_listener_settings = true there are no global security settings; \
+             set this in the [listeners.security] of each listener"
+                .to_owned(),
+        ));
+    }
+    for (i, listener) in config.listeners.iter_mut().enumerate() {
+        let security = listener
+            .security
+            .get_or_insert_with(Security::per_listener_default);
+        if !checked
+            .lines
+            .contains_key(&format!("listeners[{i}].security.allow_anonymous"))
+        {
+            security.allow_anonymous = false;
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// A path value: any non-empty string (whether the file can be read is
+/// checked by validation).
+fn check_path(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        Err("the path must not be empty; leave the key out instead".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -186,7 +263,7 @@ fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
         .map(|span| line_of(text, span.start))
 }
 
-const TOP_LEVEL: &str = "listeners, security, limits, sessions, mqtt";
+const TOP_LEVEL: &str = "per_listener_settings, listeners, security, limits, sessions, mqtt";
 
 fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
     let root = doc.as_table();
@@ -210,6 +287,13 @@ fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut
                         describe_item(item)
                     ),
                 ),
+            }
+        } else if let Some(spec) = options::find_in(Section::Root, key) {
+            if let Some(line) = line {
+                checked.lines.insert(spec.path(), line);
+            }
+            if let Err(message) = check_value(spec, item) {
+                checked.error(path, line, key, message);
             }
         } else if let Some(spec) = options::find(key) {
             checked.error(
@@ -250,10 +334,16 @@ fn check_section(
                 options::keys_of(section).join(", ")
             );
             if let Some(other) = options::find(key) {
-                message = format!(
-                    "unknown key '{full}'; '{key}' belongs in the [{}] section",
-                    other.section.name()
-                );
+                message = if other.section == Section::Root {
+                    format!(
+                        "unknown key '{full}'; '{key}' is a top-level key: write it before the first [section]"
+                    )
+                } else {
+                    format!(
+                        "unknown key '{full}'; '{key}' belongs in the [{}] section",
+                        other.section.name()
+                    )
+                };
             }
             checked.error(path, line, &full, message);
             continue;
@@ -276,6 +366,7 @@ fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
             check_int(spec, i128::from(*i.value())).map(|_| ())
         }
         (Kind::Str, Some(TomlValue::String(_))) => Ok(()),
+        (Kind::Path, Some(TomlValue::String(s))) => check_path(s.value()),
         (Kind::Duration, Some(TomlValue::String(s))) => duration::parse_toml(s.value()).map(|_| ()),
         (kind, _) => Err(format!(
             "expected {}, found {}",
@@ -290,6 +381,7 @@ fn expected(kind: Kind) -> String {
         Kind::Bool => "true or false".to_owned(),
         Kind::Int { allowed, .. } => format!("an integer ({allowed})"),
         Kind::Str => "a string".to_owned(),
+        Kind::Path => "a file path (a string)".to_owned(),
         Kind::Duration => {
             "a duration string such as \"30m\" (minutes), \"12h\", \"2d\", \"1w\", or \"never\""
                 .to_owned()
@@ -398,7 +490,29 @@ fn check_listeners(
                         describe_item(value)
                     ))
                 }
-                _ => Some(format!("unknown key '{full}'; allowed keys: host, port")),
+                ("protocol", Some(TomlValue::String(p))) => {
+                    (!matches!(p.value().as_str(), "mqtt" | "websockets")).then(|| {
+                        format!(
+                            "invalid value \"{}\"; allowed: \"mqtt\" or \"websockets\"",
+                            p.value()
+                        )
+                    })
+                }
+                ("protocol", _) => Some(format!(
+                    "expected a string (\"mqtt\" or \"websockets\"), found {}",
+                    describe_item(value)
+                )),
+                ("tls", _) => {
+                    check_listener_tls(path, text, value, &full, key_line, checked);
+                    None
+                }
+                ("security", _) => {
+                    check_listener_security(path, text, value, &full, key_line, checked);
+                    None
+                }
+                _ => Some(format!(
+                    "unknown key '{full}'; allowed keys: host, port, protocol, tls, security"
+                )),
             };
             if let Some(message) = problem {
                 checked.error(path, key_line, &full, message);
@@ -415,6 +529,140 @@ fn check_listeners(
     }
 }
 
+/// TLS keys, in the order the documentation lists them.
+const TLS_KEYS: &str =
+    "certfile, keyfile, cafile, capath, require_certificate, use_identity_as_username, tls_version";
+
+/// `[listeners.tls]` of listener `name` (`listeners[0].tls`).
+fn check_listener_tls(
+    path: &Path,
+    text: &str,
+    item: &Item,
+    name: &str,
+    line: Option<usize>,
+    checked: &mut Checked,
+) {
+    let Some(table) = item.as_table_like() else {
+        checked.error(
+            path,
+            line,
+            name,
+            format!(
+                "'{name}' must be a table: write a [listeners.tls] section after the [[listeners]] it belongs to; found {}",
+                describe_item(item)
+            ),
+        );
+        return;
+    };
+    let mut has = (false, false);
+    for (key, value) in table.iter() {
+        let key_line = key_line(text, table, key).or(line);
+        let full = format!("{name}.{key}");
+        if let Some(l) = key_line {
+            checked.lines.insert(full.clone(), l);
+        }
+        let problem = match (key, value.as_value()) {
+            ("certfile" | "keyfile" | "cafile" | "capath", Some(TomlValue::String(s))) => {
+                match key {
+                    "certfile" => has.0 = true,
+                    "keyfile" => has.1 = true,
+                    _ => {}
+                }
+                check_path(s.value()).err()
+            }
+            ("certfile" | "keyfile" | "cafile" | "capath", _) => Some(format!(
+                "expected a file path (a string), found {}",
+                describe_item(value)
+            )),
+            ("require_certificate" | "use_identity_as_username", Some(TomlValue::Boolean(_))) => {
+                None
+            }
+            ("require_certificate" | "use_identity_as_username", _) => Some(format!(
+                "expected true or false, found {}",
+                describe_item(value)
+            )),
+            ("tls_version", Some(TomlValue::String(s))) => {
+                crate::TlsVersion::parse(s.value()).err()
+            }
+            ("tls_version", _) => Some(format!(
+                "expected a string (\"tlsv1.2\" or \"tlsv1.3\"), found {}",
+                describe_item(value)
+            )),
+            _ => Some(format!("unknown key '{full}'; allowed keys: {TLS_KEYS}")),
+        };
+        if let Some(message) = problem {
+            checked.error(path, key_line, &full, message);
+        }
+    }
+    let table_line = line;
+    match has {
+        (true, true) => {}
+        (true, false) => checked.error(
+            path,
+            table_line,
+            &format!("{name}.keyfile"),
+            "certfile is given without keyfile; a TLS listener needs both",
+        ),
+        (false, true) => checked.error(
+            path,
+            table_line,
+            &format!("{name}.certfile"),
+            "keyfile is given without certfile; a TLS listener needs both",
+        ),
+        (false, false) => checked.error(
+            path,
+            table_line,
+            name,
+            "a TLS listener needs certfile and keyfile",
+        ),
+    }
+}
+
+/// `[listeners.security]` of listener `name` (`listeners[0].security`).
+fn check_listener_security(
+    path: &Path,
+    text: &str,
+    item: &Item,
+    name: &str,
+    line: Option<usize>,
+    checked: &mut Checked,
+) {
+    let Some(table) = item.as_table_like() else {
+        checked.error(
+            path,
+            line,
+            name,
+            format!(
+                "'{name}' must be a table: write a [listeners.security] section after the [[listeners]] it belongs to; found {}",
+                describe_item(item)
+            ),
+        );
+        return;
+    };
+    for (key, value) in table.iter() {
+        let key_line = key_line(text, table, key).or(line);
+        let full = format!("{name}.{key}");
+        let Some(spec) = options::find_in(Section::Security, key) else {
+            checked.error(
+                path,
+                key_line,
+                &full,
+                format!(
+                    "unknown key '{full}'; allowed keys: {}",
+                    options::keys_of(Section::Security).join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some(l) = key_line {
+            checked.lines.insert(full.clone(), l);
+        }
+        if let Err(message) = check_value(spec, value) {
+            checked.error(path, key_line, &full, message);
+        }
+    }
+}
+
 /// Checks `CULEX__SECTION__KEY` variables.
 fn check_env(env: &[(String, String)], checked: &mut Checked) {
     for (name, raw) in env {
@@ -425,6 +673,7 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
             .to_ascii_lowercase();
         let parts: Vec<&str> = rest.split("__").collect();
         let spec = match parts.as_slice() {
+            [key] => options::find_in(Section::Root, key),
             [section, key] => Section::from_name(section).and_then(|s| options::find_in(s, key)),
             _ => None,
         };
@@ -438,9 +687,8 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
                     options::OPTIONS
                         .iter()
                         .map(|s| format!(
-                            "{ENV_PREFIX}{}__{}",
-                            s.section.name().to_ascii_uppercase(),
-                            s.key.to_ascii_uppercase()
+                            "{ENV_PREFIX}{}",
+                            s.path().replace('.', "__").to_ascii_uppercase()
                         ))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -466,6 +714,7 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
                 )),
             },
             Kind::Str => Ok(()),
+            Kind::Path => check_path(raw),
             Kind::Duration => duration::parse_toml(raw).map(|_| ()),
         };
         if let Err(message) = result {

@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 
 use crate::options::{self, check_int};
-use crate::{Config, Listener};
+use crate::{Config, Listener, Security, Tls};
 
 /// One failed check. Loaders turn it into a [`Diagnostic`](crate::Diagnostic)
 /// with the file and line of the offending option.
@@ -15,8 +16,9 @@ pub(crate) struct Problem {
     pub(crate) key: String,
     /// Index of the listener concerned, if any.
     pub(crate) listener: Option<usize>,
-    /// The scalar option concerned, if any (its name is the same in both
-    /// syntaxes).
+    /// The option concerned, if any (its name is the same in both syntaxes):
+    /// a scalar option, or with `listener` an option of that listener
+    /// (`certfile`, `password_file`, ...).
     pub(crate) option: Option<&'static str>,
     /// What is wrong and what is allowed.
     pub(crate) message: String,
@@ -26,6 +28,29 @@ pub(crate) struct Problem {
 pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     check_listeners(&config.listeners, &mut out);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(tls) = &listener.tls {
+            check_tls(i, tls, &mut out);
+        }
+        match (&listener.security, config.per_listener_settings) {
+            (Some(security), true) => check_security(
+                security,
+                &format!("listeners[{i}].security"),
+                Some(i),
+                &mut out,
+            ),
+            (Some(_), false) => out.push(Problem {
+                key: format!("listeners[{i}].security"),
+                listener: Some(i),
+                option: None,
+                message: "listener security settings need per_listener_settings = true \
+                          (without it, the global security settings apply to every listener)"
+                    .to_owned(),
+            }),
+            (None, _) => {}
+        }
+    }
+    check_security(&config.security, "security", None, &mut out);
 
     let limits = &config.limits;
     if limits.max_inflight_messages == 0 {
@@ -79,6 +104,109 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         });
     }
     out
+}
+
+/// Where relative paths are looked up, for error messages.
+const RELATIVE: &str = "relative paths are relative to the current directory, as in mosquitto";
+
+/// Checks that `path` is a file that can be opened for reading.
+pub(crate) fn check_file(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("the file name must not be empty".to_owned());
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "'{}' is a directory; expected a file",
+            path.display()
+        ));
+    }
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if path.is_relative() => Err(format!(
+            "cannot read '{}': {e} ({RELATIVE})",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot read '{}': {e}", path.display())),
+    }
+}
+
+/// Checks that `path` is a directory that can be listed.
+fn check_dir(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("the directory name must not be empty".to_owned());
+    }
+    match std::fs::read_dir(path) {
+        Ok(_) => Ok(()),
+        Err(e) if path.is_relative() => Err(format!(
+            "cannot open directory '{}': {e} ({RELATIVE})",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot open directory '{}': {e}", path.display())),
+    }
+}
+
+/// The TLS options of listener `i`.
+fn check_tls(i: usize, tls: &Tls, out: &mut Vec<Problem>) {
+    let mut problem = |option: &'static str, message: String| {
+        out.push(Problem {
+            key: format!("listeners[{i}].tls.{option}"),
+            listener: Some(i),
+            option: Some(option),
+            message,
+        });
+    };
+    for (option, path) in [
+        ("certfile", Some(&tls.certfile)),
+        ("keyfile", Some(&tls.keyfile)),
+        ("cafile", tls.cafile.as_ref()),
+    ] {
+        if let Some(Err(message)) = path.map(|p| check_file(p)) {
+            problem(option, message);
+        }
+    }
+    if let Some(Err(message)) = tls.capath.as_deref().map(check_dir) {
+        problem("capath", message);
+    }
+    let has_ca = tls.cafile.is_some() || tls.capath.is_some();
+    if tls.require_certificate && !has_ca {
+        problem(
+            "require_certificate",
+            "require_certificate needs cafile (or capath): the CA certificates that client \
+             certificates are verified against"
+                .to_owned(),
+        );
+    }
+    if tls.use_identity_as_username && !has_ca {
+        problem(
+            "use_identity_as_username",
+            "use_identity_as_username needs cafile (or capath): only a verified client \
+             certificate can name the user"
+                .to_owned(),
+        );
+    }
+}
+
+/// The files of a security section (`prefix` is `security` or
+/// `listeners[i].security`).
+fn check_security(
+    security: &Security,
+    prefix: &str,
+    listener: Option<usize>,
+    out: &mut Vec<Problem>,
+) {
+    for (option, path) in [
+        ("password_file", &security.password_file),
+        ("acl_file", &security.acl_file),
+    ] {
+        if let Some(Err(message)) = path.as_deref().map(check_file) {
+            out.push(Problem {
+                key: format!("{prefix}.{option}"),
+                listener,
+                option: Some(option),
+                message,
+            });
+        }
+    }
 }
 
 fn check_listeners(listeners: &[Listener], out: &mut Vec<Problem>) {

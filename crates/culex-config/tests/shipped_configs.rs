@@ -123,3 +123,52 @@ fn validate_reports_every_problem() {
          option 'mqtt.max_qos': value 5 is out of range; allowed: 0, 1 or 2"
     );
 }
+
+#[test]
+fn tls_examples_are_equivalent() {
+    use culex_config::{ListenerProtocol, TlsVersion};
+
+    // The examples name files under /etc/culex; make them in a temporary directory.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    std::fs::create_dir(root.join("certs")).expect("mkdir");
+    for f in [
+        "certs/server.pem",
+        "certs/server.key",
+        "certs/ca.pem",
+        "passwd",
+        "acl",
+    ] {
+        std::fs::write(root.join(f), "x\n").expect("write");
+    }
+    let load_moved = |name: &str| {
+        let text = std::fs::read_to_string(shipped(name)).expect("read example");
+        let moved = root.join(name);
+        std::fs::write(
+            &moved,
+            text.replace("/etc/culex/", &format!("{}/", root.display())),
+        )
+        .expect("write");
+        match load_file(&moved) {
+            Ok(loaded) => loaded,
+            Err(e) => panic!("configs/{name} should load:\n{e}"),
+        }
+    };
+    let toml = load_moved("tls.toml");
+    let conf = load_moved("tls.conf");
+    assert_eq!(toml.warnings, Vec::<String>::new());
+    assert_eq!(conf.warnings, Vec::<String>::new());
+    assert_eq!(toml.config, conf.config);
+
+    let c = toml.config;
+    assert_eq!(c.listeners.len(), 3);
+    assert!(c.listeners[0].tls.is_none());
+    let tls = c.listeners[1].tls.as_ref().expect("8883 is TLS");
+    assert!(tls.require_certificate && tls.use_identity_as_username);
+    assert_eq!(tls.tls_version, TlsVersion::V1_2);
+    assert_eq!(tls.cafile, Some(root.join("certs/ca.pem")));
+    assert_eq!(c.listeners[2].protocol, ListenerProtocol::Websockets);
+    assert!(c.listeners[2].tls.is_some());
+    assert!(!c.security.allow_anonymous);
+    assert_eq!(c.security.acl_file, Some(root.join("acl")));
+}

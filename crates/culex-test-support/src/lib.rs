@@ -2,6 +2,8 @@
 //! exact byte-level checks. Nothing here is mocked: the broker is the real server and the
 //! client speaks over a real TCP socket.
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,16 +35,29 @@ impl TestBroker {
 
     /// Starts `config` with its listeners replaced by one on 127.0.0.1, port 0.
     pub async fn start_with(mut config: Config) -> Result<Self> {
-        config.listeners = vec![Listener {
-            host: Some("127.0.0.1".into()),
-            port: 0,
-        }];
+        config.listeners = vec![Listener::new("127.0.0.1", 0)];
         let server = culex::start(&config).await?;
         let addr = *server
             .local_addrs()
             .first()
             .ok_or_else(|| anyhow!("server bound no address"))?;
         Ok(TestBroker { addr, server })
+    }
+
+    /// Starts `config` exactly as given, listeners included (use port 0 for each). `addr` is the
+    /// first bound address; [`TestBroker::local_addrs`] has them all, in listener order.
+    pub async fn start_exact(config: Config) -> Result<Self> {
+        let server = culex::start(&config).await?;
+        let addr = *server
+            .local_addrs()
+            .first()
+            .ok_or_else(|| anyhow!("server bound no address"))?;
+        Ok(TestBroker { addr, server })
+    }
+
+    /// Every bound address, in the order of the configuration's listeners.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.server.local_addrs()
     }
 
     /// The port clients connect to.

@@ -1,10 +1,409 @@
-//! `culex pub`: being written (see the issue tracker).
+//! `culex pub`: publish messages, with the flags of `mosquitto_pub`.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use culex_client::{Connection, Message};
+use culex_proto::ReasonCode;
+
+use crate::cmd_common::{
+    os_bytes, print_help, runtime, usage_error, Args, Common, Failure, Parsed, UsageError,
+    EXIT_ERROR,
+};
+
+const HELP: &str = "\
+culex pub: publish one message, a file, or stdin to an MQTT broker, like mosquitto_pub.
+
+Usage: culex pub {[-h host] [-p port] [-u username [-P password]] -t topic | -L URL}
+                 {-f file | -l | -n | -m message | -s}
+                 [-c] [-k keepalive] [-q qos] [-r] [--repeat N] [--repeat-delay time]
+                 [-x session-expiry] [-i id] [-I id_prefix] [-d] [--quiet] [-M max_inflight]
+                 [-V protocol-version] [--nodelay]
+                 [--will-topic topic [--will-payload payload] [--will-qos qos] [--will-retain]]
+                 [{--cafile file | --tls-use-os-certs} [--cert file --key file] [--insecure]
+                  [--tls-alpn protocol]]
+                 [--ws [--ws-path path]] [--connect-timeout secs]
+       culex pub --help
+
+ -c : disable clean session/enable persistent client mode (needs -i).
+ -d : print debug messages (to stderr).
+ -f : send the contents of a file as the message.
+ -h : MQTT host to connect to. Defaults to localhost.
+ -i : client id. Defaults to an id assigned by the broker (3.1.1 and 5.0) or
+      culex_pub_<pid> (3.1).
+ -I : client id prefix: the id is the prefix followed by the process id.
+ -k : keep alive in seconds. Defaults to 60; 0 disables.
+ -L : user, password, host, port and topic as a URL:
+      mqtt(s)://[username[:password]@]host[:port]/topic (also ws:// and wss://).
+ -l : read stdin, sending a separate message for each line.
+ -m : message payload to send.
+ -M : maximum QoS 1/2 messages in flight. Defaults to 20.
+ -n : send a null (zero length) message.
+ -p : network port. Defaults to 1883 (8883 with TLS, 80 for ws, 443 for wss).
+ -P : password.
+ -q : quality of service level: 0, 1 or 2. Defaults to 0.
+ -r : message should be retained.
+ -s : read stdin, sending all of it as one message.
+ -t : topic to publish to.
+ -u : username.
+ -V : MQTT protocol version: mqttv31 (31), mqttv311 (311) or mqttv5 (5). Default mqttv311.
+ -x : session expiry interval in seconds (MQTT v5); -1 never expires.
+ --connect-timeout : seconds allowed for connecting (TCP, TLS, WebSocket and CONNACK). Default 30.
+ --help : display this message.
+ --nodelay : accepted for compatibility; Nagle's algorithm is always disabled.
+ --quiet : don't print error messages.
+ --repeat : with -f, -m, -n or -s, publish the message N times.
+ --repeat-delay : with --repeat, wait this many seconds (may be fractional) between publishes.
+ --will-payload : payload of the client's will. Defaults to zero length.
+ --will-qos : QoS of the will.
+ --will-retain : make the will retained.
+ --will-topic : topic of the will.
+ --cafile : PEM file of trusted CA certificates; enables TLS.
+ --tls-use-os-certs : enable TLS, trusting the system's CA certificates.
+ --cert : PEM client certificate (enables TLS); needs --key.
+ --key : PEM private key of the client certificate.
+ --insecure : do not check that the server certificate's name matches the host.
+ --tls-alpn : TLS ALPN protocol to offer.
+ --ws : connect over WebSocket (subprotocol mqtt); wss with TLS.
+ --ws-path : WebSocket request path. Defaults to /mqtt.
+
+Exit status: 0 on success; the CONNACK code when the broker refuses the connection
+(e.g. 5 not authorised with 3.1.1, 135 with MQTT 5); 1 for other errors.
+";
+
+/// Where the payload comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Message(Vec<u8>),
+    File(PathBuf),
+    Null,
+    StdinLines,
+    StdinWhole,
+}
+
+#[derive(Debug)]
+struct PubOptions {
+    common: Common,
+    topic: String,
+    source: Source,
+    retain: bool,
+    repeat: u32,
+    repeat_delay: Duration,
+    max_inflight: u16,
+}
+
+fn parse(args: &[OsString]) -> Result<Parsed<PubOptions>, UsageError> {
+    let mut a = Args::new(args);
+    let mut common = Common::default();
+    let mut source = None;
+    let mut retain = false;
+    let mut repeat = 1u32;
+    let mut repeat_delay = Duration::ZERO;
+    let mut max_inflight = 20u16;
+    let set_source = |s: Source, source: &mut Option<Source>| {
+        if source.is_some() {
+            return Err(UsageError(
+                "Only one type of message can be sent at once.".into(),
+            ));
+        }
+        *source = Some(s);
+        Ok(())
+    };
+    while let Some(flag) = a.next_flag() {
+        let flag = flag?;
+        if common.parse(flag, &mut a)? {
+            continue;
+        }
+        match flag {
+            "--help" => return Ok(Parsed::Help),
+            "-m" | "--message" => {
+                let m = os_bytes(a.value_os(flag)?);
+                set_source(Source::Message(m), &mut source)?;
+            }
+            "-f" | "--file" => {
+                let f = a.value(flag)?;
+                set_source(Source::File(f.into()), &mut source)?;
+            }
+            "-n" | "--null-message" => set_source(Source::Null, &mut source)?,
+            "-l" | "--stdin-line" => set_source(Source::StdinLines, &mut source)?,
+            "-s" | "--stdin-file" => set_source(Source::StdinWhole, &mut source)?,
+            "-r" | "--retain" => retain = true,
+            "--repeat" => {
+                let v = a.value(flag)?;
+                repeat = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| UsageError(format!("Invalid repeat count given: {v}")))?;
+            }
+            "--repeat-delay" => {
+                let v = a.value(flag)?;
+                repeat_delay = v
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .ok_or_else(|| UsageError(format!("Invalid repeat delay given: {v}")))?;
+            }
+            "-M" => {
+                let v = a.value(flag)?;
+                max_inflight = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| UsageError(format!("Invalid max inflight given: {v}")))?;
+            }
+            other => return Err(UsageError(format!("Unknown option '{other}'."))),
+        }
+    }
+    common.validate()?;
+    let topic = match (common.topics.as_slice(), &common.url_topic) {
+        ([t], None) | ([], Some(t)) => t.clone(),
+        ([], None) => {
+            return Err(UsageError(
+                "Both topic and message must be supplied.".into(),
+            ))
+        }
+        _ => {
+            return Err(UsageError(
+                "Only one topic can be given (-t or in the -L URL).".into(),
+            ))
+        }
+    };
+    culex_proto::topic::validate_topic_name(&topic).map_err(|_| {
+        UsageError(format!(
+            "Invalid publish topic '{topic}', does it contain '+' or '#'?"
+        ))
+    })?;
+    let source =
+        source.ok_or_else(|| UsageError("Both topic and message must be supplied.".into()))?;
+    if repeat > 1 && source == Source::StdinLines {
+        return Err(UsageError("--repeat cannot be used with -l.".into()));
+    }
+    Ok(Parsed::Run(PubOptions {
+        common,
+        topic,
+        source,
+        retain,
+        repeat,
+        repeat_delay,
+        max_inflight,
+    }))
+}
 
 /// Runs `culex pub` with the arguments after the subcommand name.
-pub fn main(_args: &[OsString]) -> ExitCode {
-    eprintln!("culex pub: not available yet");
-    ExitCode::from(2)
+pub fn main(args: &[OsString]) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => return print_help(HELP),
+        Err(e) => return usage_error("pub", e),
+    };
+    let quiet = opts.common.quiet;
+    opts.common.warn_insecure();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(f) => return f.report(quiet),
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(quiet),
+    }
+}
+
+async fn run(opts: PubOptions) -> Result<(), Failure> {
+    // Read a file or stdin before connecting, so a bad file costs no connection.
+    let payload = match &opts.source {
+        Source::Message(m) => Some(Bytes::from(m.clone())),
+        Source::Null => Some(Bytes::new()),
+        Source::File(path) => Some(Bytes::from(std::fs::read(path).map_err(|e| Failure {
+            message: format!("Error: Unable to read file \"{}\": {e}.", path.display()),
+            code: EXIT_ERROR,
+            refused: false,
+        })?)),
+        Source::StdinWhole => {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure {
+                    message: format!("Error: Unable to read stdin: {e}."),
+                    code: EXIT_ERROR,
+                    refused: false,
+                })?;
+            Some(Bytes::from(buf))
+        }
+        Source::StdinLines => None,
+    };
+    let mut conn = opts.common.connect("pub").await?;
+    let result = match payload {
+        Some(payload) => publish_repeated(&mut conn, &opts, payload).await,
+        None => publish_lines(&mut conn, &opts).await,
+    };
+    let failed = match result {
+        Ok(failed) => failed,
+        Err(e) => return Err(e.into()),
+    };
+    conn.disconnect().await?;
+    match failed {
+        None => Ok(()),
+        Some((id, rc)) => Err(Failure {
+            message: format!(
+                "Warning: Publish {id} failed: {}.",
+                culex_client::connack_text(rc, culex_proto::Protocol::V5)
+            ),
+            code: EXIT_ERROR,
+            refused: false,
+        }),
+    }
+}
+
+fn message(opts: &PubOptions, payload: Bytes) -> Message {
+    Message::new(opts.topic.clone(), payload, opts.common.qos).retained(opts.retain)
+}
+
+/// The first publication the server refused (MQTT 5 reason codes of 0x80 and above).
+fn first_failure(done: &[(u16, ReasonCode)]) -> Option<(u16, ReasonCode)> {
+    done.iter().copied().find(|(_, rc)| rc.is_error())
+}
+
+/// `-m`, `-f`, `-n`, `-s`, with `--repeat` and `--repeat-delay`.
+async fn publish_repeated(
+    conn: &mut Connection,
+    opts: &PubOptions,
+    payload: Bytes,
+) -> Result<Option<(u16, ReasonCode)>, culex_client::ClientError> {
+    for i in 0..opts.repeat {
+        if i > 0 && !opts.repeat_delay.is_zero() {
+            // Keep the connection serviced (acks, pings) while waiting.
+            service_for(conn, opts.repeat_delay).await?;
+        }
+        while conn.session().pending_publishes() >= usize::from(opts.max_inflight) {
+            conn.progress().await?;
+        }
+        conn.start_publish(message(opts, payload.clone()))?;
+        conn.flush().await?;
+    }
+    let done = conn.wait_idle().await?;
+    Ok(first_failure(&done))
+}
+
+/// Keeps the connection serviced (acknowledgements, keepalive) for `duration`.
+async fn service_for(
+    conn: &mut Connection,
+    duration: Duration,
+) -> Result<(), culex_client::ClientError> {
+    let deadline = tokio::time::Instant::now() + duration;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.progress()).await {
+            Err(_elapsed) => return Ok(()),
+            Ok(r) => r?,
+        }
+    }
+}
+
+/// `-l`: one message per line of stdin (without its newline), until end of input.
+async fn publish_lines(
+    conn: &mut Connection,
+    opts: &PubOptions,
+) -> Result<Option<(u16, ReasonCode)>, culex_client::ClientError> {
+    // Stdin is read by a plain thread (blocking reads) that hands lines over a small channel;
+    // the connection is serviced (acks, keepalive) while stdin is quiet.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(16);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    loop {
+        while conn.session().pending_publishes() >= usize::from(opts.max_inflight) {
+            conn.progress().await?;
+        }
+        tokio::select! {
+            line = rx.recv() => match line {
+                None => break,
+                Some(line) => {
+                    conn.start_publish(message(opts, Bytes::from(line?)))?;
+                    conn.flush().await?;
+                }
+            },
+            r = conn.progress() => r?,
+        }
+    }
+    let done = conn.wait_idle().await?;
+    Ok(first_failure(&done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<PubOptions, String> {
+        let os: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match parse(&os) {
+            Ok(Parsed::Run(o)) => Ok(o),
+            Ok(Parsed::Help) => Err("help".into()),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn sources_and_errors() {
+        assert_eq!(
+            p(&["-t", "a", "-m", "x"]).unwrap().source,
+            Source::Message(b"x".to_vec())
+        );
+        assert_eq!(p(&["-t", "a", "-n"]).unwrap().source, Source::Null);
+        assert_eq!(p(&["-t", "a", "-l"]).unwrap().source, Source::StdinLines);
+        assert_eq!(p(&["-t", "a", "-s"]).unwrap().source, Source::StdinWhole);
+        assert!(p(&["-t", "a", "-m", "x", "-n"])
+            .unwrap_err()
+            .contains("Only one type"));
+        assert!(p(&["-t", "a"])
+            .unwrap_err()
+            .contains("Both topic and message"));
+        assert!(p(&["-m", "x"])
+            .unwrap_err()
+            .contains("Both topic and message"));
+        assert!(p(&["-t", "a/#", "-m", "x"])
+            .unwrap_err()
+            .contains("Invalid publish topic"));
+        assert!(p(&["-t", "a", "-m", "x", "-z"])
+            .unwrap_err()
+            .contains("Unknown option"));
+        assert!(p(&["-t", "a", "-m", "x", "--repeat", "0"]).is_err());
+        assert_eq!(p(&["--help"]).unwrap_err(), "help");
+        let o = p(&[
+            "-L",
+            "mqtt://h:1/x/y",
+            "-m",
+            "m",
+            "--repeat",
+            "3",
+            "--repeat-delay",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(o.topic, "x/y");
+        assert_eq!((o.repeat, o.repeat_delay), (3, Duration::from_millis(500)));
+    }
 }

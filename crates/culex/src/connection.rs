@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use culex_broker::{Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound};
+use culex_broker::{
+    AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound,
+};
 use culex_proto::{
     decode, encode, encode_publish, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     Protocol, PubResp, Publish, QoS, ReasonCode,
@@ -88,6 +90,7 @@ pub(crate) async fn serve<S>(
         peer: peer.addr,
         listener: peer.listener,
         identity: peer.identity,
+        username: None,
         shared,
         protocol: Protocol::V311,
         client_id: Arc::from(""),
@@ -112,8 +115,9 @@ struct Conn<R, W> {
     conn: ConnId,
     peer: SocketAddr,
     listener: Arc<ListenerCtx>,
-    #[allow(dead_code)]
     identity: Option<String>,
+    /// The authenticated user name (or certificate identity), for ACL checks.
+    username: Option<String>,
     shared: Arc<Shared>,
     protocol: Protocol,
     client_id: Arc<str>,
@@ -186,14 +190,26 @@ where
                 return None;
             }
         }
-        // Authentication: files come with the security issue; for now anonymous access is the
-        // only switch.
-        if !limits.allow_anonymous && connect.username.is_none() {
-            info!(peer = %self.peer, client_id = %connect.client_id, "anonymous client refused");
-            self.shared.counters.auth_failures.inc();
-            self.refuse(ReasonCode::NotAuthorized).await;
-            return None;
-        }
+        let security = Arc::clone(&self.listener.security);
+        let username = match security
+            .authenticate(
+                connect.username.as_deref(),
+                connect.password.as_deref(),
+                self.identity.as_deref(),
+            )
+            .await
+        {
+            Ok(u) => u,
+            Err(reason) => {
+                // The password is never logged.
+                info!(peer = %self.peer, client_id = %connect.client_id,
+                    username = connect.username.as_deref().unwrap_or(""), "client refused: not authorised");
+                self.shared.counters.auth_failures.inc();
+                self.refuse(reason).await;
+                return None;
+            }
+        };
+        self.username.clone_from(&username);
         if connect.properties.authentication_method.is_some() {
             self.refuse(ReasonCode::BadAuthenticationMethod).await;
             return None;
@@ -242,8 +258,8 @@ where
             receive_maximum,
             maximum_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
             will: connect.will,
-            username: connect.username,
-            access: None,
+            username,
+            access: Some(security),
             outbox: tx,
             reply: reply_tx,
         };
@@ -537,6 +553,30 @@ where
         let too_large =
             limits.message_size_limit > 0 && p.payload.len() > limits.message_size_limit as usize;
         let packet_id = p.packet_id.unwrap_or(0);
+        let allowed =
+            self.listener
+                .security
+                .can_write(self.username.as_deref(), &self.client_id, &p.topic);
+        if !allowed {
+            // Denied publishes are acknowledged (MQTT 5: 0x87) and dropped, as Mosquitto does.
+            self.shared.counters.acl_denied_publish.inc();
+            debug!(client_id = %self.client_id, topic = %p.topic, "publish denied by the ACL");
+            let mut ack = PubResp::new(packet_id);
+            if v5 {
+                ack.reason_code = ReasonCode::NotAuthorized;
+            }
+            return match p.qos {
+                QoS::AtMostOnce => None,
+                QoS::AtLeastOnce => self.queue_or_end(&Packet::PubAck(ack)),
+                QoS::ExactlyOnce => {
+                    if !v5 && !self.inbound_qos2.contains(&packet_id) {
+                        // 3.1.1 has no failure PUBREC: the client goes on to PUBREL.
+                        self.inbound_qos2.push(packet_id);
+                    }
+                    self.queue_or_end(&Packet::PubRec(ack))
+                }
+            };
+        }
         match p.qos {
             QoS::AtMostOnce => {
                 if too_large {

@@ -2,10 +2,14 @@
 //! tests start the same server in-process with [`server::start`]. The `cmd_*` modules are the
 //! binary's subcommands (`culex passwd`, `culex pub`, `culex sub`).
 
+mod cmd_common;
 pub mod cmd_passwd;
 pub mod cmd_pub;
 pub mod cmd_sub;
 mod connection;
+mod security;
 pub mod server;
+mod transport;
 
-pub use server::{run, start, RunningServer};
+pub use server::{check_files, run, start, RunningServer};
+pub use transport::{check_tls, TlsSetupError};

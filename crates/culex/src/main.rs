@@ -63,6 +63,11 @@ fn main() -> ExitCode {
         },
     };
     if cli.check {
+        if let Err(e) = culex::check_files(&config) {
+            eprintln!("{e}");
+            eprintln!("culex: configuration has errors");
+            return ExitCode::from(3);
+        }
         println!("{}: configuration OK", display(&cli.config));
         return ExitCode::SUCCESS;
     }
@@ -82,12 +87,71 @@ fn main() -> ExitCode {
         }
     };
     info!("culex {} starting", env!("CARGO_PKG_VERSION"));
-    match runtime.block_on(culex::run(&config, stop_signal())) {
+    match runtime.block_on(serve(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
             eprintln!("culex: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads password, ACL and certificate files.
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let server = culex::start(config).await?;
+    let mut signals = Signals::new()?;
+    while let Signal::Reload = signals.next().await {
+        info!("SIGHUP: reloading password, ACL and certificate files");
+        // Failures are logged and counted by reload(); the old rules stay in force.
+        let _ = server.reload();
+    }
+    info!("shutting down");
+    server.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.hup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
 }
@@ -107,27 +171,4 @@ fn init_logging(verbose: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use culex_broker::{BrokerSettings, Command, Router};
-use culex_config::Config;
+use culex_config::{Config, ListenerProtocol};
 use culex_proto::QoS;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::connection::{self, Peer};
+use crate::security::SecurityHandle;
+use crate::transport::{self, TlsListener};
 
 /// Commands the router's channel holds before connections wait (backpressure).
 const ROUTER_QUEUE: usize = 16 * 1024;
@@ -31,7 +32,6 @@ pub(crate) struct ConnLimits {
     pub(crate) message_size_limit: u32,
     pub(crate) max_keepalive: u16,
     pub(crate) max_inflight_messages: u16,
-    pub(crate) allow_anonymous: bool,
     pub(crate) allow_zero_length_clientid: bool,
     pub(crate) retain_available: bool,
     pub(crate) max_qos: QoS,
@@ -86,6 +86,18 @@ pub struct Counters {
     pub dropped_too_large: Counter,
     /// Bytes written to clients.
     pub bytes_sent: Counter,
+    /// PUBLISH packets refused by the ACL (or aimed at `$SYS`).
+    pub acl_denied_publish: Counter,
+    /// Reloads that applied.
+    pub reloads_ok: Counter,
+    /// Reloads that failed (previous rules kept).
+    pub reloads_failed: Counter,
+    /// TLS handshakes that failed or timed out (bad or missing client certificate, wrong TLS
+    /// version, not TLS at all, too slow).
+    pub tls_handshake_failures: Counter,
+    /// WebSocket upgrades that failed or timed out (not a WebSocket request, no `mqtt`
+    /// subprotocol, too slow).
+    pub websocket_handshake_failures: Counter,
 }
 
 /// What a connection needs to know of the listener that accepted it.
@@ -93,6 +105,12 @@ pub struct Counters {
 pub(crate) struct ListenerCtx {
     /// The bound address.
     pub(crate) local: SocketAddr,
+    /// MQTT directly, or MQTT over WebSocket.
+    pub(crate) protocol: ListenerProtocol,
+    /// The TLS side, for TLS listeners; shared by the sockets of one configured listener.
+    pub(crate) tls: Option<Arc<TlsListener>>,
+    /// Password file, ACL and anonymous access in force for this listener.
+    pub(crate) security: Arc<SecurityHandle>,
 }
 
 /// State every connection task shares.
@@ -129,7 +147,6 @@ fn conn_limits(config: &Config) -> ConnLimits {
         message_size_limit: config.limits.message_size_limit,
         max_keepalive: config.limits.max_keepalive,
         max_inflight_messages: config.limits.max_inflight_messages.max(1),
-        allow_anonymous: config.security.allow_anonymous,
         allow_zero_length_clientid: config.sessions.allow_zero_length_clientid,
         retain_available: config.mqtt.retain_available,
         max_qos: qos_from(config.mqtt.max_qos),
@@ -145,6 +162,44 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
+    security: SecurityScopes,
+    tls: Vec<Arc<TlsListener>>,
+}
+
+/// The security handles in force: one per listener (shared by all listeners unless
+/// `per_listener_settings`), and each distinct handle once, for reload.
+#[derive(Debug)]
+struct SecurityScopes {
+    by_listener: Vec<Arc<SecurityHandle>>,
+    unique: Vec<Arc<SecurityHandle>>,
+}
+
+impl SecurityScopes {
+    fn all(&self) -> impl Iterator<Item = &Arc<SecurityHandle>> {
+        self.unique.iter()
+    }
+}
+
+/// Loads the password and ACL files of every security scope; errors name the file and line.
+fn load_security(config: &Config) -> Result<SecurityScopes> {
+    if config.per_listener_settings {
+        let mut by_listener = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let h = SecurityHandle::load(config.security_for(l))
+                .with_context(|| format!("listener {}", l.port))?;
+            by_listener.push(Arc::new(h));
+        }
+        Ok(SecurityScopes {
+            unique: by_listener.clone(),
+            by_listener,
+        })
+    } else {
+        let global = Arc::new(SecurityHandle::load(&config.security)?);
+        Ok(SecurityScopes {
+            by_listener: vec![Arc::clone(&global); config.listeners.len()],
+            unique: vec![global],
+        })
+    }
 }
 
 impl RunningServer {
@@ -158,6 +213,31 @@ impl RunningServer {
         &self.counters
     }
 
+    /// Re-reads password files, ACL files and TLS certificates (SIGHUP). Each file that fails
+    /// to load keeps its previous rules in force; the errors are returned, one per file.
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        let mut errors: Vec<String> = Vec::new();
+        for h in self.security.all() {
+            if let Err(e) = h.reload() {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(tls) = crate::transport::reload_all(&self.tls) {
+            errors.extend(tls.into_iter().map(|e| e.to_string()));
+        }
+        if errors.is_empty() {
+            self.counters.reloads_ok.inc();
+            info!("reloaded password, ACL and certificate files");
+            Ok(())
+        } else {
+            self.counters.reloads_failed.inc();
+            for e in &errors {
+                warn!("reload failed, previous rules stay in force: {e}");
+            }
+            Err(errors)
+        }
+    }
+
     /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B), waits
     /// for the connection tasks and the router to finish.
     pub async fn shutdown(self) {
@@ -167,21 +247,50 @@ impl RunningServer {
 }
 
 /// Binds every configured listener and starts serving. Returns once the listeners are bound.
+/// TLS certificates and keys are loaded first: any problem is an error naming the listener,
+/// the option and the file, and nothing is bound.
 pub async fn start(config: &Config) -> Result<RunningServer> {
-    let mut listeners = Vec::new();
+    let mut tls = Vec::new();
+    let mut tls_errors = Vec::new();
     for l in &config.listeners {
+        match l.tls.as_ref().map(|t| TlsListener::new(l, t)).transpose() {
+            Ok(t) => tls.push(t.map(Arc::new)),
+            Err(e) => tls_errors.push(e.to_string()),
+        }
+    }
+    if !tls_errors.is_empty() {
+        anyhow::bail!("{}", tls_errors.join("\n"));
+    }
+    let security = load_security(config)?;
+    let tls_all: Vec<Arc<TlsListener>> = tls.iter().flatten().cloned().collect();
+    let mut listeners = Vec::new();
+    for ((index, l), tls) in config.listeners.iter().enumerate().zip(tls) {
         for addr in resolve(l.host.as_deref(), l.port).await? {
             let listener = bind(addr)
                 .with_context(|| format!("cannot listen on {addr} (listener port {})", l.port))?;
-            listeners.push(listener);
+            let ctx = Arc::new(ListenerCtx {
+                local: listener.local_addr()?,
+                protocol: l.protocol,
+                tls: tls.clone(),
+                security: Arc::clone(
+                    security
+                        .by_listener
+                        .get(index)
+                        .context("no security scope for a listener")?,
+                ),
+            });
+            listeners.push((listener, ctx));
         }
     }
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<std::io::Result<Vec<_>>>()?;
-    for a in &addrs {
-        info!("listening on {a}");
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, ctx)| ctx.local).collect();
+    for (_, ctx) in &listeners {
+        let kind = match (ctx.protocol, ctx.tls.is_some()) {
+            (ListenerProtocol::Mqtt, false) => "mqtt",
+            (ListenerProtocol::Mqtt, true) => "mqtt+tls",
+            (ListenerProtocol::Websockets, false) => "websockets",
+            (ListenerProtocol::Websockets, true) => "websockets+tls",
+        };
+        info!("listening on {} ({kind})", ctx.local);
     }
 
     let settings = broker_settings(config);
@@ -207,7 +316,26 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         shutdown: shutdown_tx,
         task,
         counters,
+        security,
+        tls: tls_all,
     })
+}
+
+/// Checks what the configuration refers to without starting anything: TLS certificates and
+/// keys, password files and ACL files. Errors name the listener, option, file and line.
+pub fn check_files(config: &Config) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Err(e) = transport::check_tls(config) {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = load_security(config) {
+        errors.push(format!("{e:#}"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", errors.join("\n"))
+    }
 }
 
 /// Runs the server until `stop` completes, then shuts down cleanly.
@@ -259,7 +387,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -268,9 +396,10 @@ async fn serve(
     let next_conn = Arc::new(AtomicU64::new(1));
     let mut accept_loops = JoinSet::new();
     let connections = TaskTracker::new();
-    for listener in listeners {
+    for (listener, ctx) in listeners {
         accept_loops.spawn(accept_loop(
             listener,
+            ctx,
             Arc::clone(&shared),
             Arc::clone(&permits),
             shutdown.clone(),
@@ -291,22 +420,17 @@ async fn serve(
     let _ = router_task.await;
 }
 
+/// Accepts connections on one socket. The TLS handshake and WebSocket upgrade happen in each
+/// connection's task (`transport::serve_accepted`), never here.
 async fn accept_loop(
     listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
     next_conn: Arc<AtomicU64>,
     connections: TaskTracker,
 ) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "listener has no local address; not accepting on it");
-            return;
-        }
-    };
-    let ctx = Arc::new(ListenerCtx { local });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -330,12 +454,14 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer {
-            addr: peer,
-            listener: Arc::clone(&ctx),
-            identity: None,
-        };
-        let task = connection::serve(stream, peer, conn, Arc::clone(&shared), shutdown.clone());
+        let task = transport::serve_accepted(
+            stream,
+            peer,
+            Arc::clone(&ctx),
+            conn,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        );
         connections.spawn(async move {
             task.await;
             drop(permit);

@@ -338,8 +338,8 @@ fn unknown_options() {
         )
     );
     assert_eq!(
-        error("password_file /etc/mosquitto/passwd\n"),
-        "culex.conf:1: unknown option 'password_file': this mosquitto option is not supported yet by Culex"
+        error("crlfile /etc/mosquitto/crl.pem\n"),
+        "culex.conf:1: unknown option 'crlfile': this mosquitto option is not supported yet by Culex"
     );
     for option in [
         "persistence true",

@@ -88,8 +88,11 @@ upgrade_outgoing_qos = true
         Config {
             listeners: vec![Listener::all_interfaces(1883), Listener::new("::1", 8883)],
             security: crate::Security {
-                allow_anonymous: true
+                allow_anonymous: true,
+                password_file: None,
+                acl_file: None,
             },
+            per_listener_settings: false,
             limits: crate::Limits {
                 max_inflight_messages: 10,
                 max_queued_messages: 5,
@@ -167,7 +170,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
-        "culex.toml:2: unknown key 'foo'; allowed top-level keys: listeners, security, limits, sessions, mqtt"
+        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt"
     );
     assert_eq!(
         errors("\nmax_qos = 1\n"),
@@ -175,11 +178,11 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("[[listeners]]\nport = 1883\nhots = \"::1\"\n"),
-        "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port"
+        "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port, protocol, tls, security"
     );
     assert_eq!(
         errors("[persistence]\nenabled = true\n"),
-        "culex.toml:1: unknown key 'persistence'; allowed top-level keys: listeners, security, limits, sessions, mqtt"
+        "culex.toml:1: unknown key 'persistence'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt"
     );
     assert_eq!(
         errors("security = 1\n"),

@@ -1,0 +1,1128 @@
+//! The client role of an MQTT session as a sans-IO state machine.
+//!
+//! No sockets and no clock: the caller passes `now` to every method that cares about time, feeds
+//! received packets in, and drains packets to send and events out. This keeps keepalive, QoS
+//! flows and reconnect resumption testable with a virtual clock (see the tests at the bottom).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use culex_proto::topic::{validate_topic_filter, validate_topic_name};
+use culex_proto::{
+    encoded_len, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, PubResp,
+    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
+};
+
+use crate::error::ClientError;
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// What the client puts in its CONNECT, plus local limits.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Protocol version: 3.1, 3.1.1 or 5.0.
+    pub protocol: Protocol,
+    /// Client identifier; empty asks the server to assign one (3.1.1 with clean session, 5.0).
+    pub client_id: String,
+    /// Clean session (3.1/3.1.1) or Clean Start (5.0).
+    pub clean_start: bool,
+    /// Keep alive in seconds; 0 disables keepalive pings.
+    pub keep_alive: u16,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (sent only with a user name for 3.1/3.1.1, as the specification requires).
+    pub password: Option<Bytes>,
+    /// Will message.
+    pub will: Option<LastWill>,
+    /// MQTT 5 CONNECT properties (Session Expiry Interval, Receive Maximum, ...). Ignored for
+    /// older versions.
+    pub properties: Properties,
+    /// At most this many outgoing QoS 1/2 publications in flight at once (further ones queue
+    /// locally). The server's Receive Maximum lowers it further. Never below 1.
+    pub max_inflight: u16,
+    /// Largest packet accepted from the server (checked on the fixed header).
+    pub max_packet_size: u32,
+}
+
+impl ConnectOptions {
+    /// MQTT 3.1.1, clean session, keepalive 60 s, no credentials, no will.
+    pub fn new(client_id: impl Into<String>) -> Self {
+        ConnectOptions {
+            protocol: Protocol::V311,
+            client_id: client_id.into(),
+            clean_start: true,
+            keep_alive: 60,
+            username: None,
+            password: None,
+            will: None,
+            properties: Properties::default(),
+            max_inflight: 20,
+            max_packet_size: 268_435_460,
+        }
+    }
+
+    /// The CONNECT packet for these options.
+    pub fn connect_packet(&self) -> Connect {
+        let v5 = self.protocol.is_v5();
+        Connect {
+            protocol: self.protocol,
+            clean_start: self.clean_start,
+            keep_alive: self.keep_alive,
+            client_id: self.client_id.clone(),
+            will: self.will.clone().map(|mut w| {
+                if !v5 {
+                    w.properties = Properties::default();
+                }
+                w
+            }),
+            username: self.username.clone(),
+            password: if v5 || self.username.is_some() {
+                self.password.clone()
+            } else {
+                None
+            },
+            properties: if v5 {
+                self.properties.clone()
+            } else {
+                Properties::default()
+            },
+        }
+    }
+}
+
+/// An application message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (no wildcards).
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// MQTT 5 PUBLISH properties; ignored for older versions.
+    pub properties: Properties,
+}
+
+impl Message {
+    /// A non-retained message without properties.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+        }
+    }
+
+    /// The same message with the RETAIN flag set to `retain`.
+    pub fn retained(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+}
+
+/// Something the session reports to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server accepted the connection.
+    Connected(ConnAck),
+    /// An application message arrived (already acknowledged as its QoS requires; a QoS 2
+    /// message is reported once, on its first PUBLISH).
+    Message(Publish),
+    /// An outgoing QoS 1 or 2 publication completed: PUBACK, PUBCOMP, or a PUBREC carrying an
+    /// error (MQTT 5). `reason_code` is the server's verdict.
+    Published {
+        /// Packet identifier of the publication.
+        packet_id: u16,
+        /// Reason code from the acknowledgement (`Success` for 3.1/3.1.1).
+        reason_code: ReasonCode,
+    },
+    /// The server answered a SUBSCRIBE.
+    SubAck(SubAck),
+    /// The server answered an UNSUBSCRIBE.
+    UnsubAck(UnsubAck),
+    /// The server answered a PINGREQ.
+    PingResp,
+}
+
+/// Connection state of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No transport (initially and after the connection was lost or closed).
+    Disconnected,
+    /// CONNECT queued or sent, CONNACK not yet received.
+    Connecting,
+    /// CONNACK accepted.
+    Connected,
+}
+
+/// Where an outgoing QoS 1/2 publication is in its acknowledgement flow.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    /// QoS 1, PUBLISH sent, waiting for PUBACK.
+    Qos1Sent(Publish),
+    /// QoS 2, PUBLISH sent, waiting for PUBREC.
+    Qos2Sent(Publish),
+    /// QoS 2, PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// The client side of an MQTT session: see the module documentation.
+#[derive(Debug)]
+pub struct ClientSession {
+    options: ConnectOptions,
+    state: State,
+    /// Keepalive in force (the server's Server Keep Alive overrides ours); `None` when disabled.
+    keep_alive: Option<Duration>,
+    /// When the last packet was handed to the transport.
+    last_sent: Option<Instant>,
+    /// When the outstanding PINGREQ was sent.
+    ping_sent: Option<Instant>,
+    /// Next packet identifier to try.
+    next_id: u16,
+    /// Outgoing QoS 1/2 publications in flight, by packet identifier.
+    outgoing: BTreeMap<u16, Outgoing>,
+    /// Outgoing QoS 1/2 publications that have an identifier but wait for a free slot.
+    queued: VecDeque<Publish>,
+    /// SUBSCRIBE / UNSUBSCRIBE identifiers awaiting their acknowledgement.
+    pending_acks: HashSet<u16>,
+    /// Incoming QoS 2 identifiers between PUBLISH and PUBREL (to suppress duplicates).
+    incoming_qos2: HashSet<u16>,
+    /// In-flight limit in force: min(our max_inflight, server's Receive Maximum).
+    send_quota: u16,
+    /// Server limits from an MQTT 5 CONNACK.
+    server_max_qos: QoS,
+    server_retain_available: bool,
+    server_max_packet_size: Option<u32>,
+    /// Client identifier in force (the server may assign one).
+    client_id: String,
+    transmit: VecDeque<Packet>,
+    events: VecDeque<Event>,
+}
+
+impl ClientSession {
+    /// A disconnected session with these options. Call [`ClientSession::connect`] once a
+    /// transport is open.
+    pub fn new(options: ConnectOptions) -> Self {
+        let client_id = options.client_id.clone();
+        ClientSession {
+            send_quota: options.max_inflight.max(1),
+            options,
+            state: State::Disconnected,
+            keep_alive: None,
+            last_sent: None,
+            ping_sent: None,
+            next_id: 1,
+            outgoing: BTreeMap::new(),
+            queued: VecDeque::new(),
+            pending_acks: HashSet::new(),
+            incoming_qos2: HashSet::new(),
+            server_max_qos: QoS::ExactlyOnce,
+            server_retain_available: true,
+            server_max_packet_size: None,
+            client_id,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The options the session was created with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    /// The protocol version of the session.
+    pub fn protocol(&self) -> Protocol {
+        self.options.protocol
+    }
+
+    /// The client identifier in force: the configured one, or the one the server assigned.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// True between an accepted CONNACK and the end of the connection.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// Outgoing QoS 1/2 publications not yet completed (in flight or queued).
+    pub fn pending_publishes(&self) -> usize {
+        self.outgoing.len() + self.queued.len()
+    }
+
+    /// True when nothing awaits an acknowledgement: no publication in flight or queued, no
+    /// SUBSCRIBE/UNSUBSCRIBE unanswered.
+    pub fn is_idle(&self) -> bool {
+        self.outgoing.is_empty() && self.queued.is_empty() && self.pending_acks.is_empty()
+    }
+
+    /// Starts a connection on a freshly opened transport: queues CONNECT. State that survives a
+    /// reconnect (publications in flight, incoming QoS 2 identifiers) is resumed or dropped when
+    /// the CONNACK says whether the server kept the session.
+    pub fn connect(&mut self, now: Instant) {
+        self.transmit.clear();
+        self.pending_acks.clear();
+        self.ping_sent = None;
+        self.last_sent = Some(now);
+        self.keep_alive = None;
+        self.state = State::Connecting;
+        self.transmit
+            .push_back(Packet::Connect(Box::new(self.options.connect_packet())));
+    }
+
+    /// Records that the transport was lost (or closed): nothing more is sent until the next
+    /// [`ClientSession::connect`].
+    pub fn connection_lost(&mut self) {
+        self.state = State::Disconnected;
+        self.transmit.clear();
+        self.ping_sent = None;
+    }
+
+    /// Queues a clean DISCONNECT; the session is disconnected afterwards.
+    pub fn disconnect(&mut self, reason: ReasonCode) {
+        if self.state != State::Disconnected {
+            self.transmit
+                .push_back(Packet::Disconnect(Disconnect::new(reason)));
+        }
+        self.state = State::Disconnected;
+    }
+
+    /// Queues a publication. Returns its packet identifier for QoS 1/2 (completion is reported
+    /// as [`Event::Published`]), `None` for QoS 0. QoS 1/2 messages beyond the in-flight limit
+    /// wait in a local queue and go out as acknowledgements free slots.
+    pub fn publish(&mut self, message: Message) -> Result<Option<u16>> {
+        if self.state != State::Connected {
+            return Err(ClientError::NotConnected);
+        }
+        validate_topic_name(&message.topic).map_err(|e| ClientError::InvalidTopic {
+            topic: message.topic.clone(),
+            why: e.to_string(),
+        })?;
+        if message.qos > self.server_max_qos {
+            return Err(ClientError::Unsupported(format!(
+                "QoS {} (the server's maximum is {})",
+                message.qos.as_u8(),
+                self.server_max_qos.as_u8()
+            )));
+        }
+        if message.retain && !self.server_retain_available {
+            return Err(ClientError::Unsupported("retained messages".into()));
+        }
+        let packet_id = match message.qos {
+            QoS::AtMostOnce => None,
+            _ => Some(self.allocate_id()?),
+        };
+        let publish = Publish {
+            dup: false,
+            qos: message.qos,
+            retain: message.retain,
+            topic: message.topic,
+            packet_id,
+            properties: if self.protocol().is_v5() {
+                message.properties
+            } else {
+                Properties::default()
+            },
+            payload: message.payload,
+        };
+        self.check_size(&Packet::Publish(publish.clone()))?;
+        match packet_id {
+            None => self.transmit.push_back(Packet::Publish(publish)),
+            Some(_) => {
+                self.queued.push_back(publish);
+                self.dispatch_queued();
+            }
+        }
+        Ok(packet_id)
+    }
+
+    /// Queues a SUBSCRIBE; returns its packet identifier (the answer is [`Event::SubAck`]).
+    pub fn subscribe(
+        &mut self,
+        filters: Vec<SubscribeFilter>,
+        properties: Properties,
+    ) -> Result<u16> {
+        if self.state != State::Connected {
+            return Err(ClientError::NotConnected);
+        }
+        if filters.is_empty() {
+            return Err(ClientError::Config(
+                "SUBSCRIBE needs at least one filter".into(),
+            ));
+        }
+        for f in &filters {
+            validate_topic_filter(&f.filter).map_err(|e| ClientError::InvalidTopic {
+                topic: f.filter.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        let packet_id = self.allocate_id()?;
+        let packet = Packet::Subscribe(Subscribe {
+            packet_id,
+            filters,
+            properties: if self.protocol().is_v5() {
+                properties
+            } else {
+                Properties::default()
+            },
+        });
+        self.check_size(&packet)?;
+        self.pending_acks.insert(packet_id);
+        self.transmit.push_back(packet);
+        Ok(packet_id)
+    }
+
+    /// Queues an UNSUBSCRIBE; returns its packet identifier (the answer is [`Event::UnsubAck`]).
+    pub fn unsubscribe(&mut self, filters: Vec<String>) -> Result<u16> {
+        if self.state != State::Connected {
+            return Err(ClientError::NotConnected);
+        }
+        if filters.is_empty() {
+            return Err(ClientError::Config(
+                "UNSUBSCRIBE needs at least one filter".into(),
+            ));
+        }
+        for f in &filters {
+            validate_topic_filter(f).map_err(|e| ClientError::InvalidTopic {
+                topic: f.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        let packet_id = self.allocate_id()?;
+        let packet = Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            filters,
+            properties: Properties::default(),
+        });
+        self.check_size(&packet)?;
+        self.pending_acks.insert(packet_id);
+        self.transmit.push_back(packet);
+        Ok(packet_id)
+    }
+
+    /// The next packet to write to the transport, if any. `now` is when it is sent (it restarts
+    /// the keepalive interval).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
+        let packet = self.transmit.pop_front()?;
+        self.last_sent = Some(now);
+        Some(packet)
+    }
+
+    /// The next event for the owner, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`ClientSession::handle_timeout`] must next be called: the PINGREQ deadline, or the
+    /// deadline for the outstanding PINGREQ's answer. `None` when keepalive is off or the session
+    /// is not connected.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state != State::Connected {
+            return None;
+        }
+        let keep_alive = self.keep_alive?;
+        match self.ping_sent {
+            Some(sent) => sent.checked_add(keep_alive),
+            None => self.last_sent?.checked_add(keep_alive),
+        }
+    }
+
+    /// Advances timers to `now`: queues a PINGREQ when the keepalive interval passed without
+    /// anything sent, and fails with [`ClientError::KeepAliveTimeout`] when a PINGREQ went
+    /// unanswered for a whole interval.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        let Some(deadline) = self.poll_timeout() else {
+            return Ok(());
+        };
+        if now < deadline {
+            return Ok(());
+        }
+        if self.ping_sent.is_some() {
+            self.state = State::Disconnected;
+            return Err(ClientError::KeepAliveTimeout);
+        }
+        self.ping_sent = Some(now);
+        self.transmit.push_back(Packet::PingReq);
+        Ok(())
+    }
+
+    /// Processes one packet received from the server.
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<()> {
+        let _ = now;
+        match (self.state, packet) {
+            (State::Connecting, Packet::ConnAck(ack)) => self.on_connack(ack),
+            (State::Connecting, other) => Err(ClientError::Protocol(format!(
+                "expected CONNACK, received {}",
+                other.name()
+            ))),
+            (State::Disconnected, other) => Err(ClientError::Protocol(format!(
+                "{} received while disconnected",
+                other.name()
+            ))),
+            (State::Connected, packet) => self.on_packet(packet),
+        }
+    }
+
+    fn on_connack(&mut self, ack: ConnAck) -> Result<()> {
+        if ack.reason_code.is_error() || ack.reason_code != ReasonCode::Success {
+            self.state = State::Disconnected;
+            return Err(ClientError::Refused {
+                reason: ack.reason_code,
+                protocol: self.protocol(),
+            });
+        }
+        self.state = State::Connected;
+        let props = &ack.properties;
+        let keep_alive = props.server_keep_alive.unwrap_or(self.options.keep_alive);
+        self.keep_alive = (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)));
+        self.send_quota = self
+            .options
+            .max_inflight
+            .min(props.receive_maximum.unwrap_or(u16::MAX))
+            .max(1);
+        self.server_max_qos = props
+            .maximum_qos
+            .and_then(QoS::from_u8)
+            .unwrap_or(QoS::ExactlyOnce);
+        self.server_retain_available = props.retain_available != Some(0);
+        self.server_max_packet_size = props.maximum_packet_size;
+        if let Some(id) = &props.assigned_client_identifier {
+            self.client_id = id.clone();
+        }
+        if ack.session_present {
+            self.resume_inflight();
+        } else {
+            self.restart_inflight();
+        }
+        self.dispatch_queued();
+        self.events.push_back(Event::Connected(ack));
+        Ok(())
+    }
+
+    /// The server kept the session: retransmit unacknowledged PUBLISH (DUP set) and PUBREL in
+    /// identifier order [MQTT-4.4.0-1].
+    fn resume_inflight(&mut self) {
+        for (&id, state) in &mut self.outgoing {
+            match state {
+                Outgoing::Qos1Sent(p) | Outgoing::Qos2Sent(p) => {
+                    p.dup = true;
+                    self.transmit.push_back(Packet::Publish(p.clone()));
+                }
+                Outgoing::Released => {
+                    self.transmit.push_back(Packet::PubRel(PubResp::new(id)));
+                }
+            }
+        }
+    }
+
+    /// The server has no session: the incoming QoS 2 state is void. Unacknowledged outgoing
+    /// publications are sent again as new messages (at-least-once still holds); a QoS 2 message
+    /// already past PUBREC was received by the server, so it is reported complete.
+    fn restart_inflight(&mut self) {
+        self.incoming_qos2.clear();
+        let old = std::mem::take(&mut self.outgoing);
+        let mut resend = Vec::new();
+        for (id, state) in old {
+            match state {
+                Outgoing::Qos1Sent(p) | Outgoing::Qos2Sent(p) => resend.push(p),
+                Outgoing::Released => self.events.push_back(Event::Published {
+                    packet_id: id,
+                    reason_code: ReasonCode::Success,
+                }),
+            }
+        }
+        for mut p in resend.into_iter().rev() {
+            p.dup = false;
+            self.queued.push_front(p);
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet) -> Result<()> {
+        // Any packet from the server proves it alive; only PINGRESP clears the ping, though, so
+        // a server that answers nothing else still times out.
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(ack) => {
+                if let Some(Outgoing::Qos1Sent(_)) = self.outgoing.get(&ack.packet_id) {
+                    self.outgoing.remove(&ack.packet_id);
+                    self.events.push_back(Event::Published {
+                        packet_id: ack.packet_id,
+                        reason_code: ack.reason_code,
+                    });
+                    self.dispatch_queued();
+                    Ok(())
+                } else {
+                    tracing::debug!(packet_id = ack.packet_id, "PUBACK for an unknown packet id");
+                    Ok(())
+                }
+            }
+            Packet::PubRec(rec) => {
+                let id = rec.packet_id;
+                match self.outgoing.get(&id) {
+                    Some(Outgoing::Qos2Sent(_)) if rec.reason_code.is_error() => {
+                        // MQTT 5: the server refused the message; the flow ends here.
+                        self.outgoing.remove(&id);
+                        self.events.push_back(Event::Published {
+                            packet_id: id,
+                            reason_code: rec.reason_code,
+                        });
+                        self.dispatch_queued();
+                    }
+                    Some(Outgoing::Qos2Sent(_)) | Some(Outgoing::Released) => {
+                        self.outgoing.insert(id, Outgoing::Released);
+                        self.transmit.push_back(Packet::PubRel(PubResp::new(id)));
+                    }
+                    _ => {
+                        let mut rel = PubResp::new(id);
+                        if self.protocol().is_v5() {
+                            rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                        }
+                        self.transmit.push_back(Packet::PubRel(rel));
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                if let Some(Outgoing::Released) = self.outgoing.get(&comp.packet_id) {
+                    self.outgoing.remove(&comp.packet_id);
+                    self.events.push_back(Event::Published {
+                        packet_id: comp.packet_id,
+                        reason_code: comp.reason_code,
+                    });
+                    self.dispatch_queued();
+                } else {
+                    tracing::debug!(
+                        packet_id = comp.packet_id,
+                        "PUBCOMP for an unknown packet id"
+                    );
+                }
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let known = self.incoming_qos2.remove(&rel.packet_id);
+                let mut comp = PubResp::new(rel.packet_id);
+                if !known && self.protocol().is_v5() {
+                    comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.transmit.push_back(Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::SubAck(ack) => {
+                if self.pending_acks.remove(&ack.packet_id) {
+                    self.events.push_back(Event::SubAck(ack));
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(ack) => {
+                if self.pending_acks.remove(&ack.packet_id) {
+                    self.events.push_back(Event::UnsubAck(ack));
+                }
+                Ok(())
+            }
+            Packet::PingResp => {
+                self.ping_sent = None;
+                self.events.push_back(Event::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                self.state = State::Disconnected;
+                Err(ClientError::ServerDisconnect {
+                    reason: d.reason_code,
+                    reason_string: d.properties.reason_string,
+                })
+            }
+            Packet::Auth(_) => Err(ClientError::Protocol(
+                "AUTH received but no authentication method was requested".into(),
+            )),
+            other @ (Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq) => Err(ClientError::Protocol(format!(
+                "a server must not send {}",
+                other.name()
+            ))),
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) -> Result<()> {
+        if publish.topic.is_empty() {
+            // We never announce a Topic Alias Maximum, so the server may not use aliases.
+            return Err(ClientError::Protocol(
+                "PUBLISH with an empty topic (topic aliases were not allowed)".into(),
+            ));
+        }
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => self.events.push_back(Event::Message(publish)),
+            (QoS::AtLeastOnce, Some(id)) => {
+                self.events.push_back(Event::Message(publish));
+                self.transmit.push_back(Packet::PubAck(PubResp::new(id)));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                if self.incoming_qos2.insert(id) {
+                    self.events.push_back(Event::Message(publish));
+                }
+                self.transmit.push_back(Packet::PubRec(PubResp::new(id)));
+            }
+            (_, None) => {
+                return Err(ClientError::Protocol(
+                    "QoS 1/2 PUBLISH without a packet identifier".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves queued publications into flight while the quota allows.
+    fn dispatch_queued(&mut self) {
+        if self.state != State::Connected {
+            return;
+        }
+        while self.outgoing.len() < usize::from(self.send_quota) {
+            let Some(publish) = self.queued.pop_front() else {
+                break;
+            };
+            let Some(id) = publish.packet_id else {
+                continue;
+            };
+            let state = match publish.qos {
+                QoS::ExactlyOnce => Outgoing::Qos2Sent(publish.clone()),
+                _ => Outgoing::Qos1Sent(publish.clone()),
+            };
+            self.outgoing.insert(id, state);
+            self.transmit.push_back(Packet::Publish(publish));
+        }
+    }
+
+    /// A packet identifier not used by any publication, SUBSCRIBE or UNSUBSCRIBE in flight
+    /// [MQTT-2.2.1-3]; identifiers cycle through 1..=65535.
+    fn allocate_id(&mut self) -> Result<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_id;
+            self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.id_in_use(id) {
+                return Ok(id);
+            }
+        }
+        Err(ClientError::NoPacketIdAvailable)
+    }
+
+    fn id_in_use(&self, id: u16) -> bool {
+        self.outgoing.contains_key(&id)
+            || self.pending_acks.contains(&id)
+            || self.queued.iter().any(|p| p.packet_id == Some(id))
+    }
+
+    fn check_size(&self, packet: &Packet) -> Result<()> {
+        let Some(max) = self.server_max_packet_size else {
+            return Ok(());
+        };
+        let size = encoded_len(packet, self.protocol())?;
+        if size > usize::try_from(max).unwrap_or(usize::MAX) {
+            return Err(ClientError::PacketTooLarge { size, max });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use culex_proto::SubscriptionOptions;
+
+    fn connack(session_present: bool) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: ReasonCode::Success,
+            properties: Properties::default(),
+        })
+    }
+
+    fn connected(opts: ConnectOptions, t0: Instant) -> ClientSession {
+        let mut s = ClientSession::new(opts);
+        s.connect(t0);
+        assert!(matches!(s.poll_transmit(t0), Some(Packet::Connect(_))));
+        s.handle_packet(connack(false), t0).unwrap();
+        assert!(matches!(s.poll_event(), Some(Event::Connected(_))));
+        s
+    }
+
+    fn drain(s: &mut ClientSession, now: Instant) -> Vec<Packet> {
+        std::iter::from_fn(|| s.poll_transmit(now)).collect()
+    }
+
+    fn msg(qos: QoS) -> Message {
+        Message::new("a/b", "x", qos)
+    }
+
+    #[test]
+    fn connect_packet_reflects_options() {
+        let mut o = ConnectOptions::new("c1");
+        o.password = Some(Bytes::from_static(b"pw"));
+        // 3.1.1 forbids a password without a user name: it is dropped.
+        assert_eq!(o.connect_packet().password, None);
+        o.username = Some("u".into());
+        assert_eq!(o.connect_packet().password.as_deref(), Some(&b"pw"[..]));
+        o.properties.session_expiry_interval = Some(10);
+        assert!(o.connect_packet().properties.is_empty());
+        o.protocol = Protocol::V5;
+        assert_eq!(
+            o.connect_packet().properties.session_expiry_interval,
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn refused_connack_is_an_error_with_the_code() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new(ConnectOptions::new("c"));
+        s.connect(t0);
+        let err = s
+            .handle_packet(
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: ReasonCode::NotAuthorized,
+                    properties: Properties::default(),
+                }),
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(err.connack_code(), Some(5));
+        assert!(!s.is_connected());
+    }
+
+    #[test]
+    fn packet_ids_cycle_and_skip_ids_in_use() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.max_inflight = u16::MAX;
+        let mut s = connected(o, t0);
+        assert_eq!(s.publish(msg(QoS::AtLeastOnce)).unwrap(), Some(1));
+        assert_eq!(s.publish(msg(QoS::AtMostOnce)).unwrap(), None);
+        let sub = SubscribeFilter {
+            filter: "x/#".into(),
+            options: SubscriptionOptions::default(),
+        };
+        assert_eq!(s.subscribe(vec![sub], Properties::default()).unwrap(), 2);
+        assert_eq!(s.unsubscribe(vec!["x/#".into()]).unwrap(), 3);
+        // Jump to the end of the range: the counter wraps to 1, which is still in flight.
+        s.next_id = u16::MAX;
+        assert_eq!(s.publish(msg(QoS::ExactlyOnce)).unwrap(), Some(u16::MAX));
+        assert_eq!(s.publish(msg(QoS::AtLeastOnce)).unwrap(), Some(4));
+        // Completing id 1 frees it for reuse.
+        s.handle_packet(Packet::PubAck(PubResp::new(1)), t0)
+            .unwrap();
+        s.next_id = 1;
+        assert_eq!(s.publish(msg(QoS::AtLeastOnce)).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn packet_ids_exhausted() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.max_inflight = u16::MAX;
+        let mut s = connected(o, t0);
+        for _ in 0..u16::MAX {
+            s.publish(msg(QoS::AtLeastOnce)).unwrap();
+        }
+        assert!(matches!(
+            s.publish(msg(QoS::AtLeastOnce)),
+            Err(ClientError::NoPacketIdAvailable)
+        ));
+        // QoS 0 needs no identifier.
+        assert!(s.publish(msg(QoS::AtMostOnce)).is_ok());
+    }
+
+    #[test]
+    fn qos2_outgoing_flow() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        let id = s.publish(msg(QoS::ExactlyOnce)).unwrap().unwrap();
+        let sent = drain(&mut s, t0);
+        assert!(
+            matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == Some(id) && p.qos == QoS::ExactlyOnce)
+        );
+        // PUBCOMP before PUBREC is ignored; the flow is still waiting.
+        s.handle_packet(Packet::PubComp(PubResp::new(id)), t0)
+            .unwrap();
+        assert_eq!(s.poll_event(), None);
+        s.handle_packet(Packet::PubRec(PubResp::new(id)), t0)
+            .unwrap();
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubRel(PubResp::new(id))]);
+        assert_eq!(s.poll_event(), None);
+        // A repeated PUBREC is answered with PUBREL again.
+        s.handle_packet(Packet::PubRec(PubResp::new(id)), t0)
+            .unwrap();
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubRel(PubResp::new(id))]);
+        s.handle_packet(Packet::PubComp(PubResp::new(id)), t0)
+            .unwrap();
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Published {
+                packet_id: id,
+                reason_code: ReasonCode::Success
+            })
+        );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn qos2_outgoing_refused_by_pubrec_v5() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.protocol = Protocol::V5;
+        let mut s = connected(o, t0);
+        let id = s.publish(msg(QoS::ExactlyOnce)).unwrap().unwrap();
+        drain(&mut s, t0);
+        let mut rec = PubResp::new(id);
+        rec.reason_code = ReasonCode::NotAuthorized;
+        s.handle_packet(Packet::PubRec(rec), t0).unwrap();
+        assert!(drain(&mut s, t0).is_empty());
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Published {
+                packet_id: id,
+                reason_code: ReasonCode::NotAuthorized
+            })
+        );
+    }
+
+    #[test]
+    fn qos2_incoming_delivered_once() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(7),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        s.handle_packet(Packet::Publish(publish.clone()), t0)
+            .unwrap();
+        assert_eq!(s.poll_event(), Some(Event::Message(publish.clone())));
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubRec(PubResp::new(7))]);
+        // The server retransmits (DUP) before it saw our PUBREC: no second delivery.
+        let dup = Publish {
+            dup: true,
+            ..publish.clone()
+        };
+        s.handle_packet(Packet::Publish(dup), t0).unwrap();
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubRec(PubResp::new(7))]);
+        s.handle_packet(Packet::PubRel(PubResp::new(7)), t0)
+            .unwrap();
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubComp(PubResp::new(7))]);
+        // After PUBREL the identifier is free: a new message with it is delivered.
+        s.handle_packet(Packet::Publish(publish.clone()), t0)
+            .unwrap();
+        assert_eq!(s.poll_event(), Some(Event::Message(publish)));
+    }
+
+    #[test]
+    fn qos1_incoming_is_acked() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "t".into(),
+            packet_id: Some(3),
+            properties: Properties::default(),
+            payload: Bytes::new(),
+        };
+        s.handle_packet(Packet::Publish(publish.clone()), t0)
+            .unwrap();
+        assert_eq!(s.poll_event(), Some(Event::Message(publish)));
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubAck(PubResp::new(3))]);
+    }
+
+    #[test]
+    fn inflight_limit_queues_and_releases() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.max_inflight = 2;
+        let mut s = connected(o, t0);
+        for _ in 0..4 {
+            s.publish(msg(QoS::AtLeastOnce)).unwrap();
+        }
+        assert_eq!(drain(&mut s, t0).len(), 2);
+        assert_eq!(s.pending_publishes(), 4);
+        s.handle_packet(Packet::PubAck(PubResp::new(1)), t0)
+            .unwrap();
+        let sent = drain(&mut s, t0);
+        assert!(matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == Some(3)));
+    }
+
+    #[test]
+    fn server_receive_maximum_limits_inflight() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.protocol = Protocol::V5;
+        let mut s = ClientSession::new(o);
+        s.connect(t0);
+        drain(&mut s, t0);
+        let props = Properties {
+            receive_maximum: Some(1),
+            maximum_qos: Some(1),
+            ..Properties::default()
+        };
+        s.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: props,
+            }),
+            t0,
+        )
+        .unwrap();
+        s.publish(msg(QoS::AtLeastOnce)).unwrap();
+        s.publish(msg(QoS::AtLeastOnce)).unwrap();
+        assert_eq!(drain(&mut s, t0).len(), 1);
+        assert!(matches!(
+            s.publish(msg(QoS::ExactlyOnce)),
+            Err(ClientError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn keepalive_pings_and_times_out() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.keep_alive = 10;
+        let mut s = connected(o, t0);
+        let secs = |n| t0 + Duration::from_secs(n);
+        assert_eq!(s.poll_timeout(), Some(secs(10)));
+        s.handle_timeout(secs(9)).unwrap();
+        assert!(drain(&mut s, secs(9)).is_empty());
+        // Sending something restarts the interval.
+        s.publish(msg(QoS::AtMostOnce)).unwrap();
+        drain(&mut s, secs(5));
+        assert_eq!(s.poll_timeout(), Some(secs(15)));
+        s.handle_timeout(secs(15)).unwrap();
+        assert_eq!(drain(&mut s, secs(15)), vec![Packet::PingReq]);
+        // The answer is due within one more interval.
+        assert_eq!(s.poll_timeout(), Some(secs(25)));
+        s.handle_packet(Packet::PingResp, secs(16)).unwrap();
+        assert_eq!(s.poll_event(), Some(Event::PingResp));
+        assert_eq!(s.poll_timeout(), Some(secs(25)));
+        s.handle_timeout(secs(25)).unwrap();
+        assert_eq!(drain(&mut s, secs(25)), vec![Packet::PingReq]);
+        assert!(matches!(
+            s.handle_timeout(secs(35)),
+            Err(ClientError::KeepAliveTimeout)
+        ));
+    }
+
+    #[test]
+    fn keepalive_zero_and_server_keep_alive() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.keep_alive = 0;
+        let s = connected(o.clone(), t0);
+        assert_eq!(s.poll_timeout(), None);
+        o.protocol = Protocol::V5;
+        let mut s = ClientSession::new(o);
+        s.connect(t0);
+        drain(&mut s, t0);
+        let props = Properties {
+            server_keep_alive: Some(5),
+            assigned_client_identifier: Some("auto-1".into()),
+            ..Properties::default()
+        };
+        s.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: props,
+            }),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(s.client_id(), "auto-1");
+    }
+
+    #[test]
+    fn reconnect_with_session_resends_with_dup() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        let a = s.publish(msg(QoS::AtLeastOnce)).unwrap().unwrap();
+        let b = s.publish(msg(QoS::ExactlyOnce)).unwrap().unwrap();
+        drain(&mut s, t0);
+        s.handle_packet(Packet::PubRec(PubResp::new(b)), t0)
+            .unwrap();
+        drain(&mut s, t0);
+        s.connection_lost();
+        assert!(s.publish(msg(QoS::AtMostOnce)).is_err());
+        s.connect(t0);
+        drain(&mut s, t0);
+        s.handle_packet(connack(true), t0).unwrap();
+        let sent = drain(&mut s, t0);
+        assert!(matches!(&sent[0], Packet::Publish(p) if p.dup && p.packet_id == Some(a)));
+        assert_eq!(sent[1], Packet::PubRel(PubResp::new(b)));
+    }
+
+    #[test]
+    fn reconnect_without_session_restarts_flows() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        let a = s.publish(msg(QoS::AtLeastOnce)).unwrap().unwrap();
+        let b = s.publish(msg(QoS::ExactlyOnce)).unwrap().unwrap();
+        drain(&mut s, t0);
+        s.handle_packet(Packet::PubRec(PubResp::new(b)), t0)
+            .unwrap();
+        drain(&mut s, t0);
+        s.connection_lost();
+        s.connect(t0);
+        drain(&mut s, t0);
+        s.handle_packet(connack(false), t0).unwrap();
+        let sent = drain(&mut s, t0);
+        assert!(matches!(&sent[..], [Packet::Publish(p)] if !p.dup && p.packet_id == Some(a)));
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Published {
+                packet_id: b,
+                reason_code: ReasonCode::Success
+            })
+        );
+    }
+
+    #[test]
+    fn server_packets_a_client_must_not_receive() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        assert!(matches!(
+            s.handle_packet(Packet::PingReq, t0),
+            Err(ClientError::Protocol(_))
+        ));
+        let mut s = ClientSession::new(ConnectOptions::new("c"));
+        s.connect(t0);
+        assert!(matches!(
+            s.handle_packet(Packet::PingResp, t0),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_topics_are_rejected() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        assert!(matches!(
+            s.publish(Message::new("a/#", "", QoS::AtMostOnce)),
+            Err(ClientError::InvalidTopic { .. })
+        ));
+        assert!(matches!(
+            s.unsubscribe(vec!["a/#/b".into()]),
+            Err(ClientError::InvalidTopic { .. })
+        ));
+    }
+}

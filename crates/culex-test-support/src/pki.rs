@@ -1,0 +1,170 @@
+//! Test certificates: a CA, a server certificate for `localhost` and `127.0.0.1`, client
+//! certificates (one from the CA, one from another CA), written as PEM files in a temporary
+//! directory, plus rustls client configurations that use them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use culex_config::Tls;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+/// The CN of [`Pki::CLIENT_CERT`].
+pub const CLIENT_CN: &str = "alice";
+
+/// Certificates and keys in a temporary directory (removed on drop).
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// The CA certificate.
+    pub const CA: &'static str = "ca.pem";
+    /// The server certificate (SANs `localhost` and `127.0.0.1`), signed by the CA.
+    pub const SERVER_CERT: &'static str = "server.pem";
+    /// The server certificate's key (PKCS#8).
+    pub const SERVER_KEY: &'static str = "server.key";
+    /// A client certificate with CN [`CLIENT_CN`], signed by the CA.
+    pub const CLIENT_CERT: &'static str = "client.pem";
+    /// Its key.
+    pub const CLIENT_KEY: &'static str = "client.key";
+    /// Another CA.
+    pub const OTHER_CA: &'static str = "other-ca.pem";
+    /// A client certificate (CN `mallory`) signed by the other CA.
+    pub const OTHER_CLIENT_CERT: &'static str = "other-client.pem";
+    /// Its key.
+    pub const OTHER_CLIENT_KEY: &'static str = "other-client.key";
+    /// A key that belongs to no certificate.
+    pub const UNRELATED_KEY: &'static str = "unrelated.key";
+
+    /// Generates everything.
+    pub fn new() -> Result<Pki> {
+        let dir = tempfile::tempdir()?;
+        let write = |name: &str, text: &str| -> Result<()> {
+            std::fs::write(dir.path().join(name), text).with_context(|| format!("write {name}"))
+        };
+
+        let (ca_pem, ca) = make_ca("Culex test CA")?;
+        write(Self::CA, &ca_pem)?;
+        let (other_pem, other) = make_ca("Another CA")?;
+        write(Self::OTHER_CA, &other_pem)?;
+
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate()?;
+        write(
+            Self::SERVER_CERT,
+            &server.signed_by(&server_key, &ca)?.pem(),
+        )?;
+        write(Self::SERVER_KEY, &server_key.serialize_pem())?;
+
+        for (cn, issuer, cert, key) in [
+            (CLIENT_CN, &ca, Self::CLIENT_CERT, Self::CLIENT_KEY),
+            (
+                "mallory",
+                &other,
+                Self::OTHER_CLIENT_CERT,
+                Self::OTHER_CLIENT_KEY,
+            ),
+        ] {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let k = KeyPair::generate()?;
+            write(cert, &params.signed_by(&k, issuer)?.pem())?;
+            write(key, &k.serialize_pem())?;
+        }
+        write(Self::UNRELATED_KEY, &KeyPair::generate()?.serialize_pem())?;
+        Ok(Pki { dir })
+    }
+
+    /// The path of one of the files (`Pki::CA`, ...).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The contents of one of the files.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        std::fs::read(self.path(name)).with_context(|| format!("read {name}"))
+    }
+
+    /// Server TLS settings: the server certificate and key, no client certificates.
+    pub fn server_tls(&self) -> Tls {
+        Tls::new(self.path(Self::SERVER_CERT), self.path(Self::SERVER_KEY))
+    }
+
+    /// Server TLS settings that verify client certificates against the CA.
+    pub fn server_tls_with_ca(&self, require_certificate: bool) -> Tls {
+        Tls {
+            cafile: Some(self.path(Self::CA)),
+            require_certificate,
+            ..self.server_tls()
+        }
+    }
+
+    /// A rustls client configuration trusting the CA, with an optional client certificate
+    /// (`(cert file, key file)`) and the given protocol versions (empty: rustls's defaults).
+    pub fn client_config(
+        &self,
+        client_cert: Option<(&str, &str)>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<ClientConfig>> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.path(Self::CA))? {
+            roots.add(cert?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider);
+        let builder = if versions.is_empty() {
+            builder.with_safe_default_protocol_versions()?
+        } else {
+            builder.with_protocol_versions(versions)?
+        }
+        .with_root_certificates(roots);
+        let config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(self.path(cert))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let key = PrivateKeyDer::from_pem_file(self.path(key))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+
+    /// The server name clients verify: `localhost`.
+    pub fn server_name() -> Result<ServerName<'static>> {
+        Ok(ServerName::try_from("localhost")?)
+    }
+}
+
+fn make_ca(cn: &str) -> Result<(String, Issuer<'static, KeyPair>)> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}

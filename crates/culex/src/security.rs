@@ -1,0 +1,164 @@
+//! Authentication and access control from files: the password file and the ACL file of one
+//! listener (or of all listeners without `per_listener_settings`), swapped whole on reload.
+//!
+//! A reload parses every file first and swaps only if all of them parsed; on any error the
+//! rules in force stay in force. It never falls back to allowing everyone.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use culex_auth::{Access, AclFile, AuthResult, PasswordFile};
+use culex_broker::AccessPolicy;
+use culex_config::Security;
+use culex_proto::ReasonCode;
+use tracing::{info, warn};
+
+/// The rules in force at one moment.
+#[derive(Debug)]
+struct Rules {
+    allow_anonymous: bool,
+    passwords: Option<Arc<PasswordFile>>,
+    acl: Option<AclFile>,
+}
+
+/// Why a reload or the initial load failed: the message names the file and line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct SecurityError(String);
+
+/// The security of one listener scope, shared by its connections and by the router (as the
+/// sessions' [`AccessPolicy`]).
+#[derive(Debug)]
+pub(crate) struct SecurityHandle {
+    source: Security,
+    rules: ArcSwap<Rules>,
+}
+
+impl SecurityHandle {
+    /// Loads the files named in `source`. Errors name the file and line.
+    pub(crate) fn load(source: &Security) -> Result<SecurityHandle, SecurityError> {
+        let rules = load_rules(source)?;
+        Ok(SecurityHandle {
+            source: source.clone(),
+            rules: ArcSwap::from_pointee(rules),
+        })
+    }
+
+    /// Re-reads the files. On error the previous rules stay in force.
+    pub(crate) fn reload(&self) -> Result<(), SecurityError> {
+        let rules = load_rules(&self.source)?;
+        self.rules.store(Arc::new(rules));
+        Ok(())
+    }
+
+    /// Decides whether a CONNECT may proceed, and under which user name.
+    ///
+    /// `identity` (a verified client certificate's CN on a `use_identity_as_username` listener)
+    /// takes the place of the user name and password. Otherwise a user name is checked against
+    /// the password file; without a password file a user name authenticates nothing, as in
+    /// Mosquitto 2. Failures answer 5 (3.1.1) / 0x87 (5.0), as Mosquitto does.
+    pub(crate) async fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        identity: Option<&str>,
+    ) -> Result<Option<String>, ReasonCode> {
+        if let Some(id) = identity {
+            return Ok(Some(id.to_string()));
+        }
+        let rules = self.rules.load_full();
+        let Some(user) = username else {
+            return if rules.allow_anonymous {
+                Ok(None)
+            } else {
+                Err(ReasonCode::NotAuthorized)
+            };
+        };
+        let Some(passwords) = rules.passwords.clone() else {
+            return if rules.allow_anonymous {
+                // Nothing to check the name against; it is taken as given (Mosquitto does the
+                // same when anonymous access is allowed).
+                Ok(Some(user.to_string()))
+            } else {
+                Err(ReasonCode::NotAuthorized)
+            };
+        };
+        let user_owned = user.to_string();
+        let password = password.unwrap_or_default().to_vec();
+        // Hash checks cost tens of milliseconds by design; keep them off the IO threads.
+        let result =
+            tokio::task::spawn_blocking(move || passwords.check(&user_owned, &password)).await;
+        match result {
+            Ok(AuthResult::Ok) => Ok(Some(user.to_string())),
+            Ok(AuthResult::UnknownUser) => {
+                info!(user, "authentication failed: unknown user");
+                Err(ReasonCode::NotAuthorized)
+            }
+            Ok(AuthResult::BadPassword) => {
+                info!(user, "authentication failed: wrong password");
+                Err(ReasonCode::NotAuthorized)
+            }
+            Err(e) => {
+                warn!(error = %e, "password check did not complete");
+                Err(ReasonCode::ServerUnavailable)
+            }
+        }
+    }
+
+    fn acl_allows(&self, username: Option<&str>, client_id: &str, topic: &str, a: Access) -> bool {
+        match &self.rules.load().acl {
+            Some(acl) => acl.check(username, client_id, topic, a),
+            None => true,
+        }
+    }
+}
+
+impl AccessPolicy for SecurityHandle {
+    fn can_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.acl_allows(username, client_id, topic, Access::Read)
+    }
+
+    fn can_write(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        // Clients never write the broker's own tree, whatever the ACL says.
+        if topic.starts_with("$SYS") {
+            return false;
+        }
+        self.acl_allows(username, client_id, topic, Access::Write)
+    }
+
+    fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
+        self.acl_allows(username, client_id, filter, Access::Subscribe)
+    }
+}
+
+fn load_rules(source: &Security) -> Result<Rules, SecurityError> {
+    let passwords = match &source.password_file {
+        Some(path) => Some(Arc::new(load_passwords(path)?)),
+        None => None,
+    };
+    let acl = match &source.acl_file {
+        Some(path) => {
+            let acl = AclFile::load(path).map_err(|e| SecurityError(format!("acl_file: {e}")))?;
+            for w in acl.warnings() {
+                warn!("{w}");
+            }
+            Some(acl)
+        }
+        None => None,
+    };
+    Ok(Rules {
+        allow_anonymous: source.allow_anonymous,
+        passwords,
+        acl,
+    })
+}
+
+fn load_passwords(path: &Path) -> Result<PasswordFile, SecurityError> {
+    let (file, warnings) =
+        PasswordFile::load(path).map_err(|e| SecurityError(format!("password_file: {e}")))?;
+    for w in warnings {
+        warn!("{w}");
+    }
+    Ok(file)
+}

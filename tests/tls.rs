@@ -1,0 +1,415 @@
+//! TLS listeners end to end: the real server on 127.0.0.1 port 0 with certificates generated
+//! for the test (`culex_test_support::pki`), driven by `rumqttc` (its own rustls) and by a raw
+//! tokio-rustls client with hand-built MQTT packets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::BytesMut;
+use culex_config::{Config, Listener, Tls, TlsVersion};
+use culex_proto::{decode, encode, ConnAck, Connect, Packet, Properties, Protocol};
+use culex_test_support::pki::{Pki, CLIENT_CN};
+use culex_test_support::{TestBroker, WAIT};
+use rumqttc::{AsyncClient, Event, MqttOptions, QoS, TlsConfiguration, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A broker with one TLS listener on 127.0.0.1:0.
+async fn tls_broker(tls: Tls) -> Result<TestBroker> {
+    let config = Config {
+        listeners: vec![Listener::new("127.0.0.1", 0).with_tls(tls)],
+        ..Config::default()
+    };
+    TestBroker::start_exact(config).await
+}
+
+fn connect_packet(protocol: Protocol, client_id: &str) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }))
+}
+
+/// What happened to a raw TLS MQTT connection attempt.
+#[derive(Debug)]
+enum Outcome {
+    /// The broker answered CONNECT with this CONNACK.
+    ConnAck(Box<ConnAck>),
+    /// The TLS handshake failed, or the connection was closed or reset before a CONNACK.
+    Refused(String),
+}
+
+/// Connects over TLS with `config`, sends CONNECT and waits for the CONNACK.
+async fn raw_tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    protocol: Protocol,
+) -> Result<Outcome> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = TlsConnector::from(config);
+    let mut tls = match tokio::time::timeout(WAIT, connector.connect(Pki::server_name()?, tcp))
+        .await
+        .context("TLS handshake timed out")?
+    {
+        Ok(s) => s,
+        Err(e) => return Ok(Outcome::Refused(format!("handshake: {e}"))),
+    };
+    let mut out = BytesMut::new();
+    encode(&connect_packet(protocol, "raw-tls"), protocol, &mut out)?;
+    if let Err(e) = tls.write_all(&out).await {
+        return Ok(Outcome::Refused(format!("write: {e}")));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(p) = decode(&mut buf, Some(protocol), u32::MAX)? {
+            return match p {
+                Packet::ConnAck(ack) => Ok(Outcome::ConnAck(Box::new(ack))),
+                other => bail!("expected CONNACK, got {other:?}"),
+            };
+        }
+        match tokio::time::timeout(WAIT, tls.read_buf(&mut buf))
+            .await
+            .context("timed out waiting for CONNACK")?
+        {
+            Ok(0) => return Ok(Outcome::Refused("closed".into())),
+            Ok(_) => {}
+            Err(e) => return Ok(Outcome::Refused(format!("read: {e}"))),
+        }
+    }
+}
+
+/// Why the connection was refused, if it was.
+fn refusal(outcome: &Outcome) -> Option<&str> {
+    match outcome {
+        Outcome::Refused(why) => Some(why),
+        Outcome::ConnAck(_) => None,
+    }
+}
+
+fn accepted(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::ConnAck(ack) if ack.reason_code.as_u8() == 0)
+}
+
+/// Subscribes, publishes and receives one message through the broker with `rumqttc`.
+async fn rumqttc_round_trip(mut opts: MqttOptions, topic: &str) -> Result<()> {
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client.subscribe(topic, QoS::AtLeastOnce).await?;
+    let mut published = false;
+    loop {
+        let event = tokio::time::timeout(WAIT, eventloop.poll())
+            .await
+            .context("rumqttc timed out")??;
+        match event {
+            Event::Incoming(rumqttc::Packet::SubAck(_)) if !published => {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, "over tls")
+                    .await?;
+                published = true;
+            }
+            Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                ensure!(p.topic == topic, "topic {}", p.topic);
+                ensure!(&p.payload[..] == b"over tls", "payload {:?}", p.payload);
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_round_trip_with_server_verification() -> Result<()> {
+    let pki = Pki::new()?;
+    let broker = tls_broker(pki.server_tls()).await?;
+    let mut opts = MqttOptions::new("tls-rt", "localhost", broker.port());
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: pki.read(Pki::CA)?,
+        alpn: None,
+        client_auth: None,
+    }));
+    rumqttc_round_trip(opts, "tls/round/trip").await?;
+
+    // MQTT 5.0 over TLS with a raw client.
+    let outcome = raw_tls_connect(broker.addr, pki.client_config(None, &[])?, Protocol::V5).await?;
+    ensure!(accepted(&outcome), "{outcome:?}");
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_that_does_not_trust_the_server_fails() -> Result<()> {
+    let pki = Pki::new()?;
+    let other = Pki::new()?;
+    let broker = tls_broker(pki.server_tls()).await?;
+    // Trusts another CA: the client refuses the server's certificate.
+    let outcome =
+        raw_tls_connect(broker.addr, other.client_config(None, &[])?, Protocol::V311).await?;
+    ensure!(refusal(&outcome).is_some(), "{outcome:?}");
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn require_certificate_refuses_clients_without_one() -> Result<()> {
+    let pki = Pki::new()?;
+    let broker = tls_broker(pki.server_tls_with_ca(true)).await?;
+
+    let outcome =
+        raw_tls_connect(broker.addr, pki.client_config(None, &[])?, Protocol::V311).await?;
+    ensure!(refusal(&outcome).is_some(), "{outcome:?}");
+
+    let with_cert = pki.client_config(Some((Pki::CLIENT_CERT, Pki::CLIENT_KEY)), &[])?;
+    let outcome = raw_tls_connect(broker.addr, with_cert, Protocol::V311).await?;
+    ensure!(accepted(&outcome), "{outcome:?}");
+
+    // rumqttc with a client certificate, too.
+    let mut opts = MqttOptions::new("tls-client-cert", "localhost", broker.port());
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: pki.read(Pki::CA)?,
+        alpn: None,
+        client_auth: Some((pki.read(Pki::CLIENT_CERT)?, pki.read(Pki::CLIENT_KEY)?)),
+    }));
+    rumqttc_round_trip(opts, "tls/client/cert").await?;
+
+    ensure!(broker.server().counters().tls_handshake_failures.get() >= 1);
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_certificate_from_another_ca_is_refused() -> Result<()> {
+    let pki = Pki::new()?;
+    // Even when certificates are optional, one that does not verify is refused.
+    for require in [true, false] {
+        let broker = tls_broker(pki.server_tls_with_ca(require)).await?;
+        let config =
+            pki.client_config(Some((Pki::OTHER_CLIENT_CERT, Pki::OTHER_CLIENT_KEY)), &[])?;
+        let outcome = raw_tls_connect(broker.addr, config, Protocol::V5).await?;
+        ensure!(
+            refusal(&outcome).is_some(),
+            "require_certificate {require}: {outcome:?}"
+        );
+        // Optional certificates: a client without one is fine.
+        if !require {
+            let outcome =
+                raw_tls_connect(broker.addr, pki.client_config(None, &[])?, Protocol::V5).await?;
+            ensure!(accepted(&outcome), "{outcome:?}");
+        }
+        broker.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn use_identity_as_username_needs_a_certificate() -> Result<()> {
+    let pki = Pki::new()?;
+    let tls = Tls {
+        use_identity_as_username: true,
+        ..pki.server_tls_with_ca(false)
+    };
+    let broker = tls_broker(tls).await?;
+
+    let with_cert = pki.client_config(Some((Pki::CLIENT_CERT, Pki::CLIENT_KEY)), &[])?;
+    let outcome = raw_tls_connect(broker.addr, with_cert, Protocol::V311).await?;
+    // The identity (CN `alice`) becomes the username; ACL tests check what it may do.
+    ensure!(accepted(&outcome), "{CLIENT_CN}: {outcome:?}");
+
+    // Without a certificate the handshake succeeds (certificates are optional on this
+    // listener), but the connection is closed: there is no identity to use.
+    let outcome =
+        raw_tls_connect(broker.addr, pki.client_config(None, &[])?, Protocol::V311).await?;
+    ensure!(refusal(&outcome).is_some(), "{outcome:?}");
+    ensure!(broker.server().counters().auth_failures.get() >= 1);
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_version_13_refuses_tls_12_clients() -> Result<()> {
+    let pki = Pki::new()?;
+    let tls = Tls {
+        tls_version: TlsVersion::V1_3,
+        ..pki.server_tls()
+    };
+    let broker = tls_broker(tls).await?;
+    let tls12 = pki.client_config(None, &[&rustls::version::TLS12])?;
+    let outcome = raw_tls_connect(broker.addr, tls12, Protocol::V311).await?;
+    ensure!(refusal(&outcome).is_some(), "{outcome:?}");
+    let tls13 = pki.client_config(None, &[&rustls::version::TLS13])?;
+    let outcome = raw_tls_connect(broker.addr, tls13, Protocol::V311).await?;
+    ensure!(accepted(&outcome), "{outcome:?}");
+    ensure!(broker.server().counters().tls_handshake_failures.get() >= 1);
+    broker.stop().await;
+
+    // The default (tlsv1.2) accepts both.
+    let broker = tls_broker(pki.server_tls()).await?;
+    let tls12 = pki.client_config(None, &[&rustls::version::TLS12])?;
+    let outcome = raw_tls_connect(broker.addr, tls12, Protocol::V311).await?;
+    ensure!(accepted(&outcome), "{outcome:?}");
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn silent_and_plain_clients_do_not_block_accepting() -> Result<()> {
+    let pki = Pki::new()?;
+    let broker = tls_broker(pki.server_tls()).await?;
+    // Clients that never start the handshake...
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(broker.addr).await?);
+    }
+    // ...and one speaking plain MQTT to the TLS port.
+    let mut plain = TcpStream::connect(broker.addr).await?;
+    let mut out = BytesMut::new();
+    encode(
+        &connect_packet(Protocol::V311, "plain"),
+        Protocol::V311,
+        &mut out,
+    )?;
+    plain.write_all(&out).await?;
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(WAIT, plain.read_to_end(&mut sink)).await;
+    ensure!(read.is_ok(), "plain client on a TLS port should be dropped");
+
+    // A TLS client is served meanwhile.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw_tls_connect(broker.addr, pki.client_config(None, &[])?, Protocol::V5),
+    )
+    .await
+    .context("a silent client blocked the listener")??;
+    ensure!(accepted(&outcome), "{outcome:?}");
+    drop(silent);
+    broker.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn startup_errors_name_listener_option_and_file() -> Result<()> {
+    let pki = Pki::new()?;
+    let mismatched = Tls::new(pki.path(Pki::SERVER_CERT), pki.path(Pki::UNRELATED_KEY));
+    let e = tls_broker(mismatched).await.expect_err("mismatched key");
+    let text = format!("{e:#}");
+    ensure!(
+        text.contains("listener 127.0.0.1:0: keyfile ")
+            && text.contains(Pki::UNRELATED_KEY)
+            && text.contains("does not match certfile"),
+        "{text}"
+    );
+
+    // A key where the certificate should be.
+    let swapped = Tls::new(pki.path(Pki::SERVER_KEY), pki.path(Pki::SERVER_KEY));
+    let e = tls_broker(swapped).await.expect_err("no certificate");
+    let text = format!("{e:#}");
+    ensure!(
+        text.contains("certfile ") && text.contains("no certificate found"),
+        "{text}"
+    );
+
+    // A certificate where the key should be.
+    let swapped = Tls::new(pki.path(Pki::SERVER_CERT), pki.path(Pki::SERVER_CERT));
+    let e = tls_broker(swapped).await.expect_err("no key");
+    let text = format!("{e:#}");
+    ensure!(
+        text.contains("keyfile ") && text.contains("no private key found"),
+        "{text}"
+    );
+
+    // culex::check_tls finds the same without starting anything.
+    let config = Config {
+        listeners: vec![Listener::new("127.0.0.1", 0).with_tls(Tls::new(
+            pki.path(Pki::SERVER_CERT),
+            pki.path(Pki::UNRELATED_KEY),
+        ))],
+        ..Config::default()
+    };
+    let e = culex::check_tls(&config).expect_err("mismatch");
+    ensure!(e.to_string().contains("does not match certfile"), "{e}");
+    Ok(())
+}
+
+/// Runs the real binary with `args`; returns (success, stdout + stderr).
+fn culex(args: &[&str], dir: &std::path::Path) -> Result<(bool, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_culex"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[test]
+fn binary_reports_bad_tls_files() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = pki.dir();
+    // Relative paths are relative to the working directory (here the PKI directory).
+    let good = "listener 0 127.0.0.1\ncertfile server.pem\nkeyfile server.key\ncafile ca.pem\nrequire_certificate true\n";
+    std::fs::write(dir.join("good.conf"), good)?;
+    let (ok, text) = culex(&["--check", "-c", "good.conf"], dir)?;
+    ensure!(ok, "{text}");
+
+    std::fs::write(
+        dir.join("missing.conf"),
+        "listener 0 127.0.0.1\ncertfile nope.pem\nkeyfile server.key\n",
+    )?;
+    let (ok, text) = culex(&["--check", "-c", "missing.conf"], dir)?;
+    ensure!(!ok, "{text}");
+    ensure!(
+        text.contains("missing.conf:2: option 'certfile': cannot read 'nope.pem'"),
+        "{text}"
+    );
+
+    std::fs::write(
+        dir.join("missing.toml"),
+        "[[listeners]]\nhost = \"127.0.0.1\"\nport = 0\n[listeners.tls]\ncertfile = \"server.pem\"\nkeyfile = \"nope.key\"\n",
+    )?;
+    let (ok, text) = culex(&["--check", "-c", "missing.toml"], dir)?;
+    ensure!(!ok, "{text}");
+    ensure!(
+        text.contains("missing.toml:6: option 'listeners[0].tls.keyfile': cannot read 'nope.key'"),
+        "{text}"
+    );
+
+    std::fs::write(
+        dir.join("nokey.conf"),
+        "listener 0 127.0.0.1\ncertfile server.pem\n",
+    )?;
+    let (ok, text) = culex(&["--check", "-c", "nokey.conf"], dir)?;
+    ensure!(
+        !ok && text.contains("certfile is given without keyfile"),
+        "{text}"
+    );
+
+    // A key that does not match the certificate: found when the broker starts.
+    std::fs::write(
+        dir.join("mismatch.conf"),
+        "listener 0 127.0.0.1\ncertfile server.pem\nkeyfile unrelated.key\n",
+    )?;
+    let (ok, text) = culex(&["-c", "mismatch.conf"], dir)?;
+    ensure!(!ok, "{text}");
+    ensure!(
+        text.contains(
+            "listener 127.0.0.1:0: keyfile unrelated.key: does not match certfile server.pem"
+        ),
+        "{text}"
+    );
+    Ok(())
+}
