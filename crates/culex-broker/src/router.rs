@@ -341,7 +341,7 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let resend = s.outgoing.redeliver(now, &mut self.stats.dropped_expired);
+        let resend = s.outgoing.redeliver(now);
         for r in resend {
             match r {
                 Resend::Publish(d) => self.send_delivery(sid, d),

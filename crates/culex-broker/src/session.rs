@@ -211,9 +211,8 @@ impl Outgoing {
 
     /// Everything to resend when a persistent session reconnects, in original order: PUBLISH
     /// with DUP for unacknowledged messages, PUBREL for those past PUBREC [MQTT-4.4.0-1].
-    /// Messages that expired meanwhile are dropped (counted in `expired`) unless already at
-    /// PUBREL.
-    pub(crate) fn redeliver(&mut self, now: Instant, expired: &mut u64) -> Vec<Resend> {
+    /// Expiry does not apply to them: their delivery has started.
+    pub(crate) fn redeliver(&mut self, now: Instant) -> Vec<Resend> {
         let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
         ids.sort_unstable();
         let mut out = Vec::with_capacity(ids.len());
@@ -221,12 +220,10 @@ impl Outgoing {
             let Some(f) = self.inflight.get(&id) else {
                 continue;
             };
+            // Onward delivery has started for everything in flight, so expiry no longer
+            // applies: it is resent whatever its age (MQTT 5 section 3.3.2.3.3).
             match f.state {
                 InflightState::Released => out.push(Resend::PubRel(id)),
-                _ if f.pending.message.is_expired(now) => {
-                    *expired += 1;
-                    self.inflight.remove(&id);
-                }
                 _ => out.push(Resend::Publish(Delivery {
                     message: Arc::clone(&f.pending.message),
                     qos: f.pending.qos,
@@ -399,8 +396,7 @@ mod tests {
         assert!(!o.comp(a_id), "PUBCOMP before PUBREC is ignored");
         assert!(o.rec(a_id, false));
         assert!(o.rec(a_id, false), "a repeated PUBREC gets PUBREL again");
-        let mut expired = 0;
-        let resend = o.redeliver(now, &mut expired);
+        let resend = o.redeliver(now);
         assert!(matches!(resend[0], Resend::PubRel(id) if id == a_id));
         match &resend[1] {
             Resend::Publish(d) => {
@@ -442,6 +438,23 @@ mod tests {
         assert_eq!(expired, 1);
         assert_eq!(out.len(), 1);
         assert_eq!(&*out[0].message.topic, "new");
+    }
+
+    #[test]
+    fn expired_inflight_message_is_still_redelivered() {
+        let t0 = Instant::now();
+        let mut o = Outgoing::default();
+        let m = msg("a", Some(t0 + Duration::from_secs(1)));
+        let d = o.start(pending(m, QoS::ExactlyOnce), t0);
+        let resend = o.redeliver(t0 + Duration::from_secs(60));
+        match resend.as_slice() {
+            [Resend::Publish(again)] => {
+                assert!(again.dup);
+                assert_eq!(again.packet_id, d.packet_id);
+                assert_eq!(again.expiry_interval, Some(0));
+            }
+            other => panic!("expected one PUBLISH, got {other:?}"),
+        }
     }
 
     #[test]
