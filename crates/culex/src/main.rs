@@ -99,8 +99,10 @@ fn main() -> ExitCode {
 
 /// Runs the server until SIGINT/SIGTERM; SIGHUP reloads password, ACL and certificate files.
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let server = culex::start(config).await?;
+    // Handlers first: a signal that arrives while the listeners are being bound must take the
+    // clean path, not the default action.
     let mut signals = Signals::new()?;
+    let server = culex::start(config).await?;
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading password, ACL and certificate files");
         // Failures are logged and counted by reload(); the old rules stay in force.

@@ -266,8 +266,19 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     let mut listeners = Vec::new();
     for ((index, l), tls) in config.listeners.iter().enumerate().zip(tls) {
         for addr in resolve(l.host.as_deref(), l.port).await? {
-            let listener = bind(addr)
-                .with_context(|| format!("cannot listen on {addr} (listener port {})", l.port))?;
+            let listener = match bind(addr) {
+                Ok(listener) => listener,
+                Err(e) if addr.is_ipv6() && ipv6_unavailable(&e) => {
+                    // A host without IPv6 (common in containers) still serves IPv4.
+                    warn!("not listening on {addr}: IPv6 is not available here ({e})");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot listen on {addr} (listener port {})", l.port)
+                    })
+                }
+            };
             let ctx = Arc::new(ListenerCtx {
                 local: listener.local_addr()?,
                 protocol: l.protocol,
@@ -281,6 +292,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
             });
             listeners.push((listener, ctx));
         }
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("no listener could be bound");
     }
     let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, ctx)| ctx.local).collect();
     for (_, ctx) in &listeners {
@@ -369,6 +383,12 @@ async fn resolve(host: Option<&str>, port: u16) -> Result<Vec<SocketAddr>> {
             Ok(found)
         }
     }
+}
+
+/// True for the errors a host without IPv6 gives when asked to bind an IPv6 address.
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    // EAFNOSUPPORT (97) is not mapped to an ErrorKind on stable Rust.
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
