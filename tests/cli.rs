@@ -5,6 +5,7 @@
 //! port: brokers listen on port 0 and the test reads the port from the `listening on ADDR` log
 //! line. Tests synchronise on events (log lines, MQTT acks, process exit) with generous
 //! deadlines, and a [`Broker`] guard kills the child process if a test fails half-way.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

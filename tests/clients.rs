@@ -8,8 +8,7 @@
 //! and a subscriber's output is polled until the expected text appears. Every child process is
 //! killed when its guard drops, so a failing test leaves nothing behind. Tests that need
 //! Mosquitto's programs print a note and pass when they are not installed.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,7 @@
 //! `culex passwd`, run as the real binary; results are checked with culex-auth and, when the
 //! Mosquitto tools are installed (CI installs Debian's `mosquitto`), against `mosquitto_passwd`
 //! and the `mosquitto` broker.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

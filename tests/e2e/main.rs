@@ -5,8 +5,7 @@
 //! Every test starts its own broker. Tests synchronise on packets (SUBACK before publishing, a
 //! marker message after one that must not arrive) instead of sleeping; spec rules checked are
 //! named in comments as `[MQTT-x.y.z-n]`.
-
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 mod connect;
 mod flow;

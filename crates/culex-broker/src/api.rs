@@ -10,6 +10,7 @@ use culex_proto::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::message::Message;
+use crate::stats::RouterSnapshot;
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -148,6 +149,17 @@ pub enum Command {
         session_expiry: Option<u32>,
         /// QoS 2 packet identifiers still awaiting PUBREL.
         inbound_qos2: Vec<u16>,
+    },
+    /// Asks for a [`RouterSnapshot`] (metrics scrape, `$SYS` update).
+    Stats {
+        /// Where the snapshot goes.
+        reply: oneshot::Sender<RouterSnapshot>,
+    },
+    /// A message the broker publishes itself (`$SYS`): no ACL check on publishing (readers'
+    /// ACLs still apply), no origin, not counted as received from a client.
+    PublishInternal {
+        /// The message.
+        message: Message,
     },
 }
 

@@ -8,6 +8,7 @@
 
 mod api;
 mod message;
+pub mod persist;
 pub mod retained;
 mod router;
 mod session;
@@ -22,4 +23,4 @@ pub use api::{
 pub use message::Message;
 pub use router::Router;
 pub use settings::BrokerSettings;
-pub use stats::RouterStats;
+pub use stats::{RouterSnapshot, RouterStats};

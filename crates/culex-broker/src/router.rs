@@ -24,7 +24,7 @@ use crate::message::Message;
 use crate::retained::RetainedStore;
 use crate::session::{Link, Pending, PendingWill, Resend, Session, Subscription};
 use crate::settings::BrokerSettings;
-use crate::stats::RouterStats;
+use crate::stats::{RouterSnapshot, RouterStats};
 use crate::trie::SubscriptionTree;
 
 type SessionId = u64;
@@ -118,6 +118,32 @@ impl Router {
         })
     }
 
+    /// Counters and gauges at this moment. Queued and in-flight totals are summed over the
+    /// sessions (O(sessions)); it is called once per scrape or `$SYS` update, not per message.
+    pub fn snapshot(&self) -> RouterSnapshot {
+        let (mut queued, mut queued_bytes, mut inflight) = (0u64, 0u64, 0u64);
+        for s in self.sessions.values() {
+            queued += s.outgoing.queued_len() as u64;
+            queued_bytes += s.outgoing.queued_bytes();
+            inflight += s.outgoing.inflight_len() as u64;
+        }
+        let sessions = self.sessions.len() as u64;
+        let connected = self.by_conn.len() as u64;
+        RouterSnapshot {
+            stats: self.stats.clone(),
+            sessions,
+            connected,
+            offline_sessions: sessions.saturating_sub(connected),
+            subscriptions: self.tree.len() as u64,
+            shared_subscriptions: self.tree.shared_len() as u64,
+            retained_count: self.retained.len() as u64,
+            retained_bytes: self.retained_bytes,
+            queued,
+            queued_bytes,
+            inflight,
+        }
+    }
+
     /// Handles one command at time `now`.
     pub fn handle(&mut self, command: Command, now: Instant) {
         match command {
@@ -141,6 +167,14 @@ impl Router {
                     expires_at,
                     origin: Some(sid),
                 };
+                self.stats.messages_received += 1;
+                self.route(Arc::new(message), now);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::PublishInternal { message } => {
+                self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);
             }
             Command::PubAck { conn, packet_id } => {
@@ -589,6 +623,7 @@ impl Router {
             origin: None,
         };
         self.stats.wills_published += 1;
+        self.stats.messages_received += 1;
         self.route(Arc::new(message), now);
     }
 
@@ -625,7 +660,6 @@ impl Router {
 
     /// Routes a message to every matching subscription and updates the retained store.
     fn route(&mut self, message: Arc<Message>, now: Instant) {
-        self.stats.messages_received += 1;
         if message.retain {
             self.update_retained(&message, now);
         }

@@ -70,12 +70,10 @@ fn subscribe(r: &mut Router, now: Instant, c: &mut Client, filter: &str, qos: Qo
         now,
     );
     match c.rx.try_recv() {
-        Ok(Outbound::Packet(p)) if matches!(*p, Packet::SubAck(_)) => {
-            let Packet::SubAck(a) = *p else {
-                unreachable!()
-            };
-            assert_eq!(a.reason_codes, vec![ReasonCode::granted(qos)])
-        }
+        Ok(Outbound::Packet(p)) => match *p {
+            Packet::SubAck(a) => assert_eq!(a.reason_codes, vec![ReasonCode::granted(qos)]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        },
         other => panic!("expected SUBACK, got {other:?}"),
     }
 }
@@ -457,4 +455,59 @@ fn acl_withholds_reads_refuses_subscriptions_and_checks_wills_when_sent() {
     assert_eq!(next_topic(&mut c), None);
     assert_eq!(r.stats().dropped_acl_will, 1);
     assert_eq!(r.stats().subscriptions_denied, 1);
+}
+
+#[test]
+fn snapshot_counts_sessions_subscriptions_retained_and_queues() {
+    let now = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut sub = connect(&mut r, now, 1, "sub", false, u32::MAX, None);
+    subscribe(&mut r, now, &mut sub, "a/#", QoS::AtLeastOnce);
+    subscribe(&mut r, now, &mut sub, "$share/g/b", QoS::AtMostOnce);
+    let _pubr = connect(&mut r, now, 2, "pub", true, 0, None);
+    publish(&mut r, now, 2, "a/1", QoS::AtLeastOnce, true);
+    let s = r.snapshot();
+    assert_eq!((s.sessions, s.connected, s.offline_sessions), (2, 2, 0));
+    assert_eq!((s.subscriptions, s.shared_subscriptions), (2, 1));
+    assert_eq!((s.retained_count, s.retained_bytes), (1, 5));
+    assert_eq!((s.inflight, s.queued), (1, 0));
+    assert_eq!(s.stats.messages_received, 1);
+    disconnect(&mut r, now, 1, DisconnectKind::Normal);
+    publish(&mut r, now, 2, "a/2", QoS::AtLeastOnce, false);
+    let s = r.snapshot();
+    assert_eq!((s.sessions, s.connected, s.offline_sessions), (2, 1, 1));
+    assert_eq!((s.inflight, s.queued), (1, 1));
+    assert_eq!(s.queued_bytes, 8, "topic a/2 + payload hello");
+
+    // Stats over the channel: the same snapshot.
+    let (reply, mut rx) = oneshot::channel();
+    r.handle(Command::Stats { reply }, now);
+    assert_eq!(rx.try_recv().expect("answered at once"), s);
+}
+
+#[test]
+fn internal_publish_is_routed_and_retained_but_not_counted_as_received() {
+    let now = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut c = connect(&mut r, now, 1, "c", true, 0, None);
+    subscribe(&mut r, now, &mut c, "$SYS/#", QoS::AtMostOnce);
+    r.handle(
+        Command::PublishInternal {
+            message: crate::Message {
+                topic: "$SYS/broker/uptime".into(),
+                payload: Bytes::from_static(b"1 seconds"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            },
+        },
+        now,
+    );
+    assert_eq!(next_topic(&mut c).as_deref(), Some("$SYS/broker/uptime"));
+    let s = r.snapshot();
+    assert_eq!(s.stats.messages_received, 0);
+    assert_eq!(s.stats.internal_published, 1);
+    assert_eq!(s.retained_count, 1);
 }

@@ -88,6 +88,10 @@ impl Outgoing {
         self.queue.len()
     }
 
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
     /// Adds a QoS 1/2 message behind the window, within the queue limits.
     pub(crate) fn enqueue(
         &mut self,

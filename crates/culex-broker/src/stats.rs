@@ -27,4 +27,47 @@ pub struct RouterStats {
     pub wills_published: u64,
     /// Sessions removed because their expiry interval elapsed.
     pub sessions_expired: u64,
+    /// Messages the broker published itself (`$SYS`); not in `messages_received`.
+    pub internal_published: u64,
+}
+
+impl RouterStats {
+    /// Every message the router dropped, whatever the reason (ACL denials included).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_outbox_full
+            + self.dropped_too_large
+            + self.dropped_expired
+            + self.dropped_offline_qos0
+            + self.dropped_acl_read
+            + self.dropped_acl_will
+    }
+}
+
+/// A consistent picture of the router at one moment: its counters and its gauges. The
+/// metrics endpoint and the `$SYS` publisher both read one, so their values agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouterSnapshot {
+    /// The counters.
+    pub stats: RouterStats,
+    /// Sessions, connected and offline.
+    pub sessions: u64,
+    /// Clients connected (sessions with a live connection).
+    pub connected: u64,
+    /// Persistent sessions whose client is not connected.
+    pub offline_sessions: u64,
+    /// Subscriptions (shared memberships included).
+    pub subscriptions: u64,
+    /// Shared-subscription memberships.
+    pub shared_subscriptions: u64,
+    /// Retained messages.
+    pub retained_count: u64,
+    /// Payload bytes of the retained messages.
+    pub retained_bytes: u64,
+    /// QoS 1/2 messages queued behind the in-flight windows, all sessions.
+    pub queued: u64,
+    /// Bytes (topic + payload) of the queued messages.
+    pub queued_bytes: u64,
+    /// QoS 1/2 messages in flight (sent, not yet acknowledged), all sessions.
+    pub inflight: u64,
 }

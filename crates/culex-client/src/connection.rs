@@ -206,6 +206,13 @@ impl Connection {
         Ok(self.published.drain().collect())
     }
 
+    /// Takes the completed publications not yet collected by [`Connection::wait_published`], as
+    /// (packet identifier, reason code) pairs, without waiting. Callers that queue many
+    /// publications with [`Connection::start_publish`] call it to learn of completions.
+    pub fn take_published(&mut self) -> Vec<(u16, ReasonCode)> {
+        self.published.drain().collect()
+    }
+
     /// Subscribes and waits for the SUBACK.
     pub async fn subscribe(
         &mut self,

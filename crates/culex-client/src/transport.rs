@@ -214,9 +214,20 @@ pub fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ClientError> {
             }
         }
     }
+    tls_config_with_roots(roots, tls, rustls::DEFAULT_VERSIONS)
+}
+
+/// Builds the rustls client configuration for `tls` with the given trusted `roots` (its
+/// `ca_file` is not read) and TLS protocol `versions`: for callers that assemble their own trust
+/// store, e.g. the platform's roots plus extra CA files, as bridges do.
+pub fn tls_config_with_roots(
+    roots: RootCertStore,
+    tls: &TlsOptions,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, ClientError> {
     let roots = Arc::new(roots);
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let builder = if tls.insecure {
         let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())

@@ -42,3 +42,27 @@ pub(crate) fn expiration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
     let s = String::deserialize(d)?;
     duration::parse_toml(&s).map_err(D::Error::custom)
 }
+
+/// `[sys] interval`: whole seconds (`10`) or a duration string (`"10s"`, `"1m"`); zero
+/// disables.
+pub(crate) fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("whole seconds or a duration string such as \"10s\"")
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("value {v} is out of range; allowed: 0 or more")))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Duration, E> {
+            duration::parse_seconds(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Visitor)
+}

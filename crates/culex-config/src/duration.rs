@@ -64,6 +64,20 @@ pub(crate) fn parse_toml(text: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+/// Parses an interval that may be zero (`sys_interval`): whole seconds (`"10"`) or a
+/// humantime string (`"10s"`, `"1m"`); `"0"` or `"0s"` is zero.
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(n) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(trimmed).map_err(|e| {
+        format!(
+            "invalid interval \"{text}\" ({e}); expected whole seconds such as 10, or a duration such as \"10s\" or \"1m\"; 0 disables"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +102,15 @@ mod tests {
         }
         assert!(parse_mosquitto("99999999999999999999y").is_err());
         assert!(parse_mosquitto("999999999999999999y").is_err());
+    }
+
+    #[test]
+    fn seconds_intervals() {
+        assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
     }
 
     #[test]

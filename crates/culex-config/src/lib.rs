@@ -18,8 +18,9 @@
 //!
 //! Defaults are defined in exactly one place: the [`Default`] impls of the
 //! model types below (plus [`Config::embedded_default`], which is
-//! `Config::default()`).
+//! `Config::default()` with the metrics endpoint on 127.0.0.1:9234).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,6 +50,14 @@ pub const DEFAULT_MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 /// The port a broker listens on when nothing else is said: 1883.
 pub const DEFAULT_PORT: u16 = 1883;
 
+/// Where the embedded default configuration (`culex` with no `-c` and no `-p`) serves
+/// metrics: 127.0.0.1:9234.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9234);
+
+/// Default `$SYS` update interval: 10 seconds (as Mosquitto).
+pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The complete broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,6 +80,123 @@ pub struct Config {
     pub sessions: Sessions,
     /// MQTT protocol feature settings.
     pub mqtt: Mqtt,
+    /// The metrics and health HTTP endpoint.
+    pub metrics: Metrics,
+    /// The `$SYS` topic tree.
+    pub sys: Sys,
+    /// Logging.
+    pub log: Log,
+}
+
+/// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port to serve on (`IP:PORT`; port 0 picks a free one). `None`, the
+    /// default for configuration files, serves nothing. mosquitto.conf: `metrics_listener`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The `$SYS/broker/...` topics the broker publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sys {
+    /// How often the tree is updated; zero disables it. Default 10 s. TOML: whole seconds
+    /// (`interval = 10`) or a duration string (`"10s"`); mosquitto.conf: `sys_interval N`.
+    #[serde(deserialize_with = "de::seconds")]
+    pub interval: Duration,
+}
+
+impl Default for Sys {
+    fn default() -> Self {
+        Sys {
+            interval: DEFAULT_SYS_INTERVAL,
+        }
+    }
+}
+
+/// Logging settings. `RUST_LOG` and `culex -v` override the level.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// Human-readable lines (the default) or JSON lines.
+    pub format: LogFormat,
+    /// The most verbose level logged. Default `info`.
+    pub level: LogLevel,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text. Written `text`.
+    #[default]
+    Text,
+    /// One JSON object per line. Written `json`.
+    Json,
+}
+
+impl LogFormat {
+    /// Every name, for messages.
+    pub const NAMES: &'static [&'static str] = &["text", "json"];
+
+    /// Parses `text` or `json`.
+    pub fn parse(text: &str) -> Option<LogFormat> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The most verbose level logged (`[log] level`; mosquitto.conf `log_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Nothing. Written `off` (mosquitto.conf `log_type none`).
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational messages too (connections, reloads). The default.
+    #[default]
+    Info,
+    /// Debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// Every name, least verbose first, for messages.
+    pub const NAMES: &'static [&'static str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+    /// Parses one of [`LogLevel::NAMES`].
+    pub fn parse(text: &str) -> Option<LogLevel> {
+        Some(match text {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+
+    /// The name, as a `tracing` filter directive understands it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// A TCP listener: plain MQTT, MQTT over TLS, or MQTT over WebSocket (with
@@ -384,7 +510,8 @@ impl Default for Mqtt {
 }
 
 impl Default for Config {
-    /// Same as [`Config::embedded_default`].
+    /// What a configuration file that sets nothing means: [`Config::embedded_default`]
+    /// without the metrics endpoint (a file serves metrics only when it says so).
     fn default() -> Self {
         Config {
             listeners: Listener::loopback(DEFAULT_PORT),
@@ -393,21 +520,30 @@ impl Default for Config {
             limits: Limits::default(),
             sessions: Sessions::default(),
             mqtt: Mqtt::default(),
+            metrics: Metrics::default(),
+            sys: Sys::default(),
+            log: Log::default(),
         }
     }
 }
 
 impl Config {
     /// Embedded default used when `culex` runs with no arguments: listeners
-    /// `127.0.0.1:1883` and `[::1]:1883`, `allow_anonymous = true`, all other
-    /// defaults. `configs/default.toml` in the repository is this
-    /// configuration written out.
+    /// `127.0.0.1:1883` and `[::1]:1883`, `allow_anonymous = true`, metrics on
+    /// [`DEFAULT_METRICS_LISTEN`], all other defaults. `configs/default.toml`
+    /// in the repository is this configuration written out.
     pub fn embedded_default() -> Config {
-        Config::default()
+        Config {
+            metrics: Metrics {
+                listen: Some(DEFAULT_METRICS_LISTEN),
+            },
+            ..Config::default()
+        }
     }
 
     /// `culex -p PORT` without a configuration file: the embedded default on
-    /// another port (loopback only, IPv4 and IPv6).
+    /// another port (loopback only, IPv4 and IPv6), without the metrics
+    /// endpoint, so that throwaway instances never clash on its port.
     pub fn embedded_on_port(port: u16) -> Config {
         Config {
             listeners: Listener::loopback(port),

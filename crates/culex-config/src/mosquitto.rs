@@ -12,7 +12,8 @@ use crate::error::{ConfigError, Diagnostic};
 use crate::options::{self, check_int, Kind, Spec, Value};
 use crate::validate::{self, Problem};
 use crate::{
-    duration, Config, Listener, ListenerProtocol, Loaded, Security, Tls, TlsVersion, DEFAULT_PORT,
+    duration, Config, Listener, ListenerProtocol, Loaded, LogLevel, Security, Tls, TlsVersion,
+    DEFAULT_PORT,
 };
 
 /// Options of one listener: they apply to the most recent `listener` line
@@ -184,7 +185,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "socket_domain",
     "start_type",
     "store_clean_interval",
-    "sys_interval",
     "threshold",
     "tls_engine",
     "tls_engine_kpass_sha1",
@@ -230,6 +230,8 @@ struct Reader {
     bind_address: Option<(String, Loc)>,
     /// Where each scalar option was last set.
     set_at: HashMap<&'static str, Loc>,
+    /// The most verbose of the `log_type` lines, if any.
+    log_type: Option<LogLevel>,
 }
 
 /// Loads a mosquitto.conf file (and the files it includes).
@@ -244,6 +246,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ConfigError> {
         default_port: None,
         bind_address: None,
         set_at: HashMap::new(),
+        log_type: None,
     };
     let text = read_text(path)?;
     reader.read(path, &text, 0);
@@ -367,10 +370,11 @@ impl Reader {
                 ),
             },
             "include_dir" => self.include_dir(loc, rest, level),
+            "log_type" => self.log_type(loc, words),
             _ => {
                 if let Some(key) = LISTENER_OPTIONS.iter().find(|k| **k == option) {
                     self.listener_option(loc, key, rest, words);
-                } else if let Some(spec) = options::find(option) {
+                } else if let Some(spec) = options::find_conf(option) {
                     self.scalar(loc, spec, rest, words);
                 } else if option.starts_with("log_") || IGNORED.contains(&option) {
                     self.warn(
@@ -492,9 +496,54 @@ impl Reader {
         }
     }
 
+    /// `log_type TYPE`, repeatable like Mosquitto's: the most verbose type given sets the
+    /// level (`debug` and `all`: debug; `error`: error; `warning`: warn; `notice`,
+    /// `information`, `subscribe`, `unsubscribe`, `websockets`: info; `none`: off).
+    fn log_type(&mut self, loc: &Loc, words: &[&str]) {
+        const ALLOWED: &str = "debug, error, warning, notice, information, subscribe, \
+                               unsubscribe, websockets, none or all";
+        let level = match words {
+            ["debug" | "all"] => LogLevel::Debug,
+            ["error"] => LogLevel::Error,
+            ["warning"] => LogLevel::Warn,
+            ["notice" | "information" | "subscribe" | "unsubscribe" | "websockets"] => {
+                LogLevel::Info
+            }
+            ["none"] => LogLevel::Off,
+            [] => {
+                self.error(
+                    loc,
+                    "log_type",
+                    format!("missing value; allowed: {ALLOWED}"),
+                );
+                return;
+            }
+            [word] => {
+                self.error(
+                    loc,
+                    "log_type",
+                    format!("invalid value '{word}'; allowed: {ALLOWED}"),
+                );
+                return;
+            }
+            _ => {
+                self.error(
+                    loc,
+                    "log_type",
+                    format!(
+                        "too many values '{}'; give one type per log_type line",
+                        words.join(" ")
+                    ),
+                );
+                return;
+            }
+        };
+        self.log_type = Some(self.log_type.map_or(level, |old| old.max(level)));
+    }
+
     /// An option from the shared table.
     fn scalar(&mut self, loc: &Loc, spec: &'static Spec, rest: &str, words: &[&str]) {
-        let key = spec.key;
+        let key = spec.conf_key;
         let expected = match spec.kind {
             Kind::Bool => "true or false".to_owned(),
             Kind::Int { allowed, .. } => allowed.to_owned(),
@@ -504,6 +553,9 @@ impl Reader {
                 "a duration such as 2d or 1w (units s, h, d, w, m = 30 days, y = 365 days)"
                     .to_owned()
             }
+            Kind::Seconds => "whole seconds, 0 or more (0 disables)".to_owned(),
+            Kind::SocketAddr => "IP:PORT such as 127.0.0.1:9234 or [::1]:9234".to_owned(),
+            Kind::Choice(words) => words.join(", "),
         };
         let value = match (spec.kind, words) {
             (_, []) => Err(format!("missing value; allowed: {expected}")),
@@ -520,6 +572,14 @@ impl Reader {
                 .map(Value::Int),
             (Kind::Duration, [word]) => {
                 duration::parse_mosquitto(word).map(|d| Value::Duration(Some(d)))
+            }
+            (Kind::Seconds, [word]) => word
+                .parse::<u64>()
+                .map(|n| Value::Seconds(std::time::Duration::from_secs(n)))
+                .map_err(|_| format!("invalid value '{word}'; allowed: {expected}")),
+            (Kind::SocketAddr, [word]) => options::parse_socket_addr(word).map(Value::Addr),
+            (Kind::Choice(allowed), [word]) => {
+                options::check_choice(allowed, word).map(|()| Value::Str((*word).to_owned()))
             }
         };
         match value {
@@ -615,6 +675,9 @@ impl Reader {
     /// Builds the listeners, applies the security options and the
     /// allow_anonymous rule, validates.
     fn finish(mut self, main_file: &Path) -> Result<Loaded, ConfigError> {
+        if let Some(level) = self.log_type {
+            self.config.log.level = level;
+        }
         let mut origins: Vec<Origin> = Vec::new();
         let mut listeners = Vec::new();
         let mut opts = Vec::new();
@@ -970,9 +1033,20 @@ fn unknown_option_message(option: &str) -> String {
 
 /// Every option name this syntax accepts without an error.
 fn supported_options() -> Vec<&'static str> {
-    let mut names = vec!["listener", "port", "bind_address", "include_dir"];
+    let mut names = vec![
+        "listener",
+        "port",
+        "bind_address",
+        "include_dir",
+        "log_type",
+    ];
     names.extend(LISTENER_OPTIONS);
-    names.extend(options::OPTIONS.iter().map(|s| s.key));
+    names.extend(
+        options::OPTIONS
+            .iter()
+            .map(|s| s.conf_key)
+            .filter(|k| !k.is_empty()),
+    );
     names
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Config, Security, MQTT_MAX_PACKET_SIZE};
+use crate::{Config, LogFormat, LogLevel, Security, MQTT_MAX_PACKET_SIZE};
 
 /// The TOML section an option lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,15 +17,21 @@ pub(crate) enum Section {
     Limits,
     Sessions,
     Mqtt,
+    Metrics,
+    Sys,
+    Log,
 }
 
 impl Section {
     /// Every named section (TOML tables), in file order.
-    pub(crate) const ALL: [Section; 4] = [
+    pub(crate) const ALL: [Section; 7] = [
         Section::Security,
         Section::Limits,
         Section::Sessions,
         Section::Mqtt,
+        Section::Metrics,
+        Section::Sys,
+        Section::Log,
     ];
 
     /// The section's name in TOML.
@@ -36,6 +42,9 @@ impl Section {
             Section::Limits => "limits",
             Section::Sessions => "sessions",
             Section::Mqtt => "mqtt",
+            Section::Metrics => "metrics",
+            Section::Sys => "sys",
+            Section::Log => "log",
         }
     }
 
@@ -63,14 +72,23 @@ pub(crate) enum Kind {
     Path,
     /// A duration (syntax differs between mosquitto.conf and TOML).
     Duration,
+    /// An interval that may be zero: whole seconds in mosquitto.conf; whole seconds or a
+    /// duration string in TOML.
+    Seconds,
+    /// An IP address and port, `ADDR:PORT` (`[::1]:PORT` for IPv6).
+    SocketAddr,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
 }
 
 /// One scalar option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Spec {
     pub(crate) section: Section,
-    /// The name, the same in both syntaxes.
+    /// The name in TOML (and in mosquitto.conf unless `conf_key` differs).
     pub(crate) key: &'static str,
+    /// The name in mosquitto.conf; empty when the option exists only in TOML.
+    pub(crate) conf_key: &'static str,
     pub(crate) kind: Kind,
 }
 
@@ -98,26 +116,31 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Root,
         key: "per_listener_settings",
+        conf_key: "per_listener_settings",
         kind: Kind::Bool,
     },
     Spec {
         section: Section::Security,
         key: "allow_anonymous",
+        conf_key: "allow_anonymous",
         kind: Kind::Bool,
     },
     Spec {
         section: Section::Security,
         key: "password_file",
+        conf_key: "password_file",
         kind: Kind::Path,
     },
     Spec {
         section: Section::Security,
         key: "acl_file",
+        conf_key: "acl_file",
         kind: Kind::Path,
     },
     Spec {
         section: Section::Limits,
         key: "max_inflight_messages",
+        conf_key: "max_inflight_messages",
         kind: Kind::Int {
             min: 0,
             max: 65535,
@@ -127,6 +150,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "max_queued_messages",
+        conf_key: "max_queued_messages",
         kind: Kind::Int {
             min: 1,
             max: MAX_INT,
@@ -136,6 +160,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "max_queued_bytes",
+        conf_key: "max_queued_bytes",
         kind: Kind::Int {
             min: 0,
             max: i64::MAX,
@@ -145,6 +170,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "message_size_limit",
+        conf_key: "message_size_limit",
         kind: Kind::Int {
             min: 0,
             max: MQTT_MAX_PACKET_SIZE as i64,
@@ -154,6 +180,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "max_packet_size",
+        conf_key: "max_packet_size",
         kind: Kind::Int {
             min: 20,
             max: MQTT_MAX_PACKET_SIZE as i64,
@@ -163,6 +190,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "max_keepalive",
+        conf_key: "max_keepalive",
         kind: Kind::Int {
             min: 0,
             max: 65535,
@@ -172,6 +200,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Limits,
         key: "max_connections",
+        conf_key: "max_connections",
         kind: Kind::Int {
             min: -1,
             max: MAX_INT,
@@ -181,26 +210,31 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Sessions,
         key: "allow_zero_length_clientid",
+        conf_key: "allow_zero_length_clientid",
         kind: Kind::Bool,
     },
     Spec {
         section: Section::Sessions,
         key: "auto_id_prefix",
+        conf_key: "auto_id_prefix",
         kind: Kind::Str,
     },
     Spec {
         section: Section::Sessions,
         key: "persistent_client_expiration",
+        conf_key: "persistent_client_expiration",
         kind: Kind::Duration,
     },
     Spec {
         section: Section::Mqtt,
         key: "retain_available",
+        conf_key: "retain_available",
         kind: Kind::Bool,
     },
     Spec {
         section: Section::Mqtt,
         key: "max_qos",
+        conf_key: "max_qos",
         kind: Kind::Int {
             min: 0,
             max: 2,
@@ -210,13 +244,67 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec {
         section: Section::Mqtt,
         key: "upgrade_outgoing_qos",
+        conf_key: "upgrade_outgoing_qos",
         kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Metrics,
+        key: "listen",
+        conf_key: "metrics_listener",
+        kind: Kind::SocketAddr,
+    },
+    Spec {
+        section: Section::Sys,
+        key: "interval",
+        conf_key: "sys_interval",
+        kind: Kind::Seconds,
+    },
+    Spec {
+        section: Section::Log,
+        key: "format",
+        conf_key: "log_format",
+        kind: Kind::Choice(LogFormat::NAMES),
+    },
+    Spec {
+        section: Section::Log,
+        key: "level",
+        // mosquitto.conf has `log_type`, which can be repeated; its reader maps it.
+        conf_key: "",
+        kind: Kind::Choice(LogLevel::NAMES),
     },
 ];
 
-/// The option called `key` (same name in both syntaxes).
+/// The option called `key` in TOML.
 pub(crate) fn find(key: &str) -> Option<&'static Spec> {
     OPTIONS.iter().find(|s| s.key == key)
+}
+
+/// The option called `name` in mosquitto.conf.
+pub(crate) fn find_conf(name: &str) -> Option<&'static Spec> {
+    OPTIONS
+        .iter()
+        .find(|s| !s.conf_key.is_empty() && s.conf_key == name)
+}
+
+/// Parses `ADDR:PORT`; the error says what is allowed.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "invalid address '{text}'; expected IP:PORT such as 127.0.0.1:9234 or [::1]:9234 (port 0 picks a free port)"
+        )
+    })
+}
+
+/// Checks a word against a [`Kind::Choice`].
+pub(crate) fn check_choice(allowed: &[&str], text: &str) -> Result<(), String> {
+    if allowed.contains(&text) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid value '{text}'; allowed: {}",
+            allowed.join(", ")
+        ))
+    }
 }
 
 /// The option `key` of `section`.
@@ -273,6 +361,8 @@ pub(crate) enum Value {
     Str(String),
     Path(PathBuf),
     Duration(Option<Duration>),
+    Seconds(Duration),
+    Addr(std::net::SocketAddr),
 }
 
 /// Stores a security option's value in `security` (global or one
@@ -365,6 +455,22 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
             config.mqtt.max_qos = u8::try_from(v).map_err(|_| range(v))?;
         }
         "upgrade_outgoing_qos" => config.mqtt.upgrade_outgoing_qos = boolean(&value)?,
+        "listen" => match value {
+            Value::Addr(a) => config.metrics.listen = Some(a),
+            _ => return Err(bad()),
+        },
+        "interval" => match value {
+            Value::Seconds(d) => config.sys.interval = d,
+            _ => return Err(bad()),
+        },
+        "format" => match value {
+            Value::Str(s) => config.log.format = LogFormat::parse(&s).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        },
+        "level" => match value {
+            Value::Str(s) => config.log.level = LogLevel::parse(&s).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        },
         _ => return Err(bad()),
     }
     Ok(())
@@ -384,6 +490,9 @@ mod tests {
                 Kind::Str => Value::Str("x".into()),
                 Kind::Path => Value::Path("x".into()),
                 Kind::Duration => Value::Duration(Some(Duration::from_secs(1))),
+                Kind::Seconds => Value::Seconds(Duration::from_secs(1)),
+                Kind::SocketAddr => Value::Addr(([127, 0, 0, 1], 1).into()),
+                Kind::Choice(words) => Value::Str(words[0].into()),
             };
             assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);
         }

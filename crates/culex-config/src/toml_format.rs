@@ -263,7 +263,8 @@ fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
         .map(|span| line_of(text, span.start))
 }
 
-const TOP_LEVEL: &str = "per_listener_settings, listeners, security, limits, sessions, mqtt";
+const TOP_LEVEL: &str =
+    "per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log";
 
 fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
     let root = doc.as_table();
@@ -368,6 +369,25 @@ fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
         (Kind::Str, Some(TomlValue::String(_))) => Ok(()),
         (Kind::Path, Some(TomlValue::String(s))) => check_path(s.value()),
         (Kind::Duration, Some(TomlValue::String(s))) => duration::parse_toml(s.value()).map(|_| ()),
+        (Kind::Seconds, Some(TomlValue::Integer(i))) => {
+            if *i.value() < 0 {
+                Err(format!(
+                    "value {} is out of range; allowed: 0 or more seconds (0 disables)",
+                    i.value()
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (Kind::Seconds, Some(TomlValue::String(s))) => {
+            duration::parse_seconds(s.value()).map(|_| ())
+        }
+        (Kind::SocketAddr, Some(TomlValue::String(s))) => {
+            options::parse_socket_addr(s.value()).map(|_| ())
+        }
+        (Kind::Choice(allowed), Some(TomlValue::String(s))) => {
+            options::check_choice(allowed, s.value())
+        }
         (kind, _) => Err(format!(
             "expected {}, found {}",
             expected(kind),
@@ -386,6 +406,11 @@ fn expected(kind: Kind) -> String {
             "a duration string such as \"30m\" (minutes), \"12h\", \"2d\", \"1w\", or \"never\""
                 .to_owned()
         }
+        Kind::Seconds => {
+            "whole seconds (an integer, 0 disables) or a duration string such as \"10s\"".to_owned()
+        }
+        Kind::SocketAddr => "a string \"IP:PORT\" such as \"127.0.0.1:9234\"".to_owned(),
+        Kind::Choice(words) => format!("one of the strings {}", words.join(", ")),
     }
 }
 
@@ -716,6 +741,9 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
             Kind::Str => Ok(()),
             Kind::Path => check_path(raw),
             Kind::Duration => duration::parse_toml(raw).map(|_| ()),
+            Kind::Seconds => duration::parse_seconds(raw).map(|_| ()),
+            Kind::SocketAddr => options::parse_socket_addr(raw).map(|_| ()),
+            Kind::Choice(allowed) => options::check_choice(allowed, raw),
         };
         if let Err(message) = result {
             checked.diagnostics.push(Diagnostic {

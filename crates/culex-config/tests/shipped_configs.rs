@@ -3,6 +3,7 @@
 //! These go through `load_file`, which reads `CULEX__*` environment
 //! variables; no test in this binary sets any (the environment override test
 //! is a separate binary, `env_override.rs`).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::path::PathBuf;
 
@@ -79,14 +80,25 @@ fn embedded_defaults() {
     assert!(c.mqtt.retain_available);
     assert_eq!(c.mqtt.max_qos, 2);
     assert!(!c.mqtt.upgrade_outgoing_qos);
-    assert_eq!(c, Config::default());
+    assert_eq!(c.metrics.listen, Some(culex_config::DEFAULT_METRICS_LISTEN));
+    assert_eq!(c.sys.interval, std::time::Duration::from_secs(10));
+    assert_eq!(
+        Config {
+            metrics: Default::default(),
+            ..c.clone()
+        },
+        Config::default(),
+        "a file that sets nothing differs only by serving no metrics"
+    );
     assert_eq!(c.validate(), Ok(()));
 
     let p = Config::embedded_on_port(1999);
     assert_eq!(p.listeners, Listener::loopback(1999));
+    assert_eq!(p.metrics.listen, None, "-p PORT serves no metrics");
     assert_eq!(
         Config {
             listeners: c.listeners.clone(),
+            metrics: c.metrics.clone(),
             ..p
         },
         c

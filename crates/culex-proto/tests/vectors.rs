@@ -1,7 +1,6 @@
 //! Byte-exact vectors, hand-built from the specification: good packets decode to the expected
 //! value and encode back to the same bytes; bad packets fail with the expected rule.
-
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use bytes::{Bytes, BytesMut};
 use culex_proto::*;

@@ -28,20 +28,41 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// Starts the embedded default configuration on 127.0.0.1, port 0.
+    /// Starts the embedded default configuration on 127.0.0.1, port 0, without the metrics
+    /// endpoint (many test brokers run at once; none may take port 9234).
     pub async fn start() -> Result<Self> {
         Self::start_with(Config::embedded_default()).await
     }
 
-    /// Starts `config` with its listeners replaced by one on 127.0.0.1, port 0.
+    /// Starts `config` with its listeners replaced by one on 127.0.0.1, port 0. A metrics
+    /// endpoint, if `config` has one, moves to 127.0.0.1, port 0 (see
+    /// [`TestBroker::metrics_addr`]), except that of [`Config::embedded_default`], which is
+    /// dropped: ask for one with [`TestBroker::start_with_metrics`].
     pub async fn start_with(mut config: Config) -> Result<Self> {
         config.listeners = vec![Listener::new("127.0.0.1", 0)];
+        config.metrics.listen = match config.metrics.listen {
+            None => None,
+            Some(a) if a == culex_config::DEFAULT_METRICS_LISTEN => None,
+            Some(_) => Some(metrics_any_port()),
+        };
         let server = culex::start(&config).await?;
         let addr = *server
             .local_addrs()
             .first()
             .ok_or_else(|| anyhow!("server bound no address"))?;
         Ok(TestBroker { addr, server })
+    }
+
+    /// Starts `config` with a metrics endpoint on 127.0.0.1, port 0; the rest as
+    /// [`TestBroker::start_with`].
+    pub async fn start_with_metrics(mut config: Config) -> Result<Self> {
+        config.metrics.listen = Some(metrics_any_port());
+        Self::start_with(config).await
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if the broker has the endpoint.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.metrics_addr()
     }
 
     /// Starts `config` exactly as given, listeners included (use port 0 for each). `addr` is the
@@ -165,6 +186,10 @@ impl RawClient {
             Ok(Err(e)) => Err(e),
         }
     }
+}
+
+fn metrics_any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A port that was free a moment ago, for tests that spawn the real binary with `-p`. Prefer

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::counters::Refusal;
 use crate::server::{ListenerCtx, Shared};
 
 /// Who is on the other end of a connection.
@@ -149,8 +150,18 @@ where
                 debug!(peer = %self.peer, "no CONNECT in time; closing");
                 return None;
             }
-            Ok(Ok(Some(Packet::Connect(c)))) => c,
-            Ok(Ok(_)) => return None,
+            Ok(Ok(Some(Packet::Connect(c)))) => {
+                self.shared.counters.packets_received[1].inc();
+                c
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(other))) => {
+                debug!(peer = %self.peer, packet = other.name(), "first packet is not CONNECT; closing");
+                self.shared.counters.packet_in(&other);
+                self.shared.counters.protocol_errors.inc();
+                self.shared.counters.refuse(Refusal::ProtocolError);
+                return None;
+            }
             Ok(Err(DecodeError::UnsupportedProtocol { name, level })) => {
                 debug!(peer = %self.peer, %name, level, "unsupported protocol version");
                 // [MQTT-3.1.2-2] answer in the newest form the client can read, then close.
@@ -166,6 +177,7 @@ where
             Ok(Err(e)) => {
                 info!(peer = %self.peer, error = %e, "bad CONNECT; closing");
                 self.shared.counters.protocol_errors.inc();
+                self.shared.counters.refuse(Refusal::ProtocolError);
                 return None;
             }
         };
@@ -307,7 +319,9 @@ where
             reason_code: ReasonCode::Success,
             properties,
         });
-        self.shared.counters.connected.inc();
+        let now_connected = self.shared.counters.connected.inc_get();
+        self.shared.counters.connected_max.max(now_connected);
+        self.shared.counters.connects.inc();
         info!(peer = %self.peer, listener = %self.listener.local, client_id = %client_id, protocol = ?self.protocol,
             session_present, "client connected");
         if self.queue(&connack).is_err() || self.flush().await.is_err() {
@@ -319,7 +333,9 @@ where
 
     /// Sends a refusing CONNACK and closes.
     async fn refuse(&mut self, reason: ReasonCode) {
-        self.shared.counters.refused.inc();
+        self.shared
+            .counters
+            .refuse(Refusal::from_reason_code(reason));
         let connack = Packet::ConnAck(ConnAck {
             session_present: false,
             reason_code: reason,
@@ -344,7 +360,7 @@ where
             self.rbuf.reserve(4096);
             match self.rd.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
+                Ok(n) => self.shared.counters.bytes_received.add(n as u64),
             }
         }
     }
@@ -407,7 +423,7 @@ where
                     match r {
                         Ok(0) => return Ending::abnormal(None, "connection closed by client"),
                         Err(e) => return Ending::abnormal(None, format!("read error: {e}")),
-                        Ok(_) => {}
+                        Ok(n) => self.shared.counters.bytes_received.add(n as u64),
                     }
                 }
                 _ = sleep_until(deadline), if !keepalive.is_zero() => {
@@ -420,6 +436,7 @@ where
     /// Handles one packet from the client. `Some` ends the connection.
     async fn on_packet(&mut self, packet: Packet) -> Option<Ending> {
         let v5 = self.protocol.is_v5();
+        self.shared.counters.packet_in(&packet);
         match packet {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubRel(r) => {
@@ -513,7 +530,7 @@ where
     async fn on_publish(&mut self, mut p: Publish) -> Option<Ending> {
         let limits = Arc::clone(&self.shared.limits);
         let v5 = self.protocol.is_v5();
-        self.shared.counters.publish_received.inc();
+        self.shared.counters.publish_in(p.qos, p.payload.len());
         if v5 {
             if let Some(alias) = p.properties.topic_alias {
                 if alias == 0 || alias > TOPIC_ALIAS_MAX {
@@ -662,7 +679,9 @@ where
                     warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH; dropped");
                     return None;
                 }
-                self.shared.counters.publish_sent.inc();
+                self.shared
+                    .counters
+                    .publish_out(d.qos, d.message.payload.len());
                 None
             }
             Outbound::Packet(p) => {
@@ -679,7 +698,9 @@ where
     }
 
     fn queue(&mut self, p: &Packet) -> Result<(), culex_proto::EncodeError> {
-        encode(p, self.protocol, &mut self.wbuf)
+        encode(p, self.protocol, &mut self.wbuf)?;
+        self.shared.counters.packet_out(p);
+        Ok(())
     }
 
     fn queue_or_end(&mut self, p: &Packet) -> Option<Ending> {

@@ -7,9 +7,14 @@ pub mod cmd_passwd;
 pub mod cmd_pub;
 pub mod cmd_sub;
 mod connection;
+pub mod counters;
+mod http;
+pub mod metrics;
 mod security;
 pub mod server;
+mod sys;
 mod transport;
 
+pub use http::Readiness;
 pub use server::{check_files, run, start, RunningServer};
 pub use transport::{check_tls, TlsSetupError};

@@ -40,15 +40,16 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
 
+    // Logging is set up from the configuration, so the file is read first; its warnings are
+    // logged once logging is up, its errors go straight to stderr.
+    let mut warnings = Vec::new();
     let mut config = match &cli.config {
+        None if cli.port.is_some() => Config::embedded_on_port(cli.port.unwrap_or_default()),
         None => Config::embedded_default(),
         Some(path) => match culex_config::load_file(path) {
             Ok(loaded) => {
-                for w in &loaded.warnings {
-                    warn!("{w}");
-                }
+                warnings = loaded.warnings;
                 loaded.config
             }
             Err(e) => {
@@ -62,6 +63,10 @@ fn main() -> ExitCode {
             }
         },
     };
+    init_logging(cli.verbose, &config.log);
+    for w in &warnings {
+        warn!("{w}");
+    }
     if cli.check {
         if let Err(e) = culex::check_files(&config) {
             eprintln!("{e}");
@@ -163,14 +168,29 @@ fn display(p: &Option<PathBuf>) -> String {
         .map_or_else(|| "(embedded default)".into(), |p| p.display().to_string())
 }
 
-fn init_logging(verbose: bool) {
+/// Logs to stderr, as text or JSON lines (`log_format`), at the configured level; `-v` forces
+/// debug and `RUST_LOG` overrides both.
+fn init_logging(verbose: bool, log: &culex_config::Log) {
+    use culex_config::{LogFormat, LogLevel};
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let level = if verbose {
+        LogLevel::Debug.max(log.level)
+    } else {
+        log.level
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.name()));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

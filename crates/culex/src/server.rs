@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use culex_broker::{BrokerSettings, Command, Router};
@@ -15,6 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::http::{HttpState, Readiness};
+use crate::metrics::Exporter;
 use crate::security::SecurityHandle;
 use crate::transport::{self, TlsListener};
 
@@ -39,66 +42,7 @@ pub(crate) struct ConnLimits {
     pub(crate) write_timeout: Duration,
 }
 
-/// A monotonically increasing count or a gauge, readable from anywhere. The metrics issue
-/// exports these; they are plain relaxed atomics so the hot path pays almost nothing.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Subtracts one (gauges).
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Server-wide counters kept by connection tasks.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Connections accepted on a socket.
-    pub accepted: Counter,
-    /// Connections closed at once because `max_connections` was reached.
-    pub rejected_max_connections: Counter,
-    /// CONNECTs refused with a CONNACK error.
-    pub refused: Counter,
-    /// Clients currently connected (gauge).
-    pub connected: Counter,
-    /// Connections closed for malformed or out-of-order packets.
-    pub protocol_errors: Counter,
-    /// Connections refused for authentication.
-    pub auth_failures: Counter,
-    /// PUBLISH packets received.
-    pub publish_received: Counter,
-    /// PUBLISH packets sent.
-    pub publish_sent: Counter,
-    /// PUBLISH packets dropped for exceeding `message_size_limit`.
-    pub dropped_too_large: Counter,
-    /// Bytes written to clients.
-    pub bytes_sent: Counter,
-    /// PUBLISH packets refused by the ACL (or aimed at `$SYS`).
-    pub acl_denied_publish: Counter,
-    /// Reloads that applied.
-    pub reloads_ok: Counter,
-    /// Reloads that failed (previous rules kept).
-    pub reloads_failed: Counter,
-    /// TLS handshakes that failed or timed out (bad or missing client certificate, wrong TLS
-    /// version, not TLS at all, too slow).
-    pub tls_handshake_failures: Counter,
-    /// WebSocket upgrades that failed or timed out (not a WebSocket request, no `mqtt`
-    /// subprotocol, too slow).
-    pub websocket_handshake_failures: Counter,
-}
+pub use crate::counters::{Counter, Counters, Refusal};
 
 /// What a connection needs to know of the listener that accepted it.
 #[derive(Debug)]
@@ -164,6 +108,10 @@ pub struct RunningServer {
     counters: Arc<Counters>,
     security: SecurityScopes,
     tls: Vec<Arc<TlsListener>>,
+    metrics_addr: Option<SocketAddr>,
+    ready: Arc<Readiness>,
+    /// The metrics endpoint and the `$SYS` publisher.
+    aux: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The security handles in force: one per listener (shared by all listeners unless
@@ -213,6 +161,17 @@ impl RunningServer {
         &self.counters
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere (port resolved when
+    /// 0 was asked for).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether `/readyz` says ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.is_ready()
+    }
+
     /// Re-reads password files, ACL files and TLS certificates (SIGHUP). Each file that fails
     /// to load keeps its previous rules in force; the errors are returned, one per file.
     pub fn reload(&self) -> Result<(), Vec<String>> {
@@ -243,6 +202,9 @@ impl RunningServer {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        for t in self.aux {
+            let _ = t.await;
+        }
     }
 }
 
@@ -263,6 +225,35 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     }
     let security = load_security(config)?;
     let tls_all: Vec<Arc<TlsListener>> = tls.iter().flatten().cloned().collect();
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let ready = Arc::new(Readiness::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let settings = broker_settings(config);
+    let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
+    let mut aux = Vec::new();
+    // The metrics endpoint comes up first, so that /readyz answers 503 until the listeners
+    // are bound. If anything below fails, dropping `shutdown_tx` stops it.
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics.listen {
+        let listener = bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let local = listener.local_addr()?;
+        let state = Arc::new(HttpState {
+            exporter: Exporter::new(),
+            counters: Arc::clone(&counters),
+            router: router_tx.downgrade(),
+            router_capacity: ROUTER_QUEUE,
+            ready: Arc::clone(&ready),
+            started,
+        });
+        aux.push(tokio::spawn(crate::http::serve(
+            listener,
+            state,
+            shutdown_rx.clone(),
+        )));
+        info!("metrics on {local}");
+        metrics_addr = Some(local);
+    }
     let mut listeners = Vec::new();
     for ((index, l), tls) in config.listeners.iter().enumerate().zip(tls) {
         for addr in resolve(l.host.as_deref(), l.port).await? {
@@ -307,24 +298,30 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         info!("listening on {} ({kind})", ctx.local);
     }
 
-    let settings = broker_settings(config);
-    let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
     let router = Router::new(settings.clone());
     let router_task = tokio::spawn(run_router(router, router_rx));
-    let counters = Arc::new(Counters::default());
+    if !config.sys.interval.is_zero() {
+        aux.push(tokio::spawn(crate::sys::run(
+            config.sys.interval,
+            router_tx.downgrade(),
+            Arc::clone(&counters),
+            started,
+            shutdown_rx.clone(),
+        )));
+    }
     let shared = Arc::new(Shared {
         router: router_tx,
         limits: Arc::new(conn_limits(config)),
         broker: settings,
         counters: Arc::clone(&counters),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let max_conn = config
         .limits
         .max_connections
         .unwrap_or(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max_conn.min(Semaphore::MAX_PERMITS)));
     let task = tokio::spawn(serve(listeners, shared, permits, shutdown_rx, router_task));
+    ready.set_ready();
     Ok(RunningServer {
         addrs,
         shutdown: shutdown_tx,
@@ -332,6 +329,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         counters,
         security,
         tls: tls_all,
+        metrics_addr,
+        ready,
+        aux,
     })
 }
 
@@ -467,13 +467,15 @@ async fn accept_loop(
         };
         shared.counters.accepted.inc();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            shared.counters.rejected_max_connections.inc();
+            shared.counters.refuse_max_connections();
             warn!(%peer, "max_connections reached; connection closed");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::clone(&shared.counters);
+        counters.open_connections.inc();
         let task = transport::serve_accepted(
             stream,
             peer,
@@ -484,6 +486,7 @@ async fn accept_loop(
         );
         connections.spawn(async move {
             task.await;
+            counters.open_connections.dec();
             drop(permit);
         });
     }

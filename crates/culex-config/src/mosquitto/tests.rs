@@ -39,10 +39,39 @@ fn warnings(text: &str) -> Vec<String> {
 
 #[test]
 fn empty_file_is_mosquitto_2_default() {
+    // The embedded default without the metrics endpoint: a file serves metrics only when it
+    // says so.
     let c = config("");
-    assert_eq!(c, Config::embedded_default());
+    assert_eq!(c, Config::default());
+    assert_eq!(c.metrics.listen, None);
     let c = config("# only a comment\n\n   \n");
-    assert_eq!(c, Config::embedded_default());
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn observability_options() {
+    let c = config(
+        "metrics_listener 127.0.0.1:0\nsys_interval 3\nlog_format json\n\
+         log_type error\nlog_type debug\nlog_type warning\n",
+    );
+    assert_eq!(c.metrics.listen, Some(([127, 0, 0, 1], 0).into()));
+    assert_eq!(c.sys.interval, std::time::Duration::from_secs(3));
+    assert_eq!(c.log.format, crate::LogFormat::Json);
+    assert_eq!(
+        c.log.level,
+        crate::LogLevel::Debug,
+        "the most verbose log_type wins"
+    );
+    assert_eq!(config("log_type none\n").log.level, crate::LogLevel::Off);
+    assert_eq!(config("log_type notice\n").log.level, crate::LogLevel::Info);
+    assert_eq!(
+        config("sys_interval 0\n").sys.interval,
+        std::time::Duration::ZERO
+    );
+    assert!(error("metrics_listener localhost\n").contains("expected IP:PORT"));
+    assert!(error("sys_interval 10s\n").contains("whole seconds"));
+    assert!(error("log_format xml\n").contains("allowed: text, json"));
+    assert!(error("log_type verbose\n").contains("invalid value 'verbose'"));
 }
 
 #[test]
@@ -314,17 +343,17 @@ fn repeated_options_warn_and_last_wins() {
 #[test]
 fn ignored_options_warn() {
     let w = warnings(
-        "log_dest stdout\nlog_type all\nlog_timestamp true\nlog_timestamp_format %Y\n\
+        "log_dest stdout\nlog_timestamp true\nlog_timestamp_format %Y\n\
          connection_messages true\npid_file /run/m.pid\nuser mosquitto\n",
     );
-    assert_eq!(w.len(), 7);
+    assert_eq!(w.len(), 6);
     assert_eq!(
         w[0],
         "culex.conf:1: option 'log_dest' is accepted but ignored by Culex"
     );
     assert_eq!(
-        w[6],
-        "culex.conf:7: option 'user' is accepted but ignored by Culex"
+        w[5],
+        "culex.conf:6: option 'user' is accepted but ignored by Culex"
     );
 }
 

@@ -45,8 +45,31 @@ fn errors(text: &str) -> String {
 
 #[test]
 fn empty_file_is_the_embedded_default() {
-    assert_eq!(config(""), Config::embedded_default());
-    assert_eq!(config("# nothing\n[limits]\n"), Config::embedded_default());
+    // Without the metrics endpoint: a file serves metrics only when it says so.
+    assert_eq!(config(""), Config::default());
+    assert_eq!(config("# nothing\n[limits]\n"), Config::default());
+}
+
+#[test]
+fn observability_sections() {
+    let c = config(
+        "[metrics]\nlisten = \"[::1]:9000\"\n[sys]\ninterval = \"1m\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n",
+    );
+    assert_eq!(
+        c.metrics.listen,
+        Some("[::1]:9000".parse().expect("address"))
+    );
+    assert_eq!(c.sys.interval, std::time::Duration::from_secs(60));
+    assert_eq!(c.log.format, crate::LogFormat::Json);
+    assert_eq!(c.log.level, crate::LogLevel::Debug);
+    assert_eq!(
+        config("[sys]\ninterval = 0\n").sys.interval,
+        std::time::Duration::ZERO
+    );
+    assert_eq!(
+        config("[sys]\ninterval = 5\n").sys.interval,
+        std::time::Duration::from_secs(5)
+    );
 }
 
 #[test]
@@ -112,6 +135,7 @@ upgrade_outgoing_qos = true
                 max_qos: 1,
                 upgrade_outgoing_qos: true,
             },
+            ..Config::default()
         }
     );
 }
@@ -170,7 +194,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
-        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt"
+        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log"
     );
     assert_eq!(
         errors("\nmax_qos = 1\n"),
@@ -182,7 +206,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("[persistence]\nenabled = true\n"),
-        "culex.toml:1: unknown key 'persistence'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt"
+        "culex.toml:1: unknown key 'persistence'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log"
     );
     assert_eq!(
         errors("security = 1\n"),

@@ -1,0 +1,417 @@
+//! Metric names, their descriptions, and the Prometheus exposition.
+//!
+//! The hot path keeps plain relaxed atomics ([`Counters`]) and the router keeps its own
+//! [`RouterStats`](culex_broker::RouterStats); nothing here runs per message. At scrape time
+//! the endpoint takes one [`Sample`] (the counters plus a router snapshot) and writes it into a
+//! per-server `metrics` recorder with `absolute`/`set`, then renders the Prometheus text.
+//! There is no global recorder, so many brokers can run in one process (tests). The `$SYS`
+//! publisher reads the same [`Sample`], so both report the same numbers.
+
+use culex_broker::RouterSnapshot;
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::counters::{Counters, Refusal, PACKET_TYPES};
+
+/// Sockets open now (accepted, not yet closed).
+pub const CONNECTIONS_CURRENT: &str = "culex_connections_current";
+/// Sockets accepted.
+pub const CONNECTIONS_ACCEPTED: &str = "culex_connections_accepted_total";
+/// Connections refused, label `reason`.
+pub const CONNECTIONS_REFUSED: &str = "culex_connections_refused_total";
+/// Successful CONNECTs.
+pub const CLIENT_CONNECTS: &str = "culex_client_connects_total";
+/// Clients connected now.
+pub const CLIENTS_CONNECTED: &str = "culex_clients_connected";
+/// Most clients connected at once since start.
+pub const CLIENTS_MAXIMUM: &str = "culex_clients_maximum";
+/// Sessions, connected and offline.
+pub const SESSIONS: &str = "culex_sessions";
+/// Persistent sessions whose client is offline.
+pub const SESSIONS_OFFLINE: &str = "culex_persistent_sessions_offline";
+/// Sessions ended by their expiry.
+pub const SESSIONS_EXPIRED: &str = "culex_sessions_expired_total";
+/// PUBLISH packets received from clients, label `qos`.
+pub const MESSAGES_RECEIVED: &str = "culex_messages_received_total";
+/// PUBLISH packets sent to clients, label `qos`.
+pub const MESSAGES_SENT: &str = "culex_messages_sent_total";
+/// Packets received, label `type`.
+pub const PACKETS_RECEIVED: &str = "culex_packets_received_total";
+/// Packets sent, label `type`.
+pub const PACKETS_SENT: &str = "culex_packets_sent_total";
+/// MQTT bytes received.
+pub const BYTES_RECEIVED: &str = "culex_received_bytes_total";
+/// MQTT bytes sent.
+pub const BYTES_SENT: &str = "culex_sent_bytes_total";
+/// PUBLISH payload bytes received.
+pub const PUBLISH_BYTES_RECEIVED: &str = "culex_publish_received_bytes_total";
+/// PUBLISH payload bytes sent.
+pub const PUBLISH_BYTES_SENT: &str = "culex_publish_sent_bytes_total";
+/// Messages dropped, label `reason`.
+pub const PUBLISH_DROPPED: &str = "culex_publish_dropped_total";
+/// Wills published.
+pub const WILLS_PUBLISHED: &str = "culex_wills_published_total";
+/// Retained messages.
+pub const RETAINED_MESSAGES: &str = "culex_retained_messages";
+/// Payload bytes of the retained messages.
+pub const RETAINED_BYTES: &str = "culex_retained_bytes";
+/// Subscriptions.
+pub const SUBSCRIPTIONS: &str = "culex_subscriptions";
+/// Shared-subscription memberships.
+pub const SHARED_SUBSCRIPTIONS: &str = "culex_shared_subscriptions";
+/// QoS 1/2 messages in flight.
+pub const INFLIGHT_MESSAGES: &str = "culex_inflight_messages";
+/// QoS 1/2 messages queued.
+pub const QUEUED_MESSAGES: &str = "culex_queued_messages";
+/// Bytes of the queued messages.
+pub const QUEUED_BYTES: &str = "culex_queued_bytes";
+/// Authentication failures.
+pub const AUTH_FAILURES: &str = "culex_auth_failures_total";
+/// ACL denials, label `action`.
+pub const ACL_DENIED: &str = "culex_acl_denied_total";
+/// Configuration reloads, label `result`.
+pub const CONFIG_RELOADS: &str = "culex_config_reloads_total";
+/// TLS handshakes that failed.
+pub const TLS_HANDSHAKE_FAILURES: &str = "culex_tls_handshake_failures_total";
+/// WebSocket upgrades that failed.
+pub const WEBSOCKET_HANDSHAKE_FAILURES: &str = "culex_websocket_handshake_failures_total";
+/// Connections closed for protocol errors.
+pub const PROTOCOL_ERRORS: &str = "culex_protocol_errors_total";
+/// Commands waiting in the router's channel.
+pub const ROUTER_QUEUE_DEPTH: &str = "culex_router_queue_depth";
+/// Capacity of the router's channel.
+pub const ROUTER_QUEUE_CAPACITY: &str = "culex_router_queue_capacity";
+/// Seconds since the server started.
+pub const UPTIME: &str = "culex_uptime_seconds";
+/// Always 1, label `version`.
+pub const BUILD_INFO: &str = "culex_build_info";
+/// Prefix of the process metrics (`culex_process_cpu_seconds_total`, ...).
+pub const PROCESS_PREFIX: &str = "culex_";
+
+/// Drop reasons, the `reason` label of [`PUBLISH_DROPPED`].
+pub const DROP_REASONS: [&str; 6] = [
+    "queue_full",
+    "outbox_full",
+    "too_large",
+    "acl_denied",
+    "expired",
+    "offline_qos0",
+];
+
+/// Everything the metrics and `$SYS` report, taken at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// The router's part.
+    pub router: RouterSnapshot,
+    /// Sockets accepted.
+    pub sockets_accepted: u64,
+    /// Sockets open now.
+    pub sockets_open: u64,
+    /// Successful CONNECTs.
+    pub connects: u64,
+    /// Most clients connected at once.
+    pub clients_maximum: u64,
+    /// PUBLISH packets received by QoS.
+    pub publish_received: [u64; 3],
+    /// PUBLISH packets sent by QoS.
+    pub publish_sent: [u64; 3],
+    /// Packets received, all types.
+    pub packets_received: u64,
+    /// Packets sent, all types.
+    pub packets_sent: u64,
+    /// MQTT bytes received.
+    pub bytes_received: u64,
+    /// MQTT bytes sent.
+    pub bytes_sent: u64,
+    /// PUBLISH payload bytes received.
+    pub publish_bytes_received: u64,
+    /// PUBLISH payload bytes sent.
+    pub publish_bytes_sent: u64,
+    /// Dropped messages by reason, in [`DROP_REASONS`] order.
+    pub dropped: [u64; 6],
+}
+
+impl Sample {
+    /// Reads the counters and combines them with a router snapshot.
+    pub fn new(c: &Counters, router: RouterSnapshot) -> Sample {
+        let s = &router.stats;
+        let dropped = [
+            s.dropped_queue_full,
+            s.dropped_outbox_full,
+            s.dropped_too_large + c.dropped_too_large.get(),
+            c.acl_denied_publish.get() + s.dropped_acl_read + s.dropped_acl_will,
+            s.dropped_expired,
+            s.dropped_offline_qos0,
+        ];
+        Sample {
+            sockets_accepted: c.accepted.get(),
+            sockets_open: c.open_connections.get(),
+            connects: c.connects.get(),
+            clients_maximum: c.connected_max.get(),
+            publish_received: c.publish_received.each_ref().map(|x| x.get()),
+            publish_sent: c.publish_sent.each_ref().map(|x| x.get()),
+            packets_received: c.packets_received_total(),
+            packets_sent: c.packets_sent_total(),
+            bytes_received: c.bytes_received.get(),
+            bytes_sent: c.bytes_sent.get(),
+            publish_bytes_received: c.publish_bytes_received.get(),
+            publish_bytes_sent: c.publish_bytes_sent.get(),
+            dropped,
+            router,
+        }
+    }
+
+    /// PUBLISH packets received, all QoS.
+    pub fn publish_received_total(&self) -> u64 {
+        self.publish_received.iter().sum()
+    }
+
+    /// PUBLISH packets sent, all QoS.
+    pub fn publish_sent_total(&self) -> u64 {
+        self.publish_sent.iter().sum()
+    }
+
+    /// Messages dropped, all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Messages held: retained, queued and in flight (`$SYS/broker/messages/stored`).
+    pub fn stored_messages(&self) -> u64 {
+        self.router.retained_count + self.router.queued + self.router.inflight
+    }
+
+    /// Bytes of the held messages: retained payloads and queued topic + payload.
+    pub fn stored_bytes(&self) -> u64 {
+        self.router.retained_bytes + self.router.queued_bytes
+    }
+}
+
+/// What a scrape reports besides the [`Sample`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra {
+    /// Commands waiting in the router's channel.
+    pub router_queue_depth: u64,
+    /// Capacity of the router's channel.
+    pub router_queue_capacity: u64,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+}
+
+/// A per-server Prometheus recorder with every metric described.
+pub(crate) struct Exporter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// A recorder of its own (not installed globally), with every metric described.
+    pub(crate) fn new() -> Exporter {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let process = metrics_process::Collector::new(PROCESS_PREFIX);
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            process.describe();
+        });
+        Exporter {
+            recorder,
+            handle,
+            process,
+        }
+    }
+
+    /// Writes `sample` into the recorder and renders the Prometheus text format.
+    pub(crate) fn render(&self, c: &Counters, sample: &Sample, extra: Extra) -> String {
+        metrics::with_local_recorder(&self.recorder, || {
+            record(c, sample, extra);
+            self.process.collect();
+        });
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    describe_gauge!(
+        CONNECTIONS_CURRENT,
+        "Network connections open now (accepted, not yet closed)."
+    );
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Network connections accepted, before max_connections and any handshake."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused before becoming a client, by reason."
+    );
+    describe_counter!(CLIENT_CONNECTS, "CONNECTs accepted (CONNACK success sent).");
+    describe_gauge!(CLIENTS_CONNECTED, "Clients connected now.");
+    describe_gauge!(
+        CLIENTS_MAXIMUM,
+        "The most clients connected at once since the broker started."
+    );
+    describe_gauge!(SESSIONS, "Sessions, connected and offline.");
+    describe_gauge!(
+        SESSIONS_OFFLINE,
+        "Persistent sessions whose client is not connected."
+    );
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "Offline sessions removed by their expiry."
+    );
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        "PUBLISH packets received from clients, by QoS."
+    );
+    describe_counter!(MESSAGES_SENT, "PUBLISH packets sent to clients, by QoS.");
+    describe_counter!(PACKETS_RECEIVED, "MQTT packets received, by packet type.");
+    describe_counter!(PACKETS_SENT, "MQTT packets sent, by packet type.");
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "MQTT bytes received (after TLS and WebSocket framing)."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "MQTT bytes sent (before TLS and WebSocket framing)."
+    );
+    describe_counter!(
+        PUBLISH_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Payload bytes of the PUBLISH packets received."
+    );
+    describe_counter!(
+        PUBLISH_BYTES_SENT,
+        Unit::Bytes,
+        "Payload bytes of the PUBLISH packets sent."
+    );
+    describe_counter!(
+        PUBLISH_DROPPED,
+        "Messages dropped instead of delivered, by reason."
+    );
+    describe_counter!(WILLS_PUBLISHED, "Will messages published.");
+    describe_gauge!(RETAINED_MESSAGES, "Retained messages held.");
+    describe_gauge!(
+        RETAINED_BYTES,
+        Unit::Bytes,
+        "Payload bytes of the retained messages."
+    );
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Subscriptions, shared-subscription memberships included."
+    );
+    describe_gauge!(SHARED_SUBSCRIPTIONS, "Shared-subscription memberships.");
+    describe_gauge!(
+        INFLIGHT_MESSAGES,
+        "QoS 1/2 messages sent to clients and not yet acknowledged."
+    );
+    describe_gauge!(
+        QUEUED_MESSAGES,
+        "QoS 1/2 messages queued behind the in-flight windows."
+    );
+    describe_gauge!(
+        QUEUED_BYTES,
+        Unit::Bytes,
+        "Topic and payload bytes of the queued messages."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Connections refused by authentication (password or certificate identity)."
+    );
+    describe_counter!(
+        ACL_DENIED,
+        "Operations denied by the ACL, by action (publish, subscribe, read, will)."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Reloads of password, ACL and certificate files (SIGHUP), by result."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(
+        WEBSOCKET_HANDSHAKE_FAILURES,
+        "WebSocket upgrades that failed or timed out."
+    );
+    describe_counter!(
+        PROTOCOL_ERRORS,
+        "Connections closed for malformed or out-of-order packets."
+    );
+    describe_gauge!(
+        ROUTER_QUEUE_DEPTH,
+        "Commands waiting in the router's channel."
+    );
+    describe_gauge!(ROUTER_QUEUE_CAPACITY, "Capacity of the router's channel.");
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the broker started.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+}
+
+fn record(c: &Counters, s: &Sample, extra: Extra) {
+    let r = &s.router;
+    let st = &r.stats;
+    gauge!(CONNECTIONS_CURRENT).set(s.sockets_open as f64);
+    counter!(CONNECTIONS_ACCEPTED).absolute(s.sockets_accepted);
+    for why in Refusal::ALL {
+        counter!(CONNECTIONS_REFUSED, "reason" => why.label()).absolute(c.refused_for(why));
+    }
+    counter!(CLIENT_CONNECTS).absolute(s.connects);
+    gauge!(CLIENTS_CONNECTED).set(r.connected as f64);
+    gauge!(CLIENTS_MAXIMUM).set(s.clients_maximum as f64);
+    gauge!(SESSIONS).set(r.sessions as f64);
+    gauge!(SESSIONS_OFFLINE).set(r.offline_sessions as f64);
+    counter!(SESSIONS_EXPIRED).absolute(st.sessions_expired);
+    for (qos, label) in ["0", "1", "2"].into_iter().enumerate() {
+        counter!(MESSAGES_RECEIVED, "qos" => label).absolute(s.publish_received[qos]);
+        counter!(MESSAGES_SENT, "qos" => label).absolute(s.publish_sent[qos]);
+    }
+    for (t, label) in PACKET_TYPES.iter().enumerate().skip(1) {
+        let (rx, tx) = (
+            c.packets_received.get(t).map_or(0, |x| x.get()),
+            c.packets_sent.get(t).map_or(0, |x| x.get()),
+        );
+        counter!(PACKETS_RECEIVED, "type" => *label).absolute(rx);
+        counter!(PACKETS_SENT, "type" => *label).absolute(tx);
+    }
+    counter!(BYTES_RECEIVED).absolute(s.bytes_received);
+    counter!(BYTES_SENT).absolute(s.bytes_sent);
+    counter!(PUBLISH_BYTES_RECEIVED).absolute(s.publish_bytes_received);
+    counter!(PUBLISH_BYTES_SENT).absolute(s.publish_bytes_sent);
+    for (reason, v) in DROP_REASONS.iter().zip(s.dropped) {
+        counter!(PUBLISH_DROPPED, "reason" => *reason).absolute(v);
+    }
+    counter!(WILLS_PUBLISHED).absolute(st.wills_published);
+    gauge!(RETAINED_MESSAGES).set(r.retained_count as f64);
+    gauge!(RETAINED_BYTES).set(r.retained_bytes as f64);
+    gauge!(SUBSCRIPTIONS).set(r.subscriptions as f64);
+    gauge!(SHARED_SUBSCRIPTIONS).set(r.shared_subscriptions as f64);
+    gauge!(INFLIGHT_MESSAGES).set(r.inflight as f64);
+    gauge!(QUEUED_MESSAGES).set(r.queued as f64);
+    gauge!(QUEUED_BYTES).set(r.queued_bytes as f64);
+    counter!(AUTH_FAILURES).absolute(c.auth_failures.get());
+    for (action, v) in [
+        ("publish", c.acl_denied_publish.get()),
+        ("subscribe", st.subscriptions_denied),
+        ("read", st.dropped_acl_read),
+        ("will", st.dropped_acl_will),
+    ] {
+        counter!(ACL_DENIED, "action" => action).absolute(v);
+    }
+    counter!(CONFIG_RELOADS, "result" => "ok").absolute(c.reloads_ok.get());
+    counter!(CONFIG_RELOADS, "result" => "failed").absolute(c.reloads_failed.get());
+    counter!(TLS_HANDSHAKE_FAILURES).absolute(c.tls_handshake_failures.get());
+    counter!(WEBSOCKET_HANDSHAKE_FAILURES).absolute(c.websocket_handshake_failures.get());
+    counter!(PROTOCOL_ERRORS).absolute(c.protocol_errors.get());
+    gauge!(ROUTER_QUEUE_DEPTH).set(extra.router_queue_depth as f64);
+    gauge!(ROUTER_QUEUE_CAPACITY).set(extra.router_queue_capacity as f64);
+    gauge!(UPTIME).set(extra.uptime_seconds);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
