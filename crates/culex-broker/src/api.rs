@@ -101,6 +101,30 @@ pub enum Command {
         conn: ConnId,
         /// The packet.
         publish: Publish,
+        /// The router acknowledges it (PUBACK / PUBREC) once what it caused is durable; set
+        /// for QoS 1/2 when the broker persists, otherwise the connection acked it already.
+        ack: bool,
+    },
+    /// PUBREL from a client, when the router acknowledges (persistence on): the router forgets
+    /// the packet id and sends PUBCOMP once that is durable.
+    PubRel {
+        /// The connection.
+        conn: ConnId,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// An acknowledgement the connection decided on (e.g. for a refused or duplicate PUBLISH)
+    /// that must keep its place behind acknowledgements still waiting for the store.
+    Ack {
+        /// The connection.
+        conn: ConnId,
+        /// PUBACK, PUBREC or PUBCOMP.
+        packet: Box<Packet>,
+    },
+    /// The store has made every change up to this ticket durable.
+    Durable {
+        /// The highest durable ticket.
+        ticket: u64,
     },
     /// PUBACK from a client for a QoS 1 delivery.
     PubAck {

@@ -52,7 +52,11 @@ pub struct Router {
     next_retained_sweep: Option<Instant>,
     stats: RouterStats,
     scratch: Vec<(SessionId, Subscription)>,
+    persist: persist_glue::Persistence,
 }
+
+#[path = "router_persist.rs"]
+mod persist_glue;
 
 impl Router {
     /// A router with no sessions, enforcing `settings`.
@@ -73,6 +77,7 @@ impl Router {
             next_retained_sweep: None,
             stats: RouterStats::default(),
             scratch: Vec::new(),
+            persist: persist_glue::Persistence::default(),
         }
     }
 
@@ -148,10 +153,11 @@ impl Router {
     pub fn handle(&mut self, command: Command, now: Instant) {
         match command {
             Command::Connect(req) => self.connect(*req, now),
-            Command::Publish { conn, publish } => {
+            Command::Publish { conn, publish, ack } => {
                 let Some(&sid) = self.by_conn.get(&conn) else {
                     return;
                 };
+                let (qos, packet_id) = (publish.qos, publish.packet_id.unwrap_or(0));
                 let mut properties = publish.properties;
                 properties.topic_alias = None;
                 properties.subscription_identifiers.clear();
@@ -169,7 +175,13 @@ impl Router {
                 };
                 self.stats.messages_received += 1;
                 self.route(Arc::new(message), now);
+                if ack {
+                    self.ack_publish(sid, conn, qos, packet_id);
+                }
             }
+            Command::PubRel { conn, packet_id } => self.pubrel(conn, packet_id),
+            Command::Ack { conn, packet } => self.queue_ack(conn, *packet),
+            Command::Durable { ticket } => self.durable(ticket),
             Command::Stats { reply } => {
                 let _ = reply.send(self.snapshot());
             }
@@ -182,6 +194,7 @@ impl Router {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.outgoing.ack(packet_id);
                     }
+                    self.flush_changes(sid);
                     self.pump(sid, now);
                 }
             }
@@ -195,6 +208,7 @@ impl Router {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.outgoing.comp(packet_id);
                     }
+                    self.flush_changes(sid);
                     self.pump(sid, now);
                 }
             }
@@ -238,17 +252,25 @@ impl Router {
         }
         if self.next_retained_sweep.is_some_and(|t| t <= now) {
             let mut freed = 0u64;
-            let mut dropped = 0u64;
+            let mut gone: Vec<Arc<Message>> = Vec::new();
             self.retained.retain(|_, m| {
                 let keep = !m.is_expired(now);
                 if !keep {
                     freed += m.payload.len() as u64;
-                    dropped += 1;
+                    gone.push(Arc::clone(m));
                 }
                 keep
             });
             self.retained_bytes = self.retained_bytes.saturating_sub(freed);
-            self.stats.dropped_expired += dropped;
+            self.stats.dropped_expired += gone.len() as u64;
+            for m in gone {
+                // An empty-payload twin of the message tells the store to clear the topic.
+                let clear = Message {
+                    payload: bytes::Bytes::new(),
+                    ..(*m).clone()
+                };
+                self.store_retained(&Arc::new(clear));
+            }
             self.next_retained_sweep = (!self.retained.is_empty()).then(|| now + RETAINED_SWEEP);
         }
     }
@@ -317,6 +339,7 @@ impl Router {
         s.username = username;
         s.access = access;
         self.by_conn.insert(conn, sid);
+        self.store_after_connect(sid);
         debug!(client_id = %client_id, conn, session_present, "client connected");
         let outcome = ConnectOutcome {
             session_present,
@@ -400,6 +423,7 @@ impl Router {
         for d in ready {
             self.send_delivery(sid, d);
         }
+        self.flush_changes(sid);
     }
 
     fn pubrec(&mut self, conn: ConnId, packet_id: u16, reason: ReasonCode, now: Instant) {
@@ -409,11 +433,14 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.outgoing.rec(packet_id, reason.is_error()) {
+        let released = s.outgoing.rec(packet_id, reason.is_error());
+        let v5 = s.link.as_ref().is_some_and(|l| l.protocol.is_v5());
+        self.flush_changes(sid);
+        if released {
             self.send_control(sid, Packet::PubRel(PubResp::new(packet_id)));
         } else if reason.is_error() {
             self.pump(sid, now);
-        } else if s.link.as_ref().is_some_and(|l| l.protocol.is_v5()) {
+        } else if v5 {
             let mut rel = PubResp::new(packet_id);
             rel.reason_code = ReasonCode::PacketIdentifierNotFound;
             self.send_control(sid, Packet::PubRel(rel));
@@ -488,6 +515,7 @@ impl Router {
             self.send_outbound(sid, Outbound::Close(ReasonCode::ProtocolError));
             return;
         }
+        self.store_session(sid);
         self.send_control(
             sid,
             Packet::SubAck(SubAck {
@@ -503,6 +531,7 @@ impl Router {
                 qos,
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
+                seq: 0,
             };
             self.deliver(sid, pending, now);
         }
@@ -524,6 +553,7 @@ impl Router {
                 reason_codes.push(ReasonCode::NoSubscriptionExisted);
             }
         }
+        self.store_session(sid);
         self.send_control(
             sid,
             Packet::UnsubAck(UnsubAck {
@@ -550,7 +580,10 @@ impl Router {
             return;
         };
         s.link = None;
-        s.inbound_qos2 = inbound_qos2;
+        if !s.outgoing.journaled() {
+            // With persistence the router tracked these itself (it acknowledged them).
+            s.inbound_qos2 = inbound_qos2;
+        }
         if let Some(e) = session_expiry {
             s.expiry_interval = e;
         }
@@ -578,6 +611,7 @@ impl Router {
             }
             self.expiries.insert((at, sid));
         }
+        self.store_session(sid);
     }
 
     /// Publishes a will now, or schedules it after its Will Delay Interval.
@@ -634,9 +668,11 @@ impl Router {
             self.will_due.remove(&(due, sid));
             self.publish_will(will, now);
         }
+        let was_stored = self.is_stored(sid);
         let Some(s) = self.sessions.remove(&sid) else {
             return;
         };
+        self.unstore_session(Arc::clone(&s.client_id), was_stored);
         if let Some(at) = s.expires_at {
             self.expiries.remove(&(at, sid));
         }
@@ -699,6 +735,7 @@ impl Router {
                     qos,
                     retain,
                     subscription_ids: ids,
+                    seq: 0,
                 };
                 self.deliver(sid, pending, now);
             }
@@ -708,6 +745,7 @@ impl Router {
     }
 
     fn update_retained(&mut self, message: &Arc<Message>, now: Instant) {
+        self.store_retained(message);
         let old = if message.payload.is_empty() {
             self.retained.remove(&message.topic)
         } else {
@@ -725,6 +763,11 @@ impl Router {
     /// Hands a message to one session: straight to the connection when the window allows,
     /// otherwise into the session's bounded queue.
     fn deliver(&mut self, sid: SessionId, pending: Pending, now: Instant) {
+        self.deliver_now(sid, pending, now);
+        self.flush_changes(sid);
+    }
+
+    fn deliver_now(&mut self, sid: SessionId, pending: Pending, now: Instant) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -781,6 +824,7 @@ impl Router {
                 if let Some(id) = d.packet_id {
                     s.outgoing.abandon(id);
                 }
+                self.flush_changes(sid);
                 return;
             }
         }

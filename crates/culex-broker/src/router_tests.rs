@@ -82,6 +82,7 @@ fn publish(r: &mut Router, now: Instant, conn: u64, topic: &str, qos: QoS, retai
     r.handle(
         Command::Publish {
             conn,
+            ack: false,
             publish: Publish {
                 dup: false,
                 qos,
@@ -331,6 +332,7 @@ fn retained_is_sent_after_suback_and_cleared_by_empty_payload() {
     r.handle(
         Command::Publish {
             conn: 1,
+            ack: false,
             publish: Publish {
                 dup: false,
                 qos: QoS::AtMostOnce,
@@ -510,4 +512,199 @@ fn internal_publish_is_routed_and_retained_but_not_counted_as_received() {
     assert_eq!(s.stats.messages_received, 0);
     assert_eq!(s.stats.internal_published, 1);
     assert_eq!(s.retained_count, 1);
+}
+
+/// A store double that records what the router asked it to keep.
+#[derive(Debug, Default, Clone)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<crate::persist::StoreOp>>>);
+
+impl crate::persist::StoreSink for Recorder {
+    fn submit(&mut self, op: crate::persist::StoreOp) -> u64 {
+        let mut ops = self.0.lock().unwrap();
+        ops.push(op);
+        ops.len() as u64
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<crate::persist::StoreOp> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn stored_router(t0: Instant) -> (Router, Recorder) {
+    let rec = Recorder::default();
+    let r = Router::with_store(
+        BrokerSettings::default(),
+        Box::new(rec.clone()),
+        t0,
+        std::time::SystemTime::now(),
+    );
+    (r, rec)
+}
+
+#[test]
+fn persistent_session_messages_are_journaled_through_their_life() {
+    use crate::persist::{MessageState, StoreOp};
+    let t0 = Instant::now();
+    let (mut r, rec) = stored_router(t0);
+    let mut sub = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::AtLeastOnce);
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    rec.take();
+    publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
+    let ops = rec.take();
+    assert!(
+        matches!(&ops[..], [StoreOp::Message { seq: 1, record: Some(m), .. }] if m.state == MessageState::Queued),
+        "{ops:?}"
+    );
+    let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
+    let d = match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    let id = d.packet_id.unwrap();
+    let ops = rec.take();
+    assert!(
+        ops.iter().any(|op| matches!(op, StoreOp::Message { seq: 1, record: Some(m), .. } if m.state == MessageState::WaitPubAck(id))),
+        "{ops:?}"
+    );
+    r.handle(
+        Command::PubAck {
+            conn: 3,
+            packet_id: id,
+        },
+        t0,
+    );
+    let ops = rec.take();
+    assert!(
+        matches!(
+            &ops[..],
+            [StoreOp::Message {
+                seq: 1,
+                record: None,
+                ..
+            }]
+        ),
+        "{ops:?}"
+    );
+    // A clean session is never written.
+    let _c = connect(&mut r, t0, 4, "clean", true, 0, None);
+    assert!(rec.take().is_empty());
+}
+
+#[test]
+fn acknowledgements_wait_for_the_store_and_keep_their_order() {
+    let t0 = Instant::now();
+    let (mut r, _rec) = stored_router(t0);
+    let mut c = connect(&mut r, t0, 1, "c", true, 0, None);
+    let publish_acked = |r: &mut Router, id: u16, retain: bool| {
+        r.handle(
+            Command::Publish {
+                conn: 1,
+                ack: true,
+                publish: Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain,
+                    topic: "r".into(),
+                    packet_id: Some(id),
+                    properties: Properties::default(),
+                    payload: Bytes::from_static(b"x"),
+                },
+            },
+            t0,
+        )
+    };
+    // The retained publish writes to the store (ticket 1); the second one writes nothing
+    // but must not overtake the first's PUBACK.
+    publish_acked(&mut r, 10, true);
+    publish_acked(&mut r, 11, false);
+    assert!(
+        c.rx.try_recv().is_err(),
+        "no PUBACK before the store commits"
+    );
+    assert_eq!(r.acks_waiting(), 2);
+    r.handle(Command::Durable { ticket: 1 }, t0);
+    for want in [10, 11] {
+        match c.rx.try_recv() {
+            Ok(Outbound::Packet(p)) => match *p {
+                Packet::PubAck(a) => assert_eq!(a.packet_id, want),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn restored_session_resumes_with_its_queue_and_subscriptions() {
+    use crate::persist::{
+        MessageRecord, MessageState, Recovered, RecoveredSession, SessionRecord, SubscriptionRecord,
+    };
+    let t0 = Instant::now();
+    let (mut r, _rec) = stored_router(t0);
+    let message = std::sync::Arc::new(crate::Message {
+        topic: "t".into(),
+        payload: Bytes::from_static(b"kept"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+    });
+    let record = |state| MessageRecord {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+        state,
+    };
+    r.restore(
+        Recovered {
+            retained: vec![],
+            sessions: vec![RecoveredSession {
+                client_id: "s".into(),
+                record: SessionRecord {
+                    username: None,
+                    expiry_interval: u32::MAX,
+                    expires_at: None,
+                    subscriptions: vec![SubscriptionRecord {
+                        filter: "t".into(),
+                        options: SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        },
+                        id: None,
+                    }],
+                    inbound_qos2: vec![7],
+                },
+                messages: vec![
+                    (4, record(MessageState::WaitPubAck(3))),
+                    (5, record(MessageState::Queued)),
+                ],
+            }],
+        },
+        t0,
+        None,
+    );
+    let mut back = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    assert!(back.outcome.session_present);
+    assert_eq!(back.outcome.inbound_qos2, vec![7]);
+    match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => {
+            assert!(d.dup, "the in-flight one is a redelivery");
+            assert_eq!(d.packet_id, Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => assert!(!d.dup),
+        other => panic!("{other:?}"),
+    }
+    // The restored subscription routes new messages.
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
+    assert!(matches!(back.rx.try_recv(), Ok(Outbound::Deliver(_))));
 }

@@ -9,6 +9,7 @@ use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
 use crate::api::{AccessPolicy, ConnId, Delivery, Outbox};
 use crate::message::Message;
+use crate::persist::MessageState;
 use crate::settings::BrokerSettings;
 
 /// A live connection attached to a session.
@@ -35,6 +36,18 @@ pub(crate) struct Pending {
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) subscription_ids: Vec<u32>,
+    /// Per-session sequence number, assigned when the session takes the message (0 before):
+    /// the order of delivery and the message's key in the store.
+    pub(crate) seq: u64,
+}
+
+/// A change to a session's messages, journaled for the store while the session is persistent.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// The message with this sequence number is now in this state.
+    Put(u64, Pending, MessageState),
+    /// The message with this sequence number is gone (delivered, dropped or expired).
+    Delete(u64),
 }
 
 /// Where an outgoing QoS 1/2 exchange stands.
@@ -50,10 +63,19 @@ pub(crate) enum InflightState {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Inflight {
-    /// Order of first sending, for redelivery in the original order [MQTT-4.6.0-1].
-    seq: u64,
+    /// `pending.seq` orders redelivery as the original sending [MQTT-4.6.0-1].
     pub(crate) pending: Pending,
     pub(crate) state: InflightState,
+}
+
+impl Inflight {
+    fn stored_state(&self, packet_id: u16) -> MessageState {
+        match self.state {
+            InflightState::WaitPubAck => MessageState::WaitPubAck(packet_id),
+            InflightState::WaitPubRec => MessageState::WaitPubRec(packet_id),
+            InflightState::Released => MessageState::Released(packet_id),
+        }
+    }
 }
 
 /// What a redelivery on reconnect sends.
@@ -77,9 +99,82 @@ pub(crate) struct Outgoing {
     queued_bytes: u64,
     next_packet_id: u16,
     next_seq: u64,
+    /// Changes since the last `take_changes`, recorded only while `journal` is on.
+    changes: Vec<Change>,
+    journal: bool,
 }
 
 impl Outgoing {
+    /// Starts or stops journaling changes for the store.
+    pub(crate) fn set_journal(&mut self, on: bool) {
+        self.journal = on;
+        if !on {
+            self.changes.clear();
+        }
+    }
+
+    /// True while changes are journaled (the session is written to the store).
+    pub(crate) fn journaled(&self) -> bool {
+        self.journal
+    }
+
+    /// The changes journaled since the last call.
+    pub(crate) fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Every message of the session as it stands, in sequence order (to write a whole
+    /// session to the store when it becomes persistent).
+    pub(crate) fn snapshot(&self) -> Vec<Change> {
+        let mut all: Vec<Change> = self
+            .inflight
+            .iter()
+            .map(|(id, f)| Change::Put(f.pending.seq, f.pending.clone(), f.stored_state(*id)))
+            .chain(
+                self.queue
+                    .iter()
+                    .map(|p| Change::Put(p.seq, p.clone(), MessageState::Queued)),
+            )
+            .collect();
+        all.sort_by_key(|c| match c {
+            Change::Put(seq, ..) | Change::Delete(seq) => *seq,
+        });
+        all
+    }
+
+    /// Rebuilds the outgoing state of a session loaded from the store.
+    pub(crate) fn restore(&mut self, messages: Vec<(u64, Pending, MessageState)>) {
+        for (seq, mut pending, state) in messages {
+            pending.seq = seq;
+            self.next_seq = self.next_seq.max(seq + 1);
+            let (id, state) = match state {
+                MessageState::Queued => {
+                    self.queued_bytes += pending.message.size();
+                    self.queue.push_back(pending);
+                    continue;
+                }
+                MessageState::WaitPubAck(id) => (id, InflightState::WaitPubAck),
+                MessageState::WaitPubRec(id) => (id, InflightState::WaitPubRec),
+                MessageState::Released(id) => (id, InflightState::Released),
+            };
+            self.next_packet_id = self.next_packet_id.max(id);
+            self.inflight.insert(id, Inflight { pending, state });
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.journal {
+            self.changes.push(change);
+        }
+    }
+
+    fn assign_seq(&mut self, pending: &mut Pending) {
+        if pending.seq == 0 {
+            self.next_seq = self.next_seq.max(1);
+            pending.seq = self.next_seq;
+            self.next_seq += 1;
+        }
+    }
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
@@ -105,7 +200,16 @@ impl Outgoing {
         if self.queue.len() >= settings.max_queued_messages || over_bytes {
             return Err(Refused::QueueFull);
         }
+        let mut pending = pending;
+        self.assign_seq(&mut pending);
         self.queued_bytes += size;
+        if self.journal {
+            self.changes.push(Change::Put(
+                pending.seq,
+                pending.clone(),
+                MessageState::Queued,
+            ));
+        }
         self.queue.push_back(pending);
         Ok(())
     }
@@ -121,6 +225,7 @@ impl Outgoing {
             self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
             if p.message.is_expired(now) {
                 *expired += 1;
+                self.record(Change::Delete(p.seq));
                 continue;
             }
             out.push(self.start(p, now));
@@ -134,7 +239,8 @@ impl Outgoing {
     }
 
     /// Puts a message into the window and returns its delivery.
-    pub(crate) fn start(&mut self, pending: Pending, now: Instant) -> Delivery {
+    pub(crate) fn start(&mut self, mut pending: Pending, now: Instant) -> Delivery {
+        self.assign_seq(&mut pending);
         let packet_id = self.allocate_packet_id();
         let state = if pending.qos == QoS::ExactlyOnce {
             InflightState::WaitPubRec
@@ -150,16 +256,15 @@ impl Outgoing {
             subscription_ids: pending.subscription_ids.clone(),
             expiry_interval: pending.message.remaining_expiry(now),
         };
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.inflight.insert(
-            packet_id,
-            Inflight {
-                seq,
-                pending,
-                state,
-            },
-        );
+        let inflight = Inflight { pending, state };
+        if self.journal {
+            self.changes.push(Change::Put(
+                inflight.pending.seq,
+                inflight.pending.clone(),
+                inflight.stored_state(packet_id),
+            ));
+        }
+        self.inflight.insert(packet_id, inflight);
         delivery
     }
 
@@ -189,7 +294,9 @@ impl Outgoing {
     fn finish_if(&mut self, packet_id: u16, expected: InflightState) -> bool {
         match self.inflight.get(&packet_id) {
             Some(f) if f.state == expected => {
+                let seq = f.pending.seq;
                 self.inflight.remove(&packet_id);
+                self.record(Change::Delete(seq));
                 true
             }
             _ => false,
@@ -202,11 +309,22 @@ impl Outgoing {
     pub(crate) fn rec(&mut self, packet_id: u16, error: bool) -> bool {
         match self.inflight.get_mut(&packet_id) {
             Some(f) if f.state == InflightState::WaitPubRec && error => {
+                let seq = f.pending.seq;
                 self.inflight.remove(&packet_id);
+                self.record(Change::Delete(seq));
                 false
             }
             Some(f) if matches!(f.state, InflightState::WaitPubRec | InflightState::Released) => {
+                let changed = f.state != InflightState::Released;
                 f.state = InflightState::Released;
+                if changed && self.journal {
+                    let put = Change::Put(
+                        f.pending.seq,
+                        f.pending.clone(),
+                        MessageState::Released(packet_id),
+                    );
+                    self.changes.push(put);
+                }
                 true
             }
             _ => false,
@@ -217,7 +335,11 @@ impl Outgoing {
     /// with DUP for unacknowledged messages, PUBREL for those past PUBREC [MQTT-4.4.0-1].
     /// Expiry does not apply to them: their delivery has started.
     pub(crate) fn redeliver(&mut self, now: Instant) -> Vec<Resend> {
-        let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+        let mut ids: Vec<(u64, u16)> = self
+            .inflight
+            .iter()
+            .map(|(id, f)| (f.pending.seq, *id))
+            .collect();
         ids.sort_unstable();
         let mut out = Vec::with_capacity(ids.len());
         for (_, id) in ids {
@@ -244,7 +366,9 @@ impl Outgoing {
 
     /// Removes an in-flight entry that could not be delivered (e.g. too large for the client).
     pub(crate) fn abandon(&mut self, packet_id: u16) {
-        self.inflight.remove(&packet_id);
+        if let Some(f) = self.inflight.remove(&packet_id) {
+            self.record(Change::Delete(f.pending.seq));
+        }
     }
 }
 
@@ -355,6 +479,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            seq: 0,
         }
     }
 

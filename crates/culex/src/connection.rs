@@ -42,8 +42,10 @@ pub(crate) struct Peer {
 const MAX_BATCH: usize = 256;
 /// Flush the write buffer once it holds this many bytes.
 const FLUSH_BYTES: usize = 64 * 1024;
-/// SUBSCRIBE/UNSUBSCRIBE packets awaiting their ack before the task stops reading.
-const MAX_PENDING_REPLIES: usize = 16;
+/// Packets awaiting an answer from the router (SUBSCRIBE, UNSUBSCRIBE, and with persistence
+/// QoS 1/2 PUBLISH and PUBREL) before the task stops reading. Below the outbox's 64 control
+/// slots, so every answer fits.
+const MAX_PENDING_REPLIES: usize = 48;
 /// Topic aliases accepted from a client (MQTT 5 Topic Alias Maximum).
 pub(crate) const TOPIC_ALIAS_MAX: u16 = 32;
 
@@ -441,9 +443,25 @@ where
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubRel(r) => {
                 let mut comp = PubResp::new(r.packet_id);
-                if let Some(i) = self.inbound_qos2.iter().position(|&id| id == r.packet_id) {
-                    self.inbound_qos2.swap_remove(i);
-                } else if v5 {
+                let known =
+                    if let Some(i) = self.inbound_qos2.iter().position(|&id| id == r.packet_id) {
+                        self.inbound_qos2.swap_remove(i);
+                        true
+                    } else {
+                        false
+                    };
+                if self.shared.limits.router_acks {
+                    // The stored session forgets the id first; the router sends PUBCOMP.
+                    self.pending_replies += 1;
+                    return self
+                        .command(Command::PubRel {
+                            conn: self.conn,
+                            packet_id: r.packet_id,
+                        })
+                        .await
+                        .err();
+                }
+                if !known && v5 {
                     comp.reason_code = ReasonCode::PacketIdentifierNotFound;
                 }
                 self.queue_or_end(&Packet::PubComp(comp))
@@ -584,13 +602,13 @@ where
             }
             return match p.qos {
                 QoS::AtMostOnce => None,
-                QoS::AtLeastOnce => self.queue_or_end(&Packet::PubAck(ack)),
+                QoS::AtLeastOnce => self.ack(Packet::PubAck(ack)).await,
                 QoS::ExactlyOnce => {
                     if !v5 && !self.inbound_qos2.contains(&packet_id) {
                         // 3.1.1 has no failure PUBREC: the client goes on to PUBREL.
                         self.inbound_qos2.push(packet_id);
                     }
-                    self.queue_or_end(&Packet::PubRec(ack))
+                    self.ack(Packet::PubRec(ack)).await
                 }
             };
         }
@@ -600,12 +618,7 @@ where
                     self.shared.counters.dropped_too_large.inc();
                     return None;
                 }
-                self.command(Command::Publish {
-                    conn: self.conn,
-                    publish: p,
-                })
-                .await
-                .err()
+                self.route(p).await.err()
             }
             QoS::AtLeastOnce => {
                 let mut ack = PubResp::new(packet_id);
@@ -614,28 +627,25 @@ where
                     if v5 {
                         ack.reason_code = ReasonCode::QuotaExceeded;
                     }
-                } else {
-                    if let Err(end) = self
-                        .command(Command::Publish {
-                            conn: self.conn,
-                            publish: p,
-                        })
-                        .await
-                    {
-                        return Some(end);
-                    }
+                    return self.ack(Packet::PubAck(ack)).await;
                 }
-                self.queue_or_end(&Packet::PubAck(ack))
+                match self.route(p).await {
+                    Ok(true) => None,
+                    Ok(false) => self.queue_or_end(&Packet::PubAck(ack)),
+                    Err(end) => Some(end),
+                }
             }
             QoS::ExactlyOnce => {
                 let mut rec = PubResp::new(packet_id);
                 if self.inbound_qos2.contains(&packet_id) {
                     // A retransmission: already routed once [MQTT-4.3.3-10].
+                    return self.ack(Packet::PubRec(rec)).await;
                 } else if too_large {
                     self.shared.counters.dropped_too_large.inc();
                     if v5 {
                         rec.reason_code = ReasonCode::QuotaExceeded;
                     }
+                    return self.ack(Packet::PubRec(rec)).await;
                 } else {
                     let receive_max = limits.max_inflight_messages.max(1);
                     if v5 && self.inbound_qos2.len() >= usize::from(receive_max) {
@@ -645,19 +655,45 @@ where
                         ));
                     }
                     self.inbound_qos2.push(packet_id);
-                    if let Err(end) = self
-                        .command(Command::Publish {
-                            conn: self.conn,
-                            publish: p,
-                        })
-                        .await
-                    {
-                        return Some(end);
+                    match self.route(p).await {
+                        Ok(true) => None,
+                        Ok(false) => self.queue_or_end(&Packet::PubRec(rec)),
+                        Err(end) => Some(end),
                     }
                 }
-                self.queue_or_end(&Packet::PubRec(rec))
             }
         }
+    }
+
+    /// Hands a PUBLISH to the router. Returns true when the router will acknowledge it (after
+    /// what it caused is durable); false when the connection acknowledges it now.
+    async fn route(&mut self, p: Publish) -> Result<bool, Ending> {
+        let ack = self.shared.limits.router_acks && p.qos != QoS::AtMostOnce;
+        if ack {
+            self.pending_replies += 1;
+        }
+        self.command(Command::Publish {
+            conn: self.conn,
+            publish: p,
+            ack,
+        })
+        .await?;
+        Ok(ack)
+    }
+
+    /// Sends an acknowledgement the connection decided on. With persistence it goes through
+    /// the router, so it cannot overtake acknowledgements still waiting for the store.
+    async fn ack(&mut self, packet: Packet) -> Option<Ending> {
+        if !self.shared.limits.router_acks {
+            return self.queue_or_end(&packet);
+        }
+        self.pending_replies += 1;
+        self.command(Command::Ack {
+            conn: self.conn,
+            packet: Box::new(packet),
+        })
+        .await
+        .err()
     }
 
     /// Sends a command to the router, waiting for room (backpressure on a busy router).
@@ -685,7 +721,14 @@ where
                 None
             }
             Outbound::Packet(p) => {
-                if matches!(*p, Packet::SubAck(_) | Packet::UnsubAck(_)) {
+                if matches!(
+                    *p,
+                    Packet::SubAck(_)
+                        | Packet::UnsubAck(_)
+                        | Packet::PubAck(_)
+                        | Packet::PubRec(_)
+                        | Packet::PubComp(_)
+                ) {
                     self.pending_replies = self.pending_replies.saturating_sub(1);
                 }
                 self.queue_or_end(&p)

@@ -39,6 +39,8 @@ pub(crate) struct ConnLimits {
     pub(crate) retain_available: bool,
     pub(crate) max_qos: QoS,
     pub(crate) connect_timeout: Duration,
+    /// The router acknowledges QoS 1/2 publishes (after the store made them durable).
+    pub(crate) router_acks: bool,
     pub(crate) write_timeout: Duration,
 }
 
@@ -95,6 +97,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         retain_available: config.mqtt.retain_available,
         max_qos: qos_from(config.mqtt.max_qos),
         connect_timeout: Duration::from_secs(10),
+        router_acks: false,
         write_timeout: Duration::from_secs(30),
     }
 }
