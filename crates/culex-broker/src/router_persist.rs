@@ -62,6 +62,9 @@ impl Router {
         access: Option<Arc<dyn AccessPolicy>>,
     ) {
         for message in recovered.retained {
+            if message.topic.starts_with("$SYS/") {
+                continue;
+            }
             self.retained_bytes += message.payload.len() as u64;
             let topic = Arc::clone(&message.topic);
             self.retained.insert(&topic, message);
@@ -260,7 +263,8 @@ impl Router {
 
     /// Writes a retained message change.
     pub(super) fn store_retained(&mut self, message: &Arc<Message>) {
-        if self.persist.sink.is_none() {
+        // The broker's own $SYS tree describes this run only; it is rebuilt after a restart.
+        if self.persist.sink.is_none() || message.topic.starts_with("$SYS/") {
             return;
         }
         let stored = (!message.payload.is_empty()).then(|| Arc::clone(message));

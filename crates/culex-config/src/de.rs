@@ -66,3 +66,26 @@ pub(crate) fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Er
     }
     d.deserialize_any(Visitor)
 }
+
+/// `[persistence] batch_delay`: a duration string such as `"10ms"`, at most 1 s. Integers
+/// only come from environment overrides (the `config` crate turns `"0"` into `0`) and are
+/// read as the same text.
+pub(crate) fn delay<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration string such as \"10ms\"")
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Duration, E> {
+            duration::parse_delay(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Duration, E> {
+            duration::parse_delay(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Duration, E> {
+            duration::parse_delay(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Visitor)
+}

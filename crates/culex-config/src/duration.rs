@@ -5,6 +5,9 @@
 //!   days), `y` year (365 days). E.g. `2d`, `1w`, `6m`.
 //! * TOML: a [humantime] string such as `"90s"`, `"30m"` (**minutes**),
 //!   `"1h 30m"`, `"2d"`, `"1w"`; or `"never"`.
+//!
+//! Short delays (`persistence_batch_delay`) are whole milliseconds in mosquitto.conf and a
+//! humantime string such as `"10ms"` in TOML.
 
 use std::time::Duration;
 
@@ -78,6 +81,49 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Checks a delay against [`MAX_BATCH_DELAY`](crate::MAX_BATCH_DELAY); `shown` is the
+/// value as written.
+pub(crate) fn check_delay(delay: Duration, shown: &str) -> Result<Duration, String> {
+    if delay > crate::MAX_BATCH_DELAY {
+        Err(format!(
+            "batch delay {shown} is too long: it may be at most 1 s; allowed: 0 to 1s (e.g. \"10ms\")"
+        ))
+    } else {
+        Ok(delay)
+    }
+}
+
+/// Parses a TOML (or environment) delay (`[persistence] batch_delay`): a humantime string
+/// such as `"10ms"`, `"0ms"` or `"1s"`, at most 1 s.
+pub(crate) fn parse_delay(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let delay = humantime::parse_duration(trimmed).map_err(|e| {
+        format!(
+            "invalid duration \"{text}\" ({e}); expected a duration such as \"10ms\", \"0ms\" or \"1s\" (at most 1 s)"
+        )
+    })?;
+    check_delay(delay, &format!("\"{trimmed}\""))
+}
+
+/// Parses a mosquitto.conf delay (`persistence_batch_delay`): whole milliseconds, 0 to 1000.
+pub(crate) fn parse_delay_millis(text: &str) -> Result<Duration, String> {
+    const ALLOWED: &str = "whole milliseconds, 0 to 1000 (at most 1 s), e.g. 10";
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid value '{text}'; allowed: {ALLOWED}"));
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        return Err(format!(
+            "value '{text}' has a leading zero (mosquitto would read it as octal); write it without, allowed: {ALLOWED}"
+        ));
+    }
+    match text.parse::<u64>() {
+        Ok(ms) if ms <= 1000 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "batch delay {text} ms is too long: it may be at most 1 s; allowed: {ALLOWED}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +157,37 @@ mod tests {
         assert_eq!(parse_seconds("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn delays() {
+        let ms = |n| Ok(Duration::from_millis(n));
+        assert_eq!(parse_delay("10ms"), ms(10));
+        assert_eq!(parse_delay("0ms"), ms(0));
+        assert_eq!(parse_delay("1s"), ms(1000));
+        assert_eq!(parse_delay(" 250ms "), ms(250));
+        assert!(parse_delay("1001ms")
+            .expect_err("too long")
+            .contains("at most 1 s"));
+        assert!(parse_delay("2s")
+            .expect_err("too long")
+            .contains("at most 1 s"));
+        assert!(parse_delay("soon").is_err());
+        assert!(parse_delay("never").is_err());
+        assert!(parse_delay("-1ms").is_err());
+
+        assert_eq!(parse_delay_millis("10"), ms(10));
+        assert_eq!(parse_delay_millis("0"), ms(0));
+        assert_eq!(parse_delay_millis("1000"), ms(1000));
+        assert!(parse_delay_millis("1001")
+            .expect_err("too long")
+            .contains("at most 1 s"));
+        assert!(parse_delay_millis("99999999999999999999999")
+            .expect_err("too long")
+            .contains("at most 1 s"));
+        for bad in ["", "10ms", "-1", "1.5", "+1", "010"] {
+            assert!(parse_delay_millis(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

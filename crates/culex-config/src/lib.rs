@@ -4,7 +4,8 @@
 //! with [`load_file`]:
 //!
 //! * **TOML** (any path ending in `.toml`), with sections `[[listeners]]`,
-//!   `[security]`, `[limits]`, `[sessions]` and `[mqtt]`; every key can be
+//!   `[security]`, `[limits]`, `[sessions]`, `[persistence]`, `[mqtt]`,
+//!   `[metrics]`, `[sys]` and `[log]`; every key can be
 //!   overridden from the environment as `CULEX__SECTION__KEY`, e.g.
 //!   `CULEX__LIMITS__MAX_INFLIGHT_MESSAGES=50`.
 //! * **mosquitto.conf** syntax (every other path): one `option value` per
@@ -18,7 +19,8 @@
 //!
 //! Defaults are defined in exactly one place: the [`Default`] impls of the
 //! model types below (plus [`Config::embedded_default`], which is
-//! `Config::default()` with the metrics endpoint on 127.0.0.1:9234).
+//! `Config::default()` with the metrics endpoint on 127.0.0.1:9234 and
+//! persistence enabled).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,16 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 /// Default `$SYS` update interval: 10 seconds (as Mosquitto).
 pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Default [`Persistence::dir`]: `culex-data`, relative to the broker's working directory
+/// (like Mosquitto's `persistence_location`).
+pub const DEFAULT_DATA_DIR: &str = "culex-data";
+
+/// Default [`Persistence::batch_delay`]: 10 ms.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(10);
+
+/// The largest [`Persistence::batch_delay`] allowed: 1 s.
+pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
+
 /// The complete broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,6 +90,8 @@ pub struct Config {
     pub limits: Limits,
     /// Session and client identifier settings.
     pub sessions: Sessions,
+    /// The on-disk store of retained messages and persistent sessions.
+    pub persistence: Persistence,
     /// MQTT protocol feature settings.
     pub mqtt: Mqtt,
     /// The metrics and health HTTP endpoint.
@@ -485,6 +499,82 @@ impl Default for Sessions {
     }
 }
 
+/// The on-disk store of retained messages and persistent sessions (with their queued and
+/// in-flight QoS 1 and 2 messages). TOML: `[persistence]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Persistence {
+    /// Whether state is stored on disk and restored at startup. Default `false` for
+    /// configuration files (as Mosquitto's `persistence false`); `true` in
+    /// [`Config::embedded_default`]. mosquitto.conf: `persistence`.
+    pub enabled: bool,
+    /// The directory holding the store (the file `culex.redb`), created if missing.
+    /// Relative paths are relative to the broker's working directory. Default
+    /// [`DEFAULT_DATA_DIR`]. mosquitto.conf: `persistence_location`.
+    pub dir: PathBuf,
+    /// When commits are made durable (fsync). Default [`SyncPolicy::Batched`].
+    /// mosquitto.conf: `persistence_sync` (a Culex extension).
+    pub sync: SyncPolicy,
+    /// With [`SyncPolicy::Batched`], how long the store waits after the first change of a
+    /// batch for more before committing it; 0 to [`MAX_BATCH_DELAY`]. Default
+    /// [`DEFAULT_BATCH_DELAY`]. TOML: a duration string such as `"10ms"`; mosquitto.conf:
+    /// `persistence_batch_delay MS`, whole milliseconds (a Culex extension).
+    #[serde(deserialize_with = "de::delay")]
+    pub batch_delay: Duration,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Persistence {
+            enabled: false,
+            dir: PathBuf::from(DEFAULT_DATA_DIR),
+            sync: SyncPolicy::default(),
+            batch_delay: DEFAULT_BATCH_DELAY,
+        }
+    }
+}
+
+/// When the store makes its commits durable (`[persistence] sync`; mosquitto.conf
+/// `persistence_sync`). Changes are committed in batches (group commit) whatever the
+/// policy; see `docs/configuration.md` for the trade-off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Every batch is fsynced as soon as the changes waiting have been drained into it.
+    /// Written `always`.
+    Always,
+    /// The store waits up to [`Persistence::batch_delay`] to grow a batch, then fsyncs it.
+    /// Written `batched`. The default.
+    #[default]
+    Batched,
+    /// Batches are committed without fsync. Written `never`.
+    Never,
+}
+
+impl SyncPolicy {
+    /// Every name, for messages.
+    pub const NAMES: &'static [&'static str] = &["always", "batched", "never"];
+
+    /// Parses one of [`SyncPolicy::NAMES`].
+    pub fn parse(text: &str) -> Option<SyncPolicy> {
+        match text {
+            "always" => Some(SyncPolicy::Always),
+            "batched" => Some(SyncPolicy::Batched),
+            "never" => Some(SyncPolicy::Never),
+            _ => None,
+        }
+    }
+
+    /// The name used in both syntaxes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncPolicy::Always => "always",
+            SyncPolicy::Batched => "batched",
+            SyncPolicy::Never => "never",
+        }
+    }
+}
+
 /// MQTT protocol feature settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -511,7 +601,8 @@ impl Default for Mqtt {
 
 impl Default for Config {
     /// What a configuration file that sets nothing means: [`Config::embedded_default`]
-    /// without the metrics endpoint (a file serves metrics only when it says so).
+    /// without the metrics endpoint (a file serves metrics only when it says so) and
+    /// without persistence (Mosquitto's `persistence false`).
     fn default() -> Self {
         Config {
             listeners: Listener::loopback(DEFAULT_PORT),
@@ -519,6 +610,7 @@ impl Default for Config {
             per_listener_settings: false,
             limits: Limits::default(),
             sessions: Sessions::default(),
+            persistence: Persistence::default(),
             mqtt: Mqtt::default(),
             metrics: Metrics::default(),
             sys: Sys::default(),
@@ -530,12 +622,17 @@ impl Default for Config {
 impl Config {
     /// Embedded default used when `culex` runs with no arguments: listeners
     /// `127.0.0.1:1883` and `[::1]:1883`, `allow_anonymous = true`, metrics on
-    /// [`DEFAULT_METRICS_LISTEN`], all other defaults. `configs/default.toml`
-    /// in the repository is this configuration written out.
+    /// [`DEFAULT_METRICS_LISTEN`], persistence enabled in [`DEFAULT_DATA_DIR`],
+    /// all other defaults. `configs/default.toml` in the repository is this
+    /// configuration written out.
     pub fn embedded_default() -> Config {
         Config {
             metrics: Metrics {
                 listen: Some(DEFAULT_METRICS_LISTEN),
+            },
+            persistence: Persistence {
+                enabled: true,
+                ..Persistence::default()
             },
             ..Config::default()
         }
@@ -543,7 +640,8 @@ impl Config {
 
     /// `culex -p PORT` without a configuration file: the embedded default on
     /// another port (loopback only, IPv4 and IPv6), without the metrics
-    /// endpoint, so that throwaway instances never clash on its port.
+    /// endpoint and without persistence, so that throwaway instances never
+    /// clash on its port nor share a store.
     pub fn embedded_on_port(port: u16) -> Config {
         Config {
             listeners: Listener::loopback(port),
@@ -564,7 +662,7 @@ impl Config {
     /// Checks the rules every configuration must satisfy (at least one
     /// listener, no duplicate listener, valid host names, every value in its
     /// range, TLS and security files that exist and can be read, TLS options
-    /// that go together). Loading a file runs this already; call it after changing a
+    /// that go together, a persistence directory that is a directory). Loading a file runs this already; call it after changing a
     /// `Config` by hand. The diagnostics of the error name no file.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = validate::problems(self);
@@ -697,6 +795,12 @@ mod robustness_tests {
         "max_inflight_messages",
         "persistent_client_expiration",
         "auto_id_prefix",
+        "persistence",
+        "persistence_location",
+        "persistence_batch_delay",
+        "autosave_interval",
+        "batch_delay",
+        "10ms",
         "::1",
         "log_dest",
         "password_file",

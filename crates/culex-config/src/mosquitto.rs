@@ -105,6 +105,14 @@ struct Origin {
 /// Options that are accepted, with a warning, and otherwise ignored.
 const IGNORED: &[&str] = &["connection_messages", "pid_file", "user"];
 
+/// Mosquitto persistence options that are accepted (their value checked), with a warning
+/// explaining why Culex does not need them, and otherwise ignored.
+const PERSISTENCE_IGNORED: &[&str] = &[
+    "persistence_file",
+    "autosave_interval",
+    "autosave_on_changes",
+];
+
 /// Mosquitto options Culex does not support yet: an error that says so.
 const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "accept_protocol_versions",
@@ -114,8 +122,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "auth_opt_",
     "auth_plugin",
     "auth_plugin_deny_special_chars",
-    "autosave_interval",
-    "autosave_on_changes",
     "bind_interface",
     "bridge_alpn",
     "bridge_attempt_unsubscribe",
@@ -163,9 +169,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "notifications_local_only",
     "ocsp_data",
     "password",
-    "persistence",
-    "persistence_file",
-    "persistence_location",
     "plugin",
     "plugin_load",
     "plugin_opt_",
@@ -371,6 +374,9 @@ impl Reader {
             },
             "include_dir" => self.include_dir(loc, rest, level),
             "log_type" => self.log_type(loc, words),
+            "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
+                self.persistence_ignored(loc, option, rest, words);
+            }
             _ => {
                 if let Some(key) = LISTENER_OPTIONS.iter().find(|k| **k == option) {
                     self.listener_option(loc, key, rest, words);
@@ -541,6 +547,55 @@ impl Reader {
         self.log_type = Some(self.log_type.map_or(level, |old| old.max(level)));
     }
 
+    /// `persistence_file NAME`, `autosave_interval N`, `autosave_on_changes BOOL`: Mosquitto
+    /// saves its in-memory state to one file now and then; Culex commits every change to its
+    /// store as it happens, so these are checked, then ignored with a warning saying why.
+    fn persistence_ignored(&mut self, loc: &Loc, option: &str, rest: &str, words: &[&str]) {
+        let (checked, why) = match option {
+            "persistence_file" => (
+                if rest.is_empty() {
+                    Err("missing value; expected: persistence_file NAME".to_owned())
+                } else {
+                    Ok(())
+                },
+                "Culex keeps its store as culex.redb inside persistence_location; \
+                 persistence_file is ignored",
+            ),
+            "autosave_interval" => (
+                match words {
+                    [word] => parse_int(word, "0 or more seconds").and_then(|v| {
+                        if v < 0 {
+                            Err(format!(
+                                "value {v} is out of range; allowed: 0 or more seconds"
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                    [] => Err("missing value; allowed: 0 or more seconds".to_owned()),
+                    _ => Err(format!(
+                        "too many values '{rest}'; expected one value: 0 or more seconds"
+                    )),
+                },
+                "Culex commits changes continuously (group commit, see persistence_sync); \
+                 autosave_interval is ignored",
+            ),
+            _ => (
+                match words {
+                    [word] => parse_bool(word).map(|_| ()),
+                    [] => Err("missing value; allowed: true or false".to_owned()),
+                    _ => Err(format!("too many values '{rest}'; allowed: true or false")),
+                },
+                "Culex commits changes continuously (group commit, see persistence_sync); \
+                 autosave_on_changes is ignored",
+            ),
+        };
+        match checked {
+            Ok(()) => self.warn(loc, why),
+            Err(message) => self.error(loc, option, message),
+        }
+    }
+
     /// An option from the shared table.
     fn scalar(&mut self, loc: &Loc, spec: &'static Spec, rest: &str, words: &[&str]) {
         let key = spec.conf_key;
@@ -554,6 +609,7 @@ impl Reader {
                     .to_owned()
             }
             Kind::Seconds => "whole seconds, 0 or more (0 disables)".to_owned(),
+            Kind::Delay => "whole milliseconds, 0 to 1000 (at most 1 s), e.g. 10".to_owned(),
             Kind::SocketAddr => "IP:PORT such as 127.0.0.1:9234 or [::1]:9234".to_owned(),
             Kind::Choice(words) => words.join(", "),
         };
@@ -577,6 +633,7 @@ impl Reader {
                 .parse::<u64>()
                 .map(|n| Value::Seconds(std::time::Duration::from_secs(n)))
                 .map_err(|_| format!("invalid value '{word}'; allowed: {expected}")),
+            (Kind::Delay, [word]) => duration::parse_delay_millis(word).map(Value::Delay),
             (Kind::SocketAddr, [word]) => options::parse_socket_addr(word).map(Value::Addr),
             (Kind::Choice(allowed), [word]) => {
                 options::check_choice(allowed, word).map(|()| Value::Str((*word).to_owned()))
@@ -1041,6 +1098,7 @@ fn supported_options() -> Vec<&'static str> {
         "log_type",
     ];
     names.extend(LISTENER_OPTIONS);
+    names.extend(PERSISTENCE_IGNORED);
     names.extend(
         options::OPTIONS
             .iter()

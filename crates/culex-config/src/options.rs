@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Config, LogFormat, LogLevel, Security, MQTT_MAX_PACKET_SIZE};
+use crate::{Config, LogFormat, LogLevel, Security, SyncPolicy, MQTT_MAX_PACKET_SIZE};
 
 /// The TOML section an option lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,7 @@ pub(crate) enum Section {
     Security,
     Limits,
     Sessions,
+    Persistence,
     Mqtt,
     Metrics,
     Sys,
@@ -24,10 +25,11 @@ pub(crate) enum Section {
 
 impl Section {
     /// Every named section (TOML tables), in file order.
-    pub(crate) const ALL: [Section; 7] = [
+    pub(crate) const ALL: [Section; 8] = [
         Section::Security,
         Section::Limits,
         Section::Sessions,
+        Section::Persistence,
         Section::Mqtt,
         Section::Metrics,
         Section::Sys,
@@ -41,6 +43,7 @@ impl Section {
             Section::Security => "security",
             Section::Limits => "limits",
             Section::Sessions => "sessions",
+            Section::Persistence => "persistence",
             Section::Mqtt => "mqtt",
             Section::Metrics => "metrics",
             Section::Sys => "sys",
@@ -75,6 +78,9 @@ pub(crate) enum Kind {
     /// An interval that may be zero: whole seconds in mosquitto.conf; whole seconds or a
     /// duration string in TOML.
     Seconds,
+    /// A short delay that may be zero, at most [`crate::MAX_BATCH_DELAY`]: whole
+    /// milliseconds in mosquitto.conf; a duration string such as `"10ms"` in TOML.
+    Delay,
     /// An IP address and port, `ADDR:PORT` (`[::1]:PORT` for IPv6).
     SocketAddr,
     /// One of a fixed set of words.
@@ -226,6 +232,30 @@ pub(crate) const OPTIONS: &[Spec] = &[
         kind: Kind::Duration,
     },
     Spec {
+        section: Section::Persistence,
+        key: "enabled",
+        conf_key: "persistence",
+        kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Persistence,
+        key: "dir",
+        conf_key: "persistence_location",
+        kind: Kind::Path,
+    },
+    Spec {
+        section: Section::Persistence,
+        key: "sync",
+        conf_key: "persistence_sync",
+        kind: Kind::Choice(SyncPolicy::NAMES),
+    },
+    Spec {
+        section: Section::Persistence,
+        key: "batch_delay",
+        conf_key: "persistence_batch_delay",
+        kind: Kind::Delay,
+    },
+    Spec {
         section: Section::Mqtt,
         key: "retain_available",
         conf_key: "retain_available",
@@ -362,6 +392,7 @@ pub(crate) enum Value {
     Path(PathBuf),
     Duration(Option<Duration>),
     Seconds(Duration),
+    Delay(Duration),
     Addr(std::net::SocketAddr),
 }
 
@@ -449,6 +480,19 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
             Value::Duration(d) => config.sessions.persistent_client_expiration = d,
             _ => return Err(bad()),
         },
+        "enabled" => config.persistence.enabled = boolean(&value)?,
+        "dir" => match value {
+            Value::Path(p) => config.persistence.dir = p,
+            _ => return Err(bad()),
+        },
+        "sync" => match value {
+            Value::Str(s) => config.persistence.sync = SyncPolicy::parse(&s).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        },
+        "batch_delay" => match value {
+            Value::Delay(d) => config.persistence.batch_delay = d,
+            _ => return Err(bad()),
+        },
         "retain_available" => config.mqtt.retain_available = boolean(&value)?,
         "max_qos" => {
             let v = int(&value)?;
@@ -491,6 +535,7 @@ mod tests {
                 Kind::Path => Value::Path("x".into()),
                 Kind::Duration => Value::Duration(Some(Duration::from_secs(1))),
                 Kind::Seconds => Value::Seconds(Duration::from_secs(1)),
+                Kind::Delay => Value::Delay(Duration::from_millis(1)),
                 Kind::SocketAddr => Value::Addr(([127, 0, 0, 1], 1).into()),
                 Kind::Choice(words) => Value::Str(words[0].into()),
             };

@@ -124,6 +124,9 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
     if let Some((_, raw)) = checked.from_env.get("sessions.auto_id_prefix") {
         config.sessions.auto_id_prefix = raw.clone();
     }
+    if let Some((_, raw)) = checked.from_env.get("persistence.dir") {
+        config.persistence.dir = PathBuf::from(raw);
+    }
     if let Err(diagnostics) = per_listener(path, &mut config, &checked) {
         return Err(ConfigError { diagnostics });
     }
@@ -263,8 +266,8 @@ fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
         .map(|span| line_of(text, span.start))
 }
 
-const TOP_LEVEL: &str =
-    "per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log";
+const TOP_LEVEL: &str = "per_listener_settings, listeners, security, limits, sessions, \
+     persistence, mqtt, metrics, sys, log";
 
 fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
     let root = doc.as_table();
@@ -382,6 +385,7 @@ fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
         (Kind::Seconds, Some(TomlValue::String(s))) => {
             duration::parse_seconds(s.value()).map(|_| ())
         }
+        (Kind::Delay, Some(TomlValue::String(s))) => duration::parse_delay(s.value()).map(|_| ()),
         (Kind::SocketAddr, Some(TomlValue::String(s))) => {
             options::parse_socket_addr(s.value()).map(|_| ())
         }
@@ -408,6 +412,9 @@ fn expected(kind: Kind) -> String {
         }
         Kind::Seconds => {
             "whole seconds (an integer, 0 disables) or a duration string such as \"10s\"".to_owned()
+        }
+        Kind::Delay => {
+            "a duration string such as \"10ms\", \"0ms\" or \"1s\" (at most 1 s)".to_owned()
         }
         Kind::SocketAddr => "a string \"IP:PORT\" such as \"127.0.0.1:9234\"".to_owned(),
         Kind::Choice(words) => format!("one of the strings {}", words.join(", ")),
@@ -742,6 +749,7 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
             Kind::Path => check_path(raw),
             Kind::Duration => duration::parse_toml(raw).map(|_| ()),
             Kind::Seconds => duration::parse_seconds(raw).map(|_| ()),
+            Kind::Delay => duration::parse_delay(raw).map(|_| ()),
             Kind::SocketAddr => options::parse_socket_addr(raw).map(|_| ()),
             Kind::Choice(allowed) => options::check_choice(allowed, raw),
         };

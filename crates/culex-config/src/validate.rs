@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::options::{self, check_int};
-use crate::{Config, Listener, Security, Tls};
+use crate::{duration, Config, Listener, Persistence, Security, Tls};
 
 /// One failed check. Loaders turn it into a [`Diagnostic`](crate::Diagnostic)
 /// with the file and line of the offending option.
@@ -16,8 +16,9 @@ pub(crate) struct Problem {
     pub(crate) key: String,
     /// Index of the listener concerned, if any.
     pub(crate) listener: Option<usize>,
-    /// The option concerned, if any (its name is the same in both syntaxes):
-    /// a scalar option, or with `listener` an option of that listener
+    /// The option concerned, if any, by its mosquitto.conf name (the same as
+    /// the TOML key except for a few, such as `persistence_location`): a
+    /// scalar option, or with `listener` an option of that listener
     /// (`certfile`, `password_file`, ...).
     pub(crate) option: Option<&'static str>,
     /// What is wrong and what is allowed.
@@ -103,7 +104,45 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
                 .to_owned(),
         });
     }
+    check_persistence(&config.persistence, &mut out);
     out
+}
+
+/// `[persistence]`: a batch delay of at most 1 s; a directory name that is not empty and,
+/// when persistence is enabled, does not name something other than a directory (a missing
+/// directory is created by the broker).
+fn check_persistence(persistence: &Persistence, out: &mut Vec<Problem>) {
+    if let Err(message) = duration::check_delay(
+        persistence.batch_delay,
+        &humantime_serde::re::humantime::format_duration(persistence.batch_delay).to_string(),
+    ) {
+        out.push(Problem {
+            key: "persistence.batch_delay".to_owned(),
+            listener: None,
+            option: Some("persistence_batch_delay"),
+            message,
+        });
+    }
+    let dir = &persistence.dir;
+    let message = if dir.as_os_str().is_empty() {
+        Some("the directory name must not be empty".to_owned())
+    } else if persistence.enabled && dir.exists() && !dir.is_dir() {
+        Some(format!(
+            "'{}' exists but is not a directory; the store lives in a directory (created if \
+             missing; {RELATIVE})",
+            dir.display()
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = message {
+        out.push(Problem {
+            key: "persistence.dir".to_owned(),
+            listener: None,
+            option: Some("persistence_location"),
+            message,
+        });
+    }
 }
 
 /// Where relative paths are looked up, for error messages.
@@ -361,6 +400,8 @@ mod tests {
         c.limits.message_size_limit = 268_435_456;
         c.limits.max_connections = Some(0);
         c.sessions.persistent_client_expiration = Some(Duration::ZERO);
+        c.persistence.batch_delay = Duration::from_millis(1001);
+        c.persistence.dir = "".into();
         let keys: Vec<String> = problems(&c).into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
@@ -372,7 +413,56 @@ mod tests {
                 "limits.max_connections",
                 "mqtt.max_qos",
                 "sessions.persistent_client_expiration",
+                "persistence.batch_delay",
+                "persistence.dir",
             ]
         );
+        c.persistence.batch_delay = crate::MAX_BATCH_DELAY;
+        let p = problems(&c);
+        assert_eq!(p.last().map(|p| p.key.as_str()), Some("persistence.dir"));
+        assert_eq!(
+            p.last().map(|p| p.message.as_str()),
+            Some("the directory name must not be empty")
+        );
+        c.persistence.batch_delay = Duration::from_secs(2);
+        let p = problems(&c);
+        assert_eq!(
+            p.iter()
+                .find(|p| p.key == "persistence.batch_delay")
+                .map(|p| p.message.as_str()),
+            Some(
+                "batch delay 2s is too long: it may be at most 1 s; allowed: 0 to 1s (e.g. \"10ms\")"
+            )
+        );
+    }
+
+    #[test]
+    fn persistence_dir_must_be_a_directory_when_enabled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").expect("write");
+        let mut c = Config::default();
+        c.persistence.dir = file.clone();
+        // Disabled: the directory is not used, so not checked.
+        assert_eq!(problems(&c), vec![]);
+        c.persistence.enabled = true;
+        assert_eq!(
+            problems(&c),
+            vec![Problem {
+                key: "persistence.dir".to_owned(),
+                listener: None,
+                option: Some("persistence_location"),
+                message: format!(
+                    "'{}' exists but is not a directory; the store lives in a directory (created \
+                     if missing; {RELATIVE})",
+                    file.display()
+                ),
+            }]
+        );
+        // An existing directory, or one that does not exist yet, is fine.
+        c.persistence.dir = dir.path().to_path_buf();
+        assert_eq!(problems(&c), vec![]);
+        c.persistence.dir = dir.path().join("new/store");
+        assert_eq!(problems(&c), vec![]);
     }
 }

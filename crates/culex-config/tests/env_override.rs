@@ -18,12 +18,19 @@ fn environment_overrides_toml_but_not_mosquitto_conf() {
 
     std::env::set_var("CULEX__LIMITS__MAX_INFLIGHT_MESSAGES", "50");
     std::env::set_var("CULEX__MQTT__MAX_QOS", "1");
+    std::env::set_var("CULEX__PERSISTENCE__ENABLED", "true");
+    std::env::set_var("CULEX__PERSISTENCE__BATCH_DELAY", "50ms");
     // One underscore after the prefix: not an override, ignored.
     std::env::set_var("CULEX_MQTT__RETAIN_AVAILABLE", "false");
 
     let loaded = load_file(&toml).expect("loads with overrides");
     assert_eq!(loaded.config.limits.max_inflight_messages, 50);
     assert_eq!(loaded.config.mqtt.max_qos, 1);
+    assert!(loaded.config.persistence.enabled);
+    assert_eq!(
+        loaded.config.persistence.batch_delay,
+        std::time::Duration::from_millis(50)
+    );
     assert!(loaded.config.mqtt.retain_available);
     assert_eq!(loaded.warnings, Vec::<String>::new());
 
@@ -34,7 +41,7 @@ fn environment_overrides_toml_but_not_mosquitto_conf() {
     assert_eq!(loaded.warnings.len(), 1);
     assert!(
         loaded.warnings[0].contains(
-            "CULEX__LIMITS__MAX_INFLIGHT_MESSAGES, CULEX__MQTT__MAX_QOS ignored: CULEX__ overrides apply only to TOML"
+            "CULEX__LIMITS__MAX_INFLIGHT_MESSAGES, CULEX__MQTT__MAX_QOS, CULEX__PERSISTENCE__BATCH_DELAY, CULEX__PERSISTENCE__ENABLED ignored: CULEX__ overrides apply only to TOML"
         ),
         "{:?}",
         loaded.warnings
@@ -50,6 +57,8 @@ fn environment_overrides_toml_but_not_mosquitto_conf() {
 
     std::env::remove_var("CULEX__LIMITS__MAX_INFLIGHT_MESSAGES");
     std::env::remove_var("CULEX__MQTT__MAX_QOS");
+    std::env::remove_var("CULEX__PERSISTENCE__ENABLED");
+    std::env::remove_var("CULEX__PERSISTENCE__BATCH_DELAY");
     std::env::remove_var("CULEX_MQTT__RETAIN_AVAILABLE");
     assert_eq!(load_file(&toml).expect("loads").config, base);
 }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use culex_config::{load_file, Config, Listener, Loaded};
+use culex_config::{load_file, Config, Listener, Loaded, Persistence, SyncPolicy};
 
 fn shipped(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,6 +56,15 @@ fn example_toml_and_conf_are_equivalent() {
         Some(std::time::Duration::from_secs(14 * 86_400))
     );
     assert_eq!(c.mqtt.max_qos, 1);
+    assert_eq!(
+        c.persistence,
+        Persistence {
+            enabled: true,
+            dir: PathBuf::from("/var/lib/culex"),
+            sync: SyncPolicy::Batched,
+            batch_delay: std::time::Duration::from_millis(20),
+        }
+    );
     assert_ne!(c, Config::embedded_default());
 }
 
@@ -83,22 +92,44 @@ fn embedded_defaults() {
     assert_eq!(c.metrics.listen, Some(culex_config::DEFAULT_METRICS_LISTEN));
     assert_eq!(c.sys.interval, std::time::Duration::from_secs(10));
     assert_eq!(
+        c.persistence,
+        Persistence {
+            enabled: true,
+            dir: PathBuf::from("culex-data"),
+            sync: SyncPolicy::Batched,
+            batch_delay: std::time::Duration::from_millis(10),
+        }
+    );
+    assert_eq!(
         Config {
             metrics: Default::default(),
+            persistence: Persistence {
+                enabled: false,
+                ..c.persistence.clone()
+            },
             ..c.clone()
         },
         Config::default(),
-        "a file that sets nothing differs only by serving no metrics"
+        "a file that sets nothing differs only by serving no metrics and persisting nothing"
+    );
+    assert!(
+        !Config::default().persistence.enabled,
+        "mosquitto's persistence false"
     );
     assert_eq!(c.validate(), Ok(()));
 
     let p = Config::embedded_on_port(1999);
     assert_eq!(p.listeners, Listener::loopback(1999));
     assert_eq!(p.metrics.listen, None, "-p PORT serves no metrics");
+    assert!(
+        !p.persistence.enabled,
+        "-p PORT instances never share a store"
+    );
     assert_eq!(
         Config {
             listeners: c.listeners.clone(),
             metrics: c.metrics.clone(),
+            persistence: c.persistence.clone(),
             ..p
         },
         c

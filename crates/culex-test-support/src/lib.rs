@@ -27,9 +27,19 @@ pub struct TestBroker {
     server: RunningServer,
 }
 
+/// Test brokers run many at once: persistence in the default `./culex-data` (as
+/// [`Config::embedded_default`] has it) would make them fight over one store, so it is turned
+/// off there. A test that wants persistence names its own (temporary) directory.
+fn no_shared_store(config: &mut Config) {
+    if config.persistence.dir == std::path::Path::new(culex_config::DEFAULT_DATA_DIR) {
+        config.persistence.enabled = false;
+    }
+}
+
 impl TestBroker {
     /// Starts the embedded default configuration on 127.0.0.1, port 0, without the metrics
-    /// endpoint (many test brokers run at once; none may take port 9234).
+    /// endpoint (many test brokers run at once; none may take port 9234) and without the
+    /// default store directory.
     pub async fn start() -> Result<Self> {
         Self::start_with(Config::embedded_default()).await
     }
@@ -40,6 +50,7 @@ impl TestBroker {
     /// dropped: ask for one with [`TestBroker::start_with_metrics`].
     pub async fn start_with(mut config: Config) -> Result<Self> {
         config.listeners = vec![Listener::new("127.0.0.1", 0)];
+        no_shared_store(&mut config);
         config.metrics.listen = match config.metrics.listen {
             None => None,
             Some(a) if a == culex_config::DEFAULT_METRICS_LISTEN => None,
@@ -67,7 +78,8 @@ impl TestBroker {
 
     /// Starts `config` exactly as given, listeners included (use port 0 for each). `addr` is the
     /// first bound address; [`TestBroker::local_addrs`] has them all, in listener order.
-    pub async fn start_exact(config: Config) -> Result<Self> {
+    pub async fn start_exact(mut config: Config) -> Result<Self> {
+        no_shared_store(&mut config);
         let server = culex::start(&config).await?;
         let addr = *server
             .local_addrs()

@@ -10,11 +10,13 @@ mod connection;
 pub mod counters;
 mod http;
 pub mod metrics;
+mod persistence;
 mod security;
 pub mod server;
 mod sys;
 mod transport;
 
 pub use http::Readiness;
+pub use persistence::reset_store;
 pub use server::{check_files, run, start, RunningServer};
 pub use transport::{check_tls, TlsSetupError};

@@ -23,6 +23,13 @@ struct Cli {
     /// Verbose logging (debug level). `RUST_LOG` overrides.
     #[arg(short = 'v', long = "verbose")]
     verbose: bool,
+    /// Keep the persistent store (retained messages, persistent sessions) in DIR; turns
+    /// persistence on. Default with no arguments: ./culex-data.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Move a damaged store aside (it is renamed, never deleted) and start with an empty one.
+    #[arg(long = "reset-store")]
+    reset_store: bool,
     /// Check the configuration file, print any problems, and exit (non-zero on errors).
     #[arg(long = "check", requires = "config")]
     check: bool,
@@ -78,6 +85,20 @@ fn main() -> ExitCode {
     }
     if let Some(port) = cli.port {
         config.listeners = Config::embedded_on_port(port).listeners;
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.persistence.enabled = true;
+        config.persistence.dir.clone_from(dir);
+    }
+    if cli.reset_store {
+        if !config.persistence.enabled {
+            eprintln!("culex: --reset-store needs persistence (a config with `persistence true` or --data-dir)");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = culex::reset_store(&config.persistence.dir) {
+            eprintln!("culex: {e:#}");
+            return ExitCode::FAILURE;
+        }
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -97,7 +97,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         retain_available: config.mqtt.retain_available,
         max_qos: qos_from(config.mqtt.max_qos),
         connect_timeout: Duration::from_secs(10),
-        router_acks: false,
+        router_acks: config.persistence.enabled,
         write_timeout: Duration::from_secs(30),
     }
 }
@@ -232,6 +232,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     let counters = Arc::new(Counters::default());
     let ready = Arc::new(Readiness::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The store is opened (and recovered) before anything listens: a locked or damaged store
+    // stops the start with a clear error.
+    let opened = crate::persistence::open(config)?;
     let settings = broker_settings(config);
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
     let mut aux = Vec::new();
@@ -301,7 +304,20 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         info!("listening on {} ({kind})", ctx.local);
     }
 
-    let router = Router::new(settings.clone());
+    let mut store_writer = None;
+    let router = match opened {
+        Some(opened) => {
+            let access = security
+                .unique
+                .first()
+                .map(|h| Arc::clone(h) as Arc<dyn culex_broker::AccessPolicy>);
+            let (router, join) =
+                crate::persistence::router(opened, config, settings.clone(), &router_tx, access);
+            store_writer = Some(join);
+            router
+        }
+        None => Router::new(settings.clone()),
+    };
     let router_task = tokio::spawn(run_router(router, router_rx));
     if !config.sys.interval.is_zero() {
         aux.push(tokio::spawn(crate::sys::run(
@@ -323,7 +339,14 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         .max_connections
         .unwrap_or(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max_conn.min(Semaphore::MAX_PERMITS)));
-    let task = tokio::spawn(serve(listeners, shared, permits, shutdown_rx, router_task));
+    let task = tokio::spawn(serve(
+        listeners,
+        shared,
+        permits,
+        shutdown_rx,
+        router_task,
+        store_writer,
+    ));
     ready.set_ready();
     Ok(RunningServer {
         addrs,
@@ -415,6 +438,7 @@ async fn serve(
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     router_task: tokio::task::JoinHandle<()>,
+    store_writer: Option<culex_store::WriterJoin>,
 ) {
     let next_conn = Arc::new(AtomicU64::new(1));
     let mut accept_loops = JoinSet::new();
@@ -441,6 +465,15 @@ async fn serve(
     }
     drop(shared);
     let _ = router_task.await;
+    // The router is gone, and with it the store's last handle: the writer commits what is
+    // left and stops.
+    if let Some(writer) = store_writer {
+        match tokio::task::spawn_blocking(move || writer.join()).await {
+            Ok(Ok(stats)) => info!("store closed after {} commits", stats.commits),
+            Ok(Err(e)) => warn!("store writer failed: {e}"),
+            Err(e) => warn!("store writer did not finish: {e}"),
+        }
+    }
 }
 
 /// Accepts connections on one socket. The TLS handshake and WebSocket upgrade happen in each

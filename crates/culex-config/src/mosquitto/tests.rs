@@ -330,6 +330,222 @@ fn strings_and_durations() {
 }
 
 #[test]
+fn persistence_options() {
+    use crate::{Persistence, SyncPolicy};
+
+    // Mosquitto's default: no persistence.
+    assert_eq!(config("").persistence, Persistence::default());
+    assert!(!config("").persistence.enabled);
+
+    let c = config(
+        "persistence true
+persistence_location /var/lib/culex/
+         persistence_sync always
+persistence_batch_delay 250
+",
+    );
+    assert_eq!(
+        c.persistence,
+        Persistence {
+            enabled: true,
+            dir: "/var/lib/culex/".into(),
+            sync: SyncPolicy::Always,
+            batch_delay: Duration::from_millis(250),
+        }
+    );
+    assert!(
+        !config(
+            "persistence false
+"
+        )
+        .persistence
+        .enabled
+    );
+    assert!(
+        config(
+            "persistence 1
+"
+        )
+        .persistence
+        .enabled
+    );
+    for (word, sync) in [
+        ("always", SyncPolicy::Always),
+        ("batched", SyncPolicy::Batched),
+        ("never", SyncPolicy::Never),
+    ] {
+        assert_eq!(
+            config(&format!(
+                "persistence_sync {word}
+"
+            ))
+            .persistence
+            .sync,
+            sync
+        );
+    }
+    // The location is the rest of the line (it may contain spaces).
+    assert_eq!(
+        config(
+            "persistence_location my data
+"
+        )
+        .persistence
+        .dir,
+        std::path::PathBuf::from("my data")
+    );
+    assert_eq!(
+        config(
+            "persistence_batch_delay 0
+"
+        )
+        .persistence
+        .batch_delay,
+        Duration::ZERO
+    );
+    assert_eq!(
+        config(
+            "persistence_batch_delay 1000
+"
+        )
+        .persistence
+        .batch_delay,
+        Duration::from_secs(1)
+    );
+
+    assert_eq!(
+        error(
+            "persistence yes
+"
+        ),
+        "culex.conf:1: option 'persistence': invalid value 'yes'; allowed: true or false"
+    );
+    assert_eq!(
+        error(
+            "persistence_location
+"
+        ),
+        "culex.conf:1: option 'persistence_location': missing value; allowed: a file path"
+    );
+    assert_eq!(
+        error("persistence_sync sometimes
+"),
+        "culex.conf:1: option 'persistence_sync': invalid value 'sometimes'; allowed: always, batched, never"
+    );
+    assert_eq!(
+        error("\npersistence_batch_delay 1001
+"),
+        "culex.conf:2: option 'persistence_batch_delay': batch delay 1001 ms is too long: it may be at most 1 s; allowed: whole milliseconds, 0 to 1000 (at most 1 s), e.g. 10"
+    );
+    assert!(error(
+        "persistence_batch_delay 10ms
+"
+    )
+    .contains("invalid value '10ms'"));
+    assert!(error(
+        "persistence_batch_delay -1
+"
+    )
+    .contains("invalid value '-1'"));
+    assert!(error(
+        "persistence_batch_delay 010
+"
+    )
+    .contains("leading zero"));
+    assert!(error(
+        "persistence_batch_delay 1 2
+"
+    )
+    .contains("too many values"));
+
+    // An existing file is not a directory: an error naming the option, the line and the path.
+    let dir = TempConfig::new();
+    let file = dir.file("data", "x");
+    let path = dir.file(
+        "culex.conf",
+        &format!(
+            "persistence true\npersistence_location {}\n",
+            file.display()
+        ),
+    );
+    let e = load(&path).expect_err("not a directory");
+    assert_eq!(
+        dir.strip(&e.to_string()),
+        "culex.conf:2: option 'persistence_location': 'data' exists but is not a directory; \
+         the store lives in a directory (created if missing; relative paths are relative to \
+         the current directory, as in mosquitto)"
+    );
+    // Unused while persistence is off, so not checked.
+    let path = dir.file(
+        "off.conf",
+        &format!("persistence_location {}\n", file.display()),
+    );
+    assert!(load(&path).is_ok());
+}
+
+#[test]
+fn mosquitto_persistence_options_warn() {
+    let (dir, result) = load_text(
+        "persistence true
+persistence_file mosquitto.db
+
+         autosave_interval 1800
+autosave_on_changes false
+",
+    );
+    let loaded = result.expect("loads");
+    assert!(loaded.config.persistence.enabled);
+    assert_eq!(
+        loaded
+            .warnings
+            .iter()
+            .map(|w| dir.strip(w))
+            .collect::<Vec<_>>(),
+        [
+            "culex.conf:2: Culex keeps its store as culex.redb inside persistence_location; persistence_file is ignored",
+            "culex.conf:4: Culex commits changes continuously (group commit, see persistence_sync); autosave_interval is ignored",
+            "culex.conf:5: Culex commits changes continuously (group commit, see persistence_sync); autosave_on_changes is ignored",
+        ]
+    );
+    // Their values are still checked.
+    assert_eq!(
+        error(
+            "persistence_file
+"
+        ),
+        "culex.conf:1: option 'persistence_file': missing value; expected: persistence_file NAME"
+    );
+    assert!(error(
+        "autosave_interval soon
+"
+    )
+    .contains("is not a whole number"));
+    assert!(error(
+        "autosave_interval -1
+"
+    )
+    .contains("out of range"));
+    assert!(error(
+        "autosave_interval
+"
+    )
+    .contains("missing value"));
+    assert!(error(
+        "autosave_on_changes maybe
+"
+    )
+    .contains("allowed: true or false"));
+    // A misspelling gets a hint.
+    assert_eq!(
+        error(
+            "persistance true
+"
+        ),
+        "culex.conf:1: unknown option 'persistance'; did you mean 'persistence'?"
+    );
+}
+
+#[test]
 fn repeated_options_warn_and_last_wins() {
     let (dir, result) = load_text("max_qos 1\nmax_qos 0\n");
     let loaded = result.expect("loads");
@@ -371,7 +587,7 @@ fn unknown_options() {
         "culex.conf:1: unknown option 'crlfile': this mosquitto option is not supported yet by Culex"
     );
     for option in [
-        "persistence true",
+        "store_clean_interval 10",
         "connection bridge1",
         "bridge_foo 1",
         "plugin_opt_x 1",

@@ -141,6 +141,152 @@ upgrade_outgoing_qos = true
 }
 
 #[test]
+fn persistence_section() {
+    use crate::{Persistence, SyncPolicy};
+
+    assert_eq!(config("").persistence, Persistence::default());
+    let c = config(
+        "[persistence]\nenabled = true\ndir = \"/var/lib/culex\"\nsync = \"never\"\nbatch_delay = \"250ms\"\n",
+    );
+    assert_eq!(
+        c.persistence,
+        Persistence {
+            enabled: true,
+            dir: "/var/lib/culex".into(),
+            sync: SyncPolicy::Never,
+            batch_delay: Duration::from_millis(250),
+        }
+    );
+    for (word, sync) in [
+        ("always", SyncPolicy::Always),
+        ("batched", SyncPolicy::Batched),
+        ("never", SyncPolicy::Never),
+    ] {
+        assert_eq!(
+            config(&format!("[persistence]\nsync = \"{word}\"\n"))
+                .persistence
+                .sync,
+            sync
+        );
+    }
+    for (text, ms) in [("0ms", 0), ("10ms", 10), ("1s", 1000), ("1000ms", 1000)] {
+        assert_eq!(
+            config(&format!("[persistence]\nbatch_delay = \"{text}\"\n"))
+                .persistence
+                .batch_delay,
+            Duration::from_millis(ms),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn persistence_errors() {
+    assert_eq!(
+        errors("[persistence]\nenabled = \"yes\"\n"),
+        "culex.toml:2: option 'persistence.enabled': expected true or false, found string \"yes\""
+    );
+    assert_eq!(
+        errors("[persistence]\ndir = \"\"\n"),
+        "culex.toml:2: option 'persistence.dir': the path must not be empty; leave the key out instead"
+    );
+    assert_eq!(
+        errors("[persistence]\ndir = 5\n"),
+        "culex.toml:2: option 'persistence.dir': expected a file path (a string), found integer 5"
+    );
+    assert_eq!(
+        errors("[persistence]\nsync = \"sometimes\"\n"),
+        "culex.toml:2: option 'persistence.sync': invalid value 'sometimes'; allowed: always, batched, never"
+    );
+    assert_eq!(
+        errors("[persistence]\n\nbatch_delay = \"2s\"\n"),
+        "culex.toml:3: option 'persistence.batch_delay': batch delay \"2s\" is too long: it may be at most 1 s; allowed: 0 to 1s (e.g. \"10ms\")"
+    );
+    assert_eq!(
+        errors("[persistence]\nbatch_delay = 10\n"),
+        "culex.toml:2: option 'persistence.batch_delay': expected a duration string such as \"10ms\", \"0ms\" or \"1s\" (at most 1 s), found integer 10"
+    );
+    assert!(errors("[persistence]\nbatch_delay = \"soon\"\n").contains("invalid duration \"soon\""));
+
+    // An existing file is not a directory: an error naming the option, the line and the path.
+    let dir = TempConfig::new();
+    let file = dir.file("data", "x");
+    let path = dir.file(
+        "culex.toml",
+        &format!(
+            "[persistence]\nenabled = true\ndir = \"{}\"\n",
+            file.display()
+        ),
+    );
+    let e = load(&path, vec![]).expect_err("not a directory");
+    assert_eq!(
+        dir.strip(&e.to_string()),
+        "culex.toml:3: option 'persistence.dir': 'data' exists but is not a directory; \
+         the store lives in a directory (created if missing; relative paths are relative to \
+         the current directory, as in mosquitto)"
+    );
+    // Unused while persistence is off, so not checked.
+    let path = dir.file(
+        "off.toml",
+        &format!("[persistence]\ndir = \"{}\"\n", file.display()),
+    );
+    assert!(load(&path, vec![]).is_ok());
+}
+
+#[test]
+fn persistence_environment_overrides() {
+    use crate::SyncPolicy;
+
+    let c = config_env(
+        "[persistence]\nenabled = false\nbatch_delay = \"10ms\"\n",
+        &[
+            ("CULEX__PERSISTENCE__ENABLED", "true"),
+            ("CULEX__PERSISTENCE__DIR", "007"),
+            ("CULEX__PERSISTENCE__SYNC", "always"),
+            ("CULEX__PERSISTENCE__BATCH_DELAY", "500ms"),
+        ],
+    );
+    assert!(c.persistence.enabled);
+    assert_eq!(
+        c.persistence.dir,
+        std::path::PathBuf::from("007"),
+        "paths are taken verbatim"
+    );
+    assert_eq!(c.persistence.sync, SyncPolicy::Always);
+    assert_eq!(c.persistence.batch_delay, Duration::from_millis(500));
+    assert_eq!(
+        config_env("", &[("CULEX__PERSISTENCE__BATCH_DELAY", "0")])
+            .persistence
+            .batch_delay,
+        Duration::ZERO
+    );
+
+    assert_eq!(
+        errors_env("", &[("CULEX__PERSISTENCE__BATCH_DELAY", "5s")]),
+        "environment variable CULEX__PERSISTENCE__BATCH_DELAY: option 'persistence.batch_delay': batch delay \"5s\" is too long: it may be at most 1 s; allowed: 0 to 1s (e.g. \"10ms\")"
+    );
+    assert!(errors_env("", &[("CULEX__PERSISTENCE__SYNC", "sometimes")])
+        .contains("allowed: always, batched, never"));
+    assert!(errors_env("", &[("CULEX__PERSISTENCE__ENABLED", "yes")])
+        .contains("allowed: true or false"));
+    assert!(errors_env("", &[("CULEX__PERSISTENCE__FILE", "x")])
+        .contains("unknown override 'CULEX__PERSISTENCE__FILE'"));
+    // Validation problems of values from the environment name the variable.
+    let dir = TempConfig::new();
+    let file = dir.file("data", "x");
+    let text = errors_env(
+        "[persistence]\nenabled = true\n",
+        &[("CULEX__PERSISTENCE__DIR", &file.display().to_string())],
+    );
+    assert!(
+        text.starts_with(
+            "environment variable CULEX__PERSISTENCE__DIR: option 'persistence.dir': '"
+        ) && text.contains("exists but is not a directory"),
+        "{text}"
+    );
+}
+
+#[test]
 fn special_values() {
     let c = config("[limits]\nmax_inflight_messages = 0\nmax_connections = -1\n");
     assert_eq!(c.limits.max_inflight_messages, 65535);
@@ -194,7 +340,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
-        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log"
+        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, persistence, mqtt, metrics, sys, log"
     );
     assert_eq!(
         errors("\nmax_qos = 1\n"),
@@ -205,8 +351,16 @@ fn unknown_keys_name_key_and_line() {
         "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port, protocol, tls, security"
     );
     assert_eq!(
-        errors("[persistence]\nenabled = true\n"),
-        "culex.toml:1: unknown key 'persistence'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, mqtt, metrics, sys, log"
+        errors("[persistence]\nenabled = true\n\nfile = \"culex.db\"\n"),
+        "culex.toml:4: unknown key 'persistence.file'; allowed keys in [persistence]: enabled, dir, sync, batch_delay"
+    );
+    assert_eq!(
+        errors("[persistence]\nmax_qos = 1\n"),
+        "culex.toml:2: unknown key 'persistence.max_qos'; 'max_qos' belongs in the [mqtt] section"
+    );
+    assert_eq!(
+        errors("\nenabled = true\n"),
+        "culex.toml:2: unknown key 'enabled' at the top level; it belongs in the [persistence] section: persistence.enabled"
     );
     assert_eq!(
         errors("security = 1\n"),

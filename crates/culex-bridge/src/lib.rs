@@ -1,0 +1,46 @@
+//! Culex's outbound bridge connector: mirrors topic trees between the local broker and remote
+//! MQTT brokers, with Mosquitto's bridge semantics.
+//!
+//! - [`BridgeConfig`]: the options of one bridge (Mosquitto's names in the field docs), with
+//!   [`BridgeConfig::validate`] and the [`BridgeConfig::sber`] preset.
+//! - [`topic`]: `topic PATTERN [out|in|both] [QOS] [LOCAL-PREFIX REMOTE-PREFIX]` rules and the
+//!   remapping between local and remote topics.
+//! - [`ReconnectPolicy`]: jittered exponential backoff between `restart_timeout` bounds, reset
+//!   after a CONNACK; bad credentials wait the maximum.
+//! - [`ForwardQueue`]: store-and-forward of `out` messages while the remote is down
+//!   ([`MemoryQueue`] now; a persistent one can implement the same trait).
+//! - [`Bridge::spawn`]: the bridge task. It connects to the local broker through a
+//!   [`LocalConnector`] (an in-process stream in the broker, TCP in tests) and to the remote
+//!   through `culex-client` (TCP or TLS), and forwards both ways. [`BridgeStats`] exposes its
+//!   state and counters as atomics.
+//!
+//! No loops: the local connection uses MQTT 5 with No Local; an MQTT 5 remote gets No Local
+//! subscriptions; an MQTT 3.1.1 remote gets the bridge bit (`try_private`) or, without it,
+//! echo suppression by origin tracking.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod backoff;
+mod config;
+mod echo;
+mod error;
+mod queue;
+mod remote;
+mod runtime;
+mod stats;
+pub mod topic;
+
+pub use backoff::{ChangeLog, FailureKind, ReconnectPolicy};
+pub use config::{
+    BridgeConfig, BridgeProtocol, BridgeTls, StartType, TlsVersion, SBER_HOST, SBER_LOCAL_PREFIX,
+    SBER_PORT,
+};
+pub use error::BridgeError;
+pub use queue::{ForwardQueue, MemoryQueue, QueuedMessage};
+pub use remote::tls_client_config;
+pub use runtime::{BoxFuture, Bridge, BridgeHandle, LocalConnector};
+pub use stats::{BridgeStats, LinkState};
+pub use topic::{Direction, TopicRule};

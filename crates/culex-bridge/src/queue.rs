@@ -1,0 +1,117 @@
+//! Store-and-forward: `out` messages waiting for the remote link.
+//!
+//! The runtime only talks to the [`ForwardQueue`] trait, so a durable implementation on the
+//! persistence store can replace [`MemoryQueue`] without touching the link logic.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use culex_proto::QoS;
+
+/// A message on its way to the remote, topic already remapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Remote topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS to publish with.
+    pub qos: QoS,
+    /// RETAIN flag to publish with.
+    pub retain: bool,
+}
+
+impl QueuedMessage {
+    /// Approximate memory held by the message.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// A bounded FIFO of messages for the remote. Implementations decide where messages live
+/// (memory now, the persistence store later); they must keep order and never grow past their
+/// bound: when full, `push` evicts the oldest message and returns it so it can be counted.
+pub trait ForwardQueue: Send {
+    /// Appends `message`; returns the message evicted to make room, if any.
+    fn push(&mut self, message: QueuedMessage) -> Option<QueuedMessage>;
+    /// The oldest message, removed.
+    fn pop(&mut self) -> Option<QueuedMessage>;
+    /// Puts a message back at the front (it could not be sent after all).
+    fn push_front(&mut self, message: QueuedMessage);
+    /// Messages queued.
+    fn len(&self) -> usize;
+    /// True when nothing is queued.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An in-memory [`ForwardQueue`] bounded by a message count.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    limit: usize,
+    items: VecDeque<QueuedMessage>,
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `limit` messages (at least 1).
+    pub fn new(limit: usize) -> Self {
+        MemoryQueue {
+            limit: limit.max(1),
+            items: VecDeque::new(),
+        }
+    }
+}
+
+impl ForwardQueue for MemoryQueue {
+    fn push(&mut self, message: QueuedMessage) -> Option<QueuedMessage> {
+        let evicted = if self.items.len() >= self.limit {
+            self.items.pop_front()
+        } else {
+            None
+        };
+        self.items.push_back(message);
+        evicted
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        self.items.pop_front()
+    }
+
+    fn push_front(&mut self, message: QueuedMessage) {
+        self.items.push_front(message);
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(i: u32) -> QueuedMessage {
+        QueuedMessage {
+            topic: format!("t/{i}"),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn fifo_bounded_oldest_evicted() {
+        let mut q = MemoryQueue::new(3);
+        for i in 0..3 {
+            assert_eq!(q.push(m(i)), None);
+        }
+        assert_eq!(q.push(m(3)), Some(m(0)));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop(), Some(m(1)));
+        q.push_front(m(1));
+        let rest: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(rest, vec![m(1), m(2), m(3)]);
+        assert!(q.is_empty());
+    }
+}

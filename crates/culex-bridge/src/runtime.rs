@@ -1,0 +1,907 @@
+//! The bridge task: one local and one remote client connection, forwarding with remapping.
+//!
+//! One task per bridge owns both connections and waits, in one `select!`, on the local
+//! connection, the remote one, a connect attempt in progress, the next-attempt timer and the
+//! stall and idle timers. The `culex-client` connections are cancel-safe, so losing a race in the
+//! `select!` loses no data. The remote [`Connection`] is kept across link failures: its session
+//! holds the QoS 1/2 publications in flight, which are resent (with DUP when the remote kept the
+//! session) after the reconnect.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use culex_client::transport::BoxStream;
+use culex_client::{ClientError, ClientSession, ConnectOptions, Connection, Message};
+use culex_proto::{
+    Properties, Protocol, Publish, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy};
+use crate::config::{BridgeConfig, BridgeProtocol, StartType};
+use crate::echo::EchoFilter;
+use crate::error::BridgeError;
+use crate::queue::{ForwardQueue, MemoryQueue, QueuedMessage};
+use crate::remote;
+use crate::stats::{unix_now, unix_now_ms, BridgeStats, LinkState};
+use crate::topic::{remap_in, remap_out};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Opens a fresh byte stream to the LOCAL broker. In the broker this is an in-process duplex
+/// stream served by the broker's own connection task; in tests, a TCP connection.
+pub type LocalConnector = Box<dyn Fn() -> BoxFuture<io::Result<BoxStream>> + Send + Sync>;
+
+/// QoS 1/2 publications in flight to the remote at once; the rest wait in the queue.
+const WINDOW: u16 = 64;
+/// Time for the TCP connect, the TLS handshake and the CONNACK, each attempt and address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time for a SUBACK or a local round trip.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Local reconnect delays (the local broker is in-process; it is only gone while restarting).
+const LOCAL_RETRY_MIN: Duration = Duration::from_millis(100);
+const LOCAL_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Starts bridges.
+#[derive(Debug)]
+pub struct Bridge;
+
+impl Bridge {
+    /// Validates `config` and spawns the bridge task on the current tokio runtime, with an
+    /// in-memory store-and-forward queue of `config.queue_limit` messages. The task runs until
+    /// `shutdown` becomes true (or its sender is dropped).
+    pub fn spawn(
+        config: BridgeConfig,
+        local: LocalConnector,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<BridgeHandle, BridgeError> {
+        let queue = Box::new(MemoryQueue::new(config.queue_limit));
+        Self::spawn_with_queue(config, local, queue, shutdown)
+    }
+
+    /// [`Bridge::spawn`] with a caller-provided queue (e.g. one backed by the persistence
+    /// store).
+    pub fn spawn_with_queue(
+        config: BridgeConfig,
+        local: LocalConnector,
+        queue: Box<dyn ForwardQueue>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<BridgeHandle, BridgeError> {
+        config.validate()?;
+        let stats = Arc::new(BridgeStats::default());
+        let name = config.name.clone();
+        let link = Link::new(config, local, queue, shutdown, Arc::clone(&stats));
+        let task = tokio::spawn(link.run());
+        Ok(BridgeHandle { name, stats, task })
+    }
+}
+
+/// A running bridge.
+#[derive(Debug)]
+pub struct BridgeHandle {
+    name: String,
+    stats: Arc<BridgeStats>,
+    task: JoinHandle<()>,
+}
+
+impl BridgeHandle {
+    /// The bridge's `connection` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Live statistics (shared with the task).
+    pub fn stats(&self) -> &Arc<BridgeStats> {
+        &self.stats
+    }
+
+    /// True once the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the task to end (after shutdown).
+    pub async fn join(self) {
+        // A panicking task has already been reported by tokio; nothing to add.
+        let _ = self.task.await;
+    }
+}
+
+/// What woke the bridge task.
+enum Wake {
+    Shutdown,
+    /// Nothing to do but look around again (a timer fired, the watch changed to `false`).
+    Noop,
+    Local(Result<(), ClientError>),
+    Remote(Result<(), ClientError>),
+    Attempt(Box<Attempt>),
+    AttemptDue,
+    Stalled,
+    Idle,
+}
+
+/// The result of a connect round over the addresses.
+struct Attempt {
+    conn: Option<Connection>,
+    result: Result<usize, ClientError>,
+}
+
+struct Link {
+    config: Arc<BridgeConfig>,
+    stats: Arc<BridgeStats>,
+    queue: Box<dyn ForwardQueue>,
+    connector: LocalConnector,
+    shutdown: watch::Receiver<bool>,
+    local: Option<Connection>,
+    local_up: bool,
+    remote: Option<Connection>,
+    remote_up: bool,
+    attempt: Option<BoxFuture<Attempt>>,
+    next_attempt: Option<Instant>,
+    policy: ReconnectPolicy,
+    rng: StdRng,
+    log: ChangeLog,
+    echo: Option<EchoFilter>,
+    /// A `once` bridge that has had its one connection (or failed it).
+    finished: bool,
+    last_activity: Instant,
+    remote_progress: Instant,
+}
+
+impl Link {
+    fn new(
+        config: BridgeConfig,
+        connector: LocalConnector,
+        queue: Box<dyn ForwardQueue>,
+        shutdown: watch::Receiver<bool>,
+        stats: Arc<BridgeStats>,
+    ) -> Self {
+        let echo = (config.protocol == BridgeProtocol::V311 && !config.try_private)
+            .then(|| EchoFilter::new(Duration::from_secs(60), 100_000));
+        let policy = ReconnectPolicy::new(config.backoff_min, config.backoff_max);
+        let now = Instant::now();
+        Link {
+            config: Arc::new(config),
+            stats,
+            queue,
+            connector,
+            shutdown,
+            local: None,
+            local_up: false,
+            remote: None,
+            remote_up: false,
+            attempt: None,
+            // Automatic and once bridges connect at once.
+            next_attempt: Some(now),
+            policy,
+            rng: StdRng::from_entropy(),
+            log: ChangeLog::default(),
+            echo,
+            finished: false,
+            last_activity: now,
+            remote_progress: now,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn run(mut self) {
+        tracing::info!(bridge = %self.name(), addresses = ?self.config.addresses, "bridge starting");
+        self.stats.set_state(match self.config.start_type {
+            StartType::Lazy => LinkState::Idle,
+            _ => LinkState::BackingOff,
+        });
+        while !self.shutting_down() {
+            if !self.local_up {
+                if !self.connect_local().await {
+                    break;
+                }
+                continue;
+            }
+            self.maybe_start_attempt();
+            let wake = self.wait().await;
+            self.handle(wake).await;
+        }
+        self.close().await;
+        self.stats.set_state(LinkState::Stopped);
+        tracing::info!(bridge = %self.name(), "bridge stopped");
+    }
+
+    /// Whether a connect attempt may start now, given the start type.
+    fn attempt_allowed(&self) -> bool {
+        if self.remote_up || self.attempt.is_some() || self.finished {
+            return false;
+        }
+        match self.config.start_type {
+            StartType::Automatic | StartType::Once => true,
+            StartType::Lazy => {
+                self.queue.len() >= usize::try_from(self.config.threshold).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
+    fn maybe_start_attempt(&mut self) {
+        if !self.attempt_allowed() {
+            return;
+        }
+        let due = match (self.config.start_type, self.next_attempt) {
+            (_, Some(at)) => at <= Instant::now(),
+            // Lazy bridges have no timer once idle: the threshold decides.
+            (StartType::Lazy, None) => true,
+            (_, None) => false,
+        };
+        if !due {
+            return;
+        }
+        self.next_attempt = None;
+        self.stats.next_attempt_unix_ms.store(0, Ordering::Relaxed);
+        self.stats.set_state(LinkState::Connecting);
+        let config = Arc::clone(&self.config);
+        let conn = self.remote.take();
+        let stats = Arc::clone(&self.stats);
+        self.attempt = Some(Box::pin(connect_round(config, conn, stats)));
+    }
+
+    async fn wait(&mut self) -> Wake {
+        let Link {
+            shutdown,
+            local,
+            remote,
+            remote_up,
+            attempt,
+            next_attempt,
+            config,
+            remote_progress,
+            last_activity,
+            ..
+        } = self;
+        let Some(local) = local.as_mut() else {
+            return Wake::Local(Err(ClientError::NotConnected));
+        };
+        let keepalive = config.keepalive;
+        let stall_at = (*remote_up && !keepalive.is_zero())
+            .then(|| *remote_progress + keepalive * 2 + Duration::from_secs(5));
+        let idle_at = (*remote_up && config.start_type == StartType::Lazy)
+            .then(|| *last_activity + config.idle_timeout);
+        let attempt_at = if *remote_up || attempt.is_some() {
+            None
+        } else {
+            *next_attempt
+        };
+        tokio::select! {
+            r = shutdown.changed() => {
+                // A dropped sender also means shutdown.
+                if r.is_err() || *shutdown.borrow() { Wake::Shutdown } else { Wake::Noop }
+            }
+            r = local.progress() => Wake::Local(r),
+            r = async {
+                match remote.as_mut() {
+                    Some(c) => c.progress().await,
+                    None => std::future::pending().await,
+                }
+            }, if *remote_up => Wake::Remote(r),
+            a = async {
+                match attempt.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if attempt.is_some() => Wake::Attempt(Box::new(a)),
+            () = sleep_until(attempt_at) => Wake::AttemptDue,
+            () = sleep_until(stall_at) => Wake::Stalled,
+            () = sleep_until(idle_at) => Wake::Idle,
+        }
+    }
+
+    async fn handle(&mut self, wake: Wake) {
+        match wake {
+            Wake::Shutdown | Wake::Noop | Wake::AttemptDue => {}
+            Wake::Local(Ok(())) => self.drain_local(),
+            Wake::Local(Err(e)) => {
+                self.drain_local();
+                self.local_up = false;
+                tracing::warn!(bridge = %self.name(), error = %e, "bridge lost its local connection; reconnecting");
+            }
+            Wake::Remote(r) => {
+                self.remote_progress = Instant::now();
+                self.drain_remote();
+                if let Err(e) = r {
+                    self.remote_lost(&e);
+                }
+            }
+            Wake::Attempt(a) => {
+                self.attempt = None;
+                self.remote = a.conn;
+                match a.result {
+                    Ok(index) => self.remote_connected(index).await,
+                    Err(e) => self.attempt_failed(&e),
+                }
+            }
+            Wake::Stalled => {
+                self.remote_lost(&ClientError::Timeout(
+                    "on the remote link: no progress for twice the keepalive",
+                ));
+            }
+            Wake::Idle => self.idle_check().await,
+        }
+    }
+
+    /// Connects (or reconnects) the local connection and subscribes the `out` topics. Returns
+    /// false if shutdown came first.
+    async fn connect_local(&mut self) -> bool {
+        let mut delay = LOCAL_RETRY_MIN;
+        loop {
+            if self.shutting_down() {
+                return false;
+            }
+            match self.try_connect_local().await {
+                Ok(()) => {
+                    self.local_up = true;
+                    tracing::info!(bridge = %self.name(), client_id = %self.config.local_clientid, "bridge connected to the local broker");
+                    // Mosquitto publishes the initial state before the first connect.
+                    let up = self.remote_up;
+                    self.notify(up);
+                    return true;
+                }
+                Err(e) => {
+                    let text = format!("local connection failed: {e}");
+                    if self.log.changed(&text) {
+                        tracing::warn!(bridge = %self.name(), "{text}; retrying");
+                    }
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(LOCAL_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn try_connect_local(&mut self) -> Result<(), ClientError> {
+        let io = tokio::time::timeout(ACK_TIMEOUT, (self.connector)())
+            .await
+            .map_err(|_| ClientError::Timeout("opening the local stream"))??;
+        match self.local.as_mut() {
+            Some(conn) => conn.reconnect(io, ACK_TIMEOUT).await?,
+            None => {
+                let session = ClientSession::new(local_options(&self.config));
+                self.local = Some(Connection::handshake(io, session, None, ACK_TIMEOUT).await?);
+            }
+        }
+        self.subscribe_local().await
+    }
+
+    /// Subscribes (again) to the local filters of the `out` rules; a repeated subscription
+    /// re-sends the retained messages, i.e. the current local state.
+    async fn subscribe_local(&mut self) -> Result<(), ClientError> {
+        let filters: Vec<SubscribeFilter> = self
+            .config
+            .topics
+            .iter()
+            .filter(|r| r.direction.is_out())
+            .map(|r| SubscribeFilter {
+                filter: r.local_filter(),
+                options: SubscriptionOptions {
+                    qos: r.qos,
+                    // Messages the bridge publishes locally (from the remote) must not come back.
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                },
+            })
+            .collect();
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let Some(local) = self.local.as_mut() else {
+            return Err(ClientError::NotConnected);
+        };
+        let ack =
+            tokio::time::timeout(ACK_TIMEOUT, local.subscribe(filters, Properties::default()))
+                .await
+                .map_err(|_| ClientError::Timeout("waiting for the local SUBACK"))??;
+        for (code, rule) in ack
+            .reason_codes
+            .iter()
+            .zip(self.config.topics.iter().filter(|r| r.direction.is_out()))
+        {
+            if code.as_u8() >= 0x80 {
+                tracing::error!(bridge = %self.name(), filter = %rule.local_filter(), reason = ?code, "the local broker refused the bridge's subscription");
+            }
+        }
+        Ok(())
+    }
+
+    /// After a CONNACK: queued state first, then the local state (retained), then the `in`
+    /// subscriptions, so the remote sees current state before it can send commands.
+    async fn remote_connected(&mut self, index: usize) {
+        let (host, port) = self
+            .config
+            .addresses
+            .get(index)
+            .cloned()
+            .unwrap_or_default();
+        let session_present = self
+            .remote
+            .as_ref()
+            .and_then(|c| c.connack())
+            .is_some_and(|a| a.session_present);
+        tracing::info!(bridge = %self.name(), remote = %format!("{host}:{port}"), session_present, queued = self.queue.len(), "bridge connected to the remote broker");
+        self.remote_up = true;
+        self.log.clear();
+        self.policy.reset();
+        let now = Instant::now();
+        self.remote_progress = now;
+        self.last_activity = now;
+        StatsExt::inc(&self.stats.connects);
+        self.stats
+            .last_connect_unix
+            .store(unix_now(), Ordering::Relaxed);
+        if self.config.start_type == StartType::Once {
+            self.finished = true;
+        }
+        self.pump();
+        // Current local state: a repeated SUBSCRIBE re-sends the retained messages.
+        if let Err(e) = self.subscribe_local().await {
+            tracing::warn!(bridge = %self.name(), error = %e, "re-subscribing locally failed");
+            self.local_up = false;
+            return;
+        }
+        self.drain_local();
+        if let Err(e) = self.subscribe_remote().await {
+            self.remote_lost(&e);
+            return;
+        }
+        self.drain_remote();
+        // Connected only now: state sent, subscriptions in place.
+        self.stats.set_state(LinkState::Connected);
+        self.notify(true);
+    }
+
+    async fn subscribe_remote(&mut self) -> Result<(), ClientError> {
+        let v5 = self.config.protocol == BridgeProtocol::V5;
+        let rules: Vec<_> = self
+            .config
+            .topics
+            .iter()
+            .filter(|r| r.direction.is_in())
+            .cloned()
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let filters = rules
+            .iter()
+            .map(|r| SubscribeFilter {
+                filter: r.remote_filter(),
+                options: SubscriptionOptions {
+                    qos: r.qos,
+                    no_local: v5,
+                    retain_as_published: v5,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                },
+            })
+            .collect();
+        let Some(remote) = self.remote.as_mut() else {
+            return Err(ClientError::NotConnected);
+        };
+        let ack = tokio::time::timeout(
+            ACK_TIMEOUT,
+            remote.subscribe(filters, Properties::default()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("waiting for the remote SUBACK"))??;
+        for (code, rule) in ack.reason_codes.iter().zip(&rules) {
+            if code.as_u8() >= 0x80 {
+                tracing::error!(bridge = %self.name(), filter = %rule.remote_filter(), reason = ?code, "the remote broker refused the bridge's subscription (check its ACL)");
+            }
+        }
+        Ok(())
+    }
+
+    fn attempt_failed(&mut self, e: &ClientError) {
+        let kind = FailureKind::of(e);
+        let text = e.to_string();
+        self.stats.set_last_error(text.clone());
+        if self.config.start_type == StartType::Once {
+            self.finished = true;
+            self.stats.set_state(LinkState::Stopped);
+            tracing::error!(bridge = %self.name(), error = %text, "bridge connection failed; start_type once: not retrying");
+            return;
+        }
+        let delay = self.policy.next_delay(kind, &mut self.rng);
+        self.schedule(delay);
+        if self.log.changed(&text) {
+            match kind {
+                FailureKind::BadCredentials => tracing::error!(
+                    bridge = %self.name(), error = %text, retry_in = ?delay,
+                    "the remote broker refused the bridge's credentials; retrying at the maximum delay (check remote_username / remote_password)"
+                ),
+                FailureKind::Transient => tracing::warn!(
+                    bridge = %self.name(), error = %text, retry_in = ?delay,
+                    "bridge cannot connect to the remote broker; retrying with backoff"
+                ),
+            }
+        } else {
+            tracing::debug!(bridge = %self.name(), error = %text, retry_in = ?delay, "bridge connect attempt failed again");
+        }
+    }
+
+    fn schedule(&mut self, delay: Duration) {
+        self.next_attempt = Some(Instant::now() + delay);
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.stats
+            .next_attempt_unix_ms
+            .store(unix_now_ms().saturating_add(ms), Ordering::Relaxed);
+        self.stats.set_state(LinkState::BackingOff);
+    }
+
+    fn remote_lost(&mut self, e: &ClientError) {
+        if !self.remote_up {
+            return;
+        }
+        self.remote_up = false;
+        StatsExt::inc(&self.stats.disconnects);
+        let text = e.to_string();
+        self.stats.set_last_error(text.clone());
+        tracing::warn!(bridge = %self.name(), error = %text, "bridge lost the remote link");
+        self.log.changed(&text);
+        self.notify(false);
+        match self.config.start_type {
+            StartType::Once => {
+                self.finished = true;
+                self.stats.set_state(LinkState::Stopped);
+            }
+            _ => {
+                let delay = self.policy.next_delay(FailureKind::of(e), &mut self.rng);
+                self.schedule(delay);
+            }
+        }
+    }
+
+    /// Lazy bridges: disconnect after `idle_timeout` without traffic, once nothing is pending.
+    async fn idle_check(&mut self) {
+        let idle_for = Instant::now().saturating_duration_since(self.last_activity);
+        if !self.remote_up || idle_for < self.config.idle_timeout {
+            return;
+        }
+        let pending = self.remote.as_ref().is_some_and(|c| !c.session().is_idle());
+        if pending || !self.queue.is_empty() {
+            self.last_activity = Instant::now();
+            return;
+        }
+        tracing::info!(bridge = %self.name(), "lazy bridge idle; disconnecting");
+        self.remote_up = false;
+        if let Some(conn) = self.remote.take() {
+            let _ = tokio::time::timeout(ACK_TIMEOUT, conn.disconnect()).await;
+        }
+        self.notify(false);
+        self.next_attempt = None;
+        self.stats.set_state(LinkState::Idle);
+    }
+
+    fn drain_local(&mut self) {
+        while let Some(p) = self.local.as_mut().and_then(|c| c.try_recv()) {
+            self.forward_out(p);
+        }
+        self.pump();
+    }
+
+    fn drain_remote(&mut self) {
+        if let Some(remote) = self.remote.as_mut() {
+            // Completions need no action: the session frees the slot; just don't let them pile up.
+            remote.take_published();
+        }
+        while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
+            self.forward_in(p);
+        }
+        self.pump();
+    }
+
+    /// A message from the local broker, for the remote.
+    fn forward_out(&mut self, p: Publish) {
+        let Some((topic, rule)) = remap_out(&self.config.topics, &p.topic) else {
+            StatsExt::inc(&self.stats.dropped_other);
+            return;
+        };
+        let message = QueuedMessage {
+            topic,
+            qos: p.qos.min(rule.qos),
+            retain: p.retain && self.config.outgoing_retain,
+            payload: p.payload,
+        };
+        if let Some(max) = self.config.max_packet_size {
+            // Fixed header (≤ 5) + topic length (2) + packet id (2) + properties (≤ 5).
+            let size = message.size() + 14;
+            if size > usize::try_from(max).unwrap_or(usize::MAX) {
+                StatsExt::inc(&self.stats.dropped_other);
+                tracing::debug!(bridge = %self.name(), topic = %message.topic, size, "message larger than bridge_max_packet_size dropped");
+                return;
+            }
+        }
+        self.last_activity = Instant::now();
+        if let Some(echo) = self.echo.as_mut() {
+            if remap_in(&self.config.topics, &message.topic).is_some() {
+                echo.record(&message.topic, &message.payload, std::time::Instant::now());
+            }
+        }
+        if message.qos == QoS::AtMostOnce {
+            if self.remote_up {
+                self.send_remote(message);
+            } else {
+                StatsExt::inc(&self.stats.dropped_qos0_offline);
+            }
+            return;
+        }
+        if self.queue.push(message).is_some() {
+            StatsExt::inc(&self.stats.dropped_queue_full);
+        }
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Moves queued messages into the remote session while the in-flight window has room.
+    fn pump(&mut self) {
+        if self.remote_up {
+            while self
+                .remote
+                .as_ref()
+                .is_some_and(|c| c.session().pending_publishes() < usize::from(WINDOW))
+            {
+                let Some(m) = self.queue.pop() else { break };
+                if !self.send_remote(m) {
+                    break;
+                }
+            }
+        }
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Hands a message to the remote session. Returns false (message requeued) if the link is
+    /// not connected.
+    fn send_remote(&mut self, m: QueuedMessage) -> bool {
+        let Some(remote) = self.remote.as_mut() else {
+            self.requeue(m);
+            return false;
+        };
+        let mut msg = Message::new(m.topic.clone(), m.payload.clone(), m.qos).retained(m.retain);
+        let mut result = remote.start_publish(msg.clone());
+        // An MQTT 5 remote may support less than we send: lower QoS, no retain.
+        while let Err(ClientError::Unsupported(_)) = result {
+            if msg.retain {
+                msg.retain = false;
+            } else if msg.qos > QoS::AtMostOnce {
+                msg.qos = if msg.qos == QoS::ExactlyOnce {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::AtMostOnce
+                };
+            } else {
+                break;
+            }
+            result = remote.start_publish(msg.clone());
+        }
+        match result {
+            Ok(_) => {
+                StatsExt::inc(&self.stats.forwarded_out);
+                StatsExt::add(&self.stats.bytes_out, m.payload.len() as u64);
+                true
+            }
+            Err(ClientError::NotConnected) => {
+                self.requeue(m);
+                false
+            }
+            Err(e) => {
+                StatsExt::inc(&self.stats.dropped_other);
+                tracing::warn!(bridge = %self.name(), topic = %m.topic, error = %e, "message not forwarded to the remote");
+                true
+            }
+        }
+    }
+
+    fn requeue(&mut self, m: QueuedMessage) {
+        if m.qos == QoS::AtMostOnce {
+            StatsExt::inc(&self.stats.dropped_qos0_offline);
+        } else {
+            self.queue.push_front(m);
+        }
+    }
+
+    /// A message from the remote broker, for the local one.
+    fn forward_in(&mut self, p: Publish) {
+        if let Some(echo) = self.echo.as_mut() {
+            if echo.take(&p.topic, &p.payload, std::time::Instant::now()) {
+                StatsExt::inc(&self.stats.dropped_other);
+                return;
+            }
+        }
+        let Some((topic, rule)) = remap_in(&self.config.topics, &p.topic) else {
+            StatsExt::inc(&self.stats.dropped_other);
+            tracing::debug!(bridge = %self.name(), topic = %p.topic, "message from the remote matches no `in` rule; dropped");
+            return;
+        };
+        self.last_activity = Instant::now();
+        let mut msg =
+            Message::new(topic, p.payload.clone(), p.qos.min(rule.qos)).retained(p.retain);
+        msg.properties = forwarded_properties(&p.properties);
+        let Some(local) = self.local.as_mut() else {
+            StatsExt::inc(&self.stats.dropped_other);
+            return;
+        };
+        match local.start_publish(msg) {
+            Ok(_) => {
+                StatsExt::inc(&self.stats.forwarded_in);
+                StatsExt::add(&self.stats.bytes_in, p.payload.len() as u64);
+            }
+            Err(e) => {
+                StatsExt::inc(&self.stats.dropped_other);
+                tracing::warn!(bridge = %self.name(), error = %e, "message from the remote not published locally");
+            }
+        }
+    }
+
+    /// Publishes the link state locally (retained `1`/`0`) when notifications are on.
+    fn notify(&mut self, up: bool) {
+        if !self.config.notifications || !self.local_up {
+            return;
+        }
+        let topic = self.config.notification_topic();
+        let payload = if up { "1" } else { "0" };
+        if let Some(local) = self.local.as_mut() {
+            let msg = Message::new(topic, payload, QoS::AtLeastOnce).retained(true);
+            if let Err(e) = local.start_publish(msg) {
+                tracing::debug!(bridge = %self.name(), error = %e, "notification not published");
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            drop(attempt);
+        }
+        if self.remote_up {
+            self.remote_up = false;
+            if let Some(conn) = self.remote.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.disconnect()).await;
+            }
+        }
+        if self.local_up {
+            self.notify(false);
+            if let Some(mut conn) = self.local.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.flush()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.disconnect()).await;
+            }
+        }
+    }
+}
+
+/// Small helpers over the stats atomics.
+struct StatsExt;
+
+impl StatsExt {
+    fn inc(counter: &std::sync::atomic::AtomicU64) {
+        BridgeStats::add(counter, 1);
+    }
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        BridgeStats::add(counter, n);
+    }
+}
+
+/// One connect round: every address in order until one accepts. Keeps (and returns) the remote
+/// connection so its session's in-flight publications survive a failed round.
+async fn connect_round(
+    config: Arc<BridgeConfig>,
+    mut conn: Option<Connection>,
+    stats: Arc<BridgeStats>,
+) -> Attempt {
+    let mut last_error = ClientError::NotConnected;
+    for (index, (host, port)) in config.addresses.iter().enumerate() {
+        let result = async {
+            let io = remote::open(&config, host, *port, CONNECT_TIMEOUT).await?;
+            match conn.as_mut() {
+                Some(c) => c.reconnect(io, CONNECT_TIMEOUT).await,
+                None => {
+                    let session = ClientSession::new(remote_options(&config));
+                    conn = Some(Connection::handshake(io, session, None, CONNECT_TIMEOUT).await?);
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                return Attempt {
+                    conn,
+                    result: Ok(index),
+                }
+            }
+            Err(e) => {
+                StatsExt::inc(&stats.reconnect_attempts);
+                tracing::debug!(bridge = %config.name, remote = %format!("{host}:{port}"), error = %e, "connect attempt failed");
+                last_error = e;
+            }
+        }
+    }
+    Attempt {
+        conn,
+        result: Err(last_error),
+    }
+}
+
+fn remote_options(config: &BridgeConfig) -> ConnectOptions {
+    let mut o = ConnectOptions::new(config.remote_clientid.clone());
+    o.protocol = match config.protocol {
+        BridgeProtocol::V311 => Protocol::V311,
+        BridgeProtocol::V5 => Protocol::V5,
+    };
+    o.clean_start = config.cleansession;
+    o.keep_alive = u16::try_from(config.keepalive.as_secs()).unwrap_or(u16::MAX);
+    o.username = config.remote_username.clone();
+    o.password = config
+        .remote_password
+        .as_ref()
+        .map(|p| bytes::Bytes::from(p.clone().into_bytes()));
+    if config.protocol == BridgeProtocol::V5 && !config.cleansession {
+        // A persistent session in MQTT 5 needs a session expiry; 3.1.1 sessions never expire.
+        o.properties.session_expiry_interval = Some(u32::MAX);
+    }
+    o.max_inflight = WINDOW;
+    if let Some(max) = config.max_packet_size {
+        o.max_packet_size = max;
+    }
+    o
+}
+
+fn local_options(config: &BridgeConfig) -> ConnectOptions {
+    let mut o = ConnectOptions::new(config.local_clientid.clone());
+    // MQTT 5 locally for No Local (no echo of what the bridge publishes) and Retain As
+    // Published.
+    o.protocol = Protocol::V5;
+    o.clean_start = config.local_cleansession;
+    o.keep_alive = 60;
+    if !config.local_cleansession {
+        o.properties.session_expiry_interval = Some(u32::MAX);
+    }
+    o.max_inflight = WINDOW;
+    o
+}
+
+/// The MQTT 5 PUBLISH properties worth carrying across the bridge (not topic aliases or
+/// subscription identifiers, which belong to one connection).
+fn forwarded_properties(p: &Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

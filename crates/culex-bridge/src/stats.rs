@@ -1,0 +1,128 @@
+//! Per-bridge counters and state, shared with the metrics exporter as atomics.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where the remote link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// Not running (before start, after shutdown, or a `once` bridge whose link ended).
+    Stopped = 0,
+    /// A connect attempt is under way.
+    Connecting = 1,
+    /// Connected: CONNACK accepted.
+    Connected = 2,
+    /// Waiting before the next attempt (see [`BridgeStats::next_attempt_unix_ms`]).
+    BackingOff = 3,
+    /// A lazy bridge waiting for enough queued messages.
+    Idle = 4,
+}
+
+impl LinkState {
+    fn from_u8(v: u8) -> LinkState {
+        match v {
+            1 => LinkState::Connecting,
+            2 => LinkState::Connected,
+            3 => LinkState::BackingOff,
+            4 => LinkState::Idle,
+            _ => LinkState::Stopped,
+        }
+    }
+
+    /// Lower-case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Stopped => "stopped",
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::BackingOff => "backing_off",
+            LinkState::Idle => "idle",
+        }
+    }
+}
+
+/// Counters and gauges of one bridge. All fields are updated by the bridge task and may be read
+/// at any time from any thread.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    state: AtomicU8,
+    /// Successful connections to the remote (CONNACK accepted).
+    pub connects: AtomicU64,
+    /// Connect attempts to the remote that failed (each address tried counts).
+    pub reconnect_attempts: AtomicU64,
+    /// Remote links lost after they were up.
+    pub disconnects: AtomicU64,
+    /// Messages forwarded remote → local.
+    pub forwarded_in: AtomicU64,
+    /// Messages forwarded local → remote (handed to the remote session).
+    pub forwarded_out: AtomicU64,
+    /// Payload bytes forwarded remote → local.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes forwarded local → remote.
+    pub bytes_out: AtomicU64,
+    /// Messages waiting in the store-and-forward queue (gauge).
+    pub queued: AtomicU64,
+    /// `out` messages dropped because the queue was full (the oldest goes).
+    pub dropped_queue_full: AtomicU64,
+    /// `out` QoS 0 messages dropped because the remote was down.
+    pub dropped_qos0_offline: AtomicU64,
+    /// Messages dropped for another reason: larger than `bridge_max_packet_size`, refused by
+    /// the remote, no matching topic rule, or an echo of our own message.
+    pub dropped_other: AtomicU64,
+    /// Unix time (seconds) of the last successful connect; 0 if never.
+    pub last_connect_unix: AtomicU64,
+    /// When the next connect attempt is due (Unix milliseconds) while backing off; 0 otherwise.
+    pub next_attempt_unix_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl BridgeStats {
+    /// The link state.
+    pub fn state(&self) -> LinkState {
+        LinkState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_state(&self, state: LinkState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Total messages dropped, for every reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full.load(Ordering::Relaxed)
+            + self.dropped_qos0_offline.load(Ordering::Relaxed)
+            + self.dropped_other.load(Ordering::Relaxed)
+    }
+
+    /// The last connect or link error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn set_last_error(&self, error: String) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(error);
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

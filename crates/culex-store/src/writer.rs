@@ -1,0 +1,419 @@
+//! The writer thread: group commit of the router's ops.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use culex_broker::persist::{StoreOp, StoreSink};
+use redb::Durability;
+
+use crate::codec::Clocks;
+use crate::error::StoreError;
+use crate::store::{Batch, Store};
+
+/// At most this many ops go into one write transaction.
+pub const MAX_BATCH_OPS: usize = 16 * 1024;
+
+/// Under [`SyncPolicy::Never`], a durable commit (one fsync) is made at least this often while
+/// there are non-durable commits, so the file stays bounded and a crash loses at most about
+/// this much.
+const NEVER_CHECKPOINT: Duration = Duration::from_secs(1);
+
+/// When the writer makes commits durable (calls `fsync`).
+///
+/// Whatever the policy, a batch is written in one redb write transaction, which is atomic: after
+/// a crash the database holds exactly the batches that were made durable, in order, never part
+/// of one. redb commits by copy-on-write (new pages, then a new root in the header), and a
+/// durable commit is one `fsync` of the file (redb's default one-phase commit, with checksums
+/// telling a torn header slot from a good one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Each batch is committed with `Durability::Immediate` (fsync) as soon as the writer has
+    /// drained what is in the channel. Ops arriving while an fsync runs form the next batch, so
+    /// under load the cost is one fsync per batch, not per op. Reported tickets survive a
+    /// process crash and a power cut. Lowest latency per durable op.
+    Always,
+    /// Like `Always`, but after the first op of a batch the writer keeps collecting for up to
+    /// `max_delay` before committing (one fsync). Fewer, larger commits at the cost of up to
+    /// `max_delay` extra latency before a ticket is reported. Same guarantee as `Always`.
+    Batched {
+        /// How long the writer waits for more ops after the first one of a batch.
+        max_delay: Duration,
+    },
+    /// Batches are committed with redb's `Durability::None`: written to redb's memory, no
+    /// fsync, and the ticket is reported right away. Such commits are NOT persisted by redb
+    /// until a later durable commit: a process crash or `kill -9` (not only a power cut) loses
+    /// them. The writer makes a durable commit at least once a second while there are
+    /// non-durable ones, and at shutdown (as does redb when the database is closed), so a
+    /// crash loses about the last second and a clean stop loses nothing.
+    Never,
+}
+
+/// Counters shared by the handles and the writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    submitted: AtomicU64,
+    committed_ops: AtomicU64,
+    coalesced: AtomicU64,
+    skipped: AtomicU64,
+    commits: AtomicU64,
+    durable_commits: AtomicU64,
+    last_latency_ns: AtomicU64,
+    total_latency_ns: AtomicU64,
+    backlog: AtomicU64,
+    last_committed: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// A snapshot of the writer's counters (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Ops submitted through the handles.
+    pub submitted: u64,
+    /// Ops in committed batches (before coalescing).
+    pub ops: u64,
+    /// Ops that a later op on the same key in the same batch made redundant.
+    pub coalesced: u64,
+    /// Ops that could not be encoded (logged and not stored).
+    pub skipped: u64,
+    /// Write transactions committed.
+    pub commits: u64,
+    /// Of which durable (fsync).
+    pub durable_commits: u64,
+    /// Duration of the last commit (encoding, writing and syncing), in nanoseconds.
+    pub last_latency_ns: u64,
+    /// Sum of all commit durations, in nanoseconds.
+    pub total_latency_ns: u64,
+    /// Ops submitted and not yet committed (or discarded).
+    pub backlog: u64,
+    /// Last ticket committed (reported to `on_durable`); 0 before the first.
+    pub last_committed: u64,
+    /// A commit failed: the writer stopped writing and reports no further tickets.
+    pub failed: bool,
+}
+
+impl StoreStats {
+    /// Mean commit duration, in nanoseconds (0 before the first commit).
+    pub fn avg_latency_ns(&self) -> u64 {
+        self.total_latency_ns.checked_div(self.commits).unwrap_or(0)
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            submitted: self.submitted.load(Ordering::Relaxed),
+            ops: self.committed_ops.load(Ordering::Relaxed),
+            coalesced: self.coalesced.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            durable_commits: self.durable_commits.load(Ordering::Relaxed),
+            last_latency_ns: self.last_latency_ns.load(Ordering::Relaxed),
+            total_latency_ns: self.total_latency_ns.load(Ordering::Relaxed),
+            backlog: self.backlog.load(Ordering::Relaxed),
+            last_committed: self.last_committed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The sending side: next ticket and the channel, under one lock so that tickets enter the
+/// channel in increasing order even with several handles.
+#[derive(Debug)]
+struct Submitter {
+    next_ticket: u64,
+    tx: Sender<(u64, StoreOp)>,
+}
+
+/// The router's [`StoreSink`]: queues ops for the writer thread. Cloneable; the writer drains,
+/// commits and exits when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    submitter: Arc<Mutex<Submitter>>,
+    shared: Arc<Shared>,
+}
+
+impl StoreHandle {
+    /// Ops submitted but not yet committed. The channel is unbounded; callers bound it by
+    /// checking this (for example, stop reading from publishers while it is high).
+    pub fn backlog(&self) -> u64 {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> StoreStats {
+        self.shared.snapshot()
+    }
+}
+
+impl StoreSink for StoreHandle {
+    fn submit(&mut self, op: StoreOp) -> u64 {
+        // A poisoned lock only means another submitter panicked; the data is still consistent.
+        let mut s = self
+            .submitter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        s.next_ticket += 1;
+        let ticket = s.next_ticket;
+        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        if s.tx.send((ticket, op)).is_err() {
+            self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            if !self.shared.failed.swap(true, Ordering::Relaxed) {
+                tracing::error!("store writer is gone; ops are no longer stored");
+            }
+        }
+        ticket
+    }
+}
+
+/// Waits for the writer thread.
+#[derive(Debug)]
+pub struct WriterJoin {
+    thread: Option<JoinHandle<Result<(), StoreError>>>,
+    spawn_error: Option<StoreError>,
+    shared: Arc<Shared>,
+}
+
+impl WriterJoin {
+    /// The writer's counters (like [`StoreHandle::stats`], without keeping the channel open).
+    pub fn stats(&self) -> StoreStats {
+        self.shared.snapshot()
+    }
+
+    /// Waits until the writer has exited (after every handle was dropped and the last batch
+    /// committed) and returns its final counters, or the first commit error. The store is
+    /// closed and its lock released when this returns.
+    pub fn join(mut self) -> Result<StoreStats, StoreError> {
+        if let Some(e) = self.spawn_error.take() {
+            return Err(e);
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| StoreError::WriterPanicked)??;
+        }
+        Ok(self.shared.snapshot())
+    }
+}
+
+/// Moves `store` onto a writer thread applying ops under `policy`. `on_durable(ticket)` is
+/// called on that thread after each batch commits, with the last ticket of the batch: every op
+/// with that ticket or an earlier one is then stored (durably, except under
+/// [`SyncPolicy::Never`]).
+///
+/// After a failed commit the writer logs the error, sets [`StoreStats::failed`], discards
+/// further ops and never calls `on_durable` again.
+pub fn spawn_writer(
+    store: Store,
+    policy: SyncPolicy,
+    on_durable: Box<dyn Fn(u64) + Send>,
+) -> (StoreHandle, WriterJoin) {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared::default());
+    let path = store.path().to_path_buf();
+    let handle = StoreHandle {
+        submitter: Arc::new(Mutex::new(Submitter { next_ticket: 0, tx })),
+        shared: Arc::clone(&shared),
+    };
+    let writer = Writer {
+        store,
+        policy,
+        rx,
+        shared: Arc::clone(&shared),
+        on_durable,
+        last_durable: Instant::now(),
+        unsynced: false,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("culex-store-writer".into())
+        .spawn(move || writer.run());
+    let join = match spawned {
+        Ok(t) => WriterJoin {
+            thread: Some(t),
+            spawn_error: None,
+            shared,
+        },
+        Err(source) => {
+            shared.failed.store(true, Ordering::Relaxed);
+            tracing::error!(error = %source, "cannot start the store writer thread");
+            WriterJoin {
+                thread: None,
+                spawn_error: Some(StoreError::Io {
+                    action: "cannot start the writer thread for",
+                    path,
+                    source,
+                }),
+                shared,
+            }
+        }
+    };
+    (handle, join)
+}
+
+struct Writer {
+    store: Store,
+    policy: SyncPolicy,
+    rx: Receiver<(u64, StoreOp)>,
+    shared: Arc<Shared>,
+    on_durable: Box<dyn Fn(u64) + Send>,
+    /// When the last durable commit ended.
+    last_durable: Instant,
+    /// There are non-durable commits since then.
+    unsynced: bool,
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Writer {
+    fn run(mut self) -> Result<(), StoreError> {
+        let mut first_error = None;
+        loop {
+            let first = if self.unsynced {
+                let left = NEVER_CHECKPOINT.saturating_sub(self.last_durable.elapsed());
+                match self.rx.recv_timeout(left) {
+                    Ok(x) => x,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.checkpoint(&mut first_error);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(x) => x,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = Batch::default();
+            let (mut last_ticket, op) = first;
+            batch.push(op);
+            let disconnected = self.fill(&mut batch, &mut last_ticket);
+            self.commit(&batch, last_ticket, &mut first_error);
+            if disconnected {
+                break;
+            }
+        }
+        if self.unsynced {
+            self.checkpoint(&mut first_error);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds whatever else the policy lets into `batch`. Returns true if every handle is gone.
+    fn fill(&self, batch: &mut Batch, last_ticket: &mut u64) -> bool {
+        let deadline = match self.policy {
+            SyncPolicy::Batched { max_delay } => Some(Instant::now() + max_delay),
+            SyncPolicy::Always | SyncPolicy::Never => None,
+        };
+        while batch.ops < MAX_BATCH_OPS as u64 {
+            let next = match self.rx.try_recv() {
+                Ok(x) => Ok(x),
+                Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => {
+                    let Some(deadline) = deadline else {
+                        return false;
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    match self.rx.recv_timeout(left) {
+                        Ok(x) => Ok(x),
+                        Err(RecvTimeoutError::Timeout) => return false,
+                        Err(RecvTimeoutError::Disconnected) => Err(()),
+                    }
+                }
+            };
+            match next {
+                Ok((ticket, op)) => {
+                    *last_ticket = ticket;
+                    batch.push(op);
+                }
+                Err(()) => return true,
+            }
+        }
+        false
+    }
+
+    fn commit(&mut self, batch: &Batch, last_ticket: u64, first_error: &mut Option<StoreError>) {
+        let shared = &self.shared;
+        if shared.failed.load(Ordering::Relaxed) {
+            shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
+            return;
+        }
+        // Under `Never`, still sync once in a while so that redb can reuse freed pages and a
+        // crash loses a bounded amount.
+        let durable =
+            self.policy != SyncPolicy::Never || self.last_durable.elapsed() >= NEVER_CHECKPOINT;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let start = Instant::now();
+        let result = self.store.commit(batch, durability, &Clocks::now());
+        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
+        match result {
+            Ok(skipped) => {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                shared.committed_ops.fetch_add(batch.ops, Ordering::Relaxed);
+                shared
+                    .coalesced
+                    .fetch_add(batch.coalesced, Ordering::Relaxed);
+                shared.skipped.fetch_add(skipped, Ordering::Relaxed);
+                shared.last_latency_ns.store(elapsed, Ordering::Relaxed);
+                shared
+                    .total_latency_ns
+                    .fetch_add(elapsed, Ordering::Relaxed);
+                if durable {
+                    shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+                    self.last_durable = Instant::now();
+                    self.unsynced = false;
+                } else {
+                    self.unsynced = true;
+                }
+                shared.last_committed.store(last_ticket, Ordering::Relaxed);
+                (self.on_durable)(last_ticket);
+            }
+            Err(e) => self.fail(e, first_error),
+        }
+    }
+
+    fn checkpoint(&mut self, first_error: &mut Option<StoreError>) {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            self.unsynced = false;
+            return;
+        }
+        match self.store.checkpoint() {
+            Ok(()) => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+                self.last_durable = Instant::now();
+                self.unsynced = false;
+            }
+            Err(e) => self.fail(e, first_error),
+        }
+    }
+
+    fn fail(&mut self, e: StoreError, first_error: &mut Option<StoreError>) {
+        tracing::error!(error = %e, "store commit failed; no further changes will be stored");
+        self.shared.failed.store(true, Ordering::Relaxed);
+        self.unsynced = false;
+        if first_error.is_none() {
+            *first_error = Some(e);
+        }
+    }
+}
