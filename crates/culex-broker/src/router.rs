@@ -317,7 +317,13 @@ impl Router {
                         if let Some(at) = s.expires_at.take() {
                             self.expiries.remove(&(at, sid));
                         }
-                        inbound_qos2 = std::mem::take(&mut s.inbound_qos2);
+                        // With persistence the router keeps tracking these itself (it acks
+                        // them); without, the connection takes them over until it ends.
+                        inbound_qos2 = if s.outgoing.journaled() {
+                            s.inbound_qos2.clone()
+                        } else {
+                            std::mem::take(&mut s.inbound_qos2)
+                        };
                     }
                     sid
                 }
