@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod bridges;
 mod de;
 mod duration;
 mod error;
@@ -100,6 +101,11 @@ pub struct Config {
     pub sys: Sys,
     /// Logging.
     pub log: Log,
+    /// Bridges to remote brokers: mosquitto.conf `connection` blocks or TOML `[[bridges]]`,
+    /// already validated ([`culex_bridge::BridgeConfig::validate`]). Not settable from the
+    /// environment.
+    #[serde(skip)]
+    pub bridges: Vec<culex_bridge::BridgeConfig>,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
@@ -615,6 +621,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             sys: Sys::default(),
             log: Log::default(),
+            bridges: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::bridges::{self, Draft};
 use crate::error::{ConfigError, Diagnostic};
 use crate::options::{self, check_int, Kind, Spec, Value};
 use crate::validate::{self, Problem};
@@ -116,8 +117,6 @@ const PERSISTENCE_IGNORED: &[&str] = &[
 /// Mosquitto options Culex does not support yet: an error that says so.
 const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "accept_protocol_versions",
-    "address",
-    "addresses",
     "allow_duplicate_messages",
     "auth_opt_",
     "auth_plugin",
@@ -125,47 +124,29 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "bind_interface",
     "bridge_alpn",
     "bridge_attempt_unsubscribe",
-    "bridge_bind_address",
-    "bridge_cafile",
-    "bridge_capath",
-    "bridge_certfile",
     "bridge_identity",
-    "bridge_insecure",
-    "bridge_keyfile",
-    "bridge_max_packet_size",
     "bridge_max_topic_alias",
-    "bridge_outgoing_retain",
-    "bridge_protocol_version",
     "bridge_psk",
     "bridge_receive_maximum",
     "bridge_require_ocsp",
     "bridge_session_expiry_interval",
-    "bridge_tls_version",
     "check_retain_source",
     "ciphers",
     "ciphers_tls1.3",
-    "cleansession",
     "clientid",
     "clientid_prefixes",
-    "connection",
     "crlfile",
     "dhparamfile",
     "enable_proxy_protocol",
     "global_max_clients",
     "global_max_connections",
     "http_dir",
-    "idle_timeout",
-    "keepalive_interval",
-    "local_cleansession",
-    "local_clientid",
     "local_password",
     "local_username",
     "max_inflight_bytes",
     "max_topic_alias",
     "memory_limit",
     "mount_point",
-    "notification_topic",
-    "notifications",
     "notifications_local_only",
     "ocsp_data",
     "password",
@@ -177,23 +158,15 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "psk_file",
     "psk_hint",
     "queue_qos0_messages",
-    "remote_clientid",
-    "remote_password",
-    "remote_username",
-    "restart_timeout",
     "retain_expiry_interval",
     "retry_interval",
     "round_robin",
     "set_tcp_nodelay",
     "socket_domain",
-    "start_type",
     "store_clean_interval",
-    "threshold",
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
-    "topic",
-    "try_private",
     "use_subject_as_username",
     "use_username_as_clientid",
     "username",
@@ -201,6 +174,17 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "websockets_log_level",
     "websockets_origin",
 ];
+
+/// A `connection NAME` block and where its options were written.
+struct PendingBridge {
+    draft: Draft,
+    /// The `connection` line.
+    loc: Loc,
+    /// Where each option was last given.
+    locs: HashMap<&'static str, Loc>,
+    /// An option was already reported: skip the whole-bridge checks (no follow-on errors).
+    failed: bool,
+}
 
 /// Where something was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +219,8 @@ struct Reader {
     set_at: HashMap<&'static str, Loc>,
     /// The most verbose of the `log_type` lines, if any.
     log_type: Option<LogLevel>,
+    /// `connection` blocks, in order; bridge options apply to the last one.
+    bridges: Vec<PendingBridge>,
 }
 
 /// Loads a mosquitto.conf file (and the files it includes).
@@ -250,6 +236,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ConfigError> {
         bind_address: None,
         set_at: HashMap::new(),
         log_type: None,
+        bridges: Vec::new(),
     };
     let text = read_text(path)?;
     reader.read(path, &text, 0);
@@ -373,6 +360,10 @@ impl Reader {
                 ),
             },
             "include_dir" => self.include_dir(loc, rest, level),
+            "connection" => self.connection(loc, words),
+            _ if bridges::CONF_OPTIONS.contains(&option) => {
+                self.bridge_option(loc, option, rest, words);
+            }
             "log_type" => self.log_type(loc, words),
             "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
                 self.persistence_ignored(loc, option, rest, words);
@@ -424,6 +415,85 @@ impl Reader {
                 opts: ListenerOpts::default(),
             }),
             Err(message) => self.error(loc, "listener", message),
+        }
+    }
+
+    /// `connection NAME`: starts a bridge; the bridge options that follow apply to it, until
+    /// the next `connection` line (as in Mosquitto).
+    fn connection(&mut self, loc: &Loc, words: &[&str]) {
+        let name = match words {
+            [name] => (*name).to_owned(),
+            [] => {
+                self.error(
+                    loc,
+                    "connection",
+                    "missing value; expected: connection NAME",
+                );
+                return;
+            }
+            _ => {
+                self.error(
+                    loc,
+                    "connection",
+                    format!(
+                        "too many values '{}'; expected: connection NAME",
+                        words.join(" ")
+                    ),
+                );
+                return;
+            }
+        };
+        if let Some(previous) = self.bridges.iter().find(|b| b.draft.name == name) {
+            let previous = previous.loc.label();
+            self.error(
+                loc,
+                "connection",
+                format!("bridge \"{name}\" is already defined at {previous}; bridge names must be unique"),
+            );
+        }
+        self.bridges.push(PendingBridge {
+            draft: Draft {
+                name,
+                ..Draft::default()
+            },
+            loc: loc.clone(),
+            locs: HashMap::new(),
+            failed: false,
+        });
+    }
+
+    /// An option of the current bridge (`address`, `topic`, `remote_username`, ...).
+    fn bridge_option(&mut self, loc: &Loc, option: &str, rest: &str, words: &[&str]) {
+        let Some(key) = bridges::CONF_OPTIONS.iter().copied().find(|k| *k == option) else {
+            return;
+        };
+        let Some(bridge) = self.bridges.last_mut() else {
+            self.error(
+                loc,
+                key,
+                format!(
+                    "'{key}' is a bridge option; it must follow a `connection NAME` line (the bridge it configures)"
+                ),
+            );
+            return;
+        };
+        let name = bridge.draft.name.clone();
+        let result = bridge.draft.apply_conf(key, rest, words).and_then(|()| {
+            // Check each topic rule where it is written.
+            match (key, bridge.draft.topics.last()) {
+                ("topic", Some(rule)) => rule.validate(&name).map_err(|e| match e {
+                    culex_bridge::BridgeError::Invalid { why, .. } => why,
+                    other => other.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        });
+        if key != "topic" {
+            bridge.locs.insert(key, loc.clone());
+        }
+        if let Err(message) = result {
+            bridge.failed = true;
+            self.error(loc, key, format!("bridge \"{name}\": {message}"));
         }
     }
 
@@ -820,6 +890,29 @@ impl Reader {
         }
         self.apply_security(&mut origins, has_default, first_line, defines_listeners);
 
+        for pending in std::mem::take(&mut self.bridges) {
+            if pending.failed {
+                continue;
+            }
+            match pending.draft.finish() {
+                Ok(bridge) => self.config.bridges.push(bridge),
+                Err((option, message)) => {
+                    let at = pending.locs.get(option).unwrap_or(&pending.loc).clone();
+                    let key = if pending.locs.contains_key(option) {
+                        option
+                    } else {
+                        "connection"
+                    };
+                    // Name the option in the message when reported at the `connection` line.
+                    let message = if key == option {
+                        message
+                    } else {
+                        format!("{message} (option '{option}')")
+                    };
+                    self.error(&at, key, message);
+                }
+            }
+        }
         for problem in validate::problems(&self.config) {
             let diagnostic = self.locate(problem, &origins, main_file);
             self.diagnostics.push(diagnostic);
@@ -1098,6 +1191,8 @@ fn supported_options() -> Vec<&'static str> {
         "log_type",
     ];
     names.extend(LISTENER_OPTIONS);
+    names.push("connection");
+    names.extend(bridges::CONF_OPTIONS);
     names.extend(PERSISTENCE_IGNORED);
     names.extend(
         options::OPTIONS

@@ -20,6 +20,8 @@ use crate::options::{self, check_int, Kind, Section, Spec};
 use crate::validate;
 use crate::{duration, Config, Loaded, Security};
 
+mod bridges;
+
 /// Prefix of environment overrides, followed by `SECTION__KEY`.
 pub(crate) const ENV_PREFIX: &str = "CULEX__";
 
@@ -48,6 +50,8 @@ struct Checked {
     listeners_given: bool,
     /// Options set from the environment: path -> (variable name, raw value).
     from_env: HashMap<String, (String, String)>,
+    /// `[[bridges]]`, checked and finished.
+    bridges: Vec<culex_bridge::BridgeConfig>,
 }
 
 impl Checked {
@@ -93,6 +97,7 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
         lines: HashMap::new(),
         listeners_given: false,
         from_env: HashMap::new(),
+        bridges: Vec::new(),
     };
     check_document(path, &text, &doc, &mut checked);
     check_env(&env, &mut checked);
@@ -102,7 +107,15 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
         });
     }
 
-    // Step 2: merge and deserialize.
+    // Step 2: merge and deserialize. `[[bridges]]` was read in step 1; the rest of the file
+    // goes through serde.
+    let text = if doc.as_table().contains_key("bridges") {
+        let mut rest: toml_edit::DocumentMut = doc.clone().into_mut();
+        rest.remove("bridges");
+        rest.to_string()
+    } else {
+        text.clone()
+    };
     let env_map: config::Map<String, String> = env.into_iter().collect();
     let merged = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
@@ -127,6 +140,7 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
     if let Some((_, raw)) = checked.from_env.get("persistence.dir") {
         config.persistence.dir = PathBuf::from(raw);
     }
+    config.bridges = std::mem::take(&mut checked.bridges);
     if let Err(diagnostics) = per_listener(path, &mut config, &checked) {
         return Err(ConfigError { diagnostics });
     }
@@ -267,13 +281,16 @@ fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
 }
 
 const TOP_LEVEL: &str = "per_listener_settings, listeners, security, limits, sessions, \
-     persistence, mqtt, metrics, sys, log";
+     persistence, mqtt, metrics, sys, log, bridges";
 
 fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
     let root = doc.as_table();
     for (key, item) in root.iter() {
         let line = key_line(text, root, key);
-        if key == "listeners" {
+        if key == "bridges" {
+            let found = bridges::check_bridges(path, text, item, line, checked);
+            checked.bridges = found;
+        } else if key == "listeners" {
             checked.listeners_given = true;
             if let Some(line) = line {
                 checked.lines.insert("listeners".to_owned(), line);

@@ -215,3 +215,27 @@ fn tls_examples_are_equivalent() {
     assert!(!c.security.allow_anonymous);
     assert_eq!(c.security.acl_file, Some(root.join("acl")));
 }
+
+#[test]
+fn sber_bridge_toml_and_conf_are_equivalent() {
+    let toml = load("sber-bridge.toml");
+    let conf = load("sber-bridge.conf");
+    assert_eq!(toml.warnings, Vec::<String>::new());
+    assert_eq!(conf.warnings, Vec::<String>::new());
+    assert_eq!(toml.config, conf.config);
+    let bridges = &toml.config.bridges;
+    assert_eq!(bridges.len(), 1);
+    let b = &bridges[0];
+    assert_eq!(b.name, "sber");
+    assert_eq!(
+        b.addresses,
+        vec![(culex_bridge::SBER_HOST.to_string(), culex_bridge::SBER_PORT)]
+    );
+    assert!(b.tls.as_ref().is_some_and(|t| !t.insecure));
+    assert_eq!(b.remote_clientid, "my-sber-login");
+    assert_eq!(
+        b.topics[0].remote_filter(),
+        "sberdevices/v1/my-sber-login/up/#"
+    );
+    assert_eq!(b.notification_topic.as_deref(), Some("sber/bridge/state"));
+}

@@ -140,6 +140,8 @@ pub fn packet_type(p: &Packet) -> usize {
 /// Server-wide counters kept by connection tasks and accept loops.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// The bridges' statistics, read at scrape time.
+    pub bridges: crate::bridges::BridgeRegistry,
     /// Sockets accepted (before `max_connections` and any handshake).
     pub accepted: Counter,
     /// Sockets open now: accepted and not yet closed (gauge).

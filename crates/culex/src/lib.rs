@@ -2,6 +2,7 @@
 //! tests start the same server in-process with [`server::start`]. The `cmd_*` modules are the
 //! binary's subcommands (`culex passwd`, `culex pub`, `culex sub`).
 
+pub mod bridges;
 mod cmd_common;
 pub mod cmd_passwd;
 pub mod cmd_pub;

@@ -85,6 +85,22 @@ pub const ROUTER_QUEUE_CAPACITY: &str = "culex_router_queue_capacity";
 pub const UPTIME: &str = "culex_uptime_seconds";
 /// Always 1, label `version`.
 pub const BUILD_INFO: &str = "culex_build_info";
+/// Whether a bridge's remote link is up (0/1), label `bridge`.
+pub const BRIDGE_CONNECTED: &str = "culex_bridge_connected";
+/// Successful bridge connections to the remote, label `bridge`.
+pub const BRIDGE_CONNECTS: &str = "culex_bridge_connects_total";
+/// Failed bridge connect attempts (one per address tried), label `bridge`.
+pub const BRIDGE_RECONNECT_ATTEMPTS: &str = "culex_bridge_reconnect_attempts_total";
+/// Messages forwarded by a bridge, labels `bridge`, `direction` (`in`, `out`).
+pub const BRIDGE_FORWARDED: &str = "culex_bridge_messages_forwarded_total";
+/// Messages waiting in a bridge's store-and-forward queue, label `bridge`.
+pub const BRIDGE_QUEUED: &str = "culex_bridge_queued_messages";
+/// Messages a bridge dropped, labels `bridge`, `reason`.
+pub const BRIDGE_DROPPED: &str = "culex_bridge_dropped_total";
+/// Unix time of a bridge's last successful connect (0 if never), label `bridge`.
+pub const BRIDGE_LAST_CONNECT: &str = "culex_bridge_last_connect_timestamp_seconds";
+/// Reasons of [`BRIDGE_DROPPED`].
+pub const BRIDGE_DROP_REASONS: [&str; 3] = ["queue_full", "offline_qos0", "other"];
 /// Prefix of the process metrics (`culex_process_cpu_seconds_total`, ...).
 pub const PROCESS_PREFIX: &str = "culex_";
 
@@ -353,6 +369,62 @@ fn describe() {
     describe_gauge!(ROUTER_QUEUE_CAPACITY, "Capacity of the router's channel.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the broker started.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    describe_gauge!(
+        BRIDGE_CONNECTED,
+        "1 while the bridge's link to its remote broker is up, else 0."
+    );
+    describe_counter!(
+        BRIDGE_CONNECTS,
+        "Successful bridge connections to the remote broker (CONNACK accepted)."
+    );
+    describe_counter!(
+        BRIDGE_RECONNECT_ATTEMPTS,
+        "Failed bridge connect attempts, one per remote address tried."
+    );
+    describe_counter!(
+        BRIDGE_FORWARDED,
+        "Messages forwarded by the bridge, by direction (out: local to remote, in: remote to local)."
+    );
+    describe_gauge!(
+        BRIDGE_QUEUED,
+        "Messages waiting in the bridge's store-and-forward queue."
+    );
+    describe_counter!(
+        BRIDGE_DROPPED,
+        "Messages the bridge dropped, by reason (queue_full, offline_qos0, other)."
+    );
+    describe_gauge!(
+        BRIDGE_LAST_CONNECT,
+        Unit::Seconds,
+        "Unix time of the bridge's last successful connect; 0 if it never connected."
+    );
+}
+
+/// The `culex_bridge_*` metrics, from each bridge's statistics.
+fn record_bridges(c: &Counters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, st) in c.bridges.snapshot() {
+        let connected = st.state() == culex_bridge::LinkState::Connected;
+        gauge!(BRIDGE_CONNECTED, "bridge" => name.clone()).set(if connected { 1.0 } else { 0.0 });
+        counter!(BRIDGE_CONNECTS, "bridge" => name.clone()).absolute(st.connects.load(Relaxed));
+        counter!(BRIDGE_RECONNECT_ATTEMPTS, "bridge" => name.clone())
+            .absolute(st.reconnect_attempts.load(Relaxed));
+        counter!(BRIDGE_FORWARDED, "bridge" => name.clone(), "direction" => "out")
+            .absolute(st.forwarded_out.load(Relaxed));
+        counter!(BRIDGE_FORWARDED, "bridge" => name.clone(), "direction" => "in")
+            .absolute(st.forwarded_in.load(Relaxed));
+        gauge!(BRIDGE_QUEUED, "bridge" => name.clone()).set(st.queued.load(Relaxed) as f64);
+        let dropped = [
+            st.dropped_queue_full.load(Relaxed),
+            st.dropped_qos0_offline.load(Relaxed),
+            st.dropped_other.load(Relaxed),
+        ];
+        for (reason, v) in BRIDGE_DROP_REASONS.iter().zip(dropped) {
+            counter!(BRIDGE_DROPPED, "bridge" => name.clone(), "reason" => *reason).absolute(v);
+        }
+        gauge!(BRIDGE_LAST_CONNECT, "bridge" => name.clone())
+            .set(st.last_connect_unix.load(Relaxed) as f64);
+    }
 }
 
 fn record(c: &Counters, s: &Sample, extra: Extra) {
@@ -414,4 +486,5 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     gauge!(ROUTER_QUEUE_CAPACITY).set(extra.router_queue_capacity as f64);
     gauge!(UPTIME).set(extra.uptime_seconds);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    record_bridges(c);
 }

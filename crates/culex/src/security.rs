@@ -33,6 +33,9 @@ pub(crate) struct SecurityError(String);
 pub(crate) struct SecurityHandle {
     source: Security,
     rules: ArcSwap<Rules>,
+    /// The broker's own in-process connections (bridges): no password or ACL applies, and
+    /// they may publish to `$SYS` (bridge notifications). Never used for a network listener.
+    internal: bool,
 }
 
 impl SecurityHandle {
@@ -42,7 +45,27 @@ impl SecurityHandle {
         Ok(SecurityHandle {
             source: source.clone(),
             rules: ArcSwap::from_pointee(rules),
+            internal: false,
         })
+    }
+
+    /// The security of the broker's own in-process connections (bridges): everything is
+    /// allowed, `$SYS` writes included. Ordinary clients never get this handle.
+    pub(crate) fn internal() -> SecurityHandle {
+        let source = Security {
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+        };
+        SecurityHandle {
+            source,
+            rules: ArcSwap::from_pointee(Rules {
+                allow_anonymous: true,
+                passwords: None,
+                acl: None,
+            }),
+            internal: true,
+        }
     }
 
     /// Re-reads the files. On error the previous rules stay in force.
@@ -120,9 +143,10 @@ impl AccessPolicy for SecurityHandle {
     }
 
     fn can_write(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        // Clients never write the broker's own tree, whatever the ACL says.
+        // Clients never write the broker's own tree, whatever the ACL says; the broker's own
+        // bridges do (their connection notifications live there).
         if topic.starts_with("$SYS") {
-            return false;
+            return self.internal;
         }
         self.acl_allows(username, client_id, topic, Access::Write)
     }

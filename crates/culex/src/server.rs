@@ -115,6 +115,8 @@ pub struct RunningServer {
     ready: Arc<Readiness>,
     /// The metrics endpoint and the `$SYS` publisher.
     aux: Vec<tokio::task::JoinHandle<()>>,
+    /// The configured bridges; stopped before everything else at shutdown.
+    bridges: crate::bridges::Bridges,
 }
 
 /// The security handles in force: one per listener (shared by all listeners unless
@@ -203,6 +205,9 @@ impl RunningServer {
     /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B), waits
     /// for the connection tasks and the router to finish.
     pub async fn shutdown(self) {
+        // Bridges first, while the router and their local connections still run: each
+        // publishes its `0` notification and disconnects from both sides.
+        self.bridges.stop().await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         for t in self.aux {
@@ -339,10 +344,23 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         .max_connections
         .unwrap_or(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max_conn.min(Semaphore::MAX_PERMITS)));
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let connections = TaskTracker::new();
+    let bridges = crate::bridges::spawn(
+        &config.bridges,
+        &shared,
+        &shutdown_rx,
+        &next_conn,
+        &counters.bridges,
+    )?;
     let task = tokio::spawn(serve(
         listeners,
-        shared,
-        permits,
+        Conns {
+            shared,
+            permits,
+            next_conn,
+            connections,
+        },
         shutdown_rx,
         router_task,
         store_writer,
@@ -358,6 +376,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         metrics_addr,
         ready,
         aux,
+        bridges,
     })
 }
 
@@ -370,6 +389,15 @@ pub fn check_files(config: &Config) -> Result<()> {
     }
     if let Err(e) = load_security(config) {
         errors.push(format!("{e:#}"));
+    }
+    // Bridge TLS files (CA file and directory, client certificate and key) must load; the
+    // bridge rebuilds this at every connect, so a broken file would only show there.
+    for b in &config.bridges {
+        if let Some(tls) = &b.tls {
+            if let Err(e) = culex_bridge::tls_client_config(tls) {
+                errors.push(format!("bridge \"{}\": TLS: {e}", b.name));
+            }
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -432,17 +460,29 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn serve(
-    listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
+/// What the accept loops share: server state, connection permits, connection ids (shared with
+/// the bridges' in-process connections, so ids stay unique) and the connection task tracker.
+struct Conns {
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
+    next_conn: Arc<AtomicU64>,
+    connections: TaskTracker,
+}
+
+async fn serve(
+    listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
+    conns: Conns,
     shutdown: watch::Receiver<bool>,
     router_task: tokio::task::JoinHandle<()>,
     store_writer: Option<culex_store::WriterJoin>,
 ) {
-    let next_conn = Arc::new(AtomicU64::new(1));
+    let Conns {
+        shared,
+        permits,
+        next_conn,
+        connections,
+    } = conns;
     let mut accept_loops = JoinSet::new();
-    let connections = TaskTracker::new();
     for (listener, ctx) in listeners {
         accept_loops.spawn(accept_loop(
             listener,

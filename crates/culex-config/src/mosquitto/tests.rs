@@ -586,12 +586,7 @@ fn unknown_options() {
         error("crlfile /etc/mosquitto/crl.pem\n"),
         "culex.conf:1: unknown option 'crlfile': this mosquitto option is not supported yet by Culex"
     );
-    for option in [
-        "store_clean_interval 10",
-        "connection bridge1",
-        "bridge_foo 1",
-        "plugin_opt_x 1",
-    ] {
+    for option in ["store_clean_interval 10", "bridge_foo 1", "plugin_opt_x 1"] {
         assert!(
             error(&format!("{option}\n")).contains("not supported yet by Culex"),
             "{option}"
@@ -741,4 +736,166 @@ fn edit_distance_works() {
     assert_eq!(edit_distance("max_qso", "max_qos"), 2);
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(edit_distance("kitten", "sitting"), 3);
+}
+
+#[test]
+fn bridge_connection_block() {
+    use culex_bridge::{BridgeProtocol, Direction, StartType, TlsVersion};
+    let c = config(
+        "listener 1883 127.0.0.1\nallow_anonymous true\n\
+         connection site\n\
+         address remote.example:1884 backup.example\n\
+         topic sensors/# out 1 local/ remote/\n\
+         topic cmd/# in 2\n\
+         topic \"\" both 0 a/b c/d\n\
+         remote_username u\nremote_password p w\n\
+         remote_clientid rid\n\
+         cleansession true\nlocal_cleansession false\n\
+         keepalive_interval 30\nrestart_timeout 2 60\n\
+         try_private false\nnotifications false\nnotification_topic n/state\n\
+         bridge_protocol_version mqttv50\nbridge_outgoing_retain false\n\
+         bridge_max_packet_size 1000\nbridge_cafile /ca.pem\nbridge_tls_version tlsv1.3\n\
+         start_type lazy\nthreshold 5\nidle_timeout 9\nbridge_bind_address 127.0.0.1\n\
+         bridge_queue_limit 7\n\
+         connection second\naddress other\ntopic # out\n",
+    );
+    assert_eq!(c.bridges.len(), 2);
+    let b = &c.bridges[0];
+    assert_eq!(b.name, "site");
+    assert_eq!(
+        b.addresses,
+        vec![
+            ("remote.example".into(), 1884),
+            ("backup.example".into(), 1883)
+        ]
+    );
+    assert_eq!(b.topics.len(), 3);
+    assert_eq!(b.topics[0].local_filter(), "local/sensors/#");
+    assert_eq!(b.topics[0].remote_filter(), "remote/sensors/#");
+    assert_eq!(b.topics[1].direction, Direction::In);
+    assert_eq!(b.topics[2].pattern, "");
+    assert_eq!(b.remote_username.as_deref(), Some("u"));
+    assert_eq!(b.remote_password.as_deref(), Some("p w"));
+    assert_eq!(b.remote_clientid, "rid");
+    assert_eq!(b.local_clientid, "local.rid");
+    assert!(b.cleansession && !b.local_cleansession);
+    assert_eq!(b.keepalive, Duration::from_secs(30));
+    assert_eq!(
+        (b.backoff_min, b.backoff_max),
+        (Duration::from_secs(2), Duration::from_secs(60))
+    );
+    assert!(!b.try_private && !b.notifications && !b.outgoing_retain);
+    assert_eq!(b.notification_topic.as_deref(), Some("n/state"));
+    assert_eq!(b.protocol, BridgeProtocol::V5);
+    assert_eq!(b.max_packet_size, Some(1000));
+    let tls = b.tls.as_ref().unwrap();
+    assert_eq!(tls.cafile.as_deref(), Some(std::path::Path::new("/ca.pem")));
+    assert_eq!(tls.version, Some(TlsVersion::Tls13));
+    assert_eq!(b.start_type, StartType::Lazy);
+    assert_eq!((b.threshold, b.idle_timeout), (5, Duration::from_secs(9)));
+    assert_eq!(b.bind_address, Some([127, 0, 0, 1].into()));
+    assert_eq!(b.queue_limit, 7);
+    let b = &c.bridges[1];
+    assert_eq!(b.addresses, vec![("other".into(), 1883)]);
+    assert!(b.tls.is_none() && b.try_private && !b.cleansession);
+    assert!(b.remote_clientid.ends_with(".second"));
+    // The listener is unaffected by the bridge lines.
+    assert_eq!(c.listeners.len(), 1);
+}
+
+#[test]
+fn bridge_restart_timeout_one_value_is_constant() {
+    let c = config("connection b\naddress h\ntopic #\nrestart_timeout 20\n");
+    assert_eq!(c.bridges[0].backoff_min, Duration::from_secs(20));
+    assert_eq!(c.bridges[0].backoff_max, Duration::from_secs(20));
+}
+
+#[test]
+fn bridge_sber_preset() {
+    let c = config(
+        "connection sber\nbridge_preset sber\nremote_username dev1\nremote_password pw\n\
+         address 127.0.0.1:8883\nbridge_cafile /ca.pem\n",
+    );
+    let b = &c.bridges[0];
+    assert_eq!(b.name, "sber");
+    assert_eq!(b.addresses, vec![("127.0.0.1".into(), 8883)]);
+    assert_eq!(b.remote_clientid, "dev1");
+    assert_eq!(b.topics[0].remote_filter(), "sberdevices/v1/dev1/up/#");
+    assert_eq!(b.topics[0].local_filter(), "sber/up/#");
+    let tls = b.tls.as_ref().unwrap();
+    assert_eq!(tls.cafile.as_deref(), Some(std::path::Path::new("/ca.pem")));
+    assert!(!tls.insecure);
+    let c = config("connection s\nbridge_preset sber\nremote_username dev1\nremote_password pw\n");
+    assert_eq!(
+        c.bridges[0].addresses,
+        vec![(culex_bridge::SBER_HOST.to_string(), 8883)]
+    );
+}
+
+#[test]
+fn bridge_errors_name_bridge_option_file_and_line() {
+    assert_eq!(
+        error("address h\n"),
+        "culex.conf:1: 'address' is a bridge option; it must follow a `connection NAME` line (the bridge it configures)"
+    );
+    assert_eq!(
+        error("connection b\naddress h\ntopic # sideways\n"),
+        "culex.conf:3: option 'topic': bridge \"b\": direction \"sideways\" is not one of `out`, `in`, `both`"
+    );
+    assert!(error("connection b\naddress h\ntopic a/# out 0 x/+/ y/\n").starts_with(
+        "culex.conf:3: option 'topic': bridge \"b\": invalid local prefix \"x/+/\" (a prefix is a topic name without wildcards)"
+    ));
+    let e = error("connection b\naddress h\ntopic #\nkeepalive_interval 2\n");
+    assert!(
+        e.starts_with("culex.conf:4: option 'keepalive_interval': bridge \"b\": "),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nrestart_timeout 10 5\n");
+    assert!(
+        e.starts_with("culex.conf:4: option 'restart_timeout': bridge \"b\": "),
+        "{e}"
+    );
+    let e = error("connection b\ntopic #\n");
+    assert!(
+        e.starts_with("culex.conf:1: option 'connection': bridge \"b\": "),
+        "{e}"
+    );
+    assert!(e.contains("option 'address'"), "{e}");
+    let e = error("connection b\naddress h\n");
+    assert!(
+        e.starts_with("culex.conf:1: option 'connection': bridge \"b\": "),
+        "{e}"
+    );
+    assert!(e.contains("option 'topic'"), "{e}");
+    let e = error("connection b\naddress h:0\ntopic #\n");
+    assert!(
+        e.starts_with("culex.conf:2: option 'address': bridge \"b\": invalid address"),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nbridge_preset acme\n");
+    assert!(e.contains("unknown preset 'acme'"), "{e}");
+    let e = error("connection b\nbridge_preset sber\nremote_password x\n");
+    assert!(
+        e.starts_with("culex.conf:2: option 'bridge_preset': bridge \"b\""),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nconnection b\naddress h\ntopic #\n");
+    assert!(
+        e.starts_with(
+            "culex.conf:4: option 'connection': bridge \"b\" is already defined at culex.conf:1"
+        ),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nbridge_tls_version tlsv1.1\n");
+    assert!(
+        e.starts_with("culex.conf:4: option 'bridge_tls_version'"),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nbridge_certfile /c.pem\n");
+    assert!(
+        e.starts_with("culex.conf:4: option 'bridge_certfile': bridge \"b\""),
+        "{e}"
+    );
+    let e = error("connection b\naddress h\ntopic #\nlocal_username x\n");
+    assert!(e.contains("not supported yet"), "{e}");
 }

@@ -340,7 +340,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
-        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, persistence, mqtt, metrics, sys, log"
+        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, persistence, mqtt, metrics, sys, log, bridges"
     );
     assert_eq!(
         errors("\nmax_qos = 1\n"),
@@ -552,4 +552,94 @@ fn environment_errors() {
         ),
         "environment variable CULEX__LIMITS__MAX_INFLIGHT_MESSAGES: option 'limits.max_inflight_messages': value 70000 is out of range; allowed: 0 to 65535 (0 means unlimited, the same as 65535)"
     );
+}
+
+#[test]
+fn bridges_tables() {
+    use culex_bridge::{BridgeProtocol, Direction};
+    let c = config(
+        r#"
+[[bridges]]
+name = "site"
+addresses = ["remote.example:1884", "backup.example"]
+remote_username = "u"
+remote_password = "p"
+cleansession = true
+keepalive = "30s"
+backoff = { min = "2s", max = "1m" }
+protocol = "5"
+try_private = false
+notification_topic = "n/state"
+queue_limit = 7
+
+[[bridges.topics]]
+pattern = "sensors/#"
+direction = "out"
+qos = 1
+local_prefix = "local/"
+remote_prefix = "remote/"
+
+[[bridges.topics]]
+pattern = "cmd/#"
+direction = "in"
+
+[bridges.tls]
+cafile = "/ca.pem"
+version = "tlsv1.2"
+
+[[bridges]]
+name = "sber"
+preset = "sber"
+login = "dev1"
+password = "pw"
+"#,
+    );
+    assert_eq!(c.bridges.len(), 2);
+    let b = &c.bridges[0];
+    assert_eq!(
+        b.addresses,
+        vec![
+            ("remote.example".into(), 1884),
+            ("backup.example".into(), 1883)
+        ]
+    );
+    assert_eq!(b.topics.len(), 2);
+    assert_eq!(b.topics[0].remote_filter(), "remote/sensors/#");
+    assert_eq!(b.topics[1].direction, Direction::In);
+    assert_eq!(b.keepalive, Duration::from_secs(30));
+    assert_eq!(
+        (b.backoff_min, b.backoff_max),
+        (Duration::from_secs(2), Duration::from_secs(60))
+    );
+    assert_eq!(b.protocol, BridgeProtocol::V5);
+    assert!(b.cleansession && b.local_cleansession && !b.try_private);
+    assert_eq!(b.queue_limit, 7);
+    assert!(b.tls.is_some());
+    let s = &c.bridges[1];
+    assert_eq!(s.remote_clientid, "dev1");
+    assert_eq!(s.topics[0].remote_filter(), "sberdevices/v1/dev1/up/#");
+    // The rest of the file is unaffected.
+    assert_eq!(c.listeners, Config::default().listeners);
+}
+
+#[test]
+fn bridges_errors_name_bridge_key_and_line() {
+    let e = errors("[[bridges]]\nname = \"b\"\naddresses = [\"h\"]\nbogus = 1\n[[bridges.topics]]\npattern = \"#\"\n");
+    assert!(
+        e.starts_with("culex.toml:4: option 'bridges[0].bogus': bridge \"b\": unknown key 'bogus'"),
+        "{e}"
+    );
+    let e = errors("[[bridges]]\nname = \"b\"\naddresses = [\"h\"]\nkeepalive = 2\n[[bridges.topics]]\npattern = \"#\"\n");
+    assert!(
+        e.starts_with("culex.toml:4: option 'bridges[0].keepalive': bridge \"b\": "),
+        "{e}"
+    );
+    let e = errors("[[bridges]]\nname = \"b\"\naddresses = [\"h\"]\n");
+    assert!(
+        e.starts_with("culex.toml:3: option 'bridges[0].topics': bridge \"b\": ")
+            || e.contains("bridges[0].topics"),
+        "{e}"
+    );
+    let e = errors("[[bridges]]\naddresses = [\"h\"]\n");
+    assert!(e.contains("needs a `name`"), "{e}");
 }

@@ -1,0 +1,673 @@
+//! Bridges configured in a real `culex` process (`CARGO_BIN_EXE_culex`, a mosquitto.conf file
+//! with a `connection` block, or TOML) against a real remote broker: Debian's `mosquitto` or a
+//! second `culex` on 127.0.0.1.
+//!
+//! - out and in forwarding with prefix remapping, the `$SYS/broker/connection/<id>/state`
+//!   notification, and the `culex_bridge_*` metrics;
+//! - the remote stopped and restarted: QoS 1 messages published locally meanwhile arrive;
+//! - a remote that is down at startup does not stop the local broker;
+//! - two `culex` processes bridged `both` ways from a TOML `[[bridges]]` table, without loops;
+//! - `culex --check` reports a bad bridge option with file and line.
+//!
+//! Nothing uses a fixed port for Culex: it listens on port 0 and the test reads the port from
+//! the `listening on` log line. Tests without `mosquitto` installed print a note and pass.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use tempfile::TempDir;
+
+/// Generous: a busy 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn have_mosquitto() -> bool {
+    let ok = Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("NOTE: mosquitto is not installed; skipping this test");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn culex() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_culex"));
+    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CULEX__") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// A `mosquitto` process on 127.0.0.1 with persistence (so sessions survive a restart).
+struct Mosquitto {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (mosquitto saves its persistence file) and wait.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `culex` process whose stderr is collected; killed on drop.
+struct Culex {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Culex {
+    /// Starts `culex -c FILE` with `conf` (mosquitto.conf syntax) written to FILE.
+    fn start(conf: &str) -> Culex {
+        Culex::start_file("culex.conf", conf)
+    }
+
+    /// Starts `culex -c NAME` with `conf` written to NAME (`.toml`: TOML syntax).
+    fn start_file(name: &str, conf: &str) -> Culex {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, conf).unwrap();
+        let mut child = culex()
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn culex");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Culex {
+            child,
+            lines,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    panic!("no log line containing {needle:?}; log:\n{}", self.log())
+                }
+            }
+        }
+    }
+
+    /// The port in the first `NEEDLE127.0.0.1:PORT` line.
+    fn port_after(&self, needle: &str) -> u16 {
+        let line = self.wait_for_line(needle);
+        let rest = &line[line.find(needle).unwrap() + needle.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Culex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An MQTT client (rumqttc) whose event loop runs in a thread; publications and acks arrive
+/// on channels. The loop reconnects by itself after errors.
+struct Mqtt {
+    client: Client,
+    messages: Receiver<rumqttc::Publish>,
+    subacks: Receiver<()>,
+    connacks: Receiver<()>,
+}
+
+impl Mqtt {
+    fn connect(port: u16, id: &str, clean: bool) -> Mqtt {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(clean);
+        let (client, mut connection) = Client::new(opts, 100);
+        let (mtx, messages) = mpsc::channel();
+        let (stx, subacks) = mpsc::channel();
+        let (ctx, connacks) = mpsc::channel();
+        thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if mtx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = stx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = ctx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => return,
+                    Err(_) => thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        let m = Mqtt {
+            client,
+            messages,
+            subacks,
+            connacks,
+        };
+        m.connacks.recv_timeout(TIMEOUT).expect("CONNACK");
+        m
+    }
+
+    fn subscribe(&self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).unwrap();
+        self.subacks.recv_timeout(TIMEOUT).expect("SUBACK");
+    }
+
+    fn publish(&self, topic: &str, payload: &str, qos: QoS) {
+        self.client
+            .publish(topic, qos, false, payload.as_bytes().to_vec())
+            .unwrap();
+    }
+
+    fn recv(&self) -> rumqttc::Publish {
+        self.messages
+            .recv_timeout(TIMEOUT)
+            .expect("no message within the timeout")
+    }
+
+    /// Waits for a message on `topic` with `payload` (skipping others, e.g. older retained
+    /// notification states).
+    fn recv_matching(&self, topic: &str, payload: &str) -> rumqttc::Publish {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(p) if p.topic == topic && p.payload[..] == *payload.as_bytes() => return p,
+                Ok(_) => {}
+                Err(_) => panic!("no message {payload:?} on {topic:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the sample line starting with `series` (name and labels, exactly).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+fn bridge_conf(remote_port: u16, extra: &str) -> String {
+    format!(
+        "listener 0 127.0.0.1\nallow_anonymous true\nmetrics_listener 127.0.0.1:0\n\
+         connection r\n\
+         address 127.0.0.1:{remote_port}\n\
+         topic out/# out 1 local/ remote/\n\
+         topic in/# in 1 local/ remote/\n\
+         remote_clientid bridge-r\n\
+         restart_timeout 1 2\n\
+         keepalive_interval 5\n{extra}"
+    )
+}
+
+const STATE: &str = "$SYS/broker/connection/bridge-r/state";
+
+#[test]
+fn forwards_out_and_in_with_remapping_notifies_and_exports_metrics() {
+    if !have_mosquitto() {
+        return;
+    }
+    let remote = Mosquitto::start();
+    let local = Culex::start(&bridge_conf(remote.port, ""));
+    let metrics_port = local.port_after("metrics on 127.0.0.1:");
+    let port = local.port_after("listening on 127.0.0.1:");
+
+    // The notification: `1`, retained, on the local broker once the link is up.
+    let watcher = Mqtt::connect(port, "watcher", true);
+    watcher.subscribe(STATE, QoS::AtLeastOnce);
+    watcher.recv_matching(STATE, "1");
+    // Retained: a later subscriber gets it at once.
+    let late = Mqtt::connect(port, "late-watcher", true);
+    late.subscribe(STATE, QoS::AtLeastOnce);
+    let n = late.recv();
+    assert_eq!((&n.payload[..], n.retain), (&b"1"[..], true));
+    drop(late);
+
+    // out: local/out/... → remote/out/...
+    let rsub = Mqtt::connect(remote.port, "rsub", true);
+    rsub.subscribe("remote/#", QoS::AtLeastOnce);
+    let lpub = Mqtt::connect(port, "lpub", true);
+    lpub.publish("local/out/a/b", "hello-out", QoS::AtLeastOnce);
+    let m = rsub.recv();
+    assert_eq!(m.topic, "remote/out/a/b");
+    assert_eq!(&m.payload[..], b"hello-out");
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    // Outside the rules: stays local.
+    lpub.publish("local/other", "x", QoS::AtLeastOnce);
+    lpub.publish("out/no-prefix", "x", QoS::AtLeastOnce);
+
+    // in: remote/in/... → local/in/...
+    let lsub = Mqtt::connect(port, "lsub", true);
+    lsub.subscribe("local/#", QoS::AtLeastOnce);
+    let rpub = Mqtt::connect(remote.port, "rpub", true);
+    rpub.publish("remote/in/c", "hello-in", QoS::AtLeastOnce);
+    let m = lsub.recv_matching("local/in/c", "hello-in");
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    // The remote subscriber sees that publication, and nothing from outside the rules.
+    let m = rsub.recv();
+    assert_eq!(m.topic, "remote/in/c");
+    assert!(
+        rsub.messages
+            .recv_timeout(Duration::from_millis(500))
+            .is_err(),
+        "nothing else reaches the remote"
+    );
+
+    let text = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        metric(&text, "culex_bridge_connected{bridge=\"r\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "culex_bridge_connects_total{bridge=\"r\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "culex_bridge_messages_forwarded_total{bridge=\"r\",direction=\"out\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "culex_bridge_messages_forwarded_total{bridge=\"r\",direction=\"in\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "culex_bridge_queued_messages{bridge=\"r\"}"),
+        Some(0.0)
+    );
+    assert!(
+        metric(
+            &text,
+            "culex_bridge_last_connect_timestamp_seconds{bridge=\"r\"}"
+        )
+        .is_some_and(|t| t > 1.0e9),
+        "{text}"
+    );
+    assert!(text.contains("culex_bridge_dropped_total{bridge=\"r\",reason=\"queue_full\"} 0"));
+
+    // A clean stop: the bridges stop first and disconnect from the local broker themselves
+    // (after publishing `0`), before the broker closes the remaining connections.
+    local.signal("TERM");
+    local.wait_for_line("INFO stopped");
+    let log = local.log();
+    assert!(log.lines().any(|l| l.contains("bridge stopped")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("connection closed")
+            && l.contains("client_id=local.bridge-r")
+            && l.contains("reason=client disconnected")),
+        "{log}"
+    );
+    drop(local);
+    let _ = remote.log();
+}
+
+#[test]
+fn remote_restart_delivers_queued_qos1_messages() {
+    if !have_mosquitto() {
+        return;
+    }
+    let mut remote = Mosquitto::start();
+    let local = Culex::start(&bridge_conf(remote.port, "cleansession false\n"));
+    let port = local.port_after("listening on 127.0.0.1:");
+    let watcher = Mqtt::connect(port, "watcher", true);
+    watcher.subscribe(STATE, QoS::AtLeastOnce);
+    watcher.recv_matching(STATE, "1");
+
+    // A persistent subscriber on the remote: its session survives the restart.
+    let rsub = Mqtt::connect(remote.port, "rsub-persistent", false);
+    rsub.subscribe("remote/out/#", QoS::AtLeastOnce);
+    let lpub = Mqtt::connect(port, "lpub", true);
+    lpub.publish("local/out/before", "0", QoS::AtLeastOnce);
+    assert_eq!(rsub.recv().topic, "remote/out/before");
+
+    remote.stop();
+    watcher.recv_matching(STATE, "0");
+    const N: usize = 20;
+    for i in 0..N {
+        lpub.publish(
+            &format!("local/out/q/{i}"),
+            &i.to_string(),
+            QoS::AtLeastOnce,
+        );
+    }
+    // Let the local broker take them all before the remote comes back.
+    thread::sleep(Duration::from_millis(500));
+    remote.restart();
+    watcher.recv_matching(STATE, "1");
+
+    let mut seen = [false; N];
+    let deadline = Instant::now() + TIMEOUT;
+    while seen.iter().any(|s| !s) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = rsub.messages.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "missing {:?}; culex log:\n{}\nmosquitto log:\n{}",
+                seen.iter()
+                    .enumerate()
+                    .filter(|(_, s)| !**s)
+                    .map(|(i, _)| i)
+                    .collect::<Vec<_>>(),
+                local.log(),
+                remote.log()
+            )
+        });
+        if let Some(i) = m.topic.strip_prefix("remote/out/q/") {
+            let i: usize = i.parse().unwrap();
+            assert_eq!(&m.payload[..], i.to_string().as_bytes());
+            seen[i] = true;
+        }
+    }
+}
+
+#[test]
+fn unreachable_remote_does_not_stop_the_local_broker() {
+    let dead = free_port();
+    let local = Culex::start(&bridge_conf(dead, ""));
+    let port = local.port_after("listening on 127.0.0.1:");
+    let sub = Mqtt::connect(port, "sub", true);
+    sub.subscribe("t", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(port, "pub", true);
+    publisher.publish("t", "local-still-works", QoS::AtLeastOnce);
+    assert_eq!(&sub.recv().payload[..], b"local-still-works");
+    // The bridge keeps trying (and says so), at the configured backoff.
+    local.wait_for_line("bridge");
+}
+
+#[test]
+fn culex_to_culex_bridge_from_toml_both_ways_without_loops() {
+    let remote = Culex::start("listener 0 127.0.0.1\nallow_anonymous true\n");
+    let remote_port = remote.port_after("listening on 127.0.0.1:");
+    let local = Culex::start_file(
+        "culex.toml",
+        &format!(
+            r##"
+[[listeners]]
+host = "127.0.0.1"
+port = 0
+
+[security]
+allow_anonymous = true
+
+[[bridges]]
+name = "peer"
+addresses = ["127.0.0.1:{remote_port}"]
+remote_clientid = "bridge-peer"
+try_private = false
+protocol = "5"
+backoff = {{ min = "1s", max = "2s" }}
+
+[[bridges.topics]]
+pattern = "#"
+direction = "both"
+qos = 1
+local_prefix = "site/"
+remote_prefix = "cloud/site1/"
+"##
+        ),
+    );
+    let port = local.port_after("listening on 127.0.0.1:");
+    let watcher = Mqtt::connect(port, "watcher", true);
+    watcher.subscribe("$SYS/broker/connection/bridge-peer/state", QoS::AtLeastOnce);
+    watcher.recv_matching("$SYS/broker/connection/bridge-peer/state", "1");
+
+    let rsub = Mqtt::connect(remote_port, "rsub", true);
+    rsub.subscribe("cloud/#", QoS::AtLeastOnce);
+    let lsub = Mqtt::connect(port, "lsub", true);
+    lsub.subscribe("site/#", QoS::AtLeastOnce);
+
+    let lpub = Mqtt::connect(port, "lpub", true);
+    lpub.publish("site/temp", "21", QoS::AtLeastOnce);
+    let m = rsub.recv();
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("cloud/site1/temp", &b"21"[..])
+    );
+    assert_eq!(lsub.recv().topic, "site/temp");
+
+    let rpub = Mqtt::connect(remote_port, "rpub", true);
+    rpub.publish("cloud/site1/cmd", "on", QoS::AtLeastOnce);
+    let m = lsub.recv();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("site/cmd", &b"on"[..]));
+    assert_eq!(rsub.recv().topic, "cloud/site1/cmd");
+
+    // No loops: each message was seen exactly once on each side (MQTT 5 No Local).
+    thread::sleep(Duration::from_millis(500));
+    assert!(rsub.messages.try_recv().is_err(), "echo on the remote");
+    assert!(
+        lsub.messages.try_recv().is_err(),
+        "echo on the local broker"
+    );
+}
+
+fn check(file: &Path) -> (i32, String) {
+    let out = culex()
+        .arg("--check")
+        .arg("-c")
+        .arg(file)
+        .output()
+        .expect("run culex --check");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_reports_bad_bridge_options_with_file_and_line() {
+    let dir = TempDir::new().unwrap();
+    let write = |name: &str, text: &str| -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good = write(
+        "good.conf",
+        "listener 0 127.0.0.1\nconnection r\naddress 127.0.0.1:1\ntopic # both 1 a/ b/\n",
+    );
+    let (code, out) = check(&good);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+
+    let bad = write(
+        "bad.conf",
+        "listener 0 127.0.0.1\nconnection r\naddress 127.0.0.1:1\ntopic # sideways\n",
+    );
+    let (code, out) = check(&bad);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:4: option 'topic': bridge \"r\": direction \"sideways\"",
+            bad.display()
+        )),
+        "{out}"
+    );
+
+    let bad = write(
+        "bad2.conf",
+        "connection r\naddress 127.0.0.1:1\ntopic #\nrestart_timeout 30 5\n",
+    );
+    let (code, out) = check(&bad);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:4: option 'restart_timeout': bridge \"r\"",
+            bad.display()
+        )),
+        "{out}"
+    );
+
+    let bad = write(
+        "bad.toml",
+        "[[bridges]]\nname = \"r\"\naddresses = [\"127.0.0.1:1\"]\nkeepalive = 2\n\
+         [[bridges.topics]]\npattern = \"#\"\n",
+    );
+    let (code, out) = check(&bad);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:4: option 'bridges[0].keepalive': bridge \"r\"",
+            bad.display()
+        )),
+        "{out}"
+    );
+
+    // A CA file that does not exist is found by --check, not at the first connect.
+    let bad = write(
+        "bad3.conf",
+        "connection r\naddress 127.0.0.1:1\ntopic #\nbridge_cafile /nonexistent/ca.pem\n",
+    );
+    let (code, out) = check(&bad);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("bridge \"r\": TLS"), "{out}");
+}
