@@ -594,3 +594,44 @@ async fn the_binary_serves_metrics_where_configured_and_logs_json() -> Result<()
     let _ = child.wait();
     result
 }
+
+#[tokio::test]
+async fn store_metrics_count_commits_when_persistence_is_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.security.allow_anonymous = true;
+    config.sys.interval = Duration::ZERO;
+    config.persistence.enabled = true;
+    config.persistence.dir = dir.path().join("store");
+    let broker = TestBroker::start_with_metrics(config).await?;
+    let addr = broker.metrics_addr().context("metrics endpoint")?;
+    let before = scrape(addr).await?;
+    assert_eq!(before.get("culex_store_failed"), 0.0);
+
+    let mut c = Client::open(broker.addr).await?;
+    c.send(Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: "store-metrics".to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })))
+    .await?;
+    assert_eq!(connack(&mut c).await?, ReasonCode::Success);
+    // A retained QoS 1 message is written to the store; its PUBACK comes once it is durable.
+    c.send(publish("kept/x", QoS::AtLeastOnce, 1, true, b"v")).await?;
+    match c.recv().await? {
+        Packet::PubAck(a) => assert_eq!(a.packet_id, 1),
+        other => bail!("expected PUBACK, got {other:?}"),
+    }
+    let after = scrape(addr).await?;
+    assert!(delta(&before, &after, "culex_store_commits_total") >= 1.0);
+    assert!(delta(&before, &after, "culex_store_ops_total") >= 1.0);
+    assert!(after.get("culex_store_last_commit_seconds") > 0.0);
+    assert_eq!(after.get("culex_store_backlog_ops"), 0.0);
+    broker.stop().await;
+    Ok(())
+}

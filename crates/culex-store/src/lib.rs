@@ -26,4 +26,6 @@ mod writer;
 pub use codec::Clocks;
 pub use error::StoreError;
 pub use store::{LoadReport, Store, CACHE_BYTES, DB_FILE, FORMAT_VERSION, LOCK_FILE};
-pub use writer::{spawn_writer, StoreHandle, StoreStats, SyncPolicy, WriterJoin, MAX_BATCH_OPS};
+pub use writer::{
+    spawn_writer, StatsReader, StoreHandle, StoreStats, SyncPolicy, WriterJoin, MAX_BATCH_OPS,
+};

@@ -178,10 +178,30 @@ pub struct WriterJoin {
     shared: Arc<Shared>,
 }
 
+/// Reads the writer's counters without keeping the writer alive (for metrics).
+#[derive(Debug, Clone)]
+pub struct StatsReader {
+    shared: Arc<Shared>,
+}
+
+impl StatsReader {
+    /// The writer's counters now.
+    pub fn stats(&self) -> StoreStats {
+        self.shared.snapshot()
+    }
+}
+
 impl WriterJoin {
     /// The writer's counters (like [`StoreHandle::stats`], without keeping the channel open).
     pub fn stats(&self) -> StoreStats {
         self.shared.snapshot()
+    }
+
+    /// A reader of the writer's counters that can outlive this join handle.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Waits until the writer has exited (after every handle was dropped and the last batch

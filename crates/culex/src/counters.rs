@@ -142,6 +142,8 @@ pub fn packet_type(p: &Packet) -> usize {
 pub struct Counters {
     /// The bridges' statistics, read at scrape time.
     pub bridges: crate::bridges::BridgeRegistry,
+    /// The store writer's statistics, when persistence is on (set once at start).
+    pub store: std::sync::OnceLock<culex_store::StatsReader>,
     /// Sockets accepted (before `max_connections` and any handshake).
     pub accepted: Counter,
     /// Sockets open now: accepted and not yet closed (gauge).

@@ -85,6 +85,20 @@ pub const ROUTER_QUEUE_CAPACITY: &str = "culex_router_queue_capacity";
 pub const UPTIME: &str = "culex_uptime_seconds";
 /// Always 1, label `version`.
 pub const BUILD_INFO: &str = "culex_build_info";
+/// Store write transactions committed.
+pub const STORE_COMMITS: &str = "culex_store_commits_total";
+/// Store commits that were synced to disk.
+pub const STORE_DURABLE_COMMITS: &str = "culex_store_durable_commits_total";
+/// Changes (ops) in committed store batches.
+pub const STORE_OPS: &str = "culex_store_ops_total";
+/// Mean store commit duration since start.
+pub const STORE_COMMIT_SECONDS: &str = "culex_store_commit_duration_seconds_mean";
+/// Duration of the last store commit.
+pub const STORE_LAST_COMMIT_SECONDS: &str = "culex_store_last_commit_seconds";
+/// Changes submitted to the store and not yet committed.
+pub const STORE_BACKLOG: &str = "culex_store_backlog_ops";
+/// 1 once a store commit failed (the store then stops writing), else 0.
+pub const STORE_FAILED: &str = "culex_store_failed";
 /// Whether a bridge's remote link is up (0/1), label `bridge`.
 pub const BRIDGE_CONNECTED: &str = "culex_bridge_connected";
 /// Successful bridge connections to the remote, label `bridge`.
@@ -255,6 +269,31 @@ impl Exporter {
 }
 
 fn describe() {
+    describe_counter!(
+        STORE_COMMITS,
+        "Store write transactions committed (group commits)."
+    );
+    describe_counter!(
+        STORE_DURABLE_COMMITS,
+        "Store commits synced to disk (fsync)."
+    );
+    describe_counter!(STORE_OPS, "Changes written in committed store batches.");
+    describe_gauge!(
+        STORE_COMMIT_SECONDS,
+        "Mean duration of a store commit (encode, write, sync) since start, in seconds."
+    );
+    describe_gauge!(
+        STORE_LAST_COMMIT_SECONDS,
+        "Duration of the last store commit, in seconds."
+    );
+    describe_gauge!(
+        STORE_BACKLOG,
+        "Changes submitted to the store and not yet committed."
+    );
+    describe_gauge!(
+        STORE_FAILED,
+        "1 once a store commit failed (the store stops writing; see the log), else 0."
+    );
     describe_gauge!(
         CONNECTIONS_CURRENT,
         "Network connections open now (accepted, not yet closed)."
@@ -400,6 +439,21 @@ fn describe() {
     );
 }
 
+/// The `culex_store_*` metrics, when persistence is on.
+fn record_store(c: &Counters) {
+    let Some(reader) = c.store.get() else {
+        return;
+    };
+    let st = reader.stats();
+    counter!(STORE_COMMITS).absolute(st.commits);
+    counter!(STORE_DURABLE_COMMITS).absolute(st.durable_commits);
+    counter!(STORE_OPS).absolute(st.ops);
+    gauge!(STORE_COMMIT_SECONDS).set(st.avg_latency_ns() as f64 / 1e9);
+    gauge!(STORE_LAST_COMMIT_SECONDS).set(st.last_latency_ns as f64 / 1e9);
+    gauge!(STORE_BACKLOG).set(st.backlog as f64);
+    gauge!(STORE_FAILED).set(if st.failed { 1.0 } else { 0.0 });
+}
+
 /// The `culex_bridge_*` metrics, from each bridge's statistics.
 fn record_bridges(c: &Counters) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -487,4 +541,5 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     gauge!(UPTIME).set(extra.uptime_seconds);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     record_bridges(c);
+    record_store(c);
 }

@@ -318,6 +318,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
                 .map(|h| Arc::clone(h) as Arc<dyn culex_broker::AccessPolicy>);
             let (router, join) =
                 crate::persistence::router(opened, config, settings.clone(), &router_tx, access);
+            let _ = counters.store.set(join.stats_reader());
             store_writer = Some(join);
             router
         }
