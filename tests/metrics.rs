@@ -622,7 +622,8 @@ async fn store_metrics_count_commits_when_persistence_is_on() -> Result<()> {
     .await?;
     assert_eq!(connack(&mut c).await?, ReasonCode::Success);
     // A retained QoS 1 message is written to the store; its PUBACK comes once it is durable.
-    c.send(publish("kept/x", QoS::AtLeastOnce, 1, true, b"v")).await?;
+    c.send(publish("kept/x", QoS::AtLeastOnce, 1, true, b"v"))
+        .await?;
     match c.recv().await? {
         Packet::PubAck(a) => assert_eq!(a.packet_id, 1),
         other => bail!("expected PUBACK, got {other:?}"),
