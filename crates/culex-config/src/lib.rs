@@ -518,7 +518,7 @@ pub struct Persistence {
     /// Relative paths are relative to the broker's working directory. Default
     /// [`DEFAULT_DATA_DIR`]. mosquitto.conf: `persistence_location`.
     pub dir: PathBuf,
-    /// When commits are made durable (fsync). Default [`SyncPolicy::Batched`].
+    /// When commits are made durable (fsync). Default [`SyncPolicy::Always`].
     /// mosquitto.conf: `persistence_sync` (a Culex extension).
     pub sync: SyncPolicy,
     /// With [`SyncPolicy::Batched`], how long the store waits after the first change of a
@@ -547,11 +547,12 @@ impl Default for Persistence {
 #[serde(rename_all = "lowercase")]
 pub enum SyncPolicy {
     /// Every batch is fsynced as soon as the changes waiting have been drained into it.
-    /// Written `always`.
+    /// Written `always`. The default: group commit already puts everything that arrives
+    /// during one fsync into the next, so it is also the fastest under load.
+    #[default]
     Always,
     /// The store waits up to [`Persistence::batch_delay`] to grow a batch, then fsyncs it.
-    /// Written `batched`. The default.
-    #[default]
+    /// Written `batched`. Fewer fsyncs when many publishers trickle; slower otherwise.
     Batched,
     /// Batches are committed without fsync. Written `never`.
     Never,

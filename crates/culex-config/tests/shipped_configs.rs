@@ -96,7 +96,7 @@ fn embedded_defaults() {
         Persistence {
             enabled: true,
             dir: PathBuf::from("culex-data"),
-            sync: SyncPolicy::Batched,
+            sync: SyncPolicy::Always,
             batch_delay: std::time::Duration::from_millis(10),
         }
     );
