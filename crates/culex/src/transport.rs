@@ -377,17 +377,22 @@ pub(crate) async fn serve_accepted(
     let Some(tls) = ctx.tls.as_ref() else {
         match ctx.protocol {
             ListenerProtocol::Mqtt => {
-                connection::serve(stream, peer, conn, shared, shutdown).await;
+                Box::pin(connection::serve(stream, peer, conn, shared, shutdown)).await;
             }
             ListenerProtocol::Websockets => {
-                if let Some(ws) = upgrade(stream, &peer, &shared, deadline, &mut shutdown).await {
-                    connection::serve(ws, peer, conn, shared, shutdown).await;
+                // Handshake futures are large (a WebSocket upgrade over TLS is ~18 KB) and
+                // live only briefly: boxing them keeps every idle connection's task small.
+                let upgraded =
+                    Box::pin(upgrade(stream, &peer, &shared, deadline, &mut shutdown)).await;
+                if let Some(ws) = upgraded {
+                    Box::pin(connection::serve(ws, peer, conn, shared, shutdown)).await;
                 }
             }
         }
         return;
     };
-    let stream = match step(tls.acceptor().accept(stream), deadline, &mut shutdown).await {
+    let accepted = Box::pin(step(tls.acceptor().accept(stream), deadline, &mut shutdown)).await;
+    let stream = match accepted {
         Step::Done(s) => s,
         Step::Shutdown => return,
         Step::TimedOut => {
@@ -401,6 +406,8 @@ pub(crate) async fn serve_accepted(
             return;
         }
     };
+    // A TLS session is several KB; boxed, it does not widen every connection's future.
+    let stream = Box::new(stream);
     let mut peer = peer;
     if tls.use_identity_as_username() {
         match certificate_identity(&stream) {
@@ -417,10 +424,13 @@ pub(crate) async fn serve_accepted(
         }
     }
     match ctx.protocol {
-        ListenerProtocol::Mqtt => connection::serve(stream, peer, conn, shared, shutdown).await,
+        ListenerProtocol::Mqtt => {
+            Box::pin(connection::serve(stream, peer, conn, shared, shutdown)).await;
+        }
         ListenerProtocol::Websockets => {
-            if let Some(ws) = upgrade(stream, &peer, &shared, deadline, &mut shutdown).await {
-                connection::serve(ws, peer, conn, shared, shutdown).await;
+            let upgraded = Box::pin(upgrade(stream, &peer, &shared, deadline, &mut shutdown)).await;
+            if let Some(ws) = upgraded {
+                Box::pin(connection::serve(ws, peer, conn, shared, shutdown)).await;
             }
         }
     }
