@@ -13,6 +13,8 @@ if [[ ! -x $BIN ]]; then
     echo "tls-interop: culex binary not found at $BIN (build it with: cargo build -p culex)" >&2
     exit 2
 fi
+# The script changes directory later (certificates are made in a temp dir): use an absolute path.
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 for tool in openssl mosquitto_pub mosquitto_sub python3; do
     command -v "$tool" >/dev/null || { echo "tls-interop: $tool is required" >&2; exit 2; }
 done
