@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,8 +10,7 @@ use std::time::Duration;
 
 use culex_client::transport::{tls_config_with_roots, BoxStream, TlsOptions};
 use culex_client::ClientError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -31,7 +29,7 @@ pub fn tls_client_config(tls: &BridgeTls) -> Result<Arc<ClientConfig>, ClientErr
         let _ = roots.add(cert);
     }
     if let Some(file) = &tls.cafile {
-        add_pem_file(&mut roots, file)?;
+        culex_client::transport::add_ca_file(&mut roots, file)?;
     }
     if let Some(dir) = &tls.capath {
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -48,7 +46,7 @@ pub fn tls_client_config(tls: &BridgeTls) -> Result<Arc<ClientConfig>, ClientErr
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.len() > 9 && n.as_bytes()[8] == b'.'); // OpenSSL hash links
             if is_cert && path.is_file() {
-                add_pem_file(&mut roots, &path)?;
+                culex_client::transport::add_ca_file(&mut roots, &path)?;
             }
         }
     }
@@ -71,25 +69,6 @@ pub fn tls_client_config(tls: &BridgeTls) -> Result<Arc<ClientConfig>, ClientErr
         Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
     };
     tls_config_with_roots(roots, &options, versions)
-}
-
-fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), ClientError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ClientError::Config(format!("cannot read CA file {}: {e}", path.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::Config(format!("invalid CA file {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(ClientError::Config(format!(
-            "CA file {} holds no certificate",
-            path.display()
-        )));
-    }
-    for cert in certs {
-        roots.add(cert).map_err(|e| {
-            ClientError::Config(format!("invalid CA certificate in {}: {e}", path.display()))
-        })?;
-    }
-    Ok(())
 }
 
 /// Opens the stream to `host:port` for `config` within `timeout`: TCP, then TLS if configured,

@@ -173,34 +173,31 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Adds every certificate of a PEM CA file to `roots`; errors name the file.
+pub fn add_ca_file(roots: &mut RootCertStore, path: &std::path::Path) -> Result<(), ClientError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ClientError::Config(format!("cannot read CA file {}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Config(format!("invalid CA file {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::Config(format!(
+            "CA file {} holds no certificate",
+            path.display()
+        )));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            ClientError::Config(format!("invalid CA certificate in {}: {e}", path.display()))
+        })?;
+    }
+    Ok(())
+}
+
 /// Builds the rustls client configuration for `tls`.
 pub fn tls_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
     match &tls.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| {
-                    ClientError::Config(format!("cannot read CA file {}: {e}", path.display()))
-                })?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    ClientError::Config(format!("invalid CA file {}: {e}", path.display()))
-                })?;
-            if certs.is_empty() {
-                return Err(ClientError::Config(format!(
-                    "CA file {} holds no certificate",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    ClientError::Config(format!(
-                        "invalid CA certificate in {}: {e}",
-                        path.display()
-                    ))
-                })?;
-            }
-        }
+        Some(path) => add_ca_file(&mut roots, path)?,
         None => {
             let loaded = rustls_native_certs::load_native_certs();
             for cert in loaded.certs {
