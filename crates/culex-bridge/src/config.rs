@@ -120,15 +120,19 @@ pub struct BridgeConfig {
     /// `bridge_bind_address`: local address for the outgoing socket.
     pub bind_address: Option<IpAddr>,
     /// Store-and-forward bound: `out` messages (QoS 1/2) queued while the remote is down. When
-    /// full the oldest is dropped and counted.
+    /// full the oldest is dropped and counted. The queue is the bridge's session in the local
+    /// broker, so it is as durable as the broker's persistence.
     pub queue_limit: usize,
+    /// Store-and-forward bound in topic + payload bytes (0 = count limit only). When full the
+    /// oldest is dropped and counted.
+    pub queue_bytes: u64,
 }
 
 impl BridgeConfig {
     /// A bridge with Mosquitto's defaults to one address and no topics: MQTT 3.1.1, keepalive
     /// 60 s, restart 5 s → 300 s, `cleansession false`, `try_private true`, notifications on,
     /// automatic start, outgoing retain on, no TLS, remote client id `<hostname>.<name>` and
-    /// local client id `local.<remote client id>`, 10,000 queued messages.
+    /// local client id `local.<remote client id>`, 10,000 queued messages and 64 MiB.
     pub fn new(name: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
         let name = name.into();
         let remote_clientid = format!("{}.{name}", hostname());
@@ -157,6 +161,7 @@ impl BridgeConfig {
             idle_timeout: Duration::from_secs(60),
             bind_address: None,
             queue_limit: 10_000,
+            queue_bytes: 64 * 1024 * 1024,
         }
     }
 

@@ -1,12 +1,25 @@
-//! Store-and-forward: `out` messages waiting for the remote link.
+//! Store-and-forward: `out` messages the bridge task holds on their way to the remote link.
 //!
-//! The runtime only talks to the [`ForwardQueue`] trait, so a durable implementation on the
-//! persistence store can replace [`MemoryQueue`] without touching the link logic.
+//! The durable part of store-and-forward is not here: QoS 1/2 messages stay in the bridge's
+//! session in the local broker (persisted like any session, bounded by `queue_limit` /
+//! `queue_bytes`, oldest dropped) until the remote has acknowledged them, because the bridge
+//! acknowledges each one locally only then. This queue holds the few the broker has handed over
+//! (at most the bridge's Receive Maximum) while they wait for room in the remote window.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 use culex_proto::QoS;
+
+/// The acknowledgement the bridge owes the local broker for a message, sent once the remote
+/// has the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAck {
+    /// Packet identifier of the local delivery.
+    pub packet_id: u16,
+    /// Its QoS (1: PUBACK, 2: PUBREC).
+    pub qos: QoS,
+}
 
 /// A message on its way to the remote, topic already remapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +32,8 @@ pub struct QueuedMessage {
     pub qos: QoS,
     /// RETAIN flag to publish with.
     pub retain: bool,
+    /// What to acknowledge locally once the remote has it (`None` for QoS 0 deliveries).
+    pub local_ack: Option<LocalAck>,
 }
 
 impl QueuedMessage {
@@ -97,6 +112,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            local_ack: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! holds the QoS 1/2 publications in flight, which are resent (with DUP when the remote kept the
 //! session) after the reconnect.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -29,7 +30,7 @@ use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy};
 use crate::config::{BridgeConfig, BridgeProtocol, StartType};
 use crate::echo::EchoFilter;
 use crate::error::BridgeError;
-use crate::queue::{ForwardQueue, MemoryQueue, QueuedMessage};
+use crate::queue::{ForwardQueue, LocalAck, MemoryQueue, QueuedMessage};
 use crate::remote;
 use crate::stats::{unix_now, unix_now_ms, BridgeStats, LinkState};
 use crate::topic::{remap_in, remap_out};
@@ -41,8 +42,13 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// stream served by the broker's own connection task; in tests, a TCP connection.
 pub type LocalConnector = Box<dyn Fn() -> BoxFuture<io::Result<BoxStream>> + Send + Sync>;
 
-/// QoS 1/2 publications in flight to the remote at once; the rest wait in the queue.
+/// QoS 1/2 publications in flight to the remote at once; the rest wait in the queue. Also the
+/// bridge's Receive Maximum toward the local broker: it holds at most this many unacknowledged
+/// local messages, the rest wait (durably) in its local session.
 const WINDOW: u16 = 64;
+/// How often a lazy bridge that is not connected looks at its queue (the local broker queues
+/// for it without waking it).
+const LAZY_POLL: Duration = Duration::from_secs(1);
 /// Time for the TCP connect, the TLS handshake and the CONNACK, each attempt and address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for a SUBACK or a local round trip.
@@ -64,20 +70,33 @@ impl Bridge {
         local: LocalConnector,
         shutdown: watch::Receiver<bool>,
     ) -> Result<BridgeHandle, BridgeError> {
-        let queue = Box::new(MemoryQueue::new(config.queue_limit));
-        Self::spawn_with_queue(config, local, queue, shutdown)
+        Self::spawn_with_stats(config, local, Arc::new(BridgeStats::default()), shutdown)
     }
 
-    /// [`Bridge::spawn`] with a caller-provided queue (e.g. one backed by the persistence
-    /// store).
+    /// [`Bridge::spawn`] reporting into `stats`, which the caller may already have shared (the
+    /// broker lets the bridge's local session update [`BridgeStats::local_queued`]).
+    pub fn spawn_with_stats(
+        config: BridgeConfig,
+        local: LocalConnector,
+        stats: Arc<BridgeStats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<BridgeHandle, BridgeError> {
+        let queue = Box::new(MemoryQueue::new(
+            config.queue_limit.max(usize::from(WINDOW)),
+        ));
+        Self::spawn_with_queue(config, local, queue, stats, shutdown)
+    }
+
+    /// [`Bridge::spawn_with_stats`] with a caller-provided queue for the messages the task
+    /// holds.
     pub fn spawn_with_queue(
         config: BridgeConfig,
         local: LocalConnector,
         queue: Box<dyn ForwardQueue>,
+        stats: Arc<BridgeStats>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<BridgeHandle, BridgeError> {
         config.validate()?;
-        let stats = Arc::new(BridgeStats::default());
         let name = config.name.clone();
         let link = Link::new(config, local, queue, shutdown, Arc::clone(&stats));
         let task = tokio::spawn(link.run());
@@ -127,6 +146,7 @@ enum Wake {
     AttemptDue,
     Stalled,
     Idle,
+    LazyPoll,
 }
 
 /// The result of a connect round over the addresses.
@@ -139,6 +159,13 @@ struct Link {
     config: Arc<BridgeConfig>,
     stats: Arc<BridgeStats>,
     queue: Box<dyn ForwardQueue>,
+    /// While the link is down: the latest QoS 0 message per remote topic (index into
+    /// `latest`), sent first after the reconnect.
+    latest_index: HashMap<String, usize>,
+    latest: Vec<QueuedMessage>,
+    /// Local acknowledgements owed once the remote completes these publications, by remote
+    /// packet identifier.
+    inflight_acks: HashMap<u16, LocalAck>,
     connector: LocalConnector,
     shutdown: watch::Receiver<bool>,
     local: Option<Connection>,
@@ -173,6 +200,9 @@ impl Link {
             config: Arc::new(config),
             stats,
             queue,
+            latest_index: HashMap::new(),
+            latest: Vec::new(),
+            inflight_acks: HashMap::new(),
             connector,
             shutdown,
             local: None,
@@ -229,10 +259,14 @@ impl Link {
         }
         match self.config.start_type {
             StartType::Automatic | StartType::Once => true,
-            StartType::Lazy => {
-                self.queue.len() >= usize::try_from(self.config.threshold).unwrap_or(usize::MAX)
-            }
+            StartType::Lazy => self.waiting() >= u64::from(self.config.threshold),
         }
+    }
+
+    /// `out` messages waiting for the remote: held here or queued in the local session.
+    fn waiting(&self) -> u64 {
+        (self.queue.len() + self.latest.len()) as u64
+            + self.stats.local_queued.load(Ordering::Relaxed)
     }
 
     fn maybe_start_attempt(&mut self) {
@@ -278,6 +312,11 @@ impl Link {
             .then(|| *remote_progress + keepalive * 2 + Duration::from_secs(5));
         let idle_at = (*remote_up && config.start_type == StartType::Lazy)
             .then(|| *last_activity + config.idle_timeout);
+        let lazy_poll_at = (!*remote_up
+            && attempt.is_none()
+            && next_attempt.is_none()
+            && config.start_type == StartType::Lazy)
+            .then(|| Instant::now() + LAZY_POLL);
         let attempt_at = if *remote_up || attempt.is_some() {
             None
         } else {
@@ -304,16 +343,18 @@ impl Link {
             () = sleep_until(attempt_at) => Wake::AttemptDue,
             () = sleep_until(stall_at) => Wake::Stalled,
             () = sleep_until(idle_at) => Wake::Idle,
+            () = sleep_until(lazy_poll_at) => Wake::LazyPoll,
         }
     }
 
     async fn handle(&mut self, wake: Wake) {
         match wake {
-            Wake::Shutdown | Wake::Noop | Wake::AttemptDue => {}
+            Wake::Shutdown | Wake::Noop | Wake::AttemptDue | Wake::LazyPoll => {}
             Wake::Local(Ok(())) => self.drain_local(),
             Wake::Local(Err(e)) => {
                 self.drain_local();
                 self.local_up = false;
+                self.forget_local_deliveries();
                 tracing::warn!(bridge = %self.name(), error = %e, "bridge lost its local connection; reconnecting");
             }
             Wake::Remote(r) => {
@@ -337,6 +378,26 @@ impl Link {
                 ));
             }
             Wake::Idle => self.idle_check().await,
+        }
+    }
+
+    /// The local connection was lost. With a persistent local session the broker delivers the
+    /// unacknowledged messages again after the reconnect, so the copies not yet handed to the
+    /// remote are dropped here (they would go out twice). Those already with the remote are
+    /// kept: their acknowledgement goes to the new connection, under the same packet
+    /// identifier the broker uses for the redelivery.
+    fn forget_local_deliveries(&mut self) {
+        if self.config.local_cleansession {
+            return;
+        }
+        let mut keep = Vec::new();
+        while let Some(m) = self.queue.pop() {
+            if m.local_ack.is_none() {
+                keep.push(m);
+            }
+        }
+        for m in keep {
+            self.queue.push(m);
         }
     }
 
@@ -455,6 +516,12 @@ impl Link {
             .store(unix_now(), Ordering::Relaxed);
         if self.config.start_type == StartType::Once {
             self.finished = true;
+        }
+        // Retained states kept while down are sent again, current, by the local re-subscribe
+        // below; sending the kept copy too would repeat them.
+        if self.latest.iter().any(|m| m.retain) {
+            self.latest.retain(|m| !m.retain);
+            self.latest_index.clear();
         }
         self.pump();
         // Current local state: a repeated SUBSCRIBE re-sends the retained messages.
@@ -604,9 +671,17 @@ impl Link {
     }
 
     fn drain_remote(&mut self) {
-        if let Some(remote) = self.remote.as_mut() {
-            // Completions need no action: the session frees the slot; just don't let them pile up.
-            remote.take_published();
+        let done = self
+            .remote
+            .as_mut()
+            .map(Connection::take_published)
+            .unwrap_or_default();
+        for (packet_id, _reason) in done {
+            // The remote has the message (or refused it for good, MQTT 5): either way the local
+            // broker may forget it.
+            if let Some(ack) = self.inflight_acks.remove(&packet_id) {
+                self.ack_local(Some(ack));
+            }
         }
         while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
             self.forward_in(p);
@@ -614,17 +689,30 @@ impl Link {
         self.pump();
     }
 
+    /// Acknowledges a local delivery (PUBACK / PUBREC), so the broker forgets it.
+    fn ack_local(&mut self, ack: Option<LocalAck>) {
+        if let (Some(a), Some(local)) = (ack, self.local.as_mut()) {
+            local.ack(a.packet_id, a.qos);
+        }
+    }
+
     /// A message from the local broker, for the remote.
     fn forward_out(&mut self, p: Publish) {
+        let local_ack = match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) | (_, None) => None,
+            (qos, Some(packet_id)) => Some(LocalAck { packet_id, qos }),
+        };
         let Some((topic, rule)) = remap_out(&self.config.topics, &p.topic) else {
             StatsExt::inc(&self.stats.dropped_other);
+            self.ack_local(local_ack);
             return;
         };
-        let message = QueuedMessage {
+        let mut message = QueuedMessage {
             topic,
             qos: p.qos.min(rule.qos),
             retain: p.retain && self.config.outgoing_retain,
             payload: p.payload,
+            local_ack,
         };
         if let Some(max) = self.config.max_packet_size {
             // Fixed header (≤ 5) + topic length (2) + packet id (2) + properties (≤ 5).
@@ -632,6 +720,7 @@ impl Link {
             if size > usize::try_from(max).unwrap_or(usize::MAX) {
                 StatsExt::inc(&self.stats.dropped_other);
                 tracing::debug!(bridge = %self.name(), topic = %message.topic, size, "message larger than bridge_max_packet_size dropped");
+                self.ack_local(local_ack);
                 return;
             }
         }
@@ -642,22 +731,50 @@ impl Link {
             }
         }
         if message.qos == QoS::AtMostOnce {
+            // Sent at QoS 0 (the rule's QoS): nothing to wait for.
+            self.ack_local(message.local_ack.take());
             if self.remote_up {
                 self.send_remote(message);
             } else {
-                StatsExt::inc(&self.stats.dropped_qos0_offline);
+                self.keep_latest(message);
             }
             return;
         }
-        if self.queue.push(message).is_some() {
+        if let Some(evicted) = self.queue.push(message) {
             StatsExt::inc(&self.stats.dropped_queue_full);
+            self.ack_local(evicted.local_ack);
         }
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.update_queued();
     }
 
-    /// Moves queued messages into the remote session while the in-flight window has room.
+    /// While the link is down: keeps only the latest QoS 0 message per topic (the remote needs
+    /// current state, not a flood of stale ones), for at most `queue_limit` topics.
+    fn keep_latest(&mut self, message: QueuedMessage) {
+        if let Some(&i) = self.latest_index.get(&message.topic) {
+            if let Some(slot) = self.latest.get_mut(i) {
+                *slot = message;
+                StatsExt::inc(&self.stats.dropped_qos0_offline);
+                return;
+            }
+        }
+        if self.latest.len() >= self.config.queue_limit {
+            StatsExt::inc(&self.stats.dropped_qos0_offline);
+            return;
+        }
+        self.latest_index
+            .insert(message.topic.clone(), self.latest.len());
+        self.latest.push(message);
+        self.update_queued();
+    }
+
+    fn update_queued(&self) {
+        let held = self.queue.len() + self.latest.len() + self.inflight_acks.len();
+        self.stats.queued.store(held as u64, Ordering::Relaxed);
+    }
+
+    /// Moves held messages into the remote session while the in-flight window has room: the
+    /// QoS 1/2 queue in order, then the latest QoS 0 state per topic kept while the link was
+    /// down.
     fn pump(&mut self) {
         if self.remote_up {
             while self
@@ -670,10 +787,14 @@ impl Link {
                     break;
                 }
             }
+            if !self.latest.is_empty() {
+                self.latest_index.clear();
+                for m in std::mem::take(&mut self.latest) {
+                    self.send_remote(m);
+                }
+            }
         }
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.update_queued();
     }
 
     /// Hands a message to the remote session. Returns false (message requeued) if the link is
@@ -701,9 +822,17 @@ impl Link {
             result = remote.start_publish(msg.clone());
         }
         match result {
-            Ok(_) => {
+            Ok(id) => {
                 StatsExt::inc(&self.stats.forwarded_out);
                 StatsExt::add(&self.stats.bytes_out, m.payload.len() as u64);
+                match (id, m.local_ack) {
+                    (Some(id), Some(ack)) => {
+                        self.inflight_acks.insert(id, ack);
+                    }
+                    // Sent at QoS 0 after all: the local broker may forget it now.
+                    (None, ack) => self.ack_local(ack),
+                    (Some(_), None) => {}
+                }
                 true
             }
             Err(ClientError::NotConnected) => {
@@ -713,6 +842,7 @@ impl Link {
             Err(e) => {
                 StatsExt::inc(&self.stats.dropped_other);
                 tracing::warn!(bridge = %self.name(), topic = %m.topic, error = %e, "message not forwarded to the remote");
+                self.ack_local(m.local_ack);
                 true
             }
         }
@@ -720,7 +850,7 @@ impl Link {
 
     fn requeue(&mut self, m: QueuedMessage) {
         if m.qos == QoS::AtMostOnce {
-            StatsExt::inc(&self.stats.dropped_qos0_offline);
+            self.keep_latest(m);
         } else {
             self.queue.push_front(m);
         }
@@ -882,6 +1012,10 @@ fn local_options(config: &BridgeConfig) -> ConnectOptions {
         o.properties.session_expiry_interval = Some(u32::MAX);
     }
     o.max_inflight = WINDOW;
+    // Store-and-forward: a message is acknowledged locally only once the remote has it, and
+    // the broker hands over at most WINDOW at a time; the rest wait in the local session.
+    o.manual_acks = true;
+    o.properties.receive_maximum = Some(WINDOW);
     o
 }
 

@@ -62,11 +62,19 @@ pub struct BridgeStats {
     pub bytes_in: AtomicU64,
     /// Payload bytes forwarded local → remote.
     pub bytes_out: AtomicU64,
-    /// Messages waiting in the store-and-forward queue (gauge).
+    /// `out` messages the bridge task holds: received from the local broker, not yet
+    /// acknowledged by the remote (gauge; at most the bridge's Receive Maximum plus the QoS 0
+    /// states kept while the link is down).
     pub queued: AtomicU64,
+    /// `out` QoS 1/2 messages waiting in the bridge's session in the local broker, behind
+    /// those the bridge holds: the durable part of store-and-forward (gauge; kept up to date by
+    /// the broker).
+    pub local_queued: AtomicU64,
     /// `out` messages dropped because the queue was full (the oldest goes).
     pub dropped_queue_full: AtomicU64,
-    /// `out` QoS 0 messages dropped because the remote was down.
+    /// `out` QoS 0 messages dropped while the remote was down: replaced by a newer message on
+    /// the same topic (only the latest state per topic is kept), or beyond `queue_limit`
+    /// topics.
     pub dropped_qos0_offline: AtomicU64,
     /// Messages dropped for another reason: larger than `bridge_max_packet_size`, refused by
     /// the remote, no matching topic rule, or an echo of our own message.
@@ -86,6 +94,12 @@ impl BridgeStats {
 
     pub(crate) fn set_state(&self, state: LinkState) {
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Messages waiting for the remote: those the bridge holds plus those queued for it in the
+    /// local broker.
+    pub fn queued_total(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed) + self.local_queued.load(Ordering::Relaxed)
     }
 
     /// Total messages dropped, for every reason.

@@ -158,7 +158,9 @@ async fn link_down_store_and_forward_in_order() {
     }
     // Persistence, so the remote subscriber's session (and what is queued for it) survives
     // the restart.
-    let mut remote = Mosquitto::start("persistence true\n").await;
+    // queue_qos0_messages: the remote keeps the QoS 0 state for the offline subscriber, so the
+    // test can see which one the bridge sent.
+    let mut remote = Mosquitto::start("persistence true\nqueue_qos0_messages true\n").await;
     let local = local_broker().await;
     let mut cfg = fast_config("sf", remote.port);
     cfg.topics = vec![TopicRule::new("q/#", Direction::Out, QoS::AtLeastOnce)];
@@ -185,7 +187,9 @@ async fn link_down_store_and_forward_in_order() {
                 .unwrap(),
         );
     }
-    drop(rsub);
+    // Acknowledge everything before going: mosquitto 2.0.11 skips a queued message when it
+    // restores a session with messages still in flight and its packet ids collide.
+    rsub.disconnect().await.unwrap();
 
     remote.stop();
     wait_for("link down", || {
@@ -195,14 +199,17 @@ async fn link_down_store_and_forward_in_order() {
     for i in 50..250 {
         publish(&mut lpub, "q/n", &i.to_string(), QoS::AtLeastOnce).await;
     }
-    // QoS 0 while down is dropped and counted.
-    publish(&mut lpub, "q/zero", "0", QoS::AtMostOnce).await;
-    wait_for("200 queued", || {
-        bridge.stats().queued.load(Ordering::Relaxed) == 200
+    // QoS 0 while down: only the latest message per topic is kept; the older one is counted.
+    publish(&mut lpub, "q/zero", "1000", QoS::AtMostOnce).await;
+    publish(&mut lpub, "q/zero", "1001", QoS::AtMostOnce).await;
+    wait_for("qos0 state replaced", || {
+        bridge.stats().dropped_qos0_offline.load(Ordering::Relaxed) == 1
     })
     .await;
-    wait_for("qos0 drop counted", || {
-        bridge.stats().dropped_qos0_offline.load(Ordering::Relaxed) == 1
+    // The bridge holds the local broker's in-flight window (20 by default) plus the QoS 0
+    // state; every other message waits, unacknowledged, in its local session.
+    wait_for("window held", || {
+        bridge.stats().queued.load(Ordering::Relaxed) == 21
     })
     .await;
 
@@ -215,9 +222,14 @@ async fn link_down_store_and_forward_in_order() {
         false,
     )
     .await;
-    while got.len() < 250 {
+    let mut zero = Vec::new();
+    while got.len() < 250 || zero.is_empty() {
         let m = recv(&mut rsub).await;
         let n: u32 = String::from_utf8_lossy(&m.payload).parse().unwrap();
+        if m.topic == "q/zero" {
+            zero.push(n);
+            continue;
+        }
         if got.last().is_some_and(|&last| n <= last) {
             // A redelivery is allowed only as a duplicate marked DUP.
             assert!(
@@ -230,63 +242,13 @@ async fn link_down_store_and_forward_in_order() {
         got.push(n);
     }
     assert_eq!(got, (0..250).collect::<Vec<_>>());
-    assert_eq!(bridge.stats().queued.load(Ordering::Relaxed), 0);
-    assert_eq!(bridge.stats().connects.load(Ordering::Relaxed), 2);
-    assert_eq!(bridge.stats().disconnects.load(Ordering::Relaxed), 1);
-    bridge.stop().await;
-}
-
-/// The store-and-forward queue is bounded: the oldest messages go first, and are counted; the
-/// rest arrive in order once the remote is reachable (it is down when the bridge starts).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_bound_drops_oldest_and_counts() {
-    if !have_mosquitto() {
-        return;
-    }
-    // A persistent subscriber session on the remote, saved while the remote is down.
-    let mut remote = Mosquitto::start("persistence true\n").await;
-    let port = remote.port;
-    let rsub_transport = culex_client::transport::TransportOptions::tcp("127.0.0.1", port);
-    let mut rsub = client_with(rsub_transport.clone(), "rsub-bound", None, false).await;
-    subscribe(&mut rsub, "b/#", QoS::AtLeastOnce).await;
-    rsub.disconnect().await.unwrap();
-    remote.stop();
-
-    let local = local_broker().await;
-    let mut cfg = fast_config("bound", port);
-    cfg.queue_limit = 10;
-    cfg.topics = vec![TopicRule::new("b/#", Direction::Out, QoS::AtLeastOnce)];
-    let bridge = Running::spawn(cfg, local.addr);
-    // Remote unreachable at start: the bridge runs anyway and backs off.
-    wait_for("a failed attempt", || {
-        bridge.stats().reconnect_attempts.load(Ordering::Relaxed) >= 1
-    })
-    .await;
-    let mut lpub = client(local.port(), "lpub").await;
-    for i in 0..25 {
-        publish(&mut lpub, "b/n", &i.to_string(), QoS::AtLeastOnce).await;
-    }
-    wait_for("15 dropped", || {
-        bridge.stats().dropped_queue_full.load(Ordering::Relaxed) == 15
-    })
-    .await;
-    assert_eq!(bridge.stats().queued.load(Ordering::Relaxed), 10);
-    assert_eq!(bridge.stats().dropped(), 15);
-
-    remote.restart().await;
-    bridge.connected().await;
-    wait_for("queue drained", || {
+    assert_eq!(zero, [1001], "only the latest QoS 0 state goes out");
+    wait_for("nothing held", || {
         bridge.stats().queued.load(Ordering::Relaxed) == 0
     })
     .await;
-    let mut rsub = client_with(rsub_transport, "rsub-bound", None, false).await;
-    let got: Vec<String> = recv_all(&mut rsub, Duration::from_millis(1500))
-        .await
-        .into_iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
-    let expected: Vec<String> = (15..25).map(|i| i.to_string()).collect();
-    assert_eq!(got, expected);
+    assert_eq!(bridge.stats().connects.load(Ordering::Relaxed), 2);
+    assert_eq!(bridge.stats().disconnects.load(Ordering::Relaxed), 1);
     bridge.stop().await;
 }
 

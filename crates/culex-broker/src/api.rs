@@ -34,6 +34,32 @@ pub trait AccessPolicy: Send + Sync + std::fmt::Debug {
     fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool;
 }
 
+/// Told about one session's queue: the bridges watch the local session that holds what waits
+/// for their remote link.
+pub trait QueueObserver: Send + Sync + std::fmt::Debug {
+    /// The session now has `queued` messages waiting behind its in-flight window.
+    fn queue_changed(&self, queued: usize);
+    /// `n` queued messages were dropped to make room (the queue was full).
+    fn dropped(&self, n: u64);
+}
+
+/// Queue limits of one session that differ from the broker's `max_queued_messages` /
+/// `max_queued_bytes` (the bridges' local sessions: their queue is the store-and-forward queue).
+#[derive(Debug, Clone)]
+pub struct QueuePolicy {
+    /// Queued messages at most.
+    pub max_messages: usize,
+    /// Queued payload bytes at most; 0 = no byte limit.
+    pub max_bytes: u64,
+    /// When full, drop the oldest queued message (counted) instead of refusing the new one.
+    pub drop_oldest: bool,
+    /// In-flight window instead of the broker's `max_inflight_messages` (the client's Receive
+    /// Maximum still applies).
+    pub max_inflight: Option<u16>,
+    /// Told about the queue's length and drops.
+    pub observer: Option<Arc<dyn QueueObserver>>,
+}
+
 /// A CONNECT the connection task has decoded, checked and authenticated.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -59,6 +85,8 @@ pub struct ConnectRequest {
     pub username: Option<String>,
     /// The ACL in force for this client; `None` allows everything.
     pub access: Option<Arc<dyn AccessPolicy>>,
+    /// Queue limits for this session instead of the broker's; `None` for ordinary clients.
+    pub queue: Option<QueuePolicy>,
     /// Where the router sends this connection's packets.
     pub outbox: Outbox,
     /// Where the router sends its answer, before anything goes to the outbox.

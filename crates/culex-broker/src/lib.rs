@@ -18,7 +18,7 @@ pub mod trie;
 
 pub use api::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Outbound, Outbox,
+    Outbound, Outbox, QueueObserver, QueuePolicy,
 };
 pub use message::Message;
 pub use router::Router;

@@ -291,6 +291,7 @@ impl Router {
             will,
             username,
             access,
+            queue,
             outbox,
             reply,
         } = req;
@@ -344,6 +345,8 @@ impl Router {
         s.will = will;
         s.username = username;
         s.access = access;
+        s.queue_policy = queue;
+        s.observe_queue();
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
         debug!(client_id = %client_id, conn, session_present, "client connected");
@@ -426,6 +429,9 @@ impl Router {
         let ready = s
             .outgoing
             .pump(window, now, &mut self.stats.dropped_expired);
+        if !ready.is_empty() {
+            s.observe_queue();
+        }
         for d in ready {
             self.send_delivery(sid, d);
         }
@@ -807,8 +813,23 @@ impl Router {
         if s.link.is_some() && s.outgoing.has_room(window) {
             let d = s.outgoing.start(pending, now);
             self.send_delivery(sid, d);
-        } else if s.outgoing.enqueue(pending, &self.settings).is_err() {
-            self.stats.dropped_queue_full += 1;
+        } else {
+            match s.outgoing.enqueue(pending, s.queue_limits(&self.settings)) {
+                Ok(0) => {}
+                Ok(evicted) => {
+                    self.stats.dropped_queue_full += evicted;
+                    if let Some(o) = s.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
+                        o.dropped(evicted);
+                    }
+                }
+                Err(_) => {
+                    self.stats.dropped_queue_full += 1;
+                    if let Some(o) = s.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
+                        o.dropped(1);
+                    }
+                }
+            }
+            s.observe_queue();
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
-use crate::api::{AccessPolicy, ConnId, Delivery, Outbox};
+use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy};
 use crate::message::Message;
 use crate::persist::MessageState;
 use crate::settings::BrokerSettings;
@@ -89,6 +89,34 @@ pub(crate) enum Resend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     QueueFull,
+}
+
+/// The queue limits in force for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    pub(crate) max_messages: usize,
+    /// 0 = no byte limit.
+    pub(crate) max_bytes: u64,
+    /// Evict the oldest queued messages to make room instead of refusing.
+    pub(crate) drop_oldest: bool,
+}
+
+impl QueueLimits {
+    /// The broker-wide limits, or the session's own.
+    pub(crate) fn of(settings: &BrokerSettings, policy: Option<&QueuePolicy>) -> Self {
+        match policy {
+            Some(p) => QueueLimits {
+                max_messages: p.max_messages,
+                max_bytes: p.max_bytes,
+                drop_oldest: p.drop_oldest,
+            },
+            None => QueueLimits {
+                max_messages: settings.max_queued_messages,
+                max_bytes: settings.max_queued_bytes,
+                drop_oldest: false,
+            },
+        }
+    }
 }
 
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
@@ -187,18 +215,32 @@ impl Outgoing {
         self.queued_bytes
     }
 
-    /// Adds a QoS 1/2 message behind the window, within the queue limits.
+    /// Adds a QoS 1/2 message behind the window, within the queue limits. With
+    /// `drop_oldest`, the oldest queued messages make room; returns how many were dropped.
     pub(crate) fn enqueue(
         &mut self,
         pending: Pending,
-        settings: &BrokerSettings,
-    ) -> Result<(), Refused> {
+        limits: QueueLimits,
+    ) -> Result<u64, Refused> {
         let size = pending.message.size();
-        let over_bytes = settings.max_queued_bytes > 0
-            && self.queued_bytes + size > settings.max_queued_bytes
-            && !self.queue.is_empty();
-        if self.queue.len() >= settings.max_queued_messages || over_bytes {
-            return Err(Refused::QueueFull);
+        let full = |o: &Self| {
+            let over_bytes = limits.max_bytes > 0
+                && o.queued_bytes + size > limits.max_bytes
+                && !o.queue.is_empty();
+            o.queue.len() >= limits.max_messages || over_bytes
+        };
+        let mut evicted = 0;
+        while full(self) {
+            if !limits.drop_oldest {
+                return Err(Refused::QueueFull);
+            }
+            let Some(old) = self.queue.pop_front() else {
+                // Nothing to evict (a zero limit): refuse.
+                return Err(Refused::QueueFull);
+            };
+            self.queued_bytes = self.queued_bytes.saturating_sub(old.message.size());
+            self.record(Change::Delete(old.seq));
+            evicted += 1;
         }
         let mut pending = pending;
         self.assign_seq(&mut pending);
@@ -211,7 +253,7 @@ impl Outgoing {
             ));
         }
         self.queue.push_back(pending);
-        Ok(())
+        Ok(evicted)
     }
 
     /// Moves queued messages into the window while there is room, returning the deliveries
@@ -387,9 +429,23 @@ pub(crate) struct Session {
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
     pub(crate) access: Option<Arc<dyn AccessPolicy>>,
+    /// Queue limits of its own (from the last CONNECT); `None` uses the broker's.
+    pub(crate) queue_policy: Option<QueuePolicy>,
 }
 
 impl Session {
+    /// The queue limits in force for this session.
+    pub(crate) fn queue_limits(&self, settings: &BrokerSettings) -> QueueLimits {
+        QueueLimits::of(settings, self.queue_policy.as_ref())
+    }
+
+    /// Tells the session's queue observer (if any) the queue length.
+    pub(crate) fn observe_queue(&self) {
+        if let Some(o) = self.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
+            o.queue_changed(self.outgoing.queued_len());
+        }
+    }
+
     /// The ACL allows this session to read `topic` (always, without an ACL).
     pub(crate) fn can_read(&self, topic: &str) -> bool {
         self.access
@@ -441,12 +497,18 @@ impl Session {
             inbound_qos2: Vec::new(),
             username: None,
             access: None,
+            queue_policy: None,
         }
     }
 
     /// The in-flight window in force: our limit and the client's Receive Maximum.
     pub(crate) fn window(&self, settings: &BrokerSettings) -> usize {
-        let ours = settings.max_inflight_messages.max(1);
+        let ours = self
+            .queue_policy
+            .as_ref()
+            .and_then(|p| p.max_inflight)
+            .unwrap_or(settings.max_inflight_messages)
+            .max(1);
         let theirs = self
             .link
             .as_ref()
@@ -460,6 +522,55 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use std::time::Duration;
+
+    fn lim(s: &BrokerSettings) -> QueueLimits {
+        QueueLimits::of(s, None)
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_and_journals_the_eviction() {
+        let mut o = Outgoing::default();
+        o.set_journal(true);
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 0,
+            drop_oldest: true,
+        };
+        for t in ["a", "b"] {
+            assert_eq!(
+                o.enqueue(pending(msg(t, None), QoS::AtLeastOnce), limits),
+                Ok(0)
+            );
+        }
+        let _ = o.take_changes();
+        assert_eq!(
+            o.enqueue(pending(msg("c", None), QoS::AtLeastOnce), limits),
+            Ok(1)
+        );
+        assert_eq!(o.queued_len(), 2);
+        let changes = o.take_changes();
+        assert!(matches!(changes[0], Change::Delete(1)), "{changes:?}");
+        let mut expired = 0;
+        let out = o.pump(10, Instant::now(), &mut expired);
+        let topics: Vec<&str> = out.iter().map(|d| &*d.message.topic).collect();
+        assert_eq!(topics, ["b", "c"]);
+        // A byte limit evicts as many as needed.
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 4,
+            drop_oldest: true,
+        };
+        let mut o = Outgoing::default();
+        for t in ["a", "b"] {
+            o.enqueue(pending(msg(t, None), QoS::AtLeastOnce), limits)
+                .unwrap();
+        }
+        assert_eq!(
+            o.enqueue(pending(msg("c", None), QoS::AtLeastOnce), limits),
+            Ok(1)
+        );
+        assert_eq!(o.queued_bytes(), 4);
+    }
 
     fn msg(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
         Arc::new(Message {
@@ -494,12 +605,12 @@ mod tests {
         let d1 = o.start(pending(msg("a", None), QoS::AtLeastOnce), now);
         assert_eq!(d1.packet_id, Some(1));
         assert!(!o.has_room(1));
-        o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), &s)
+        o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), lim(&s))
             .unwrap();
-        o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), &s)
+        o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), lim(&s))
             .unwrap();
         assert_eq!(
-            o.enqueue(pending(msg("d", None), QoS::AtLeastOnce), &s),
+            o.enqueue(pending(msg("d", None), QoS::AtLeastOnce), lim(&s)),
             Err(Refused::QueueFull)
         );
         let mut expired = 0;
@@ -557,10 +668,10 @@ mod tests {
                 msg("old", Some(t0 + Duration::from_secs(5))),
                 QoS::AtLeastOnce,
             ),
-            &s,
+            lim(&s),
         )
         .unwrap();
-        o.enqueue(pending(msg("new", None), QoS::AtLeastOnce), &s)
+        o.enqueue(pending(msg("new", None), QoS::AtLeastOnce), lim(&s))
             .unwrap();
         let mut expired = 0;
         let out = o.pump(10, t0 + Duration::from_secs(6), &mut expired);
@@ -607,10 +718,10 @@ mod tests {
         };
         let mut o = Outgoing::default();
         // "ab" + "x" = 3 bytes each; the first always fits, the second would exceed 4.
-        o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), &s)
+        o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), lim(&s))
             .unwrap();
         assert_eq!(
-            o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), &s),
+            o.enqueue(pending(msg("ab", None), QoS::AtLeastOnce), lim(&s)),
             Err(Refused::QueueFull)
         );
         assert_eq!(o.queued_len(), 1);

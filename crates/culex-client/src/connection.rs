@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use culex_proto::{
-    decode, encode, ConnAck, Packet, Properties, Publish, ReasonCode, SubAck, SubscribeFilter,
+    decode, encode, ConnAck, Packet, Properties, Publish, QoS, ReasonCode, SubAck, SubscribeFilter,
     UnsubAck,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -183,6 +183,12 @@ impl Connection {
     /// can be awaited with [`Connection::wait_published`] or [`Connection::wait_idle`].
     pub fn start_publish(&mut self, message: Message) -> Result<Option<u16>> {
         self.session.publish(message)
+    }
+
+    /// With [`crate::ConnectOptions::manual_acks`]: acknowledges an incoming QoS 1/2 message
+    /// (see [`ClientSession::ack`]); written by the next async call.
+    pub fn ack(&mut self, packet_id: u16, qos: QoS) {
+        self.session.ack(packet_id, qos);
     }
 
     /// Waits for the QoS 1/2 publication `packet_id` to complete; returns its reason code.

@@ -43,6 +43,10 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// Largest packet accepted from the server (checked on the fixed header).
     pub max_packet_size: u32,
+    /// The application acknowledges incoming QoS 1/2 messages itself, with
+    /// [`ClientSession::ack`], once it has taken responsibility for them (e.g. a bridge, once
+    /// the next hop has them). Off: they are acknowledged on arrival.
+    pub manual_acks: bool,
 }
 
 impl ConnectOptions {
@@ -59,6 +63,7 @@ impl ConnectOptions {
             properties: Properties::default(),
             max_inflight: 20,
             max_packet_size: 268_435_460,
+            manual_acks: false,
         }
     }
 
@@ -192,6 +197,9 @@ pub struct ClientSession {
     pending_acks: HashSet<u16>,
     /// Incoming QoS 2 identifiers between PUBLISH and PUBREL (to suppress duplicates).
     incoming_qos2: HashSet<u16>,
+    /// With manual acks: incoming QoS 2 identifiers reported but not yet acknowledged (a
+    /// retransmission of one of them is neither reported again nor answered yet).
+    held_qos2: HashSet<u16>,
     /// In-flight limit in force: min(our max_inflight, server's Receive Maximum).
     send_quota: u16,
     /// Server limits from an MQTT 5 CONNACK.
@@ -221,6 +229,7 @@ impl ClientSession {
             queued: VecDeque::new(),
             pending_acks: HashSet::new(),
             incoming_qos2: HashSet::new(),
+            held_qos2: HashSet::new(),
             server_max_qos: QoS::ExactlyOnce,
             server_retain_available: true,
             server_max_packet_size: None,
@@ -525,6 +534,7 @@ impl ClientSession {
     /// already past PUBREC was received by the server, so it is reported complete.
     fn restart_inflight(&mut self) {
         self.incoming_qos2.clear();
+        self.held_qos2.clear();
         let old = std::mem::take(&mut self.outgoing);
         let mut resend = Vec::new();
         for (id, state) in old {
@@ -657,15 +667,26 @@ impl ClientSession {
                 "PUBLISH with an empty topic (topic aliases were not allowed)".into(),
             ));
         }
+        let manual = self.options.manual_acks;
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => self.events.push_back(Event::Message(publish)),
             (QoS::AtLeastOnce, Some(id)) => {
                 self.events.push_back(Event::Message(publish));
-                self.transmit.push_back(Packet::PubAck(PubResp::new(id)));
+                if !manual {
+                    self.transmit.push_back(Packet::PubAck(PubResp::new(id)));
+                }
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if self.incoming_qos2.insert(id) {
                     self.events.push_back(Event::Message(publish));
+                    if manual {
+                        self.held_qos2.insert(id);
+                        return Ok(());
+                    }
+                } else if self.held_qos2.contains(&id) {
+                    // A retransmission of a message the application still holds: it answers
+                    // with its ack.
+                    return Ok(());
                 }
                 self.transmit.push_back(Packet::PubRec(PubResp::new(id)));
             }
@@ -676,6 +697,28 @@ impl ClientSession {
             }
         }
         Ok(())
+    }
+
+    /// With [`ConnectOptions::manual_acks`]: acknowledges the incoming message `packet_id` of
+    /// `qos` (PUBACK for QoS 1, PUBREC for QoS 2; the PUBREL that follows is answered by the
+    /// session). Does nothing for QoS 0, without manual acks, or while disconnected (the server
+    /// sends unacknowledged messages again after a reconnect).
+    pub fn ack(&mut self, packet_id: u16, qos: QoS) {
+        if !self.options.manual_acks || self.state != State::Connected {
+            return;
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self
+                .transmit
+                .push_back(Packet::PubAck(PubResp::new(packet_id))),
+            QoS::ExactlyOnce => {
+                if self.held_qos2.remove(&packet_id) {
+                    self.transmit
+                        .push_back(Packet::PubRec(PubResp::new(packet_id)));
+                }
+            }
+        }
     }
 
     /// Moves queued publications into flight while the quota allows.
@@ -924,6 +967,56 @@ mod tests {
         s.handle_packet(Packet::Publish(publish.clone()), t0)
             .unwrap();
         assert_eq!(s.poll_event(), Some(Event::Message(publish)));
+    }
+
+    #[test]
+    fn manual_acks_wait_for_the_application() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.manual_acks = true;
+        let mut s = connected(o, t0);
+        let p1 = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(3),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"a"),
+        };
+        let p2 = Publish {
+            qos: QoS::ExactlyOnce,
+            packet_id: Some(4),
+            ..p1.clone()
+        };
+        s.handle_packet(Packet::Publish(p1.clone()), t0).unwrap();
+        s.handle_packet(Packet::Publish(p2.clone()), t0).unwrap();
+        assert_eq!(s.poll_event(), Some(Event::Message(p1)));
+        assert_eq!(s.poll_event(), Some(Event::Message(p2.clone())));
+        assert_eq!(drain(&mut s, t0), vec![]);
+        // A retransmission of the held QoS 2 message: neither reported nor answered.
+        let dup = Publish {
+            dup: true,
+            ..p2.clone()
+        };
+        s.handle_packet(Packet::Publish(dup.clone()), t0).unwrap();
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(drain(&mut s, t0), vec![]);
+        s.ack(4, QoS::ExactlyOnce);
+        s.ack(3, QoS::AtLeastOnce);
+        assert_eq!(
+            drain(&mut s, t0),
+            vec![
+                Packet::PubRec(PubResp::new(4)),
+                Packet::PubAck(PubResp::new(3))
+            ]
+        );
+        // Once acknowledged, a retransmission is answered by the session again.
+        s.handle_packet(Packet::Publish(dup), t0).unwrap();
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubRec(PubResp::new(4))]);
+        s.handle_packet(Packet::PubRel(PubResp::new(4)), t0)
+            .unwrap();
+        assert_eq!(drain(&mut s, t0), vec![Packet::PubComp(PubResp::new(4))]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use culex_bridge::{
 };
 
 /// The options of a mosquitto.conf `connection` block, in Mosquitto's spelling (plus Culex's
-/// `bridge_preset` and `bridge_queue_limit`). They apply to the most recent `connection` line.
+/// `bridge_preset`, `bridge_queue_limit` and `bridge_queue_bytes`). They apply to the most recent `connection` line.
 pub(crate) const CONF_OPTIONS: &[&str] = &[
     "address",
     "addresses",
@@ -44,6 +44,7 @@ pub(crate) const CONF_OPTIONS: &[&str] = &[
     "bridge_bind_address",
     "bridge_preset",
     "bridge_queue_limit",
+    "bridge_queue_bytes",
 ];
 
 /// Presets known to `bridge_preset` / `preset`.
@@ -78,6 +79,7 @@ pub(crate) struct Draft {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) bind_address: Option<IpAddr>,
     pub(crate) queue_limit: Option<usize>,
+    pub(crate) queue_bytes: Option<u64>,
 }
 
 /// A problem found when finishing a bridge: the option (mosquitto.conf spelling) and the
@@ -233,6 +235,9 @@ impl Draft {
         if let Some(v) = self.queue_limit {
             c.queue_limit = v;
         }
+        if let Some(v) = self.queue_bytes {
+            c.queue_bytes = v;
+        }
         match c.validate() {
             Ok(()) => Ok(c),
             Err(BridgeError::Invalid { option, why, .. }) => Err(problem(&name, option, why)),
@@ -351,6 +356,12 @@ impl Draft {
                     Some(w.parse::<usize>().map_err(|_| {
                         format!("invalid value '{w}'; allowed: 1 or more messages")
                     })?);
+            }
+            "bridge_queue_bytes" => {
+                let w = one(option, words)?;
+                self.queue_bytes = Some(w.parse::<u64>().map_err(|_| {
+                    format!("invalid value '{w}'; allowed: 0 (no byte limit) or more bytes")
+                })?);
             }
             other => return Err(format!("unknown bridge option '{other}'")),
         }

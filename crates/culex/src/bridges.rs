@@ -2,6 +2,11 @@
 //! in-process stream: a `tokio::io::duplex` pair whose server end is served by the ordinary
 //! connection task, on an internal listener context whose security allows everything, `$SYS`
 //! writes included (bridge notifications). Ordinary clients never get that context.
+//!
+//! Each bridge's context also carries its store-and-forward limits: the bridge acknowledges a
+//! local message only once the remote has it, so what waits for the remote waits in the
+//! bridge's session here, persisted like any session, bounded by `queue_limit` /
+//! `queue_bytes` with the oldest dropped, and reported into the bridge's statistics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use culex_bridge::{Bridge, BridgeConfig, BridgeHandle, BridgeStats, LocalConnector};
-use culex_broker::Command;
+use culex_broker::{Command, QueueObserver, QueuePolicy};
 use culex_client::transport::BoxStream;
 use culex_config::ListenerProtocol;
 use tokio::sync::watch;
@@ -20,6 +25,9 @@ use crate::connection::{self, Peer};
 use crate::security::SecurityHandle;
 use crate::server::{ListenerCtx, Shared};
 
+/// In-flight window of a bridge's local session (the bridge announces the same Receive
+/// Maximum): messages it may hold while they wait for the remote's acknowledgement.
+const BRIDGE_WINDOW: u16 = 64;
 /// Buffer of each direction of the in-process stream.
 const DUPLEX_BUFFER: usize = 256 * 1024;
 /// How long shutdown waits for the bridges to say goodbye (notification `0`, DISCONNECT).
@@ -105,17 +113,26 @@ pub(crate) fn spawn(
 ) -> anyhow::Result<Bridges> {
     let local_conns = TaskTracker::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let ctx = Arc::new(ListenerCtx {
-        local: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        protocol: ListenerProtocol::Mqtt,
-        tls: None,
-        security: Arc::new(SecurityHandle::internal()),
-    });
+    let security = Arc::new(SecurityHandle::internal());
     let mut handles = Vec::with_capacity(configs.len());
     for config in configs {
+        let stats = Arc::new(BridgeStats::default());
+        let ctx = Arc::new(ListenerCtx {
+            local: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            protocol: ListenerProtocol::Mqtt,
+            tls: None,
+            security: Arc::clone(&security),
+            queue: Some(QueuePolicy {
+                max_messages: config.queue_limit,
+                max_bytes: config.queue_bytes,
+                drop_oldest: true,
+                max_inflight: Some(BRIDGE_WINDOW),
+                observer: Some(Arc::new(StatsObserver(Arc::clone(&stats)))),
+            }),
+        });
         let connector = local_connector(
             Arc::downgrade(shared),
-            Arc::clone(&ctx),
+            ctx,
             server_shutdown.clone(),
             Arc::clone(next_conn),
             local_conns.clone(),
@@ -126,8 +143,9 @@ pub(crate) fn spawn(
             .iter()
             .map(|(h, p)| format!("{h}:{p}"))
             .collect();
-        let handle = Bridge::spawn(config.clone(), connector, shutdown_rx.clone())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let handle =
+            Bridge::spawn_with_stats(config.clone(), connector, stats, shutdown_rx.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         info!(bridge = %name, remote = %remotes.join(","), "bridge started");
         handles.push(handle);
     }
@@ -143,6 +161,20 @@ pub(crate) fn spawn(
         local_conns,
         router: Arc::downgrade(shared),
     })
+}
+
+/// Feeds a bridge's statistics from its local session's queue.
+#[derive(Debug)]
+struct StatsObserver(Arc<BridgeStats>);
+
+impl QueueObserver for StatsObserver {
+    fn queue_changed(&self, queued: usize) {
+        self.0.local_queued.store(queued as u64, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, n: u64) {
+        self.0.dropped_queue_full.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// A connector that opens an in-process stream to this broker. Holds the server state weakly:

@@ -260,7 +260,13 @@ where
             u32::MAX
         };
         let receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        let window = limits.max_inflight_messages.min(receive_maximum).max(1);
+        let ours = self
+            .listener
+            .queue
+            .as_ref()
+            .and_then(|q| q.max_inflight)
+            .unwrap_or(limits.max_inflight_messages);
+        let window = ours.min(receive_maximum).max(1);
         let (tx, rx) = mpsc::channel(self.shared.broker.outbox_capacity(window));
         let (reply_tx, reply_rx) = oneshot::channel();
         let req = ConnectRequest {
@@ -274,6 +280,7 @@ where
             will: connect.will,
             username,
             access: Some(security),
+            queue: self.listener.queue.clone(),
             outbox: tx,
             reply: reply_tx,
         };

@@ -467,7 +467,7 @@ fn record_bridges(c: &Counters) {
             .absolute(st.forwarded_out.load(Relaxed));
         counter!(BRIDGE_FORWARDED, "bridge" => name.clone(), "direction" => "in")
             .absolute(st.forwarded_in.load(Relaxed));
-        gauge!(BRIDGE_QUEUED, "bridge" => name.clone()).set(st.queued.load(Relaxed) as f64);
+        gauge!(BRIDGE_QUEUED, "bridge" => name.clone()).set(st.queued_total() as f64);
         let dropped = [
             st.dropped_queue_full.load(Relaxed),
             st.dropped_qos0_offline.load(Relaxed),

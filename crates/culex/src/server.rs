@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use culex_broker::{BrokerSettings, Command, Router};
+use culex_broker::{BrokerSettings, Command, QueuePolicy, Router};
 use culex_config::{Config, ListenerProtocol};
 use culex_proto::QoS;
 use tokio::net::TcpListener;
@@ -57,6 +57,9 @@ pub(crate) struct ListenerCtx {
     pub(crate) tls: Option<Arc<TlsListener>>,
     /// Password file, ACL and anonymous access in force for this listener.
     pub(crate) security: Arc<SecurityHandle>,
+    /// Queue limits for the sessions of this listener's clients instead of the broker's (the
+    /// in-process listener of one bridge); `None` for network listeners.
+    pub(crate) queue: Option<QueuePolicy>,
 }
 
 /// State every connection task shares.
@@ -291,6 +294,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
                         .get(index)
                         .context("no security scope for a listener")?,
                 ),
+                queue: None,
             });
             listeners.push((listener, ctx));
         }

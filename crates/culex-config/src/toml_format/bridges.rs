@@ -39,6 +39,7 @@ const KEYS: &[&str] = &[
     "idle_timeout",
     "bind_address",
     "queue_limit",
+    "queue_bytes",
 ];
 
 /// The TOML key of a mosquitto.conf bridge option (for locating validation errors).
@@ -68,6 +69,7 @@ fn toml_key(option: &str) -> &'static str {
         "idle_timeout" => "idle_timeout",
         "bridge_bind_address" => "bind_address",
         "queue_limit" | "bridge_queue_limit" => "queue_limit",
+        "queue_bytes" | "bridge_queue_bytes" => "queue_bytes",
         _ => "name",
     }
 }
@@ -354,6 +356,9 @@ impl TableReader<'_> {
             "queue_limit" => {
                 d.queue_limit =
                     Some(usize::try_from(int(item, 0, i64::MAX)?).unwrap_or(usize::MAX));
+            }
+            "queue_bytes" => {
+                d.queue_bytes = Some(u64::try_from(int(item, 0, i64::MAX)?).unwrap_or(u64::MAX));
             }
             other => {
                 return Err(format!(
