@@ -125,6 +125,59 @@ impl ReasonCode {
         }
     }
 
+    /// A short English description, as the specification's table 2-6 names the code; the
+    /// server sends it as a Reason String.
+    pub fn description(self) -> &'static str {
+        use ReasonCode::*;
+        match self {
+            Success => "success",
+            NormalDisconnection => "normal disconnection",
+            GrantedQoS0 => "granted QoS 0",
+            GrantedQoS1 => "granted QoS 1",
+            GrantedQoS2 => "granted QoS 2",
+            DisconnectWithWillMessage => "disconnect with will message",
+            NoMatchingSubscribers => "no matching subscribers",
+            NoSubscriptionExisted => "no subscription existed",
+            ContinueAuthentication => "continue authentication",
+            ReAuthenticate => "re-authenticate",
+            UnspecifiedError => "unspecified error",
+            MalformedPacket => "malformed packet",
+            ProtocolError => "protocol error",
+            ImplementationSpecificError => "implementation specific error",
+            UnsupportedProtocolVersion => "unsupported protocol version",
+            ClientIdentifierNotValid => "client identifier not valid",
+            BadUserNameOrPassword => "bad user name or password",
+            NotAuthorized => "not authorized",
+            ServerUnavailable => "server unavailable",
+            ServerBusy => "server busy",
+            Banned => "banned",
+            ServerShuttingDown => "server shutting down",
+            BadAuthenticationMethod => "bad authentication method",
+            KeepAliveTimeout => "keep alive timeout",
+            SessionTakenOver => "session taken over",
+            TopicFilterInvalid => "topic filter invalid",
+            TopicNameInvalid => "topic name invalid",
+            PacketIdentifierInUse => "packet identifier in use",
+            PacketIdentifierNotFound => "packet identifier not found",
+            ReceiveMaximumExceeded => "receive maximum exceeded",
+            TopicAliasInvalid => "topic alias invalid",
+            PacketTooLarge => "packet too large",
+            MessageRateTooHigh => "message rate too high",
+            QuotaExceeded => "quota exceeded",
+            AdministrativeAction => "administrative action",
+            PayloadFormatInvalid => "payload format invalid",
+            RetainNotSupported => "retain not supported",
+            QoSNotSupported => "QoS not supported",
+            UseAnotherServer => "use another server",
+            ServerMoved => "server moved",
+            SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+            ConnectionRateExceeded => "connection rate exceeded",
+            MaximumConnectTime => "maximum connect time",
+            SubscriptionIdentifiersNotSupported => "subscription identifiers not supported",
+            WildcardSubscriptionsNotSupported => "wildcard subscriptions not supported",
+        }
+    }
+
     /// The SUBACK reason code granting `qos`.
     pub fn granted(qos: crate::QoS) -> ReasonCode {
         match qos {
