@@ -16,6 +16,7 @@ mod retain;
 mod session;
 mod shutdown;
 mod topics;
+mod v5;
 mod will;
 
 use std::net::SocketAddr;
