@@ -17,6 +17,7 @@ mod session;
 mod shutdown;
 mod topics;
 mod v5;
+mod v5_rumqttc;
 mod will;
 
 use std::net::SocketAddr;
