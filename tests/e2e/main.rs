@@ -16,6 +16,8 @@ mod retain;
 mod session;
 mod shutdown;
 mod topics;
+mod v5;
+mod v5_rumqttc;
 mod will;
 
 use std::net::SocketAddr;

@@ -223,7 +223,7 @@ async fn qos1_puback_carries_packet_id(protocol: Protocol) -> Result<()> {
         4242,
     )))
     .await?;
-    // [MQTT-4.3.2-2] / [MQTT-2.3.1-6]: PUBACK with the PUBLISH's packet id.
+    // [MQTT-4.3.2-4] / [MQTT-2.2.1-5] (3.1.1 [MQTT-4.3.2-2] / [MQTT-2.3.1-6]): PUBACK with the PUBLISH's packet id.
     match c.recv().await? {
         Packet::PubAck(a) => {
             assert_eq!(a.packet_id, 4242);

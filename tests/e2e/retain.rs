@@ -127,7 +127,7 @@ async fn wildcard_delivery(protocol: Protocol) -> Result<()> {
         ["other/x/1=other", "rw/x/1=x1", "rw/x/1/deep=deep"].map(String::from)
     );
 
-    // "#" matches the parent level too [MQTT-4.7.1-2].
+    // "#" matches the parent level too (section 4.7.1.2; 3.1.1 [MQTT-4.7.1-2]).
     let got = retained_for(
         &broker,
         protocol,

@@ -273,7 +273,7 @@ async fn takeover_closes_first(protocol: Protocol) -> Result<()> {
     let broker = TestBroker::start().await?;
     let mut first = connect_clean(broker.addr, protocol, "twin").await?;
     let mut second = connect_clean(broker.addr, protocol, "twin").await?;
-    // [MQTT-3.1.4-2] (3.1.1 [MQTT-3.1.4-2]); 5.0: DISCONNECT 0x8E first.
+    // [MQTT-3.1.4-3] (3.1.1 [MQTT-3.1.4-2]); 5.0: DISCONNECT 0x8E first.
     expect_closed_with(&mut first, &[0x8E]).await?;
     // The second connection works.
     subscribe(&mut second, 1, "twin/t", QoS::AtMostOnce).await?;

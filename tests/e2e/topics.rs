@@ -52,7 +52,7 @@ async fn delivered_topics(
 }
 
 async fn single_level_wildcard(protocol: Protocol) -> Result<()> {
-    // [MQTT-4.7.1-3]: "+" matches exactly one level, including an empty one.
+    // Section 4.7.1.3 (3.1.1 [MQTT-4.7.1-3]): "+" matches exactly one level, including an empty one.
     let got = delivered_topics(
         protocol,
         "a/+/c",
@@ -77,7 +77,7 @@ async fn v5_plus_matches_exactly_one_level() -> Result<()> {
 }
 
 async fn multi_level_wildcard(protocol: Protocol) -> Result<()> {
-    // [MQTT-4.7.1-2]: "#" matches the parent and any number of child levels.
+    // Section 4.7.1.2 (3.1.1 [MQTT-4.7.1-2]): "#" matches the parent and any number of child levels.
     let got = delivered_topics(
         protocol,
         "a/#",

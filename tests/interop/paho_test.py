@@ -5,7 +5,13 @@
 
 Covers, for MQTT 3.1.1 and 5.0 (plus a 3.1 smoke test): QoS 0/1/2 round trips, retained
 messages, wills on abrupt close (a child process killed with SIGKILL), and persistent sessions
-with QoS 1 messages queued while the client is offline.
+with QoS 1 messages queued while the client is offline. MQTT 5 only: publish properties passed
+through unchanged, subscription options (No Local, Retain As Published, Retain Handling) and
+Subscription Identifiers, Topic Aliases from the client, Response Information, session expiry
+set on DISCONNECT, and reason codes (0x99 on a PUBACK, 0x8C on CONNACK).
+
+paho-mqtt 2.x does not resolve Topic Aliases it receives, so these checks never send a Topic
+Alias Maximum (the broker then sends no aliases; rumqttc tests cover server aliases).
 
 Prints one line per check and finally `paho: N passed, M failed`; exits 1 on any failure.
 Every wait is bounded; nothing synchronises by sleeping.
@@ -49,12 +55,15 @@ class TestClient:
     """A paho client driven by its network thread, with events and a message queue."""
 
     def __init__(self, host, port, proto, client_id=None, clean=True, session_expiry=None,
-                 will=None):
+                 will=None, connect_props=None):
         self.host, self.port, self.proto = host, port, proto
         self.version = PROTOCOLS[proto]
         self.client_id = client_id or unique("paho")
         self.clean = clean
         self.session_expiry = session_expiry
+        self.connect_props = connect_props or {}
+        self.connack_props = None
+        self.disconnect_reason = None
         kwargs = {"client_id": self.client_id, "protocol": self.version}
         if self.version != mqtt.MQTTv5:
             kwargs["clean_session"] = clean
@@ -75,6 +84,7 @@ class TestClient:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.connack = (reason_code, flags.session_present)
+        self.connack_props = properties
         self.connected.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -86,22 +96,26 @@ class TestClient:
         self.messages.put(msg)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code
         self.disconnected.set()
 
-    def connect(self):
+    def connect(self, expect_failure=False):
         props = None
         kwargs = {}
         if self.version == mqtt.MQTTv5:
             kwargs["clean_start"] = self.clean
-            if self.session_expiry is not None:
+            if self.session_expiry is not None or self.connect_props:
                 props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.session_expiry
+                if self.session_expiry is not None:
+                    props.SessionExpiryInterval = self.session_expiry
+                for name, value in self.connect_props.items():
+                    setattr(props, name, value)
         self.client.connect(self.host, self.port, keepalive=30, properties=props, **kwargs)
         self.client.loop_start()
         if not self.connected.wait(TIMEOUT):
             raise CheckFailed(f"{self.client_id}: no CONNACK within {TIMEOUT}s")
         rc, _ = self.connack
-        if rc.is_failure:
+        if rc.is_failure and not expect_failure:
             raise CheckFailed(f"{self.client_id}: CONNACK refused: {rc}")
         return self
 
@@ -109,8 +123,13 @@ class TestClient:
     def session_present(self):
         return self.connack[1]
 
-    def subscribe(self, topic, qos):
-        result, mid = self.client.subscribe(topic, qos)
+    def subscribe(self, topic, qos, options=None, properties=None):
+        """Subscribes and waits for the SUBACK; `options` (MQTT 5 SubscribeOptions) replaces
+        `qos` on the wire but `qos` is still the grant expected."""
+        if options is None:
+            result, mid = self.client.subscribe(topic, qos, properties=properties)
+        else:
+            result, mid = self.client.subscribe(topic, options=options, properties=properties)
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise CheckFailed(f"subscribe {topic!r} failed to send: {result}")
         deadline = time.monotonic() + TIMEOUT
@@ -126,8 +145,8 @@ class TestClient:
         if value != qos:
             raise CheckFailed(f"SUBACK for {topic!r} granted {granted}, expected QoS {qos}")
 
-    def publish(self, topic, payload, qos, retain=False):
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic, payload, qos, retain=False, properties=None):
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(TIMEOUT)
         if not info.is_published():
             raise CheckFailed(f"publish to {topic!r} (QoS {qos}) not completed within {TIMEOUT}s")
@@ -288,6 +307,120 @@ class Runner:
             raise CheckFailed("CONNACK session present = 1 on a clean-session connect")
         done.disconnect()
 
+    # --- MQTT 5 only ------------------------------------------------------------------------
+
+    def v5_properties_pass_through(self):
+        topic = f"interop/paho/props/{uuid.uuid4().hex[:6]}"
+        sub = self.client("v5").connect()
+        sub.subscribe(topic, 1)
+        pub = self.client("v5").connect()
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1
+        props.ContentType = "text/plain; charset=utf-8"
+        props.ResponseTopic = f"{topic}/reply"
+        props.CorrelationData = b"\x00corr\xff"
+        props.MessageExpiryInterval = 3600
+        props.UserProperty = [("b", "1"), ("a", "2"), ("b", "3")]
+        pub.publish(topic, "grüße".encode(), 1, properties=props)
+        msg = sub.receive("the message with properties")
+        expect_message(msg, topic, "grüße".encode(), 1)
+        got = msg.properties
+        for name in ("PayloadFormatIndicator", "ContentType", "ResponseTopic", "CorrelationData",
+                     "UserProperty"):
+            if getattr(got, name, None) != getattr(props, name):
+                raise CheckFailed(f"{name}: sent {getattr(props, name)!r}, "
+                                  f"got {getattr(got, name, None)!r}")
+        left = getattr(got, "MessageExpiryInterval", None)
+        if left is None or not 3590 <= left <= 3600:
+            raise CheckFailed(f"MessageExpiryInterval {left!r}, expected 3590..3600")
+
+    def v5_subscription_options(self):
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+        base = f"interop/paho/subopts/{uuid.uuid4().hex[:6]}"
+        other = self.client("v5").connect()
+        other.publish(f"{base}/retained", b"stored", 1, retain=True)
+        me = self.client("v5").connect()
+        sub_props = Properties(PacketTypes.SUBSCRIBE)
+        sub_props.SubscriptionIdentifier = 17
+        me.subscribe(f"{base}/chat", 1, SubscribeOptions(qos=1, noLocal=True), sub_props)
+        # Retain Handling 2: the stored message is not sent; Retain As Published keeps RETAIN.
+        me.subscribe(f"{base}/retained", 1, SubscribeOptions(
+            qos=1, retainAsPublished=True,
+            retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+        me.publish(f"{base}/chat", b"mine", 1)  # No Local: not echoed
+        other.publish(f"{base}/chat", b"yours", 1)
+        msg = me.receive("the other client's chat message")
+        expect_message(msg, f"{base}/chat", b"yours", 1)
+        ids = getattr(msg.properties, "SubscriptionIdentifier", None)
+        if ids != [17]:
+            raise CheckFailed(f"SubscriptionIdentifier {ids!r}, expected [17]")
+        other.publish(f"{base}/retained", b"live", 1, retain=True)
+        expect_message(me.receive("the live retained message"), f"{base}/retained", b"live", 1,
+                       True)
+        other.publish(f"{base}/retained", b"", 1, retain=True)  # leave nothing behind
+
+    def v5_client_topic_alias(self):
+        topic = f"interop/paho/alias/{uuid.uuid4().hex[:6]}"
+        sub = self.client("v5").connect()
+        sub.subscribe(topic, 1)
+        pub = self.client("v5").connect()
+        maximum = getattr(pub.connack_props, "TopicAliasMaximum", 0)
+        if maximum < 1:
+            raise CheckFailed(f"CONNACK Topic Alias Maximum {maximum!r}")
+        props = Properties(PacketTypes.PUBLISH)
+        props.TopicAlias = 1
+        pub.publish(topic, b"sets the alias", 1, properties=props)
+        pub.publish("", b"uses the alias", 1, properties=props)
+        expect_message(sub.receive("first aliased message"), topic, b"sets the alias", 1)
+        expect_message(sub.receive("second aliased message"), topic, b"uses the alias", 1)
+
+    def v5_response_information(self):
+        asked = self.client("v5", connect_props={"RequestResponseInformation": 1}).connect()
+        info = getattr(asked.connack_props, "ResponseInformation", None)
+        if info != f"culex/response/{asked.client_id}":
+            raise CheckFailed(f"ResponseInformation {info!r}")
+        plain = self.client("v5").connect()
+        if hasattr(plain.connack_props, "ResponseInformation"):
+            raise CheckFailed("ResponseInformation sent without being requested")
+
+    def v5_session_expiry_on_disconnect(self):
+        client_id = unique("expiry")
+        first = self.client("v5", client_id=client_id, clean=False, session_expiry=300).connect()
+        first.subscribe(f"interop/paho/expiry/{client_id}", 1)
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        first.client.disconnect(properties=props)
+        if not first.disconnected.wait(TIMEOUT):
+            raise CheckFailed("disconnect not completed")
+        first.client.loop_stop()
+        again = self.client("v5", client_id=client_id, clean=False, session_expiry=300).connect()
+        if again.session_present:
+            raise CheckFailed("session kept although DISCONNECT set its expiry to 0")
+        again.client.disconnect(properties=props)
+
+    def v5_reason_codes(self):
+        topic = f"interop/paho/reason/{uuid.uuid4().hex[:6]}"
+        pub = self.client("v5").connect()
+        acks = queue.Queue()
+        pub.client.on_publish = lambda c, u, mid, rc, p: acks.put(rc)
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1
+        pub.client.publish(topic, b"\xff\xfe", qos=1, properties=props)
+        try:
+            rc = acks.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise CheckFailed("no PUBACK") from None
+        if rc.value != 0x99:
+            raise CheckFailed(f"PUBACK reason {rc}, expected 0x99 Payload format invalid")
+        auth = self.client("v5", connect_props={"AuthenticationMethod": "SCRAM-SHA-1"})
+        auth.connect(expect_failure=True)
+        rc, _ = auth.connack
+        if rc.value != 0x8C:
+            raise CheckFailed(f"CONNACK {rc}, expected 0x8C Bad authentication method")
+        why = getattr(auth.connack_props, "ReasonString", "")
+        if "authentication method" not in why:
+            raise CheckFailed(f"CONNACK Reason String {why!r}")
+
     def run(self):
         for proto in ("v3.1.1", "v5"):
             for qos in (0, 1, 2):
@@ -303,6 +436,16 @@ class Runner:
             for qos in (1, 2):
                 self.check(f"{proto} persistent session, QoS {qos} queued while offline",
                            self.persistent_session, proto, qos)
+        self.check("v5 publish properties passed through unchanged",
+                   self.v5_properties_pass_through)
+        self.check("v5 No Local, Retain As Published, Retain Handling 2, Subscription Identifier",
+                   self.v5_subscription_options)
+        self.check("v5 Topic Alias from the client", self.v5_client_topic_alias)
+        self.check("v5 Response Information only when requested", self.v5_response_information)
+        self.check("v5 Session Expiry 0 on DISCONNECT ends the session",
+                   self.v5_session_expiry_on_disconnect)
+        self.check("v5 reason codes: PUBACK 0x99, CONNACK 0x8C with a Reason String",
+                   self.v5_reason_codes)
         print(f"paho: {self.passed} passed, {self.failed} failed", flush=True)
         return 0 if self.failed == 0 else 1
 

@@ -278,6 +278,88 @@ fn unacked_inflight_is_redelivered_with_dup_on_reconnect() {
 }
 
 #[test]
+fn qos2_publish_already_sent_does_not_expire_before_pubrec() {
+    // [MQTT-4.3.3-7]: once a QoS 2 PUBLISH is sent, its Message Expiry no longer applies: the
+    // redelivery after a reconnect still happens, long after the message expired; a queued
+    // (never sent) copy of an expired message is dropped [MQTT-3.3.2-5].
+    let t0 = Instant::now();
+    let settings = BrokerSettings {
+        max_inflight_messages: 1,
+        ..BrokerSettings::default()
+    };
+    let mut r = Router::new(settings);
+    let mut sub = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::ExactlyOnce);
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    for _ in 0..2 {
+        r.handle(
+            Command::Publish {
+                conn: 2,
+                ack: false,
+                publish: Publish {
+                    dup: false,
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    topic: "t".into(),
+                    packet_id: Some(7),
+                    properties: Properties {
+                        message_expiry_interval: Some(5),
+                        ..Default::default()
+                    },
+                    payload: Bytes::from_static(b"short-lived"),
+                },
+            },
+            t0,
+        );
+    }
+    let first = match sub.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.expiry_interval, Some(5));
+    assert!(
+        sub.rx.try_recv().is_err(),
+        "the second waits behind a window of 1"
+    );
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    let later = t0 + Duration::from_secs(60);
+    let mut back = connect(&mut r, later, 3, "s", false, u32::MAX, None);
+    match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => {
+            assert!(d.dup);
+            assert_eq!(d.packet_id, first.packet_id);
+            assert_eq!(d.qos, QoS::ExactlyOnce);
+        }
+        other => panic!("the sent QoS 2 PUBLISH must be resent: {other:?}"),
+    }
+    // The queued copy expired before it was sent: gone, and counted, once the window frees.
+    r.handle(
+        Command::PubRec {
+            conn: 3,
+            packet_id: first.packet_id.unwrap_or(0),
+            reason: ReasonCode::Success,
+        },
+        later,
+    );
+    r.handle(
+        Command::PubComp {
+            conn: 3,
+            packet_id: first.packet_id.unwrap_or(0),
+        },
+        later,
+    );
+    match back.rx.try_recv() {
+        Ok(Outbound::Packet(p)) => assert!(matches!(*p, Packet::PubRel(_)), "{p:?}"),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    assert!(
+        back.rx.try_recv().is_err(),
+        "the expired queued copy was sent"
+    );
+    assert_eq!(r.stats().dropped_expired, 1);
+}
+
+#[test]
 fn takeover_closes_the_old_connection_and_keeps_the_session() {
     let t0 = Instant::now();
     let mut r = Router::new(BrokerSettings::default());

@@ -240,8 +240,9 @@ fn connect(r: &mut Reader) -> Result<Connect> {
     let will_qos =
         QoS::from_u8(will_qos).ok_or_else(|| malformed("[MQTT-3.1.2-12]", "Will QoS 3"))?;
     if !protocol.is_v5() && password_flag && !username_flag {
+        // The 3.1.1 id; MQTT 5 allows a password without a user name.
         return Err(malformed(
-            "[MQTT-3.1.2-22]",
+            "3.1.1 [MQTT-3.1.2-22]",
             "Password Flag set without the User Name Flag",
         ));
     }
@@ -370,10 +371,13 @@ fn subscribe(r: &mut Reader, p: Protocol) -> Result<Subscribe> {
         filters.push(SubscribeFilter { filter, options });
     }
     if filters.is_empty() {
-        return Err(protocol_error(
-            "[MQTT-3.8.3-3]",
-            "SUBSCRIBE without topic filters",
-        ));
+        // 5.0 numbers this rule [MQTT-3.8.3-2]; 3.1.1 [MQTT-3.8.3-3].
+        let rule = if p.is_v5() {
+            "[MQTT-3.8.3-2]"
+        } else {
+            "3.1.1 [MQTT-3.8.3-3]"
+        };
+        return Err(protocol_error(rule, "SUBSCRIBE without topic filters"));
     }
     Ok(Subscribe {
         packet_id,
@@ -384,8 +388,12 @@ fn subscribe(r: &mut Reader, p: Protocol) -> Result<Subscribe> {
 
 fn subscription_options(byte: u8, filter: &str, p: Protocol) -> Result<SubscriptionOptions> {
     if !p.is_v5() {
-        let qos = QoS::from_u8(byte)
-            .ok_or_else(|| malformed("[MQTT-3-8.3-4]", "requested QoS byte is not 0, 1 or 2"))?;
+        let qos = QoS::from_u8(byte).ok_or_else(|| {
+            malformed(
+                "3.1.1 [MQTT-3.8.3-4]",
+                "requested QoS byte is not 0, 1 or 2",
+            )
+        })?;
         return Ok(SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()

@@ -19,7 +19,8 @@ pub mod topic;
 
 pub use decode::{decode, peek_header, FixedHeader};
 pub use encode::{
-    encode, encode_publish, encoded_len, publish_encoded_len, EncodeError, PublishView,
+    aliased_publish_encoded_len, encode, encode_aliased_publish, encode_publish, encoded_len,
+    publish_encoded_len, AliasedPublish, EncodeError, PublishView,
 };
 pub use error::DecodeError;
 pub use packet::*;

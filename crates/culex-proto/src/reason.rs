@@ -125,6 +125,59 @@ impl ReasonCode {
         }
     }
 
+    /// A short English description, as the specification's table 2-6 names the code; the
+    /// server sends it as a Reason String.
+    pub fn description(self) -> &'static str {
+        use ReasonCode::*;
+        match self {
+            Success => "success",
+            NormalDisconnection => "normal disconnection",
+            GrantedQoS0 => "granted QoS 0",
+            GrantedQoS1 => "granted QoS 1",
+            GrantedQoS2 => "granted QoS 2",
+            DisconnectWithWillMessage => "disconnect with will message",
+            NoMatchingSubscribers => "no matching subscribers",
+            NoSubscriptionExisted => "no subscription existed",
+            ContinueAuthentication => "continue authentication",
+            ReAuthenticate => "re-authenticate",
+            UnspecifiedError => "unspecified error",
+            MalformedPacket => "malformed packet",
+            ProtocolError => "protocol error",
+            ImplementationSpecificError => "implementation specific error",
+            UnsupportedProtocolVersion => "unsupported protocol version",
+            ClientIdentifierNotValid => "client identifier not valid",
+            BadUserNameOrPassword => "bad user name or password",
+            NotAuthorized => "not authorized",
+            ServerUnavailable => "server unavailable",
+            ServerBusy => "server busy",
+            Banned => "banned",
+            ServerShuttingDown => "server shutting down",
+            BadAuthenticationMethod => "bad authentication method",
+            KeepAliveTimeout => "keep alive timeout",
+            SessionTakenOver => "session taken over",
+            TopicFilterInvalid => "topic filter invalid",
+            TopicNameInvalid => "topic name invalid",
+            PacketIdentifierInUse => "packet identifier in use",
+            PacketIdentifierNotFound => "packet identifier not found",
+            ReceiveMaximumExceeded => "receive maximum exceeded",
+            TopicAliasInvalid => "topic alias invalid",
+            PacketTooLarge => "packet too large",
+            MessageRateTooHigh => "message rate too high",
+            QuotaExceeded => "quota exceeded",
+            AdministrativeAction => "administrative action",
+            PayloadFormatInvalid => "payload format invalid",
+            RetainNotSupported => "retain not supported",
+            QoSNotSupported => "QoS not supported",
+            UseAnotherServer => "use another server",
+            ServerMoved => "server moved",
+            SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+            ConnectionRateExceeded => "connection rate exceeded",
+            MaximumConnectTime => "maximum connect time",
+            SubscriptionIdentifiersNotSupported => "subscription identifiers not supported",
+            WildcardSubscriptionsNotSupported => "wildcard subscriptions not supported",
+        }
+    }
+
     /// The SUBACK reason code granting `qos`.
     pub fn granted(qos: crate::QoS) -> ReasonCode {
         match qos {
@@ -146,9 +199,11 @@ const SUBACK_CODES: &[u8] = &[
     0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
 ];
 const UNSUBACK_CODES: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+/// 0x8C (Bad authentication method) is allowed on DISCONNECT by table 2-6 though table 3-10
+/// leaves it out; the server uses it for an AUTH packet when no method is in use.
 const DISCONNECT_CODES: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
-    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8C, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
+    0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 const AUTH_CODES: &[u8] = &[0x00, 0x18, 0x19];
 

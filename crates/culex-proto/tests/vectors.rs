@@ -163,7 +163,7 @@ fn connect_errors() {
     malformed(&with_flags(4, 0x0a), None, "[MQTT-3.1.2-11]");
     malformed(&with_flags(4, 0x22), None, "[MQTT-3.1.2-13]");
     malformed(&with_flags(4, 0x1e), None, "[MQTT-3.1.2-12]");
-    malformed(&with_flags(4, 0x42), None, "[MQTT-3.1.2-22]");
+    malformed(&with_flags(4, 0x42), None, "3.1.1 [MQTT-3.1.2-22]");
     // Truncated: the user name announced by the flags is missing.
     malformed(&with_flags(4, 0x82), None, "[2.1.4]");
     // Bad strings.
@@ -441,8 +441,8 @@ fn subscribe() {
     let shared = pkt(0x82, &cat(&[b"\x00\x01\x00", &s("$share/g/a"), b"\x00"]));
     assert!(dec(&shared, Some(V5)).unwrap().is_some());
 
-    protocol_err(b"\x82\x02\x00\x01", Some(V311), "[MQTT-3.8.3-3]");
-    protocol_err(b"\x82\x03\x00\x01\x00", Some(V5), "[MQTT-3.8.3-3]");
+    protocol_err(b"\x82\x02\x00\x01", Some(V311), "3.1.1 [MQTT-3.8.3-3]");
+    protocol_err(b"\x82\x03\x00\x01\x00", Some(V5), "[MQTT-3.8.3-2]");
     protocol_err(
         b"\x82\x05\x00\x00\x00\x01a\x00",
         Some(V311),
@@ -456,12 +456,12 @@ fn subscribe() {
     malformed(
         b"\x82\x06\x00\x01\x00\x01a\x03",
         Some(V311),
-        "[MQTT-3-8.3-4]",
+        "3.1.1 [MQTT-3.8.3-4]",
     );
     malformed(
         b"\x82\x06\x00\x01\x00\x01a\x04",
         Some(V311),
-        "[MQTT-3-8.3-4]",
+        "3.1.1 [MQTT-3.8.3-4]",
     );
     malformed(
         b"\x82\x07\x00\x01\x00\x00\x01a\x40",
@@ -819,4 +819,36 @@ fn publish_view_matches_publish() {
             a.len()
         );
     }
+}
+
+#[test]
+fn aliased_publish_matches_a_publish_with_the_alias_property() {
+    let mut x = publish(QoS::AtLeastOnce, "a/b", Some(9), b"payload");
+    x.properties.content_type = Some("text/plain".into());
+    x.properties.user_properties = vec![("k".into(), "v".into())];
+    for topic in ["a/b", ""] {
+        let mut view = PublishView::from(&x);
+        view.topic = topic;
+        let aliased = AliasedPublish { view, alias: 7 };
+        let mut out = BytesMut::new();
+        encode_aliased_publish(&aliased, &mut out).unwrap();
+        assert_eq!(aliased_publish_encoded_len(&aliased).unwrap(), out.len());
+        let mut expected = x.clone();
+        expected.topic = topic.into();
+        expected.properties.topic_alias = Some(7);
+        match dec(&out, Some(V5)).unwrap().unwrap() {
+            Packet::Publish(p) => assert_eq!(p, expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut bad = AliasedPublish {
+        view: PublishView::from(&x),
+        alias: 0,
+    };
+    assert!(encode_aliased_publish(&bad, &mut BytesMut::new()).is_err());
+    bad.alias = 1;
+    let mut with_alias = x.clone();
+    with_alias.properties.topic_alias = Some(2);
+    bad.view = PublishView::from(&with_alias);
+    assert!(encode_aliased_publish(&bad, &mut BytesMut::new()).is_err());
 }

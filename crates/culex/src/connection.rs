@@ -16,7 +16,8 @@ use culex_broker::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound,
 };
 use culex_proto::{
-    decode, encode, encode_publish, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
+    aliased_publish_encoded_len, decode, encode, encode_aliased_publish, encode_publish,
+    encoded_len, AliasedPublish, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     Protocol, PubResp, Publish, QoS, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -48,6 +49,90 @@ const FLUSH_BYTES: usize = 64 * 1024;
 const MAX_PENDING_REPLIES: usize = 48;
 /// Topic aliases accepted from a client (MQTT 5 Topic Alias Maximum).
 pub(crate) const TOPIC_ALIAS_MAX: u16 = 32;
+/// Most Topic Aliases the server uses toward one client (fewer if the client allows fewer).
+pub(crate) const OUT_TOPIC_ALIAS_MAX: u16 = 32;
+/// Topics shorter than this are never aliased: the alias property (3 bytes) would not make the
+/// PUBLISH any smaller.
+const OUT_ALIAS_MIN_TOPIC: usize = 4;
+/// Prefix of the Response Information returned to a client that asks for it (MQTT 5 Request
+/// Response Information 1): `culex/response/<client id>`.
+pub(crate) const RESPONSE_INFORMATION_PREFIX: &str = "culex/response/";
+/// Longest Reason String the server sends (a longer explanation is cut at a character
+/// boundary).
+const REASON_STRING_MAX: usize = 128;
+
+/// Topic Aliases the server sends to one MQTT 5 client (section 3.3.2.3.4), reset with the
+/// connection [MQTT-3.3.2-7].
+///
+/// Policy: every topic of at least [`OUT_ALIAS_MIN_TOPIC`] bytes gets an alias the first time
+/// it is sent, while free aliases remain (up to the client's Topic Alias Maximum, at most
+/// [`OUT_TOPIC_ALIAS_MAX`]); after that the least recently used alias is reassigned. A
+/// PUBLISH that sets (or resets) an alias carries the full topic and the alias; later ones for
+/// the same topic carry an empty topic and the alias. Clients that send no Topic Alias Maximum
+/// (or 0) never get an alias [MQTT-3.1.2-27].
+#[derive(Debug, Default)]
+struct OutAliases {
+    /// Aliases in use at most: 0 turns aliasing off.
+    max: u16,
+    /// Topic to alias.
+    by_topic: HashMap<Arc<str>, u16>,
+    /// Alias `i + 1`: its topic and when it was last used (`tick`).
+    slots: Vec<(Arc<str>, u64)>,
+    tick: u64,
+}
+
+impl OutAliases {
+    fn new(client_max: u16) -> Self {
+        OutAliases {
+            max: client_max.min(OUT_TOPIC_ALIAS_MAX),
+            ..OutAliases::default()
+        }
+    }
+
+    /// The alias for `topic` and whether it is new to the client (the PUBLISH must then carry
+    /// the full topic), or `None` when the topic is not aliased.
+    fn assign(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
+        if self.max == 0 || topic.len() < OUT_ALIAS_MIN_TOPIC {
+            return None;
+        }
+        self.tick += 1;
+        if let Some(&alias) = self.by_topic.get(&**topic) {
+            if let Some(slot) = self.slots.get_mut(usize::from(alias) - 1) {
+                slot.1 = self.tick;
+            }
+            return Some((alias, false));
+        }
+        let alias = if self.slots.len() < usize::from(self.max) {
+            self.slots.push((Arc::clone(topic), self.tick));
+            u16::try_from(self.slots.len()).ok()?
+        } else {
+            let (i, _) = self
+                .slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, used))| *used)?;
+            let alias = u16::try_from(i + 1).ok()?;
+            let old = std::mem::replace(&mut self.slots[i], (Arc::clone(topic), self.tick));
+            if self.by_topic.get(&old.0) == Some(&alias) {
+                self.by_topic.remove(&old.0);
+            }
+            alias
+        };
+        self.by_topic.insert(Arc::clone(topic), alias);
+        Some((alias, true))
+    }
+
+    /// Undoes a new alias whose PUBLISH was not sent: the client does not know it. The slot is
+    /// the first to be reused.
+    fn forget(&mut self, alias: u16) {
+        if let Some(slot) = self.slots.get_mut(usize::from(alias) - 1) {
+            if self.by_topic.get(&slot.0) == Some(&alias) {
+                self.by_topic.remove(&slot.0);
+            }
+            slot.1 = 0;
+        }
+    }
+}
 
 /// Why the connection ended, decided where it happened.
 #[derive(Debug)]
@@ -101,6 +186,9 @@ pub(crate) async fn serve<S>(
         session_expiry: 0,
         inbound_qos2: Vec::new(),
         aliases: HashMap::new(),
+        out_aliases: OutAliases::default(),
+        client_max_packet: u32::MAX,
+        problem_information: true,
         pending_replies: 0,
     };
     let Some(mut outbox) = c.handshake(&mut shutdown).await else {
@@ -128,6 +216,13 @@ struct Conn<R, W> {
     session_expiry: u32,
     inbound_qos2: Vec<u16>,
     aliases: HashMap<u16, String>,
+    /// Topic Aliases toward the client.
+    out_aliases: OutAliases,
+    /// The client's Maximum Packet Size (MQTT 5; `u32::MAX` when it sent none).
+    client_max_packet: u32,
+    /// The client's Request Problem Information (MQTT 5; true unless it sent 0): Reason
+    /// Strings on acknowledgements only when true [MQTT-3.1.2-29].
+    problem_information: bool,
     pending_replies: usize,
 }
 
@@ -190,6 +285,11 @@ where
     async fn accept(&mut self, connect: Connect) -> Option<mpsc::Receiver<Outbound>> {
         let limits = Arc::clone(&self.shared.limits);
         let v5 = self.protocol.is_v5();
+        if v5 {
+            // Known before any answer: even a refusing CONNACK must fit [MQTT-3.2.2-19].
+            self.client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            self.problem_information = connect.properties.request_problem_information != Some(0);
+        }
 
         // Client identifier rules.
         if connect.client_id.is_empty() {
@@ -235,6 +335,11 @@ where
             }
             if will.retain && !limits.retain_available {
                 self.refuse(ReasonCode::RetainNotSupported).await;
+                return None;
+            }
+            // The will's payload is checked like a PUBLISH's (section 3.1.3.2.3).
+            if v5 && !payload_format_valid(&will.properties, &will.payload) {
+                self.refuse(ReasonCode::PayloadFormatInvalid).await;
                 return None;
             }
         }
@@ -322,6 +427,12 @@ where
             if assigned {
                 properties.assigned_client_identifier = Some(client_id.to_string());
             }
+            // Only when asked for [MQTT-3.1.2-28].
+            if connect.properties.request_response_information == Some(1) {
+                properties.response_information =
+                    Some(format!("{RESPONSE_INFORMATION_PREFIX}{client_id}"));
+            }
+            self.out_aliases = OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
         }
         let connack = Packet::ConnAck(ConnAck {
             session_present,
@@ -333,7 +444,7 @@ where
         self.shared.counters.connects.inc();
         info!(peer = %self.peer, listener = %self.listener.local, client_id = %client_id, protocol = ?self.protocol,
             session_present, "client connected");
-        if self.queue(&connack).is_err() || self.flush().await.is_err() {
+        if self.queue(connack).is_err() || self.flush().await.is_err() {
             self.finish(Ending::abnormal(None, "write failed")).await;
             return None;
         }
@@ -350,7 +461,7 @@ where
             reason_code: reason,
             properties: Properties::default(),
         });
-        if self.queue(&connack).is_ok() {
+        if self.queue(connack).is_ok() {
             let _ = self.flush().await;
         }
         let _ = self.wr.shutdown().await;
@@ -471,7 +582,7 @@ where
                 if !known && v5 {
                     comp.reason_code = ReasonCode::PacketIdentifierNotFound;
                 }
-                self.queue_or_end(&Packet::PubComp(comp))
+                self.queue_or_end(Packet::PubComp(comp))
             }
             Packet::PubAck(r) => self
                 .command(Command::PubAck {
@@ -513,7 +624,7 @@ where
                 .await
                 .err()
             }
-            Packet::PingReq => self.queue_or_end(&Packet::PingResp),
+            Packet::PingReq => self.queue_or_end(Packet::PingResp),
             Packet::Disconnect(d) => Some(self.on_disconnect(d)),
             Packet::Auth(_) => Some(Ending::abnormal(
                 Some(ReasonCode::BadAuthenticationMethod),
@@ -532,7 +643,8 @@ where
     fn on_disconnect(&mut self, d: Disconnect) -> Ending {
         let requested = d.properties.session_expiry_interval;
         if self.session_expiry == 0 && requested.is_some_and(|e| e != 0) {
-            // [MQTT-3.14.2-2]
+            // Section 3.14.2.2.2 (a protocol error without a rule id; [MQTT-3.14.2-2] is the
+            // server's side: it never sends a Session Expiry Interval on DISCONNECT).
             self.shared.counters.protocol_errors.inc();
             return Ending::abnormal(
                 Some(ReasonCode::ProtocolError),
@@ -595,6 +707,21 @@ where
         let too_large =
             limits.message_size_limit > 0 && p.payload.len() > limits.message_size_limit as usize;
         let packet_id = p.packet_id.unwrap_or(0);
+        if v5 && !payload_format_valid(&p.properties, &p.payload) {
+            // [MQTT-3.3.2-4] allows checking a UTF-8 payload: QoS 1/2 are answered 0x99 and
+            // dropped (the connection stays); QoS 0 has no answer but DISCONNECT 0x99.
+            debug!(client_id = %self.client_id, topic = %p.topic, "payload is not UTF-8 as indicated");
+            let mut ack = PubResp::new(packet_id);
+            ack.reason_code = ReasonCode::PayloadFormatInvalid;
+            return match p.qos {
+                QoS::AtMostOnce => Some(Ending::abnormal(
+                    Some(ReasonCode::PayloadFormatInvalid),
+                    "payload is not UTF-8 but its Payload Format Indicator says so",
+                )),
+                QoS::AtLeastOnce => self.ack(Packet::PubAck(ack)).await,
+                QoS::ExactlyOnce => self.ack(Packet::PubRec(ack)).await,
+            };
+        }
         let allowed =
             self.listener
                 .security
@@ -638,7 +765,7 @@ where
                 }
                 match self.route(p).await {
                     Ok(true) => None,
-                    Ok(false) => self.queue_or_end(&Packet::PubAck(ack)),
+                    Ok(false) => self.queue_or_end(Packet::PubAck(ack)),
                     Err(end) => Some(end),
                 }
             }
@@ -664,7 +791,7 @@ where
                     self.inbound_qos2.push(packet_id);
                     match self.route(p).await {
                         Ok(true) => None,
-                        Ok(false) => self.queue_or_end(&Packet::PubRec(rec)),
+                        Ok(false) => self.queue_or_end(Packet::PubRec(rec)),
                         Err(end) => Some(end),
                     }
                 }
@@ -692,7 +819,7 @@ where
     /// the router, so it cannot overtake acknowledgements still waiting for the store.
     async fn ack(&mut self, packet: Packet) -> Option<Ending> {
         if !self.shared.limits.router_acks {
-            return self.queue_or_end(&packet);
+            return self.queue_or_end(packet);
         }
         self.pending_replies += 1;
         self.command(Command::Ack {
@@ -718,7 +845,11 @@ where
             Outbound::Deliver(d) => {
                 let props = d.properties();
                 let view = d.view(&props);
-                if let Err(e) = encode_publish(&view, self.protocol, &mut self.wbuf) {
+                let sent = match self.out_aliases.assign(&d.message.topic) {
+                    None => encode_publish(&view, self.protocol, &mut self.wbuf),
+                    Some((alias, new)) => self.encode_aliased(view, alias, new),
+                };
+                if let Err(e) = sent {
                     warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH; dropped");
                     return None;
                 }
@@ -738,27 +869,135 @@ where
                 ) {
                     self.pending_replies = self.pending_replies.saturating_sub(1);
                 }
-                self.queue_or_end(&p)
+                self.queue_or_end(*p)
             }
-            Outbound::Close(reason) => Some(Ending::abnormal(
-                Some(reason),
-                format!("closed by server: {reason:?}"),
-            )),
+            Outbound::Close(reason) => Some(Ending::abnormal(Some(reason), reason.description())),
         }
     }
 
-    fn queue(&mut self, p: &Packet) -> Result<(), culex_proto::EncodeError> {
-        encode(p, self.protocol, &mut self.wbuf)?;
-        self.shared.counters.packet_out(p);
+    /// Encodes a PUBLISH with a Topic Alias: the full topic when the alias is `new`, none
+    /// otherwise. Falls back to the plain PUBLISH (forgetting a new alias) if the aliased one
+    /// would exceed the client's Maximum Packet Size, which the router checked for the plain
+    /// form only.
+    fn encode_aliased(
+        &mut self,
+        mut view: culex_proto::PublishView<'_>,
+        alias: u16,
+        new: bool,
+    ) -> Result<(), culex_proto::EncodeError> {
+        let plain = view;
+        if !new {
+            view.topic = "";
+        }
+        let aliased = AliasedPublish { view, alias };
+        let fits = self.client_max_packet == u32::MAX
+            || aliased_publish_encoded_len(&aliased)
+                .is_ok_and(|n| n <= self.client_max_packet as usize);
+        let sent = if fits {
+            encode_aliased_publish(&aliased, &mut self.wbuf)
+        } else {
+            Err(culex_proto::EncodeError::PacketTooLarge { size: 0 })
+        };
+        if sent.is_err() {
+            if new {
+                self.out_aliases.forget(alias);
+            }
+            return encode_publish(&plain, self.protocol, &mut self.wbuf);
+        }
+        sent
+    }
+
+    /// Adds a Reason String to a failure answer (MQTT 5), when allowed: always on CONNACK and
+    /// DISCONNECT, on other packets unless the client set Request Problem Information 0
+    /// [MQTT-3.1.2-29].
+    fn explain(&self, p: &mut Packet, why: Option<&str>) {
+        let (props, reason) = match p {
+            Packet::ConnAck(c) => (&mut c.properties, c.reason_code),
+            Packet::Disconnect(d) => (&mut d.properties, d.reason_code),
+            _ if !self.problem_information => return,
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+                (&mut r.properties, r.reason_code)
+            }
+            Packet::SubAck(a) => match a.reason_codes.iter().find(|c| c.is_error()) {
+                Some(&c) => (&mut a.properties, c),
+                None => return,
+            },
+            Packet::UnsubAck(a) => match a.reason_codes.iter().find(|c| c.is_error()) {
+                Some(&c) => (&mut a.properties, c),
+                None => return,
+            },
+            _ => return,
+        };
+        if !reason.is_error() || props.reason_string.is_some() {
+            return;
+        }
+        let text = why.unwrap_or_else(|| reason.description());
+        let mut end = text.len().min(REASON_STRING_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        props.reason_string = text.get(..end).map(str::to_owned);
+    }
+
+    /// Checks a packet against the client's Maximum Packet Size [MQTT-3.1.2-24]: drops the
+    /// Reason String and User Properties if they make it too large (e.g. [MQTT-3.2.2-19],
+    /// [MQTT-3.4.2-2]), then says whether it fits. A CONNACK is always sent (the client
+    /// could not go on without it).
+    fn fit(&self, p: &mut Packet) -> bool {
+        let max = self.client_max_packet as usize;
+        if self.client_max_packet == u32::MAX
+            || encoded_len(p, self.protocol).is_ok_and(|n| n <= max)
+        {
+            return true;
+        }
+        let props = match p {
+            Packet::ConnAck(c) => &mut c.properties,
+            Packet::Disconnect(d) => &mut d.properties,
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+                &mut r.properties
+            }
+            Packet::SubAck(a) => &mut a.properties,
+            Packet::UnsubAck(a) => &mut a.properties,
+            _ => return false,
+        };
+        props.reason_string = None;
+        props.user_properties.clear();
+        matches!(p, Packet::ConnAck(_)) || encoded_len(p, self.protocol).is_ok_and(|n| n <= max)
+    }
+
+    fn queue(&mut self, p: Packet) -> Result<(), culex_proto::EncodeError> {
+        self.queue_explained(p, None)
+    }
+
+    /// Encodes a packet into the write buffer; for MQTT 5 with a Reason String (`why`, or the
+    /// reason code's description) when it reports a failure, and only if it fits the client's
+    /// Maximum Packet Size (otherwise it is dropped, counted, as if sent [MQTT-3.1.2-25]).
+    fn queue_explained(
+        &mut self,
+        mut p: Packet,
+        why: Option<&str>,
+    ) -> Result<(), culex_proto::EncodeError> {
+        if self.protocol.is_v5() {
+            self.explain(&mut p, why);
+            if !self.fit(&mut p) {
+                self.shared.counters.dropped_too_large.inc();
+                debug!(client_id = %self.client_id, packet = p.name(),
+                    "packet above the client's Maximum Packet Size; dropped");
+                return Ok(());
+            }
+        }
+        encode(&p, self.protocol, &mut self.wbuf)?;
+        self.shared.counters.packet_out(&p);
         Ok(())
     }
 
-    fn queue_or_end(&mut self, p: &Packet) -> Option<Ending> {
+    fn queue_or_end(&mut self, p: Packet) -> Option<Ending> {
+        let name = p.name();
         match self.queue(p) {
             Ok(()) => None,
             Err(e) => Some(Ending::abnormal(
                 Some(ReasonCode::ImplementationSpecificError),
-                format!("cannot encode {}: {e}", p.name()),
+                format!("cannot encode {name}: {e}"),
             )),
         }
     }
@@ -782,7 +1021,8 @@ where
         info!(peer = %self.peer, client_id = %self.client_id, reason = %ending.why, "connection closed");
         if let Some(reason) = ending.send {
             if self.protocol.is_v5() {
-                let _ = self.queue(&Packet::Disconnect(Disconnect::new(reason)));
+                let d = Packet::Disconnect(Disconnect::new(reason));
+                let _ = self.queue_explained(d, Some(&ending.why));
             }
         }
         if !self.wbuf.is_empty() {
@@ -801,4 +1041,9 @@ where
             })
             .await;
     }
+}
+
+/// False when a payload is announced as UTF-8 (Payload Format Indicator 1) but is not.
+fn payload_format_valid(properties: &Properties, payload: &[u8]) -> bool {
+    properties.payload_format_indicator != Some(1) || std::str::from_utf8(payload).is_ok()
 }

@@ -14,6 +14,22 @@ pub(super) fn write<S: Sink>(s: &mut S, p: &Properties, ctx: PropCtx) -> Result 
     entries(s, p, ctx)
 }
 
+/// Like [`write`] for a PUBLISH, with a Topic Alias added after the properties of `p` (which
+/// must carry none itself). The broker aliases topics per connection without copying the
+/// shared message's properties.
+pub(super) fn write_with_alias<S: Sink>(s: &mut S, p: &Properties, alias: u16) -> Result {
+    if p.topic_alias.is_some() {
+        return Err(invalid("PUBLISH", "two Topic Alias properties"));
+    }
+    let mut c = Counter(0);
+    entries(&mut c, p, PropCtx::Publish)?;
+    put_varint(s, u32::try_from(c.0 + 3).unwrap_or(u32::MAX))?;
+    entries(s, p, PropCtx::Publish)?;
+    put_u8(s, id::TOPIC_ALIAS);
+    put_u16(s, alias);
+    Ok(())
+}
+
 fn ident<S: Sink>(s: &mut S, ctx: PropCtx, ident: u8) -> Result {
     if !ctx.allows(ident) {
         return Err(invalid(ctx.name(), "property not allowed in this packet"));
