@@ -174,9 +174,16 @@ impl Router {
                     origin: Some(sid),
                 };
                 self.stats.messages_received += 1;
+                let hold = ack && qos == QoS::ExactlyOnce;
+                if hold {
+                    self.hold_deliveries();
+                }
                 self.route(Arc::new(message), now);
                 if ack {
                     self.ack_publish(sid, conn, qos, packet_id);
+                }
+                if hold {
+                    self.release_held();
                 }
             }
             Command::PubRel { conn, packet_id } => self.pubrel(conn, packet_id),
@@ -449,7 +456,7 @@ impl Router {
         let v5 = s.link.as_ref().is_some_and(|l| l.protocol.is_v5());
         self.flush_changes(sid);
         if released {
-            self.send_control(sid, Packet::PubRel(PubResp::new(packet_id)));
+            self.send_pubrel(sid, Packet::PubRel(PubResp::new(packet_id)));
         } else if reason.is_error() {
             self.pump(sid, now);
         } else if v5 {
@@ -855,6 +862,15 @@ impl Router {
                 return;
             }
         }
+        let conn = link.conn;
+        if let Some(held) = self.held() {
+            held.push((conn, Outbound::Deliver(d)));
+            self.stats.messages_sent += 1;
+            return;
+        }
+        let Some(link) = self.sessions.get(&sid).and_then(|s| s.link.as_ref()) else {
+            return;
+        };
         match link.outbox.try_send(Outbound::Deliver(d)) {
             Ok(()) => self.stats.messages_sent += 1,
             Err(e) => {
@@ -865,7 +881,7 @@ impl Router {
                     if d.qos == QoS::AtMostOnce {
                         self.stats.dropped_outbox_full += 1;
                     } else {
-                        warn!(client_id = %s.client_id, "outbox full for a QoS>0 delivery");
+                        warn!(conn, "outbox full for a QoS>0 delivery");
                     }
                 }
             }

@@ -28,8 +28,12 @@ pub(super) struct Persistence {
     last_ticket: u64,
     /// Highest ticket the store reported durable.
     durable: u64,
-    /// Acknowledgements in the order they were decided, each with the ticket it waits for.
-    acks: VecDeque<(u64, ConnId, Packet)>,
+    /// Acknowledgements (and held deliveries) in the order they were decided, each with the
+    /// ticket it waits for.
+    acks: VecDeque<(u64, ConnId, Outbound)>,
+    /// While routing a QoS 2 PUBLISH the router acknowledges: its deliveries, held back until
+    /// what they depend on is durable.
+    hold: Option<Vec<(ConnId, Outbound)>>,
     /// How many of `acks` belong to each connection (an ack may only overtake none of them).
     waiting: std::collections::HashMap<ConnId, usize>,
     /// Wall-clock time matching an instant, to store expiry times that survive a restart.
@@ -320,14 +324,60 @@ impl Router {
     /// Queues an acknowledgement behind the last change submitted and every earlier
     /// acknowledgement of the same connection; sends it at once when nothing is pending.
     pub(super) fn queue_ack(&mut self, conn: ConnId, packet: Packet) {
+        self.queue_outbound(conn, Outbound::Packet(Box::new(packet)));
+    }
+
+    fn queue_outbound(&mut self, conn: ConnId, out: Outbound) {
         let ticket = self.persist.last_ticket;
         let waiting = self.persist.waiting.get(&conn).copied().unwrap_or(0);
         if ticket <= self.persist.durable && waiting == 0 {
-            self.send_to_conn(conn, packet);
+            self.send_to_conn(conn, out);
             return;
         }
-        self.persist.acks.push_back((ticket, conn, packet));
+        self.persist.acks.push_back((ticket, conn, out));
         *self.persist.waiting.entry(conn).or_insert(0) += 1;
+    }
+
+    /// Exactly once across a crash: the deliveries of a QoS 2 PUBLISH the router acknowledges
+    /// go out only once the message (in the subscribers' sessions) and its packet id are
+    /// durable. Sent earlier, a crash before that point would lose the packet id, and the
+    /// publisher's retransmission would reach the subscribers a second time. Call
+    /// [`Router::release_held`] after routing and acknowledging.
+    pub(super) fn hold_deliveries(&mut self) {
+        if self.persist.sink.is_some() {
+            self.persist.hold = Some(Vec::new());
+        }
+    }
+
+    /// Where `send_delivery` puts a delivery while deliveries are held.
+    pub(super) fn held(&mut self) -> Option<&mut Vec<(ConnId, Outbound)>> {
+        self.persist.hold.as_mut()
+    }
+
+    /// Queues the held deliveries behind the changes submitted so far.
+    pub(super) fn release_held(&mut self) {
+        if let Some(held) = self.persist.hold.take() {
+            for (conn, out) in held {
+                self.queue_outbound(conn, out);
+            }
+        }
+    }
+
+    /// PUBREL to a subscriber after its PUBREC: only once the Released state is durable (as
+    /// MQTT's Method A requires). Sent earlier, a crash would bring the message back as
+    /// "PUBREC awaited" and resend the PUBLISH, which a receiver that already completed the
+    /// exchange takes for a new message.
+    pub(super) fn send_pubrel(&mut self, sid: SessionId, packet: Packet) {
+        let conn = self
+            .sessions
+            .get(&sid)
+            .filter(|s| s.outgoing.journaled())
+            .and_then(|s| s.link.as_ref())
+            .map(|l| l.conn);
+        match conn {
+            Some(conn) if self.persist.sink.is_some() => self.queue_ack(conn, packet),
+            _ => self.send_control(sid, packet),
+        }
     }
 
     /// The store made everything up to `ticket` durable: release the acknowledgements that
@@ -338,7 +388,7 @@ impl Router {
             if *t > self.persist.durable {
                 break;
             }
-            let Some((_, conn, packet)) = self.persist.acks.pop_front() else {
+            let Some((_, conn, out)) = self.persist.acks.pop_front() else {
                 break;
             };
             if let Some(n) = self.persist.waiting.get_mut(&conn) {
@@ -347,7 +397,7 @@ impl Router {
                     self.persist.waiting.remove(&conn);
                 }
             }
-            self.send_to_conn(conn, packet);
+            self.send_to_conn(conn, out);
         }
     }
 
@@ -356,7 +406,7 @@ impl Router {
         self.persist.acks.len()
     }
 
-    fn send_to_conn(&mut self, conn: ConnId, packet: Packet) {
+    fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
         let link = self
             .by_conn
             .get(&conn)
@@ -366,7 +416,7 @@ impl Router {
         if let Some(link) = link {
             // Control slots are reserved in every outbox; a closed one means the connection
             // is ending and needs no acknowledgement any more.
-            let _ = link.outbox.try_send(Outbound::Packet(Box::new(packet)));
+            let _ = link.outbox.try_send(out);
         }
     }
 }

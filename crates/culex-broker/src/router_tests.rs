@@ -723,6 +723,62 @@ fn acknowledgements_wait_for_the_store_and_keep_their_order() {
     }
 }
 
+/// Exactly once across a crash: a QoS 2 message the router acknowledges reaches online
+/// subscribers only once it (and its packet id) is durable, and the PUBREL after a
+/// subscriber's PUBREC waits for the Released state to be durable.
+#[test]
+fn qos2_deliveries_and_pubrel_wait_for_the_store() {
+    let t0 = Instant::now();
+    let (mut r, rec) = stored_router(t0);
+    let mut sub = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t", QoS::ExactlyOnce);
+    let mut p = connect(&mut r, t0, 2, "p", true, 0, None);
+    r.handle(
+        Command::Publish {
+            conn: 2,
+            ack: true,
+            publish: Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: Some(5),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"x"),
+            },
+        },
+        t0,
+    );
+    assert!(sub.rx.try_recv().is_err(), "delivered before it is durable");
+    assert!(p.rx.try_recv().is_err(), "PUBREC before it is durable");
+    // The recorder's tickets count its ops.
+    let ticket = rec.0.lock().unwrap().len() as u64;
+    r.handle(Command::Durable { ticket }, t0);
+    let id = match sub.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => d.packet_id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(p.rx.try_recv(), Ok(Outbound::Packet(b)) if matches!(*b, Packet::PubRec(_))));
+
+    r.handle(
+        Command::PubRec {
+            conn: 1,
+            packet_id: id,
+            reason: ReasonCode::Success,
+        },
+        t0,
+    );
+    assert!(
+        sub.rx.try_recv().is_err(),
+        "PUBREL before Released is durable"
+    );
+    let ticket = rec.0.lock().unwrap().len() as u64;
+    r.handle(Command::Durable { ticket }, t0);
+    assert!(
+        matches!(sub.rx.try_recv(), Ok(Outbound::Packet(b)) if matches!(*b, Packet::PubRel(_)))
+    );
+}
+
 #[test]
 fn restored_session_resumes_with_its_queue_and_subscriptions() {
     use crate::persist::{

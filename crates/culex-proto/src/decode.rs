@@ -68,6 +68,40 @@ pub fn peek_header(buf: &[u8], max_packet_size: u32) -> Result<Option<FixedHeade
     Ok(Some(header))
 }
 
+/// Mosquitto's bridge extension: a bridge connecting with `try_private` sets the top bit of the
+/// CONNECT protocol level (0x83 for MQTT 3.1, 0x84 for 3.1.1) to say "I am a bridge". If the
+/// buffer starts with such a CONNECT (header and protocol name complete), clears the bit so
+/// the packet decodes as the plain version, and returns true. Anything else is left alone.
+pub fn take_bridge_bit(buf: &mut BytesMut) -> bool {
+    let Some(&first) = buf.first() else {
+        return false;
+    };
+    if first != 0x10 {
+        return false;
+    }
+    let Ok(Some((_, len))) = parse_varint(&buf[1..]) else {
+        return false;
+    };
+    let start = 1 + len;
+    for (name, level) in [(&b"MQTT"[..], 4u8), (&b"MQIsdp"[..], 3u8)] {
+        let end = start + 2 + name.len();
+        let Some(head) = buf.get(start..=end) else {
+            continue;
+        };
+        let name_len = usize::from(u16::from_be_bytes([head[0], head[1]]));
+        if name_len == name.len()
+            && &head[2..2 + name.len()] == name
+            && head[2 + name.len()] == level | 0x80
+        {
+            if let Some(b) = buf.get_mut(end) {
+                *b = level;
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Decodes one packet from the front of `buf`, consuming its bytes only when a whole packet was
 /// decoded: `Ok(None)` (more bytes needed) and errors leave `buf` unchanged.
 ///

@@ -17,7 +17,7 @@ mod properties;
 mod reason;
 pub mod topic;
 
-pub use decode::{decode, peek_header, FixedHeader};
+pub use decode::{decode, peek_header, take_bridge_bit, FixedHeader};
 pub use encode::{
     aliased_publish_encoded_len, encode, encode_aliased_publish, encode_publish, encoded_len,
     publish_encoded_len, AliasedPublish, EncodeError, PublishView,

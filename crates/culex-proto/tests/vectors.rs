@@ -852,3 +852,41 @@ fn aliased_publish_matches_a_publish_with_the_alias_property() {
     bad.view = PublishView::from(&with_alias);
     assert!(encode_aliased_publish(&bad, &mut BytesMut::new()).is_err());
 }
+
+#[test]
+fn bridge_bit_is_taken_from_a_3_1_1_or_3_1_connect_only() {
+    // CONNECT, MQTT level 0x84, clean session, keepalive 60, client id "b".
+    let bridged = [
+        0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 0x84, 0x02, 0, 60, 0, 1, b'b',
+    ];
+    let mut buf = BytesMut::from(&bridged[..]);
+    assert!(take_bridge_bit(&mut buf));
+    assert_eq!(buf[8], 4);
+    let Some(Packet::Connect(c)) = decode(&mut buf, None, u32::MAX).unwrap() else {
+        panic!("not a CONNECT");
+    };
+    assert_eq!((c.protocol, c.client_id.as_str()), (V311, "b"));
+
+    let mut v31 = BytesMut::from(
+        &[
+            0x10, 0x0f, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 0x83, 0x02, 0, 60, 0, 1, b'b',
+        ][..],
+    );
+    assert!(take_bridge_bit(&mut v31));
+    assert_eq!(v31[10], 3);
+
+    // Plain 3.1.1, MQTT 5 with the bit (not a thing), and a truncated header: untouched.
+    for bytes in [
+        &[
+            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0, 60, 0, 1, b'b',
+        ][..],
+        &[
+            0x10, 0x0e, 0, 4, b'M', b'Q', b'T', b'T', 0x85, 0x02, 0, 60, 0, 0, 1, b'b',
+        ][..],
+        &[0x10, 0x0d, 0, 4, b'M', b'Q'][..],
+    ] {
+        let mut buf = BytesMut::from(bytes);
+        assert!(!take_bridge_bit(&mut buf));
+        assert_eq!(&buf[..], bytes);
+    }
+}

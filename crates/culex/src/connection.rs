@@ -189,6 +189,7 @@ pub(crate) async fn serve<S>(
         out_aliases: OutAliases::default(),
         client_max_packet: u32::MAX,
         problem_information: true,
+        bridge: false,
         pending_replies: 0,
     };
     let Some(mut outbox) = c.handshake(&mut shutdown).await else {
@@ -223,6 +224,9 @@ struct Conn<R, W> {
     /// The client's Request Problem Information (MQTT 5; true unless it sent 0): Reason
     /// Strings on acknowledgements only when true [MQTT-3.1.2-29].
     problem_information: bool,
+    /// The client connected with Mosquitto's bridge bit (`try_private`): its subscriptions get
+    /// No Local and Retain As Published.
+    bridge: bool,
     pending_replies: usize,
 }
 
@@ -474,6 +478,9 @@ where
     ) -> Result<Option<Packet>, DecodeError> {
         let max = self.shared.limits.max_packet_size;
         loop {
+            if protocol.is_none() && culex_proto::take_bridge_bit(&mut self.rbuf) {
+                self.bridge = true;
+            }
             if let Some(p) = decode(&mut self.rbuf, protocol, max)? {
                 return Ok(Some(p));
             }
@@ -606,7 +613,16 @@ where
                 })
                 .await
                 .err(),
-            Packet::Subscribe(s) => {
+            Packet::Subscribe(mut s) => {
+                if self.bridge {
+                    // A bridge (Mosquitto's protocol-level bit) must not get its own messages
+                    // back, and needs the retain flag as published: what MQTT 5 asks for with
+                    // No Local and Retain As Published.
+                    for f in &mut s.filters {
+                        f.options.no_local = true;
+                        f.options.retain_as_published = true;
+                    }
+                }
                 self.pending_replies += 1;
                 self.command(Command::Subscribe {
                     conn: self.conn,
