@@ -700,6 +700,76 @@ fn bridge_queue_is_bounded_and_survives_a_local_crash() {
     assert_eq!(got, expected);
 }
 
+/// SIGHUP re-reads the bridges: a topic change applies in place (no reconnect), a changed
+/// connection setting restarts the bridge, a removed bridge stops.
+#[test]
+fn sighup_reloads_bridges_in_place_or_by_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let remote = Mosquitto::start();
+    let conf = |topic: &str, client: &str| {
+        format!(
+            "listener 0 127.0.0.1\nallow_anonymous true\nmetrics_listener 127.0.0.1:0\n\
+             connection r\naddress 127.0.0.1:{}\ntopic {topic} out 1 local/ remote/\n\
+             remote_clientid {client}\nrestart_timeout 1 2\nkeepalive_interval 5\n",
+            remote.port
+        )
+    };
+    let local = Culex::start(&conf("a/#", "bridge-r"));
+    let metrics_port = local.port_after("metrics on 127.0.0.1:");
+    let port = local.port_after("listening on 127.0.0.1:");
+    let watcher = Mqtt::connect(port, "watcher", true);
+    watcher.subscribe(STATE, QoS::AtLeastOnce);
+    watcher.recv_matching(STATE, "1");
+    let rsub = Mqtt::connect(remote.port, "rsub-reload", true);
+    rsub.subscribe("remote/#", QoS::AtLeastOnce);
+    let lpub = Mqtt::connect(port, "lpub", true);
+    let next_on_remote = || {
+        let m = rsub.recv();
+        (
+            m.topic.clone(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        )
+    };
+    lpub.publish("local/a/1", "1", QoS::AtLeastOnce);
+    assert_eq!(next_on_remote(), ("remote/a/1".into(), "1".into()));
+
+    // Topics only: applied in place.
+    std::fs::write(&local.path, conf("b/#", "bridge-r")).unwrap();
+    local.signal("HUP");
+    local.wait_for_line("bridge r updated in place");
+    lpub.publish("local/a/2", "2", QoS::AtLeastOnce);
+    lpub.publish("local/b/3", "3", QoS::AtLeastOnce);
+    // a/2 is no longer bridged: the next message on the remote is b/3.
+    assert_eq!(next_on_remote(), ("remote/b/3".into(), "3".into()));
+    let text = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        metric(&text, "culex_bridge_connects_total{bridge=\"r\"}"),
+        Some(1.0),
+        "a topic change must not reconnect"
+    );
+
+    // A connection setting: the bridge restarts under its new client id.
+    std::fs::write(&local.path, conf("b/#", "bridge-r2")).unwrap();
+    local.signal("HUP");
+    local.wait_for_line("bridge r restarted");
+    watcher.subscribe("$SYS/broker/connection/bridge-r2/state", QoS::AtLeastOnce);
+    watcher.recv_matching("$SYS/broker/connection/bridge-r2/state", "1");
+    lpub.publish("local/b/4", "4", QoS::AtLeastOnce);
+    assert_eq!(next_on_remote(), ("remote/b/4".into(), "4".into()));
+
+    // Removed: it stops and says so.
+    std::fs::write(
+        &local.path,
+        "listener 0 127.0.0.1\nallow_anonymous true\nmetrics_listener 127.0.0.1:0\n",
+    )
+    .unwrap();
+    local.signal("HUP");
+    local.wait_for_line("bridge r removed");
+    watcher.recv_matching("$SYS/broker/connection/bridge-r2/state", "0");
+}
+
 /// A second Culex with persistence on a fixed port, as the remote of a bridge; restartable.
 fn persistent_remote(data: &TempDir) -> (Culex, u16) {
     let port = free_port();

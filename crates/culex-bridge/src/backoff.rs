@@ -58,6 +58,11 @@ impl ReconnectPolicy {
     pub fn reset(&mut self) {
         self.backoff.reset();
     }
+
+    /// New bounds (a reload); the schedule starts again from `min`.
+    pub fn set_bounds(&mut self, min: Duration, max: Duration) {
+        *self = ReconnectPolicy::new(min, max);
+    }
 }
 
 /// Remembers the last failure logged, so a failure repeated on every attempt is logged once

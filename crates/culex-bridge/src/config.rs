@@ -307,6 +307,21 @@ impl BridgeConfig {
         }
         Ok(())
     }
+
+    /// True when `other` differs from this configuration only in what a running bridge can
+    /// take over without reconnecting: topics, backoff bounds, notifications and
+    /// `bridge_outgoing_retain`. Everything else (addresses, credentials, client ids,
+    /// sessions, protocol, TLS, keepalive, start type, limits) needs a new connection.
+    pub fn same_link(&self, other: &BridgeConfig) -> bool {
+        let mut soft = other.clone();
+        soft.topics.clone_from(&self.topics);
+        soft.backoff_min = self.backoff_min;
+        soft.backoff_max = self.backoff_max;
+        soft.notifications = self.notifications;
+        soft.notification_topic.clone_from(&self.notification_topic);
+        soft.outgoing_retain = self.outgoing_retain;
+        soft == *self
+    }
 }
 
 /// The host name for default client ids (Mosquitto uses `<hostname>.<connection name>`).

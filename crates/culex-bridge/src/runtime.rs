@@ -98,9 +98,22 @@ impl Bridge {
     ) -> Result<BridgeHandle, BridgeError> {
         config.validate()?;
         let name = config.name.clone();
-        let link = Link::new(config, local, queue, shutdown, Arc::clone(&stats));
+        let (updates, updates_rx) = watch::channel(Arc::new(config.clone()));
+        let link = Link::new(
+            config,
+            local,
+            queue,
+            shutdown,
+            Arc::clone(&stats),
+            updates_rx,
+        );
         let task = tokio::spawn(link.run());
-        Ok(BridgeHandle { name, stats, task })
+        Ok(BridgeHandle {
+            name,
+            stats,
+            task,
+            updates,
+        })
     }
 }
 
@@ -110,6 +123,7 @@ pub struct BridgeHandle {
     name: String,
     stats: Arc<BridgeStats>,
     task: JoinHandle<()>,
+    updates: watch::Sender<Arc<BridgeConfig>>,
 }
 
 impl BridgeHandle {
@@ -121,6 +135,28 @@ impl BridgeHandle {
     /// Live statistics (shared with the task).
     pub fn stats(&self) -> &Arc<BridgeStats> {
         &self.stats
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<BridgeConfig> {
+        Arc::clone(&self.updates.borrow())
+    }
+
+    /// Applies a changed configuration (SIGHUP) to the running bridge if it can without a new
+    /// connection ([`BridgeConfig::same_link`]): topics are re-subscribed on both sides, the
+    /// backoff bounds and notification settings take effect. Returns `Ok(false)`, changing
+    /// nothing, when the connection settings differ: the caller restarts the bridge then.
+    pub fn reconfigure(&self, config: BridgeConfig) -> Result<bool, BridgeError> {
+        config.validate()?;
+        let current = self.config();
+        if *current == config {
+            return Ok(true);
+        }
+        if !current.same_link(&config) {
+            return Ok(false);
+        }
+        self.updates.send_replace(Arc::new(config));
+        Ok(true)
     }
 
     /// True once the task has ended.
@@ -147,6 +183,7 @@ enum Wake {
     Stalled,
     Idle,
     LazyPoll,
+    Reconfigure,
 }
 
 /// The result of a connect round over the addresses.
@@ -168,6 +205,7 @@ struct Link {
     inflight_acks: HashMap<u16, LocalAck>,
     connector: LocalConnector,
     shutdown: watch::Receiver<bool>,
+    updates: watch::Receiver<Arc<BridgeConfig>>,
     local: Option<Connection>,
     local_up: bool,
     remote: Option<Connection>,
@@ -191,6 +229,7 @@ impl Link {
         queue: Box<dyn ForwardQueue>,
         shutdown: watch::Receiver<bool>,
         stats: Arc<BridgeStats>,
+        updates: watch::Receiver<Arc<BridgeConfig>>,
     ) -> Self {
         let echo = (config.protocol == BridgeProtocol::V311 && !config.try_private)
             .then(|| EchoFilter::new(Duration::from_secs(60), 100_000));
@@ -205,6 +244,7 @@ impl Link {
             inflight_acks: HashMap::new(),
             connector,
             shutdown,
+            updates,
             local: None,
             local_up: false,
             remote: None,
@@ -294,6 +334,7 @@ impl Link {
     async fn wait(&mut self) -> Wake {
         let Link {
             shutdown,
+            updates,
             local,
             remote,
             remote_up,
@@ -327,6 +368,7 @@ impl Link {
                 // A dropped sender also means shutdown.
                 if r.is_err() || *shutdown.borrow() { Wake::Shutdown } else { Wake::Noop }
             }
+            r = updates.changed() => if r.is_ok() { Wake::Reconfigure } else { Wake::Noop },
             r = local.progress() => Wake::Local(r),
             r = async {
                 match remote.as_mut() {
@@ -378,6 +420,96 @@ impl Link {
                 ));
             }
             Wake::Idle => self.idle_check().await,
+            Wake::Reconfigure => self.reconfigure().await,
+        }
+    }
+
+    /// A configuration change that needs no new connection (see [`BridgeHandle::reconfigure`]).
+    async fn reconfigure(&mut self) {
+        let new = Arc::clone(&self.updates.borrow_and_update());
+        let old = std::mem::replace(&mut self.config, Arc::clone(&new));
+        self.policy.set_bounds(new.backoff_min, new.backoff_max);
+        // A wait scheduled under the old bounds never outlasts the new maximum.
+        let latest = Instant::now() + new.backoff_max.max(new.backoff_min);
+        if self.next_attempt.is_some_and(|at| at > latest) {
+            self.schedule(new.backoff_max.max(new.backoff_min));
+        }
+        tracing::info!(bridge = %self.name(), "bridge configuration reloaded");
+        if old.topics != new.topics {
+            let gone = |dir_out: bool, filter: fn(&crate::topic::TopicRule) -> String| {
+                let keep: Vec<String> = new
+                    .topics
+                    .iter()
+                    .filter(|r| {
+                        if dir_out {
+                            r.direction.is_out()
+                        } else {
+                            r.direction.is_in()
+                        }
+                    })
+                    .map(filter)
+                    .collect();
+                let mut gone: Vec<String> = old
+                    .topics
+                    .iter()
+                    .filter(|r| {
+                        if dir_out {
+                            r.direction.is_out()
+                        } else {
+                            r.direction.is_in()
+                        }
+                    })
+                    .map(filter)
+                    .filter(|f| !keep.contains(f))
+                    .collect();
+                gone.dedup();
+                gone
+            };
+            let local_gone = gone(true, |r| r.local_filter());
+            let remote_gone = gone(false, |r| r.remote_filter());
+            if self.local_up {
+                let result = async {
+                    if let Some(local) = self.local.as_mut().filter(|_| !local_gone.is_empty()) {
+                        tokio::time::timeout(ACK_TIMEOUT, local.unsubscribe(local_gone))
+                            .await
+                            .map_err(|_| {
+                                ClientError::Timeout("waiting for the local UNSUBACK")
+                            })??;
+                    }
+                    self.subscribe_local().await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(bridge = %self.name(), error = %e, "re-subscribing locally after a reload failed");
+                    self.local_up = false;
+                    return;
+                }
+                self.drain_local();
+            }
+            if self.remote_up {
+                let result = async {
+                    if let Some(remote) = self.remote.as_mut().filter(|_| !remote_gone.is_empty()) {
+                        tokio::time::timeout(ACK_TIMEOUT, remote.unsubscribe(remote_gone))
+                            .await
+                            .map_err(|_| {
+                                ClientError::Timeout("waiting for the remote UNSUBACK")
+                            })??;
+                    }
+                    self.subscribe_remote().await
+                }
+                .await;
+                if let Err(e) = result {
+                    self.remote_lost(&e);
+                    return;
+                }
+                self.drain_remote();
+            }
+        }
+        if old.notifications != new.notifications
+            || old.notification_topic != new.notification_topic
+        {
+            let up = self.remote_up;
+            self.notify(up);
         }
     }
 

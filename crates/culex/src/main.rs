@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         }
     };
     info!("culex {} starting", env!("CARGO_PKG_VERSION"));
-    match runtime.block_on(serve(&config)) {
+    match runtime.block_on(serve(&config, cli.config.as_deref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -123,16 +123,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads password, ACL and certificate files.
-async fn serve(config: &Config) -> anyhow::Result<()> {
+/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads password, ACL and certificate files,
+/// and the bridges from the configuration file.
+async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while the listeners are being bound must take the
     // clean path, not the default action.
     let mut signals = Signals::new()?;
-    let server = culex::start(config).await?;
+    let mut server = culex::start(config).await?;
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading password, ACL and certificate files");
         // Failures are logged and counted by reload(); the old rules stay in force.
         let _ = server.reload();
+        // Bridges come from the configuration file itself: re-read it.
+        if let Some(path) = config_path {
+            match culex_config::load_file(path) {
+                Ok(loaded) => {
+                    for change in server.reload_bridges(&loaded.config.bridges).await {
+                        info!("{change}");
+                    }
+                }
+                Err(e) => warn!("bridges not reloaded, the running ones stay as they are: {e}"),
+            }
+        }
     }
     info!("shutting down");
     server.shutdown().await;

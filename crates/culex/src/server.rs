@@ -205,6 +205,13 @@ impl RunningServer {
         }
     }
 
+    /// Applies the bridges of a reloaded configuration (SIGHUP); returns one line per change.
+    /// See [`crate::bridges`]: unchanged bridges keep running untouched, topic and backoff
+    /// changes apply in place, changed connection settings restart the bridge.
+    pub async fn reload_bridges(&mut self, configs: &[culex_bridge::BridgeConfig]) -> Vec<String> {
+        self.bridges.reload(configs, &self.counters.bridges).await
+    }
+
     /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B), waits
     /// for the connection tasks and the router to finish.
     pub async fn shutdown(self) {
