@@ -803,22 +803,26 @@ impl Link {
     }
 
     fn drain_remote(&mut self) {
+        self.drain_remote_acks();
+        while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
+            self.forward_in(p);
+        }
+        self.pump();
+    }
+
+    /// Completed publications to the remote: the remote has the message (or refused it for
+    /// good, MQTT 5), so the local broker may forget it.
+    fn drain_remote_acks(&mut self) {
         let done = self
             .remote
             .as_mut()
             .map(Connection::take_published)
             .unwrap_or_default();
         for (packet_id, _reason) in done {
-            // The remote has the message (or refused it for good, MQTT 5): either way the local
-            // broker may forget it.
             if let Some(ack) = self.inflight_acks.remove(&packet_id) {
                 self.ack_local(Some(ack));
             }
         }
-        while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
-            self.forward_in(p);
-        }
-        self.pump();
     }
 
     /// Acknowledges a local delivery (PUBACK / PUBREC), so the broker forgets it.
@@ -1041,6 +1045,31 @@ impl Link {
             drop(attempt);
         }
         if self.remote_up {
+            // Settle what is in flight first (bounded): a successor with a fresh session
+            // (restart after a reload) would otherwise reuse packet identifiers the remote
+            // still holds for QoS 2, and the local broker gets its acknowledgements now
+            // rather than redelivering later.
+            let drain = async {
+                while self
+                    .remote
+                    .as_ref()
+                    .is_some_and(|c| c.session().pending_publishes() > 0)
+                {
+                    let Some(remote) = self.remote.as_mut() else {
+                        break;
+                    };
+                    if remote.progress().await.is_err() {
+                        break;
+                    }
+                    self.drain_remote_acks();
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+            self.drain_remote_acks();
+            // What the remote sent meanwhile is acknowledged already: pass it on.
+            while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
+                self.forward_in(p);
+            }
             self.remote_up = false;
             if let Some(conn) = self.remote.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.disconnect()).await;
