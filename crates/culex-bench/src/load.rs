@@ -37,6 +37,9 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 pub(crate) struct LoadOpts {
     /// Broker address.
     pub(crate) addr: SocketAddr,
+    /// Where the subscribers connect: `addr`, or another broker that receives the messages
+    /// through a bridge (the topic must arrive unchanged).
+    pub(crate) sub_addr: SocketAddr,
     /// MQTT version spoken by every client.
     #[serde(serialize_with = "ser_protocol")]
     pub(crate) protocol: Protocol,
@@ -184,9 +187,9 @@ pub(crate) async fn run(opts: LoadOpts) -> Result<LoadReport> {
     };
     let mut subs = Vec::new();
     for i in 0..opts.subscribers {
-        let mut stream = wire::tcp_connect(opts.addr, None)
+        let mut stream = wire::tcp_connect(opts.sub_addr, None)
             .await
-            .with_context(|| format!("connecting subscriber {i} to {}", opts.addr))?;
+            .with_context(|| format!("connecting subscriber {i} to {}", opts.sub_addr))?;
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let id = format!("{}-s{i}", opts.client_prefix);
         wire::mqtt_connect(&mut stream, &mut buf, opts.protocol, &id, 60).await?;

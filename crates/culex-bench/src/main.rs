@@ -127,6 +127,10 @@ struct PubsubArgs {
     /// Topic to publish to (default: a fresh one per run).
     #[arg(long)]
     topic: Option<String>,
+    /// Subscribers connect to this port instead of `--port`: a second broker that gets the
+    /// messages over a bridge (which must keep the topic).
+    #[arg(long)]
+    sub_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -182,8 +186,13 @@ fn real_main() -> Result<()> {
     let (scenario, report) = match &cli.scenario {
         Scenario::Pubsub(a) => {
             let qos = qos(a.qos)?;
+            let sub_addr = match a.sub_port {
+                Some(p) => resolve(&c.host, p)?,
+                None => addr,
+            };
             let opts = load::LoadOpts {
                 addr,
+                sub_addr,
                 protocol,
                 publishers: a.publishers,
                 subscribers: a.subscribers,
