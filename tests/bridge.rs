@@ -486,6 +486,7 @@ fn remote_restart_delivers_queued_qos1_messages() {
     }
     let mut remote = Mosquitto::start();
     let local = Culex::start(&bridge_conf(remote.port, "cleansession false\n"));
+    let metrics_port = local.port_after("metrics on 127.0.0.1:");
     let port = local.port_after("listening on 127.0.0.1:");
     let watcher = Mqtt::connect(port, "watcher", true);
     watcher.subscribe(STATE, QoS::AtLeastOnce);
@@ -508,8 +509,19 @@ fn remote_restart_delivers_queued_qos1_messages() {
             QoS::AtLeastOnce,
         );
     }
-    // Let the local broker take them all before the remote comes back.
-    thread::sleep(Duration::from_millis(500));
+    // The bridge has them all (waiting for the remote) before the remote comes back.
+    let deadline = Instant::now() + TIMEOUT;
+    while metric(
+        &http_get(metrics_port, "/metrics"),
+        "culex_bridge_queued_messages{bridge=\"r\"}",
+    ) != Some(N as f64)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never held {N} messages"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     remote.restart();
     watcher.recv_matching(STATE, "1");
 
