@@ -468,17 +468,16 @@ impl Link {
             let local_gone = gone(true, |r| r.local_filter());
             let remote_gone = gone(false, |r| r.remote_filter());
             if self.local_up {
-                let result = async {
-                    if let Some(local) = self.local.as_mut().filter(|_| !local_gone.is_empty()) {
-                        tokio::time::timeout(ACK_TIMEOUT, local.unsubscribe(local_gone))
-                            .await
-                            .map_err(|_| {
-                                ClientError::Timeout("waiting for the local UNSUBACK")
-                            })??;
-                    }
-                    self.subscribe_local().await
-                }
+                let unsubscribed = unsubscribe(
+                    self.local.as_mut(),
+                    local_gone,
+                    "waiting for the local UNSUBACK",
+                )
                 .await;
+                let result = match unsubscribed {
+                    Ok(()) => self.subscribe_local().await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = result {
                     tracing::warn!(bridge = %self.name(), error = %e, "re-subscribing locally after a reload failed");
                     self.local_up = false;
@@ -487,17 +486,16 @@ impl Link {
                 self.drain_local();
             }
             if self.remote_up {
-                let result = async {
-                    if let Some(remote) = self.remote.as_mut().filter(|_| !remote_gone.is_empty()) {
-                        tokio::time::timeout(ACK_TIMEOUT, remote.unsubscribe(remote_gone))
-                            .await
-                            .map_err(|_| {
-                                ClientError::Timeout("waiting for the remote UNSUBACK")
-                            })??;
-                    }
-                    self.subscribe_remote().await
-                }
+                let unsubscribed = unsubscribe(
+                    self.remote.as_mut(),
+                    remote_gone,
+                    "waiting for the remote UNSUBACK",
+                )
                 .await;
+                let result = match unsubscribed {
+                    Ok(()) => self.subscribe_remote().await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = result {
                     self.remote_lost(&e);
                     return;
@@ -1192,6 +1190,21 @@ fn forwarded_properties(p: &Properties) -> Properties {
         user_properties: p.user_properties.clone(),
         ..Properties::default()
     }
+}
+
+/// Unsubscribes `filters` (none: nothing to do) and waits for the UNSUBACK (`what`).
+async fn unsubscribe(
+    conn: Option<&mut Connection>,
+    filters: Vec<String>,
+    what: &'static str,
+) -> Result<(), ClientError> {
+    let Some(conn) = conn.filter(|_| !filters.is_empty()) else {
+        return Ok(());
+    };
+    tokio::time::timeout(ACK_TIMEOUT, conn.unsubscribe(filters))
+        .await
+        .map_err(|_| ClientError::Timeout(what))??;
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
