@@ -366,6 +366,30 @@ pub(crate) async fn serve_accepted(
     ctx: Arc<ListenerCtx>,
     conn: ConnId,
     shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if ctx.tls.is_none() && matches!(ctx.protocol, ListenerProtocol::Mqtt) {
+        // Plain MQTT over TCP, the common case: served inline, so the connection's future is
+        // part of the task's allocation instead of a second one.
+        let peer = Peer {
+            addr,
+            listener: ctx,
+            identity: None,
+        };
+        connection::serve(stream, peer, conn, shared, shutdown).await;
+        return;
+    }
+    // TLS and WebSocket state is larger: boxed, it does not widen every plain connection's task.
+    Box::pin(serve_wrapped(stream, addr, ctx, conn, shared, shutdown)).await;
+}
+
+/// [`serve_accepted`] for TLS and/or WebSocket listeners.
+async fn serve_wrapped(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnId,
+    shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
@@ -391,9 +415,11 @@ pub(crate) async fn serve_accepted(
         }
         return;
     };
-    let accepted = Box::pin(step(tls.acceptor().accept(stream), deadline, &mut shutdown)).await;
-    let stream = match accepted {
-        Step::Done(s) => s,
+    // A TLS session is several KB; boxed, it does not widen every connection's future (and the
+    // handshake's result is scoped so that it is not held beside it).
+    let stream = match Box::pin(step(tls.acceptor().accept(stream), deadline, &mut shutdown)).await
+    {
+        Step::Done(s) => Box::new(s),
         Step::Shutdown => return,
         Step::TimedOut => {
             shared.counters.tls_handshake_failures.inc();
@@ -406,8 +432,6 @@ pub(crate) async fn serve_accepted(
             return;
         }
     };
-    // A TLS session is several KB; boxed, it does not widen every connection's future.
-    let stream = Box::new(stream);
     let mut peer = peer;
     if tls.use_identity_as_username() {
         match certificate_identity(&stream) {
