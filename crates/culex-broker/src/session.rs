@@ -425,7 +425,8 @@ pub(crate) struct Session {
     pub(crate) expiry_interval: u32,
     /// When an offline session expires.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) will: Option<LastWill>,
+    /// Boxed: most sessions have none, and a will (with its properties) is ~400 bytes.
+    pub(crate) will: Option<Box<LastWill>>,
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
     pub(crate) access: Option<Arc<dyn AccessPolicy>>,
@@ -467,7 +468,7 @@ pub(crate) struct PendingWill {
 impl PendingWill {
     /// Takes the session's will, if any, with its owner's identity.
     pub(crate) fn take_from(s: &mut Session) -> Option<PendingWill> {
-        let will = s.will.take()?;
+        let will = *s.will.take()?;
         Some(PendingWill {
             will,
             client_id: Arc::clone(&s.client_id),
