@@ -119,6 +119,9 @@ impl QueueLimits {
     }
 }
 
+/// Queue capacity (in messages) an empty queue keeps; a larger one is released when drained.
+const QUEUE_KEEP: usize = 64;
+
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
@@ -271,6 +274,11 @@ impl Outgoing {
                 continue;
             }
             out.push(self.start(p, now));
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
+            // The queue only fills while the window is full (a burst, or an offline client);
+            // once drained, give its memory back instead of keeping the burst's size for good.
+            self.queue = VecDeque::new();
         }
         out
     }

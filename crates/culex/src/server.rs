@@ -329,6 +329,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         None => Router::new(settings.clone()),
     };
     let router_task = tokio::spawn(run_router(router, router_rx));
+    aux.push(tokio::spawn(crate::memory::release_freed_memory(
+        shutdown_rx.clone(),
+    )));
     if !config.sys.interval.is_zero() {
         aux.push(tokio::spawn(crate::sys::run(
             config.sys.interval,
