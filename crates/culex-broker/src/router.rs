@@ -755,7 +755,7 @@ impl Router {
                     message: Arc::clone(&message),
                     qos,
                     retain,
-                    subscription_ids: ids,
+                    subscription_ids: ids.into(),
                     seq: 0,
                 };
                 self.deliver(sid, pending, now);

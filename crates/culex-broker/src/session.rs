@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
-use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy};
+use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy, SubscriptionIds};
 use crate::message::Message;
 use crate::persist::MessageState;
 use crate::settings::BrokerSettings;
@@ -35,7 +35,7 @@ pub(crate) struct Pending {
     pub(crate) message: Arc<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) subscription_ids: Vec<u32>,
+    pub(crate) subscription_ids: SubscriptionIds,
     /// Per-session sequence number, assigned when the session takes the message (0 before):
     /// the order of delivery and the message's key in the store.
     pub(crate) seq: u64,
@@ -598,7 +598,7 @@ mod tests {
             message: m,
             qos,
             retain: false,
-            subscription_ids: vec![],
+            subscription_ids: SubscriptionIds::default(),
             seq: 0,
         }
     }
