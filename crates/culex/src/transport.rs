@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use culex_broker::ConnId;
 use culex_config::{Listener, ListenerProtocol, Tls, TlsVersion};
+use futures_util::future::Either;
 use futures_util::{Sink, Stream};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
@@ -45,7 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use crate::connection::{self, Peer};
-use crate::server::{ListenerCtx, Shared};
+use crate::server::{ConnSlot, ListenerCtx, Shared};
 
 /// How long a client has to finish the TLS handshake and the WebSocket upgrade (together).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,14 +361,18 @@ async fn step<T, E: fmt::Display>(
 
 /// Serves one accepted socket: TLS handshake and/or WebSocket upgrade as the listener says (in
 /// this task, bounded by [`HANDSHAKE_TIMEOUT`]), then the MQTT connection.
-pub(crate) async fn serve_accepted(
+///
+/// The future is the connection task itself (built before it is spawned, not an `async fn`, so
+/// that it holds no copy of its arguments): `slot` is held until the connection ends.
+pub(crate) fn serve_accepted(
     stream: TcpStream,
     addr: SocketAddr,
     ctx: Arc<ListenerCtx>,
     conn: ConnId,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
+    slot: ConnSlot,
+) -> impl Future<Output = ()> + Send {
     if ctx.tls.is_none() && matches!(ctx.protocol, ListenerProtocol::Mqtt) {
         // Plain MQTT over TCP, the common case: served inline, so the connection's future is
         // part of the task's allocation instead of a second one.
@@ -376,11 +381,19 @@ pub(crate) async fn serve_accepted(
             listener: ctx,
             identity: None,
         };
-        connection::serve(stream, peer, conn, shared, shutdown).await;
-        return;
+        return Either::Left(connection::serve_in_slot(
+            stream,
+            peer,
+            conn,
+            shared,
+            shutdown,
+            Some(slot),
+        ));
     }
     // TLS and WebSocket state is larger: boxed, it does not widen every plain connection's task.
-    Box::pin(serve_wrapped(stream, addr, ctx, conn, shared, shutdown)).await;
+    Either::Right(Box::pin(serve_wrapped(
+        stream, addr, ctx, conn, shared, shutdown, slot,
+    )))
 }
 
 /// [`serve_accepted`] for TLS and/or WebSocket listeners.
@@ -391,7 +404,9 @@ async fn serve_wrapped(
     conn: ConnId,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
+    let _slot = slot;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let peer = Peer {
         addr,
