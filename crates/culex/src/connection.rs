@@ -202,8 +202,8 @@ pub(crate) fn serve_in_slot<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    // The buffers are allocated when there is something to read or write, and released while
-    // the connection waits (see `run`): an idle connection holds none.
+    // The buffers are allocated when there is something to read or write, and released once
+    // the connection has been quiet for a while (see `run`): an idle connection holds none.
     let mut c = Conn {
         io: stream,
         rbuf: BytesMut::new(),
@@ -236,6 +236,8 @@ where
         let Some(mut outbox) = Box::pin(c.handshake(identity, &mut shutdown)).await else {
             return;
         };
+        // Most clients are quiet after CONNACK: give the handshake's buffers back now.
+        c.release_buffers();
         let ending = c.run(&mut outbox, &mut shutdown).await;
         Box::pin(c.finish(ending)).await;
     }
@@ -246,6 +248,9 @@ where
 const READ_CHUNK: usize = 8192;
 /// Room reserved in an empty write buffer on first use.
 const WRITE_CHUNK: usize = 4096;
+/// A connection that has had nothing to read or write for this long frees its (empty) read
+/// and write buffers. Busy connections keep theirs, so a burst does not allocate per write.
+const BUFFER_IDLE: Duration = Duration::from_secs(1);
 
 /// Reads from `io` into `buf`. With no room in `buf` (an idle connection holds no buffer),
 /// the read goes to a buffer on the stack, and only what arrived is copied into a newly
@@ -611,12 +616,19 @@ where
                 return Ending::abnormal(None, "write failed");
             }
             let reading = self.pending_replies < MAX_PENDING_REPLIES;
-            if self.rbuf.is_empty() {
-                // Nothing partial: hold no read buffer while waiting (`poll_read_lazy`).
-                self.rbuf = BytesMut::new();
-            } else if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            // A released read buffer stays released until data arrives (`poll_read_lazy`).
+            if self.rbuf.capacity() != 0 && self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK);
             }
+            // One timer for both the keepalive and, while buffers are held, their release
+            // once the connection has been quiet for `BUFFER_IDLE`.
+            let release_at = self.holds_buffers().then(|| Instant::now() + BUFFER_IDLE);
+            let timer = match (release_at, keepalive.is_zero()) {
+                (Some(at), true) => Some(at),
+                (Some(at), false) => Some(at.min(deadline)),
+                (None, true) => None,
+                (None, false) => Some(deadline),
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -645,10 +657,30 @@ where
                         Ok(n) => self.shared.counters.bytes_received.add(n as u64),
                     }
                 }
-                _ = sleep_until(deadline), if !keepalive.is_zero() => {
-                    return Ending::abnormal(Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
+                _ = sleep_until(timer.unwrap_or(deadline)), if timer.is_some() => {
+                    if !keepalive.is_zero() && Instant::now() >= deadline {
+                        return Ending::abnormal(Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
+                    }
+                    self.release_buffers();
                 }
             }
+        }
+    }
+
+    /// True while the connection holds a buffer it could give back.
+    fn holds_buffers(&self) -> bool {
+        (self.wbuf.is_empty() && self.wbuf.capacity() != 0)
+            || (self.rbuf.is_empty() && self.rbuf.capacity() != 0)
+    }
+
+    /// Frees the read and write buffers if they hold nothing: a quiet connection keeps no
+    /// buffer; the next read goes through the stack and the next write allocates anew.
+    fn release_buffers(&mut self) {
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -1151,9 +1183,9 @@ where
     /// reading cannot pin the task forever.
     async fn flush(&mut self) -> Result<(), ()> {
         let limit = self.shared.limits.write_timeout;
-        // Taken, not split: once written, the buffer is freed, and the next packet allocates
-        // a new one, so a connection holds no write buffer while it waits.
-        let buf = std::mem::take(&mut self.wbuf);
+        // Split: once written and dropped, the allocation is the write buffer's alone again
+        // and is reused; `run` releases it when the connection goes quiet.
+        let buf = self.wbuf.split();
         match timeout(limit, self.io.write_all(&buf)).await {
             Ok(Ok(())) => {
                 self.shared.counters.bytes_sent.add(buf.len() as u64);
