@@ -18,7 +18,7 @@ pub mod trie;
 
 pub use api::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Outbound, Outbox, QueueObserver, QueuePolicy,
+    Outbound, Outbox, QueueObserver, QueuePolicy, SubscriptionIds,
 };
 pub use message::Message;
 pub use router::Router;

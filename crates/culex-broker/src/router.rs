@@ -36,7 +36,9 @@ const RETAINED_SWEEP: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Router {
     settings: BrokerSettings,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: a session is a few hundred bytes, and the map keeps up to twice as many slots as
+    /// sessions (every connected client has one).
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client: HashMap<Arc<str>, SessionId>,
     by_conn: HashMap<ConnId, SessionId>,
     next_session: SessionId,
@@ -349,7 +351,7 @@ impl Router {
             maximum_packet_size,
         });
         s.expiry_interval = session_expiry;
-        s.will = will;
+        s.will = will.map(Box::new);
         s.username = username;
         s.access = access;
         s.queue_policy = queue;
@@ -387,7 +389,7 @@ impl Router {
         let sid = self.next_session;
         self.next_session += 1;
         self.by_client.insert(Arc::clone(&client_id), sid);
-        self.sessions.insert(sid, Session::new(client_id));
+        self.sessions.insert(sid, Box::new(Session::new(client_id)));
         sid
     }
 
@@ -753,7 +755,7 @@ impl Router {
                     message: Arc::clone(&message),
                     qos,
                     retain,
-                    subscription_ids: ids,
+                    subscription_ids: ids.into(),
                     seq: 0,
                 };
                 self.deliver(sid, pending, now);

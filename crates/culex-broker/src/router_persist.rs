@@ -108,7 +108,7 @@ impl Router {
                         message: m.message,
                         qos: m.qos,
                         retain: m.retain,
-                        subscription_ids: m.subscription_ids,
+                        subscription_ids: m.subscription_ids.into(),
                         seq,
                     };
                     (seq, pending, m.state)
@@ -251,7 +251,7 @@ impl Router {
                         message: p.message,
                         qos: p.qos,
                         retain: p.retain,
-                        subscription_ids: p.subscription_ids,
+                        subscription_ids: p.subscription_ids.into_vec(),
                         state,
                     }),
                 },

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
-use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy};
+use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy, SubscriptionIds};
 use crate::message::Message;
 use crate::persist::MessageState;
 use crate::settings::BrokerSettings;
@@ -35,7 +35,7 @@ pub(crate) struct Pending {
     pub(crate) message: Arc<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) subscription_ids: Vec<u32>,
+    pub(crate) subscription_ids: SubscriptionIds,
     /// Per-session sequence number, assigned when the session takes the message (0 before):
     /// the order of delivery and the message's key in the store.
     pub(crate) seq: u64,
@@ -118,6 +118,9 @@ impl QueueLimits {
         }
     }
 }
+
+/// Queue capacity (in messages) an empty queue keeps; a larger one is released when drained.
+const QUEUE_KEEP: usize = 64;
 
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
 #[derive(Debug, Default)]
@@ -272,6 +275,11 @@ impl Outgoing {
             }
             out.push(self.start(p, now));
         }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
+            // The queue only fills while the window is full (a burst, or an offline client);
+            // once drained, give its memory back instead of keeping the burst's size for good.
+            self.queue = VecDeque::new();
+        }
         out
     }
 
@@ -425,7 +433,8 @@ pub(crate) struct Session {
     pub(crate) expiry_interval: u32,
     /// When an offline session expires.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) will: Option<LastWill>,
+    /// Boxed: most sessions have none, and a will (with its properties) is ~400 bytes.
+    pub(crate) will: Option<Box<LastWill>>,
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
     pub(crate) access: Option<Arc<dyn AccessPolicy>>,
@@ -467,7 +476,7 @@ pub(crate) struct PendingWill {
 impl PendingWill {
     /// Takes the session's will, if any, with its owner's identity.
     pub(crate) fn take_from(s: &mut Session) -> Option<PendingWill> {
-        let will = s.will.take()?;
+        let will = *s.will.take()?;
         Some(PendingWill {
             will,
             client_id: Arc::clone(&s.client_id),
@@ -589,7 +598,7 @@ mod tests {
             message: m,
             qos,
             retain: false,
-            subscription_ids: vec![],
+            subscription_ids: SubscriptionIds::default(),
             seq: 0,
         }
     }

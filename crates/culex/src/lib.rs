@@ -10,6 +10,7 @@ pub mod cmd_sub;
 mod connection;
 pub mod counters;
 mod http;
+mod memory;
 pub mod metrics;
 mod persistence;
 mod security;

@@ -11,7 +11,7 @@ use culex_broker::{BrokerSettings, Command, QueuePolicy, Router};
 use culex_config::{Config, ListenerProtocol};
 use culex_proto::QoS;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -336,6 +336,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         None => Router::new(settings.clone()),
     };
     let router_task = tokio::spawn(run_router(router, router_rx));
+    aux.push(tokio::spawn(crate::memory::release_freed_memory(
+        shutdown_rx.clone(),
+    )));
     if !config.sys.interval.is_zero() {
         aux.push(tokio::spawn(crate::sys::run(
             config.sys.interval,
@@ -528,6 +531,29 @@ async fn serve(
     }
 }
 
+/// An accepted socket's place: counted in `open_connections` and holding a permit under
+/// `max_connections` until dropped, when its connection ends.
+pub(crate) struct ConnSlot {
+    counters: Arc<Counters>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    fn new(counters: Arc<Counters>, permit: OwnedSemaphorePermit) -> Self {
+        counters.open_connections.inc();
+        ConnSlot {
+            counters,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.counters.open_connections.dec();
+    }
+}
+
 /// Accepts connections on one socket. The TLS handshake and WebSocket upgrade happen in each
 /// connection's task (`transport::serve_accepted`), never here.
 async fn accept_loop(
@@ -562,17 +588,14 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let counters = Arc::clone(&shared.counters);
-        counters.open_connections.inc();
+        let slot = ConnSlot::new(Arc::clone(&shared.counters), permit);
         let (ctx, shared, shutdown) = (Arc::clone(&ctx), Arc::clone(&shared), shutdown.clone());
-        // The connection's future is built inside the task, so it exists once (not also as a
-        // captured value), and the large parts of it are boxed in `serve_accepted`: an idle
+        // The connection's future is the task (no wrapper holding a second copy of its
+        // arguments), and the large parts of it are boxed in `serve_accepted`: an idle
         // connection costs a few KB, not tens.
-        connections.spawn(async move {
-            transport::serve_accepted(stream, peer, ctx, conn, shared, shutdown).await;
-            counters.open_connections.dec();
-            drop(permit);
-        });
+        connections.spawn(transport::serve_accepted(
+            stream, peer, ctx, conn, shared, shutdown, slot,
+        ));
     }
 }
 

@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use culex_broker::ConnId;
 use culex_config::{Listener, ListenerProtocol, Tls, TlsVersion};
+use futures_util::future::Either;
 use futures_util::{Sink, Stream};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
@@ -45,7 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use crate::connection::{self, Peer};
-use crate::server::{ListenerCtx, Shared};
+use crate::server::{ConnSlot, ListenerCtx, Shared};
 
 /// How long a client has to finish the TLS handshake and the WebSocket upgrade (together).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,14 +361,52 @@ async fn step<T, E: fmt::Display>(
 
 /// Serves one accepted socket: TLS handshake and/or WebSocket upgrade as the listener says (in
 /// this task, bounded by [`HANDSHAKE_TIMEOUT`]), then the MQTT connection.
-pub(crate) async fn serve_accepted(
+///
+/// The future is the connection task itself (built before it is spawned, not an `async fn`, so
+/// that it holds no copy of its arguments): `slot` is held until the connection ends.
+pub(crate) fn serve_accepted(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    slot: ConnSlot,
+) -> impl Future<Output = ()> + Send {
+    if ctx.tls.is_none() && matches!(ctx.protocol, ListenerProtocol::Mqtt) {
+        // Plain MQTT over TCP, the common case: served inline, so the connection's future is
+        // part of the task's allocation instead of a second one.
+        let peer = Peer {
+            addr,
+            listener: ctx,
+            identity: None,
+        };
+        return Either::Left(connection::serve_in_slot(
+            stream,
+            peer,
+            conn,
+            shared,
+            shutdown,
+            Some(slot),
+        ));
+    }
+    // TLS and WebSocket state is larger: boxed, it does not widen every plain connection's task.
+    Either::Right(Box::pin(serve_wrapped(
+        stream, addr, ctx, conn, shared, shutdown, slot,
+    )))
+}
+
+/// [`serve_accepted`] for TLS and/or WebSocket listeners.
+async fn serve_wrapped(
     stream: TcpStream,
     addr: SocketAddr,
     ctx: Arc<ListenerCtx>,
     conn: ConnId,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
+    let _slot = slot;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let peer = Peer {
         addr,
@@ -391,9 +430,11 @@ pub(crate) async fn serve_accepted(
         }
         return;
     };
-    let accepted = Box::pin(step(tls.acceptor().accept(stream), deadline, &mut shutdown)).await;
-    let stream = match accepted {
-        Step::Done(s) => s,
+    // A TLS session is several KB; boxed, it does not widen every connection's future (and the
+    // handshake's result is scoped so that it is not held beside it).
+    let stream = match Box::pin(step(tls.acceptor().accept(stream), deadline, &mut shutdown)).await
+    {
+        Step::Done(s) => Box::new(s),
         Step::Shutdown => return,
         Step::TimedOut => {
             shared.counters.tls_handshake_failures.inc();
@@ -406,8 +447,6 @@ pub(crate) async fn serve_accepted(
             return;
         }
     };
-    // A TLS session is several KB; boxed, it does not widen every connection's future.
-    let stream = Box::new(stream);
     let mut peer = peer;
     if tls.use_identity_as_username() {
         match certificate_identity(&stream) {
