@@ -220,6 +220,20 @@ impl Culex {
         }
     }
 
+    /// Waits until any line logged so far contains `needle` (regardless of what
+    /// `wait_for_line` consumed).
+    fn wait_in_log(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needle:?}; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The port in the first `NEEDLE127.0.0.1:PORT` line.
     fn port_after(&self, needle: &str) -> u16 {
         let line = self.wait_for_line(needle);
@@ -750,7 +764,10 @@ fn sighup_reloads_bridges_in_place_or_by_restart() {
     // Topics only: applied in place.
     std::fs::write(&local.path, conf("b/#", "bridge-r")).unwrap();
     local.signal("HUP");
-    local.wait_for_line("bridge r updated in place");
+    // Both lines, in either order: the server's account of the reload, and the bridge task's
+    // once its subscriptions are in place.
+    local.wait_in_log("bridge r updated in place");
+    local.wait_in_log("bridge configuration reloaded; subscriptions in place");
     lpub.publish("local/a/2", "2", QoS::AtLeastOnce);
     lpub.publish("local/b/3", "3", QoS::AtLeastOnce);
     // a/2 is no longer bridged: the next message on the remote is b/3.

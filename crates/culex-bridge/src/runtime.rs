@@ -434,7 +434,6 @@ impl Link {
         if self.next_attempt.is_some_and(|at| at > latest) {
             self.schedule(new.backoff_max.max(new.backoff_min));
         }
-        tracing::info!(bridge = %self.name(), "bridge configuration reloaded");
         if old.topics != new.topics {
             let gone = |dir_out: bool, filter: fn(&crate::topic::TopicRule) -> String| {
                 let keep: Vec<String> = new
@@ -509,6 +508,7 @@ impl Link {
             let up = self.remote_up;
             self.notify(up);
         }
+        tracing::info!(bridge = %self.name(), "bridge configuration reloaded; subscriptions in place");
     }
 
     /// The local connection was lost. With a persistent local session the broker delivers the
