@@ -35,6 +35,9 @@ pub enum StoreOp {
         /// The session's new state, or `None` to delete it.
         record: Option<SessionRecord>,
     },
+    /// Several ops that must become durable together or not at all (the store applies them in
+    /// one transaction): e.g. a QoS 2 message in its subscribers' sessions and its packet id.
+    Group(Vec<StoreOp>),
     /// Add or replace (`Some`) or delete (`None`) one queued or in-flight message of a
     /// session, keyed by a per-session sequence number.
     Message {

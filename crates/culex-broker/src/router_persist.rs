@@ -34,6 +34,8 @@ pub(super) struct Persistence {
     /// While routing a QoS 2 PUBLISH the router acknowledges: its deliveries, held back until
     /// what they depend on is durable.
     hold: Option<Vec<(ConnId, Outbound)>>,
+    /// While holding: the store ops, submitted as one group when the hold ends.
+    group: Option<Vec<StoreOp>>,
     /// How many of `acks` belong to each connection (an ack may only overtake none of them).
     waiting: std::collections::HashMap<ConnId, usize>,
     /// Wall-clock time matching an instant, to store expiry times that survive a restart.
@@ -140,6 +142,10 @@ impl Router {
     }
 
     fn submit(&mut self, op: StoreOp) {
+        if let Some(group) = self.persist.group.as_mut() {
+            group.push(op);
+            return;
+        }
         if let Some(sink) = self.persist.sink.as_mut() {
             self.persist.last_ticket = sink.submit(op);
         }
@@ -328,6 +334,11 @@ impl Router {
     }
 
     fn queue_outbound(&mut self, conn: ConnId, out: Outbound) {
+        if let Some(held) = self.persist.hold.as_mut() {
+            // Its ticket is known once the group is submitted (`release_held`).
+            held.push((conn, out));
+            return;
+        }
         let ticket = self.persist.last_ticket;
         let waiting = self.persist.waiting.get(&conn).copied().unwrap_or(0);
         if ticket <= self.persist.durable && waiting == 0 {
@@ -346,6 +357,7 @@ impl Router {
     pub(super) fn hold_deliveries(&mut self) {
         if self.persist.sink.is_some() {
             self.persist.hold = Some(Vec::new());
+            self.persist.group = Some(Vec::new());
         }
     }
 
@@ -354,8 +366,16 @@ impl Router {
         self.persist.hold.as_mut()
     }
 
-    /// Queues the held deliveries behind the changes submitted so far.
+    /// Submits the held store ops as one group (the message in its subscribers' sessions and
+    /// its packet id become durable together: a crash between the two would deliver the
+    /// publisher's retransmission a second time), then queues the held deliveries and
+    /// acknowledgements behind it.
     pub(super) fn release_held(&mut self) {
+        if let Some(ops) = self.persist.group.take() {
+            if !ops.is_empty() {
+                self.submit(StoreOp::Group(ops));
+            }
+        }
         if let Some(held) = self.persist.hold.take() {
             for (conn, out) in held {
                 self.queue_outbound(conn, out);

@@ -751,6 +751,11 @@ fn qos2_deliveries_and_pubrel_wait_for_the_store() {
     );
     assert!(sub.rx.try_recv().is_err(), "delivered before it is durable");
     assert!(p.rx.try_recv().is_err(), "PUBREC before it is durable");
+    // What the publish changed went to the store as one group (one transaction).
+    assert!(
+        matches!(rec.0.lock().unwrap().last(), Some(crate::persist::StoreOp::Group(g)) if !g.is_empty()),
+        "not grouped"
+    );
     // The recorder's tickets count its ops.
     let ticket = rec.0.lock().unwrap().len() as u64;
     r.handle(Command::Durable { ticket }, t0);

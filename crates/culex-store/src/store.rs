@@ -582,7 +582,17 @@ impl Batch {
     /// Adds `op` after those already in the batch.
     pub(crate) fn push(&mut self, op: StoreOp) {
         self.ops += 1;
+        self.apply(op);
+    }
+
+    fn apply(&mut self, op: StoreOp) {
         match op {
+            StoreOp::Group(ops) => {
+                // One batch is one transaction: the group is all in or all out.
+                for op in ops {
+                    self.apply(op);
+                }
+            }
             StoreOp::Retain { topic, message } => {
                 if self.retained.insert(topic, message).is_some() {
                     self.coalesced += 1;
