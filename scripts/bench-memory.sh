@@ -41,7 +41,10 @@ if ss -ltn | grep -q ":$PORT "; then echo "bench-memory.sh: port $PORT is in use
 
 WORK="$(mktemp -d /tmp/culex-membench.XXXXXX)"
 PID=""
-cleanup() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; }
+cleanup() {
+    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 cat > "$WORK/culex.conf" <<EOC
 listener $PORT 127.0.0.1
