@@ -269,3 +269,57 @@ async fn v311_anonymous_client_refused_with_code_5_when_not_allowed() -> Result<
 async fn v5_anonymous_client_refused_with_0x87_when_not_allowed() -> Result<()> {
     anonymous_refused(Protocol::V5).await
 }
+
+/// `max_connections`: a socket past the limit is closed without an answer, and a slot is free
+/// again once a connection ends (it is held by the connection's task until then).
+#[tokio::test]
+async fn max_connections_refuses_the_extra_socket_and_frees_slots() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_connections = Some(2);
+    let broker = TestBroker::start_with(config).await?;
+    let a = connect_v311(broker.addr, "mc-a").await?;
+    let _b = connect_v311(broker.addr, "mc-b").await?;
+    let mut extra = RawClient::connect(broker.addr, Protocol::V311).await?;
+    extra
+        .send(&Packet::Connect(Box::new(connect_packet(
+            Protocol::V311,
+            "mc-c",
+            true,
+        ))))
+        .await
+        .ok();
+    // Closed without a CONNACK (a reset, if the CONNECT arrived after the close, is closed too;
+    // a timeout means the server kept the socket).
+    match extra.read_until_closed().await {
+        Ok(answered) => assert!(answered.is_empty(), "{answered:?}"),
+        Err(e) => {
+            let reset = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+            assert!(reset, "the extra socket was not closed: {e:#}");
+        }
+    }
+    drop(a);
+    // The slot comes back when the first connection's task ends.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (mut c, ack) =
+            match connect_with(broker.addr, connect_packet(Protocol::V311, "mc-d", true)).await {
+                Ok(x) => x,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        c.send(&Packet::Disconnect(culex_proto::Disconnect::new(
+            ReasonCode::Success,
+        )))
+        .await?;
+        break;
+    }
+    broker.stop().await;
+    Ok(())
+}
