@@ -10,7 +10,7 @@
 //! - Store-and-forward: `out` QoS 1/2 messages are acknowledged to the local broker only once
 //!   the remote has them, so while the link is down they wait, durably and bounded, in the
 //!   bridge's local session; the bridge itself holds at most its Receive Maximum of them
-//!   ([`ForwardQueue`]) and the latest QoS 0 message per topic.
+//!   ([`MemoryQueue`]) and the latest QoS 0 message per topic.
 //! - [`Bridge::spawn`]: the bridge task. It connects to the local broker through a
 //!   [`LocalConnector`] (an in-process stream in the broker, TCP in tests) and to the remote
 //!   through `culex-client` (TCP or TLS), and forwards both ways. [`BridgeStats`] exposes its
@@ -41,7 +41,7 @@ pub use config::{
     SBER_PORT,
 };
 pub use error::BridgeError;
-pub use queue::{ForwardQueue, LocalAck, MemoryQueue, QueuedMessage};
+pub use queue::{LocalAck, MemoryQueue, QueuedMessage};
 pub use remote::tls_client_config;
 pub use runtime::{BoxFuture, Bridge, BridgeHandle, LocalConnector};
 pub use stats::{BridgeStats, LinkState};

@@ -43,25 +43,9 @@ impl QueuedMessage {
     }
 }
 
-/// A bounded FIFO of messages for the remote. Implementations decide where messages live
-/// (memory now, the persistence store later); they must keep order and never grow past their
-/// bound: when full, `push` evicts the oldest message and returns it so it can be counted.
-pub trait ForwardQueue: Send {
-    /// Appends `message`; returns the message evicted to make room, if any.
-    fn push(&mut self, message: QueuedMessage) -> Option<QueuedMessage>;
-    /// The oldest message, removed.
-    fn pop(&mut self) -> Option<QueuedMessage>;
-    /// Puts a message back at the front (it could not be sent after all).
-    fn push_front(&mut self, message: QueuedMessage);
-    /// Messages queued.
-    fn len(&self) -> usize;
-    /// True when nothing is queued.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// An in-memory [`ForwardQueue`] bounded by a message count.
+/// A bounded FIFO of the messages the bridge task holds for the remote: it keeps order and
+/// never grows past its bound (when full, `push` evicts the oldest message and returns it so
+/// it can be counted).
 #[derive(Debug)]
 pub struct MemoryQueue {
     limit: usize,
@@ -76,10 +60,9 @@ impl MemoryQueue {
             items: VecDeque::new(),
         }
     }
-}
 
-impl ForwardQueue for MemoryQueue {
-    fn push(&mut self, message: QueuedMessage) -> Option<QueuedMessage> {
+    /// Appends `message`; returns the message evicted to make room, if any.
+    pub fn push(&mut self, message: QueuedMessage) -> Option<QueuedMessage> {
         let evicted = if self.items.len() >= self.limit {
             self.items.pop_front()
         } else {
@@ -89,16 +72,24 @@ impl ForwardQueue for MemoryQueue {
         evicted
     }
 
-    fn pop(&mut self) -> Option<QueuedMessage> {
+    /// The oldest message, removed.
+    pub fn pop(&mut self) -> Option<QueuedMessage> {
         self.items.pop_front()
     }
 
-    fn push_front(&mut self, message: QueuedMessage) {
+    /// Puts a message back at the front (it could not be sent after all).
+    pub fn push_front(&mut self, message: QueuedMessage) {
         self.items.push_front(message);
     }
 
-    fn len(&self) -> usize {
+    /// Messages queued.
+    pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }
 

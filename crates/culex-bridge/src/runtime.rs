@@ -30,7 +30,7 @@ use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy};
 use crate::config::{BridgeConfig, BridgeProtocol, StartType};
 use crate::echo::EchoFilter;
 use crate::error::BridgeError;
-use crate::queue::{ForwardQueue, LocalAck, MemoryQueue, QueuedMessage};
+use crate::queue::{LocalAck, MemoryQueue, QueuedMessage};
 use crate::remote;
 use crate::stats::{unix_now, unix_now_ms, BridgeStats, LinkState};
 use crate::topic::{remap_in, remap_out};
@@ -81,22 +81,8 @@ impl Bridge {
         stats: Arc<BridgeStats>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<BridgeHandle, BridgeError> {
-        let queue = Box::new(MemoryQueue::new(
-            config.queue_limit.max(usize::from(WINDOW)),
-        ));
-        Self::spawn_with_queue(config, local, queue, stats, shutdown)
-    }
-
-    /// [`Bridge::spawn_with_stats`] with a caller-provided queue for the messages the task
-    /// holds.
-    pub fn spawn_with_queue(
-        config: BridgeConfig,
-        local: LocalConnector,
-        queue: Box<dyn ForwardQueue>,
-        stats: Arc<BridgeStats>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<BridgeHandle, BridgeError> {
         config.validate()?;
+        let queue = MemoryQueue::new(config.queue_limit.max(usize::from(WINDOW)));
         let name = config.name.clone();
         let (updates, updates_rx) = watch::channel(Arc::new(config.clone()));
         let link = Link::new(
@@ -195,7 +181,7 @@ struct Attempt {
 struct Link {
     config: Arc<BridgeConfig>,
     stats: Arc<BridgeStats>,
-    queue: Box<dyn ForwardQueue>,
+    queue: MemoryQueue,
     /// While the link is down: the latest QoS 0 message per remote topic (index into
     /// `latest`), sent first after the reconnect.
     latest_index: HashMap<String, usize>,
@@ -226,7 +212,7 @@ impl Link {
     fn new(
         config: BridgeConfig,
         connector: LocalConnector,
-        queue: Box<dyn ForwardQueue>,
+        queue: MemoryQueue,
         shutdown: watch::Receiver<bool>,
         stats: Arc<BridgeStats>,
         updates: watch::Receiver<Arc<BridgeConfig>>,
