@@ -355,7 +355,7 @@ impl Router {
         s.username = username;
         s.access = access;
         s.queue_policy = queue;
-        s.observe_queue();
+        s.observe_queue(0);
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
         debug!(client_id = %client_id, conn, session_present, "client connected");
@@ -439,7 +439,7 @@ impl Router {
             .outgoing
             .pump(window, now, &mut self.stats.dropped_expired);
         if !ready.is_empty() {
-            s.observe_queue();
+            s.observe_queue(0);
         }
         for d in ready {
             self.send_delivery(sid, d);
@@ -823,28 +823,20 @@ impl Router {
             let d = s.outgoing.start(pending, now);
             self.send_delivery(sid, d);
         } else {
-            match s.outgoing.enqueue(pending, s.queue_limits(&self.settings)) {
-                Ok(0) => {}
-                Ok(evicted) => {
-                    self.stats.dropped_queue_full += evicted;
-                    if let Some(o) = s.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
-                        o.dropped(evicted);
-                    }
-                }
-                Err(_) => {
-                    self.stats.dropped_queue_full += 1;
-                    if let Some(o) = s.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
-                        o.dropped(1);
-                    }
-                }
-            }
-            s.observe_queue();
+            // Dropped: the evicted oldest messages, or the refused new one.
+            let dropped = s
+                .outgoing
+                .enqueue(pending, s.queue_limits(&self.settings))
+                .unwrap_or(1);
+            self.stats.dropped_queue_full += dropped;
+            s.observe_queue(dropped);
         }
     }
 
     /// Sends a delivery to the session's connection, dropping it if it exceeds the client's
     /// Maximum Packet Size [MQTT-3.1.2-25] (a QoS 1/2 one then leaves the window as if sent).
     fn send_delivery(&mut self, sid: SessionId, d: Delivery) {
+        let holding = self.holding();
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -865,14 +857,13 @@ impl Router {
             }
         }
         let conn = link.conn;
-        if let Some(held) = self.held() {
-            held.push((conn, Outbound::Deliver(d)));
-            self.stats.messages_sent += 1;
+        if holding {
+            if let Some(held) = self.held() {
+                held.push((conn, Outbound::Deliver(d)));
+                self.stats.messages_sent += 1;
+            }
             return;
         }
-        let Some(link) = self.sessions.get(&sid).and_then(|s| s.link.as_ref()) else {
-            return;
-        };
         match link.outbox.try_send(Outbound::Deliver(d)) {
             Ok(()) => self.stats.messages_sent += 1,
             Err(e) => {

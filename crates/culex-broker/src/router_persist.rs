@@ -361,6 +361,11 @@ impl Router {
         }
     }
 
+    /// True while deliveries are held (see [`Router::hold_deliveries`]).
+    pub(super) fn holding(&self) -> bool {
+        self.persist.hold.is_some()
+    }
+
     /// Where `send_delivery` puts a delivery while deliveries are held.
     pub(super) fn held(&mut self) -> Option<&mut Vec<(ConnId, Outbound)>> {
         self.persist.hold.as_mut()

@@ -448,9 +448,13 @@ impl Session {
         QueueLimits::of(settings, self.queue_policy.as_ref())
     }
 
-    /// Tells the session's queue observer (if any) the queue length.
-    pub(crate) fn observe_queue(&self) {
+    /// Tells the session's queue observer (if any) the queue length and how many messages
+    /// were just dropped from it (0: none).
+    pub(crate) fn observe_queue(&self, dropped: u64) {
         if let Some(o) = self.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
+            if dropped > 0 {
+                o.dropped(dropped);
+            }
             o.queue_changed(self.outgoing.queued_len());
         }
     }
