@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use culex_client::transport::{tls_config_with_roots, BoxStream, TlsOptions};
+use culex_client::transport::{tls_config_with_roots, tls_handshake, BoxStream, TlsOptions};
 use culex_client::ClientError;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
 
 use crate::config::{BridgeConfig, BridgeProtocol, BridgeTls, TlsVersion};
 
@@ -102,14 +100,7 @@ async fn open_inner(
                      impersonate the remote broker"
                 );
             }
-            let tls_config = tls_client_config(tls)?;
-            let server_name = ServerName::try_from(host.to_string())
-                .map_err(|e| ClientError::Tls(format!("invalid server name {host:?}: {e}")))?;
-            let stream = TlsConnector::from(tls_config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| ClientError::Tls(tls_error_text(&e)))?;
-            Box::new(stream)
+            tls_handshake(tcp, tls_client_config(tls)?, host).await?
         }
     };
     if config.try_private && config.protocol == BridgeProtocol::V311 {
@@ -151,16 +142,6 @@ async fn tcp_connect(
             )
         })
         .into())
-}
-
-fn tls_error_text(e: &io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls_error) => format!("handshake failed: {rustls_error}"),
-        None => format!("handshake failed: {e}"),
-    }
 }
 
 /// Rewrites the protocol level of the first CONNECT written from 4 to `0x84`: Mosquitto's

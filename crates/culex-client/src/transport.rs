@@ -108,15 +108,8 @@ async fn open_inner(options: &TransportOptions) -> Result<BoxStream, ClientError
     let stream: BoxStream = match &options.tls {
         None => Box::new(tcp),
         Some(tls) => {
-            let config = tls_config(tls)?;
             let name = tls.server_name.as_deref().unwrap_or(&options.host);
-            let server_name = ServerName::try_from(name.to_string())
-                .map_err(|e| ClientError::Tls(format!("invalid server name {name:?}: {e}")))?;
-            let stream = TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| ClientError::Tls(tls_error_text(&e)))?;
-            Box::new(stream)
+            tls_handshake(tcp, tls_config(tls)?, name).await?
         }
     };
     match &options.websocket {
@@ -126,6 +119,22 @@ async fn open_inner(options: &TransportOptions) -> Result<BoxStream, ClientError
 }
 
 /// Describes a TLS handshake failure, unwrapping rustls' error from the io::Error.
+/// The TLS client handshake over `tcp` with `config`, checking the certificate against `name`;
+/// a failure reads "handshake failed: <the rustls reason>".
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: &str,
+) -> Result<BoxStream, ClientError> {
+    let server_name = ServerName::try_from(name.to_string())
+        .map_err(|e| ClientError::Tls(format!("invalid server name {name:?}: {e}")))?;
+    let stream = TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| ClientError::Tls(tls_error_text(&e)))?;
+    Ok(Box::new(stream))
+}
+
 fn tls_error_text(e: &io::Error) -> String {
     match e
         .get_ref()
