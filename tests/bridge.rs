@@ -14,7 +14,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -22,41 +22,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use culex_test_support::have_mosquitto;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tempfile::TempDir;
 
 /// Generous: a busy 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn have_mosquitto() -> bool {
-    let ok = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("NOTE: mosquitto is not installed; skipping this test");
-    }
-    ok
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    culex_test_support::free_port().expect("bind")
 }
 
 fn culex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_culex"));
-    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CULEX__") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = culex_test_support::culex_command(env!("CARGO_BIN_EXE_culex"));
     cmd.stdin(Stdio::null());
     cmd
 }

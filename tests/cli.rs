@@ -24,15 +24,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn culex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_culex"));
-    // Plain log lines (no ANSI colours) and the default log level, whatever the caller's
-    // environment says; no CULEX__ overrides leak in.
-    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CULEX__") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = culex_test_support::culex_command(env!("CARGO_BIN_EXE_culex"));
     cmd.stdin(Stdio::null());
     cmd
 }

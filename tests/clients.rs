@@ -11,7 +11,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -191,14 +191,7 @@ struct Out {
 }
 
 fn culex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_culex"));
-    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CULEX__") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
+    culex_test_support::culex_command(env!("CARGO_BIN_EXE_culex"))
 }
 
 /// `culex pub ARGS` (or `sub`) run to completion.
@@ -242,11 +235,7 @@ fn missing(program: &str) -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    culex_test_support::free_port().expect("bind")
 }
 
 fn wait_port(port: u16, proc: &mut Proc) -> bool {

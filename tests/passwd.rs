@@ -303,10 +303,7 @@ fn mosquitto_passwd_files_verify() {
 
 /// Picks a loopback port that is free right now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port()
+    culex_test_support::free_port().expect("bind")
 }
 
 #[test]

@@ -42,14 +42,7 @@ const QUIET: Duration = Duration::from_millis(500);
 // --- The broker process ------------------------------------------------------------------
 
 fn culex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_culex"));
-    // Plain log lines at the default level, whatever the caller's environment says.
-    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CULEX__") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = culex_test_support::culex_command(env!("CARGO_BIN_EXE_culex"));
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     cmd
 }

@@ -204,6 +204,35 @@ fn metrics_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A [`std::process::Command`] for the `culex` binary at `bin` (pass
+/// `env!("CARGO_BIN_EXE_culex")`) with a clean environment: plain log lines at the default level
+/// (no colours, no `RUST_LOG`) and no `CULEX__` overrides leaking in from the caller.
+pub fn culex_command(bin: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CULEX__") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// True if the `mosquitto` broker is installed; otherwise prints a note, and the calling test
+/// passes without running.
+pub fn have_mosquitto() -> bool {
+    let ok = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("NOTE: mosquitto is not installed; skipping this test");
+    }
+    ok
+}
+
 /// A port that was free a moment ago, for tests that spawn the real binary with `-p`. Prefer
 /// port 0 wherever the server can report what it bound.
 pub fn free_port() -> Result<u16> {

@@ -10,7 +10,7 @@
 )]
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -22,27 +22,14 @@ use culex_client::{ConnectOptions, Connection, Message};
 use culex_proto::{Properties, Protocol, Publish, QoS, SubscribeFilter, SubscriptionOptions};
 use tokio::sync::watch;
 
+pub use culex_test_support::have_mosquitto;
+
 /// Generous: a busy 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// True if the `mosquitto` binary is installed; tests print a note and pass otherwise.
-pub fn have_mosquitto() -> bool {
-    let ok = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("NOTE: mosquitto is not installed; skipping this test");
-    }
-    ok
-}
-
 /// A port that was free a moment ago (bound to 127.0.0.1:0 and released).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    culex_test_support::free_port().unwrap()
 }
 
 /// A `mosquitto` process on 127.0.0.1; killed on drop.
