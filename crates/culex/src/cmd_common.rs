@@ -513,6 +513,36 @@ pub(crate) fn print_help(text: &str) -> ExitCode {
 }
 
 /// A single-threaded runtime for the client commands.
+/// The shared `main` of `culex pub` and `culex sub`: parses, prints help or a usage error,
+/// warns about `--insecure`, runs `run` on a single-threaded runtime and reports its failure
+/// (unless `--quiet`) as the exit status.
+pub(crate) fn tool_main<T, Fut>(
+    tool: &str,
+    help: &str,
+    parsed: Result<Parsed<T>, UsageError>,
+    common: impl Fn(&T) -> &Common,
+    run: impl FnOnce(T) -> Fut,
+) -> ExitCode
+where
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    let opts = match parsed {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => return print_help(help),
+        Err(e) => return usage_error(tool, e),
+    };
+    let quiet = common(&opts).quiet;
+    common(&opts).warn_insecure();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(f) => return f.report(quiet),
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(quiet),
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

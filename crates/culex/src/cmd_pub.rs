@@ -10,8 +10,7 @@ use culex_client::{Connection, Message};
 use culex_proto::ReasonCode;
 
 use crate::cmd_common::{
-    os_bytes, print_help, runtime, usage_error, Args, Common, Failure, Parsed, UsageError,
-    EXIT_ERROR,
+    os_bytes, tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR,
 };
 
 const HELP: &str = "\
@@ -195,21 +194,7 @@ fn parse(args: &[OsString]) -> Result<Parsed<PubOptions>, UsageError> {
 
 /// Runs `culex pub` with the arguments after the subcommand name.
 pub fn main(args: &[OsString]) -> ExitCode {
-    let opts = match parse(args) {
-        Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => return print_help(HELP),
-        Err(e) => return usage_error("pub", e),
-    };
-    let quiet = opts.common.quiet;
-    opts.common.warn_insecure();
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(f) => return f.report(quiet),
-    };
-    match rt.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.report(quiet),
-    }
+    tool_main("pub", HELP, parse(args), |o: &PubOptions| &o.common, run)
 }
 
 async fn run(opts: PubOptions) -> Result<(), Failure> {

@@ -10,8 +10,7 @@ use culex_client::{Backoff, ClientError, Connection, Message};
 use culex_proto::{Properties, Publish, QoS, SubscribeFilter, SubscriptionOptions};
 
 use crate::cmd_common::{
-    print_help, runtime, usage_error, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR,
-    EXIT_TIMEOUT,
+    tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR, EXIT_TIMEOUT,
 };
 
 const HELP: &str = "\
@@ -204,21 +203,7 @@ fn parse(args: &[OsString]) -> Result<Parsed<SubOptions>, UsageError> {
 
 /// Runs `culex sub` with the arguments after the subcommand name.
 pub fn main(args: &[OsString]) -> ExitCode {
-    let opts = match parse(args) {
-        Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => return print_help(HELP),
-        Err(e) => return usage_error("sub", e),
-    };
-    let quiet = opts.common.quiet;
-    opts.common.warn_insecure();
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(f) => return f.report(quiet),
-    };
-    match rt.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.report(quiet),
-    }
+    tool_main("sub", HELP, parse(args), |o: &SubOptions| &o.common, run)
 }
 
 async fn run(opts: SubOptions) -> Result<(), Failure> {
