@@ -7,18 +7,14 @@ use culex_proto::{
     publish_encoded_len, EncodeError, LastWill, Packet, Properties, Protocol, Publish, PublishView,
     QoS, ReasonCode, Subscribe, Unsubscribe,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::message::Message;
+use crate::outbox::Outbox;
 use crate::stats::RouterSnapshot;
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
-
-/// The router's side of a connection's bounded outbox. The router only ever uses `try_send`;
-/// it keeps the in-flight window and the QoS 0 budget within the channel's capacity, so the
-/// send never has to wait.
-pub type Outbox = mpsc::Sender<Outbound>;
 
 /// Outbox slots kept for control packets (SUBACK, UNSUBACK, PUBREL, DISCONNECT).
 pub(crate) const CONTROL_RESERVE: usize = 64;
@@ -323,8 +319,7 @@ impl Delivery {
 mod tests {
     use super::*;
 
-    /// Outbox channels allocate a block of 32 items per connection up front, so the size of
-    /// an item is paid 32 times by every idle connection.
+    /// Outbox items are queued by the thousand for a busy subscriber: keep them small.
     #[test]
     fn outbound_is_small() {
         assert_eq!(std::mem::size_of::<SubscriptionIds>(), 8);

@@ -8,6 +8,7 @@
 
 mod api;
 mod message;
+mod outbox;
 pub mod persist;
 pub mod retained;
 mod router;
@@ -18,9 +19,10 @@ pub mod trie;
 
 pub use api::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Outbound, Outbox, QueueObserver, QueuePolicy, SubscriptionIds,
+    Outbound, QueueObserver, QueuePolicy, SubscriptionIds,
 };
 pub use message::Message;
+pub use outbox::{outbox, Outbox, OutboxReceiver, TryRecvError, TrySendError};
 pub use router::Router;
 pub use settings::BrokerSettings;
 pub use stats::{RouterSnapshot, RouterStats};

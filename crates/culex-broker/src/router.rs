@@ -21,6 +21,7 @@ use crate::api::{
     CONTROL_RESERVE,
 };
 use crate::message::Message;
+use crate::outbox::TrySendError;
 use crate::retained::RetainedStore;
 use crate::session::{Link, Pending, PendingWill, Resend, Session, Subscription};
 use crate::settings::BrokerSettings;
@@ -870,7 +871,7 @@ impl Router {
                 // Cannot happen for QoS 1/2 (the window fits the outbox); a closed outbox means
                 // the connection is ending and its Disconnect command is on its way. In-flight
                 // messages stay in the window for redelivery.
-                if let tokio::sync::mpsc::error::TrySendError::Full(Outbound::Deliver(d)) = &e {
+                if let TrySendError::Full(Outbound::Deliver(d)) = &e {
                     if d.qos == QoS::AtMostOnce {
                         self.stats.dropped_outbox_full += 1;
                     } else {

@@ -7,15 +7,16 @@ use culex_proto::{
     LastWill, Packet, Properties, Protocol, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
     SubscriptionOptions,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::Router;
 use crate::api::{Command, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound};
+use crate::outbox::{outbox, OutboxReceiver};
 use crate::settings::BrokerSettings;
 
 struct Client {
     conn: u64,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboxReceiver,
     outcome: ConnectOutcome,
 }
 
@@ -28,7 +29,7 @@ fn connect(
     expiry: u32,
     will: Option<LastWill>,
 ) -> Client {
-    let (tx, rx) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (tx, rx) = outbox(r.settings().outbox_capacity(20));
     let (reply, mut reply_rx) = oneshot::channel();
     r.handle(
         Command::Connect(Box::new(ConnectRequest {
@@ -452,7 +453,7 @@ impl crate::api::AccessPolicy for TestAcl {
 fn acl_withholds_reads_refuses_subscriptions_and_checks_wills_when_sent() {
     let t0 = Instant::now();
     let mut r = Router::new(BrokerSettings::default());
-    let (tx, mut rx) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (tx, mut rx) = outbox(r.settings().outbox_capacity(20));
     let (reply, mut reply_rx) = oneshot::channel();
     r.handle(
         Command::Connect(Box::new(ConnectRequest {
@@ -514,7 +515,7 @@ fn acl_withholds_reads_refuses_subscriptions_and_checks_wills_when_sent() {
         },
     };
     // A publisher whose will topic the ACL denies, and one whose will is allowed.
-    let (tx2, _rx2) = mpsc::channel(r.settings().outbox_capacity(20));
+    let (tx2, _rx2) = outbox(r.settings().outbox_capacity(20));
     let (reply2, _r2) = oneshot::channel();
     r.handle(
         Command::Connect(Box::new(ConnectRequest {

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
-use crate::api::{AccessPolicy, ConnId, Delivery, Outbox, QueuePolicy, SubscriptionIds};
+use crate::api::{AccessPolicy, ConnId, Delivery, QueuePolicy, SubscriptionIds};
 use crate::message::Message;
+use crate::outbox::Outbox;
 use crate::persist::MessageState;
 use crate::settings::BrokerSettings;
 

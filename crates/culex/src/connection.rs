@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use culex_broker::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound,
+    OutboxReceiver,
 };
 use culex_proto::{
     aliased_publish_encoded_len, decode, encode, encode_aliased_publish, encode_publish,
@@ -316,7 +317,7 @@ where
         &mut self,
         identity: Option<String>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<mpsc::Receiver<Outbound>> {
+    ) -> Option<OutboxReceiver> {
         let limits = &self.shared.limits;
         let first = tokio::select! {
             r = timeout(limits.connect_timeout, self.read_packet(None)) => r,
@@ -366,7 +367,7 @@ where
         &mut self,
         connect: Connect,
         identity: Option<String>,
-    ) -> Option<mpsc::Receiver<Outbound>> {
+    ) -> Option<OutboxReceiver> {
         let limits = Arc::clone(&self.shared.limits);
         let v5 = self.protocol.is_v5();
         if v5 {
@@ -456,7 +457,7 @@ where
             .and_then(|q| q.max_inflight)
             .unwrap_or(limits.max_inflight_messages);
         let window = ours.min(receive_maximum).max(1);
-        let (tx, rx) = mpsc::channel(self.shared.broker.outbox_capacity(window));
+        let (tx, rx) = culex_broker::outbox(self.shared.broker.outbox_capacity(window));
         let (reply_tx, reply_rx) = oneshot::channel();
         let req = ConnectRequest {
             conn: self.conn,
@@ -581,7 +582,7 @@ where
     /// The connected loop. Returns how the connection ended.
     async fn run(
         &mut self,
-        outbox: &mut mpsc::Receiver<Outbound>,
+        outbox: &mut OutboxReceiver,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ending {
         let max = self.shared.limits.max_packet_size;
@@ -662,6 +663,8 @@ where
                         return Ending::abnormal(Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
                     }
                     self.release_buffers();
+                    // A burst also grew the outbox; it is drained by now (it was polled first).
+                    outbox.shrink();
                 }
             }
         }
