@@ -203,6 +203,9 @@ pub enum Command {
         /// Where the snapshot goes.
         reply: oneshot::Sender<RouterSnapshot>,
     },
+    /// The server is stopping: every connected client is told to close (MQTT 5 clients get
+    /// DISCONNECT 0x8B), and so is any client that connects after this.
+    Shutdown,
     /// A message the broker publishes itself (`$SYS`): no ACL check on publishing (readers'
     /// ACLs still apply), no origin, not counted as received from a client.
     PublishInternal {

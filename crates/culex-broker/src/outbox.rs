@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use culex_proto::ReasonCode;
+
 use crate::api::Outbound;
 
 /// Creates an outbox that holds at most `capacity` items not yet received.
@@ -30,6 +32,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
             waker: None,
             senders: 1,
             closed: false,
+            close: None,
         }),
     });
     (
@@ -63,6 +66,8 @@ struct State {
     senders: usize,
     /// The receiver is gone: sends fail.
     closed: bool,
+    /// The router asked the connection to close, with this reason, once the queue is drained.
+    close: Option<ReasonCode>,
 }
 
 impl Shared {
@@ -120,6 +125,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// Asks the connection to close with `reason` (it sends DISCONNECT with it to an MQTT 5
+    /// client) after what is queued. Needs no slot, so it cannot fail for a full outbox; the
+    /// first reason given wins.
+    pub fn close(&self, reason: ReasonCode) {
+        let waker = {
+            let mut state = self.shared.lock();
+            if state.closed || state.close.is_some() {
+                return;
+            }
+            state.close = Some(reason);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Free slots now.
     pub fn capacity(&self) -> usize {
         self.shared
@@ -168,7 +190,8 @@ pub struct OutboxReceiver {
 }
 
 impl OutboxReceiver {
-    /// The next item; `None` once every [`Outbox`] handle is gone and nothing is left.
+    /// The next item; `None` once every [`Outbox`] handle is gone and nothing is left. After
+    /// [`Outbox::close`], once the queue is drained, [`Outbound::Close`] with its reason.
     /// Cancel-safe: an item is removed only when it is returned.
     pub async fn recv(&mut self) -> Option<Outbound> {
         poll_fn(|cx| self.poll_recv(cx)).await
@@ -181,6 +204,9 @@ impl OutboxReceiver {
         }
         let mut state = self.shared.lock();
         if state.queue.is_empty() {
+            if let Some(reason) = state.close {
+                return Ok(Outbound::Close(reason));
+            }
             return Err(if state.senders == 0 {
                 TryRecvError::Closed
             } else {
@@ -204,6 +230,9 @@ impl OutboxReceiver {
                     std::mem::swap(&mut state.queue, &mut self.taken);
                     drop(state);
                     return Poll::Ready(self.pop());
+                }
+                if let Some(reason) = state.close {
+                    return Poll::Ready(Some(Outbound::Close(reason)));
                 }
                 if state.senders == 0 {
                     return Poll::Ready(None);
@@ -252,7 +281,6 @@ impl Drop for OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use culex_proto::ReasonCode;
 
     fn item() -> Outbound {
         Outbound::Close(ReasonCode::Success)
@@ -332,6 +360,36 @@ mod tests {
         tokio::task::yield_now().await;
         drop(tx);
         assert_eq!(task.await.unwrap(), (true, true));
+    }
+
+    #[test]
+    fn close_comes_after_the_queue_and_needs_no_slot() {
+        let (tx, mut rx) = outbox(1);
+        tx.try_send(Outbound::Close(ReasonCode::Success)).unwrap();
+        tx.close(ReasonCode::ServerShuttingDown);
+        tx.close(ReasonCode::SessionTakenOver);
+        drop(tx);
+        let reason = |o: Outbound| match o {
+            Outbound::Close(c) => Some(c),
+            _ => None,
+        };
+        assert_eq!(reason(rx.try_recv().unwrap()), Some(ReasonCode::Success));
+        assert_eq!(
+            reason(rx.try_recv().unwrap()),
+            Some(ReasonCode::ServerShuttingDown)
+        );
+    }
+
+    #[tokio::test]
+    async fn close_wakes_a_waiting_receiver() {
+        let (tx, mut rx) = outbox(4);
+        let task = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.close(ReasonCode::SessionTakenOver);
+        assert!(matches!(
+            task.await.unwrap(),
+            Some(Outbound::Close(ReasonCode::SessionTakenOver))
+        ));
     }
 
     #[test]

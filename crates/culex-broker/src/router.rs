@@ -56,6 +56,8 @@ pub struct Router {
     stats: RouterStats,
     scratch: Vec<(SessionId, Subscription)>,
     persist: persist_glue::Persistence,
+    /// [`Command::Shutdown`] was handled: connections are closed as they link.
+    shutting_down: bool,
 }
 
 #[path = "router_persist.rs"]
@@ -81,6 +83,7 @@ impl Router {
             stats: RouterStats::default(),
             scratch: Vec::new(),
             persist: persist_glue::Persistence::default(),
+            shutting_down: false,
         }
     }
 
@@ -194,6 +197,14 @@ impl Router {
             Command::Durable { ticket } => self.durable(ticket),
             Command::Stats { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::Shutdown => {
+                self.shutting_down = true;
+                for s in self.sessions.values() {
+                    if let Some(link) = &s.link {
+                        link.outbox.close(ReasonCode::ServerShuttingDown);
+                    }
+                }
             }
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
@@ -344,6 +355,9 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if self.shutting_down {
+            outbox.close(ReasonCode::ServerShuttingDown);
+        }
         s.link = Some(Link {
             conn,
             outbox,
@@ -355,7 +369,7 @@ impl Router {
         s.will = will.map(Box::new);
         s.username = username;
         s.access = access;
-        s.queue_policy = queue;
+        s.queue_policy = queue.map(Box::new);
         s.observe_queue(0);
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
@@ -403,9 +417,7 @@ impl Router {
             return;
         };
         debug!(client_id = %s.client_id, old_conn = link.conn, "session taken over");
-        let _ = link
-            .outbox
-            .try_send(Outbound::Close(ReasonCode::SessionTakenOver));
+        link.outbox.close(ReasonCode::SessionTakenOver);
         self.by_conn.remove(&link.conn);
         if let Some(will) = PendingWill::take_from(s) {
             self.schedule_will(sid, will, now);

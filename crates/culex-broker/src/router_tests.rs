@@ -855,3 +855,41 @@ fn restored_session_resumes_with_its_queue_and_subscriptions() {
     publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
     assert!(matches!(back.rx.try_recv(), Ok(Outbound::Deliver(_))));
 }
+
+#[test]
+fn shutdown_closes_connected_clients_and_later_connects() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut a = connect(&mut r, t0, 1, "a", true, 0, None);
+    let mut b = connect(&mut r, t0, 2, "b", true, 0, None);
+    subscribe(&mut r, t0, &mut b, "t", QoS::AtMostOnce);
+    r.handle(
+        Command::PublishInternal {
+            message: crate::Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            },
+        },
+        t0,
+    );
+    assert!(a.rx.try_recv().is_err());
+    r.handle(Command::Shutdown, t0);
+    let closed = |c: &mut Client| {
+        matches!(
+            c.rx.try_recv(),
+            Ok(Outbound::Close(ReasonCode::ServerShuttingDown))
+        )
+    };
+    assert!(closed(&mut a));
+    // What was queued goes out first.
+    assert_eq!(next_topic(&mut b).as_deref(), Some("t"));
+    assert!(closed(&mut b));
+    // A CONNECT the router handles after the shutdown is answered, then closed at once.
+    let mut late = connect(&mut r, t0, 3, "late", true, 0, None);
+    assert!(closed(&mut late));
+}

@@ -439,14 +439,15 @@ pub(crate) struct Session {
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
     pub(crate) access: Option<Arc<dyn AccessPolicy>>,
-    /// Queue limits of its own (from the last CONNECT); `None` uses the broker's.
-    pub(crate) queue_policy: Option<QueuePolicy>,
+    /// Queue limits of its own (from the last CONNECT); `None` uses the broker's. Boxed: only
+    /// bridges have one.
+    pub(crate) queue_policy: Option<Box<QueuePolicy>>,
 }
 
 impl Session {
     /// The queue limits in force for this session.
     pub(crate) fn queue_limits(&self, settings: &BrokerSettings) -> QueueLimits {
-        QueueLimits::of(settings, self.queue_policy.as_ref())
+        QueueLimits::of(settings, self.queue_policy.as_deref())
     }
 
     /// Tells the session's queue observer (if any) the queue length and how many messages

@@ -510,7 +510,10 @@ async fn serve(
         ));
     }
     while accept_loops.join_next().await.is_some() {}
-    // Every accept loop has stopped (shutdown). Let connections say goodbye.
+    // Every accept loop has stopped (shutdown). Let connections say goodbye: connected clients
+    // learn of it from the router (a close in their outbox), as does any client whose CONNECT
+    // the router handles after this; clients still in their handshake watch `shutdown`.
+    let _ = shared.router.send(Command::Shutdown).await;
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
