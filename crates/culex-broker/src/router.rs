@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use culex_proto::topic::parse_shared;
 use culex_proto::{
     Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
@@ -32,6 +33,11 @@ type SessionId = u64;
 
 /// How often expired retained messages are swept out.
 const RETAINED_SWEEP: Duration = Duration::from_secs(60);
+
+/// Retained payloads up to this size are copied into an allocation of their own. A payload is
+/// a slice of the buffer its connection read it into (up to 8 KiB, shared with the packets
+/// around it); a small retained message kept for days would keep that whole buffer alive.
+const RETAINED_COPY_MAX: usize = 1024;
 
 /// The broker's routing core. See the module documentation.
 #[derive(Debug)]
@@ -787,7 +793,15 @@ impl Router {
             if self.next_retained_sweep.is_none() {
                 self.next_retained_sweep = Some(now + RETAINED_SWEEP);
             }
-            self.retained.insert(&message.topic, Arc::clone(message))
+            let stored = if message.payload.len() <= RETAINED_COPY_MAX {
+                Arc::new(Message {
+                    payload: Bytes::copy_from_slice(&message.payload),
+                    ..Message::clone(message)
+                })
+            } else {
+                Arc::clone(message)
+            };
+            self.retained.insert(&message.topic, stored)
         };
         if let Some(old) = old {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.payload.len() as u64);

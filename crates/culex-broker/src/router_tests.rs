@@ -893,3 +893,56 @@ fn shutdown_closes_connected_clients_and_later_connects() {
     let mut late = connect(&mut r, t0, 3, "late", true, 0, None);
     assert!(closed(&mut late));
 }
+
+#[test]
+fn small_retained_payloads_do_not_keep_their_read_buffer_alive() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let publisher = connect(&mut r, t0, 1, "p", true, 0, None);
+    // Payloads as the connection decodes them: slices of the 8 KiB buffer they were read into.
+    let chunk = Bytes::from(vec![7u8; 8192]);
+    let inside = |b: &Bytes| {
+        let (start, p) = (chunk.as_ptr() as usize, b.as_ptr() as usize);
+        p >= start && p < start + chunk.len()
+    };
+    for (topic, range) in [("small", 100..110), ("large", 1000..3048)] {
+        r.handle(
+            Command::Publish {
+                conn: publisher.conn,
+                ack: false,
+                publish: Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    topic: topic.into(),
+                    packet_id: None,
+                    properties: Properties::default(),
+                    payload: chunk.slice(range),
+                },
+            },
+            t0,
+        );
+    }
+    let mut sub = connect(&mut r, t0, 2, "s", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "#", QoS::AtMostOnce);
+    let mut got = Vec::new();
+    while let Ok(Outbound::Deliver(d)) = sub.rx.try_recv() {
+        got.push((d.message.topic.to_string(), d.message.payload.clone()));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let [(large_topic, large), (small_topic, small)] = &got[..] else {
+        panic!("expected two retained messages, got {got:?}");
+    };
+    assert_eq!(
+        (large_topic.as_str(), small_topic.as_str()),
+        ("large", "small")
+    );
+    assert_eq!(&small[..], &chunk[100..110]);
+    assert!(
+        !inside(small),
+        "a 10-byte retained payload still points into its read buffer"
+    );
+    // Large payloads stay shared (copying them would cost more than the buffer they pin).
+    assert_eq!(&large[..], &chunk[1000..3048]);
+    assert!(inside(large));
+}
