@@ -47,7 +47,6 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
 }
 
 /// What the router and the connection share.
-#[derive(Debug)]
 struct Shared {
     /// Most items not yet received.
     capacity: usize,
@@ -56,7 +55,6 @@ struct Shared {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
 struct State {
     /// Items the receiver has not taken yet.
     queue: VecDeque<Outbound>,
@@ -68,6 +66,16 @@ struct State {
     closed: bool,
     /// The router asked the connection to close, with this reason, once the queue is drained.
     close: Option<ReasonCode>,
+}
+
+/// Shows the counts, never the queued items (a busy outbox holds thousands).
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -182,11 +190,16 @@ impl Drop for Outbox {
 }
 
 /// The connection's side of its outbox.
-#[derive(Debug)]
 pub struct OutboxReceiver {
     shared: Arc<Shared>,
     /// Items taken from the shared queue in one swap, received one by one without the lock.
     taken: VecDeque<Outbound>,
+}
+
+impl std::fmt::Debug for OutboxReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
 }
 
 impl OutboxReceiver {
@@ -390,6 +403,19 @@ mod tests {
             task.await.unwrap(),
             Some(Outbound::Close(ReasonCode::SessionTakenOver))
         ));
+    }
+
+    #[test]
+    fn debug_shows_counts_not_items() {
+        let (tx, rx) = outbox(8);
+        tx.try_send(Outbound::Close(ReasonCode::SessionTakenOver))
+            .unwrap();
+        let shown = format!("{tx:?} {rx:?}");
+        assert!(
+            shown.contains("capacity: 8") && shown.contains("len: 1"),
+            "{shown}"
+        );
+        assert!(!shown.contains("SessionTakenOver"), "{shown}");
     }
 
     #[test]
