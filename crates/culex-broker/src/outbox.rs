@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -27,6 +27,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
         capacity,
         len: AtomicUsize::new(0),
+        closing: AtomicBool::new(false),
         state: Mutex::new(State {
             queue: VecDeque::new(),
             waker: None,
@@ -52,6 +53,9 @@ struct Shared {
     capacity: usize,
     /// Items sent and not yet received (queued here or in the receiver's `taken`).
     len: AtomicUsize,
+    /// Set with `State::close`: lets the receiver see a close before popping what it took
+    /// earlier, without the lock.
+    closing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -64,7 +68,7 @@ struct State {
     senders: usize,
     /// The receiver is gone: sends fail.
     closed: bool,
-    /// The router asked the connection to close, with this reason, once the queue is drained.
+    /// The router asked the connection to close, with this reason.
     close: Option<ReasonCode>,
 }
 
@@ -134,7 +138,11 @@ impl Outbox {
     }
 
     /// Asks the connection to close with `reason` (it sends DISCONNECT with it to an MQTT 5
-    /// client) after what is queued. Needs no slot, so it cannot fail for a full outbox; the
+    /// client) at once: the receiver's next item is the close, and what is still queued is
+    /// not written. Those are QoS 0 messages, which a closing connection loses anyway, and
+    /// QoS 1/2 deliveries and acknowledgements, which the session sends again (or the client
+    /// retransmits for) on the next connection; a client that has stopped reading cannot hold
+    /// the close back. Needs no slot, so it cannot fail for a full outbox; the
     /// first reason given wins.
     pub fn close(&self, reason: ReasonCode) {
         let waker = {
@@ -143,6 +151,7 @@ impl Outbox {
                 return;
             }
             state.close = Some(reason);
+            self.shared.closing.store(true, Ordering::Release);
             state.waker.take()
         };
         if let Some(w) = waker {
@@ -204,7 +213,7 @@ impl std::fmt::Debug for OutboxReceiver {
 
 impl OutboxReceiver {
     /// The next item; `None` once every [`Outbox`] handle is gone and nothing is left. After
-    /// [`Outbox::close`], once the queue is drained, [`Outbound::Close`] with its reason.
+    /// [`Outbox::close`], always [`Outbound::Close`] with its reason.
     /// Cancel-safe: an item is removed only when it is returned.
     pub async fn recv(&mut self) -> Option<Outbound> {
         poll_fn(|cx| self.poll_recv(cx)).await
@@ -212,14 +221,19 @@ impl OutboxReceiver {
 
     /// The next item, if one is queued now.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            if let Some(reason) = self.shared.lock().close {
+                return Ok(Outbound::Close(reason));
+            }
+        }
         if let Some(item) = self.pop() {
             return Ok(item);
         }
         let mut state = self.shared.lock();
+        if let Some(reason) = state.close {
+            return Ok(Outbound::Close(reason));
+        }
         if state.queue.is_empty() {
-            if let Some(reason) = state.close {
-                return Ok(Outbound::Close(reason));
-            }
             return Err(if state.senders == 0 {
                 TryRecvError::Closed
             } else {
@@ -238,14 +252,14 @@ impl OutboxReceiver {
             Err(TryRecvError::Closed) => Poll::Ready(None),
             Err(TryRecvError::Empty) => {
                 let mut state = self.shared.lock();
+                if let Some(reason) = state.close {
+                    return Poll::Ready(Some(Outbound::Close(reason)));
+                }
                 // Sent between `try_recv` and taking the lock again: take it now.
                 if !state.queue.is_empty() {
                     std::mem::swap(&mut state.queue, &mut self.taken);
                     drop(state);
                     return Poll::Ready(self.pop());
-                }
-                if let Some(reason) = state.close {
-                    return Poll::Ready(Some(Outbound::Close(reason)));
                 }
                 if state.senders == 0 {
                     return Poll::Ready(None);
@@ -376,9 +390,14 @@ mod tests {
     }
 
     #[test]
-    fn close_comes_after_the_queue_and_needs_no_slot() {
-        let (tx, mut rx) = outbox(1);
+    fn close_goes_before_the_queue_and_needs_no_slot() {
+        let (tx, mut rx) = outbox(2);
         tx.try_send(Outbound::Close(ReasonCode::Success)).unwrap();
+        tx.try_send(Outbound::Close(ReasonCode::Success)).unwrap();
+        // One item already taken into the receiver's own queue, one still shared.
+        assert!(rx.try_recv().is_ok());
+        tx.try_send(Outbound::Close(ReasonCode::Success)).unwrap();
+        // Full, yet the close gets through; the first reason wins.
         tx.close(ReasonCode::ServerShuttingDown);
         tx.close(ReasonCode::SessionTakenOver);
         drop(tx);
@@ -386,11 +405,12 @@ mod tests {
             Outbound::Close(c) => Some(c),
             _ => None,
         };
-        assert_eq!(reason(rx.try_recv().unwrap()), Some(ReasonCode::Success));
-        assert_eq!(
-            reason(rx.try_recv().unwrap()),
-            Some(ReasonCode::ServerShuttingDown)
-        );
+        for _ in 0..3 {
+            assert_eq!(
+                reason(rx.try_recv().unwrap()),
+                Some(ReasonCode::ServerShuttingDown)
+            );
+        }
     }
 
     #[tokio::test]
