@@ -269,7 +269,9 @@ impl Connection {
         self.messages.pop_front()
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued. With keepalive on, a write that cannot complete by the
+    /// session's liveness deadline (the server stopped reading) fails with
+    /// [`ClientError::KeepAliveTimeout`]: a successful write proves nothing, only reads do.
     pub async fn flush(&mut self) -> Result<()> {
         let protocol = self.session.protocol();
         while let Some(packet) = self.session.poll_transmit(now()) {
@@ -278,16 +280,58 @@ impl Connection {
             }
             encode(&packet, protocol, &mut self.wbuf)?;
         }
-        while !self.wbuf.is_empty() {
-            let n = self.io.write(&self.wbuf).await?;
-            if n == 0 {
-                self.session.connection_lost();
-                return Err(ClientError::ConnectionClosed);
-            }
-            self.wbuf.advance(n);
+        let deadline = self.session.liveness_deadline().map(Instant::from_std);
+        let written = match deadline {
+            Some(d) => tokio::time::timeout_at(d, write_all(&mut self.io, &mut self.wbuf))
+                .await
+                .unwrap_or(Err(ClientError::KeepAliveTimeout)),
+            None => write_all(&mut self.io, &mut self.wbuf).await,
+        };
+        if written.is_err() {
+            self.session.connection_lost();
         }
-        self.io.flush().await?;
-        Ok(())
+        written
+    }
+
+    /// Ends the connection and closes the stream, keeping the session for a later
+    /// [`Connection::reconnect`]: sends DISCONNECT with `reason` if the connection is still up,
+    /// shuts the write side down, then reads until the server closes its side (at most
+    /// `linger`, and no longer than 250 ms without data) so that what the server sent
+    /// before the close is handled, not discarded: messages are buffered for
+    /// [`Connection::try_recv`], completed publications for [`Connection::take_published`].
+    /// Afterwards the stream is dropped, so the server sees the connection end even when this
+    /// side gave up on it (a keepalive timeout) while the server still thinks it is up.
+    pub async fn close(&mut self, reason: ReasonCode, linger: Duration) {
+        let deadline = Instant::now() + linger;
+        if self.session.is_connected() {
+            self.session.disconnect(reason);
+        } else {
+            self.session.close_without_disconnect();
+        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            if self.flush().await.is_ok() {
+                let _ = self.io.shutdown().await;
+            }
+        })
+        .await;
+        loop {
+            let until = deadline.min(Instant::now() + CLOSE_IDLE);
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(4096);
+            }
+            match tokio::time::timeout_at(until, self.io.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    if self.process_input().is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.session.connection_lost();
+        self.io = Box::new(Closed);
+        self.rbuf.clear();
+        self.wbuf.clear();
     }
 
     /// Sends DISCONNECT (Normal disconnection) and closes the stream.
@@ -378,6 +422,56 @@ impl Connection {
             self.session.connection_lost();
         }
         outcome
+    }
+}
+
+/// How long [`Connection::close`] waits for more data from the server before it stops reading.
+const CLOSE_IDLE: Duration = Duration::from_millis(250);
+
+async fn write_all(io: &mut BoxStream, buf: &mut BytesMut) -> Result<()> {
+    while !buf.is_empty() {
+        let n = io.write(buf).await?;
+        if n == 0 {
+            return Err(ClientError::ConnectionClosed);
+        }
+        buf.advance(n);
+    }
+    io.flush().await?;
+    Ok(())
+}
+
+/// The stream of a closed connection: end of file to reads, an error to writes.
+struct Closed;
+
+impl tokio::io::AsyncRead for Closed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Closed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -475,10 +569,55 @@ mod tests {
         server.send(Packet::PingResp).await;
         assert_eq!(server.recv().await, Some(Packet::PingReq));
         assert_eq!(start.elapsed(), Duration::from_secs(60));
-        // No PINGRESP this time: the client gives up one interval later.
+        // No PINGRESP this time: the client gives up half an interval later.
         let (_client, r) = task.await.unwrap();
         assert!(matches!(r, Err(ClientError::KeepAliveTimeout)), "{r:?}");
-        assert_eq!(start.elapsed(), Duration::from_secs(90));
+        assert_eq!(start.elapsed(), Duration::from_secs(75));
+    }
+
+    /// A server that stops reading: the write blocks, and the connection gives up at the
+    /// liveness deadline (one interval plus the ping answer time after the last packet read)
+    /// instead of waiting forever.
+    #[tokio::test(start_paused = true)]
+    async fn blocked_write_fails_at_the_liveness_deadline() {
+        let mut opts = ConnectOptions::new("blocked");
+        opts.keep_alive = 10;
+        let (mut client, _server) = pair(opts).await;
+        let start = Instant::now();
+        let payload = Bytes::from(vec![0u8; 256 * 1024]);
+        let r = client
+            .publish(Message::new("t", payload, QoS::AtMostOnce))
+            .await;
+        assert!(matches!(r, Err(ClientError::KeepAliveTimeout)), "{r:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(!client.session().is_connected());
+    }
+
+    /// `close` sends DISCONNECT, shuts down, and still takes what the server had sent.
+    #[tokio::test]
+    async fn close_keeps_what_the_server_sent_and_ends_the_stream() {
+        let (mut client, mut server) = pair(ConnectOptions::new("closer")).await;
+        server
+            .send(Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "down/commands".into(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"on"),
+            }))
+            .await;
+        client
+            .close(ReasonCode::NormalDisconnection, Duration::from_secs(5))
+            .await;
+        let m = client
+            .try_recv()
+            .expect("the message sent before the close");
+        assert_eq!(&m.payload[..], b"on");
+        assert!(matches!(server.recv().await, Some(Packet::Disconnect(_))));
+        assert_eq!(server.recv().await, None, "the stream is closed");
+        assert!(!client.session().is_connected());
     }
 
     #[tokio::test(start_paused = true)]

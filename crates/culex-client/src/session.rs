@@ -163,6 +163,10 @@ enum State {
     Connecting,
     /// CONNACK accepted.
     Connected,
+    /// The owner is ending the connection ([`ClientSession::disconnect`]): nothing more is
+    /// sent, but what the server had already sent is still handled, so no message that reached
+    /// us is lost while the transport is closed.
+    Closing,
 }
 
 /// Where an outgoing QoS 1/2 publication is in its acknowledgement flow.
@@ -185,6 +189,9 @@ pub struct ClientSession {
     keep_alive: Option<Duration>,
     /// When the last packet was handed to the transport.
     last_sent: Option<Instant>,
+    /// When the last packet arrived from the server. Only reads prove the server alive: a
+    /// write that succeeds may sit in a socket buffer nobody drains.
+    last_received: Option<Instant>,
     /// When the outstanding PINGREQ was sent.
     ping_sent: Option<Instant>,
     /// Next packet identifier to try.
@@ -223,6 +230,7 @@ impl ClientSession {
             state: State::Disconnected,
             keep_alive: None,
             last_sent: None,
+            last_received: None,
             ping_sent: None,
             next_id: 1,
             outgoing: BTreeMap::new(),
@@ -278,6 +286,7 @@ impl ClientSession {
         self.pending_acks.clear();
         self.ping_sent = None;
         self.last_sent = Some(now);
+        self.last_received = Some(now);
         self.keep_alive = None;
         self.state = State::Connecting;
         self.transmit
@@ -292,13 +301,22 @@ impl ClientSession {
         self.ping_sent = None;
     }
 
-    /// Queues a clean DISCONNECT; the session is disconnected afterwards.
+    /// Queues a clean DISCONNECT (when connected) and starts closing: nothing is sent after
+    /// it, but packets that still arrive from the server are handled (messages reported,
+    /// acknowledgements completed) until [`ClientSession::connection_lost`].
     pub fn disconnect(&mut self, reason: ReasonCode) {
-        if self.state != State::Disconnected {
+        if self.state == State::Connected {
             self.transmit
                 .push_back(Packet::Disconnect(Disconnect::new(reason)));
         }
-        self.state = State::Disconnected;
+        self.state = State::Closing;
+    }
+
+    /// Starts closing a connection that failed (no DISCONNECT can be sent): like
+    /// [`ClientSession::disconnect`], packets still readable from the transport are handled.
+    pub fn close_without_disconnect(&mut self) {
+        self.transmit.clear();
+        self.state = State::Closing;
     }
 
     /// Queues a publication. Returns its packet identifier for QoS 1/2 (completion is reported
@@ -430,20 +448,51 @@ impl ClientSession {
     /// When [`ClientSession::handle_timeout`] must next be called: the PINGREQ deadline, or the
     /// deadline for the outstanding PINGREQ's answer. `None` when keepalive is off or the session
     /// is not connected.
+    ///
+    /// A PINGREQ is due one keepalive interval after the last packet sent **or** received,
+    /// whichever is older (as Paho and libmosquitto do): a client that only publishes QoS 0 gets
+    /// no answers, so without a ping it would never learn whether the server still reads.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state != State::Connected {
             return None;
         }
         let keep_alive = self.keep_alive?;
         match self.ping_sent {
-            Some(sent) => sent.checked_add(keep_alive),
-            None => self.last_sent?.checked_add(keep_alive),
+            Some(sent) => sent.checked_add(ping_answer_time(keep_alive)),
+            None => {
+                let idle_since = match (self.last_sent, self.last_received) {
+                    (Some(s), Some(r)) => s.min(r),
+                    (s, r) => s.or(r)?,
+                };
+                idle_since.checked_add(keep_alive)
+            }
+        }
+    }
+
+    /// The time by which something must arrive from the server for the link to count as
+    /// alive: the outstanding PINGREQ's answer deadline, or (when no ping is outstanding) one
+    /// keepalive interval plus the answer time after the last packet received. A driver whose
+    /// write blocks (the server stopped reading) gives up at this time. `None` when keepalive
+    /// is off or the session is not connected.
+    pub fn liveness_deadline(&self) -> Option<Instant> {
+        if self.state != State::Connected {
+            return None;
+        }
+        let keep_alive = self.keep_alive?;
+        let answer = ping_answer_time(keep_alive);
+        match self.ping_sent {
+            Some(sent) => sent.checked_add(answer),
+            None => self
+                .last_received?
+                .checked_add(keep_alive)?
+                .checked_add(answer),
         }
     }
 
     /// Advances timers to `now`: queues a PINGREQ when the keepalive interval passed without
-    /// anything sent, and fails with [`ClientError::KeepAliveTimeout`] when a PINGREQ went
-    /// unanswered for a whole interval.
+    /// anything sent or without anything received, and fails with
+    /// [`ClientError::KeepAliveTimeout`] when a PINGREQ went unanswered for half an interval
+    /// (so a dead server is detected within 1.5 keepalive intervals of its last packet).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
         let Some(deadline) = self.poll_timeout() else {
             return Ok(());
@@ -462,7 +511,9 @@ impl ClientSession {
 
     /// Processes one packet received from the server.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<()> {
-        let _ = now;
+        // Whatever arrives proves the server alive and answers an outstanding PINGREQ.
+        self.last_received = Some(now);
+        self.ping_sent = None;
         match (self.state, packet) {
             (State::Connecting, Packet::ConnAck(ack)) => self.on_connack(ack),
             (State::Connecting, other) => Err(ClientError::Protocol(format!(
@@ -474,6 +525,14 @@ impl ClientSession {
                 other.name()
             ))),
             (State::Connected, packet) => self.on_packet(packet),
+            (State::Closing, Packet::Disconnect(_)) => Ok(()),
+            (State::Closing, packet) => {
+                let queued = self.transmit.len();
+                let result = self.on_packet(packet);
+                // Nothing may follow our DISCONNECT (or a failed transport): drop the answers.
+                self.transmit.truncate(queued);
+                result
+            }
         }
     }
 
@@ -553,8 +612,6 @@ impl ClientSession {
     }
 
     fn on_packet(&mut self, packet: Packet) -> Result<()> {
-        // Any packet from the server proves it alive; only PINGRESP clears the ping, though, so
-        // a server that answers nothing else still times out.
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(ack) => {
@@ -635,7 +692,6 @@ impl ClientSession {
                 Ok(())
             }
             Packet::PingResp => {
-                self.ping_sent = None;
                 self.events.push_back(Event::PingResp);
                 Ok(())
             }
@@ -771,6 +827,12 @@ impl ClientSession {
         }
         Ok(())
     }
+}
+
+/// How long a PINGREQ may go unanswered: half the keepalive interval (at least one second), so
+/// a dead link is declared within 1.5 intervals of the last packet received.
+fn ping_answer_time(keep_alive: Duration) -> Duration {
+    (keep_alive / 2).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -1096,23 +1158,123 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(secs(10)));
         s.handle_timeout(secs(9)).unwrap();
         assert!(drain(&mut s, secs(9)).is_empty());
-        // Sending something restarts the interval.
+        // Traffic both ways restarts the interval.
         s.publish(msg(QoS::AtMostOnce)).unwrap();
         drain(&mut s, secs(5));
+        s.handle_packet(Packet::PingResp, secs(5)).unwrap();
+        assert_eq!(s.poll_event(), Some(Event::PingResp));
         assert_eq!(s.poll_timeout(), Some(secs(15)));
         s.handle_timeout(secs(15)).unwrap();
         assert_eq!(drain(&mut s, secs(15)), vec![Packet::PingReq]);
-        // The answer is due within one more interval.
-        assert_eq!(s.poll_timeout(), Some(secs(25)));
+        // The answer is due within half an interval.
+        assert_eq!(s.poll_timeout(), Some(secs(20)));
+        assert_eq!(s.liveness_deadline(), Some(secs(20)));
         s.handle_packet(Packet::PingResp, secs(16)).unwrap();
-        assert_eq!(s.poll_event(), Some(Event::PingResp));
         assert_eq!(s.poll_timeout(), Some(secs(25)));
         s.handle_timeout(secs(25)).unwrap();
         assert_eq!(drain(&mut s, secs(25)), vec![Packet::PingReq]);
+        s.handle_timeout(secs(29)).unwrap();
         assert!(matches!(
-            s.handle_timeout(secs(35)),
+            s.handle_timeout(secs(30)),
             Err(ClientError::KeepAliveTimeout)
         ));
+        assert!(!s.is_connected());
+    }
+
+    /// A client that only sends QoS 0 never hears from the server unless it pings: the PINGREQ
+    /// is due one interval after the last packet *received*, however recently it sent.
+    #[test]
+    fn one_way_traffic_still_pings_and_detects_a_dead_server() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.keep_alive = 10;
+        let mut s = connected(o, t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pings = Vec::new();
+        // A QoS 0 publish every 200 ms for 60 s; the server answers every PINGREQ at once.
+        for tick in 1..=300u64 {
+            let now = at(tick * 200);
+            s.handle_timeout(now).unwrap();
+            s.publish(msg(QoS::AtMostOnce)).unwrap();
+            for p in drain(&mut s, now) {
+                if p == Packet::PingReq {
+                    pings.push(now);
+                    s.handle_packet(Packet::PingResp, now).unwrap();
+                }
+            }
+        }
+        assert_eq!(pings.len(), 6, "one PINGREQ per interval: {pings:?}");
+        assert_eq!(pings[0], at(10_000));
+        // Now the server goes silent: the next PINGREQ goes unanswered and the link is
+        // declared dead within 1.5 intervals of the last packet received (t = 60 s).
+        let mut dead_at = None;
+        for tick in 301..=500u64 {
+            let now = at(tick * 200);
+            if s.handle_timeout(now).is_err() {
+                dead_at = Some(now);
+                break;
+            }
+            s.publish(msg(QoS::AtMostOnce)).unwrap();
+            drain(&mut s, now);
+        }
+        assert_eq!(dead_at, Some(at(75_000)));
+    }
+
+    /// Any packet from the server proves it alive, PINGRESP or not.
+    #[test]
+    fn any_packet_answers_a_ping() {
+        let t0 = Instant::now();
+        let mut o = ConnectOptions::new("c");
+        o.keep_alive = 4;
+        let mut s = connected(o, t0);
+        let secs = |n| t0 + Duration::from_secs(n);
+        s.handle_timeout(secs(4)).unwrap();
+        assert_eq!(drain(&mut s, secs(4)), vec![Packet::PingReq]);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::new(),
+        };
+        s.handle_packet(Packet::Publish(publish), secs(5)).unwrap();
+        assert_eq!(s.poll_timeout(), Some(secs(8)));
+        assert_eq!(s.liveness_deadline(), Some(secs(11)));
+        s.handle_timeout(secs(7)).unwrap();
+        assert!(s.is_connected());
+    }
+
+    /// After DISCONNECT the session sends nothing more, but a message the server had already
+    /// sent is still reported (not lost while the transport closes).
+    #[test]
+    fn closing_session_still_takes_what_arrives() {
+        let t0 = Instant::now();
+        let mut s = connected(ConnectOptions::new("c"), t0);
+        s.disconnect(ReasonCode::NormalDisconnection);
+        assert!(!s.is_connected());
+        assert_eq!(s.poll_timeout(), None);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(5),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"late"),
+        };
+        s.handle_packet(Packet::Publish(publish.clone()), t0)
+            .unwrap();
+        assert_eq!(s.poll_event(), Some(Event::Message(publish)));
+        // Only the DISCONNECT goes out: no PUBACK after it.
+        assert_eq!(
+            drain(&mut s, t0),
+            vec![Packet::Disconnect(Disconnect::new(
+                ReasonCode::NormalDisconnection
+            ))]
+        );
+        assert!(s.publish(msg(QoS::AtMostOnce)).is_err());
     }
 
     #[test]
