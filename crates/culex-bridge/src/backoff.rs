@@ -28,9 +28,20 @@ impl FailureKind {
     }
 }
 
+/// A link up at least this long counts as healthy: when it drops, the first retry is quick.
+pub const STABLE_LINK: Duration = Duration::from_secs(30);
+
+/// The first retry after a healthy link dropped comes after 1 to 2 seconds (never above the
+/// configured maximum).
+const QUICK_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(2));
+
 /// Reconnect delays between `min` and `max`: decorrelated jitter (each delay uniform in
-/// `[min, 3 × previous]`, capped at `max`, as Mosquitto's bridge does), reset after a successful
-/// CONNACK, never giving up; bad credentials always wait `max`.
+/// `[min, 3 × previous]`, capped at `max`, as Mosquitto's bridge does), never giving up; bad
+/// credentials wait about `max` (jittered down by up to a fifth, so many bridges refused at once
+/// do not return in lock-step). A link that had been up for [`STABLE_LINK`] or more is retried
+/// quickly ([`ReconnectPolicy::after_stable_link`]) and the schedule starts over; a link that
+/// drops sooner keeps growing the delay, so a remote that accepts and then kicks the bridge is
+/// not hammered.
 #[derive(Debug, Clone)]
 pub struct ReconnectPolicy {
     backoff: Backoff,
@@ -50,8 +61,18 @@ impl ReconnectPolicy {
     pub fn next_delay<R: Rng + ?Sized>(&mut self, kind: FailureKind, rng: &mut R) -> Duration {
         match kind {
             FailureKind::Transient => self.backoff.next_delay(rng),
-            FailureKind::BadCredentials => self.max,
+            FailureKind::BadCredentials => {
+                let lo = self.max.mul_f64(0.8);
+                jitter(lo, self.max, rng)
+            }
         }
+    }
+
+    /// The delay after a link that had been up for [`STABLE_LINK`] dropped: 1 to 2 s (at most
+    /// `max`), and the schedule starts over from `min` for the failures that may follow.
+    pub fn after_stable_link<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
+        self.backoff.reset();
+        jitter(QUICK_RETRY.0, QUICK_RETRY.1, rng).min(self.max)
     }
 
     /// Starts over from `min`: call after a CONNACK accepted the connection.
@@ -63,6 +84,17 @@ impl ReconnectPolicy {
     pub fn set_bounds(&mut self, min: Duration, max: Duration) {
         *self = ReconnectPolicy::new(min, max);
     }
+}
+
+/// Uniform in `[lo, hi]`, millisecond steps.
+fn jitter<R: Rng + ?Sized>(lo: Duration, hi: Duration, rng: &mut R) -> Duration {
+    let (lo_ms, hi_ms) = (lo.as_millis(), hi.as_millis());
+    let ms = if hi_ms > lo_ms {
+        rng.gen_range(lo_ms..=hi_ms)
+    } else {
+        lo_ms
+    };
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 /// Remembers the last failure logged, so a failure repeated on every attempt is logged once
@@ -137,12 +169,39 @@ mod tests {
     }
 
     #[test]
-    fn bad_credentials_wait_the_maximum() {
+    fn bad_credentials_wait_about_the_maximum_with_jitter() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut p = ReconnectPolicy::new(MIN, MAX);
-        for _ in 0..5 {
-            assert_eq!(p.next_delay(FailureKind::BadCredentials, &mut rng), MAX);
+        let delays: Vec<Duration> = (0..20)
+            .map(|_| p.next_delay(FailureKind::BadCredentials, &mut rng))
+            .collect();
+        for d in &delays {
+            assert!(*d >= MAX.mul_f64(0.8) && *d <= MAX, "{d:?}");
         }
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 10, "not jittered: {delays:?}");
+    }
+
+    #[test]
+    fn a_healthy_link_is_retried_within_two_seconds_then_grows() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut p = ReconnectPolicy::new(MIN, MAX);
+        for _ in 0..30 {
+            p.next_delay(FailureKind::Transient, &mut rng);
+        }
+        let mut quick = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let d = p.after_stable_link(&mut rng);
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
+            quick.insert(d);
+        }
+        assert!(quick.len() > 10, "not jittered: {quick:?}");
+        // The failures that follow start over from the minimum.
+        let d = p.next_delay(FailureKind::Transient, &mut rng);
+        assert!(d >= MIN && d <= MIN * 3, "{d:?}");
+        // Never above a configured maximum below one second.
+        let mut tight = ReconnectPolicy::new(Duration::from_millis(100), Duration::from_millis(500));
+        assert_eq!(tight.after_stable_link(&mut rng), Duration::from_millis(500));
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub struct BridgeConfig {
     pub protocol: BridgeProtocol,
     /// `bridge_outgoing_retain`: keep the RETAIN flag of messages sent to the remote.
     pub outgoing_retain: bool,
+    /// `bridge_republish_on_connect` (Culex): after every (re)connect, send the remote the
+    /// latest non-retained message of each `out` topic again, after the retained states and
+    /// before the `in` subscriptions (clients of state-keeping clouds such as Sber re-publish
+    /// their state on every connect). Off: only messages kept while the link was down go out.
+    pub republish_on_connect: bool,
     /// `bridge_max_packet_size`: larger messages are not sent to the remote (dropped and
     /// counted), and larger packets from it close the link.
     pub max_packet_size: Option<u32>,
@@ -154,6 +159,7 @@ impl BridgeConfig {
             notification_topic: None,
             protocol: BridgeProtocol::V311,
             outgoing_retain: true,
+            republish_on_connect: false,
             max_packet_size: None,
             tls: None,
             start_type: StartType::Automatic,
@@ -175,7 +181,12 @@ impl BridgeConfig {
     ///   `sberdevices/v1/<login>/down/#` → local `sber/down/#`; remote
     ///   `sberdevices/v1/__config` → local `sber/__config`;
     /// - `try_private` off (Sber's broker is not Mosquitto and would refuse the bridge bit);
-    ///   notifications on, local only.
+    ///   notifications on, local only, on `$SYS/broker/connection/sber/state` (the connection
+    ///   name, not the login, which is the client id);
+    /// - `bridge_outgoing_retain false`: Sber's reference clients publish non-retained, and the
+    ///   cloud keeps device state itself;
+    /// - `bridge_republish_on_connect true`: after every (re)connect the device list and then the
+    ///   latest status are sent again, as Sber's reference clients do.
     ///
     /// Every field can be changed afterwards (e.g. `addresses` for a test remote, or the
     /// client id).
@@ -202,7 +213,16 @@ impl BridgeConfig {
         c.try_private = false;
         c.protocol = BridgeProtocol::V311;
         c.tls = Some(BridgeTls::default());
+        c.outgoing_retain = false;
+        c.republish_on_connect = true;
+        c.notification_topic = Some(Self::name_notification_topic(&c.name));
         c
+    }
+
+    /// `$SYS/broker/connection/<name>/state`: the notification topic by connection name (the
+    /// Sber preset's default, so the login does not appear in `$SYS`).
+    pub fn name_notification_topic(name: &str) -> String {
+        format!("$SYS/broker/connection/{name}/state")
     }
 
     /// The topic notifications are published on.
@@ -320,6 +340,7 @@ impl BridgeConfig {
         soft.notifications = self.notifications;
         soft.notification_topic.clone_from(&self.notification_topic);
         soft.outgoing_retain = self.outgoing_retain;
+        soft.republish_on_connect = self.republish_on_connect;
         soft == *self
     }
 }

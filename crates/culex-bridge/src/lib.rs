@@ -32,10 +32,11 @@ mod error;
 mod queue;
 mod remote;
 mod runtime;
+mod state;
 mod stats;
 pub mod topic;
 
-pub use backoff::{ChangeLog, FailureKind, ReconnectPolicy};
+pub use backoff::{ChangeLog, FailureKind, ReconnectPolicy, STABLE_LINK};
 pub use config::{
     BridgeConfig, BridgeProtocol, BridgeTls, StartType, TlsVersion, SBER_HOST, SBER_LOCAL_PREFIX,
     SBER_PORT,

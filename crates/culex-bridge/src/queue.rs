@@ -91,6 +91,11 @@ impl MemoryQueue {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// The queued messages, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.items.iter()
+    }
 }
 
 #[cfg(test)]

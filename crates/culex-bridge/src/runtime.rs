@@ -2,12 +2,15 @@
 //!
 //! One task per bridge owns both connections and waits, in one `select!`, on the local
 //! connection, the remote one, a connect attempt in progress, the next-attempt timer and the
-//! stall and idle timers. The `culex-client` connections are cancel-safe, so losing a race in the
+//! idle timer. Liveness of the remote link is the client session's keepalive: a PINGREQ when
+//! nothing was sent or nothing was received for an interval, the link dead when it goes
+//! unanswered (or a write blocks) for half an interval more. Whatever ends a link, its socket
+//! is closed, after reading what the remote had already sent. The `culex-client` connections are cancel-safe, so losing a race in the
 //! `select!` loses no data. The remote [`Connection`] is kept across link failures: its session
 //! holds the QoS 1/2 publications in flight, which are resent (with DUP when the remote kept the
 //! session) after the reconnect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -18,7 +21,8 @@ use std::time::Duration;
 use culex_client::transport::BoxStream;
 use culex_client::{ClientError, ClientSession, ConnectOptions, Connection, Message};
 use culex_proto::{
-    Properties, Protocol, Publish, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions,
+    Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubscribeFilter,
+    SubscriptionOptions,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -26,12 +30,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy};
+use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy, STABLE_LINK};
 use crate::config::{BridgeConfig, BridgeProtocol, StartType};
 use crate::echo::EchoFilter;
 use crate::error::BridgeError;
 use crate::queue::{LocalAck, MemoryQueue, QueuedMessage};
 use crate::remote;
+use crate::state::{Put, TopicStates};
 use crate::stats::{unix_now, unix_now_ms, BridgeStats, LinkState};
 use crate::topic::{remap_in, remap_out};
 
@@ -53,6 +58,9 @@ const LAZY_POLL: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for a SUBACK or a local round trip.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing the remote link may take: DISCONNECT, shutdown, and reading what the remote
+/// had sent until it closes its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Local reconnect delays (the local broker is in-process; it is only gone while restarting).
 const LOCAL_RETRY_MIN: Duration = Duration::from_millis(100);
 const LOCAL_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -166,7 +174,6 @@ enum Wake {
     Remote(Result<(), ClientError>),
     Attempt(Box<Attempt>),
     AttemptDue,
-    Stalled,
     Idle,
     LazyPoll,
     Reconfigure,
@@ -182,10 +189,15 @@ struct Link {
     config: Arc<BridgeConfig>,
     stats: Arc<BridgeStats>,
     queue: MemoryQueue,
-    /// While the link is down: the latest QoS 0 message per remote topic (index into
-    /// `latest`), sent first after the reconnect.
-    latest_index: HashMap<String, usize>,
-    latest: Vec<QueuedMessage>,
+    /// The retained state of each `out` topic (the latest message published with RETAIN),
+    /// sent first after every (re)connect.
+    retained: TopicStates,
+    /// The latest non-retained message per `out` topic: QoS 0 messages kept while the link is
+    /// down, and with `republish_on_connect` every topic's last message. Sent after the
+    /// retained states.
+    latest: TopicStates,
+    /// A retained state could not be kept (`queue_limit` topics): warned once.
+    states_full_warned: bool,
     /// Local acknowledgements owed once the remote completes these publications, by remote
     /// packet identifier.
     inflight_acks: HashMap<u16, LocalAck>,
@@ -205,7 +217,8 @@ struct Link {
     /// A `once` bridge that has had its one connection (or failed it).
     finished: bool,
     last_activity: Instant,
-    remote_progress: Instant,
+    /// When the remote link came up (for the quick retry after a healthy link drops).
+    connected_at: Instant,
 }
 
 impl Link {
@@ -220,13 +233,15 @@ impl Link {
         let echo = (config.protocol == BridgeProtocol::V311 && !config.try_private)
             .then(|| EchoFilter::new(Duration::from_secs(60), 100_000));
         let policy = ReconnectPolicy::new(config.backoff_min, config.backoff_max);
+        let states_limit = config.queue_limit;
         let now = Instant::now();
         Link {
             config: Arc::new(config),
             stats,
             queue,
-            latest_index: HashMap::new(),
-            latest: Vec::new(),
+            retained: TopicStates::new(states_limit),
+            latest: TopicStates::new(states_limit),
+            states_full_warned: false,
             inflight_acks: HashMap::new(),
             connector,
             shutdown,
@@ -244,7 +259,7 @@ impl Link {
             echo,
             finished: false,
             last_activity: now,
-            remote_progress: now,
+            connected_at: now,
         }
     }
 
@@ -274,7 +289,7 @@ impl Link {
             self.handle(wake).await;
         }
         self.close().await;
-        self.stats.set_state(LinkState::Stopped);
+        self.set_state(LinkState::Stopped);
         tracing::info!(bridge = %self.name(), "bridge stopped");
     }
 
@@ -291,7 +306,7 @@ impl Link {
 
     /// `out` messages waiting for the remote: held here or queued in the local session.
     fn waiting(&self) -> u64 {
-        (self.queue.len() + self.latest.len()) as u64
+        (self.queue.len() + self.latest.unsent() + self.retained.unsent()) as u64
             + self.stats.local_queued.load(Ordering::Relaxed)
     }
 
@@ -310,7 +325,7 @@ impl Link {
         }
         self.next_attempt = None;
         self.stats.next_attempt_unix_ms.store(0, Ordering::Relaxed);
-        self.stats.set_state(LinkState::Connecting);
+        self.set_state(LinkState::Connecting);
         let config = Arc::clone(&self.config);
         let conn = self.remote.take();
         let stats = Arc::clone(&self.stats);
@@ -327,16 +342,12 @@ impl Link {
             attempt,
             next_attempt,
             config,
-            remote_progress,
             last_activity,
             ..
         } = self;
         let Some(local) = local.as_mut() else {
             return Wake::Local(Err(ClientError::NotConnected));
         };
-        let keepalive = config.keepalive;
-        let stall_at = (*remote_up && !keepalive.is_zero())
-            .then(|| *remote_progress + keepalive * 2 + Duration::from_secs(5));
         let idle_at = (*remote_up && config.start_type == StartType::Lazy)
             .then(|| *last_activity + config.idle_timeout);
         let lazy_poll_at = (!*remote_up
@@ -369,7 +380,6 @@ impl Link {
                 }
             }, if attempt.is_some() => Wake::Attempt(Box::new(a)),
             () = sleep_until(attempt_at) => Wake::AttemptDue,
-            () = sleep_until(stall_at) => Wake::Stalled,
             () = sleep_until(idle_at) => Wake::Idle,
             () = sleep_until(lazy_poll_at) => Wake::LazyPoll,
         }
@@ -386,10 +396,9 @@ impl Link {
                 tracing::warn!(bridge = %self.name(), error = %e, "bridge lost its local connection; reconnecting");
             }
             Wake::Remote(r) => {
-                self.remote_progress = Instant::now();
                 self.drain_remote();
                 if let Err(e) = r {
-                    self.remote_lost(&e);
+                    self.remote_lost(&e).await;
                 }
             }
             Wake::Attempt(a) => {
@@ -399,11 +408,6 @@ impl Link {
                     Ok(index) => self.remote_connected(index).await,
                     Err(e) => self.attempt_failed(&e),
                 }
-            }
-            Wake::Stalled => {
-                self.remote_lost(&ClientError::Timeout(
-                    "on the remote link: no progress for twice the keepalive",
-                ));
             }
             Wake::Idle => self.idle_check().await,
             Wake::Reconfigure => self.reconfigure().await,
@@ -418,7 +422,8 @@ impl Link {
         // A wait scheduled under the old bounds never outlasts the new maximum.
         let latest = Instant::now() + new.backoff_max.max(new.backoff_min);
         if self.next_attempt.is_some_and(|at| at > latest) {
-            self.schedule(new.backoff_max.max(new.backoff_min));
+            let state = self.stats.state();
+            self.schedule(new.backoff_max.max(new.backoff_min), state);
         }
         if old.topics != new.topics {
             let gone = |dir_out: bool, filter: fn(&crate::topic::TopicRule) -> String| {
@@ -450,6 +455,8 @@ impl Link {
                 gone.dedup();
                 gone
             };
+            // The local re-subscribe below sends the current retained states of the new rules.
+            self.retained.clear();
             let local_gone = gone(true, |r| r.local_filter());
             let remote_gone = gone(false, |r| r.remote_filter());
             if self.local_up {
@@ -482,7 +489,7 @@ impl Link {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    self.remote_lost(&e);
+                    self.remote_lost(&e).await;
                     return;
                 }
                 self.drain_remote();
@@ -605,8 +612,10 @@ impl Link {
         Ok(())
     }
 
-    /// After a CONNACK: queued state first, then the local state (retained), then the `in`
-    /// subscriptions, so the remote sees current state before it can send commands.
+    /// After a CONNACK, in this order: the retained state of each `out` topic (for Sber the
+    /// device list, `up/config`), then the latest kept message of each other `out` topic
+    /// (`up/status`), then the QoS 1/2 queue, then the `in` subscriptions, so the remote knows
+    /// the current state before it can send commands. The link counts as connected only then.
     async fn remote_connected(&mut self, index: usize) {
         let (host, port) = self
             .config
@@ -622,9 +631,8 @@ impl Link {
         tracing::info!(bridge = %self.name(), remote = %format!("{host}:{port}"), session_present, queued = self.queue.len(), "bridge connected to the remote broker");
         self.remote_up = true;
         self.log.clear();
-        self.policy.reset();
         let now = Instant::now();
-        self.remote_progress = now;
+        self.connected_at = now;
         self.last_activity = now;
         StatsExt::inc(&self.stats.connects);
         self.stats
@@ -633,28 +641,37 @@ impl Link {
         if self.config.start_type == StartType::Once {
             self.finished = true;
         }
-        // Retained states kept while down are sent again, current, by the local re-subscribe
-        // below; sending the kept copy too would repeat them.
-        if self.latest.iter().any(|m| m.retain) {
-            self.latest.retain(|m| !m.retain);
-            self.latest_index.clear();
-        }
+        self.replay_state();
         self.pump();
-        // Current local state: a repeated SUBSCRIBE re-sends the retained messages.
-        if let Err(e) = self.subscribe_local().await {
-            tracing::warn!(bridge = %self.name(), error = %e, "re-subscribing locally failed");
-            self.local_up = false;
-            return;
-        }
-        self.drain_local();
         if let Err(e) = self.subscribe_remote().await {
-            self.remote_lost(&e);
+            self.remote_lost(&e).await;
             return;
         }
         self.drain_remote();
         // Connected only now: state sent, subscriptions in place.
-        self.stats.set_state(LinkState::Connected);
+        self.set_state(LinkState::Connected);
         self.notify(true);
+    }
+
+    /// Sends the kept state to a freshly connected remote: every retained state (unless a
+    /// newer message of its topic waits in the QoS 1/2 queue), then the latest non-retained
+    /// messages: all of them with `republish_on_connect`, else those kept while the link was
+    /// down. These are copies; the local broker has already been answered for them.
+    fn replay_state(&mut self) {
+        let queued: HashSet<String> = self.queue.iter().map(|m| m.topic.clone()).collect();
+        for m in self.retained.take_for_send(true) {
+            if !queued.contains(&m.topic) {
+                self.send_remote(m);
+            }
+        }
+        let republish = self.config.republish_on_connect;
+        for m in self.latest.take_for_send(republish) {
+            self.send_remote(m);
+        }
+        if !republish {
+            self.latest.clear();
+        }
+        self.update_queued();
     }
 
     async fn subscribe_remote(&mut self) -> Result<(), ClientError> {
@@ -704,17 +721,17 @@ impl Link {
         self.stats.set_last_error(text.clone());
         if self.config.start_type == StartType::Once {
             self.finished = true;
-            self.stats.set_state(LinkState::Stopped);
+            self.set_state(LinkState::Stopped);
             tracing::error!(bridge = %self.name(), error = %text, "bridge connection failed; start_type once: not retrying");
             return;
         }
         let delay = self.policy.next_delay(kind, &mut self.rng);
-        self.schedule(delay);
+        self.schedule(delay, waiting_state(e));
         if self.log.changed(&text) {
             match kind {
-                FailureKind::BadCredentials => tracing::error!(
+                FailureKind::BadCredentials => tracing::warn!(
                     bridge = %self.name(), error = %text, retry_in = ?delay,
-                    "the remote broker refused the bridge's credentials; retrying at the maximum delay (check remote_username / remote_password)"
+                    "the remote broker refused the bridge's credentials; retrying at the maximum delay, or at once after a reload (check remote_username / remote_password)"
                 ),
                 FailureKind::Transient => tracing::warn!(
                     bridge = %self.name(), error = %text, retry_in = ?delay,
@@ -726,39 +743,84 @@ impl Link {
         }
     }
 
-    fn schedule(&mut self, delay: Duration) {
+    fn schedule(&mut self, delay: Duration, state: LinkState) {
         self.next_attempt = Some(Instant::now() + delay);
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.stats
             .next_attempt_unix_ms
             .store(unix_now_ms().saturating_add(ms), Ordering::Relaxed);
-        self.stats.set_state(LinkState::BackingOff);
+        self.set_state(state);
     }
 
-    fn remote_lost(&mut self, e: &ClientError) {
+    /// Records the link state (metrics) and, when it changed and notifications are on,
+    /// publishes it locally, retained, on `$SYS/broker/connection/<name>/link_state` with the
+    /// last error and the next attempt beside it (`.../last_error`, `.../next_attempt`).
+    fn set_state(&mut self, state: LinkState) {
+        let changed = self.stats.state() != state;
+        self.stats.set_state(state);
+        if !changed || !self.config.notifications || !self.local_up {
+            return;
+        }
+        let base = format!("$SYS/broker/connection/{}", self.config.name);
+        let next_ms = self.stats.next_attempt_unix_ms.load(Ordering::Relaxed);
+        let next = if next_ms == 0 {
+            String::new()
+        } else {
+            (next_ms / 1000).to_string()
+        };
+        let error = self.stats.last_error().unwrap_or_default();
+        let Some(local) = self.local.as_mut() else {
+            return;
+        };
+        for (leaf, value) in [
+            ("link_state", state.as_str().to_string()),
+            ("last_error", error),
+            ("next_attempt", next),
+        ] {
+            let msg = Message::new(format!("{base}/{leaf}"), value, QoS::AtMostOnce).retained(true);
+            if let Err(e) = local.start_publish(msg) {
+                tracing::debug!(bridge = %self.config.name, error = %e, "link state not published");
+            }
+        }
+    }
+
+    /// The remote link ended (error, keepalive timeout, refused subscription). Its socket is
+    /// closed in every case, so a remote that still thinks the link is up stops sending into
+    /// it; what the remote had sent before is read and forwarded first.
+    async fn remote_lost(&mut self, e: &ClientError) {
         if !self.remote_up {
             return;
         }
         self.remote_up = false;
+        if let Some(conn) = self.remote.as_mut() {
+            conn.close(ReasonCode::NormalDisconnection, CLOSE_LINGER)
+                .await;
+        }
+        self.drain_remote();
         StatsExt::inc(&self.stats.disconnects);
         let text = e.to_string();
         self.stats.set_last_error(text.clone());
-        tracing::warn!(bridge = %self.name(), error = %text, "bridge lost the remote link");
+        let up_for = Instant::now().saturating_duration_since(self.connected_at);
+        tracing::warn!(bridge = %self.name(), error = %text, up_for = ?up_for, "bridge lost the remote link");
         self.log.changed(&text);
         self.notify(false);
         match self.config.start_type {
             StartType::Once => {
                 self.finished = true;
-                self.stats.set_state(LinkState::Stopped);
+                self.set_state(LinkState::Stopped);
             }
             _ => {
-                let delay = self.policy.next_delay(FailureKind::of(e), &mut self.rng);
-                self.schedule(delay);
+                let kind = FailureKind::of(e);
+                let delay = if kind == FailureKind::Transient && up_for >= STABLE_LINK {
+                    self.policy.after_stable_link(&mut self.rng)
+                } else {
+                    self.policy.next_delay(kind, &mut self.rng)
+                };
+                self.schedule(delay, waiting_state(e));
             }
         }
     }
 
-    /// Lazy bridges: disconnect after `idle_timeout` without traffic, once nothing is pending.
     async fn idle_check(&mut self) {
         let idle_for = Instant::now().saturating_duration_since(self.last_activity);
         if !self.remote_up || idle_for < self.config.idle_timeout {
@@ -771,12 +833,14 @@ impl Link {
         }
         tracing::info!(bridge = %self.name(), "lazy bridge idle; disconnecting");
         self.remote_up = false;
-        if let Some(conn) = self.remote.take() {
-            let _ = tokio::time::timeout(ACK_TIMEOUT, conn.disconnect()).await;
+        if let Some(conn) = self.remote.as_mut() {
+            conn.close(ReasonCode::NormalDisconnection, CLOSE_LINGER)
+                .await;
         }
+        self.drain_remote();
         self.notify(false);
         self.next_attempt = None;
-        self.stats.set_state(LinkState::Idle);
+        self.set_state(LinkState::Idle);
     }
 
     fn drain_local(&mut self) {
@@ -827,6 +891,8 @@ impl Link {
             self.ack_local(local_ack);
             return;
         };
+        // Retained as published (the local subscription keeps the flag): the topic's state.
+        let is_state = p.retain;
         let mut message = QueuedMessage {
             topic,
             qos: p.qos.min(rule.qos),
@@ -850,14 +916,15 @@ impl Link {
                 echo.record(&message.topic, &message.payload, std::time::Instant::now());
             }
         }
+        self.keep_state(&message, is_state);
         if message.qos == QoS::AtMostOnce {
-            // Sent at QoS 0 (the rule's QoS): nothing to wait for.
+            // Sent at QoS 0 (the rule's QoS): nothing to wait for. While the link is down,
+            // `keep_state` kept it for the reconnect.
             self.ack_local(message.local_ack.take());
             if self.remote_up {
                 self.send_remote(message);
-            } else {
-                self.keep_latest(message);
             }
+            self.update_queued();
             return;
         }
         if let Some(evicted) = self.queue.push(message) {
@@ -867,34 +934,52 @@ impl Link {
         self.update_queued();
     }
 
-    /// While the link is down: keeps only the latest QoS 0 message per topic (the remote needs
-    /// current state, not a flood of stale ones), for at most `queue_limit` topics.
-    fn keep_latest(&mut self, message: QueuedMessage) {
-        if let Some(&i) = self.latest_index.get(&message.topic) {
-            if let Some(slot) = self.latest.get_mut(i) {
-                *slot = message;
-                StatsExt::inc(&self.stats.dropped_qos0_offline);
+    /// Keeps a copy of an `out` message for the replay after the next (re)connect: a retained
+    /// state as its topic's state (a cleared one forgotten); a QoS 0 message while the link is
+    /// down as its topic's latest (only the latest per topic goes out: the remote needs current
+    /// state, not a flood of stale ones; the replaced ones are counted as `offline_qos0`
+    /// drops); with `republish_on_connect`, every non-retained message as its topic's latest.
+    /// At most `queue_limit` topics each.
+    fn keep_state(&mut self, message: &QueuedMessage, is_state: bool) {
+        let copy = QueuedMessage {
+            local_ack: None,
+            ..message.clone()
+        };
+        let unsent = !self.remote_up && message.qos == QoS::AtMostOnce;
+        let put = if is_state && !message.payload.is_empty() {
+            let put = self.retained.put(copy, unsent);
+            if put == Put::Full && !self.states_full_warned {
+                self.states_full_warned = true;
+                tracing::warn!(bridge = %self.name(), limit = self.config.queue_limit, topic = %message.topic, "more retained out topics than queue_limit: the newer ones are not replayed after a reconnect");
+            }
+            put
+        } else {
+            if is_state {
+                self.retained.remove(&message.topic);
+            }
+            if !(unsent || (self.config.republish_on_connect && !is_state)) {
                 return;
             }
+            self.latest.put(copy, unsent)
+        };
+        match put {
+            Put::Replaced { unsent: true } => StatsExt::inc(&self.stats.dropped_qos0_offline),
+            Put::Full if unsent => StatsExt::inc(&self.stats.dropped_qos0_offline),
+            _ => {}
         }
-        if self.latest.len() >= self.config.queue_limit {
-            StatsExt::inc(&self.stats.dropped_qos0_offline);
-            return;
-        }
-        self.latest_index
-            .insert(message.topic.clone(), self.latest.len());
-        self.latest.push(message);
-        self.update_queued();
     }
 
+
     fn update_queued(&self) {
-        let held = self.queue.len() + self.latest.len() + self.inflight_acks.len();
+        let held = self.queue.len()
+            + self.latest.unsent()
+            + self.retained.unsent()
+            + self.inflight_acks.len();
         self.stats.queued.store(held as u64, Ordering::Relaxed);
     }
 
-    /// Moves held messages into the remote session while the in-flight window has room: the
-    /// QoS 1/2 queue in order, then the latest QoS 0 state per topic kept while the link was
-    /// down.
+    /// Moves queued QoS 1/2 messages into the remote session while the in-flight window has
+    /// room.
     fn pump(&mut self) {
         if self.remote_up {
             while self
@@ -905,12 +990,6 @@ impl Link {
                 let Some(m) = self.queue.pop() else { break };
                 if !self.send_remote(m) {
                     break;
-                }
-            }
-            if !self.latest.is_empty() {
-                self.latest_index.clear();
-                for m in std::mem::take(&mut self.latest) {
-                    self.send_remote(m);
                 }
             }
         }
@@ -970,7 +1049,8 @@ impl Link {
 
     fn requeue(&mut self, m: QueuedMessage) {
         if m.qos == QoS::AtMostOnce {
-            self.keep_latest(m);
+            // Kept as its topic's latest already (see `keep_state`) unless it was a replay.
+            let _ = self.latest.put(m, true);
         } else {
             self.queue.push_front(m);
         }
@@ -1050,14 +1130,13 @@ impl Link {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
             self.drain_remote_acks();
-            // What the remote sent meanwhile is acknowledged already: pass it on.
-            while let Some(p) = self.remote.as_mut().and_then(|c| c.try_recv()) {
-                self.forward_in(p);
-            }
             self.remote_up = false;
-            if let Some(conn) = self.remote.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.disconnect()).await;
+            if let Some(conn) = self.remote.as_mut() {
+                conn.close(ReasonCode::NormalDisconnection, CLOSE_LINGER)
+                    .await;
             }
+            // What the remote sent until it closed its side: pass it on.
+            self.drain_remote();
         }
         if self.local_up {
             self.notify(false);
@@ -1191,6 +1270,16 @@ async fn unsubscribe(
         .await
         .map_err(|_| ClientError::Timeout(what))??;
     Ok(())
+}
+
+/// The state to show while waiting after a failure: refused credentials and TLS failures have
+/// their own, since they need the operator rather than time.
+fn waiting_state(e: &ClientError) -> LinkState {
+    match (FailureKind::of(e), e) {
+        (FailureKind::BadCredentials, _) => LinkState::CredentialsRefused,
+        (_, ClientError::Tls(_)) => LinkState::TlsFailed,
+        _ => LinkState::BackingOff,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -18,6 +18,12 @@ pub enum LinkState {
     BackingOff = 3,
     /// A lazy bridge waiting for enough queued messages.
     Idle = 4,
+    /// Waiting before the next attempt because the remote refused the credentials (CONNACK 4
+    /// or 5, MQTT 5 `0x86`/`0x87`): retried at the maximum delay, at once after a reload.
+    CredentialsRefused = 5,
+    /// Waiting before the next attempt because the TLS handshake failed (untrusted or
+    /// mismatched certificate, no common version or cipher).
+    TlsFailed = 6,
 }
 
 impl LinkState {
@@ -27,6 +33,8 @@ impl LinkState {
             2 => LinkState::Connected,
             3 => LinkState::BackingOff,
             4 => LinkState::Idle,
+            5 => LinkState::CredentialsRefused,
+            6 => LinkState::TlsFailed,
             _ => LinkState::Stopped,
         }
     }
@@ -39,8 +47,21 @@ impl LinkState {
             LinkState::Connected => "connected",
             LinkState::BackingOff => "backing_off",
             LinkState::Idle => "idle",
+            LinkState::CredentialsRefused => "credentials_refused",
+            LinkState::TlsFailed => "tls_failed",
         }
     }
+
+    /// Every state, for metric labels (one gauge series per state).
+    pub const ALL: [LinkState; 7] = [
+        LinkState::Stopped,
+        LinkState::Connecting,
+        LinkState::Connected,
+        LinkState::BackingOff,
+        LinkState::Idle,
+        LinkState::CredentialsRefused,
+        LinkState::TlsFailed,
+    ];
 }
 
 /// Counters and gauges of one bridge. All fields are updated by the bridge task and may be read
@@ -83,6 +104,8 @@ pub struct BridgeStats {
     pub last_connect_unix: AtomicU64,
     /// When the next connect attempt is due (Unix milliseconds) while backing off; 0 otherwise.
     pub next_attempt_unix_ms: AtomicU64,
+    /// Unix time (seconds) of the last connect failure or link loss; 0 if none.
+    pub last_error_unix: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -115,6 +138,7 @@ impl BridgeStats {
     }
 
     pub(crate) fn set_last_error(&self, error: String) {
+        self.last_error_unix.store(unix_now(), Ordering::Relaxed);
         if let Ok(mut g) = self.last_error.lock() {
             *g = Some(error);
         }

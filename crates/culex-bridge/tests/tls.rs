@@ -141,13 +141,12 @@ async fn sber_preset_against_a_sber_like_remote() {
     // Point the preset at the test remote; everything else stays as the preset sets it.
     cfg.addresses = vec![("127.0.0.1".into(), remote.port)];
     cfg.tls.as_mut().unwrap().cafile = Some(ca.clone());
-    // The preset's default is `$SYS/broker/connection/<login>/state`; a broker refuses `$SYS`
-    // publications from ordinary clients, and here the bridge dials the local broker over TCP
-    // like one (in the broker its connection is internal).
-    assert_eq!(
-        cfg.notification_topic(),
-        format!("$SYS/broker/connection/{login}/state")
-    );
+    // The preset's default is `$SYS/broker/connection/sber/state` (the connection name, never
+    // the login); a broker refuses `$SYS` publications from ordinary clients, and here the
+    // bridge dials the local broker over TCP like one (in the broker its connection is
+    // internal).
+    assert_eq!(cfg.notification_topic(), "$SYS/broker/connection/sber/state");
+    assert!(!cfg.outgoing_retain && cfg.republish_on_connect);
     cfg.notification_topic = Some("bridges/sber/state".into());
     let bridge = Running::spawn(cfg, local.addr);
     bridge.connected().await;

@@ -31,6 +31,7 @@ pub(crate) const CONF_OPTIONS: &[&str] = &[
     "notification_topic",
     "bridge_protocol_version",
     "bridge_outgoing_retain",
+    "bridge_republish_on_connect",
     "bridge_max_packet_size",
     "bridge_cafile",
     "bridge_capath",
@@ -71,6 +72,7 @@ pub(crate) struct Draft {
     pub(crate) notification_topic: Option<String>,
     pub(crate) protocol: Option<BridgeProtocol>,
     pub(crate) outgoing_retain: Option<bool>,
+    pub(crate) republish_on_connect: Option<bool>,
     pub(crate) max_packet_size: Option<u32>,
     /// TLS options given (any of them turns TLS on).
     pub(crate) tls: Option<BridgeTls>,
@@ -116,6 +118,7 @@ impl Draft {
                 };
                 let mut c = BridgeConfig::sber(&login, &password);
                 c.name = name.clone();
+                c.notification_topic = Some(BridgeConfig::name_notification_topic(&name));
                 if let Some(addresses) = &self.addresses {
                     c.addresses = addresses.clone();
                 }
@@ -196,6 +199,9 @@ impl Draft {
         }
         if let Some(v) = self.outgoing_retain {
             c.outgoing_retain = v;
+        }
+        if let Some(v) = self.republish_on_connect {
+            c.republish_on_connect = v;
         }
         if self.max_packet_size.is_some() {
             c.max_packet_size = self.max_packet_size;
@@ -319,6 +325,9 @@ impl Draft {
                     });
             }
             "bridge_outgoing_retain" => self.outgoing_retain = Some(boolean(one(option, words)?)?),
+            "bridge_republish_on_connect" => {
+                self.republish_on_connect = Some(boolean(one(option, words)?)?);
+            }
             "bridge_max_packet_size" => {
                 let w = one(option, words)?;
                 self.max_packet_size = Some(w.parse::<u32>().map_err(|_| {

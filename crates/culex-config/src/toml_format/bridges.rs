@@ -32,6 +32,7 @@ const KEYS: &[&str] = &[
     "notification_topic",
     "protocol",
     "outgoing_retain",
+    "republish_on_connect",
     "max_packet_size",
     "tls",
     "start_type",
@@ -61,6 +62,7 @@ fn toml_key(option: &str) -> &'static str {
         "notification_topic" => "notification_topic",
         "bridge_protocol_version" => "protocol",
         "bridge_outgoing_retain" => "outgoing_retain",
+        "bridge_republish_on_connect" => "republish_on_connect",
         "bridge_max_packet_size" => "max_packet_size",
         "bridge_cafile" | "bridge_capath" | "bridge_certfile" | "bridge_keyfile"
         | "bridge_insecure" | "bridge_tls_version" => "tls",
@@ -317,6 +319,7 @@ impl TableReader<'_> {
                 });
             }
             "outgoing_retain" => d.outgoing_retain = Some(boolean(item)?),
+            "republish_on_connect" => d.republish_on_connect = Some(boolean(item)?),
             "max_packet_size" => d.max_packet_size = Some(int(item, 1, u32::MAX.into())? as u32),
             "tls" => {
                 let t = item.as_table_like().ok_or_else(|| {
