@@ -192,7 +192,10 @@ mod tests {
         let mut quick = std::collections::HashSet::new();
         for _ in 0..20 {
             let d = p.after_stable_link(&mut rng);
-            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
             quick.insert(d);
         }
         assert!(quick.len() > 10, "not jittered: {quick:?}");
@@ -200,8 +203,12 @@ mod tests {
         let d = p.next_delay(FailureKind::Transient, &mut rng);
         assert!(d >= MIN && d <= MIN * 3, "{d:?}");
         // Never above a configured maximum below one second.
-        let mut tight = ReconnectPolicy::new(Duration::from_millis(100), Duration::from_millis(500));
-        assert_eq!(tight.after_stable_link(&mut rng), Duration::from_millis(500));
+        let mut tight =
+            ReconnectPolicy::new(Duration::from_millis(100), Duration::from_millis(500));
+        assert_eq!(
+            tight.after_stable_link(&mut rng),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

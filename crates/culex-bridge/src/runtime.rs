@@ -969,7 +969,6 @@ impl Link {
         }
     }
 
-
     fn update_queued(&self) {
         let held = self.queue.len()
             + self.latest.unsent()

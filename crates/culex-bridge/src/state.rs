@@ -73,9 +73,7 @@ impl TopicStates {
             let was_unsent = kept.unsent;
             *kept = Kept { message, unsent };
             self.unsent = self.unsent + usize::from(unsent) - usize::from(was_unsent);
-            return Put::Replaced {
-                unsent: was_unsent,
-            };
+            return Put::Replaced { unsent: was_unsent };
         }
         if self.items.len() >= self.limit {
             return Put::Full;

@@ -145,7 +145,10 @@ async fn sber_preset_against_a_sber_like_remote() {
     // the login); a broker refuses `$SYS` publications from ordinary clients, and here the
     // bridge dials the local broker over TCP like one (in the broker its connection is
     // internal).
-    assert_eq!(cfg.notification_topic(), "$SYS/broker/connection/sber/state");
+    assert_eq!(
+        cfg.notification_topic(),
+        "$SYS/broker/connection/sber/state"
+    );
     assert!(!cfg.outgoing_retain && cfg.republish_on_connect);
     cfg.notification_topic = Some("bridges/sber/state".into());
     let bridge = Running::spawn(cfg, local.addr);

@@ -113,6 +113,12 @@ pub const BRIDGE_QUEUED: &str = "culex_bridge_queued_messages";
 pub const BRIDGE_DROPPED: &str = "culex_bridge_dropped_total";
 /// Unix time of a bridge's last successful connect (0 if never), label `bridge`.
 pub const BRIDGE_LAST_CONNECT: &str = "culex_bridge_last_connect_timestamp_seconds";
+/// 1 for a bridge's current link state, 0 for the others; labels `bridge`, `state`.
+pub const BRIDGE_STATE: &str = "culex_bridge_state";
+/// Unix time of a bridge's last connect failure or link loss (0 if none), label `bridge`.
+pub const BRIDGE_LAST_ERROR: &str = "culex_bridge_last_error_timestamp_seconds";
+/// Unix time of a bridge's next connect attempt while it waits (0 otherwise), label `bridge`.
+pub const BRIDGE_NEXT_ATTEMPT: &str = "culex_bridge_next_attempt_timestamp_seconds";
 /// Reasons of [`BRIDGE_DROPPED`].
 pub const BRIDGE_DROP_REASONS: [&str; 3] = ["queue_full", "offline_qos0", "other"];
 /// Prefix of the process metrics (`culex_process_cpu_seconds_total`, ...).
@@ -437,6 +443,20 @@ fn describe() {
         Unit::Seconds,
         "Unix time of the bridge's last successful connect; 0 if it never connected."
     );
+    describe_gauge!(
+        BRIDGE_STATE,
+        "1 for the bridge's current link state (stopped, connecting, connected, backing_off, idle, credentials_refused, tls_failed), 0 for the others."
+    );
+    describe_gauge!(
+        BRIDGE_LAST_ERROR,
+        Unit::Seconds,
+        "Unix time of the bridge's last connect failure or link loss; 0 if none."
+    );
+    describe_gauge!(
+        BRIDGE_NEXT_ATTEMPT,
+        Unit::Seconds,
+        "Unix time of the bridge's next connect attempt while it waits; 0 when not waiting."
+    );
 }
 
 /// The `culex_store_*` metrics, when persistence is on.
@@ -478,6 +498,20 @@ fn record_bridges(c: &Counters) {
         }
         gauge!(BRIDGE_LAST_CONNECT, "bridge" => name.clone())
             .set(st.last_connect_unix.load(Relaxed) as f64);
+        let state = st.state();
+        for s in culex_bridge::LinkState::ALL {
+            gauge!(BRIDGE_STATE, "bridge" => name.clone(), "state" => s.as_str())
+                .set(if s == state { 1.0 } else { 0.0 });
+        }
+        gauge!(BRIDGE_LAST_ERROR, "bridge" => name.clone())
+            .set(st.last_error_unix.load(Relaxed) as f64);
+        let next_ms = match state {
+            culex_bridge::LinkState::BackingOff
+            | culex_bridge::LinkState::CredentialsRefused
+            | culex_bridge::LinkState::TlsFailed => st.next_attempt_unix_ms.load(Relaxed),
+            _ => 0,
+        };
+        gauge!(BRIDGE_NEXT_ATTEMPT, "bridge" => name.clone()).set(next_ms as f64 / 1000.0);
     }
 }
 
