@@ -754,6 +754,7 @@ fn bridge_connection_block() {
          keepalive_interval 30\nrestart_timeout 2 60\n\
          try_private false\nnotifications false\nnotification_topic n/state\n\
          bridge_protocol_version mqttv50\nbridge_outgoing_retain false\n\
+         bridge_republish_on_connect true\n\
          bridge_max_packet_size 1000\nbridge_cafile /ca.pem\nbridge_tls_version tlsv1.3\n\
          start_type lazy\nthreshold 5\nidle_timeout 9\nbridge_bind_address 127.0.0.1\n\
          bridge_queue_limit 7\n\
@@ -785,6 +786,7 @@ fn bridge_connection_block() {
         (Duration::from_secs(2), Duration::from_secs(60))
     );
     assert!(!b.try_private && !b.notifications && !b.outgoing_retain);
+    assert!(b.republish_on_connect && !c.bridges[1].republish_on_connect);
     assert_eq!(b.notification_topic.as_deref(), Some("n/state"));
     assert_eq!(b.protocol, BridgeProtocol::V5);
     assert_eq!(b.max_packet_size, Some(1000));
@@ -825,10 +827,21 @@ fn bridge_sber_preset() {
     let tls = b.tls.as_ref().unwrap();
     assert_eq!(tls.cafile.as_deref(), Some(std::path::Path::new("/ca.pem")));
     assert!(!tls.insecure);
-    let c = config("connection s\nbridge_preset sber\nremote_username dev1\nremote_password pw\n");
+    // Sent without RETAIN, state re-published on every connect, `$SYS` topic by name.
+    assert!(!b.outgoing_retain && b.republish_on_connect);
+    assert_eq!(b.notification_topic(), "$SYS/broker/connection/sber/state");
+    let c = config(
+        "connection home-sber\nbridge_preset sber\nremote_username dev1\nremote_password pw\n\
+         bridge_outgoing_retain true\nbridge_republish_on_connect false\n",
+    );
     assert_eq!(
         c.bridges[0].addresses,
         vec![(culex_bridge::SBER_HOST.to_string(), 8883)]
+    );
+    assert!(c.bridges[0].outgoing_retain && !c.bridges[0].republish_on_connect);
+    assert_eq!(
+        c.bridges[0].notification_topic(),
+        "$SYS/broker/connection/home-sber/state"
     );
 }
 

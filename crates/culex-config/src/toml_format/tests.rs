@@ -592,6 +592,7 @@ name = "sber"
 preset = "sber"
 login = "dev1"
 password = "pw"
+republish_on_connect = false
 "#,
     );
     assert_eq!(c.bridges.len(), 2);
@@ -618,6 +619,7 @@ password = "pw"
     let s = &c.bridges[1];
     assert_eq!(s.remote_clientid, "dev1");
     assert_eq!(s.topics[0].remote_filter(), "sberdevices/v1/dev1/up/#");
+    assert!(!s.republish_on_connect && !s.outgoing_retain);
     // The rest of the file is unaffected.
     assert_eq!(c.listeners, Config::default().listeners);
 }
