@@ -27,6 +27,38 @@ async fn v5_connect_is_accepted_without_session_present() -> Result<()> {
     accepted_clean_session_not_present(Protocol::V5).await
 }
 
+/// MQTT 3.1 has no session-present flag: the first byte of its CONNACK's variable header is
+/// reserved (0), even when the server kept the session (3.1.1 sets it to 1 then).
+#[tokio::test]
+async fn v31_connack_has_no_session_present_flag_even_for_a_kept_session() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (mut c, _) = connect_ok(broker.addr, persistent_connect(Protocol::V31, "v31-keep")).await?;
+    subscribe(&mut c, 1, "v31/keep", QoS::AtLeastOnce).await?;
+    disconnect(c).await?;
+    let mut c = RawClient::connect(broker.addr, Protocol::V31).await?;
+    c.send(&Packet::Connect(Box::new(persistent_connect(
+        Protocol::V31,
+        "v31-keep",
+    ))))
+    .await?;
+    let mut bytes = Vec::new();
+    while bytes.len() < 4 {
+        let more = c.read_some().await?;
+        assert!(!more.is_empty(), "closed after {bytes:02x?}");
+        bytes.extend(more);
+    }
+    assert_eq!(
+        bytes[..4],
+        [0x20, 0x02, 0x00, 0x00],
+        "CONNACK bytes {bytes:02x?}"
+    );
+    // The same session with 3.1.1 reports it.
+    let (_, ack) =
+        connect_with(broker.addr, persistent_connect(Protocol::V311, "v31-keep")).await?;
+    assert!(ack.session_present);
+    Ok(())
+}
+
 #[tokio::test]
 async fn v31_connect_subscribe_publish_smoke() -> Result<()> {
     let broker = TestBroker::start().await?;

@@ -510,6 +510,41 @@ async fn v5_inbound_qos2_beyond_receive_maximum_gets_disconnect_0x93() -> Result
     Ok(())
 }
 
+/// A client that floods past the Receive Maximum still reads the DISCONNECT 0x93: the server
+/// shuts its write side down and reads (discarding) what the client keeps sending until the
+/// client closes, instead of closing a socket with unread data (which makes the kernel send
+/// RST: the client's write fails with BrokenPipe and the DISCONNECT is lost, as Paho's
+/// `test_flow_control2` saw).
+#[tokio::test]
+async fn v5_disconnect_reaches_a_client_that_keeps_sending() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 2;
+    let broker = TestBroker::start_with(config).await?;
+    let (mut c, _) = connect_ok(broker.addr, v5_connect("rm-flood", |_| {})).await?;
+    // 4,000 QoS 2 PUBLISHes of 4 KiB in one write (16 MB, more than the socket buffers hold):
+    // the third already exceeds the Receive Maximum of 2.
+    let payload = Bytes::from(vec![b'x'; 4096]);
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=4000u16 {
+        let p = Packet::Publish(publish_packet(
+            "rm/t",
+            payload.clone(),
+            QoS::ExactlyOnce,
+            false,
+            id,
+        ));
+        culex_proto::encode(&p, Protocol::V5, &mut burst)?;
+    }
+    c.send_bytes(&burst).await?;
+    let packets = c.expect_closed().await?;
+    ensure!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d)
+            if d.reason_code == ReasonCode::ReceiveMaximumExceeded)),
+        "no DISCONNECT 0x93 before the close: {packets:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn v5_maximum_qos_is_advertised_and_enforced_with_0x9b() -> Result<()> {
     let mut config = Config::embedded_default();

@@ -399,7 +399,8 @@ fn connect<S: Sink>(c: &Connect, p: Protocol, s: &mut S) -> Result {
 }
 
 fn connack<S: Sink>(c: &ConnAck, p: Protocol, s: &mut S) -> Result {
-    put_u8(s, u8::from(c.session_present));
+    // MQTT 3.1 has no session-present flag: the byte is reserved and must be 0.
+    put_u8(s, u8::from(c.session_present && p != Protocol::V31));
     if p.is_v5() {
         put_reason(s, "CONNACK", 2, c.reason_code)?;
         props::write(s, &c.properties, PropCtx::ConnAck)?;

@@ -367,9 +367,10 @@ fn unsuback(p: Protocol) -> impl Strategy<Value = Packet> {
 
 fn packet(p: Protocol) -> BoxedStrategy<Packet> {
     let connack = (any::<bool>(), reason(2, p), props(p, CONNACK)).prop_map(
-        |(sp, reason_code, properties)| {
+        move |(sp, reason_code, properties)| {
             Packet::ConnAck(ConnAck {
-                session_present: sp && reason_code == ReasonCode::Success,
+                // MQTT 3.1 has no session-present flag (always encoded as 0).
+                session_present: sp && reason_code == ReasonCode::Success && p != Protocol::V31,
                 reason_code,
                 properties,
             })

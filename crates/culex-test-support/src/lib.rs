@@ -171,6 +171,20 @@ impl RawClient {
         }
     }
 
+    /// Reads whatever bytes arrive next (at least one; none if the server closed), including
+    /// bytes already buffered but not decoded.
+    pub async fn read_some(&mut self) -> Result<Vec<u8>> {
+        if !self.buf.is_empty() {
+            return Ok(std::mem::take(&mut self.buf).to_vec());
+        }
+        let mut chunk = vec![0; 4096];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .context("timed out waiting for bytes")??;
+        chunk.truncate(n);
+        Ok(chunk)
+    }
+
     /// Reads raw bytes until the server closes the connection; returns them.
     pub async fn read_until_closed(&mut self) -> Result<Vec<u8>> {
         let mut all = std::mem::take(&mut self.buf).to_vec();

@@ -159,6 +159,10 @@ struct Ending {
     session_expiry: Option<u32>,
     /// Why, for the log.
     why: String,
+    /// The client may still be sending: read (and discard) until it closes, bounded by
+    /// [`CLOSE_LINGER`], before closing the socket. False once the socket failed or the client
+    /// closed it.
+    linger: bool,
 }
 
 impl Ending {
@@ -168,9 +172,24 @@ impl Ending {
             send,
             session_expiry: None,
             why: why.into(),
+            linger: true,
+        }
+    }
+
+    /// The socket is closed by the client or failed: nothing to wait for.
+    fn socket_gone(why: impl Into<String>) -> Self {
+        Ending {
+            linger: false,
+            ..Ending::abnormal(None, why)
         }
     }
 }
+
+/// How long a closing connection keeps reading (and discarding) what the client still sends
+/// after the server's DISCONNECT and shutdown. Closing a socket with unread data makes the
+/// kernel answer with RST, and a client that gets RST while writing (BrokenPipe) often never
+/// reads the DISCONNECT that explains why.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection until it ends.
 pub(crate) fn serve<S>(
@@ -534,7 +553,7 @@ where
         info!(peer = %self.peer, listener = %self.listener.local, client_id = %client_id, protocol = ?self.protocol,
             session_present, "client connected");
         if self.queue(connack).is_err() || self.flush().await.is_err() {
-            self.finish(Ending::abnormal(None, "write failed")).await;
+            self.finish(Ending::socket_gone("write failed")).await;
             return None;
         }
         Some(rx)
@@ -608,7 +627,7 @@ where
                 }
             }
             if !self.wbuf.is_empty() && self.flush().await.is_err() {
-                return Ending::abnormal(None, "write failed");
+                return Ending::socket_gone("write failed");
             }
             let reading = self.pending_replies < MAX_PENDING_REPLIES;
             // A released read buffer stays released until data arrives (`poll_read_lazy`).
@@ -644,8 +663,8 @@ where
                 }
                 r = poll_fn(|cx| poll_read_lazy(&mut self.io, &mut self.rbuf, cx)), if reading => {
                     match r {
-                        Ok(0) => return Ending::abnormal(None, "connection closed by client"),
-                        Err(e) => return Ending::abnormal(None, format!("read error: {e}")),
+                        Ok(0) => return Ending::socket_gone("connection closed by client"),
+                        Err(e) => return Ending::socket_gone(format!("read error: {e}")),
                         Ok(n) => self.shared.counters.bytes_received.add(n as u64),
                     }
                 }
@@ -789,6 +808,7 @@ where
             send: None,
             session_expiry: requested,
             why: "client disconnected".into(),
+            linger: true,
         }
     }
 
@@ -1189,7 +1209,9 @@ where
         }
     }
 
-    /// Ends the connection: DISCONNECT (MQTT 5) if there is a reason, close, tell the router.
+    /// Ends the connection: DISCONNECT (MQTT 5) if there is a reason, shut the write side down,
+    /// tell the router, then (unless the socket is gone) read and discard until the client
+    /// closes or [`CLOSE_LINGER`] passes, and close.
     async fn finish(&mut self, ending: Ending) {
         info!(peer = %self.peer, client_id = %self.client_id, reason = %ending.why, "connection closed");
         if let Some(reason) = ending.send {
@@ -1213,6 +1235,26 @@ where
                 inbound_qos2: std::mem::take(&mut self.inbound_qos2),
             })
             .await;
+        if ending.linger {
+            self.drain_until_closed().await;
+        }
+    }
+
+    /// Reads and discards until the client closes its side (or an error), for at most
+    /// [`CLOSE_LINGER`].
+    async fn drain_until_closed(&mut self) {
+        let until = Instant::now() + CLOSE_LINGER;
+        loop {
+            self.rbuf.clear();
+            if self.rbuf.capacity() < READ_CHUNK {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout_at(until, self.io.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        self.rbuf = BytesMut::new();
     }
 }
 
