@@ -302,6 +302,37 @@ async fn v5_anonymous_client_refused_with_0x87_when_not_allowed() -> Result<()> 
     anonymous_refused(Protocol::V5).await
 }
 
+/// At the `max_connections` limit, a client that closes its connection and connects again at
+/// once gets in: the slot of a socket its client closed is free even if the server has not yet
+/// noticed the close when the new socket arrives (it waits briefly for it).
+#[tokio::test]
+async fn max_connections_connect_close_connect_at_the_limit() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_connections = Some(1);
+    let broker = TestBroker::start_with(config).await?;
+    for i in 0..200 {
+        let (c, ack) = connect_with(
+            broker.addr,
+            connect_packet(Protocol::V311, &format!("cc-{i}"), true),
+        )
+        .await
+        .map_err(|e| e.context(format!("connect {i} at the limit")))?;
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        if i % 2 == 0 {
+            drop(c);
+        } else {
+            // DISCONNECT, and the next connect without waiting for the server's close.
+            let mut c = c;
+            c.send(&Packet::Disconnect(culex_proto::Disconnect::new(
+                ReasonCode::Success,
+            )))
+            .await?;
+        }
+    }
+    broker.stop().await;
+    Ok(())
+}
+
 /// `max_connections`: a socket past the limit is closed without an answer, and a slot is free
 /// again once a connection ends (it is held by the connection's task until then).
 #[tokio::test]

@@ -315,3 +315,51 @@ async fn v311_takeover_of_persistent_session_keeps_subscriptions() -> Result<()>
     assert_eq!(text(&recv_publish_ack(&mut second).await?), "inherited");
     Ok(())
 }
+
+/// A client ends its session (clean session / Session Expiry 0) with DISCONNECT and reconnects
+/// at once, asking to resume: 1,000 times. The new CONNECT must never see the old session
+/// (session present 0) [MQTT-3.1.2-6], and the old connection's will is never published after
+/// its normal DISCONNECT [MQTT-3.1.2-10]. Before the router ordered a client id's connection
+/// events, the new CONNECT was sometimes handled before the old connection had read the
+/// DISCONNECT: a takeover of a session the client had just ended.
+async fn disconnect_then_reconnect_never_resumes_the_ended_session(
+    protocol: Protocol,
+) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut watcher = connect_clean(broker.addr, protocol, "flap-watcher").await?;
+    subscribe(&mut watcher, 1, "flap/will", QoS::AtMostOnce).await?;
+    let mut wrong = 0;
+    for _ in 0..1000 {
+        let mut first = connect_packet(protocol, "flapper", true);
+        first.will = Some(will("flap/will", "stray", QoS::AtMostOnce));
+        let (mut c, _) = connect_ok(broker.addr, first).await?;
+        subscribe(&mut c, 1, "flap/t", QoS::AtLeastOnce).await?;
+        c.send(&Packet::Disconnect(culex_proto::Disconnect::new(
+            culex_proto::ReasonCode::NormalDisconnection,
+        )))
+        .await?;
+        // At once, without waiting for the server to close the first connection.
+        let (again, ack) = connect_ok(broker.addr, persistent_connect(protocol, "flapper")).await?;
+        if ack.session_present {
+            wrong += 1;
+        }
+        drop(c);
+        drop(again);
+    }
+    assert_eq!(
+        wrong, 0,
+        "{wrong} of 1,000 reconnects got the ended session back"
+    );
+    watcher.expect_silence(QUIET).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_disconnect_then_reconnect_never_resumes_the_ended_session() -> Result<()> {
+    disconnect_then_reconnect_never_resumes_the_ended_session(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_disconnect_then_reconnect_never_resumes_the_ended_session() -> Result<()> {
+    disconnect_then_reconnect_never_resumes_the_ended_session(Protocol::V5).await
+}

@@ -64,10 +64,14 @@ pub struct Router {
     persist: persist_glue::Persistence,
     /// [`Command::Shutdown`] was handled: connections are closed as they link.
     shutting_down: bool,
+    /// CONNECTs waiting for the end of the connection they take over.
+    takeovers: takeover::Takeovers,
 }
 
 #[path = "router_persist.rs"]
 mod persist_glue;
+#[path = "router_takeover.rs"]
+mod takeover;
 
 impl Router {
     /// A router with no sessions, enforcing `settings`.
@@ -90,6 +94,7 @@ impl Router {
             scratch: Vec::new(),
             persist: persist_glue::Persistence::default(),
             shutting_down: false,
+            takeovers: takeover::Takeovers::default(),
         }
     }
 
@@ -246,7 +251,10 @@ impl Router {
                 kind,
                 session_expiry,
                 inbound_qos2,
-            } => self.disconnect(conn, kind, session_expiry, inbound_qos2, now),
+            } => {
+                self.disconnect(conn, kind, session_expiry, inbound_qos2, now);
+                self.takeover_ready(conn, now);
+            }
         }
     }
 
@@ -255,11 +263,13 @@ impl Router {
         let a = self.expiries.first().map(|(t, _)| *t);
         let b = self.will_due.first().map(|(t, _)| *t);
         let c = self.next_retained_sweep;
-        [a, b, c].into_iter().flatten().min()
+        let d = self.next_takeover_deadline();
+        [a, b, c, d].into_iter().flatten().min()
     }
 
     /// Publishes delayed wills that are due and ends sessions whose expiry has passed.
     pub fn tick(&mut self, now: Instant) {
+        self.expire_takeovers(now);
         while let Some(&(due, sid)) = self.will_due.first() {
             if due > now {
                 break;
@@ -307,6 +317,11 @@ impl Router {
     }
 
     fn connect(&mut self, req: ConnectRequest, now: Instant) {
+        if let Some(old) = self.live_connection(&req.client_id) {
+            // Answered once `old` has ended (see `router_takeover.rs`).
+            self.defer_takeover(old, req, now);
+            return;
+        }
         let ConnectRequest {
             conn,
             protocol,

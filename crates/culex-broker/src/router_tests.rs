@@ -29,8 +29,23 @@ fn connect(
     expiry: u32,
     will: Option<LastWill>,
 ) -> Client {
+    let (rx, mut reply_rx) = send_connect(r, now, conn, id, clean, expiry, will);
+    let outcome = reply_rx.try_recv().expect("router answers CONNECT at once");
+    Client { conn, rx, outcome }
+}
+
+/// Sends CONNECT; the answer may come later (a takeover waits for the old connection's end).
+fn send_connect(
+    r: &mut Router,
+    now: Instant,
+    conn: u64,
+    id: &str,
+    clean: bool,
+    expiry: u32,
+    will: Option<LastWill>,
+) -> (OutboxReceiver, oneshot::Receiver<ConnectOutcome>) {
     let (tx, rx) = outbox(r.settings().outbox_capacity(20));
-    let (reply, mut reply_rx) = oneshot::channel();
+    let (reply, reply_rx) = oneshot::channel();
     r.handle(
         Command::Connect(Box::new(ConnectRequest {
             conn,
@@ -49,8 +64,7 @@ fn connect(
         })),
         now,
     );
-    let outcome = reply_rx.try_recv().expect("router answers CONNECT at once");
-    Client { conn, rx, outcome }
+    (rx, reply_rx)
 }
 
 fn subscribe(r: &mut Router, now: Instant, c: &mut Client, filter: &str, qos: QoS) {
@@ -366,17 +380,77 @@ fn takeover_closes_the_old_connection_and_keeps_the_session() {
     let mut r = Router::new(BrokerSettings::default());
     let mut first = connect(&mut r, t0, 1, "c", false, u32::MAX, None);
     subscribe(&mut r, t0, &mut first, "t", QoS::AtLeastOnce);
-    let mut second = connect(&mut r, t0, 2, "c", false, u32::MAX, None);
-    assert!(second.outcome.session_present);
+    let (rx, mut reply) = send_connect(&mut r, t0, 2, "c", false, u32::MAX, None);
     assert!(matches!(
         first.rx.try_recv(),
         Ok(Outbound::Close(ReasonCode::SessionTakenOver))
     ));
-    // The old connection's late Disconnect must not end the new one.
+    // The new connection is answered once the old one's end is applied.
+    assert!(reply.try_recv().is_err());
     disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    let outcome = reply
+        .try_recv()
+        .expect("answered after the old connection ended");
+    assert!(outcome.session_present);
+    let mut second = Client {
+        conn: 2,
+        rx,
+        outcome,
+    };
     assert_eq!(r.connected_count(), 1);
     publish(&mut r, t0, 2, "t", QoS::AtLeastOnce, false);
     assert_eq!(next_topic(&mut second).as_deref(), Some("t"));
+}
+
+/// A client sends DISCONNECT (session expiry 0) and reconnects at once; the new CONNECT reaches
+/// the router before the old connection's end. The router applies the old connection's end
+/// first: the session is gone (session present 0, no subscriptions) and no will is published
+/// [MQTT-3.1.2-6], [MQTT-3.1.2-10].
+#[test]
+fn a_connect_that_overtakes_the_previous_disconnect_waits_for_it() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut watcher = connect(&mut r, t0, 9, "watcher", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "will/#", QoS::AtLeastOnce);
+    let mut first = connect(&mut r, t0, 1, "c", true, 0, Some(will("will/c", None)));
+    subscribe(&mut r, t0, &mut first, "t", QoS::AtLeastOnce);
+    let (mut rx, mut reply) = send_connect(&mut r, t0, 2, "c", false, 3600, None);
+    assert!(
+        reply.try_recv().is_err(),
+        "must wait for the old connection"
+    );
+    // The old connection had read the client's DISCONNECT: a normal end, expiry 0.
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    let outcome = reply.try_recv().expect("answered");
+    assert!(!outcome.session_present);
+    assert_eq!(
+        r.subscription_count(),
+        1,
+        "only the watcher's subscription is left"
+    );
+    assert!(
+        watcher.rx.try_recv().is_err(),
+        "no will after a normal DISCONNECT"
+    );
+    assert!(rx.try_recv().is_err());
+}
+
+/// An old connection that never reports its end does not hold the new one forever: after the
+/// takeover wait the session is taken over anyway.
+#[test]
+fn a_takeover_stops_waiting_for_a_stuck_connection() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let _first = connect(&mut r, t0, 1, "c", false, 3600, None);
+    let (_rx, mut reply) = send_connect(&mut r, t0, 2, "c", false, 3600, None);
+    assert!(reply.try_recv().is_err());
+    let due = r.next_deadline().expect("a deadline for the wait");
+    assert!(due > t0 && due <= t0 + Duration::from_secs(10), "{due:?}");
+    r.tick(due);
+    assert!(reply.try_recv().expect("answered").session_present);
+    // The old connection's late end changes nothing.
+    disconnect(&mut r, due, 1, DisconnectKind::Normal);
+    assert_eq!(r.connected_count(), 1);
 }
 
 #[test]

@@ -191,6 +191,9 @@ impl Ending {
 /// reads the DISCONNECT that explains why.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// At most this many reads of what a taken-over connection's socket still holds.
+const LAST_INPUT_READS: usize = 16;
+
 /// Serves one accepted connection until it ends.
 pub(crate) fn serve<S>(
     stream: S,
@@ -261,6 +264,7 @@ where
         // outbox), so the connected loop does not wait on `shutdown` itself.
         drop(shutdown);
         let ending = c.run(&mut outbox).await;
+        let ending = Box::pin(c.last_input(ending)).await;
         Box::pin(c.finish(ending)).await;
     }
 }
@@ -680,6 +684,39 @@ where
         }
     }
 
+    /// The router closes this connection because a newer one takes its session over. What
+    /// this client sent before that still counts, in order: the packets already buffered and
+    /// those the socket holds right now are handled first, above all a DISCONNECT, which
+    /// decides whether the session and the will survive (the router answers the new
+    /// connection only once this one's end is applied). Any other ending is returned as is.
+    async fn last_input(&mut self, end: Ending) -> Ending {
+        if end.send != Some(ReasonCode::SessionTakenOver) {
+            return end;
+        }
+        let max = self.shared.limits.max_packet_size;
+        for _ in 0..LAST_INPUT_READS {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            // Only what is there now: a zero timeout polls the read once.
+            match timeout(Duration::ZERO, self.io.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => self.shared.counters.bytes_received.add(n as u64),
+                _ => break,
+            }
+        }
+        while let Ok(Some(packet)) = decode(&mut self.rbuf, Some(self.protocol), max) {
+            let ended = self.on_packet(packet);
+            if !self.blocked.is_empty() && self.send_blocked().await.is_err() {
+                break;
+            }
+            if let Some(client_end) = ended {
+                // The client ended the connection itself (DISCONNECT, or a protocol error).
+                return client_end;
+            }
+        }
+        end
+    }
+
     /// True while the connection holds a buffer it could give back.
     fn holds_buffers(&self) -> bool {
         (self.wbuf.is_empty() && self.wbuf.capacity() != 0)
@@ -808,7 +845,8 @@ where
             send: None,
             session_expiry: requested,
             why: "client disconnected".into(),
-            linger: true,
+            // The client ended the connection: it waits for nothing from us.
+            linger: false,
         }
     }
 
