@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use culex_proto::{Packet, Protocol, PubResp, QoS};
-use culex_test_support::TestBroker;
+use culex_proto::{
+    Packet, Properties, Protocol, PubResp, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
+use culex_test_support::{RawClient, TestBroker};
 
 use crate::rumq::{drive_v311, drive_v5, wait_for};
 use crate::*;
@@ -410,4 +412,74 @@ async fn v311_delivery_qos_is_minimum_of_publish_and_subscription() -> Result<()
 #[tokio::test]
 async fn v5_delivery_qos_is_minimum_of_publish_and_subscription() -> Result<()> {
     delivered_qos_is_minimum(Protocol::V5).await
+}
+
+/// Client B sends SUBSCRIBE and, without waiting for its SUBACK, client A publishes: B gets the
+/// message (Mosquitto practically always delivers it; Paho's `test_request_response` relies on
+/// it). 1,000 tries, each on a fresh topic.
+async fn subscribe_then_publish_from_another_client_is_delivered(protocol: Protocol) -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut a = connect_clean(broker.addr, protocol, "race-pub").await?;
+    let mut misses = 0;
+    for i in 0..1000u16 {
+        // CONNECT and SUBSCRIBE in one go, as clients that pipeline do.
+        let mut b = RawClient::connect(broker.addr, protocol).await?;
+        b.send(&Packet::Connect(Box::new(connect_packet(
+            protocol,
+            &format!("race-sub-{i}"),
+            true,
+        ))))
+        .await?;
+        let topic = format!("race/{i}");
+        let sub = Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: topic.clone(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        };
+        b.send(&Packet::Subscribe(sub)).await?;
+        a.send(&Packet::Publish(publish_packet(
+            &topic,
+            "r",
+            QoS::AtMostOnce,
+            false,
+            1,
+        )))
+        .await?;
+        let mut got = false;
+        loop {
+            match b.recv_within(std::time::Duration::from_millis(300)).await? {
+                Some(Packet::ConnAck(_) | Packet::SubAck(_)) => {}
+                Some(Packet::Publish(_)) => {
+                    got = true;
+                    break;
+                }
+                Some(other) => bail!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+        if !got {
+            misses += 1;
+        }
+    }
+    assert_eq!(
+        misses, 0,
+        "{misses} of 1,000 publications missed the subscriber"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_subscribe_then_publish_from_another_client_is_delivered() -> Result<()> {
+    subscribe_then_publish_from_another_client_is_delivered(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_subscribe_then_publish_from_another_client_is_delivered() -> Result<()> {
+    subscribe_then_publish_from_another_client_is_delivered(Protocol::V5).await
 }

@@ -171,6 +171,17 @@ impl RawClient {
         }
     }
 
+    /// Receives the next packet within `wait`; `None` if none came in that time. Fails if the
+    /// server closed the connection.
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<Option<Packet>> {
+        match tokio::time::timeout(wait, self.recv_inner()).await {
+            Err(_) => Ok(None),
+            Ok(Ok(Some(p))) => Ok(Some(p)),
+            Ok(Ok(None)) => bail!("connection closed by server"),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
     /// Reads whatever bytes arrive next (at least one; none if the server closed), including
     /// bytes already buffered but not decoded.
     pub async fn read_some(&mut self) -> Result<Vec<u8>> {
