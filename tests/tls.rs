@@ -148,6 +148,24 @@ async fn tls_round_trip_with_server_verification() -> Result<()> {
     Ok(())
 }
 
+/// `certfile` holds only the leaf and `cafile` the intermediate and the root (a common
+/// Mosquitto setup): the server sends the intermediate too, as OpenSSL does, so a client that
+/// trusts only the root verifies the chain instead of failing with an unknown issuer.
+#[tokio::test]
+async fn the_chain_is_completed_from_cafile() -> Result<()> {
+    let pki = Pki::new()?;
+    let tls = Tls {
+        cafile: Some(pki.path(Pki::CHAIN_CAS)),
+        ..Tls::new(pki.path(Pki::CHAIN_LEAF), pki.path(Pki::CHAIN_LEAF_KEY))
+    };
+    let broker = tls_broker(tls).await?;
+    let trusts_root = pki.client_config_trusting(Pki::CHAIN_ROOT, None, &[])?;
+    let outcome = raw_tls_connect(broker.addr, trusts_root, Protocol::V311).await?;
+    ensure!(accepted(&outcome), "{outcome:?}");
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn client_that_does_not_trust_the_server_fails() -> Result<()> {
     let pki = Pki::new()?;

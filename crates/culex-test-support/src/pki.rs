@@ -43,6 +43,15 @@ impl Pki {
     pub const OTHER_CLIENT_KEY: &'static str = "other-client.key";
     /// A key that belongs to no certificate.
     pub const UNRELATED_KEY: &'static str = "unrelated.key";
+    /// A second hierarchy with an intermediate: the root CA certificate.
+    pub const CHAIN_ROOT: &'static str = "chain-root.pem";
+    /// The intermediate CA certificate (signed by the root) followed by the root: what a
+    /// Mosquitto `cafile` of such a hierarchy holds.
+    pub const CHAIN_CAS: &'static str = "chain-cas.pem";
+    /// A server certificate (localhost, 127.0.0.1) signed by the intermediate: the leaf alone.
+    pub const CHAIN_LEAF: &'static str = "chain-leaf.pem";
+    /// Its key.
+    pub const CHAIN_LEAF_KEY: &'static str = "chain-leaf.key";
 
     /// Generates everything.
     pub fn new() -> Result<Pki> {
@@ -86,6 +95,17 @@ impl Pki {
             write(key, &k.serialize_pem())?;
         }
         write(Self::UNRELATED_KEY, &KeyPair::generate()?.serialize_pem())?;
+
+        let (root_pem, root) = make_ca("Culex chain root")?;
+        write(Self::CHAIN_ROOT, &root_pem)?;
+        let (inter_pem, inter) = make_ca_signed_by("Culex chain intermediate", &root)?;
+        write(Self::CHAIN_CAS, &format!("{inter_pem}{root_pem}"))?;
+        let leaf_key = KeyPair::generate()?;
+        write(
+            Self::CHAIN_LEAF,
+            &server.signed_by(&leaf_key, &inter)?.pem(),
+        )?;
+        write(Self::CHAIN_LEAF_KEY, &leaf_key.serialize_pem())?;
         Ok(Pki { dir })
     }
 
@@ -125,8 +145,18 @@ impl Pki {
         client_cert: Option<(&str, &str)>,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Arc<ClientConfig>> {
+        self.client_config_trusting(Self::CA, client_cert, versions)
+    }
+
+    /// [`Pki::client_config`] trusting the CA certificates in file `ca` instead.
+    pub fn client_config_trusting(
+        &self,
+        ca: &str,
+        client_cert: Option<(&str, &str)>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(self.path(Self::CA))? {
+        for cert in CertificateDer::pem_file_iter(self.path(ca))? {
             roots.add(cert?)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -153,6 +183,29 @@ impl Pki {
     pub fn server_name() -> Result<ServerName<'static>> {
         Ok(ServerName::try_from("localhost")?)
     }
+}
+
+/// A CA certificate signed by `issuer`.
+fn make_ca_signed_by(
+    cn: &str,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<(String, Issuer<'static, KeyPair>)> {
+    let params = ca_params(cn)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}
+
+fn ca_params(cn: &str) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
 }
 
 fn make_ca(cn: &str) -> Result<(String, Issuer<'static, KeyPair>)> {

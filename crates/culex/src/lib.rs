@@ -16,6 +16,7 @@ mod persistence;
 mod security;
 pub mod server;
 mod sys;
+mod tls_chain;
 mod transport;
 
 pub use http::Readiness;

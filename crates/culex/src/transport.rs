@@ -190,6 +190,12 @@ pub(crate) fn build_server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let certs = read_certs(&tls.certfile).map_err(|m| fail("certfile", &tls.certfile, m))?;
+    let cas = ca_certificates(label, tls)?;
+    // Intermediates missing from certfile come from cafile/capath, as with OpenSSL.
+    let certs = match &cas {
+        Some(cas) => crate::tls_chain::complete_chain(certs, &cas.all()),
+        None => certs,
+    };
     let key = PrivateKeyDer::from_pem_file(&tls.keyfile).map_err(|e| {
         fail(
             "keyfile",
@@ -244,7 +250,7 @@ pub(crate) fn build_server_config(
                 tls.tls_version.name()
             ))
         })?;
-    let builder = match client_roots(label, tls)? {
+    let builder = match client_roots(label, tls, cas)? {
         None => builder.with_no_client_auth(),
         Some(roots) => {
             let verifier =
@@ -267,16 +273,59 @@ pub(crate) fn build_server_config(
     Ok(Arc::new(config))
 }
 
-/// The CA certificates client certificates are checked against, if any.
-fn client_roots(label: &str, tls: &Tls) -> Result<Option<RootCertStore>, TlsSetupError> {
+/// The certificates of `cafile` and of `capath`, if either is set (files in `capath` that
+/// hold no certificate are skipped, like OpenSSL's hashed directories).
+struct CaCerts {
+    cafile: Vec<CertificateDer<'static>>,
+    capath: Vec<CertificateDer<'static>>,
+}
+
+impl CaCerts {
+    fn all(&self) -> Vec<CertificateDer<'static>> {
+        self.cafile.iter().chain(&self.capath).cloned().collect()
+    }
+}
+
+fn ca_certificates(label: &str, tls: &Tls) -> Result<Option<CaCerts>, TlsSetupError> {
     if tls.cafile.is_none() && tls.capath.is_none() {
         return Ok(None);
     }
+    let mut cas = CaCerts {
+        cafile: Vec::new(),
+        capath: Vec::new(),
+    };
+    if let Some(cafile) = &tls.cafile {
+        cas.cafile = read_certs(cafile)
+            .map_err(|m| TlsSetupError(format!("{label}: cafile {}: {m}", cafile.display())))?;
+    }
+    if let Some(capath) = &tls.capath {
+        let fail = |m: String| TlsSetupError(format!("{label}: capath {}: {m}", capath.display()));
+        let entries = std::fs::read_dir(capath).map_err(|e| fail(format!("{e}")))?;
+        for entry in entries {
+            let path = entry.map_err(|e| fail(format!("{e}")))?.path();
+            if !path.is_file() {
+                continue;
+            }
+            if let Ok(certs) = read_certs(&path) {
+                cas.capath.extend(certs);
+            }
+        }
+    }
+    Ok(Some(cas))
+}
+
+/// The CA certificates client certificates are checked against, if any.
+fn client_roots(
+    label: &str,
+    tls: &Tls,
+    cas: Option<CaCerts>,
+) -> Result<Option<RootCertStore>, TlsSetupError> {
+    let Some(cas) = cas else {
+        return Ok(None);
+    };
     let mut roots = RootCertStore::empty();
     if let Some(cafile) = &tls.cafile {
-        let certs = read_certs(cafile)
-            .map_err(|m| TlsSetupError(format!("{label}: cafile {}: {m}", cafile.display())))?;
-        for cert in certs {
+        for cert in cas.cafile {
             roots.add(cert).map_err(|e| {
                 TlsSetupError(format!(
                     "{label}: cafile {}: not a usable CA certificate: {e}",
@@ -286,28 +335,12 @@ fn client_roots(label: &str, tls: &Tls) -> Result<Option<RootCertStore>, TlsSetu
         }
     }
     if let Some(capath) = &tls.capath {
-        let fail = |m: String| TlsSetupError(format!("{label}: capath {}: {m}", capath.display()));
-        let entries = std::fs::read_dir(capath).map_err(|e| fail(format!("{e}")))?;
-        let mut found = 0usize;
-        for entry in entries {
-            let path = entry.map_err(|e| fail(format!("{e}")))?.path();
-            if !path.is_file() {
-                continue;
-            }
-            // Like OpenSSL's hashed directories, files that hold no certificate are skipped.
-            let Ok(certs) = read_certs(&path) else {
-                continue;
-            };
-            for cert in certs {
-                if roots.add(cert).is_ok() {
-                    found += 1;
-                }
-            }
-        }
+        let (found, _) = roots.add_parsable_certificates(cas.capath);
         if found == 0 {
-            return Err(fail(
-                "no CA certificate found in the directory (expected PEM files)".to_owned(),
-            ));
+            return Err(TlsSetupError(format!(
+                "{label}: capath {}: no CA certificate found in the directory (expected PEM files)",
+                capath.display()
+            )));
         }
     }
     Ok(Some(roots))
