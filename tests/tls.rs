@@ -166,6 +166,37 @@ async fn the_chain_is_completed_from_cafile() -> Result<()> {
     Ok(())
 }
 
+/// `crlfile`: a client certificate the CA revoked is refused; the list is re-read on reload
+/// (SIGHUP), so a revocation takes effect without a restart.
+#[tokio::test]
+async fn crlfile_refuses_revoked_client_certificates_and_reloads() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let crl = dir.path().join("ca.crl");
+    std::fs::copy(pki.path(Pki::CRL_EMPTY), &crl)?;
+    let tls = Tls {
+        crlfile: Some(crl.clone()),
+        ..pki.server_tls_with_ca(true)
+    };
+    let broker = tls_broker(tls).await?;
+    let with_cert = || pki.client_config(Some((Pki::CLIENT_CERT, Pki::CLIENT_KEY)), &[]);
+    let outcome = raw_tls_connect(broker.addr, with_cert()?, Protocol::V311).await?;
+    ensure!(accepted(&outcome), "not revoked yet: {outcome:?}");
+
+    std::fs::copy(pki.path(Pki::CRL_REVOKING_CLIENT), &crl)?;
+    broker
+        .server()
+        .reload()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let outcome = raw_tls_connect(broker.addr, with_cert()?, Protocol::V311).await?;
+    ensure!(
+        refusal(&outcome).is_some(),
+        "revoked but accepted: {outcome:?}"
+    );
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn client_that_does_not_trust_the_server_fails() -> Result<()> {
     let pki = Pki::new()?;

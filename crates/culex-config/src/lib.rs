@@ -326,6 +326,10 @@ pub struct Tls {
     /// A directory of CA certificates (PEM files), used like `cafile`.
     #[serde(default)]
     pub capath: Option<PathBuf>,
+    /// Certificate revocation lists (PEM `X509 CRL`) issued by the CAs: client certificates
+    /// they revoke are refused. Re-read on SIGHUP. Needs `cafile` or `capath`.
+    #[serde(default)]
+    pub crlfile: Option<PathBuf>,
     /// Whether clients must present a certificate signed by one of the CAs.
     /// Needs `cafile` or `capath`. Default `false`: a client certificate is
     /// then verified if one is presented, but not required.
@@ -350,6 +354,7 @@ impl Tls {
             keyfile: keyfile.into(),
             cafile: None,
             capath: None,
+            crlfile: None,
             require_certificate: false,
             use_identity_as_username: false,
             tls_version: TlsVersion::default(),

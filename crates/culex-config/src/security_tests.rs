@@ -73,11 +73,11 @@ fn tls_listener_both_syntaxes() {
     let f = Fixture::new();
     let c = f.both(
         "listener 8883 127.0.0.1\ncertfile {d}/cert.pem\nkeyfile {d}/key.pem\ncafile {d}/ca.pem\n\
-         capath {d}/certs\nrequire_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n\
-         listener 1883\n",
+         capath {d}/certs\ncrlfile {d}/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n\
+         tls_version tlsv1.3\nlistener 1883\n",
         "[[listeners]]\nhost = \"127.0.0.1\"\nport = 8883\n[listeners.tls]\ncertfile = \"{d}/cert.pem\"\n\
          keyfile = \"{d}/key.pem\"\ncafile = \"{d}/ca.pem\"\ncapath = \"{d}/certs\"\n\
-         require_certificate = true\nuse_identity_as_username = true\ntls_version = \"tlsv1.3\"\n\
+         crlfile = \"{d}/ca.pem\"\nrequire_certificate = true\nuse_identity_as_username = true\ntls_version = \"tlsv1.3\"\n\
          [[listeners]]\nport = 1883\n",
     );
     assert_eq!(
@@ -86,6 +86,7 @@ fn tls_listener_both_syntaxes() {
             Listener::new("127.0.0.1", 8883).with_tls(Tls {
                 cafile: Some(f.p("ca.pem")),
                 capath: Some(f.p("certs")),
+                crlfile: Some(f.p("ca.pem")),
                 require_certificate: true,
                 use_identity_as_username: true,
                 tls_version: TlsVersion::V1_3,
@@ -218,7 +219,7 @@ fn tls_option_errors() {
 
     // Unknown keys stay errors; http_dir is refused.
     assert!(toml("[[listeners]]\nport = 1\n[listeners.tls]\ncertfile = \"{d}/cert.pem\"\nkeyfile = \"{d}/key.pem\"\nciphers = \"x\"\n")
-        .contains("unknown key 'listeners[0].tls.ciphers'; allowed keys: certfile, keyfile, cafile, capath, require_certificate, use_identity_as_username, tls_version"));
+        .contains("unknown key 'listeners[0].tls.ciphers'; allowed keys: certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, tls_version"));
     assert!(toml("[[listeners]]\nport = 1\nhttp_dir = \"/srv\"\n")
         .contains("unknown key 'listeners[0].http_dir'"));
     assert_eq!(

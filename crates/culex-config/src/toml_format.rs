@@ -580,7 +580,7 @@ fn check_listeners(
 
 /// TLS keys, in the order the documentation lists them.
 const TLS_KEYS: &str =
-    "certfile, keyfile, cafile, capath, require_certificate, use_identity_as_username, tls_version";
+    "certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, tls_version";
 
 /// `[listeners.tls]` of listener `name` (`listeners[0].tls`).
 fn check_listener_tls(
@@ -611,7 +611,10 @@ fn check_listener_tls(
             checked.lines.insert(full.clone(), l);
         }
         let problem = match (key, value.as_value()) {
-            ("certfile" | "keyfile" | "cafile" | "capath", Some(TomlValue::String(s))) => {
+            (
+                "certfile" | "keyfile" | "cafile" | "capath" | "crlfile",
+                Some(TomlValue::String(s)),
+            ) => {
                 match key {
                     "certfile" => has.0 = true,
                     "keyfile" => has.1 = true,
@@ -619,7 +622,7 @@ fn check_listener_tls(
                 }
                 check_path(s.value()).err()
             }
-            ("certfile" | "keyfile" | "cafile" | "capath", _) => Some(format!(
+            ("certfile" | "keyfile" | "cafile" | "capath" | "crlfile", _) => Some(format!(
                 "expected a file path (a string), found {}",
                 describe_item(value)
             )),

@@ -198,6 +198,7 @@ fn check_tls(i: usize, tls: &Tls, out: &mut Vec<Problem>) {
         ("certfile", Some(&tls.certfile)),
         ("keyfile", Some(&tls.keyfile)),
         ("cafile", tls.cafile.as_ref()),
+        ("crlfile", tls.crlfile.as_ref()),
     ] {
         if let Some(Err(message)) = path.map(|p| check_file(p)) {
             problem(option, message);
@@ -212,6 +213,14 @@ fn check_tls(i: usize, tls: &Tls, out: &mut Vec<Problem>) {
             "require_certificate",
             "require_certificate needs cafile (or capath): the CA certificates that client \
              certificates are verified against"
+                .to_owned(),
+        );
+    }
+    if tls.crlfile.is_some() && !has_ca {
+        problem(
+            "crlfile",
+            "crlfile needs cafile (or capath): revocation lists apply to verified client \
+             certificates"
                 .to_owned(),
         );
     }

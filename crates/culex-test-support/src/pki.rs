@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use culex_config::Tls;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -17,6 +18,9 @@ use rustls::{ClientConfig, RootCertStore};
 
 /// The CN of [`Pki::CLIENT_CERT`].
 pub const CLIENT_CN: &str = "alice";
+
+/// Serial number of the client certificates (each CA issues one).
+const CLIENT_SERIAL: u64 = 1001;
 
 /// Certificates and keys in a temporary directory (removed on drop).
 #[derive(Debug)]
@@ -43,6 +47,10 @@ impl Pki {
     pub const OTHER_CLIENT_KEY: &'static str = "other-client.key";
     /// A key that belongs to no certificate.
     pub const UNRELATED_KEY: &'static str = "unrelated.key";
+    /// A revocation list of the CA that revokes the client certificate (`CLIENT_CERT`).
+    pub const CRL_REVOKING_CLIENT: &'static str = "revoking-client.crl";
+    /// A revocation list of the CA that revokes nothing.
+    pub const CRL_EMPTY: &'static str = "empty.crl";
     /// A second hierarchy with an intermediate: the root CA certificate.
     pub const CHAIN_ROOT: &'static str = "chain-root.pem";
     /// The intermediate CA certificate (signed by the root) followed by the root: what a
@@ -90,11 +98,35 @@ impl Pki {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
             params.distinguished_name.push(DnType::CommonName, cn);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.serial_number = Some(SerialNumber::from(CLIENT_SERIAL));
             let k = KeyPair::generate()?;
             write(cert, &params.signed_by(&k, issuer)?.pem())?;
             write(key, &k.serialize_pem())?;
         }
         write(Self::UNRELATED_KEY, &KeyPair::generate()?.serialize_pem())?;
+        for (file, revoked) in [
+            (Self::CRL_REVOKING_CLIENT, vec![CLIENT_SERIAL]),
+            (Self::CRL_EMPTY, vec![]),
+        ] {
+            let crl = CertificateRevocationListParams {
+                this_update: date_time_ymd(2025, 1, 1),
+                next_update: date_time_ymd(2099, 1, 1),
+                crl_number: SerialNumber::from(1),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .into_iter()
+                    .map(|serial| RevokedCertParams {
+                        serial_number: SerialNumber::from(serial),
+                        revocation_time: date_time_ymd(2025, 1, 1),
+                        reason_code: Some(RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca)?;
+            write(file, &crl.pem()?)?;
+        }
 
         let (root_pem, root) = make_ca("Culex chain root")?;
         write(Self::CHAIN_ROOT, &root_pem)?;

@@ -31,7 +31,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -260,6 +260,12 @@ pub(crate) fn build_server_config(
             } else {
                 verifier.allow_unauthenticated()
             };
+            let verifier = match &tls.crlfile {
+                None => verifier,
+                Some(path) => verifier.with_crls(read_crls(path).map_err(|m| {
+                    TlsSetupError(format!("{label}: crlfile {}: {m}", path.display()))
+                })?),
+            };
             let verifier = verifier.build().map_err(|e| {
                 TlsSetupError(format!(
                     "{label}: cafile/capath: cannot verify client certificates: {e}"
@@ -344,6 +350,17 @@ fn client_roots(
         }
     }
     Ok(Some(roots))
+}
+
+/// Every certificate revocation list in a PEM file (`X509 CRL`); an error if there is none.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(e, "no revocation list found"))?;
+    if crls.is_empty() {
+        return Err("no revocation list found (expected PEM 'BEGIN X509 CRL')".to_owned());
+    }
+    Ok(crls)
 }
 
 /// Every certificate in a PEM file; an error if there is none.

@@ -583,8 +583,8 @@ fn unknown_options() {
         )
     );
     assert_eq!(
-        error("crlfile /etc/mosquitto/crl.pem\n"),
-        "culex.conf:1: unknown option 'crlfile': this mosquitto option is not supported yet by Culex"
+        error("dhparamfile /etc/mosquitto/dh.pem\n"),
+        "culex.conf:1: unknown option 'dhparamfile': this mosquitto option is not supported yet by Culex"
     );
     for option in ["store_clean_interval 10", "bridge_foo 1", "plugin_opt_x 1"] {
         assert!(
