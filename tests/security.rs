@@ -1256,6 +1256,52 @@ async fn tls_identity_as_username_gets_the_users_acl_rights() -> Result<()> {
     Ok(())
 }
 
+/// `use_subject_as_username`: the whole subject (RFC 2253, as Mosquitto prints it) is the
+/// username the ACL file names.
+#[tokio::test]
+async fn tls_subject_as_username_gets_the_subjects_acl_rights() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let subject = format!("CN={CLIENT_CN}");
+    let acl = write(
+        dir.path(),
+        "acl",
+        &format!("user {subject}\ntopic readwrite subject/#\n"),
+    )?;
+    let config = Config {
+        listeners: vec![Listener::new("127.0.0.1", 0).with_tls(Tls {
+            use_subject_as_username: true,
+            ..pki.server_tls_with_ca(true)
+        })],
+        security: Security {
+            allow_anonymous: false,
+            password_file: None,
+            acl_file: Some(acl),
+        },
+        ..Config::default()
+    };
+    let broker = TestBroker::start_exact(config).await?;
+    let with_cert = pki.client_config(Some((Pki::CLIENT_CERT, Pki::CLIENT_KEY)), &[])?;
+    let protocol = Protocol::V5;
+    let mut alice = Client::tls(broker.addr, with_cert, protocol)
+        .await?
+        .context("TLS handshake with a client certificate failed")?;
+    let (ack, _) = handshake(
+        &mut alice,
+        connect_packet(protocol, "subject-client", None, None),
+    )
+    .await?;
+    ensure!(ack.reason_code.as_u8() == 0, "CONNACK {ack:?}");
+    let no = sub_refused(protocol);
+    let codes = alice.subscribe_many(&["subject/#", "alice/#"]).await?;
+    ensure!(
+        codes == [1, no],
+        "SUBACK {codes:02x?}: the user is not {subject:?}"
+    );
+    broker.stop().await;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. per_listener_settings.
 // ---------------------------------------------------------------------------------------------

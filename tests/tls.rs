@@ -285,6 +285,51 @@ async fn use_identity_as_username_needs_a_certificate() -> Result<()> {
     Ok(())
 }
 
+/// A client configuration trusting the test CA that offers only the cipher suite `suite`.
+fn client_offering(pki: &Pki, suite: rustls::CipherSuite) -> Result<Arc<rustls::ClientConfig>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|s| s.suite() == suite);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(
+            pki.path(Pki::CA),
+        )?
+    {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `ciphers` and `ciphers_tls1.3` (OpenSSL names, as Mosquitto takes them) limit what the
+/// listener offers: a client offering only another suite fails the handshake.
+#[tokio::test]
+async fn ciphers_limit_the_suites_offered() -> Result<()> {
+    use rustls::CipherSuite as S;
+    let pki = Pki::new()?;
+    let tls = Tls {
+        ciphers: Some("ECDHE-ECDSA-CHACHA20-POLY1305".into()),
+        ciphers_tls13: Some("TLS_CHACHA20_POLY1305_SHA256".into()),
+        ..pki.server_tls()
+    };
+    let broker = tls_broker(tls).await?;
+    for (suite, ok) in [
+        (S::TLS13_CHACHA20_POLY1305_SHA256, true),
+        (S::TLS13_AES_256_GCM_SHA384, false),
+        (S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, true),
+        (S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, false),
+    ] {
+        let outcome =
+            raw_tls_connect(broker.addr, client_offering(&pki, suite)?, Protocol::V311).await?;
+        ensure!(accepted(&outcome) == ok, "{suite:?}: {outcome:?}");
+    }
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn tls_version_13_refuses_tls_12_clients() -> Result<()> {
     let pki = Pki::new()?;

@@ -38,6 +38,7 @@ mod options;
 mod security_tests;
 #[cfg(test)]
 mod test_util;
+pub mod tls_ciphers;
 mod toml_format;
 mod validate;
 
@@ -340,6 +341,20 @@ pub struct Tls {
     /// or `capath`; clients without a certificate are refused.
     #[serde(default)]
     pub use_identity_as_username: bool,
+    /// Whether the whole subject of the client certificate, in RFC 2253 form as Mosquitto
+    /// prints it (`CN=alice,O=Example,C=NL`), is the client's username. Needs `cafile` or
+    /// `capath`; not together with `use_identity_as_username`.
+    #[serde(default)]
+    pub use_subject_as_username: bool,
+    /// `ciphers`: the TLS 1.2 cipher suites offered, OpenSSL or IANA names separated by `:`
+    /// (e.g. `ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384`); default: all that
+    /// rustls supports (see [`tls_ciphers::TLS12`]).
+    #[serde(default)]
+    pub ciphers: Option<String>,
+    /// `ciphers_tls1.3` (TOML `ciphers_tls13`): the TLS 1.3 cipher suites offered (e.g.
+    /// `TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256`); default: all three.
+    #[serde(default)]
+    pub ciphers_tls13: Option<String>,
     /// The lowest TLS version accepted. Default TLS 1.2.
     #[serde(default)]
     pub tls_version: TlsVersion,
@@ -357,6 +372,9 @@ impl Tls {
             crlfile: None,
             require_certificate: false,
             use_identity_as_username: false,
+            use_subject_as_username: false,
+            ciphers: None,
+            ciphers_tls13: None,
             tls_version: TlsVersion::default(),
         }
     }

@@ -28,6 +28,9 @@ const LISTENER_OPTIONS: &[&str] = &[
     "crlfile",
     "require_certificate",
     "use_identity_as_username",
+    "use_subject_as_username",
+    "ciphers",
+    "ciphers_tls1.3",
     "tls_version",
 ];
 
@@ -40,6 +43,9 @@ const TLS_OPTIONS: &[&str] = &[
     "crlfile",
     "require_certificate",
     "use_identity_as_username",
+    "use_subject_as_username",
+    "ciphers",
+    "ciphers_tls1.3",
     "tls_version",
 ];
 
@@ -50,6 +56,7 @@ enum ListenerValue {
     Path(PathBuf),
     Bool(bool),
     Version(TlsVersion),
+    Text(String),
 }
 
 /// The listener options given for one listener, with where each was given.
@@ -62,6 +69,13 @@ impl ListenerOpts {
     fn path(&self, key: &str) -> Option<PathBuf> {
         match self.values.get(key) {
             Some((ListenerValue::Path(p), _)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        match self.values.get(key) {
+            Some((ListenerValue::Text(t), _)) => Some(t.clone()),
             _ => None,
         }
     }
@@ -133,8 +147,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "bridge_require_ocsp",
     "bridge_session_expiry_interval",
     "check_retain_source",
-    "ciphers",
-    "ciphers_tls1.3",
     "clientid",
     "clientid_prefixes",
     "dhparamfile",
@@ -168,7 +180,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
-    "use_subject_as_username",
     "use_username_as_clientid",
     "username",
     "websockets_headers_size",
@@ -500,34 +511,41 @@ impl Reader {
 
     /// An option of the current listener (`certfile`, `protocol`, ...).
     fn listener_option(&mut self, loc: &Loc, key: &'static str, rest: &str, words: &[&str]) {
-        let value = match key {
-            "protocol" => match words {
-                ["mqtt"] => Ok(ListenerValue::Protocol(ListenerProtocol::Mqtt)),
-                ["websockets"] => Ok(ListenerValue::Protocol(ListenerProtocol::Websockets)),
-                [] => Err("missing value; allowed: mqtt or websockets".to_owned()),
-                [other] => Err(format!(
-                    "invalid value '{other}'; allowed: mqtt or websockets"
-                )),
-                _ => Err(format!(
-                    "too many values '{rest}'; allowed: mqtt or websockets"
-                )),
-            },
-            "require_certificate" | "use_identity_as_username" => match words {
-                [word] => parse_bool(word).map(ListenerValue::Bool),
-                [] => Err("missing value; allowed: true or false".to_owned()),
-                _ => Err(format!("too many values '{rest}'; allowed: true or false")),
-            },
-            "tls_version" => match words {
-                [word] => TlsVersion::parse(word).map(ListenerValue::Version),
-                [] => Err("missing value; allowed: tlsv1.2 or tlsv1.3".to_owned()),
-                _ => Err(format!(
-                    "too many values '{rest}'; allowed: tlsv1.2 or tlsv1.3"
-                )),
-            },
-            // Paths take the rest of the line, like mosquitto.
-            _ if rest.is_empty() => Err(format!("missing value; expected: {key} PATH")),
-            _ => Ok(ListenerValue::Path(PathBuf::from(rest))),
-        };
+        let value =
+            match key {
+                "protocol" => match words {
+                    ["mqtt"] => Ok(ListenerValue::Protocol(ListenerProtocol::Mqtt)),
+                    ["websockets"] => Ok(ListenerValue::Protocol(ListenerProtocol::Websockets)),
+                    [] => Err("missing value; allowed: mqtt or websockets".to_owned()),
+                    [other] => Err(format!(
+                        "invalid value '{other}'; allowed: mqtt or websockets"
+                    )),
+                    _ => Err(format!(
+                        "too many values '{rest}'; allowed: mqtt or websockets"
+                    )),
+                },
+                "ciphers" => crate::tls_ciphers::parse_tls12(rest)
+                    .map(|_| ListenerValue::Text(rest.to_owned())),
+                "ciphers_tls1.3" => crate::tls_ciphers::parse_tls13(rest)
+                    .map(|_| ListenerValue::Text(rest.to_owned())),
+                "require_certificate" | "use_identity_as_username" | "use_subject_as_username" => {
+                    match words {
+                        [word] => parse_bool(word).map(ListenerValue::Bool),
+                        [] => Err("missing value; allowed: true or false".to_owned()),
+                        _ => Err(format!("too many values '{rest}'; allowed: true or false")),
+                    }
+                }
+                "tls_version" => match words {
+                    [word] => TlsVersion::parse(word).map(ListenerValue::Version),
+                    [] => Err("missing value; allowed: tlsv1.2 or tlsv1.3".to_owned()),
+                    _ => Err(format!(
+                        "too many values '{rest}'; allowed: tlsv1.2 or tlsv1.3"
+                    )),
+                },
+                // Paths take the rest of the line, like mosquitto.
+                _ if rest.is_empty() => Err(format!("missing value; expected: {key} PATH")),
+                _ => Ok(ListenerValue::Path(PathBuf::from(rest))),
+            };
         let value = match value {
             Ok(value) => value,
             Err(message) => {
@@ -1115,6 +1133,9 @@ fn build_tls(opts: &ListenerOpts) -> Result<Option<Tls>, (Option<Loc>, &'static 
         crlfile: opts.path("crlfile"),
         require_certificate: opts.flag("require_certificate"),
         use_identity_as_username: opts.flag("use_identity_as_username"),
+        use_subject_as_username: opts.flag("use_subject_as_username"),
+        ciphers: opts.text("ciphers"),
+        ciphers_tls13: opts.text("ciphers_tls1.3"),
         tls_version,
     }))
 }

@@ -218,8 +218,16 @@ fn tls_option_errors() {
         .contains("invalid value 'yes'; allowed: true or false"));
 
     // Unknown keys stay errors; http_dir is refused.
-    assert!(toml("[[listeners]]\nport = 1\n[listeners.tls]\ncertfile = \"{d}/cert.pem\"\nkeyfile = \"{d}/key.pem\"\nciphers = \"x\"\n")
-        .contains("unknown key 'listeners[0].tls.ciphers'; allowed keys: certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, tls_version"));
+    assert!(toml("[[listeners]]\nport = 1\n[listeners.tls]\ncertfile = \"{d}/cert.pem\"\nkeyfile = \"{d}/key.pem\"\ndhparamfile = \"x\"\n")
+        .contains("unknown key 'listeners[0].tls.dhparamfile'; allowed keys: certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, use_subject_as_username, ciphers, ciphers_tls13, tls_version"));
+    // Cipher suite names are checked where they are written, in both syntaxes.
+    assert!(toml("[[listeners]]\nport = 1\n[listeners.tls]\ncertfile = \"{d}/cert.pem\"\nkeyfile = \"{d}/key.pem\"\nciphers = \"HIGH:!aNULL\"\n")
+        .contains("culex.toml:6: option 'listeners[0].tls.ciphers': unknown TLS 1.2 cipher suite 'HIGH'; supported (OpenSSL or IANA names): ECDHE-ECDSA-AES256-GCM-SHA384"));
+    assert!(conf("listener 1\ncertfile {d}/cert.pem\nkeyfile {d}/key.pem\nciphers_tls1.3 TLS_AES_128_CCM_SHA256\n")
+        .starts_with("culex.conf:4: option 'ciphers_tls1.3': unknown TLS 1.3 cipher suite 'TLS_AES_128_CCM_SHA256'"));
+    // The whole subject or the CN as user name, not both.
+    assert!(conf("listener 1\ncertfile {d}/cert.pem\nkeyfile {d}/key.pem\ncafile {d}/ca.pem\nuse_subject_as_username true\nuse_identity_as_username true\n")
+        .contains("use_subject_as_username and use_identity_as_username both name the user; set one"));
     assert!(toml("[[listeners]]\nport = 1\nhttp_dir = \"/srv\"\n")
         .contains("unknown key 'listeners[0].http_dir'"));
     assert_eq!(

@@ -580,7 +580,8 @@ fn check_listeners(
 
 /// TLS keys, in the order the documentation lists them.
 const TLS_KEYS: &str =
-    "certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, tls_version";
+    "certfile, keyfile, cafile, capath, crlfile, require_certificate, use_identity_as_username, \
+     use_subject_as_username, ciphers, ciphers_tls13, tls_version";
 
 /// `[listeners.tls]` of listener `name` (`listeners[0].tls`).
 fn check_listener_tls(
@@ -626,13 +627,26 @@ fn check_listener_tls(
                 "expected a file path (a string), found {}",
                 describe_item(value)
             )),
-            ("require_certificate" | "use_identity_as_username", Some(TomlValue::Boolean(_))) => {
-                None
+            ("ciphers", Some(TomlValue::String(s))) => {
+                crate::tls_ciphers::parse_tls12(s.value()).err()
             }
-            ("require_certificate" | "use_identity_as_username", _) => Some(format!(
-                "expected true or false, found {}",
+            ("ciphers_tls13", Some(TomlValue::String(s))) => {
+                crate::tls_ciphers::parse_tls13(s.value()).err()
+            }
+            ("ciphers" | "ciphers_tls13", _) => Some(format!(
+                "expected a string of cipher suite names separated by ':', found {}",
                 describe_item(value)
             )),
+            (
+                "require_certificate" | "use_identity_as_username" | "use_subject_as_username",
+                Some(TomlValue::Boolean(_)),
+            ) => None,
+            ("require_certificate" | "use_identity_as_username" | "use_subject_as_username", _) => {
+                Some(format!(
+                    "expected true or false, found {}",
+                    describe_item(value)
+                ))
+            }
             ("tls_version", Some(TomlValue::String(s))) => {
                 crate::TlsVersion::parse(s.value()).err()
             }

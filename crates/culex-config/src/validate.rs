@@ -224,6 +224,21 @@ fn check_tls(i: usize, tls: &Tls, out: &mut Vec<Problem>) {
                 .to_owned(),
         );
     }
+    if tls.use_subject_as_username && !has_ca {
+        problem(
+            "use_subject_as_username",
+            "use_subject_as_username needs cafile (or capath): only a verified client \
+             certificate can name the user"
+                .to_owned(),
+        );
+    }
+    if tls.use_subject_as_username && tls.use_identity_as_username {
+        problem(
+            "use_subject_as_username",
+            "use_subject_as_username and use_identity_as_username both name the user; set one"
+                .to_owned(),
+        );
+    }
     if tls.use_identity_as_username && !has_ca {
         problem(
             "use_identity_as_username",

@@ -17,6 +17,7 @@ mod security;
 pub mod server;
 mod sys;
 mod tls_chain;
+mod tls_identity;
 mod transport;
 
 pub use http::Readiness;

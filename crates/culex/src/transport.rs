@@ -147,9 +147,16 @@ impl TlsListener {
         &self.label
     }
 
-    /// Whether the client certificate's CN is the client's username.
-    pub(crate) fn use_identity_as_username(&self) -> bool {
-        self.settings.use_identity_as_username
+    /// What of the client certificate is the client's username, if anything:
+    /// `use_identity_as_username` (the CN) or `use_subject_as_username` (the whole subject).
+    pub(crate) fn identity_option(&self) -> Option<&'static str> {
+        if self.settings.use_identity_as_username {
+            Some("use_identity_as_username")
+        } else if self.settings.use_subject_as_username {
+            Some("use_subject_as_username")
+        } else {
+            None
+        }
     }
 
     fn acceptor(&self) -> TlsAcceptor {
@@ -187,7 +194,7 @@ pub(crate) fn build_server_config(
     let fail = |option: &str, path: &Path, message: String| {
         TlsSetupError(format!("{label}: {option} {}: {message}", path.display()))
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider_with_ciphers(label, tls)?);
 
     let certs = read_certs(&tls.certfile).map_err(|m| fail("certfile", &tls.certfile, m))?;
     let cas = ca_certificates(label, tls)?;
@@ -277,6 +284,55 @@ pub(crate) fn build_server_config(
     let config =
         builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     Ok(Arc::new(config))
+}
+
+/// The *ring* provider with the cipher suites `ciphers` / `ciphers_tls1.3` name (in the order
+/// given), or all of them.
+fn provider_with_ciphers(
+    label: &str,
+    tls: &Tls,
+) -> Result<rustls::crypto::CryptoProvider, TlsSetupError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let all = std::mem::take(&mut provider.cipher_suites);
+    // rustls names the TLS 1.3 suites `TLS13_AES_...` where IANA and OpenSSL say `TLS_AES_...`.
+    let iana = |s: &rustls::SupportedCipherSuite| {
+        let name = s.suite().as_str().unwrap_or_default();
+        match name.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => name.to_owned(),
+        }
+    };
+    let (tls13, tls12): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+    let pick = |option: &str,
+                list: &Option<String>,
+                parse: fn(&str) -> Result<Vec<&'static str>, String>,
+                available: Vec<rustls::SupportedCipherSuite>|
+     -> Result<Vec<rustls::SupportedCipherSuite>, TlsSetupError> {
+        let Some(list) = list else {
+            return Ok(available);
+        };
+        let names = parse(list).map_err(|e| TlsSetupError(format!("{label}: {option}: {e}")))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| available.iter().find(|s| iana(s) == *n).copied())
+            .collect())
+    };
+    let mut suites = pick(
+        "ciphers_tls1.3",
+        &tls.ciphers_tls13,
+        culex_config::tls_ciphers::parse_tls13,
+        tls13,
+    )?;
+    suites.extend(pick(
+        "ciphers",
+        &tls.ciphers,
+        culex_config::tls_ciphers::parse_tls12,
+        tls12,
+    )?);
+    provider.cipher_suites = suites;
+    Ok(provider)
 }
 
 /// The certificates of `cafile` and of `capath`, if either is set (files in `capath` that
@@ -498,15 +554,15 @@ async fn serve_wrapped(
         }
     };
     let mut peer = peer;
-    if tls.use_identity_as_username() {
-        match certificate_identity(&stream) {
-            Ok(cn) => peer.identity = Some(cn),
+    if let Some(option) = tls.identity_option() {
+        match certificate_identity(&stream, option == "use_subject_as_username") {
+            Ok(name) => peer.identity = Some(name),
             Err(why) => {
                 shared.counters.auth_failures.inc();
                 info!(
                     peer = %addr,
                     listener = tls.label(),
-                    "connection refused: use_identity_as_username is set and {why}"
+                    "connection refused: {option} is set and {why}"
                 );
                 return;
             }
@@ -525,21 +581,23 @@ async fn serve_wrapped(
     }
 }
 
-/// The subject CN of the client's (verified) certificate.
-fn certificate_identity(stream: &TlsStream<TcpStream>) -> Result<String, &'static str> {
+/// The subject CN (or, with `whole_subject`, the RFC 2253 subject) of the client's verified
+/// certificate.
+fn certificate_identity(
+    stream: &TlsStream<TcpStream>,
+    whole_subject: bool,
+) -> Result<String, &'static str> {
     let (_, session) = stream.get_ref();
     let cert = session
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or("the client sent no certificate")?;
-    common_name(cert.as_ref()).ok_or("the client certificate has no subject CN")
-}
-
-/// The first subject CN of a DER certificate.
-pub(crate) fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    if whole_subject {
+        crate::tls_identity::subject(cert.as_ref()).ok_or("the client certificate has no subject")
+    } else {
+        crate::tls_identity::common_name(cert.as_ref())
+            .ok_or("the client certificate has no subject CN")
+    }
 }
 
 /// The WebSocket upgrade: checks the subprotocol and answers with the one chosen.
@@ -939,23 +997,6 @@ mod tests {
         );
         let all = reload_all(&[Arc::new(tls)]).expect_err("still broken");
         assert_eq!(all.len(), 1);
-    }
-
-    #[test]
-    fn common_name_of_a_certificate() {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "alice");
-        let cert = params.self_signed(&key).expect("cert");
-        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
-        let params = rcgen::CertificateParams::new(vec!["x".to_owned()]).expect("params");
-        let mut params = params;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let cert = params.self_signed(&key).expect("cert");
-        assert_eq!(common_name(cert.der()), None);
-        assert_eq!(common_name(b"not a certificate"), None);
     }
 
     #[test]
