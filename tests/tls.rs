@@ -507,3 +507,145 @@ fn binary_reports_bad_tls_files() -> Result<()> {
     );
     Ok(())
 }
+
+fn openssl(args: &[&str], dir: &std::path::Path) -> Result<()> {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("openssl runs (install it to run this test)")?;
+    ensure!(status.success(), "openssl {args:?}");
+    Ok(())
+}
+
+/// A client certificate made as Mosquitto's TLS manual shows (`openssl x509 -req` without
+/// extensions: X.509 version 1) is refused, and both the handshake failure and `--check` say
+/// exactly why and how to reissue it (the decision not to accept version 1 is in
+/// docs/security.md).
+#[tokio::test]
+async fn x509_v1_client_certificates_are_refused_with_an_explanation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=v1 test CA",
+    ]);
+    openssl(&args, d)?;
+    for (name, cn) in [("server", "localhost"), ("client", "bob")] {
+        let mut args = vec!["req", "-new"];
+        args.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={cn}");
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&args, d)?;
+    }
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )?;
+    let signed = |name: &str, ext: bool| -> Result<()> {
+        let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "30",
+        ];
+        if ext {
+            args.extend(["-extfile", "server.ext"]);
+        }
+        openssl(&args, d)
+    };
+    signed("server", true)?;
+    signed("client", false)?;
+
+    let tls = Tls {
+        cafile: Some(d.join("ca.pem")),
+        require_certificate: true,
+        ..Tls::new(d.join("server.pem"), d.join("server.key"))
+    };
+    let broker = tls_broker(tls).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = |f: &str| d.join(f);
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pem("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(pem("client.pem"))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pem("client.key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // rustls will not even load a version 1 certificate as its own client certificate
+    // (`with_client_auth_cert` checks it); a resolver hands it over as it is, like OpenSSL.
+    let signing = provider.key_provider.load_private_key(key)?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Presents(certified)));
+    let outcome = raw_tls_connect(broker.addr, Arc::new(client), Protocol::V311).await?;
+    ensure!(
+        refusal(&outcome).is_some(),
+        "a version 1 certificate was accepted: {outcome:?}"
+    );
+    broker.stop().await;
+
+    std::fs::write(
+        d.join("v1.conf"),
+        "listener 0 127.0.0.1\ncertfile server.pem\nkeyfile server.key\ncafile ca.pem\n\
+         require_certificate true\n",
+    )?;
+    let (ok, text) = culex(&["--check", "-c", "v1.conf"], d)?;
+    ensure!(ok, "{text}");
+    ensure!(
+        text.contains("note: listener 127.0.0.1:0: client certificates must be X.509 version 3")
+            && text.contains("-extfile"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// Presents one client certificate, whatever the server asks.
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

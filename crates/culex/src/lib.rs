@@ -23,4 +23,4 @@ mod transport;
 pub use http::Readiness;
 pub use persistence::reset_store;
 pub use server::{check_files, run, start, RunningServer};
-pub use transport::{check_tls, TlsSetupError};
+pub use transport::{check_notes, check_tls, TlsSetupError};

@@ -80,6 +80,9 @@ fn main() -> ExitCode {
             eprintln!("culex: configuration has errors");
             return ExitCode::from(3);
         }
+        for note in culex::check_notes(&config) {
+            println!("{note}");
+        }
         println!("{}: configuration OK", display(&cli.config));
         return ExitCode::SUCCESS;
     }

@@ -1,9 +1,33 @@
+//! What client certificates say and why one is refused.
+//!
 //! Who a verified client certificate names, for `use_identity_as_username` (the subject's
 //! first CN) and `use_subject_as_username` (the whole subject in RFC 2253 form, as Mosquitto
 //! prints it with OpenSSL's `XN_FLAG_RFC2253`: last RDN first, `,` between RDNs, `+` inside
 //! one, special characters escaped).
 
 use x509_parser::prelude::{X509Certificate, X509Name};
+
+/// How to make a client certificate rustls accepts, for the log and `--check`. rustls (through
+/// webpki) accepts only X.509 version 3; `openssl x509 -req` without `-extfile` (and the
+/// example in Mosquitto's TLS manual) makes version 1. Culex does not verify version 1
+/// certificates itself: it would mean a second, hand-written path-validation and handshake
+/// signature check beside rustls's, for certificates any CA can reissue in one command.
+pub(crate) const V1_HINT: &str = concat!(
+    "client certificates must be X.509 version 3; `openssl x509 -req` without -extfile makes ",
+    "version 1, which is refused: reissue it with extensions, e.g. `openssl x509 -req -in ",
+    "client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 365 -extfile ",
+    "client.ext` with client.ext holding `basicConstraints=CA:FALSE` and ",
+    "`extendedKeyUsage=clientAuth`"
+);
+
+/// A failed TLS handshake explained: a version 1 client certificate gets [`V1_HINT`].
+pub(crate) fn explain_handshake_error(error: &str) -> String {
+    if error.contains("UnsupportedCertVersion") {
+        format!("{error}: the client certificate is X.509 version 1; {V1_HINT}")
+    } else {
+        error.to_owned()
+    }
+}
 
 /// The first subject CN of a DER certificate.
 pub(crate) fn common_name(der: &[u8]) -> Option<String> {
@@ -61,6 +85,18 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, DnType, KeyPair};
+
+    #[test]
+    fn version_1_certificates_are_explained() {
+        let e = explain_handshake_error(
+            "invalid peer certificate: Other(OtherError(UnsupportedCertVersion))",
+        );
+        assert!(
+            e.contains("X.509 version 1") && e.contains("-extfile"),
+            "{e}"
+        );
+        assert_eq!(explain_handshake_error("other"), "other");
+    }
 
     #[test]
     fn common_name_and_subject_of_a_certificate() {

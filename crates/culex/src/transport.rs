@@ -101,6 +101,27 @@ pub fn check_tls(config: &culex_config::Config) -> Result<(), TlsSetupError> {
     }
 }
 
+/// Notes for `culex --check`: what a configuration that is valid may still refuse (client
+/// certificates of X.509 version 1 on listeners that verify client certificates).
+pub fn check_notes(config: &culex_config::Config) -> Vec<String> {
+    config
+        .listeners
+        .iter()
+        .filter(|l| {
+            l.tls
+                .as_ref()
+                .is_some_and(|t| t.cafile.is_some() || t.capath.is_some())
+        })
+        .map(|l| {
+            format!(
+                "note: {}: {}",
+                listener_label(l),
+                crate::tls_identity::V1_HINT
+            )
+        })
+        .collect()
+}
+
 /// The TLS side of one configured listener: its settings and the current rustls configuration,
 /// swappable at run time. Shared by the sockets of that listener (e.g. `0.0.0.0` and `::`).
 pub(crate) struct TlsListener {
@@ -549,7 +570,8 @@ async fn serve_wrapped(
         }
         Step::Failed(e) => {
             shared.counters.tls_handshake_failures.inc();
-            info!(peer = %addr, listener = tls.label(), "TLS handshake failed: {e}");
+            let why = crate::tls_identity::explain_handshake_error(&e.to_string());
+            info!(peer = %addr, listener = tls.label(), "TLS handshake failed: {why}");
             return;
         }
     };
