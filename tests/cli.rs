@@ -711,3 +711,49 @@ fn listener_on_a_port_in_use_fails_with_a_clear_message() {
     );
     drop(taken);
 }
+
+/// A client-supplied client id goes into log lines cut short (a 4,000-byte id does not make
+/// a 4 KB line, twice per connection), and `connection_messages false` (Mosquitto's option)
+/// silences the per-connection lines.
+#[test]
+fn client_ids_are_clipped_in_logs_and_connection_messages_can_be_silenced() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_file(
+        &dir,
+        "long.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\n",
+    );
+    let mut broker = Broker::spawn(&["-c", path_str(&path)]);
+    let port = broker.ipv4_port();
+    let id = "x".repeat(4_000);
+    drop(round_trip(port, &id));
+    let line = broker.wait_for_line("client connected");
+    assert!(
+        line.len() < 400 && line.contains("…(4000 bytes)"),
+        "{} bytes: {}",
+        line.len(),
+        &line[..line.len().min(300)]
+    );
+    broker.signal("TERM");
+    let (_, log) = broker.expect_exit();
+    assert!(
+        log.lines().all(|l| l.len() < 1000),
+        "a log line carries the whole client id"
+    );
+
+    let path = write_file(
+        &dir,
+        "quiet.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\nconnection_messages false\n",
+    );
+    let mut broker = Broker::spawn(&["-c", path_str(&path)]);
+    let port = broker.ipv4_port();
+    drop(round_trip(port, "quiet-client"));
+    broker.signal("TERM");
+    let (status, log) = broker.expect_exit();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        !log.contains("client connected") && !log.contains("connection closed"),
+        "{log}"
+    );
+}

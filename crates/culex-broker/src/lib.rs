@@ -7,6 +7,7 @@
 //! That keeps every rule here testable with a virtual clock.
 
 mod api;
+pub mod log_clip;
 mod message;
 mod outbox;
 pub mod persist;

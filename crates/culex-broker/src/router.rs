@@ -21,6 +21,7 @@ use crate::api::{
     Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind, Outbound,
     CONTROL_RESERVE,
 };
+use crate::log_clip::Clipped;
 use crate::message::Message;
 use crate::outbox::TrySendError;
 use crate::retained::RetainedStore;
@@ -394,7 +395,7 @@ impl Router {
         s.observe_queue(0);
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
-        debug!(client_id = %client_id, conn, session_present, "client connected");
+        debug!(client_id = %Clipped(&client_id), conn, session_present, "client connected");
         let outcome = ConnectOutcome {
             session_present,
             client_id,
@@ -437,7 +438,7 @@ impl Router {
         let Some(link) = s.link.take() else {
             return;
         };
-        debug!(client_id = %s.client_id, old_conn = link.conn, "session taken over");
+        debug!(client_id = %Clipped(&s.client_id), old_conn = link.conn, "session taken over");
         link.outbox.close(ReasonCode::SessionTakenOver);
         self.by_conn.remove(&link.conn);
         if let Some(will) = PendingWill::take_from(s) {
@@ -644,7 +645,7 @@ impl Router {
         }
         let will = PendingWill::take_from(s);
         let expiry = s.expiry_interval;
-        debug!(client_id = %s.client_id, conn, ?kind, "client disconnected");
+        debug!(client_id = %Clipped(&s.client_id), conn, ?kind, "client disconnected");
         if kind == DisconnectKind::WithWill {
             if let Some(will) = will {
                 self.schedule_will(sid, will, now);
@@ -693,7 +694,7 @@ impl Router {
     fn publish_will(&mut self, pending: PendingWill, now: Instant) {
         if !pending.allowed() {
             self.stats.dropped_acl_will += 1;
-            debug!(client_id = %pending.client_id, "will denied by the ACL");
+            debug!(client_id = %Clipped(&pending.client_id), "will denied by the ACL");
             return;
         }
         let will = pending.will;

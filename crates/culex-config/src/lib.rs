@@ -137,13 +137,26 @@ impl Default for Sys {
 }
 
 /// Logging settings. `RUST_LOG` and `culex -v` override the level.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
     /// Human-readable lines (the default) or JSON lines.
     pub format: LogFormat,
     /// The most verbose level logged. Default `info`.
     pub level: LogLevel,
+    /// `connection_messages`: log each client's connect and disconnect at INFO. Default
+    /// `true`; refusals are logged either way.
+    pub connection_messages: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::default(),
+            level: LogLevel::default(),
+            connection_messages: true,
+        }
+    }
 }
 
 /// How log lines are written (`log_format`).

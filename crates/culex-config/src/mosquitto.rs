@@ -120,7 +120,7 @@ struct Origin {
 }
 
 /// Options that are accepted, with a warning, and otherwise ignored.
-const IGNORED: &[&str] = &["connection_messages", "pid_file", "user"];
+const IGNORED: &[&str] = &["pid_file", "user"];
 
 /// Mosquitto persistence options that are accepted (their value checked), with a warning
 /// explaining why Culex does not need them, and otherwise ignored.
@@ -158,7 +158,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "local_username",
     "max_inflight_bytes",
     "max_topic_alias",
-    "memory_limit",
     "mount_point",
     "notifications_local_only",
     "ocsp_data",
@@ -170,11 +169,9 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "proxy_protocol_v2_require_tls",
     "psk_file",
     "psk_hint",
-    "queue_qos0_messages",
     "retain_expiry_interval",
     "retry_interval",
     "round_robin",
-    "set_tcp_nodelay",
     "socket_domain",
     "store_clean_interval",
     "tls_engine",
@@ -377,6 +374,15 @@ impl Reader {
                 self.bridge_option(loc, option, rest, words);
             }
             "log_type" => self.log_type(loc, words),
+            // Mosquitto's later name for `max_qos`.
+            "maximum_qos" => {
+                if let Some(spec) = options::find_conf("max_qos") {
+                    self.scalar(loc, spec, rest, words);
+                }
+            }
+            "set_tcp_nodelay" | "queue_qos0_messages" | "memory_limit" => {
+                self.behaviour_option(loc, option, words);
+            }
             "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
                 self.persistence_ignored(loc, option, rest, words);
             }
@@ -395,6 +401,58 @@ impl Reader {
                     self.error(loc, option, message);
                 }
             }
+        }
+    }
+
+    /// Mosquitto options whose behaviour Culex has built in: accepted when the value asks for
+    /// that behaviour, an error saying so otherwise.
+    fn behaviour_option(&mut self, loc: &Loc, option: &str, words: &[&str]) {
+        let value = match words {
+            [w] => *w,
+            [] => return self.error(loc, option, "missing value".to_owned()),
+            _ => {
+                return self.error(
+                    loc,
+                    option,
+                    format!("too many values '{}'", words.join(" ")),
+                )
+            }
+        };
+        let problem = match (option, parse_bool(value)) {
+            ("set_tcp_nodelay", Ok(_)) => {
+                // Culex always sets TCP_NODELAY and batches its writes itself.
+                if value == "false" || value == "0" {
+                    self.warn(
+                        loc,
+                        "option 'set_tcp_nodelay false' is ignored: Culex always sets \
+                         TCP_NODELAY and batches what it writes itself",
+                    );
+                }
+                None
+            }
+            ("queue_qos0_messages", Ok(false)) => None,
+            ("queue_qos0_messages", Ok(true)) => Some(
+                "not supported yet: Culex does not queue QoS 0 messages for offline clients \
+                 (counted as dropped); use QoS 1 for messages an offline client must get"
+                    .to_owned(),
+            ),
+            ("memory_limit", _) => match value.parse::<u64>() {
+                Ok(0) => None,
+                Ok(_) => Some(
+                    "not supported yet: Culex bounds memory per client with \
+                     max_queued_messages and max_inflight_messages, not globally; remove the \
+                     option or set it to 0 (no limit, Mosquitto's default)"
+                        .to_owned(),
+                ),
+                Err(_) => Some(format!(
+                    "invalid value '{value}'; expected a number of bytes"
+                )),
+            },
+            (_, Err(e)) => Some(e),
+            _ => None,
+        };
+        if let Some(message) = problem {
+            self.error(loc, option, message);
         }
     }
 
@@ -1212,6 +1270,10 @@ fn supported_options() -> Vec<&'static str> {
         "bind_address",
         "include_dir",
         "log_type",
+        "maximum_qos",
+        "set_tcp_nodelay",
+        "queue_qos0_messages",
+        "memory_limit",
     ];
     names.extend(LISTENER_OPTIONS);
     names.push("connection");

@@ -297,6 +297,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Log,
+        key: "connection_messages",
+        conf_key: "connection_messages",
+        kind: Kind::Bool,
+    },
+    Spec {
+        section: Section::Log,
         key: "level",
         // mosquitto.conf has `log_type`, which can be repeated; its reader maps it.
         conf_key: "",
@@ -515,6 +521,7 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
             Value::Str(s) => config.log.level = LogLevel::parse(&s).ok_or_else(bad)?,
             _ => return Err(bad()),
         },
+        "connection_messages" => config.log.connection_messages = boolean(&value)?,
         _ => return Err(bad()),
     }
     Ok(())

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::counters::Refusal;
 use crate::server::{ConnSlot, ListenerCtx, Shared};
+use culex_broker::log_clip::Clipped;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -422,8 +423,8 @@ where
             Ok(u) => u,
             Err(reason) => {
                 // The password is never logged.
-                info!(peer = %self.peer, client_id = %connect.client_id,
-                    username = connect.username.as_deref().unwrap_or(""), "client refused: not authorised");
+                info!(peer = %self.peer, client_id = %Clipped(&connect.client_id),
+                    username = %Clipped(connect.username.as_deref().unwrap_or("")), "client refused: not authorised");
                 self.shared.counters.auth_failures.inc();
                 self.refuse(reason).await;
                 return None;
@@ -554,8 +555,10 @@ where
         let now_connected = self.shared.counters.connected.inc_get();
         self.shared.counters.connected_max.max(now_connected);
         self.shared.counters.connects.inc();
-        info!(peer = %self.peer, listener = %self.listener.local, client_id = %client_id, protocol = ?self.protocol,
-            session_present, "client connected");
+        if self.shared.limits.connection_messages {
+            info!(peer = %self.peer, listener = %self.listener.local, client_id = %Clipped(&client_id), protocol = ?self.protocol,
+                session_present, "client connected");
+        }
         if self.queue(connack).is_err() || self.flush().await.is_err() {
             self.finish(Ending::socket_gone("write failed")).await;
             return None;
@@ -899,7 +902,7 @@ where
         if v5 && !payload_format_valid(&p.properties, &p.payload) {
             // [MQTT-3.3.2-4] allows checking a UTF-8 payload: QoS 1/2 are answered 0x99 and
             // dropped (the connection stays); QoS 0 has no answer but DISCONNECT 0x99.
-            debug!(client_id = %self.client_id, topic = %p.topic, "payload is not UTF-8 as indicated");
+            debug!(client_id = %Clipped(&self.client_id), topic = %Clipped(&p.topic), "payload is not UTF-8 as indicated");
             let mut ack = PubResp::new(packet_id);
             ack.reason_code = ReasonCode::PayloadFormatInvalid;
             return match p.qos {
@@ -918,7 +921,7 @@ where
         if !allowed {
             // Denied publishes are acknowledged (MQTT 5: 0x87) and dropped, as Mosquitto does.
             self.shared.counters.acl_denied_publish.inc();
-            debug!(client_id = %self.client_id, topic = %p.topic, "publish denied by the ACL");
+            debug!(client_id = %Clipped(&self.client_id), topic = %Clipped(&p.topic), "publish denied by the ACL");
             let mut ack = PubResp::new(packet_id);
             if v5 {
                 ack.reason_code = ReasonCode::NotAuthorized;
@@ -1068,7 +1071,7 @@ where
                     Some((alias, new)) => self.encode_aliased(view, alias, new),
                 };
                 if let Err(e) = sent {
-                    warn!(client_id = %self.client_id, error = %e, "cannot encode PUBLISH; dropped");
+                    warn!(client_id = %Clipped(&self.client_id), error = %e, "cannot encode PUBLISH; dropped");
                     return None;
                 }
                 self.shared
@@ -1201,7 +1204,7 @@ where
             self.explain(&mut p, why);
             if !self.fit(&mut p) {
                 self.shared.counters.dropped_too_large.inc();
-                debug!(client_id = %self.client_id, packet = p.name(),
+                debug!(client_id = %Clipped(&self.client_id), packet = p.name(),
                     "packet above the client's Maximum Packet Size; dropped");
                 return Ok(());
             }
@@ -1251,7 +1254,9 @@ where
     /// tell the router, then (unless the socket is gone) read and discard until the client
     /// closes or [`CLOSE_LINGER`] passes, and close.
     async fn finish(&mut self, ending: Ending) {
-        info!(peer = %self.peer, client_id = %self.client_id, reason = %ending.why, "connection closed");
+        if self.shared.limits.connection_messages {
+            info!(peer = %self.peer, client_id = %Clipped(&self.client_id), reason = %ending.why, "connection closed");
+        }
         if let Some(reason) = ending.send {
             if self.protocol.is_v5() {
                 let d = Packet::Disconnect(Disconnect::new(reason));

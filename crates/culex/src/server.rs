@@ -42,6 +42,8 @@ pub(crate) struct ConnLimits {
     /// The router acknowledges QoS 1/2 publishes (after the store made them durable).
     pub(crate) router_acks: bool,
     pub(crate) write_timeout: Duration,
+    /// `connection_messages`: an INFO line per connect and disconnect.
+    pub(crate) connection_messages: bool,
 }
 
 pub use crate::counters::{Counter, Counters, Refusal};
@@ -102,6 +104,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         connect_timeout: Duration::from_secs(10),
         router_acks: config.persistence.enabled,
         write_timeout: Duration::from_secs(30),
+        connection_messages: config.log.connection_messages,
     }
 }
 

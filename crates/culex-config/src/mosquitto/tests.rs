@@ -562,15 +562,38 @@ fn ignored_options_warn() {
         "log_dest stdout\nlog_timestamp true\nlog_timestamp_format %Y\n\
          connection_messages true\npid_file /run/m.pid\nuser mosquitto\n",
     );
-    assert_eq!(w.len(), 6);
+    // connection_messages is honoured now, not ignored.
+    assert_eq!(w.len(), 5);
     assert_eq!(
         w[0],
         "culex.conf:1: option 'log_dest' is accepted but ignored by Culex"
     );
     assert_eq!(
-        w[5],
+        w[4],
         "culex.conf:6: option 'user' is accepted but ignored by Culex"
     );
+}
+
+/// Mosquitto options people carry over: `connection_messages` is honoured, `maximum_qos` is
+/// `max_qos`, and the options whose behaviour Culex has built in are accepted with the value
+/// that asks for it and refused, with the reason, otherwise.
+#[test]
+fn migrated_behaviour_options() {
+    let c = config(
+        "connection_messages false\nmaximum_qos 1\nset_tcp_nodelay true\n\
+         queue_qos0_messages false\nmemory_limit 0\n",
+    );
+    assert!(!c.log.connection_messages);
+    assert_eq!(c.mqtt.max_qos, 1);
+    assert!(config("").log.connection_messages);
+    let w = warnings("set_tcp_nodelay false\n");
+    assert!(w[0].contains("always sets TCP_NODELAY"), "{w:?}");
+    assert!(error("queue_qos0_messages true\n").starts_with(
+        "culex.conf:1: option 'queue_qos0_messages': not supported yet: Culex does not queue QoS 0"
+    ));
+    assert!(error("memory_limit 1000000\n")
+        .starts_with("culex.conf:1: option 'memory_limit': not supported yet"));
+    assert!(error("memory_limit lots\n").contains("invalid value 'lots'"));
 }
 
 #[test]
