@@ -540,6 +540,28 @@ async fn check_password_login(addr: SocketAddr, user: &str, password: &str) -> R
     Ok(())
 }
 
+/// A password file entry whose password is empty (written by hand or by another tool) lets
+/// nobody in: a CONNECT with that user and an empty or missing password is refused, as
+/// Mosquitto refuses it.
+#[tokio::test]
+async fn an_empty_password_is_refused_even_when_the_file_holds_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("passwd");
+    let empty = culex_auth::password_hash(b"", culex_auth::HashKind::Sha512)?;
+    std::fs::write(&file, format!("blank:{empty}\n"))?;
+    let broker = TestBroker::start_with(secured(false, Some(&file), None)).await?;
+    for protocol in BOTH {
+        expect_refused(broker.addr, protocol, Some("blank"), Some(""))
+            .await
+            .context("empty password")?;
+        expect_refused(broker.addr, protocol, Some("blank"), None)
+            .await
+            .context("no password")?;
+    }
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn password_file_from_mosquitto_passwd_authenticates() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -80,7 +80,8 @@ impl SecurityHandle {
     /// `identity` (a verified client certificate's CN on a `use_identity_as_username` listener)
     /// takes the place of the user name and password. Otherwise a user name is checked against
     /// the password file; without a password file a user name authenticates nothing, as in
-    /// Mosquitto 2. Failures answer 5 (3.1.1) / 0x87 (5.0), as Mosquitto does.
+    /// Mosquitto 2. An empty password is always refused. Failures answer 5 (3.1.1) / 0x87
+    /// (5.0), as Mosquitto does.
     pub(crate) async fn authenticate(
         &self,
         username: Option<&str>,
@@ -107,8 +108,14 @@ impl SecurityHandle {
                 Err(ReasonCode::NotAuthorized)
             };
         };
+        // An empty or missing password never authenticates, even if the file holds the hash
+        // of an empty one (Mosquitto refuses it too).
+        let Some(password) = password.filter(|p| !p.is_empty()) else {
+            info!(user, "authentication failed: empty password");
+            return Err(ReasonCode::NotAuthorized);
+        };
         let user_owned = user.to_string();
-        let password = password.unwrap_or_default().to_vec();
+        let password = password.to_vec();
         // Hash checks cost tens of milliseconds by design; keep them off the IO threads.
         let result =
             tokio::task::spawn_blocking(move || passwords.check(&user_owned, &password)).await;
