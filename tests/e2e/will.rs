@@ -207,3 +207,32 @@ async fn v5_will_not_published_when_client_reconnects_within_delay() -> Result<(
     w.expect_silence(quiet).await?;
     expect_no_will(&broker, Protocol::V5, &mut w).await
 }
+
+/// `message_size_limit` applies to the will payload too: a CONNECT whose will is larger is
+/// refused (MQTT 5: 0x95 Packet too large; 3.1.1: 5 not authorised), as Mosquitto does, so the
+/// broker never holds a will it would refuse as a message.
+async fn oversized_will_is_refused(protocol: Protocol, expected: ReasonCode) -> Result<()> {
+    let mut config = culex_config::Config::embedded_default();
+    config.limits.message_size_limit = 100;
+    let broker = TestBroker::start_with(config).await?;
+    let mut connect = connect_packet(protocol, "big-will", true);
+    connect.will = Some(will("will/big", &"x".repeat(101), QoS::AtMostOnce));
+    let (_, ack) = connect_with(broker.addr, connect).await?;
+    assert_eq!(ack.reason_code, expected, "{ack:?}");
+    // At the limit it is fine.
+    let mut connect = connect_packet(protocol, "ok-will", true);
+    connect.will = Some(will("will/ok", &"x".repeat(100), QoS::AtMostOnce));
+    connect_ok(broker.addr, connect).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_oversized_will_is_refused_with_5() -> Result<()> {
+    // Return code 5 on the wire, decoded as its MQTT 5 equivalent.
+    oversized_will_is_refused(Protocol::V311, ReasonCode::NotAuthorized).await
+}
+
+#[tokio::test]
+async fn v5_oversized_will_is_refused_with_0x95() -> Result<()> {
+    oversized_will_is_refused(Protocol::V5, ReasonCode::PacketTooLarge).await
+}

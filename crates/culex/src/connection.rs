@@ -411,6 +411,22 @@ where
                 return None;
             }
         }
+        // `message_size_limit` applies to the will too (as in Mosquitto): a will the broker
+        // would refuse as a message is refused at CONNECT.
+        let will_too_large = connect.will.as_ref().is_some_and(|w| {
+            limits.message_size_limit > 0 && w.payload.len() > limits.message_size_limit as usize
+        });
+        if will_too_large {
+            info!(peer = %self.peer, client_id = %Clipped(&connect.client_id),
+                "client refused: will payload larger than message_size_limit");
+            self.refuse(if v5 {
+                ReasonCode::PacketTooLarge
+            } else {
+                ReasonCode::NotAuthorized
+            })
+            .await;
+            return None;
+        }
         let security = Arc::clone(&self.listener.security);
         let username = match security
             .authenticate(
