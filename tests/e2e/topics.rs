@@ -270,3 +270,55 @@ async fn v311_shared_subscription_delivers_each_message_to_one_member() -> Resul
 async fn v5_shared_subscription_delivers_each_message_to_one_member() -> Result<()> {
     shared_subscription(Protocol::V5).await
 }
+
+/// `max_topic_levels` / `max_topic_length`: a PUBLISH beyond them is acknowledged with 0x90
+/// Topic Name invalid (MQTT 5) and not routed; a filter beyond them gets SUBACK 0x8F (3.1.1:
+/// 0x80). Mosquitto refuses topics deeper than 200 levels the same way.
+#[tokio::test]
+async fn topics_beyond_the_configured_depth_and_length_are_refused() -> Result<()> {
+    let mut config = culex_config::Config::embedded_default();
+    config.limits.max_topic_levels = 3;
+    config.limits.max_topic_length = 20;
+    let broker = TestBroker::start_with(config).await?;
+    let mut c = connect_v5(broker.addr, "deep").await?;
+    let (codes, _) = subscribe_collect(
+        &mut c,
+        1,
+        &[
+            ("a/b/#", QoS::AtLeastOnce),
+            ("a/b/c/#", QoS::AtLeastOnce),
+            ("long/filter/xxxxxxxxxxxx", QoS::AtLeastOnce),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        codes,
+        vec![
+            culex_proto::ReasonCode::GrantedQoS1,
+            culex_proto::ReasonCode::TopicFilterInvalid,
+            culex_proto::ReasonCode::TopicFilterInvalid
+        ]
+    );
+    c.send(&culex_proto::Packet::Publish(publish_packet(
+        "a/b/c/d",
+        "deep",
+        QoS::AtLeastOnce,
+        false,
+        7,
+    )))
+    .await?;
+    match c.recv().await? {
+        culex_proto::Packet::PubAck(a) => {
+            assert_eq!(a.reason_code, culex_proto::ReasonCode::TopicNameInvalid)
+        }
+        other => anyhow::bail!("expected PUBACK, got {other:?}"),
+    }
+    // Within the limits: routed to the subscription above.
+    publish(&mut c, "a/b/c", "ok", QoS::AtLeastOnce, false, 8).await?;
+    let p = recv_publish_ack(&mut c).await?;
+    assert_eq!(p.topic, "a/b/c");
+    let mut v3 = connect_clean(broker.addr, Protocol::V311, "deep-v3").await?;
+    let (codes, _) = subscribe_collect(&mut v3, 1, &[("a/b/c/#", QoS::AtMostOnce)]).await?;
+    assert_eq!(codes[0].as_u8(), 0x80, "{codes:?}");
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use culex_proto::topic::parse_shared;
+use culex_proto::topic::{exceeds_limits, parse_shared};
 use culex_proto::{
     Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -516,6 +516,15 @@ impl Router {
         let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
         let mut protocol_error = false;
         for f in &subscribe.filters {
+            let settings = &self.settings;
+            if exceeds_limits(
+                &f.filter,
+                settings.max_topic_levels,
+                settings.max_topic_length,
+            ) {
+                reason_codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let shared = match parse_shared(&f.filter) {
                 Ok(s) => s.is_some(),
                 Err(_) => {

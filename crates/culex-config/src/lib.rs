@@ -500,6 +500,13 @@ pub struct Limits {
     /// Written `-1` in configuration files, like Mosquitto.
     #[serde(deserialize_with = "de::max_connections")]
     pub max_connections: Option<usize>,
+    /// Most levels in a topic name or filter (`a/b/c` has three); deeper ones are refused
+    /// (PUBLISH acknowledged with 0x90 / not routed, SUBSCRIBE answered 0x8F). Default 200,
+    /// Mosquitto's fixed limit.
+    pub max_topic_levels: u16,
+    /// Longest topic name or filter, in bytes (1 to 65535, the MQTT maximum and the default);
+    /// longer ones are refused like too-deep ones.
+    pub max_topic_length: u16,
 }
 
 impl Default for Limits {
@@ -512,6 +519,8 @@ impl Default for Limits {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             max_keepalive: 65535,
             max_connections: None,
+            max_topic_levels: 200,
+            max_topic_length: 65535,
         }
     }
 }

@@ -205,6 +205,26 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Limits,
+        key: "max_topic_levels",
+        conf_key: "max_topic_levels",
+        kind: Kind::Int {
+            min: 1,
+            max: 65535,
+            allowed: "1 to 65535",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_topic_length",
+        conf_key: "max_topic_length",
+        kind: Kind::Int {
+            min: 1,
+            max: 65535,
+            allowed: "1 to 65535",
+        },
+    },
+    Spec {
+        section: Section::Limits,
         key: "max_connections",
         conf_key: "max_connections",
         kind: Kind::Int {
@@ -466,6 +486,14 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         "max_keepalive" => {
             let v = int(&value)?;
             config.limits.max_keepalive = u16::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_topic_levels" => {
+            let v = int(&value)?;
+            config.limits.max_topic_levels = u16::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_topic_length" => {
+            let v = int(&value)?;
+            config.limits.max_topic_length = u16::try_from(v).map_err(|_| range(v))?;
         }
         "max_connections" => {
             let v = int(&value)?;

@@ -86,6 +86,8 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     int("message_size_limit", i128::from(limits.message_size_limit));
     int("max_packet_size", i128::from(limits.max_packet_size));
     int("max_keepalive", i128::from(limits.max_keepalive));
+    int("max_topic_levels", i128::from(limits.max_topic_levels));
+    int("max_topic_length", i128::from(limits.max_topic_length));
     if let Some(n) = limits.max_connections {
         int("max_connections", i128::try_from(n).unwrap_or(i128::MAX));
     }

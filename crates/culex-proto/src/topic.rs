@@ -191,8 +191,28 @@ pub fn has_wildcards(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
+/// True when `topic` (a name or a filter) has more than `max_levels` levels or more than
+/// `max_length` bytes: the broker's configured limits (`max_topic_levels`,
+/// `max_topic_length`), stricter than the protocol's own.
+pub fn exceeds_limits(topic: &str, max_levels: u16, max_length: u16) -> bool {
+    topic.len() > usize::from(max_length)
+        || topic.bytes().filter(|b| *b == b'/').count() >= usize::from(max_levels)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn configured_limits_on_levels_and_length() {
+        assert!(!exceeds_limits("a/b/c", 3, 5));
+        assert!(exceeds_limits("a/b/c/d", 3, 100), "four levels");
+        assert!(exceeds_limits("a/b/c", 3, 4), "five bytes");
+        assert!(!exceeds_limits("", 1, 1));
+        assert!(exceeds_limits("/", 1, 10), "two empty levels");
+        assert!(!exceeds_limits(&"a/".repeat(199), 200, u16::MAX));
+        assert!(exceeds_limits(&"a/".repeat(200), 200, u16::MAX));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

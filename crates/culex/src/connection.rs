@@ -736,6 +736,32 @@ where
         end
     }
 
+    /// Acknowledges a PUBLISH that is not routed (MQTT 5 with `reason`; 3.1.1 cannot say
+    /// why), as Mosquitto does for denied publishes; QoS 0 is dropped silently.
+    fn refuse_publish(
+        &mut self,
+        p: &Publish,
+        packet_id: u16,
+        reason: ReasonCode,
+    ) -> Option<Ending> {
+        let v5 = self.protocol.is_v5();
+        let mut ack = PubResp::new(packet_id);
+        if v5 {
+            ack.reason_code = reason;
+        }
+        match p.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => self.ack(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if !v5 && !self.inbound_qos2.contains(&packet_id) {
+                    // 3.1.1 has no failure PUBREC: the client goes on to PUBREL.
+                    self.inbound_qos2.push(packet_id);
+                }
+                self.ack(Packet::PubRec(ack))
+            }
+        }
+    }
+
     /// True while the connection holds a buffer it could give back.
     fn holds_buffers(&self) -> bool {
         (self.wbuf.is_empty() && self.wbuf.capacity() != 0)
@@ -930,6 +956,17 @@ where
                 QoS::ExactlyOnce => self.ack(Packet::PubRec(ack)),
             };
         }
+        let limits = &self.shared.limits;
+        if culex_proto::topic::exceeds_limits(
+            &p.topic,
+            limits.max_topic_levels,
+            limits.max_topic_length,
+        ) {
+            // Refused like a denied publish (MQTT 5: 0x90), counted as too large.
+            self.shared.counters.dropped_too_large.inc();
+            debug!(client_id = %Clipped(&self.client_id), topic = %Clipped(&p.topic), "topic beyond max_topic_levels / max_topic_length");
+            return self.refuse_publish(&p, packet_id, ReasonCode::TopicNameInvalid);
+        }
         let allowed =
             self.listener
                 .security
@@ -938,21 +975,7 @@ where
             // Denied publishes are acknowledged (MQTT 5: 0x87) and dropped, as Mosquitto does.
             self.shared.counters.acl_denied_publish.inc();
             debug!(client_id = %Clipped(&self.client_id), topic = %Clipped(&p.topic), "publish denied by the ACL");
-            let mut ack = PubResp::new(packet_id);
-            if v5 {
-                ack.reason_code = ReasonCode::NotAuthorized;
-            }
-            return match p.qos {
-                QoS::AtMostOnce => None,
-                QoS::AtLeastOnce => self.ack(Packet::PubAck(ack)),
-                QoS::ExactlyOnce => {
-                    if !v5 && !self.inbound_qos2.contains(&packet_id) {
-                        // 3.1.1 has no failure PUBREC: the client goes on to PUBREL.
-                        self.inbound_qos2.push(packet_id);
-                    }
-                    self.ack(Packet::PubRec(ack))
-                }
-            };
+            return self.refuse_publish(&p, packet_id, ReasonCode::NotAuthorized);
         }
         match p.qos {
             QoS::AtMostOnce => {

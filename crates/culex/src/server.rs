@@ -44,6 +44,9 @@ pub(crate) struct ConnLimits {
     pub(crate) write_timeout: Duration,
     /// `connection_messages`: an INFO line per connect and disconnect.
     pub(crate) connection_messages: bool,
+    /// `max_topic_levels` and `max_topic_length`: PUBLISH topics beyond them are refused.
+    pub(crate) max_topic_levels: u16,
+    pub(crate) max_topic_length: u16,
 }
 
 pub use crate::counters::{Counter, Counters, Refusal};
@@ -85,6 +88,8 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         persistent_client_expiration: config.sessions.persistent_client_expiration,
         auto_id_prefix: config.sessions.auto_id_prefix.clone(),
         max_outbox_qos0: config.limits.max_queued_messages,
+        max_topic_levels: config.limits.max_topic_levels,
+        max_topic_length: config.limits.max_topic_length,
     }
 }
 
@@ -105,6 +110,8 @@ fn conn_limits(config: &Config) -> ConnLimits {
         router_acks: config.persistence.enabled,
         write_timeout: Duration::from_secs(30),
         connection_messages: config.log.connection_messages,
+        max_topic_levels: config.limits.max_topic_levels,
+        max_topic_length: config.limits.max_topic_length,
     }
 }
 

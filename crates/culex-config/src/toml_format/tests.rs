@@ -94,6 +94,8 @@ message_size_limit = 1024
 max_packet_size = 2048
 max_keepalive = 60
 max_connections = 100
+max_topic_levels = 16
+max_topic_length = 1024
 
 [sessions]
 allow_zero_length_clientid = false
@@ -124,6 +126,8 @@ upgrade_outgoing_qos = true
                 max_packet_size: 2048,
                 max_keepalive: 60,
                 max_connections: Some(100),
+                max_topic_levels: 16,
+                max_topic_length: 1024,
             },
             sessions: crate::Sessions {
                 allow_zero_length_clientid: false,
@@ -336,7 +340,8 @@ fn unknown_keys_name_key_and_line() {
         errors("[limits]\nmax_qos = 1\n\nbogus = 2\n"),
         "culex.toml:2: unknown key 'limits.max_qos'; 'max_qos' belongs in the [mqtt] section\n\
          culex.toml:4: unknown key 'limits.bogus'; allowed keys in [limits]: max_inflight_messages, \
-         max_queued_messages, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, max_connections"
+         max_queued_messages, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
+         max_topic_levels, max_topic_length, max_connections"
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
