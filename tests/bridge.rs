@@ -857,3 +857,65 @@ fn check_reports_bad_bridge_options_with_file_and_line() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("bridge \"r\": TLS"), "{out}");
 }
+
+/// `bridge_attempt_unsubscribe` (on by default, as in Mosquitto): on connect the bridge
+/// unsubscribes on the remote from the filters of its `out`-only rules, so a persistent remote
+/// session does not keep a subscription an earlier configuration made; `in` rules are
+/// subscribed as usual.
+#[test]
+fn bridge_unsubscribes_out_only_filters_on_the_remote() {
+    if !have_mosquitto() {
+        return;
+    }
+    let remote = Mosquitto::start();
+    let local = Culex::start(&bridge_conf(remote.port, ""));
+    local.wait_for_line("bridge connected to the remote broker");
+    let deadline = Instant::now() + TIMEOUT;
+    while !remote.log().contains("Received SUBSCRIBE from bridge-r") {
+        assert!(Instant::now() < deadline, "{}", remote.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = remote.log();
+    let unsub = log
+        .find("Received UNSUBSCRIBE from bridge-r")
+        .unwrap_or_else(|| panic!("no UNSUBSCRIBE:\n{log}"));
+    assert!(
+        log[unsub..].contains("remote/out/#"),
+        "the out-only filter:\n{log}"
+    );
+}
+
+/// `round_robin true`: after a link to the first address drops, the next round starts at
+/// the second address (without it, the first address is the main broker and is tried first
+/// again).
+#[test]
+fn round_robin_moves_to_the_next_address() {
+    if !have_mosquitto() {
+        return;
+    }
+    let first = Mosquitto::start();
+    let second = Mosquitto::start();
+    let conf = bridge_conf(first.port, "round_robin true\n").replace(
+        &format!("address 127.0.0.1:{}\n", first.port),
+        &format!(
+            "address 127.0.0.1:{} 127.0.0.1:{}\n",
+            first.port, second.port
+        ),
+    );
+    let local = Culex::start(&conf);
+    local.wait_for_line("bridge connected to the remote broker");
+    assert!(first.log().contains("as bridge-r"), "{}", first.log());
+    // Another client takes the bridge's client id on the first broker: the link drops, and
+    // the bridge goes on to the second address.
+    let thief = Mqtt::connect(first.port, "bridge-r", true);
+    let deadline = Instant::now() + TIMEOUT;
+    while !second.log().contains("as bridge-r") {
+        assert!(
+            Instant::now() < deadline,
+            "never connected to the second address; culex log:\n{}",
+            local.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(thief);
+}

@@ -111,6 +111,17 @@ pub struct BridgeConfig {
     /// before the `in` subscriptions (clients of state-keeping clouds such as Sber re-publish
     /// their state on every connect). Off: only messages kept while the link was down go out.
     pub republish_on_connect: bool,
+    /// `bridge_attempt_unsubscribe`: on every connect, UNSUBSCRIBE on the remote from the
+    /// filters of `out`-only rules, so a persistent remote session does not keep sending what
+    /// an earlier configuration subscribed to (Mosquitto's default: true; Sber preset: false).
+    pub attempt_unsubscribe: bool,
+    /// `round_robin`: with several addresses, each connect round starts at the address after
+    /// the one last connected to; off (Mosquitto's default), every round starts at the first
+    /// (the main broker) and the others are failovers.
+    pub round_robin: bool,
+    /// `bridge_receive_maximum`: the Receive Maximum announced to an MQTT 5 remote (how many
+    /// QoS 1/2 messages it may send unacknowledged); `None`: not announced (65,535).
+    pub receive_maximum: Option<u16>,
     /// `bridge_max_packet_size`: larger messages are not sent to the remote (dropped and
     /// counted), and larger packets from it close the link.
     pub max_packet_size: Option<u32>,
@@ -160,6 +171,9 @@ impl BridgeConfig {
             protocol: BridgeProtocol::V311,
             outgoing_retain: true,
             republish_on_connect: false,
+            attempt_unsubscribe: true,
+            round_robin: false,
+            receive_maximum: None,
             max_packet_size: None,
             tls: None,
             start_type: StartType::Automatic,
@@ -215,6 +229,8 @@ impl BridgeConfig {
         c.tls = Some(BridgeTls::default());
         c.outgoing_retain = false;
         c.republish_on_connect = true;
+        // Sber's broker is not Mosquitto; keep to the packets its clients send.
+        c.attempt_unsubscribe = false;
         c.notification_topic = Some(Self::name_notification_topic(&c.name));
         c
     }
@@ -341,6 +357,7 @@ impl BridgeConfig {
         soft.notification_topic.clone_from(&self.notification_topic);
         soft.outgoing_retain = self.outgoing_retain;
         soft.republish_on_connect = self.republish_on_connect;
+        soft.attempt_unsubscribe = self.attempt_unsubscribe;
         soft == *self
     }
 }

@@ -219,6 +219,8 @@ struct Link {
     last_activity: Instant,
     /// When the remote link came up (for the quick retry after a healthy link drops).
     connected_at: Instant,
+    /// The address index of the last successful connect (`round_robin` starts after it).
+    last_address: Option<usize>,
 }
 
 impl Link {
@@ -260,6 +262,7 @@ impl Link {
             finished: false,
             last_activity: now,
             connected_at: now,
+            last_address: None,
         }
     }
 
@@ -329,7 +332,11 @@ impl Link {
         let config = Arc::clone(&self.config);
         let conn = self.remote.take();
         let stats = Arc::clone(&self.stats);
-        self.attempt = Some(Box::pin(connect_round(config, conn, stats)));
+        let start = match (self.config.round_robin, self.last_address) {
+            (true, Some(last)) => (last + 1) % self.config.addresses.len().max(1),
+            _ => 0,
+        };
+        self.attempt = Some(Box::pin(connect_round(config, conn, stats, start)));
     }
 
     async fn wait(&mut self) -> Wake {
@@ -631,6 +638,7 @@ impl Link {
         tracing::info!(bridge = %self.name(), remote = %format!("{host}:{port}"), session_present, queued = self.queue.len(), "bridge connected to the remote broker");
         self.remote_up = true;
         self.log.clear();
+        self.last_address = Some(index);
         let now = Instant::now();
         self.connected_at = now;
         self.last_activity = now;
@@ -643,6 +651,10 @@ impl Link {
         }
         self.replay_state();
         self.pump();
+        if let Err(e) = self.unsubscribe_out_only().await {
+            self.remote_lost(&e).await;
+            return;
+        }
         if let Err(e) = self.subscribe_remote().await {
             self.remote_lost(&e).await;
             return;
@@ -672,6 +684,29 @@ impl Link {
             self.latest.clear();
         }
         self.update_queued();
+    }
+
+    /// `bridge_attempt_unsubscribe`: UNSUBSCRIBE on the remote from the filters of the rules
+    /// that only go `out`, so a persistent remote session subscribed under an earlier
+    /// configuration stops sending them (as Mosquitto does on every bridge connect).
+    async fn unsubscribe_out_only(&mut self) -> Result<(), ClientError> {
+        if !self.config.attempt_unsubscribe {
+            return Ok(());
+        }
+        let mut filters: Vec<String> = self
+            .config
+            .topics
+            .iter()
+            .filter(|r| r.direction.is_out() && !r.direction.is_in())
+            .map(|r| r.remote_filter())
+            .collect();
+        filters.dedup();
+        unsubscribe(
+            self.remote.as_mut(),
+            filters,
+            "waiting for the remote UNSUBACK",
+        )
+        .await
     }
 
     async fn subscribe_remote(&mut self) -> Result<(), ClientError> {
@@ -1159,15 +1194,21 @@ impl StatsExt {
     }
 }
 
-/// One connect round: every address in order until one accepts. Keeps (and returns) the remote
+/// One connect round: every address in order, starting at `start` (`round_robin`), until one
+/// accepts. Keeps (and returns) the remote
 /// connection so its session's in-flight publications survive a failed round.
 async fn connect_round(
     config: Arc<BridgeConfig>,
     mut conn: Option<Connection>,
     stats: Arc<BridgeStats>,
+    start: usize,
 ) -> Attempt {
     let mut last_error = ClientError::NotConnected;
-    for (index, (host, port)) in config.addresses.iter().enumerate() {
+    let n = config.addresses.len();
+    for index in (0..n).map(|i| (start + i) % n) {
+        let Some((host, port)) = config.addresses.get(index) else {
+            continue;
+        };
         let result = async {
             let io = remote::open(&config, host, *port, CONNECT_TIMEOUT).await?;
             match conn.as_mut() {
@@ -1213,6 +1254,9 @@ fn remote_options(config: &BridgeConfig) -> ConnectOptions {
         .remote_password
         .as_ref()
         .map(|p| bytes::Bytes::from(p.clone().into_bytes()));
+    if config.protocol == BridgeProtocol::V5 {
+        o.properties.receive_maximum = config.receive_maximum;
+    }
     if config.protocol == BridgeProtocol::V5 && !config.cleansession {
         // A persistent session in MQTT 5 needs a session expiry; 3.1.1 sessions never expire.
         o.properties.session_expiry_interval = Some(u32::MAX);

@@ -589,8 +589,9 @@ impl ClientSession {
     }
 
     /// The server has no session: the incoming QoS 2 state is void. Unacknowledged outgoing
-    /// publications are sent again as new messages (at-least-once still holds); a QoS 2 message
-    /// already past PUBREC was received by the server, so it is reported complete.
+    /// publications are sent again (at-least-once still holds), with DUP set since they may
+    /// have reached the server before [MQTT-3.3.1-1]; a QoS 2 message already past PUBREC was
+    /// received by the server, so it is reported complete.
     fn restart_inflight(&mut self) {
         self.incoming_qos2.clear();
         self.held_qos2.clear();
@@ -606,7 +607,7 @@ impl ClientSession {
             }
         }
         for mut p in resend.into_iter().rev() {
-            p.dup = false;
+            p.dup = true;
             self.queued.push_front(p);
         }
     }
@@ -1341,7 +1342,7 @@ mod tests {
         drain(&mut s, t0);
         s.handle_packet(connack(false), t0).unwrap();
         let sent = drain(&mut s, t0);
-        assert!(matches!(&sent[..], [Packet::Publish(p)] if !p.dup && p.packet_id == Some(a)));
+        assert!(matches!(&sent[..], [Packet::Publish(p)] if p.dup && p.packet_id == Some(a)));
         assert_eq!(
             s.poll_event(),
             Some(Event::Published {

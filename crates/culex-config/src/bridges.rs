@@ -32,6 +32,13 @@ pub(crate) const CONF_OPTIONS: &[&str] = &[
     "bridge_protocol_version",
     "bridge_outgoing_retain",
     "bridge_republish_on_connect",
+    "bridge_attempt_unsubscribe",
+    "round_robin",
+    "bridge_receive_maximum",
+    "notifications_local_only",
+    "clientid",
+    "username",
+    "password",
     "bridge_max_packet_size",
     "bridge_cafile",
     "bridge_capath",
@@ -73,6 +80,9 @@ pub(crate) struct Draft {
     pub(crate) protocol: Option<BridgeProtocol>,
     pub(crate) outgoing_retain: Option<bool>,
     pub(crate) republish_on_connect: Option<bool>,
+    pub(crate) attempt_unsubscribe: Option<bool>,
+    pub(crate) round_robin: Option<bool>,
+    pub(crate) receive_maximum: Option<u16>,
     pub(crate) max_packet_size: Option<u32>,
     /// TLS options given (any of them turns TLS on).
     pub(crate) tls: Option<BridgeTls>,
@@ -203,6 +213,15 @@ impl Draft {
         if let Some(v) = self.republish_on_connect {
             c.republish_on_connect = v;
         }
+        if let Some(v) = self.attempt_unsubscribe {
+            c.attempt_unsubscribe = v;
+        }
+        if let Some(v) = self.round_robin {
+            c.round_robin = v;
+        }
+        if self.receive_maximum.is_some() {
+            c.receive_maximum = self.receive_maximum;
+        }
         if self.max_packet_size.is_some() {
             c.max_packet_size = self.max_packet_size;
         }
@@ -276,9 +295,16 @@ impl Draft {
                 let rule = TopicRule::parse_mosquitto(rest)?;
                 self.topics.push(rule);
             }
-            "remote_username" => self.remote_username = Some(string(option, rest)?),
-            "remote_password" => self.remote_password = Some(string(option, rest)?),
-            "remote_clientid" => self.remote_clientid = Some(one(option, words)?.to_owned()),
+            // `username`, `password` and `clientid` are Mosquitto's older names.
+            "remote_username" | "username" => {
+                self.remote_username = Some(string(option, rest)?);
+            }
+            "remote_password" | "password" => {
+                self.remote_password = Some(string(option, rest)?);
+            }
+            "remote_clientid" | "clientid" => {
+                self.remote_clientid = Some(one(option, words)?.to_owned());
+            }
             "local_clientid" => self.local_clientid = Some(one(option, words)?.to_owned()),
             "cleansession" => self.cleansession = Some(boolean(one(option, words)?)?),
             "local_cleansession" => self.local_cleansession = Some(boolean(one(option, words)?)?),
@@ -327,6 +353,29 @@ impl Draft {
             "bridge_outgoing_retain" => self.outgoing_retain = Some(boolean(one(option, words)?)?),
             "bridge_republish_on_connect" => {
                 self.republish_on_connect = Some(boolean(one(option, words)?)?);
+            }
+            "bridge_attempt_unsubscribe" => {
+                self.attempt_unsubscribe = Some(boolean(one(option, words)?)?);
+            }
+            "round_robin" => self.round_robin = Some(boolean(one(option, words)?)?),
+            "bridge_receive_maximum" => {
+                let w = one(option, words)?;
+                self.receive_maximum = Some(
+                    w.parse::<u16>()
+                        .ok()
+                        .filter(|v| *v > 0)
+                        .ok_or_else(|| format!("invalid value '{w}'; allowed: 1 to 65535"))?,
+                );
+            }
+            "notifications_local_only" => {
+                if !boolean(one(option, words)?)? {
+                    return Err(
+                        "not supported yet: Culex publishes bridge notifications on the \
+                                local broker only (remotes such as Sber refuse `$SYS`); use \
+                                `notifications_local_only true` or remove the line"
+                            .into(),
+                    );
+                }
             }
             "bridge_max_packet_size" => {
                 let w = one(option, words)?;

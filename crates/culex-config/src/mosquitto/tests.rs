@@ -835,6 +835,35 @@ fn bridge_restart_timeout_one_value_is_constant() {
     assert_eq!(c.bridges[0].backoff_max, Duration::from_secs(20));
 }
 
+/// Mosquitto's bridge options carried over: the old `clientid`/`username`/`password` names,
+/// `bridge_attempt_unsubscribe` (default on), `round_robin`, `bridge_receive_maximum`, and
+/// `notifications_local_only true` (what Culex does; `false` is refused with the reason).
+#[test]
+fn bridge_mosquitto_compat_options() {
+    let c = config(
+        "connection a\naddress h1 h2\ntopic # out\nclientid old-id\nusername u\npassword p\n\
+         round_robin true\nbridge_attempt_unsubscribe false\nbridge_protocol_version mqttv50\n\
+         bridge_receive_maximum 50\nnotifications_local_only true\n\
+         connection b\naddress h3\ntopic # out\n",
+    );
+    let (a, b) = (&c.bridges[0], &c.bridges[1]);
+    assert_eq!(a.remote_clientid, "old-id");
+    assert_eq!(a.remote_username.as_deref(), Some("u"));
+    assert_eq!(a.remote_password.as_deref(), Some("p"));
+    assert!(a.round_robin && !a.attempt_unsubscribe);
+    assert_eq!(a.receive_maximum, Some(50));
+    assert!(!b.round_robin && b.attempt_unsubscribe && b.receive_maximum.is_none());
+    assert!(
+        error("connection a\naddress h\ntopic # out\nnotifications_local_only false\n").contains(
+            "not supported yet: Culex publishes bridge notifications on the local broker only"
+        )
+    );
+    assert!(
+        error("connection a\naddress h\ntopic # out\nbridge_receive_maximum 0\n")
+            .contains("allowed: 1 to 65535")
+    );
+}
+
 #[test]
 fn bridge_sber_preset() {
     let c = config(

@@ -33,6 +33,9 @@ const KEYS: &[&str] = &[
     "protocol",
     "outgoing_retain",
     "republish_on_connect",
+    "attempt_unsubscribe",
+    "round_robin",
+    "receive_maximum",
     "max_packet_size",
     "tls",
     "start_type",
@@ -63,6 +66,9 @@ fn toml_key(option: &str) -> &'static str {
         "bridge_protocol_version" => "protocol",
         "bridge_outgoing_retain" => "outgoing_retain",
         "bridge_republish_on_connect" => "republish_on_connect",
+        "bridge_attempt_unsubscribe" => "attempt_unsubscribe",
+        "round_robin" => "round_robin",
+        "bridge_receive_maximum" => "receive_maximum",
         "bridge_max_packet_size" => "max_packet_size",
         "bridge_cafile" | "bridge_capath" | "bridge_certfile" | "bridge_keyfile"
         | "bridge_insecure" | "bridge_tls_version" => "tls",
@@ -320,6 +326,9 @@ impl TableReader<'_> {
             }
             "outgoing_retain" => d.outgoing_retain = Some(boolean(item)?),
             "republish_on_connect" => d.republish_on_connect = Some(boolean(item)?),
+            "attempt_unsubscribe" => d.attempt_unsubscribe = Some(boolean(item)?),
+            "round_robin" => d.round_robin = Some(boolean(item)?),
+            "receive_maximum" => d.receive_maximum = Some(int(item, 1, 65535)? as u16),
             "max_packet_size" => d.max_packet_size = Some(int(item, 1, u32::MAX.into())? as u32),
             "tls" => {
                 let t = item.as_table_like().ok_or_else(|| {
