@@ -386,3 +386,18 @@ async fn max_connections_refuses_the_extra_socket_and_frees_slots() -> Result<()
     broker.stop().await;
     Ok(())
 }
+
+/// `clientid_prefixes` (Mosquitto): only client identifiers with the prefix may connect; the
+/// others are refused as not authorised, as Mosquitto refuses them.
+#[tokio::test]
+async fn clientid_prefixes_refuses_other_client_ids() -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.sessions.clientid_prefixes = Some("secure-".into());
+    let broker = TestBroker::start_with(config).await?;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        connect_ok(broker.addr, connect_packet(protocol, "secure-1", true)).await?;
+        let (_, ack) = connect_with(broker.addr, connect_packet(protocol, "mqtt-1", true)).await?;
+        assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "{protocol:?}");
+    }
+    Ok(())
+}

@@ -39,6 +39,8 @@ pub(crate) const CONF_OPTIONS: &[&str] = &[
     "clientid",
     "username",
     "password",
+    "local_username",
+    "local_password",
     "bridge_max_packet_size",
     "bridge_cafile",
     "bridge_capath",
@@ -358,6 +360,9 @@ impl Draft {
                 self.attempt_unsubscribe = Some(boolean(one(option, words)?)?);
             }
             "round_robin" => self.round_robin = Some(boolean(one(option, words)?)?),
+            // Accepted, with a warning from the reader: the bridge's local connection is the
+            // broker's own internal one, which no password or ACL applies to.
+            "local_username" | "local_password" => {}
             "bridge_receive_maximum" => {
                 let w = one(option, words)?;
                 self.receive_maximum = Some(

@@ -534,6 +534,9 @@ pub struct Sessions {
     pub allow_zero_length_clientid: bool,
     /// Prefix of client identifiers the broker assigns. Default `"auto-"`.
     pub auto_id_prefix: String,
+    /// `clientid_prefixes`: when set, only clients whose identifier starts with it may
+    /// connect (others are refused as not authorised, as in Mosquitto). Default: none.
+    pub clientid_prefixes: Option<String>,
     /// How long a persistent session of a disconnected client is kept;
     /// `None` (the default) keeps it until the client cleans it.
     #[serde(deserialize_with = "de::expiration")]
@@ -545,6 +548,7 @@ impl Default for Sessions {
         Sessions {
             allow_zero_length_clientid: true,
             auto_id_prefix: "auto-".to_owned(),
+            clientid_prefixes: None,
             persistent_client_expiration: None,
         }
     }

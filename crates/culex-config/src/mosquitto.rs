@@ -120,7 +120,14 @@ struct Origin {
 }
 
 /// Options that are accepted, with a warning, and otherwise ignored.
-const IGNORED: &[&str] = &["pid_file", "user"];
+const IGNORED: &[&str] = &[
+    "pid_file",
+    "user",
+    // Removed or without effect in Mosquitto 2.0 too.
+    "retry_interval",
+    "store_clean_interval",
+    "websockets_log_level",
+];
 
 /// Mosquitto persistence options that are accepted (their value checked), with a warning
 /// explaining why Culex does not need them, and otherwise ignored.
@@ -145,14 +152,11 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "bridge_require_ocsp",
     "bridge_session_expiry_interval",
     "check_retain_source",
-    "clientid_prefixes",
     "dhparamfile",
     "enable_proxy_protocol",
     "global_max_clients",
     "global_max_connections",
     "http_dir",
-    "local_password",
-    "local_username",
     "max_inflight_bytes",
     "max_topic_alias",
     "mount_point",
@@ -165,15 +169,12 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "psk_file",
     "psk_hint",
     "retain_expiry_interval",
-    "retry_interval",
     "socket_domain",
-    "store_clean_interval",
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
     "use_username_as_clientid",
     "websockets_headers_size",
-    "websockets_log_level",
     "websockets_origin",
 ];
 
@@ -541,6 +542,17 @@ impl Reader {
             return;
         };
         let name = bridge.draft.name.clone();
+        if matches!(key, "local_username" | "local_password") {
+            self.warn(
+                loc,
+                format!(
+                    "option '{key}' is accepted but ignored by Culex: bridge \"{name}\" reaches \
+                     the local broker over an internal connection that no password or ACL \
+                     applies to"
+                ),
+            );
+            return;
+        }
         let result = bridge.draft.apply_conf(key, rest, words).and_then(|()| {
             // Check each topic rule where it is written.
             match (key, bridge.draft.topics.last()) {

@@ -247,6 +247,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Sessions,
+        key: "clientid_prefixes",
+        conf_key: "clientid_prefixes",
+        kind: Kind::Str,
+    },
+    Spec {
+        section: Section::Sessions,
         key: "persistent_client_expiration",
         conf_key: "persistent_client_expiration",
         kind: Kind::Duration,
@@ -508,6 +514,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         }
         "auto_id_prefix" => match value {
             Value::Str(s) => config.sessions.auto_id_prefix = s,
+            _ => return Err(bad()),
+        },
+        "clientid_prefixes" => match value {
+            Value::Str(s) => config.sessions.clientid_prefixes = Some(s),
             _ => return Err(bad()),
         },
         "persistent_client_expiration" => match value {

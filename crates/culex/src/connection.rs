@@ -411,6 +411,15 @@ where
                 return None;
             }
         }
+        if let Some(prefix) = limits.clientid_prefixes.as_deref() {
+            if !connect.client_id.is_empty() && !connect.client_id.starts_with(prefix) {
+                info!(peer = %self.peer, client_id = %Clipped(&connect.client_id),
+                    "client refused: client id does not start with clientid_prefixes");
+                // Mosquitto answers "not authorised" here too.
+                self.refuse(ReasonCode::NotAuthorized).await;
+                return None;
+            }
+        }
         // `message_size_limit` applies to the will too (as in Mosquitto): a will the broker
         // would refuse as a message is refused at CONNECT.
         let will_too_large = connect.will.as_ref().is_some_and(|w| {

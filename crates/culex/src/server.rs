@@ -47,6 +47,8 @@ pub(crate) struct ConnLimits {
     /// `max_topic_levels` and `max_topic_length`: PUBLISH topics beyond them are refused.
     pub(crate) max_topic_levels: u16,
     pub(crate) max_topic_length: u16,
+    /// `clientid_prefixes`: client identifiers must start with it.
+    pub(crate) clientid_prefixes: Option<Box<str>>,
 }
 
 pub use crate::counters::{Counter, Counters, Refusal};
@@ -112,6 +114,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         connection_messages: config.log.connection_messages,
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
+        clientid_prefixes: config.sessions.clientid_prefixes.as_deref().map(Box::from),
     }
 }
 

@@ -609,7 +609,11 @@ fn unknown_options() {
         error("dhparamfile /etc/mosquitto/dh.pem\n"),
         "culex.conf:1: unknown option 'dhparamfile': this mosquitto option is not supported yet by Culex"
     );
-    for option in ["store_clean_interval 10", "bridge_foo 1", "plugin_opt_x 1"] {
+    for option in [
+        "use_username_as_clientid true",
+        "bridge_foo 1",
+        "plugin_opt_x 1",
+    ] {
         assert!(
             error(&format!("{option}\n")).contains("not supported yet by Culex"),
             "{option}"
@@ -853,6 +857,21 @@ fn bridge_mosquitto_compat_options() {
     assert!(a.round_robin && !a.attempt_unsubscribe);
     assert_eq!(a.receive_maximum, Some(50));
     assert!(!b.round_robin && b.attempt_unsubscribe && b.receive_maximum.is_none());
+    let w = warnings(
+        "connection a\naddress h\ntopic # out\nlocal_username u\nlocal_password p\n\
+         retry_interval 20\n",
+    );
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(
+        w[0].contains("'local_username' is accepted but ignored"),
+        "{w:?}"
+    );
+    assert!(
+        w[2].contains("'retry_interval' is accepted but ignored"),
+        "{w:?}"
+    );
+    let c = config("clientid_prefixes secure-\n");
+    assert_eq!(c.sessions.clientid_prefixes.as_deref(), Some("secure-"));
     assert!(
         error("connection a\naddress h\ntopic # out\nnotifications_local_only false\n").contains(
             "not supported yet: Culex publishes bridge notifications on the local broker only"
@@ -961,6 +980,6 @@ fn bridge_errors_name_bridge_option_file_and_line() {
         e.starts_with("culex.conf:4: option 'bridge_certfile': bridge \"b\""),
         "{e}"
     );
-    let e = error("connection b\naddress h\ntopic #\nlocal_username x\n");
+    let e = error("connection b\naddress h\ntopic #\nbridge_psk x\n");
     assert!(e.contains("not supported yet"), "{e}");
 }

@@ -132,6 +132,7 @@ upgrade_outgoing_qos = true
             sessions: crate::Sessions {
                 allow_zero_length_clientid: false,
                 auto_id_prefix: "culex-".into(),
+                clientid_prefixes: None,
                 persistent_client_expiration: Some(Duration::from_secs(5400)),
             },
             mqtt: crate::Mqtt {
