@@ -56,6 +56,8 @@ fn rfc2253(name: &X509Name<'_>) -> Option<String> {
             let value = attr.as_str().ok()?;
             parts.push(format!("{key}={}", escape(value)));
         }
+        // OpenSSL reverses the whole list of attributes, so within a multi-valued RDN too.
+        parts.reverse();
         rdns.push(parts.join("+"));
     }
     if rdns.is_empty() {
@@ -98,20 +100,49 @@ mod tests {
         assert_eq!(explain_handshake_error("other"), "other");
     }
 
+    /// Our subject string is what OpenSSL prints with `-nameopt RFC2253` (what Mosquitto
+    /// uses), for a certificate OpenSSL made.
     #[test]
     fn common_name_and_subject_of_a_certificate() {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CountryName, "NL");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Example, Inc.");
-        params.distinguished_name.push(DnType::CommonName, "alice");
-        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
-        assert_eq!(common_name(cert.der()).as_deref(), Some("alice"));
-        assert_eq!(
-            subject(cert.der()).as_deref(),
-            Some("CN=alice,O=Example\\, Inc.,C=NL")
-        );
+        let dir = tempfile::tempdir().expect("dir");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl runs (install it to run this test)");
+            assert!(out.status.success(), "openssl {args:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/C=NL/O=Example, Inc./OU=Lab+L=Delft/CN=alice",
+        ]);
+        let printed = run(&[
+            "x509", "-in", "c.pem", "-noout", "-subject", "-nameopt", "RFC2253",
+        ]);
+        let expected = printed.trim().trim_start_matches("subject=").to_owned();
+        run(&["x509", "-in", "c.pem", "-outform", "DER", "-out", "c.der"]);
+        let der = std::fs::read(dir.path().join("c.der")).expect("der");
+        assert_eq!(subject(&der), Some(expected), "as OpenSSL prints it");
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        let mut c = CertificateParams::new(Vec::<String>::new()).unwrap();
+        c.distinguished_name.push(DnType::CommonName, "bob");
+        let cert = c.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        assert_eq!(subject(cert.der()).as_deref(), Some("CN=bob"));
         assert_eq!(common_name(b"not a certificate"), None);
         assert_eq!(subject(b"not a certificate"), None);
     }
