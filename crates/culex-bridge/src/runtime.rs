@@ -976,13 +976,18 @@ impl Link {
     /// drops); with `republish_on_connect`, every non-retained message as its topic's latest.
     /// At most `queue_limit` topics each.
     fn keep_state(&mut self, message: &QueuedMessage, is_state: bool) {
-        let copy = QueuedMessage {
+        // A copy of its own: the payload as received is a slice of the connection's read
+        // buffer, and a state kept for days would pin the whole buffer.
+        let copy = || QueuedMessage {
+            topic: message.topic.clone(),
+            payload: bytes::Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+            retain: message.retain,
             local_ack: None,
-            ..message.clone()
         };
         let unsent = !self.remote_up && message.qos == QoS::AtMostOnce;
         let put = if is_state && !message.payload.is_empty() {
-            let put = self.retained.put(copy, unsent);
+            let put = self.retained.put(copy(), unsent);
             if put == Put::Full && !self.states_full_warned {
                 self.states_full_warned = true;
                 tracing::warn!(bridge = %self.name(), limit = self.config.queue_limit, topic = %message.topic, "more retained out topics than queue_limit: the newer ones are not replayed after a reconnect");
@@ -995,7 +1000,7 @@ impl Link {
             if !(unsent || (self.config.republish_on_connect && !is_state)) {
                 return;
             }
-            self.latest.put(copy, unsent)
+            self.latest.put(copy(), unsent)
         };
         match put {
             Put::Replaced { unsent: true } => StatsExt::inc(&self.stats.dropped_qos0_offline),
