@@ -1520,3 +1520,62 @@ async fn port_with_data_dir_persists_there() -> Result<()> {
     broker.term();
     Ok(())
 }
+
+/// `persistence_file`: two brokers keep separate stores in one `persistence_location` (each
+/// file has its own lock; before, the second broker found the directory locked), and each gets
+/// back only its own retained message after a restart.
+#[tokio::test]
+async fn two_brokers_with_different_persistence_files_share_a_directory() -> Result<()> {
+    let tmp = TempDir::new()?;
+    let data = tmp.path().join("data");
+    let conf = |name: &str| -> Result<PathBuf> {
+        let path = tmp.path().join(format!("{name}.conf"));
+        fs::write(
+            &path,
+            format!(
+                "listener 0 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}\npersistence_file {name}.redb\n",
+                data.display()
+            ),
+        )?;
+        Ok(path)
+    };
+    let start = |conf: &PathBuf| {
+        let mut cmd = culex();
+        cmd.arg("-c").arg(conf);
+        let mut b = Broker::spawn(cmd);
+        b.wait_listening();
+        b
+    };
+    let (conf_a, conf_b) = (conf("a")?, conf("b")?);
+    let (a, b) = (start(&conf_a), start(&conf_b));
+    for (broker, name) in [(&a, "a"), (&b, "b")] {
+        let mut c = connect_clean(broker.addr(), Protocol::V311, "pf-pub").await?;
+        publish(
+            &mut c,
+            &format!("pf/{name}"),
+            name,
+            QoS::AtLeastOnce,
+            true,
+            1,
+        )
+        .await?;
+        disconnect(c).await?;
+    }
+    a.term();
+    b.term();
+    assert!(data.join("a.redb").exists() && data.join("b.redb").exists());
+    for (conf, name) in [(&conf_a, "a"), (&conf_b, "b")] {
+        let broker = start(conf);
+        let mut c = connect_clean(broker.addr(), Protocol::V311, "pf-sub").await?;
+        subscribe(&mut c, 1, &[("pf/#", QoS::AtLeastOnce)]).await?;
+        let p = recv_publish_ack(&mut c).await?;
+        assert_eq!(
+            (p.topic.as_str(), text(&p).as_str()),
+            (format!("pf/{name}").as_str(), name)
+        );
+        expect_silence(&mut c).await?;
+        broker.term();
+    }
+    Ok(())
+}

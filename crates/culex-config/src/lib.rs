@@ -62,6 +62,9 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 /// Default `$SYS` update interval: 10 seconds (as Mosquitto).
 pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The store's default file name inside the data directory (`persistence_file`).
+pub const DEFAULT_STORE_FILE: &str = "culex.redb";
+
 /// Default [`Persistence::dir`]: `culex-data`, relative to the broker's working directory
 /// (like Mosquitto's `persistence_location`).
 pub const DEFAULT_DATA_DIR: &str = "culex-data";
@@ -567,6 +570,10 @@ pub struct Persistence {
     /// Relative paths are relative to the broker's working directory. Default
     /// [`DEFAULT_DATA_DIR`]. mosquitto.conf: `persistence_location`.
     pub dir: PathBuf,
+    /// The store's file name inside `dir` (`persistence_file`). Default `culex.redb`. Two
+    /// brokers may share a directory with different files: each file has its own lock. (The
+    /// format is Culex's own: a Mosquitto `mosquitto.db` cannot be read, so do not name it.)
+    pub file: String,
     /// When commits are made durable (fsync). Default [`SyncPolicy::Always`].
     /// mosquitto.conf: `persistence_sync` (a Culex extension).
     pub sync: SyncPolicy,
@@ -583,6 +590,7 @@ impl Default for Persistence {
         Persistence {
             enabled: false,
             dir: PathBuf::from(DEFAULT_DATA_DIR),
+            file: DEFAULT_STORE_FILE.to_owned(),
             sync: SyncPolicy::default(),
             batch_delay: DEFAULT_BATCH_DELAY,
         }

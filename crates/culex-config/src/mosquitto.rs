@@ -131,11 +131,7 @@ const IGNORED: &[&str] = &[
 
 /// Mosquitto persistence options that are accepted (their value checked), with a warning
 /// explaining why Culex does not need them, and otherwise ignored.
-const PERSISTENCE_IGNORED: &[&str] = &[
-    "persistence_file",
-    "autosave_interval",
-    "autosave_on_changes",
-];
+const PERSISTENCE_IGNORED: &[&str] = &["autosave_interval", "autosave_on_changes"];
 
 /// Mosquitto options Culex does not support yet: an error that says so.
 const MOSQUITTO_UNSUPPORTED: &[&str] = &[
@@ -377,7 +373,7 @@ impl Reader {
             "set_tcp_nodelay" | "queue_qos0_messages" | "memory_limit" => {
                 self.behaviour_option(loc, option, words);
             }
-            "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
+            "autosave_interval" | "autosave_on_changes" => {
                 self.persistence_ignored(loc, option, rest, words);
             }
             _ => {
@@ -699,20 +695,11 @@ impl Reader {
         self.log_type = Some(self.log_type.map_or(level, |old| old.max(level)));
     }
 
-    /// `persistence_file NAME`, `autosave_interval N`, `autosave_on_changes BOOL`: Mosquitto
-    /// saves its in-memory state to one file now and then; Culex commits every change to its
-    /// store as it happens, so these are checked, then ignored with a warning saying why.
+    /// `autosave_interval N`, `autosave_on_changes BOOL`: Mosquitto saves its in-memory state
+    /// now and then; Culex commits every change to its store as it happens, so these are
+    /// checked, then ignored with a warning saying why.
     fn persistence_ignored(&mut self, loc: &Loc, option: &str, rest: &str, words: &[&str]) {
         let (checked, why) = match option {
-            "persistence_file" => (
-                if rest.is_empty() {
-                    Err("missing value; expected: persistence_file NAME".to_owned())
-                } else {
-                    Ok(())
-                },
-                "Culex keeps its store as culex.redb inside persistence_location; \
-                 persistence_file is ignored",
-            ),
             "autosave_interval" => (
                 match words {
                     [word] => parse_int(word, "0 or more seconds").and_then(|v| {

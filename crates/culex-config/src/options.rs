@@ -271,6 +271,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Persistence,
+        key: "file",
+        conf_key: "persistence_file",
+        kind: Kind::Str,
+    },
+    Spec {
+        section: Section::Persistence,
         key: "sync",
         conf_key: "persistence_sync",
         kind: Kind::Choice(SyncPolicy::NAMES),
@@ -527,6 +533,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         "enabled" => config.persistence.enabled = boolean(&value)?,
         "dir" => match value {
             Value::Path(p) => config.persistence.dir = p,
+            _ => return Err(bad()),
+        },
+        "file" => match value {
+            Value::Str(s) => config.persistence.file = s,
             _ => return Err(bad()),
         },
         "sync" => match value {

@@ -125,6 +125,18 @@ fn check_persistence(persistence: &Persistence, out: &mut Vec<Problem>) {
             message,
         });
     }
+    let file = persistence.file.as_str();
+    if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+        out.push(Problem {
+            key: "persistence.file".to_owned(),
+            listener: None,
+            option: Some("persistence_file"),
+            message: format!(
+                "'{file}' is not a file name; persistence_file names the store's file inside \
+                 persistence_location (no '/')"
+            ),
+        });
+    }
     let dir = &persistence.dir;
     let message = if dir.as_os_str().is_empty() {
         Some("the directory name must not be empty".to_owned())

@@ -61,6 +61,7 @@ fn example_toml_and_conf_are_equivalent() {
         Persistence {
             enabled: true,
             dir: PathBuf::from("/var/lib/culex"),
+            file: "culex.redb".into(),
             sync: SyncPolicy::Batched,
             batch_delay: std::time::Duration::from_millis(20),
         }
@@ -96,6 +97,7 @@ fn embedded_defaults() {
         Persistence {
             enabled: true,
             dir: PathBuf::from("culex-data"),
+            file: "culex.redb".into(),
             sync: SyncPolicy::Always,
             batch_delay: std::time::Duration::from_millis(10),
         }

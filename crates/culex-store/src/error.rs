@@ -11,13 +11,15 @@ pub enum StoreError {
     /// Another process (or another `Store` in this process) holds the store's lock.
     #[error(
         "the store in {} is in use by another Culex process (lock file {}); stop that process or \
-         use a different data directory",
+         use a different data directory or persistence_file",
         dir.display(),
-        dir.join(crate::LOCK_FILE).display()
+        lock.display()
     )]
     Locked {
         /// The data directory.
         dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
     },
     /// The database was written by an unknown version of the store format.
     #[error(

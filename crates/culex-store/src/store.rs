@@ -92,17 +92,27 @@ impl fmt::Display for LoadReport {
     }
 }
 
+/// The lock file of the database file `name`: `culex.lock` for the default `culex.redb` (as
+/// before `persistence_file` existed), `<name>.lock` otherwise.
+fn lock_name(name: &str) -> String {
+    if name == DB_FILE {
+        LOCK_FILE.to_owned()
+    } else {
+        format!("{name}.lock")
+    }
+}
+
 /// Takes the exclusive lock of `dir` (creating the directory and lock file as needed).
 ///
 /// The lock is a `flock` on an open file description, so it also refuses a second `Store` in
 /// the same process, and the kernel releases it when the process dies.
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+fn lock_dir(dir: &Path, lock_name: &str) -> Result<File, StoreError> {
     fs::create_dir_all(dir).map_err(|source| StoreError::Io {
         action: "cannot create data directory",
         path: dir.to_path_buf(),
         source,
     })?;
-    let lock_path = dir.join(LOCK_FILE);
+    let lock_path = dir.join(lock_name);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -119,6 +129,7 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         Err(TryLockError::WouldBlock) => {
             return Err(StoreError::Locked {
                 dir: dir.to_path_buf(),
+                lock: lock_path,
             })
         }
         Err(TryLockError::Error(source)) => {
@@ -177,8 +188,15 @@ impl Store {
     /// has it open; [`StoreError::Corrupt`] if the file is damaged or empty;
     /// [`StoreError::UnknownVersion`] if it was written by an incompatible version.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let lock = lock_dir(dir)?;
-        let path = dir.join(DB_FILE);
+        Store::open_file(dir, DB_FILE)
+    }
+
+    /// [`Store::open`] with the database file `name` in `dir` (`persistence_file`). Each
+    /// database file has its own lock (`culex.lock` for `culex.redb`, else `<name>.lock`), so
+    /// two brokers with different files in one directory neither share nor block each other.
+    pub fn open_file(dir: &Path, name: &str) -> Result<Store, StoreError> {
+        let lock = lock_dir(dir, &lock_name(name))?;
+        let path = dir.join(name);
         if let Ok(meta) = fs::metadata(&path) {
             if meta.len() == 0 {
                 return Err(StoreError::Corrupt {
@@ -193,6 +211,7 @@ impl Store {
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
                     dir: dir.to_path_buf(),
+                    lock: dir.join(lock_name(name)),
                 },
                 redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
                     // A file too short for its header, or cut in the middle of a page, reads
@@ -281,16 +300,21 @@ impl Store {
     /// there was no database. Takes the directory's lock while doing so, so it fails with
     /// [`StoreError::Locked`] while a broker is using the store.
     pub fn reset(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
-        let _lock = lock_dir(dir)?;
-        let path = dir.join(DB_FILE);
+        Store::reset_file(dir, DB_FILE)
+    }
+
+    /// [`Store::reset`] of the database file `name` in `dir`.
+    pub fn reset_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, StoreError> {
+        let _lock = lock_dir(dir, &lock_name(name))?;
+        let path = dir.join(name);
         if !path.exists() {
             return Ok(None);
         }
         let secs = codec::system_time_to_ms(SystemTime::now()) / 1000;
-        let mut target = dir.join(format!("{DB_FILE}.bad-{secs}"));
+        let mut target = dir.join(format!("{name}.bad-{secs}"));
         let mut n = 1;
         while target.exists() {
-            target = dir.join(format!("{DB_FILE}.bad-{secs}-{n}"));
+            target = dir.join(format!("{name}.bad-{secs}-{n}"));
             n += 1;
         }
         fs::rename(&path, &target).map_err(|source| StoreError::Io {

@@ -349,7 +349,7 @@ fn second_open_is_refused_with_the_directory_named() {
     let first = Store::open(dir.path()).unwrap();
     let err = Store::open(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, StoreError::Locked { dir: d } if d == dir.path()),
+        matches!(&err, StoreError::Locked { dir: d, .. } if d == dir.path()),
         "{err:?}"
     );
     let text = err.to_string();
@@ -360,6 +360,27 @@ fn second_open_is_refused_with_the_directory_named() {
     ));
     drop(first);
     Store::open(dir.path()).unwrap();
+}
+
+/// `persistence_file`: stores with different file names in one directory are separate and
+/// lock separately; the same name is still refused.
+#[test]
+fn different_files_in_one_directory_do_not_share_or_lock_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open_file(dir.path(), "a.redb").unwrap();
+    let b = Store::open_file(dir.path(), "b.redb").unwrap();
+    assert_ne!(a.path(), b.path());
+    let err = Store::open_file(dir.path(), "a.redb").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Locked { lock, .. } if lock.ends_with("a.redb.lock")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a.redb.lock"), "{err}");
+    // The default file has its own lock too.
+    let default = Store::open(dir.path()).unwrap();
+    drop((a, b, default));
+    assert!(Store::reset_file(dir.path(), "a.redb").unwrap().is_some());
+    assert!(dir.path().join("b.redb").exists());
 }
 
 fn assert_corrupt(dir: &std::path::Path) {

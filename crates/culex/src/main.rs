@@ -98,7 +98,7 @@ fn main() -> ExitCode {
             eprintln!("culex: --reset-store needs persistence (a config with `persistence true` or --data-dir)");
             return ExitCode::from(2);
         }
-        if let Err(e) = culex::reset_store(&config.persistence.dir) {
+        if let Err(e) = culex::reset_store(&config.persistence.dir, &config.persistence.file) {
             eprintln!("culex: {e:#}");
             return ExitCode::FAILURE;
         }

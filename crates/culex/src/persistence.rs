@@ -33,8 +33,8 @@ pub(crate) fn open(config: &Config) -> Result<Option<Opened>> {
         return Ok(None);
     }
     let dir = &config.persistence.dir;
-    let store =
-        Store::open(dir).with_context(|| format!("persistence_location {}", dir.display()))?;
+    let store = Store::open_file(dir, &config.persistence.file)
+        .with_context(|| format!("persistence_location {}", dir.display()))?;
     let now = tokio::time::Instant::now().into_std();
     let (recovered, report) = store
         .load(now)
@@ -43,9 +43,10 @@ pub(crate) fn open(config: &Config) -> Result<Option<Opened>> {
     Ok(Some(Opened { store, recovered }))
 }
 
-/// Moves a damaged store aside (never deletes it) so the broker can start empty.
-pub fn reset_store(dir: &std::path::Path) -> Result<()> {
-    match Store::reset(dir)
+/// Moves a damaged store (the database `file` in `dir`) aside, never deleting it, so the broker
+/// can start empty.
+pub fn reset_store(dir: &std::path::Path, file: &str) -> Result<()> {
+    match Store::reset_file(dir, file)
         .with_context(|| format!("cannot reset the store in {}", dir.display()))?
     {
         Some(moved) => info!("store moved aside to {}", moved.display()),

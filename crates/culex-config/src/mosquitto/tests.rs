@@ -349,6 +349,7 @@ persistence_batch_delay 250
         Persistence {
             enabled: true,
             dir: "/var/lib/culex/".into(),
+            file: "culex.redb".into(),
             sync: SyncPolicy::Always,
             batch_delay: Duration::from_millis(250),
         }
@@ -487,7 +488,7 @@ persistence_batch_delay 250
 fn mosquitto_persistence_options_warn() {
     let (dir, result) = load_text(
         "persistence true
-persistence_file mosquitto.db
+persistence_file broker-a.redb
 
          autosave_interval 1800
 autosave_on_changes false
@@ -495,6 +496,8 @@ autosave_on_changes false
     );
     let loaded = result.expect("loads");
     assert!(loaded.config.persistence.enabled);
+    // persistence_file names the store's file.
+    assert_eq!(loaded.config.persistence.file, "broker-a.redb");
     assert_eq!(
         loaded
             .warnings
@@ -502,19 +505,14 @@ autosave_on_changes false
             .map(|w| dir.strip(w))
             .collect::<Vec<_>>(),
         [
-            "culex.conf:2: Culex keeps its store as culex.redb inside persistence_location; persistence_file is ignored",
             "culex.conf:4: Culex commits changes continuously (group commit, see persistence_sync); autosave_interval is ignored",
             "culex.conf:5: Culex commits changes continuously (group commit, see persistence_sync); autosave_on_changes is ignored",
         ]
     );
     // Their values are still checked.
-    assert_eq!(
-        error(
-            "persistence_file
-"
-        ),
-        "culex.conf:1: option 'persistence_file': missing value; expected: persistence_file NAME"
-    );
+    assert!(error("persistence_file\n").starts_with("culex.conf:1: option 'persistence_file'"));
+    assert!(error("persistence_file data/x.redb\n").contains("is not a file name"));
+    assert_eq!(config("").persistence.file, "culex.redb");
     assert!(error(
         "autosave_interval soon
 "

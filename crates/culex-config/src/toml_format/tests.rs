@@ -158,6 +158,7 @@ fn persistence_section() {
         Persistence {
             enabled: true,
             dir: "/var/lib/culex".into(),
+            file: "culex.redb".into(),
             sync: SyncPolicy::Never,
             batch_delay: Duration::from_millis(250),
         }
@@ -274,8 +275,9 @@ fn persistence_environment_overrides() {
         .contains("allowed: always, batched, never"));
     assert!(errors_env("", &[("CULEX__PERSISTENCE__ENABLED", "yes")])
         .contains("allowed: true or false"));
-    assert!(errors_env("", &[("CULEX__PERSISTENCE__FILE", "x")])
-        .contains("unknown override 'CULEX__PERSISTENCE__FILE'"));
+    assert!(errors_env("", &[("CULEX__PERSISTENCE__FOLDER", "x")])
+        .contains("unknown override 'CULEX__PERSISTENCE__FOLDER'"));
+    assert!(errors_env("", &[("CULEX__PERSISTENCE__FILE", "a/b")]).contains("is not a file name"));
     // Validation problems of values from the environment name the variable.
     let dir = TempConfig::new();
     let file = dir.file("data", "x");
@@ -357,8 +359,8 @@ fn unknown_keys_name_key_and_line() {
         "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port, protocol, tls, security"
     );
     assert_eq!(
-        errors("[persistence]\nenabled = true\n\nfile = \"culex.db\"\n"),
-        "culex.toml:4: unknown key 'persistence.file'; allowed keys in [persistence]: enabled, dir, sync, batch_delay"
+        errors("[persistence]\nenabled = true\n\npath = \"culex.db\"\n"),
+        "culex.toml:4: unknown key 'persistence.path'; allowed keys in [persistence]: enabled, dir, file, sync, batch_delay"
     );
     assert_eq!(
         errors("[persistence]\nmax_qos = 1\n"),
