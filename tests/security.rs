@@ -562,6 +562,47 @@ async fn an_empty_password_is_refused_even_when_the_file_holds_one() -> Result<(
     Ok(())
 }
 
+/// `use_username_as_clientid`: the user name is the client id, so a second connection of the
+/// same user takes the first one's session over whatever client id it sends; a client without
+/// a user name is refused, as Mosquitto refuses it.
+#[tokio::test]
+async fn use_username_as_clientid_gives_each_user_one_session() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("passwd");
+    quick_passwd(&file, &[("alice", "alice-pw")])?;
+    let mut config = secured(true, Some(&file), None);
+    config.security.use_username_as_clientid = true;
+    let broker = TestBroker::start_with(config).await?;
+    let protocol = Protocol::V5;
+    let mut first = login(
+        broker.addr,
+        protocol,
+        "phone",
+        Some("alice"),
+        Some("alice-pw"),
+    )
+    .await?;
+    let _second = login(
+        broker.addr,
+        protocol,
+        "laptop",
+        Some("alice"),
+        Some("alice-pw"),
+    )
+    .await?;
+    match first.recv_raw().await? {
+        Some((Packet::Disconnect(d), _)) => {
+            ensure!(d.reason_code.as_u8() == 0x8E, "{d:?}");
+        }
+        other => bail!("the first connection of alice was not taken over: {other:?}"),
+    }
+    expect_refused(broker.addr, protocol, None, None)
+        .await
+        .context("no user name, nothing to use as client id")?;
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn password_file_from_mosquitto_passwd_authenticates() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -1213,6 +1254,7 @@ async fn tls_identity_as_username_gets_the_users_acl_rights() -> Result<()> {
             allow_anonymous: false,
             password_file: Some(passwd),
             acl_file: Some(acl),
+            use_username_as_clientid: false,
         },
         ..Config::default()
     };
@@ -1299,6 +1341,7 @@ async fn tls_subject_as_username_gets_the_subjects_acl_rights() -> Result<()> {
             allow_anonymous: false,
             password_file: None,
             acl_file: Some(acl),
+            use_username_as_clientid: false,
         },
         ..Config::default()
     };
@@ -1343,6 +1386,7 @@ async fn per_listener_settings_give_each_listener_its_own_rules() -> Result<()> 
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            use_username_as_clientid: false,
         }),
         ..Listener::new("127.0.0.1", 0)
     };
@@ -1351,6 +1395,7 @@ async fn per_listener_settings_give_each_listener_its_own_rules() -> Result<()> 
             allow_anonymous: false,
             password_file: Some(passwd),
             acl_file: Some(acl),
+            use_username_as_clientid: false,
         }),
         ..Listener::new("127.0.0.1", 0)
     };
@@ -1362,6 +1407,7 @@ async fn per_listener_settings_give_each_listener_its_own_rules() -> Result<()> 
             allow_anonymous: false,
             password_file: None,
             acl_file: None,
+            use_username_as_clientid: false,
         },
         ..Config::default()
     };

@@ -451,6 +451,10 @@ pub struct Security {
     /// Mosquitto ACL file; `None` means no topic access control.
     /// Relative to the working directory.
     pub acl_file: Option<PathBuf>,
+    /// `use_username_as_clientid`: the authenticated user name replaces the client
+    /// identifier, so a user has one session; clients without a user name are refused as
+    /// not authorised (as in Mosquitto). Default `false`.
+    pub use_username_as_clientid: bool,
 }
 
 impl Default for Security {
@@ -459,6 +463,7 @@ impl Default for Security {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            use_username_as_clientid: false,
         }
     }
 }

@@ -169,7 +169,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
-    "use_username_as_clientid",
     "websockets_headers_size",
     "websockets_origin",
 ];

@@ -144,6 +144,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
         kind: Kind::Path,
     },
     Spec {
+        section: Section::Security,
+        key: "use_username_as_clientid",
+        conf_key: "use_username_as_clientid",
+        kind: Kind::Bool,
+    },
+    Spec {
         section: Section::Limits,
         key: "max_inflight_messages",
         conf_key: "max_inflight_messages",
@@ -446,6 +452,7 @@ pub(crate) fn apply_security(
         ("allow_anonymous", Value::Bool(b)) => security.allow_anonymous = b,
         ("password_file", Value::Path(p)) => security.password_file = Some(p),
         ("acl_file", Value::Path(p)) => security.acl_file = Some(p),
+        ("use_username_as_clientid", Value::Bool(b)) => security.use_username_as_clientid = b,
         _ => return Err(bad()),
     }
     Ok(())

@@ -254,6 +254,7 @@ fn global_security_files_both_syntaxes() {
             allow_anonymous: false,
             password_file: Some(f.p("passwd")),
             acl_file: Some(f.p("acl")),
+            use_username_as_clientid: false,
         }
     );
     assert!(!c.per_listener_settings);

@@ -388,7 +388,7 @@ where
         self.accept(*connect).await
     }
 
-    async fn accept(&mut self, connect: Connect) -> Option<OutboxReceiver> {
+    async fn accept(&mut self, mut connect: Connect) -> Option<OutboxReceiver> {
         let identity = self.username.take();
         let limits = Arc::clone(&self.shared.limits);
         let v5 = self.protocol.is_v5();
@@ -455,6 +455,19 @@ where
                 return None;
             }
         };
+        if security.use_username_as_clientid() {
+            // The user name is the client id (a user has one session); without a user name
+            // there is none to use, and Mosquitto refuses as not authorised too.
+            match &username {
+                Some(user) => connect.client_id.clone_from(user),
+                None => {
+                    info!(peer = %self.peer, client_id = %Clipped(&connect.client_id),
+                        "client refused: use_username_as_clientid is set and the client has no user name");
+                    self.refuse(ReasonCode::NotAuthorized).await;
+                    return None;
+                }
+            }
+        }
         self.username.clone_from(&username);
         if connect.properties.authentication_method.is_some() {
             self.refuse(ReasonCode::BadAuthenticationMethod).await;

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 #[derive(Debug)]
 struct Rules {
     allow_anonymous: bool,
+    use_username_as_clientid: bool,
     passwords: Option<Arc<PasswordFile>>,
     acl: Option<AclFile>,
 }
@@ -52,20 +53,22 @@ impl SecurityHandle {
     /// The security of the broker's own in-process connections (bridges): everything is
     /// allowed, `$SYS` writes included. Ordinary clients never get this handle.
     pub(crate) fn internal() -> SecurityHandle {
-        let source = Security {
-            allow_anonymous: true,
-            password_file: None,
-            acl_file: None,
-        };
+        let source = Security::default();
         SecurityHandle {
             source,
             rules: ArcSwap::from_pointee(Rules {
                 allow_anonymous: true,
+                use_username_as_clientid: false,
                 passwords: None,
                 acl: None,
             }),
             internal: true,
         }
+    }
+
+    /// `use_username_as_clientid`: whether the user name replaces the client identifier.
+    pub(crate) fn use_username_as_clientid(&self) -> bool {
+        self.rules.load().use_username_as_clientid
     }
 
     /// Re-reads the files. On error the previous rules stay in force.
@@ -180,6 +183,7 @@ fn load_rules(source: &Security) -> Result<Rules, SecurityError> {
     };
     Ok(Rules {
         allow_anonymous: source.allow_anonymous,
+        use_username_as_clientid: source.use_username_as_clientid,
         passwords,
         acl,
     })

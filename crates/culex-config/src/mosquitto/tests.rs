@@ -607,11 +607,7 @@ fn unknown_options() {
         error("dhparamfile /etc/mosquitto/dh.pem\n"),
         "culex.conf:1: unknown option 'dhparamfile': this mosquitto option is not supported yet by Culex"
     );
-    for option in [
-        "use_username_as_clientid true",
-        "bridge_foo 1",
-        "plugin_opt_x 1",
-    ] {
+    for option in ["mount_point x/", "bridge_foo 1", "plugin_opt_x 1"] {
         assert!(
             error(&format!("{option}\n")).contains("not supported yet by Culex"),
             "{option}"

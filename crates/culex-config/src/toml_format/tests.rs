@@ -116,6 +116,7 @@ upgrade_outgoing_qos = true
                 allow_anonymous: true,
                 password_file: None,
                 acl_file: None,
+                use_username_as_clientid: false,
             },
             per_listener_settings: false,
             limits: crate::Limits {
