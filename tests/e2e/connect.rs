@@ -401,3 +401,49 @@ async fn clientid_prefixes_refuses_other_client_ids() -> Result<()> {
     }
     Ok(())
 }
+
+/// `socket_domain ipv4` listens on IPv4 only; `bind_interface` restricts a listener to one
+/// interface (here the loopback `lo`), and a missing interface fails startup naming the option.
+#[tokio::test]
+async fn socket_domain_and_bind_interface() -> Result<()> {
+    use culex_config::{Listener, SocketDomain};
+    let config = Config {
+        listeners: vec![Listener {
+            socket_domain: Some(SocketDomain::Ipv4),
+            ..Listener::all_interfaces(0)
+        }],
+        ..Config::default()
+    };
+    let broker = TestBroker::start_exact(config).await?;
+    let addrs = broker.local_addrs().to_vec();
+    assert!(
+        !addrs.is_empty() && addrs.iter().all(|a| a.is_ipv4()),
+        "{addrs:?}"
+    );
+    broker.stop().await;
+
+    let config = Config {
+        listeners: vec![Listener {
+            bind_interface: Some("lo".into()),
+            ..Listener::new("127.0.0.1", 0)
+        }],
+        ..Config::default()
+    };
+    let broker = TestBroker::start_exact(config).await?;
+    connect_ok(broker.addr, connect_packet(Protocol::V311, "on-lo", true)).await?;
+    broker.stop().await;
+
+    let config = Config {
+        listeners: vec![Listener {
+            bind_interface: Some("nonexistent0".into()),
+            ..Listener::new("127.0.0.1", 0)
+        }],
+        ..Config::default()
+    };
+    let e = match TestBroker::start_exact(config).await {
+        Ok(_) => anyhow::bail!("a listener on a missing interface started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("bind_interface nonexistent0"), "{e}");
+    Ok(())
+}

@@ -261,6 +261,35 @@ pub struct Listener {
     /// [`Config::security_for`] rather than reading it directly.
     #[serde(default)]
     pub security: Option<Security>,
+    /// `socket_domain ipv4|ipv6`: without a host, listen only on that family (by default
+    /// both `0.0.0.0` and `::`).
+    #[serde(default)]
+    pub socket_domain: Option<SocketDomain>,
+    /// `bind_interface NAME`: accept connections only on that network interface
+    /// (`SO_BINDTODEVICE`; needs root or `CAP_NET_RAW`, as in Mosquitto).
+    #[serde(default)]
+    pub bind_interface: Option<String>,
+}
+
+/// An address family for `socket_domain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketDomain {
+    /// IPv4 only. Written `ipv4`.
+    Ipv4,
+    /// IPv6 only. Written `ipv6`.
+    Ipv6,
+}
+
+impl SocketDomain {
+    /// Parses `ipv4` or `ipv6`.
+    pub fn parse(text: &str) -> Result<SocketDomain, String> {
+        match text {
+            "ipv4" => Ok(SocketDomain::Ipv4),
+            "ipv6" => Ok(SocketDomain::Ipv6),
+            other => Err(format!("invalid value '{other}'; allowed: ipv4 or ipv6")),
+        }
+    }
 }
 
 impl Listener {
@@ -281,6 +310,8 @@ impl Listener {
             protocol: ListenerProtocol::Mqtt,
             tls: None,
             security: None,
+            socket_domain: None,
+            bind_interface: None,
         }
     }
 

@@ -21,6 +21,8 @@ use crate::{
 /// (before any, to the default listener of `port`/`bind_address`).
 const LISTENER_OPTIONS: &[&str] = &[
     "protocol",
+    "socket_domain",
+    "bind_interface",
     "certfile",
     "keyfile",
     "cafile",
@@ -57,6 +59,7 @@ enum ListenerValue {
     Bool(bool),
     Version(TlsVersion),
     Text(String),
+    Domain(crate::SocketDomain),
 }
 
 /// The listener options given for one listener, with where each was given.
@@ -140,7 +143,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "auth_opt_",
     "auth_plugin",
     "auth_plugin_deny_special_chars",
-    "bind_interface",
     "bridge_alpn",
     "bridge_identity",
     "bridge_max_topic_alias",
@@ -165,7 +167,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "psk_file",
     "psk_hint",
     "retain_expiry_interval",
-    "socket_domain",
     "tls_engine",
     "tls_engine_kpass_sha1",
     "tls_keyform",
@@ -582,6 +583,14 @@ impl Reader {
                         "too many values '{rest}'; allowed: mqtt or websockets"
                     )),
                 },
+                "socket_domain" => match words {
+                    [word] => crate::SocketDomain::parse(word).map(ListenerValue::Domain),
+                    _ => Err("expected one value: ipv4 or ipv6".to_owned()),
+                },
+                "bind_interface" => match words {
+                    [name] => Ok(ListenerValue::Text((*name).to_owned())),
+                    _ => Err("expected one value: the interface name, e.g. eth0".to_owned()),
+                },
                 "ciphers" => crate::tls_ciphers::parse_tls12(rest)
                     .map(|_| ListenerValue::Text(rest.to_owned())),
                 "ciphers_tls1.3" => crate::tls_ciphers::parse_tls13(rest)
@@ -932,6 +941,10 @@ impl Reader {
             if let Some((ListenerValue::Protocol(p), _)) = listener_opts.values.get("protocol") {
                 listener.protocol = *p;
             }
+            if let Some((ListenerValue::Domain(d), _)) = listener_opts.values.get("socket_domain") {
+                listener.socket_domain = Some(*d);
+            }
+            listener.bind_interface = listener_opts.text("bind_interface");
             match build_tls(&listener_opts) {
                 Ok(tls) => listener.tls = tls,
                 Err((loc, key, message)) => {

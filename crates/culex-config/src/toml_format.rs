@@ -551,6 +551,18 @@ fn check_listeners(
                     "expected a string (\"mqtt\" or \"websockets\"), found {}",
                     describe_item(value)
                 )),
+                ("socket_domain", Some(TomlValue::String(d))) => {
+                    crate::SocketDomain::parse(d.value()).err()
+                }
+                ("socket_domain", _) => Some(format!(
+                    "expected a string (\"ipv4\" or \"ipv6\"), found {}",
+                    describe_item(value)
+                )),
+                ("bind_interface", Some(TomlValue::String(_))) => None,
+                ("bind_interface", _) => Some(format!(
+                    "expected an interface name (a string), found {}",
+                    describe_item(value)
+                )),
                 ("tls", _) => {
                     check_listener_tls(path, text, value, &full, key_line, checked);
                     None
@@ -560,7 +572,8 @@ fn check_listeners(
                     None
                 }
                 _ => Some(format!(
-                    "unknown key '{full}'; allowed keys: host, port, protocol, tls, security"
+                    "unknown key '{full}'; allowed keys: host, port, protocol, socket_domain, \
+                     bind_interface, tls, security"
                 )),
             };
             if let Some(message) = problem {

@@ -270,7 +270,8 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     // are bound. If anything below fails, dropping `shutdown_tx` stops it.
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.listen {
-        let listener = bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let listener =
+            bind(addr, None).with_context(|| format!("cannot serve metrics on {addr}"))?;
         let local = listener.local_addr()?;
         let state = Arc::new(HttpState {
             exporter: Exporter::new(),
@@ -290,8 +291,25 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     }
     let mut listeners = Vec::new();
     for ((index, l), tls) in config.listeners.iter().enumerate().zip(tls) {
-        for addr in resolve(l.host.as_deref(), l.port).await? {
-            let listener = match bind(addr) {
+        let addrs: Vec<SocketAddr> = resolve(l.host.as_deref(), l.port)
+            .await?
+            .into_iter()
+            .filter(|a| match l.socket_domain {
+                Some(culex_config::SocketDomain::Ipv4) => a.is_ipv4(),
+                Some(culex_config::SocketDomain::Ipv6) => a.is_ipv6(),
+                None => true,
+            })
+            .collect();
+        if addrs.is_empty() {
+            anyhow::bail!(
+                "listener port {}: socket_domain {:?} leaves no address of '{}' to listen on",
+                l.port,
+                l.socket_domain,
+                l.host.as_deref().unwrap_or("")
+            );
+        }
+        for addr in addrs {
+            let listener = match bind(addr, l.bind_interface.as_deref()) {
                 Ok(listener) => listener,
                 Err(e) if addr.is_ipv6() && ipv6_unavailable(&e) => {
                     // A host without IPv6 (common in containers) still serves IPv4.
@@ -473,9 +491,16 @@ fn ipv6_unavailable(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listening socket on `addr`, restricted to the network `interface` if one is given
+/// (`bind_interface`, `SO_BINDTODEVICE`).
+fn bind(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(name) = interface {
+        socket
+            .bind_device(Some(name.as_bytes()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind_interface {name}: {e}")))?;
+    }
     if addr.is_ipv6() {
         // Bind v6 and v4 separately, as Mosquitto does, so `::` and `0.0.0.0` coexist.
         socket.set_only_v6(true)?;

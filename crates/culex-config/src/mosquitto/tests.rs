@@ -595,6 +595,18 @@ fn migrated_behaviour_options() {
 }
 
 #[test]
+fn socket_domain_and_bind_interface() {
+    let c = config("listener 1883\nsocket_domain ipv4\nbind_interface eth0\nlistener 1884\n");
+    assert_eq!(
+        c.listeners[0].socket_domain,
+        Some(crate::SocketDomain::Ipv4)
+    );
+    assert_eq!(c.listeners[0].bind_interface.as_deref(), Some("eth0"));
+    assert_eq!(c.listeners[1].socket_domain, None);
+    assert!(error("listener 1883\nsocket_domain ipv5\n").contains("allowed: ipv4 or ipv6"));
+}
+
+#[test]
 fn unknown_options() {
     assert_eq!(
         error("\n\nfoo bar\n"),
