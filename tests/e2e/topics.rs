@@ -322,3 +322,59 @@ async fn topics_beyond_the_configured_depth_and_length_are_refused() -> Result<(
     assert_eq!(codes[0].as_u8(), 0x80, "{codes:?}");
     Ok(())
 }
+
+/// `mount_point`: a listener's clients live under a prefix: what they publish (and their will)
+/// gets it in front, their filters too, and what they receive has it taken off; clients of
+/// other listeners see the full topics.
+#[tokio::test]
+async fn mount_point_isolates_a_listeners_clients_under_a_prefix() -> Result<()> {
+    use culex_config::{Config, Listener};
+    let config = Config {
+        listeners: vec![
+            Listener {
+                mount_point: Some("site1/".into()),
+                ..Listener::new("127.0.0.1", 0)
+            },
+            Listener::new("127.0.0.1", 0),
+        ],
+        ..Config::default()
+    };
+    let broker = TestBroker::start_exact(config).await?;
+    let (mounted, plain) = (broker.local_addrs()[0], broker.local_addrs()[1]);
+    let mut watcher = connect_clean(plain, Protocol::V311, "mp-watcher").await?;
+    subscribe(&mut watcher, 1, "#", QoS::AtMostOnce).await?;
+    let mut inside = connect_clean(mounted, Protocol::V5, "mp-inside").await?;
+    subscribe(&mut inside, 1, "t/#", QoS::AtMostOnce).await?;
+
+    publish(
+        &mut inside,
+        "t/a",
+        "from inside",
+        QoS::AtLeastOnce,
+        false,
+        1,
+    )
+    .await?;
+    let p = recv_publish(&mut watcher).await?;
+    assert_eq!(
+        (p.topic.as_str(), text(&p).as_str()),
+        ("site1/t/a", "from inside")
+    );
+    let p = recv_publish(&mut inside).await?;
+    assert_eq!(p.topic, "t/a", "the mount point is taken off");
+
+    let mut outside = connect_clean(plain, Protocol::V311, "mp-outside").await?;
+    publish(&mut outside, "t/c", "outside", QoS::AtLeastOnce, false, 2).await?;
+    publish(
+        &mut outside,
+        "site1/t/b",
+        "for site1",
+        QoS::AtLeastOnce,
+        false,
+        3,
+    )
+    .await?;
+    let p = recv_publish(&mut inside).await?;
+    assert_eq!((p.topic.as_str(), text(&p).as_str()), ("t/b", "for site1"));
+    Ok(())
+}

@@ -269,6 +269,11 @@ pub struct Listener {
     /// (`SO_BINDTODEVICE`; needs root or `CAP_NET_RAW`, as in Mosquitto).
     #[serde(default)]
     pub bind_interface: Option<String>,
+    /// `mount_point PREFIX`: isolates this listener's clients: PREFIX is put in front of every
+    /// topic they publish, subscribe to or name in a will, and taken off the topics they
+    /// receive (as in Mosquitto). A topic name, no wildcards.
+    #[serde(default)]
+    pub mount_point: Option<String>,
 }
 
 /// An address family for `socket_domain`.
@@ -312,6 +317,7 @@ impl Listener {
             security: None,
             socket_domain: None,
             bind_interface: None,
+            mount_point: None,
         }
     }
 

@@ -23,6 +23,7 @@ const LISTENER_OPTIONS: &[&str] = &[
     "protocol",
     "socket_domain",
     "bind_interface",
+    "mount_point",
     "certfile",
     "keyfile",
     "cafile",
@@ -157,7 +158,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "http_dir",
     "max_inflight_bytes",
     "max_topic_alias",
-    "mount_point",
     "ocsp_data",
     "plugin",
     "plugin_load",
@@ -587,6 +587,12 @@ impl Reader {
                     [word] => crate::SocketDomain::parse(word).map(ListenerValue::Domain),
                     _ => Err("expected one value: ipv4 or ipv6".to_owned()),
                 },
+                "mount_point" => match words {
+                    [prefix] => culex_proto::topic::validate_topic_name(prefix)
+                        .map(|()| ListenerValue::Text((*prefix).to_owned()))
+                        .map_err(|e| format!("'{prefix}' is not a topic prefix: {e}")),
+                    _ => Err("expected one value: a topic prefix, e.g. site1/".to_owned()),
+                },
                 "bind_interface" => match words {
                     [name] => Ok(ListenerValue::Text((*name).to_owned())),
                     _ => Err("expected one value: the interface name, e.g. eth0".to_owned()),
@@ -945,6 +951,7 @@ impl Reader {
                 listener.socket_domain = Some(*d);
             }
             listener.bind_interface = listener_opts.text("bind_interface");
+            listener.mount_point = listener_opts.text("mount_point");
             match build_tls(&listener_opts) {
                 Ok(tls) => listener.tls = tls,
                 Err((loc, key, message)) => {

@@ -559,6 +559,15 @@ fn check_listeners(
                     describe_item(value)
                 )),
                 ("bind_interface", Some(TomlValue::String(_))) => None,
+                ("mount_point", Some(TomlValue::String(m))) => {
+                    culex_proto::topic::validate_topic_name(m.value())
+                        .err()
+                        .map(|e| format!("'{}' is not a topic prefix: {e}", m.value()))
+                }
+                ("mount_point", _) => Some(format!(
+                    "expected a topic prefix (a string), found {}",
+                    describe_item(value)
+                )),
                 ("bind_interface", _) => Some(format!(
                     "expected an interface name (a string), found {}",
                     describe_item(value)
@@ -573,7 +582,7 @@ fn check_listeners(
                 }
                 _ => Some(format!(
                     "unknown key '{full}'; allowed keys: host, port, protocol, socket_domain, \
-                     bind_interface, tls, security"
+                     bind_interface, mount_point, tls, security"
                 )),
             };
             if let Some(message) = problem {

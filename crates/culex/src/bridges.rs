@@ -217,6 +217,7 @@ impl Bridges {
                 max_inflight: Some(BRIDGE_WINDOW),
                 observer: Some(Arc::new(StatsObserver(Arc::clone(&stats)))),
             }),
+            mount_point: None,
         });
         let connector = local_connector(
             self.ctx.shared.clone(),

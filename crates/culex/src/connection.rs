@@ -473,6 +473,9 @@ where
             self.refuse(ReasonCode::BadAuthenticationMethod).await;
             return None;
         }
+        if let (Some(mount), Some(will)) = (&self.listener.mount_point, connect.will.as_mut()) {
+            will.topic = format!("{mount}{}", will.topic);
+        }
         if let Some(will) = &connect.will {
             if will.qos > limits.max_qos {
                 self.refuse(ReasonCode::QoSNotSupported).await;
@@ -851,6 +854,11 @@ where
                 })
                 .err(),
             Packet::Subscribe(mut s) => {
+                if let Some(mount) = &self.listener.mount_point {
+                    for f in &mut s.filters {
+                        f.filter = mounted_filter(mount, &f.filter);
+                    }
+                }
                 if self.bridge {
                     // A bridge (Mosquitto's protocol-level bit) must not get its own messages
                     // back, and needs the retain flag as published: what MQTT 5 asks for with
@@ -867,7 +875,12 @@ where
                 })
                 .err()
             }
-            Packet::Unsubscribe(u) => {
+            Packet::Unsubscribe(mut u) => {
+                if let Some(mount) = &self.listener.mount_point {
+                    for f in &mut u.filters {
+                        *f = mounted_filter(mount, f);
+                    }
+                }
                 self.pending_replies += 1;
                 self.command(Command::Unsubscribe {
                     conn: self.conn,
@@ -947,6 +960,9 @@ where
                 }
                 p.properties.topic_alias = None;
             }
+        }
+        if let Some(mount) = &self.listener.mount_point {
+            p.topic = format!("{mount}{}", p.topic);
         }
         if p.qos > limits.max_qos {
             return Some(Ending::abnormal(
@@ -1122,7 +1138,11 @@ where
         match item {
             Outbound::Deliver(d) => {
                 let props = d.properties();
-                let view = d.view(&props);
+                let mut view = d.view(&props);
+                if let Some(mount) = &self.listener.mount_point {
+                    // Only topics under the mount point match this client's filters.
+                    view.topic = view.topic.strip_prefix(&**mount).unwrap_or(view.topic);
+                }
                 let alias = match &mut self.aliases {
                     Some(a) => a.outbound.assign(&d.message.topic),
                     None => None,
@@ -1359,6 +1379,15 @@ where
             }
         }
         self.rbuf = BytesMut::new();
+    }
+}
+
+/// `filter` under the listener's mount point: `mount` in front of the topic filter (after the
+/// group of a shared subscription, `$share/GROUP/`).
+fn mounted_filter(mount: &str, filter: &str) -> String {
+    match culex_proto::topic::parse_shared(filter) {
+        Ok(Some(shared)) => format!("$share/{}/{mount}{}", shared.group, shared.filter),
+        _ => format!("{mount}{filter}"),
     }
 }
 

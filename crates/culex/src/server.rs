@@ -67,6 +67,8 @@ pub(crate) struct ListenerCtx {
     /// Queue limits for the sessions of this listener's clients instead of the broker's (the
     /// in-process listener of one bridge); `None` for network listeners.
     pub(crate) queue: Option<QueuePolicy>,
+    /// `mount_point`: the prefix of every topic of this listener's clients.
+    pub(crate) mount_point: Option<Arc<str>>,
 }
 
 /// State every connection task shares.
@@ -333,6 +335,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
                         .context("no security scope for a listener")?,
                 ),
                 queue: None,
+                mount_point: l.mount_point.as_deref().map(Arc::from),
             });
             listeners.push((listener, ctx));
         }

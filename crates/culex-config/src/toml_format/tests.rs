@@ -357,7 +357,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("[[listeners]]\nport = 1883\nhots = \"::1\"\n"),
-        "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port, protocol, socket_domain, bind_interface, tls, security"
+        "culex.toml:3: unknown key 'listeners[0].hots'; allowed keys: host, port, protocol, socket_domain, bind_interface, mount_point, tls, security"
     );
     assert_eq!(
         errors("[persistence]\nenabled = true\n\npath = \"culex.db\"\n"),
