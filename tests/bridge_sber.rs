@@ -121,6 +121,15 @@ impl Remote {
             .count()
     }
 
+    fn assert_one_connect(&self) {
+        assert_eq!(
+            self.connects(),
+            1,
+            "one connect; remote log:\n{}",
+            self.log()
+        );
+    }
+
     fn wait_until(&self, what: &str, cond: impl Fn(&Remote) -> bool) {
         let deadline = Instant::now() + TIMEOUT;
         while !cond(self) {
@@ -153,6 +162,18 @@ fn local_conf(remote: &Remote, password: &str, extra: &str) -> String {
         remote.tls_port,
         remote.pki.path(Pki::CA).display()
     )
+}
+
+/// The local broker with its bridge connected, a device client and a client subscribed to the
+/// commands (`sber/down/#`).
+fn connected_link(remote: &Remote) -> (Culex, Mqtt, Mqtt) {
+    let local = local(remote, PASSWORD, "");
+    let port = local.port_after("listening on 127.0.0.1:");
+    local.wait_in_log("bridge connected to the remote broker");
+    let device = Mqtt::connect(port, "device", true);
+    let sub = Mqtt::connect(port, "commands", true);
+    sub.subscribe("sber/down/#", QoS::AtMostOnce);
+    (local, device, sub)
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -227,12 +248,7 @@ fn one_way_traffic_keeps_one_link_that_pings_and_loses_no_command() {
         return;
     }
     let remote = Remote::start();
-    let local = local(&remote, PASSWORD, "");
-    let port = local.port_after("listening on 127.0.0.1:");
-    local.wait_in_log("bridge connected to the remote broker");
-    let device = Mqtt::connect(port, "device", true);
-    let sub = Mqtt::connect(port, "commands", true);
-    sub.subscribe("sber/down/#", QoS::AtMostOnce);
+    let (local, device, sub) = connected_link(&remote);
     let cloud = remote.cloud("cloud-commands");
     let ups = remote.cloud("cloud-ups");
     ups.subscribe(&format!("sberdevices/v1/{LOGIN}/up/#"), QoS::AtMostOnce);
@@ -250,12 +266,7 @@ fn one_way_traffic_keeps_one_link_that_pings_and_loses_no_command() {
         statuses >= 140,
         "only {statuses} statuses reached the cloud"
     );
-    assert_eq!(
-        remote.connects(),
-        1,
-        "one connect; remote log:\n{}",
-        remote.log()
-    );
+    remote.assert_one_connect();
     assert_eq!(
         count(&local.log(), "bridge lost the remote link"),
         0,
@@ -279,12 +290,7 @@ fn commands_every_100ms_for_a_minute_all_arrive() {
         return;
     }
     let remote = Remote::start();
-    let local = local(&remote, PASSWORD, "");
-    let port = local.port_after("listening on 127.0.0.1:");
-    local.wait_in_log("bridge connected to the remote broker");
-    let device = Mqtt::connect(port, "device", true);
-    let sub = Mqtt::connect(port, "commands", true);
-    sub.subscribe("sber/down/#", QoS::AtMostOnce);
+    let (_local, device, sub) = connected_link(&remote);
     let cloud = remote.cloud("cloud-commands");
 
     let commands: Vec<Duration> = (0..600).map(|i| Duration::from_millis(100 * i)).collect();
@@ -292,18 +298,13 @@ fn commands_every_100ms_for_a_minute_all_arrive() {
     let got = commands_received(&sub, commands.len(), TIMEOUT);
     assert_eq!(got.len(), 600, "{} of 600 commands arrived", got.len());
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
-    assert_eq!(
-        remote.connects(),
-        1,
-        "one connect; remote log:\n{}",
-        remote.log()
-    );
+    remote.assert_one_connect();
 }
 
 /// The remote is frozen (SIGSTOP) for 10 s: the bridge declares the link dead within 1.5
-/// keepalive intervals plus a bound, closes its socket (the remote, once it runs again, logs
-/// that the client closed the connection, rather than finding out when the bridge's next
-/// CONNECT takes the session over), and reconnects.
+/// keepalive intervals plus a bound and closes its socket — while the remote is still frozen,
+/// the remote's end of that connection is no longer ESTABLISHED (the kernel got our FIN), so
+/// once it runs again it cannot send into a link the bridge has abandoned — and reconnects.
 #[test]
 fn frozen_remote_is_declared_dead_its_socket_closed_and_the_link_back() {
     if !have_mosquitto() {

@@ -241,14 +241,7 @@ fn ca_params(cn: &str) -> Result<CertificateParams> {
 }
 
 fn make_ca(cn: &str) -> Result<(String, Issuer<'static, KeyPair>)> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let params = ca_params(cn)?;
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), Issuer::new(params, key)))
