@@ -919,3 +919,25 @@ fn round_robin_moves_to_the_next_address() {
     }
     drop(thief);
 }
+
+/// `notifications_local_only false` (Mosquitto's default): the link state is published on the
+/// remote too, `1` retained after the connect, and `0` by the bridge's will when the local
+/// broker dies without a goodbye.
+#[test]
+fn remote_notifications_with_a_will() {
+    if !have_mosquitto() {
+        return;
+    }
+    let remote = Mosquitto::start();
+    let rsub = Mqtt::connect(remote.port, "rsub-state", true);
+    rsub.subscribe("bridges/r/state", QoS::AtLeastOnce);
+    let local = Culex::start(&bridge_conf(
+        remote.port,
+        "notifications_local_only false\nnotification_topic bridges/r/state\n",
+    ));
+    local.wait_for_line("bridge connected to the remote broker");
+    rsub.recv_matching("bridges/r/state", "1");
+    // A crash of the local broker: the remote publishes the will.
+    local.signal("KILL");
+    rsub.recv_matching("bridges/r/state", "0");
+}

@@ -100,6 +100,11 @@ pub struct BridgeConfig {
     pub try_private: bool,
     /// `notifications`: publish `1`/`0` (retained) on connect/disconnect, locally.
     pub notifications: bool,
+    /// `notifications_local_only`: publish the notifications on the local broker only (Culex's
+    /// default: `true`, since remotes such as Sber refuse `$SYS`). `false` also publishes them
+    /// on the remote, as Mosquitto does by default: `1` retained after each connect, `0` as the
+    /// bridge's will (and before a clean disconnect).
+    pub notifications_local_only: bool,
     /// `notification_topic`; `None` means `$SYS/broker/connection/<remote_clientid>/state`.
     pub notification_topic: Option<String>,
     /// `bridge_protocol_version`.
@@ -167,6 +172,7 @@ impl BridgeConfig {
             backoff_max: Duration::from_secs(300),
             try_private: true,
             notifications: true,
+            notifications_local_only: true,
             notification_topic: None,
             protocol: BridgeProtocol::V311,
             outgoing_retain: true,

@@ -663,6 +663,7 @@ impl Link {
         // Connected only now: state sent, subscriptions in place.
         self.set_state(LinkState::Connected);
         self.notify(true);
+        self.notify_remote(true);
     }
 
     /// Sends the kept state to a freshly connected remote: every retained state (unless a
@@ -1143,11 +1144,28 @@ impl Link {
         }
     }
 
+    /// With `notifications_local_only false`: the link state on the remote too, retained.
+    fn notify_remote(&mut self, up: bool) {
+        if !self.config.notifications || self.config.notifications_local_only {
+            return;
+        }
+        let topic = self.config.notification_topic();
+        if let Some(remote) = self.remote.as_mut() {
+            let msg =
+                Message::new(topic, if up { "1" } else { "0" }, QoS::AtLeastOnce).retained(true);
+            if let Err(e) = remote.start_publish(msg) {
+                tracing::debug!(bridge = %self.config.name, error = %e, "remote notification not published");
+            }
+        }
+    }
+
     async fn close(&mut self) {
         if let Some(attempt) = self.attempt.take() {
             drop(attempt);
         }
         if self.remote_up {
+            // A clean stop sends no will: say `0` on the remote ourselves (settled below).
+            self.notify_remote(false);
             // Settle what is in flight first (bounded): a successor with a fresh session
             // (restart after a reload) would otherwise reuse packet identifiers the remote
             // still holds for QoS 2, and the local broker gets its acknowledgements now
@@ -1255,6 +1273,16 @@ fn remote_options(config: &BridgeConfig) -> ConnectOptions {
     o.clean_start = config.cleansession;
     o.keep_alive = u16::try_from(config.keepalive.as_secs()).unwrap_or(u16::MAX);
     o.username = config.remote_username.clone();
+    if config.notifications && !config.notifications_local_only {
+        // The remote learns that the link is gone even when it drops uncleanly.
+        o.will = Some(culex_proto::LastWill {
+            topic: config.notification_topic(),
+            payload: bytes::Bytes::from_static(b"0"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties::default(),
+        });
+    }
     o.password = config
         .remote_password
         .as_ref()

@@ -79,6 +79,7 @@ pub(crate) struct Draft {
     pub(crate) try_private: Option<bool>,
     pub(crate) notifications: Option<bool>,
     pub(crate) notification_topic: Option<String>,
+    pub(crate) notifications_local_only: Option<bool>,
     pub(crate) protocol: Option<BridgeProtocol>,
     pub(crate) outgoing_retain: Option<bool>,
     pub(crate) republish_on_connect: Option<bool>,
@@ -205,6 +206,9 @@ impl Draft {
         }
         if self.notification_topic.is_some() {
             c.notification_topic = self.notification_topic;
+        }
+        if let Some(v) = self.notifications_local_only {
+            c.notifications_local_only = v;
         }
         if let Some(v) = self.protocol {
             c.protocol = v;
@@ -373,14 +377,7 @@ impl Draft {
                 );
             }
             "notifications_local_only" => {
-                if !boolean(one(option, words)?)? {
-                    return Err(
-                        "not supported yet: Culex publishes bridge notifications on the \
-                                local broker only (remotes such as Sber refuse `$SYS`); use \
-                                `notifications_local_only true` or remove the line"
-                            .into(),
-                    );
-                }
+                self.notifications_local_only = Some(boolean(one(option, words)?)?);
             }
             "bridge_max_packet_size" => {
                 let w = one(option, words)?;

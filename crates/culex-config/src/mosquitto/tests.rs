@@ -847,7 +847,7 @@ fn bridge_restart_timeout_one_value_is_constant() {
 
 /// Mosquitto's bridge options carried over: the old `clientid`/`username`/`password` names,
 /// `bridge_attempt_unsubscribe` (default on), `round_robin`, `bridge_receive_maximum`, and
-/// `notifications_local_only true` (what Culex does; `false` is refused with the reason).
+/// `notifications_local_only` (Culex's default `true`; `false` publishes on the remote too).
 #[test]
 fn bridge_mosquitto_compat_options() {
     let c = config(
@@ -863,6 +863,7 @@ fn bridge_mosquitto_compat_options() {
     assert!(a.round_robin && !a.attempt_unsubscribe);
     assert_eq!(a.receive_maximum, Some(50));
     assert!(!b.round_robin && b.attempt_unsubscribe && b.receive_maximum.is_none());
+    assert!(a.notifications_local_only && b.notifications_local_only);
     let w = warnings(
         "connection a\naddress h\ntopic # out\nlocal_username u\nlocal_password p\n\
          retry_interval 20\n",
@@ -878,11 +879,8 @@ fn bridge_mosquitto_compat_options() {
     );
     let c = config("clientid_prefixes secure-\n");
     assert_eq!(c.sessions.clientid_prefixes.as_deref(), Some("secure-"));
-    assert!(
-        error("connection a\naddress h\ntopic # out\nnotifications_local_only false\n").contains(
-            "not supported yet: Culex publishes bridge notifications on the local broker only"
-        )
-    );
+    let c = config("connection a\naddress h\ntopic # out\nnotifications_local_only false\n");
+    assert!(!c.bridges[0].notifications_local_only);
     assert!(
         error("connection a\naddress h\ntopic # out\nbridge_receive_maximum 0\n")
             .contains("allowed: 1 to 65535")

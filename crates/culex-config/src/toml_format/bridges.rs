@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "try_private",
     "notifications",
     "notification_topic",
+    "notifications_local_only",
     "protocol",
     "outgoing_retain",
     "republish_on_connect",
@@ -63,6 +64,7 @@ fn toml_key(option: &str) -> &'static str {
         "try_private" => "try_private",
         "notifications" => "notifications",
         "notification_topic" => "notification_topic",
+        "notifications_local_only" => "notifications_local_only",
         "bridge_protocol_version" => "protocol",
         "bridge_outgoing_retain" => "outgoing_retain",
         "bridge_republish_on_connect" => "republish_on_connect",
@@ -313,6 +315,7 @@ impl TableReader<'_> {
             "try_private" => d.try_private = Some(boolean(item)?),
             "notifications" => d.notifications = Some(boolean(item)?),
             "notification_topic" => d.notification_topic = Some(string(item)?),
+            "notifications_local_only" => d.notifications_local_only = Some(boolean(item)?),
             "protocol" => {
                 d.protocol = Some(match string(item)?.as_str() {
                     "3.1.1" | "mqttv311" => BridgeProtocol::V311,
