@@ -603,6 +603,45 @@ async fn use_username_as_clientid_gives_each_user_one_session() -> Result<()> {
     Ok(())
 }
 
+/// `check_retain_source` (on by default, as in Mosquitto): once the ACL no longer lets the
+/// publisher of a retained message write its topic, new subscribers do not get that message.
+#[tokio::test]
+async fn a_retained_message_of_a_revoked_publisher_is_not_sent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let acl_v1 = "user alice\ntopic readwrite r/#\nuser reader\ntopic read r/#\n\
+                  pattern readwrite sync/#\n";
+    let acl = write(dir.path(), "acl", acl_v1)?;
+    let broker = TestBroker::start_with(secured(true, None, Some(&acl))).await?;
+    let protocol = Protocol::V5;
+    let mut alice = login(broker.addr, protocol, "alice-pub", Some("alice"), None).await?;
+    let code = alice
+        .publish("r/x", "state", QoS::AtLeastOnce, true)
+        .await?;
+    ensure!(code == Some(0), "retained publish: {code:?}");
+    let mut reader = login(broker.addr, protocol, "reader-1", Some("reader"), None).await?;
+    reader.subscribe_ok("r/#").await?;
+    reader
+        .expect("r/x", "state")
+        .await
+        .context("before the ACL change")?;
+
+    write(
+        dir.path(),
+        "acl",
+        &acl_v1.replace("topic readwrite r/#", "topic read r/#"),
+    )?;
+    broker
+        .server()
+        .reload()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut late = login(broker.addr, protocol, "reader-2", Some("reader"), None).await?;
+    late.subscribe_ok("sync/#").await?;
+    late.subscribe_ok("r/#").await?;
+    late.sync_self("after the revocation").await?;
+    broker.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn password_file_from_mosquitto_passwd_authenticates() -> Result<()> {
     let dir = tempfile::tempdir()?;

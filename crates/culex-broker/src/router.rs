@@ -67,10 +67,14 @@ pub struct Router {
     shutting_down: bool,
     /// CONNECTs waiting for the end of the connection they take over.
     takeovers: takeover::Takeovers,
+    /// Who published each retained message (`check_retain_source`).
+    retain_sources: retain_source::RetainSources,
 }
 
 #[path = "router_persist.rs"]
 mod persist_glue;
+#[path = "router_retain_source.rs"]
+mod retain_source;
 #[path = "router_takeover.rs"]
 mod takeover;
 
@@ -96,6 +100,7 @@ impl Router {
             persist: persist_glue::Persistence::default(),
             shutting_down: false,
             takeovers: takeover::Takeovers::default(),
+            retain_sources: retain_source::RetainSources::new(),
         }
     }
 
@@ -301,6 +306,9 @@ impl Router {
             });
             self.retained_bytes = self.retained_bytes.saturating_sub(freed);
             self.stats.dropped_expired += gone.len() as u64;
+            for m in &gone {
+                self.retain_sources.remove(&m.topic);
+            }
             for m in gone {
                 // An empty-payload twin of the message tells the store to clear the topic.
                 let clear = Message {
@@ -568,6 +576,9 @@ impl Router {
             if send_retained {
                 let mut found = Vec::new();
                 self.retained.matching(&f.filter, &mut found);
+                let before = found.len();
+                found.retain(|m| self.retain_source_allows(&m.topic));
+                self.stats.dropped_acl_read += (before - found.len()) as u64;
                 retained.extend(
                     found
                         .into_iter()
@@ -811,6 +822,7 @@ impl Router {
 
     fn update_retained(&mut self, message: &Arc<Message>, now: Instant) {
         self.store_retained(message);
+        self.note_retain_source(message);
         let old = if message.payload.is_empty() {
             self.retained.remove(&message.topic)
         } else {

@@ -25,6 +25,9 @@ pub struct BrokerSettings {
     pub auto_id_prefix: String,
     /// QoS 0 messages the outbox of one connection may hold before further ones are dropped.
     pub max_outbox_qos0: usize,
+    /// Check a retained message's publisher may still write its topic before sending it to a
+    /// new subscriber (`check_retain_source`).
+    pub check_retain_source: bool,
     /// Most levels in a subscription's filter (`max_topic_levels`).
     pub max_topic_levels: u16,
     /// Longest subscription filter in bytes (`max_topic_length`).
@@ -43,6 +46,7 @@ impl Default for BrokerSettings {
             persistent_client_expiration: None,
             auto_id_prefix: "auto-".to_string(),
             max_outbox_qos0: 1000,
+            check_retain_source: true,
             max_topic_levels: 200,
             max_topic_length: u16::MAX,
         }

@@ -693,6 +693,12 @@ pub struct Mqtt {
     /// Whether messages are delivered with the subscription's QoS even when
     /// published with a lower one. Default `false`.
     pub upgrade_outgoing_qos: bool,
+    /// `check_retain_source`: before a retained message is sent to a new subscriber, check
+    /// that its publisher may still write its topic (the ACL may have changed since);
+    /// messages whose publisher lost the right are not sent. Default `true`, as in Mosquitto.
+    /// Retained messages recovered from the store after a restart carry no publisher and are
+    /// sent.
+    pub check_retain_source: bool,
 }
 
 impl Default for Mqtt {
@@ -701,6 +707,7 @@ impl Default for Mqtt {
             retain_available: true,
             max_qos: 2,
             upgrade_outgoing_qos: false,
+            check_retain_source: true,
         }
     }
 }

@@ -150,7 +150,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "bridge_psk",
     "bridge_require_ocsp",
     "bridge_session_expiry_interval",
-    "check_retain_source",
     "dhparamfile",
     "enable_proxy_protocol",
     "global_max_clients",

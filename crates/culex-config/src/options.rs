@@ -316,6 +316,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
         kind: Kind::Bool,
     },
     Spec {
+        section: Section::Mqtt,
+        key: "check_retain_source",
+        conf_key: "check_retain_source",
+        kind: Kind::Bool,
+    },
+    Spec {
         section: Section::Metrics,
         key: "listen",
         conf_key: "metrics_listener",
@@ -560,6 +566,7 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
             config.mqtt.max_qos = u8::try_from(v).map_err(|_| range(v))?;
         }
         "upgrade_outgoing_qos" => config.mqtt.upgrade_outgoing_qos = boolean(&value)?,
+        "check_retain_source" => config.mqtt.check_retain_source = boolean(&value)?,
         "listen" => match value {
             Value::Addr(a) => config.metrics.listen = Some(a),
             _ => return Err(bad()),

@@ -94,6 +94,7 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         max_outbox_qos0: config.limits.max_queued_messages,
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
+        check_retain_source: config.mqtt.check_retain_source,
     }
 }
 

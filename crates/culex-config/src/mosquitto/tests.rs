@@ -619,7 +619,11 @@ fn unknown_options() {
         error("dhparamfile /etc/mosquitto/dh.pem\n"),
         "culex.conf:1: unknown option 'dhparamfile': this mosquitto option is not supported yet by Culex"
     );
-    for option in ["check_retain_source true", "bridge_foo 1", "plugin_opt_x 1"] {
+    for option in [
+        "allow_duplicate_messages true",
+        "bridge_foo 1",
+        "plugin_opt_x 1",
+    ] {
         assert!(
             error(&format!("{option}\n")).contains("not supported yet by Culex"),
             "{option}"

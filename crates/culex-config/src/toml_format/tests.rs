@@ -137,6 +137,7 @@ upgrade_outgoing_qos = true
                 persistent_client_expiration: Some(Duration::from_secs(5400)),
             },
             mqtt: crate::Mqtt {
+                check_retain_source: true,
                 retain_available: false,
                 max_qos: 1,
                 upgrade_outgoing_qos: true,
