@@ -222,42 +222,37 @@ fn check_tls(i: usize, tls: &Tls, out: &mut Vec<Problem>) {
         problem("capath", message);
     }
     let has_ca = tls.cafile.is_some() || tls.capath.is_some();
-    if tls.require_certificate && !has_ca {
-        problem(
+    // Options that only make sense with a CA to verify client certificates against.
+    for (set, option, why) in [
+        (
+            tls.require_certificate,
             "require_certificate",
-            "require_certificate needs cafile (or capath): the CA certificates that client \
-             certificates are verified against"
-                .to_owned(),
-        );
-    }
-    if tls.crlfile.is_some() && !has_ca {
-        problem(
+            "the CA certificates that client certificates are verified against",
+        ),
+        (
+            tls.crlfile.is_some(),
             "crlfile",
-            "crlfile needs cafile (or capath): revocation lists apply to verified client \
-             certificates"
-                .to_owned(),
-        );
-    }
-    if tls.use_subject_as_username && !has_ca {
-        problem(
+            "revocation lists apply to verified client certificates",
+        ),
+        (
+            tls.use_subject_as_username,
             "use_subject_as_username",
-            "use_subject_as_username needs cafile (or capath): only a verified client \
-             certificate can name the user"
-                .to_owned(),
-        );
+            "only a verified client certificate can name the user",
+        ),
+        (
+            tls.use_identity_as_username,
+            "use_identity_as_username",
+            "only a verified client certificate can name the user",
+        ),
+    ] {
+        if set && !has_ca {
+            problem(option, format!("{option} needs cafile (or capath): {why}"));
+        }
     }
     if tls.use_subject_as_username && tls.use_identity_as_username {
         problem(
             "use_subject_as_username",
             "use_subject_as_username and use_identity_as_username both name the user; set one"
-                .to_owned(),
-        );
-    }
-    if tls.use_identity_as_username && !has_ca {
-        problem(
-            "use_identity_as_username",
-            "use_identity_as_username needs cafile (or capath): only a verified client \
-             certificate can name the user"
                 .to_owned(),
         );
     }

@@ -994,7 +994,6 @@ where
                 QoS::ExactlyOnce => self.ack(Packet::PubRec(ack)),
             };
         }
-        let limits = &self.shared.limits;
         if culex_proto::topic::exceeds_limits(
             &p.topic,
             limits.max_topic_levels,
