@@ -757,3 +757,159 @@ fn client_ids_are_clipped_in_logs_and_connection_messages_can_be_silenced() {
         "{log}"
     );
 }
+
+// --- user: dropping root privileges -------------------------------------------------------
+
+/// True when this test runs as root; otherwise prints why the calling test does not run.
+fn running_as_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
+    if !root {
+        eprintln!("NOTE: not running as root; the broker keeps its user, nothing to test");
+    }
+    root
+}
+
+/// The uid of `name` on this system, if the user exists.
+fn uid_of(name: &str) -> Option<u32> {
+    let out = Command::new("id").args(["-u", name]).output().ok()?;
+    out.status.success().then_some(())?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The real, effective, saved and file-system uids of process `pid`.
+fn process_uids(pid: u32) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("a Uid: line");
+    line["Uid:".len()..]
+        .split_whitespace()
+        .map(|n| n.parse().expect("numeric uid"))
+        .collect()
+}
+
+/// Publishes a retained QoS 1 message and waits for its PUBACK.
+fn publish_retained(port: u16, topic: &str, payload: &str) {
+    let (client, mut conn) = Client::new(MqttOptions::new("cli-retain-pub", "127.0.0.1", port), 4);
+    client
+        .publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec())
+        .expect("queue PUBLISH");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK for the retained message: {other:?}"),
+        }
+    }
+}
+
+/// Subscribes to `topic` and returns the retained payload that arrives.
+fn read_retained(port: u16, topic: &str) -> Vec<u8> {
+    let (client, mut conn) = Client::new(MqttOptions::new("cli-retain-sub", "127.0.0.1", port), 4);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .expect("queue SUBSCRIBE");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return p.payload.to_vec(),
+            Ok(Ok(_)) => {}
+            other => panic!("no retained message on {topic}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn started_as_root_the_broker_switches_user_after_opening_its_files() {
+    if !running_as_root() {
+        return;
+    }
+    // Mosquitto's rule: without `user`, the default user (culex), or nobody when it is missing.
+    let (expected_user, expected_uid) = match uid_of("culex") {
+        Some(uid) => ("culex", uid),
+        None => ("nobody", uid_of("nobody").expect("a nobody user")),
+    };
+    // Everything in a root-only directory: the broker must open it all before switching.
+    let dir = TempDir::new().expect("tempdir");
+    let data = dir.path().join("data");
+    let conf = write_file(
+        &dir,
+        "drop.conf",
+        &format!(
+            "listener 0 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}\n",
+            path_str(&data)
+        ),
+    );
+    let mut broker = Broker::spawn(&["-c", path_str(&conf)]);
+    let port = broker.ipv4_port();
+    let line = broker.wait_for_line("running as user");
+    assert!(line.contains(expected_user), "{line}");
+    assert_eq!(
+        process_uids(broker.pid()),
+        vec![expected_uid; 4],
+        "every uid of the process is {expected_user}'s; log:\n{}",
+        broker.log()
+    );
+    // It serves, and its store (opened as root, in a root-only directory) still takes writes.
+    let _ = round_trip(port, "cli-dropped");
+    publish_retained(port, "culex/cli/dropped", "kept");
+    broker.signal("TERM");
+    let (status, log) = broker.expect_exit();
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{log}");
+    let mut again = Broker::spawn(&["-c", path_str(&conf)]);
+    let port = again.ipv4_port();
+    assert_eq!(read_retained(port, "culex/cli/dropped"), b"kept");
+    again.signal("TERM");
+    let (status, log) = again.expect_exit();
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{log}");
+}
+
+#[test]
+fn user_root_keeps_root_and_says_so() {
+    if !running_as_root() {
+        return;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let conf = write_file(
+        &dir,
+        "root.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\nuser root\n",
+    );
+    let mut broker = Broker::spawn(&["-c", path_str(&conf)]);
+    let _ = broker.ipv4_port();
+    broker.wait_for_line("running as root because the configuration says `user root`");
+    assert_eq!(process_uids(broker.pid()), vec![0; 4]);
+    broker.signal("TERM");
+    let (status, log) = broker.expect_exit();
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{log}");
+}
+
+#[test]
+fn a_user_that_does_not_exist_stops_the_start_before_listening() {
+    if !running_as_root() {
+        return;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let conf = write_file(
+        &dir,
+        "nouser.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\nuser culex-no-such-user\n",
+    );
+    let mut broker = Broker::spawn(&["-c", path_str(&conf)]);
+    let (status, log) = broker.expect_exit();
+    assert_ne!(status.code(), Some(0), "log:\n{log}");
+    assert!(
+        log.contains("user culex-no-such-user: no such user") && !log.contains("listening on"),
+        "log:\n{log}"
+    );
+    let out = check_fails(&conf);
+    assert!(
+        out.contains("user culex-no-such-user: no such user"),
+        "{out}"
+    );
+}

@@ -1643,10 +1643,12 @@ async fn sighup_with_a_new_password_file_changes_who_may_log_in() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let passwd = dir.path().join("passwd");
     quick_passwd(&passwd, &[("alice", "alice-pw")])?;
+    // `user root`: started as root (as in CI), the broker would otherwise switch to an
+    // unprivileged user that cannot read this root-only temporary directory on SIGHUP.
     let conf = conf_file(
         dir.path(),
         &format!(
-            "allow_anonymous false\npassword_file {}\n",
+            "allow_anonymous false\npassword_file {}\nuser root\n",
             passwd.display()
         ),
     )?;

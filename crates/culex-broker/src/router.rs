@@ -865,7 +865,7 @@ impl Router {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
             };
-            let reserve = s.window(&self.settings) + CONTROL_RESERVE;
+            let reserve = s.window(&self.settings).messages + CONTROL_RESERVE;
             if link.outbox.capacity() <= reserve {
                 self.stats.dropped_outbox_full += 1;
                 return;

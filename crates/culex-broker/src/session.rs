@@ -123,10 +123,31 @@ impl QueueLimits {
 /// Queue capacity (in messages) an empty queue keeps; a larger one is released when drained.
 const QUEUE_KEEP: usize = 64;
 
+/// How much may be in flight to one client at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// QoS 1/2 messages (`max_inflight_messages`, the client's Receive Maximum).
+    pub(crate) messages: usize,
+    /// Bytes ([`Message::size`](crate::Message::size)) of the messages in flight
+    /// (`max_inflight_bytes`): a new one starts while fewer are in flight, so one message
+    /// larger than the limit still goes, alone, as in Mosquitto. 0 = no byte limit.
+    pub(crate) bytes: u64,
+}
+
+impl Window {
+    /// A window of `messages` with no byte limit.
+    #[cfg(test)]
+    pub(crate) fn messages(messages: usize) -> Window {
+        Window { messages, bytes: 0 }
+    }
+}
+
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
     inflight: HashMap<u16, Inflight>,
+    /// Total size of the messages in `inflight`.
+    inflight_bytes: u64,
     queue: VecDeque<Pending>,
     queued_bytes: u64,
     next_packet_id: u16,
@@ -190,6 +211,7 @@ impl Outgoing {
                 MessageState::Released(id) => (id, InflightState::Released),
             };
             self.next_packet_id = self.next_packet_id.max(id);
+            self.inflight_bytes += pending.message.size();
             self.inflight.insert(id, Inflight { pending, state });
         }
     }
@@ -262,9 +284,14 @@ impl Outgoing {
 
     /// Moves queued messages into the window while there is room, returning the deliveries
     /// to send. Expired messages are dropped and counted in `expired`.
-    pub(crate) fn pump(&mut self, window: usize, now: Instant, expired: &mut u64) -> Vec<Delivery> {
+    pub(crate) fn pump(
+        &mut self,
+        window: Window,
+        now: Instant,
+        expired: &mut u64,
+    ) -> Vec<Delivery> {
         let mut out = Vec::new();
-        while self.inflight.len() < window {
+        while self.window_open(window) {
             let Some(p) = self.queue.pop_front() else {
                 break;
             };
@@ -285,8 +312,21 @@ impl Outgoing {
     }
 
     /// True when a new message may go straight into the window.
-    pub(crate) fn has_room(&self, window: usize) -> bool {
-        self.queue.is_empty() && self.inflight.len() < window
+    pub(crate) fn has_room(&self, window: Window) -> bool {
+        self.queue.is_empty() && self.window_open(window)
+    }
+
+    /// True when one more message may start: below both the message and the byte limit.
+    fn window_open(&self, window: Window) -> bool {
+        self.inflight.len() < window.messages
+            && (window.bytes == 0 || self.inflight_bytes < window.bytes)
+    }
+
+    /// Takes an exchange out of the window.
+    fn remove_inflight(&mut self, packet_id: u16) -> Option<Inflight> {
+        let f = self.inflight.remove(&packet_id)?;
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(f.pending.message.size());
+        Some(f)
     }
 
     /// Puts a message into the window and returns its delivery.
@@ -308,6 +348,7 @@ impl Outgoing {
             expiry_interval: pending.message.remaining_expiry(now),
         };
         let inflight = Inflight { pending, state };
+        self.inflight_bytes += inflight.pending.message.size();
         if self.journal {
             self.changes.push(Change::Put(
                 inflight.pending.seq,
@@ -346,7 +387,7 @@ impl Outgoing {
         match self.inflight.get(&packet_id) {
             Some(f) if f.state == expected => {
                 let seq = f.pending.seq;
-                self.inflight.remove(&packet_id);
+                self.remove_inflight(packet_id);
                 self.record(Change::Delete(seq));
                 true
             }
@@ -361,7 +402,7 @@ impl Outgoing {
         match self.inflight.get_mut(&packet_id) {
             Some(f) if f.state == InflightState::WaitPubRec && error => {
                 let seq = f.pending.seq;
-                self.inflight.remove(&packet_id);
+                self.remove_inflight(packet_id);
                 self.record(Change::Delete(seq));
                 false
             }
@@ -417,7 +458,7 @@ impl Outgoing {
 
     /// Removes an in-flight entry that could not be delivered (e.g. too large for the client).
     pub(crate) fn abandon(&mut self, packet_id: u16) {
-        if let Some(f) = self.inflight.remove(&packet_id) {
+        if let Some(f) = self.remove_inflight(packet_id) {
             self.record(Change::Delete(f.pending.seq));
         }
     }
@@ -516,8 +557,8 @@ impl Session {
         }
     }
 
-    /// The in-flight window in force: our limit and the client's Receive Maximum.
-    pub(crate) fn window(&self, settings: &BrokerSettings) -> usize {
+    /// The in-flight window in force: our limits and the client's Receive Maximum.
+    pub(crate) fn window(&self, settings: &BrokerSettings) -> Window {
         let ours = self
             .queue_policy
             .as_ref()
@@ -528,7 +569,10 @@ impl Session {
             .link
             .as_ref()
             .map_or(ours, |l| l.receive_maximum.max(1));
-        usize::from(ours.min(theirs))
+        Window {
+            messages: usize::from(ours.min(theirs)),
+            bytes: settings.max_inflight_bytes,
+        }
     }
 }
 
@@ -566,7 +610,7 @@ mod tests {
         let changes = o.take_changes();
         assert!(matches!(changes[0], Change::Delete(1)), "{changes:?}");
         let mut expired = 0;
-        let out = o.pump(10, Instant::now(), &mut expired);
+        let out = o.pump(Window::messages(10), Instant::now(), &mut expired);
         let topics: Vec<&str> = out.iter().map(|d| &*d.message.topic).collect();
         assert_eq!(topics, ["b", "c"]);
         // A byte limit evicts as many as needed.
@@ -619,7 +663,7 @@ mod tests {
         let mut o = Outgoing::default();
         let d1 = o.start(pending(msg("a", None), QoS::AtLeastOnce), now);
         assert_eq!(d1.packet_id, Some(1));
-        assert!(!o.has_room(1));
+        assert!(!o.has_room(Window::messages(1)));
         o.enqueue(pending(msg("b", None), QoS::AtLeastOnce), lim(&s))
             .unwrap();
         o.enqueue(pending(msg("c", None), QoS::ExactlyOnce), lim(&s))
@@ -629,16 +673,56 @@ mod tests {
             Err(Refused::QueueFull)
         );
         let mut expired = 0;
-        assert!(o.pump(1, now, &mut expired).is_empty());
+        assert!(o.pump(Window::messages(1), now, &mut expired).is_empty());
         assert!(o.ack(1));
         assert!(
             !o.ack(1),
             "a second PUBACK for the same id completes nothing"
         );
-        let next = o.pump(1, now, &mut expired);
+        let next = o.pump(Window::messages(1), now, &mut expired);
         assert_eq!(next.len(), 1);
         assert_eq!(&*next[0].message.topic, "b");
         assert_eq!(next[0].packet_id, Some(2));
+    }
+
+    /// `max_inflight_bytes`, Mosquitto's rule: a message starts while fewer bytes than the
+    /// limit are in flight, so one larger than the limit still goes, alone; completions (PUBACK,
+    /// PUBCOMP, a PUBREC error, an abandoned delivery) give their bytes back.
+    #[test]
+    fn byte_window_limits_what_is_in_flight() {
+        let now = Instant::now();
+        let window = Window {
+            messages: 10,
+            bytes: 10,
+        };
+        let sized = |topic: &str| pending(msg(topic, None), QoS::AtLeastOnce); // topic + 1 byte
+        let mut o = Outgoing::default();
+        assert!(o.has_room(window));
+        let a = o.start(sized("aaaa"), now); // 5 bytes
+        assert!(o.has_room(window), "5 of 10 bytes in flight");
+        let b = o.start(sized("bbbbbbb"), now); // 8 bytes: 13 in flight
+        assert!(!o.has_room(window), "13 of 10 bytes in flight");
+        let s = BrokerSettings::default();
+        o.enqueue(sized("c"), lim(&s)).unwrap();
+        let mut expired = 0;
+        assert!(o.pump(window, now, &mut expired).is_empty());
+        assert!(o.ack(a.packet_id.unwrap()));
+        let c = o.pump(window, now, &mut expired);
+        assert_eq!(c.len(), 1, "8 of 10 bytes in flight: the next one starts");
+        assert!(!o.has_room(window), "10 of 10 bytes in flight");
+        o.abandon(b.packet_id.unwrap());
+        assert!(o.ack(c[0].packet_id.unwrap()));
+        // Alone, a message larger than the whole limit still goes.
+        let big = o.start(sized("a-topic-longer-than-ten-bytes"), now);
+        assert!(!o.has_room(window));
+        let q2 = o.start(pending(msg("q", None), QoS::ExactlyOnce), now);
+        assert!(
+            !o.rec(q2.packet_id.unwrap(), true),
+            "a PUBREC error ends it"
+        );
+        assert!(o.ack(big.packet_id.unwrap()));
+        assert!(o.has_room(window));
+        assert_eq!(o.inflight_bytes, 0);
     }
 
     #[test]
@@ -689,7 +773,11 @@ mod tests {
         o.enqueue(pending(msg("new", None), QoS::AtLeastOnce), lim(&s))
             .unwrap();
         let mut expired = 0;
-        let out = o.pump(10, t0 + Duration::from_secs(6), &mut expired);
+        let out = o.pump(
+            Window::messages(10),
+            t0 + Duration::from_secs(6),
+            &mut expired,
+        );
         assert_eq!(expired, 1);
         assert_eq!(out.len(), 1);
         assert_eq!(&*out[0].message.topic, "new");

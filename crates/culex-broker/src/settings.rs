@@ -9,6 +9,9 @@ use culex_proto::QoS;
 pub struct BrokerSettings {
     /// In-flight window per session for outgoing QoS 1/2 messages (`max_inflight_messages`).
     pub max_inflight_messages: u16,
+    /// Bytes of outgoing QoS 1/2 messages in flight per session; 0 = no byte limit
+    /// (`max_inflight_bytes`). A message starts while fewer bytes are in flight.
+    pub max_inflight_bytes: u64,
     /// Queued messages per session beyond the in-flight window (`max_queued_messages`).
     pub max_queued_messages: usize,
     /// Queued payload bytes per session; 0 = no byte limit (`max_queued_bytes`).
@@ -38,6 +41,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             max_inflight_messages: 20,
+            max_inflight_bytes: 0,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             retain_available: true,

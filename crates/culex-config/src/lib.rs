@@ -91,6 +91,11 @@ pub struct Config {
     /// ([`Listener::security`]). Default `false`: [`Config::security`]
     /// applies to all listeners. A top-level key in TOML.
     pub per_listener_settings: bool,
+    /// Mosquitto's `user`: when the broker starts as root, the user it switches to once the
+    /// listeners are bound and the store and log files are open. `None` means `culex`, or
+    /// `nobody` if no `culex` user exists (Mosquitto's rule for its `mosquitto` user);
+    /// `root` keeps root. Without root privileges it has no effect. A top-level key in TOML.
+    pub user: Option<String>,
     /// Resource limits.
     pub limits: Limits,
     /// Session and client identifier settings.
@@ -524,6 +529,10 @@ pub struct Limits {
     /// files `0` means unlimited and is stored as 65535, the protocol maximum.
     #[serde(deserialize_with = "de::inflight")]
     pub max_inflight_messages: u16,
+    /// Bytes (topic and payload) of QoS 1/2 messages in flight to one client: a message
+    /// starts while fewer are in flight, so one larger than the limit still goes, alone, as
+    /// in Mosquitto. `0` (the default) means no byte limit.
+    pub max_inflight_bytes: u64,
     /// Most messages queued for one client (beyond those in flight).
     /// Default 1000. Must be at least 1: unlike Mosquitto, `0` ("unlimited")
     /// is an error, because every queue in Culex is bounded.
@@ -560,6 +569,7 @@ impl Default for Limits {
             max_inflight_messages: 20,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
+            max_inflight_bytes: 0,
             message_size_limit: 0,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             max_keepalive: 65535,
@@ -721,6 +731,7 @@ impl Default for Config {
             listeners: Listener::loopback(DEFAULT_PORT),
             security: Security::default(),
             per_listener_settings: false,
+            user: None,
             limits: Limits::default(),
             sessions: Sessions::default(),
             persistence: Persistence::default(),

@@ -126,7 +126,6 @@ struct Origin {
 /// Options that are accepted, with a warning, and otherwise ignored.
 const IGNORED: &[&str] = &[
     "pid_file",
-    "user",
     // Removed or without effect in Mosquitto 2.0 too.
     "retry_interval",
     "store_clean_interval",
@@ -155,7 +154,6 @@ const MOSQUITTO_UNSUPPORTED: &[&str] = &[
     "global_max_clients",
     "global_max_connections",
     "http_dir",
-    "max_inflight_bytes",
     "max_topic_alias",
     "ocsp_data",
     "plugin",

@@ -126,6 +126,12 @@ pub(crate) const OPTIONS: &[Spec] = &[
         kind: Kind::Bool,
     },
     Spec {
+        section: Section::Root,
+        key: "user",
+        conf_key: "user",
+        kind: Kind::Str,
+    },
+    Spec {
         section: Section::Security,
         key: "allow_anonymous",
         conf_key: "allow_anonymous",
@@ -167,6 +173,16 @@ pub(crate) const OPTIONS: &[Spec] = &[
             min: 1,
             max: MAX_INT,
             allowed: "1 to 2147483647",
+        },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "max_inflight_bytes",
+        conf_key: "max_inflight_bytes",
+        kind: Kind::Int {
+            min: 0,
+            max: i64::MAX,
+            allowed: "0 (no byte limit) to 9223372036854775807",
         },
     },
     Spec {
@@ -484,6 +500,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
     let range = |v: i64| format!("value {v} is out of range");
     match spec.key {
         "per_listener_settings" => config.per_listener_settings = boolean(&value)?,
+        "user" => match value {
+            Value::Str(s) => config.user = Some(s),
+            _ => return Err(bad()),
+        },
         "max_inflight_messages" => {
             let v = int(&value)?;
             config.limits.max_inflight_messages = if v == 0 {
@@ -495,6 +515,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         "max_queued_messages" => {
             let v = int(&value)?;
             config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
+        }
+        "max_inflight_bytes" => {
+            let v = int(&value)?;
+            config.limits.max_inflight_bytes = u64::try_from(v).map_err(|_| range(v))?;
         }
         "max_queued_bytes" => {
             let v = int(&value)?;

@@ -83,6 +83,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         i128::try_from(limits.max_queued_messages).unwrap_or(i128::MAX),
     );
     int("max_queued_bytes", i128::from(limits.max_queued_bytes));
+    int("max_inflight_bytes", i128::from(limits.max_inflight_bytes));
     int("message_size_limit", i128::from(limits.message_size_limit));
     int("max_packet_size", i128::from(limits.max_packet_size));
     int("max_keepalive", i128::from(limits.max_keepalive));
@@ -103,6 +104,15 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
             listener: None,
             option: Some("persistent_client_expiration"),
             message: "must be greater than zero; leave it unset to keep sessions forever"
+                .to_owned(),
+        });
+    }
+    if config.user.as_deref().is_some_and(str::is_empty) {
+        out.push(Problem {
+            key: "user".to_owned(),
+            listener: None,
+            option: Some("user"),
+            message: "a user name cannot be empty; leave `user` out for the default (culex)"
                 .to_owned(),
         });
     }

@@ -13,6 +13,7 @@ mod http;
 mod memory;
 pub mod metrics;
 mod persistence;
+pub mod privileges;
 mod security;
 pub mod server;
 mod sys;

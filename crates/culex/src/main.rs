@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use culex::privileges::Dropped;
 use culex_config::Config;
 use tracing::{error, info, warn};
 
@@ -132,7 +133,35 @@ async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow
     // Handlers first: a signal that arrives while the listeners are being bound must take the
     // clean path, not the default action.
     let mut signals = Signals::new()?;
+    // A user that cannot be switched to stops the start before anything is bound.
+    culex::privileges::check_user(config.user.as_deref())?;
     let mut server = culex::start(config).await?;
+    // Listeners are bound and the store and log files open: root is no longer needed.
+    match culex::privileges::drop_privileges(config.user.as_deref()) {
+        Ok(Dropped::NotRoot) => {}
+        Ok(Dropped::StayedRoot) => {
+            warn!("running as root because the configuration says `user root`");
+        }
+        Ok(Dropped::To {
+            user,
+            uid,
+            gid,
+            fallback,
+        }) => {
+            if fallback {
+                warn!(
+                    "user '{}' does not exist: running as '{user}' instead; create it \
+                     (deploy/systemd/culex.sysusers) or name a user with `user`",
+                    culex::privileges::DEFAULT_USER
+                );
+            }
+            info!("running as user {user} (uid {uid}, gid {gid})");
+        }
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e);
+        }
+    }
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading password, ACL and certificate files");
         // Failures are logged and counted by reload(); the old rules stay in force.

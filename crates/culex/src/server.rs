@@ -86,6 +86,7 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         max_inflight_messages: config.limits.max_inflight_messages.max(1),
         max_queued_messages: config.limits.max_queued_messages,
         max_queued_bytes: config.limits.max_queued_bytes,
+        max_inflight_bytes: config.limits.max_inflight_bytes,
         retain_available: config.mqtt.retain_available,
         max_qos: qos_from(config.mqtt.max_qos),
         upgrade_outgoing_qos: config.mqtt.upgrade_outgoing_qos,
@@ -438,6 +439,9 @@ pub fn check_files(config: &Config) -> Result<()> {
         errors.push(e.to_string());
     }
     if let Err(e) = load_security(config) {
+        errors.push(format!("{e:#}"));
+    }
+    if let Err(e) = crate::privileges::check_user(config.user.as_deref()) {
         errors.push(format!("{e:#}"));
     }
     // Bridge TLS files (CA file and directory, client certificate and key) must load; the

@@ -560,15 +560,47 @@ fn ignored_options_warn() {
         "log_dest stdout\nlog_timestamp true\nlog_timestamp_format %Y\n\
          connection_messages true\npid_file /run/m.pid\nuser mosquitto\n",
     );
-    // connection_messages is honoured now, not ignored.
-    assert_eq!(w.len(), 5);
+    // connection_messages and user are honoured now, not ignored.
+    assert_eq!(w.len(), 4);
     assert_eq!(
         w[0],
         "culex.conf:1: option 'log_dest' is accepted but ignored by Culex"
     );
     assert_eq!(
-        w[4],
-        "culex.conf:6: option 'user' is accepted but ignored by Culex"
+        w[3],
+        "culex.conf:5: option 'pid_file' is accepted but ignored by Culex"
+    );
+}
+
+/// `max_inflight_bytes` (refused before Culex had it) is Mosquitto's, 0 = no byte limit.
+#[test]
+fn max_inflight_bytes_option() {
+    assert_eq!(
+        config("max_inflight_bytes 4096\n")
+            .limits
+            .max_inflight_bytes,
+        4096
+    );
+    assert_eq!(config("").limits.max_inflight_bytes, 0);
+}
+
+/// `user` (whom a broker started as root becomes) in both syntaxes; an empty name is refused.
+#[test]
+fn user_option() {
+    assert_eq!(
+        config("user mosquitto\n").user.as_deref(),
+        Some("mosquitto")
+    );
+    assert_eq!(config("").user, None);
+    let dir = TempConfig::new();
+    let toml = dir.file("c.toml", "user = \"culex\"\n");
+    let loaded = crate::load_file(&toml).expect("load TOML");
+    assert_eq!(loaded.config.user.as_deref(), Some("culex"));
+    let bad = dir.file("e.toml", "user = \"\"\n");
+    let err = crate::load_file(&bad).expect_err("empty user").to_string();
+    assert!(
+        err.contains("user") && err.contains("cannot be empty"),
+        "{err}"
     );
 }
 

@@ -90,6 +90,7 @@ allow_anonymous = true
 max_inflight_messages = 10
 max_queued_messages = 5
 max_queued_bytes = 1000000
+max_inflight_bytes = 65536
 message_size_limit = 1024
 max_packet_size = 2048
 max_keepalive = 60
@@ -119,10 +120,12 @@ upgrade_outgoing_qos = true
                 use_username_as_clientid: false,
             },
             per_listener_settings: false,
+            user: None,
             limits: crate::Limits {
                 max_inflight_messages: 10,
                 max_queued_messages: 5,
                 max_queued_bytes: 1_000_000,
+                max_inflight_bytes: 65536,
                 message_size_limit: 1024,
                 max_packet_size: 2048,
                 max_keepalive: 60,
@@ -345,7 +348,7 @@ fn unknown_keys_name_key_and_line() {
         errors("[limits]\nmax_qos = 1\n\nbogus = 2\n"),
         "culex.toml:2: unknown key 'limits.max_qos'; 'max_qos' belongs in the [mqtt] section\n\
          culex.toml:4: unknown key 'limits.bogus'; allowed keys in [limits]: max_inflight_messages, \
-         max_queued_messages, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
+         max_queued_messages, max_inflight_bytes, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
          max_topic_levels, max_topic_length, max_connections"
     );
     assert_eq!(
