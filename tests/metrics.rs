@@ -386,6 +386,7 @@ async fn counters_move_by_exactly_the_traffic() -> Result<()> {
     broker
         .server()
         .reload()
+        .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let m2 = scrape(maddr).await?;
     assert_eq!(

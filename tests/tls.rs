@@ -182,19 +182,71 @@ async fn crlfile_refuses_revoked_client_certificates_and_reloads() -> Result<()>
     let with_cert = || pki.client_config(Some((Pki::CLIENT_CERT, Pki::CLIENT_KEY)), &[]);
     let outcome = raw_tls_connect(broker.addr, with_cert()?, Protocol::V311).await?;
     ensure!(accepted(&outcome), "not revoked yet: {outcome:?}");
+    // A client connected with the certificate before the revocation.
+    let (mut held, mut buf) = {
+        let tcp = TcpStream::connect(broker.addr).await?;
+        let mut tls = TlsConnector::from(with_cert()?)
+            .connect(Pki::server_name()?, tcp)
+            .await?;
+        let mut out = BytesMut::new();
+        encode(
+            &connect_packet(Protocol::V5, "held"),
+            Protocol::V5,
+            &mut out,
+        )?;
+        tls.write_all(&out).await?;
+        let mut buf = BytesMut::new();
+        match next_packet(&mut tls, &mut buf).await? {
+            Some(Packet::ConnAck(ack)) if ack.reason_code.as_u8() == 0 => {}
+            other => bail!("held client: expected CONNACK 0, got {other:?}"),
+        }
+        (tls, buf)
+    };
 
     std::fs::copy(pki.path(Pki::CRL_REVOKING_CLIENT), &crl)?;
     broker
         .server()
         .reload()
+        .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let outcome = raw_tls_connect(broker.addr, with_cert()?, Protocol::V311).await?;
     ensure!(
         refusal(&outcome).is_some(),
         "revoked but accepted: {outcome:?}"
     );
+    // The connection made before the revocation is closed too, saying why.
+    match next_packet(&mut held, &mut buf).await? {
+        Some(Packet::Disconnect(d)) => ensure!(
+            d.reason_code.as_u8() == 0x87
+                && d.properties
+                    .reason_string
+                    .as_deref()
+                    .is_some_and(|r| r.contains("client certificate no longer accepted")),
+            "{d:?}"
+        ),
+        other => bail!("the revoked client's connection stayed open: {other:?}"),
+    }
     broker.stop().await;
     Ok(())
+}
+
+/// The next packet on `tls` (`None` once it is closed).
+async fn next_packet(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    buf: &mut BytesMut,
+) -> Result<Option<Packet>> {
+    loop {
+        if let Some(p) = decode(buf, Some(Protocol::V5), u32::MAX)? {
+            return Ok(Some(p));
+        }
+        match tokio::time::timeout(WAIT, tls.read_buf(buf))
+            .await
+            .context("timed out waiting for a packet")?
+        {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
 }
 
 #[tokio::test]

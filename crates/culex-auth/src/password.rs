@@ -330,7 +330,19 @@ pub fn password_hash(password: &[u8], kind: HashKind) -> Result<String, AuthErro
 /// reload. Nothing about successful or failed logins is cached.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
-    users: HashMap<String, PasswordHash>,
+    /// Each user's hash, and the fingerprint of its entry (see [`PasswordFile::fingerprint`]).
+    users: HashMap<String, (PasswordHash, u64)>,
+}
+
+/// A 64-bit fingerprint of a password file entry's hash text: equal entries (same salt, same
+/// hash) give equal fingerprints, and a rewritten password gives another with overwhelming
+/// probability. Not secret-dependent in any way an attacker can observe.
+fn entry_fingerprint(field: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable for the life of the process, which is all a reload needs.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    field.hash(&mut h);
+    h.finish()
 }
 
 /// Trims the blanks Mosquitto trims around fields (spaces and tabs, and stray `\r`).
@@ -353,7 +365,7 @@ impl PasswordFile {
     }
 
     fn parse_bytes(bytes: &[u8], origin: &Path) -> (PasswordFile, Vec<Warning>) {
-        let mut users: HashMap<String, PasswordHash> = HashMap::new();
+        let mut users: HashMap<String, (PasswordHash, u64)> = HashMap::new();
         let mut first_line: HashMap<String, usize> = HashMap::new();
         let mut warnings = Vec::new();
         for (line_no, raw) in numbered_lines(bytes) {
@@ -417,7 +429,7 @@ impl PasswordFile {
             match PasswordHash::parse(field) {
                 Ok(hash) => {
                     first_line.insert(user.to_owned(), line_no);
-                    users.insert(user.to_owned(), hash);
+                    users.insert(user.to_owned(), (hash, entry_fingerprint(field)));
                 }
                 Err(e) => warn(format!(
                     "cannot use the password hash for user '{user}' ({e}); \
@@ -436,9 +448,17 @@ impl PasswordFile {
     pub fn check(&self, username: &str, password: &[u8]) -> AuthResult {
         match self.users.get(username) {
             None => AuthResult::UnknownUser,
-            Some(hash) if hash.verify(password) => AuthResult::Ok,
+            Some((hash, _)) if hash.verify(password) => AuthResult::Ok,
             Some(_) => AuthResult::BadPassword,
         }
+    }
+
+    /// The fingerprint of `username`'s entry, if it has a usable one. A connection keeps the
+    /// fingerprint of the entry it logged in with; after a reload, a different fingerprint (or
+    /// none) means the password was changed (or the user removed), without keeping or
+    /// re-checking the password itself.
+    pub fn fingerprint(&self, username: &str) -> Option<u64> {
+        self.users.get(username).map(|(_, f)| *f)
     }
 
     /// Number of usable entries.

@@ -209,3 +209,25 @@ proptest::proptest! {
         let _ = PasswordFile::parse(&text, &origin());
     }
 }
+
+/// A connection keeps the fingerprint of the entry it logged in with: the same entry in a
+/// reloaded file matches, a rewritten password or a removed user does not.
+#[test]
+fn fingerprints_tell_a_changed_entry_from_the_same_one() {
+    let (a, _) = PasswordFile::parse(MOSQUITTO_FILE, &origin()).expect("parse");
+    let (again, _) = PasswordFile::parse(MOSQUITTO_FILE, &origin()).expect("parse");
+    let alice = a.fingerprint("alice").expect("alice has an entry");
+    assert_eq!(again.fingerprint("alice"), Some(alice));
+    assert_ne!(a.fingerprint("bob"), Some(alice));
+    // alice's password rewritten (erin's hash is another salt and password); bob removed.
+    let erin_hash = MOSQUITTO_FILE
+        .lines()
+        .find_map(|l| l.strip_prefix("erin:"))
+        .expect("erin line");
+    let changed = format!("alice:{erin_hash}\ncarol:$6$KOnbtca+tIJ/TjfO$THHl9i2CM0omqZKFHai2vW48nfHRXctk1AgOw9OKI66or2tX5Ur9FF+tjn9jwuOolHlk5UZYrypjGTxE9UYFig==\n");
+    let (b, _) = PasswordFile::parse(&changed, &origin()).expect("parse");
+    assert!(b.fingerprint("alice").is_some());
+    assert_ne!(b.fingerprint("alice"), Some(alice));
+    assert_eq!(b.fingerprint("bob"), None);
+    assert_eq!(b.fingerprint("carol"), a.fingerprint("carol"));
+}

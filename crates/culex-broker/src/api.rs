@@ -118,6 +118,10 @@ pub enum DisconnectKind {
 pub enum Command {
     /// A client connected.
     Connect(Box<ConnectRequest>),
+    /// The password, ACL or certificate files were reloaded: queued and in-flight messages
+    /// that a session may no longer read are dropped (counted as ACL drops), and every live
+    /// connection is asked to [`Outbound::Recheck`] its client.
+    AccessChanged,
     /// A PUBLISH from a client, already validated (topic alias resolved, limits checked) and
     /// acknowledged by the connection task.
     Publish {
@@ -281,6 +285,10 @@ pub enum Outbound {
     /// Close the connection: send DISCONNECT with this reason first (MQTT 5), e.g. session
     /// taken over (0x8E).
     Close(ReasonCode),
+    /// The password, ACL or certificate files were reloaded: the connection checks that its
+    /// client is still let in (user still there, same password entry, certificate not
+    /// revoked) and closes itself if not.
+    Recheck,
 }
 
 impl Delivery {

@@ -71,6 +71,8 @@ pub struct Router {
     retain_sources: retain_source::RetainSources,
 }
 
+#[path = "router_access.rs"]
+mod access;
 #[path = "router_persist.rs"]
 mod persist_glue;
 #[path = "router_retain_source.rs"]
@@ -176,6 +178,7 @@ impl Router {
     pub fn handle(&mut self, command: Command, now: Instant) {
         match command {
             Command::Connect(req) => self.connect(*req, now),
+            Command::AccessChanged => self.access_changed(now),
             Command::Publish { conn, publish, ack } => {
                 let Some(&sid) = self.by_conn.get(&conn) else {
                     return;

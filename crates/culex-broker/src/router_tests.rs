@@ -1019,3 +1019,91 @@ fn small_retained_payloads_do_not_keep_their_read_buffer_alive() {
     assert_eq!(&large[..], &chunk[1000..3048]);
     assert!(inside(large));
 }
+
+/// An ACL that stops allowing reads of `news/...` once `deny` is set (a reloaded file).
+#[derive(Debug, Default)]
+struct ReloadedAcl {
+    deny: std::sync::atomic::AtomicBool,
+}
+
+impl crate::api::AccessPolicy for ReloadedAcl {
+    fn can_read(&self, _u: Option<&str>, _c: &str, topic: &str) -> bool {
+        !(topic.starts_with("news/") && self.deny.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn can_write(&self, _u: Option<&str>, _c: &str, _topic: &str) -> bool {
+        true
+    }
+    fn can_subscribe(&self, _u: Option<&str>, _c: &str, _filter: &str) -> bool {
+        true
+    }
+}
+
+/// A reload that takes read access away stops what is queued and in flight for that topic
+/// (nothing of it is sent or resent), counts it, lets the next allowed message through, and
+/// asks the connection to recheck its client.
+#[test]
+fn a_reload_that_revokes_reads_stops_queued_and_inflight_messages() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings {
+        max_inflight_messages: 1,
+        ..Default::default()
+    });
+    let acl = std::sync::Arc::new(ReloadedAcl::default());
+    let (tx, rx) = outbox(r.settings().outbox_capacity(1));
+    let (reply, mut reply_rx) = oneshot::channel();
+    r.handle(
+        Command::Connect(Box::new(ConnectRequest {
+            conn: 1,
+            protocol: Protocol::V5,
+            client_id: "reader".into(),
+            clean_start: false,
+            session_expiry: u32::MAX,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            will: None,
+            username: Some("u".into()),
+            access: Some(acl.clone()),
+            queue: None,
+            outbox: tx,
+            reply,
+        })),
+        t0,
+    );
+    let outcome = reply_rx.try_recv().expect("CONNACK outcome");
+    let mut sub = Client {
+        conn: 1,
+        rx,
+        outcome,
+    };
+    subscribe(&mut r, t0, &mut sub, "#", QoS::AtLeastOnce);
+    let _publisher = connect(&mut r, t0, 2, "writer", true, 0, None);
+    for topic in ["news/a", "news/b", "ok/c"] {
+        publish(&mut r, t0, 2, topic, QoS::AtLeastOnce, false);
+    }
+    assert_eq!(next_topic(&mut sub).as_deref(), Some("news/a"), "in flight");
+    assert_eq!(
+        next_topic(&mut sub),
+        None,
+        "the rest is queued behind a window of 1"
+    );
+
+    acl.deny.store(true, std::sync::atomic::Ordering::Relaxed);
+    r.handle(Command::AccessChanged, t0);
+    // news/a (in flight) and news/b (queued) are dropped; ok/c takes the freed window.
+    assert_eq!(r.stats().dropped_acl_read, 2);
+    assert_eq!(next_topic(&mut sub).as_deref(), Some("ok/c"));
+    assert!(matches!(sub.rx.try_recv(), Ok(Outbound::Recheck)));
+    // The dropped in-flight message is not resent when the session comes back.
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    let mut back = connect(&mut r, t0, 3, "reader", false, u32::MAX, None);
+    assert!(back.outcome.session_present);
+    let mut resent = Vec::new();
+    while let Some(t) = next_topic(&mut back) {
+        resent.push(t);
+    }
+    assert_eq!(
+        resent,
+        ["ok/c"],
+        "only the allowed unacknowledged message comes back"
+    );
+}

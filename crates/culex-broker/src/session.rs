@@ -456,6 +456,37 @@ impl Outgoing {
         out
     }
 
+    /// Drops every queued message, and every in-flight one not yet past PUBREC, whose topic
+    /// `may_read` refuses (the ACL changed): none of them is sent or resent. Returns how many.
+    pub(crate) fn revoke(&mut self, may_read: impl Fn(&str) -> bool) -> u64 {
+        let mut dropped = 0;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for p in std::mem::take(&mut self.queue) {
+            if may_read(&p.message.topic) {
+                kept.push_back(p);
+            } else {
+                self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+                self.record(Change::Delete(p.seq));
+                dropped += 1;
+            }
+        }
+        self.queue = kept;
+        let denied: Vec<u16> = self
+            .inflight
+            .iter()
+            // Past PUBREC the client has the message; PUBREL/PUBCOMP only finish the exchange.
+            .filter(|(_, f)| {
+                f.state != InflightState::Released && !may_read(&f.pending.message.topic)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in denied {
+            self.abandon(id);
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Removes an in-flight entry that could not be delivered (e.g. too large for the client).
     pub(crate) fn abandon(&mut self, packet_id: u16) {
         if let Some(f) = self.remove_inflight(packet_id) {

@@ -313,6 +313,7 @@ fn local_connector(
                 addr: ctx.local,
                 listener: ctx,
                 identity: None,
+                client_cert: None,
             };
             connections.spawn(connection::serve(server, peer, conn, shared, shutdown));
             Ok(Box::new(client) as BoxStream)

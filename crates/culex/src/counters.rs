@@ -187,6 +187,9 @@ pub struct Counters {
     pub acl_denied_publish: Counter,
     /// Reloads that applied.
     pub reloads_ok: Counter,
+    /// Connections closed by a reload: user removed, password changed, anonymous access or
+    /// certificate no longer accepted.
+    pub revoked_connections: Counter,
     /// Reloads that failed (previous rules kept).
     pub reloads_failed: Counter,
     /// TLS handshakes that failed or timed out (bad or missing client certificate, wrong TLS

@@ -165,7 +165,7 @@ async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading password, ACL and certificate files");
         // Failures are logged and counted by reload(); the old rules stay in force.
-        let _ = server.reload();
+        let _ = server.reload().await;
         // Bridges come from the configuration file itself: re-read it.
         if let Some(path) = config_path {
             match culex_config::load_file(path) {

@@ -71,6 +71,8 @@ pub const AUTH_FAILURES: &str = "culex_auth_failures_total";
 pub const ACL_DENIED: &str = "culex_acl_denied_total";
 /// Configuration reloads, label `result`.
 pub const CONFIG_RELOADS: &str = "culex_config_reloads_total";
+/// Connections closed because a reload no longer lets their client in.
+pub const CONNECTIONS_REVOKED: &str = "culex_connections_revoked_total";
 /// TLS handshakes that failed.
 pub const TLS_HANDSHAKE_FAILURES: &str = "culex_tls_handshake_failures_total";
 /// WebSocket upgrades that failed.
@@ -396,6 +398,11 @@ fn describe() {
         "Reloads of password, ACL and certificate files (SIGHUP), by result."
     );
     describe_counter!(
+        CONNECTIONS_REVOKED,
+        "Connections closed by a reload: user removed, password changed, certificate revoked, \
+         or anonymous access no longer allowed."
+    );
+    describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed or timed out."
     );
@@ -567,6 +574,7 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     }
     counter!(CONFIG_RELOADS, "result" => "ok").absolute(c.reloads_ok.get());
     counter!(CONFIG_RELOADS, "result" => "failed").absolute(c.reloads_failed.get());
+    counter!(CONNECTIONS_REVOKED).absolute(c.revoked_connections.get());
     counter!(TLS_HANDSHAKE_FAILURES).absolute(c.tls_handshake_failures.get());
     counter!(WEBSOCKET_HANDSHAKE_FAILURES).absolute(c.websocket_handshake_failures.get());
     counter!(PROTOCOL_ERRORS).absolute(c.protocol_errors.get());

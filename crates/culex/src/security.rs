@@ -28,6 +28,20 @@ struct Rules {
 #[error("{0}")]
 pub(crate) struct SecurityError(String);
 
+/// How a connection's client was let in, kept so that a reload can tell whether it still
+/// would be (see [`SecurityHandle::recheck`]). Never the password itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// No user name: anonymous access.
+    Anonymous,
+    /// A user name taken as given (no password file, anonymous access allowed).
+    Unchecked,
+    /// A password verified against the password file entry with this fingerprint.
+    Password(u64),
+    /// The identity of a verified client certificate (checked again by the TLS listener).
+    Certificate,
+}
+
 /// The security of one listener scope, shared by its connections and by the router (as the
 /// sessions' [`AccessPolicy`]).
 #[derive(Debug)]
@@ -90,14 +104,14 @@ impl SecurityHandle {
         username: Option<&str>,
         password: Option<&[u8]>,
         identity: Option<&str>,
-    ) -> Result<Option<String>, ReasonCode> {
+    ) -> Result<(Option<String>, Admission), ReasonCode> {
         if let Some(id) = identity {
-            return Ok(Some(id.to_string()));
+            return Ok((Some(id.to_string()), Admission::Certificate));
         }
         let rules = self.rules.load_full();
         let Some(user) = username else {
             return if rules.allow_anonymous {
-                Ok(None)
+                Ok((None, Admission::Anonymous))
             } else {
                 Err(ReasonCode::NotAuthorized)
             };
@@ -106,7 +120,7 @@ impl SecurityHandle {
             return if rules.allow_anonymous {
                 // Nothing to check the name against; it is taken as given (Mosquitto does the
                 // same when anonymous access is allowed).
-                Ok(Some(user.to_string()))
+                Ok((Some(user.to_string()), Admission::Unchecked))
             } else {
                 Err(ReasonCode::NotAuthorized)
             };
@@ -119,22 +133,62 @@ impl SecurityHandle {
         };
         let user_owned = user.to_string();
         let password = password.to_vec();
+        let fingerprint = passwords.fingerprint(user);
         // Hash checks cost tens of milliseconds by design; keep them off the IO threads.
         let result =
             tokio::task::spawn_blocking(move || passwords.check(&user_owned, &password)).await;
-        match result {
-            Ok(AuthResult::Ok) => Ok(Some(user.to_string())),
-            Ok(AuthResult::UnknownUser) => {
+        match (result, fingerprint) {
+            (Ok(AuthResult::Ok), Some(f)) => Ok((Some(user.to_string()), Admission::Password(f))),
+            (Ok(AuthResult::Ok), None) => Err(ReasonCode::NotAuthorized),
+            (Ok(AuthResult::UnknownUser), _) => {
                 info!(user, "authentication failed: unknown user");
                 Err(ReasonCode::NotAuthorized)
             }
-            Ok(AuthResult::BadPassword) => {
+            (Ok(AuthResult::BadPassword), _) => {
                 info!(user, "authentication failed: wrong password");
                 Err(ReasonCode::NotAuthorized)
             }
-            Err(e) => {
+            (Err(e), _) => {
                 warn!(error = %e, "password check did not complete");
                 Err(ReasonCode::ServerUnavailable)
+            }
+        }
+    }
+
+    /// Whether a client let in as `admission` under `username` still would be under the rules
+    /// in force (after a reload); `Err` says why not, for the log and the DISCONNECT's reason
+    /// string. A password is not checked again: its entry must be the same one.
+    pub(crate) fn recheck(
+        &self,
+        username: Option<&str>,
+        admission: Admission,
+    ) -> Result<(), &'static str> {
+        let rules = self.rules.load();
+        match (admission, username, &rules.passwords) {
+            (Admission::Certificate, ..) => Ok(()),
+            (Admission::Anonymous, ..) | (_, None, _) => {
+                if rules.allow_anonymous {
+                    Ok(())
+                } else {
+                    Err("anonymous access is no longer allowed")
+                }
+            }
+            (Admission::Unchecked, Some(_), Some(_)) => {
+                Err("a password file now applies and this client gave no checked password")
+            }
+            (Admission::Unchecked | Admission::Password(_), Some(_), None) => {
+                if rules.allow_anonymous {
+                    Ok(())
+                } else {
+                    Err("no password file applies any more and anonymous access is not allowed")
+                }
+            }
+            (Admission::Password(was), Some(user), Some(passwords)) => {
+                match passwords.fingerprint(user) {
+                    None => Err("user removed from the password file"),
+                    Some(now) if now != was => Err("password changed in the password file"),
+                    Some(_) => Ok(()),
+                }
             }
         }
     }

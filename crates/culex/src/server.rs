@@ -137,6 +137,9 @@ pub struct RunningServer {
     aux: Vec<tokio::task::JoinHandle<()>>,
     /// The configured bridges; stopped before everything else at shutdown.
     bridges: crate::bridges::Bridges,
+    /// The router, told when a reload changed who may read what (weak: the server's tasks
+    /// own it; the router ends when they do).
+    router: mpsc::WeakSender<Command>,
 }
 
 /// The security handles in force: one per listener (shared by all listeners unless
@@ -199,7 +202,7 @@ impl RunningServer {
 
     /// Re-reads password files, ACL files and TLS certificates (SIGHUP). Each file that fails
     /// to load keeps its previous rules in force; the errors are returned, one per file.
-    pub fn reload(&self) -> Result<(), Vec<String>> {
+    pub async fn reload(&self) -> Result<(), Vec<String>> {
         let mut errors: Vec<String> = Vec::new();
         for h in self.security.all() {
             if let Err(e) = h.reload() {
@@ -208,6 +211,12 @@ impl RunningServer {
         }
         if let Err(tls) = crate::transport::reload_all(&self.tls) {
             errors.extend(tls.into_iter().map(|e| e.to_string()));
+        }
+        // Whatever is in force now (a file that failed keeps its previous rules): messages a
+        // session may no longer read stop, and every connection checks that its client is
+        // still let in (user, password entry, certificate).
+        if let Some(router) = self.router.upgrade() {
+            let _ = router.send(Command::AccessChanged).await;
         }
         if errors.is_empty() {
             self.counters.reloads_ok.inc();
@@ -384,6 +393,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
             shutdown_rx.clone(),
         )));
     }
+    let router_weak = router_tx.downgrade();
     let shared = Arc::new(Shared {
         router: router_tx,
         limits: Arc::new(conn_limits(config)),
@@ -428,6 +438,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         ready,
         aux,
         bridges,
+        router: router_weak,
     })
 }
 

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Buf, Bytes};
 use culex_broker::ConnId;
 use culex_config::{Listener, ListenerProtocol, Tls, TlsVersion};
 use futures_util::future::Either;
 use futures_util::{Sink, Stream};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -128,6 +129,18 @@ pub(crate) struct TlsListener {
     label: String,
     settings: Tls,
     config: ArcSwap<ServerConfig>,
+    /// The client certificate verifier of `config` (with the CAs and CRLs it was built from),
+    /// to check connected clients' certificates again after a reload.
+    verifier: ArcSwapOption<ClientVerifier>,
+}
+
+/// A client certificate verifier (boxed in a sized type for [`ArcSwapOption`]).
+struct ClientVerifier(Arc<dyn ClientCertVerifier>);
+
+/// What [`build`] makes from a listener's TLS settings.
+struct Built {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<ClientVerifier>>,
 }
 
 impl fmt::Debug for TlsListener {
@@ -143,11 +156,12 @@ impl TlsListener {
     /// Loads the listener's certificate, key and CAs.
     pub(crate) fn new(listener: &Listener, settings: &Tls) -> Result<TlsListener, TlsSetupError> {
         let label = listener_label(listener);
-        let config = build_server_config(&label, settings)?;
+        let built = build(&label, settings)?;
         Ok(TlsListener {
             label,
             settings: settings.clone(),
-            config: ArcSwap::new(config),
+            config: ArcSwap::new(built.config),
+            verifier: ArcSwapOption::new(built.verifier),
         })
     }
 
@@ -157,8 +171,9 @@ impl TlsListener {
     // Called by the SIGHUP reload (wired in server.rs by the reload work).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn reload(&self) -> Result<(), TlsSetupError> {
-        let config = build_server_config(&self.label, &self.settings)?;
-        self.config.store(config);
+        let built = build(&self.label, &self.settings)?;
+        self.config.store(built.config);
+        self.verifier.store(built.verifier);
         info!("{}: TLS certificates reloaded", self.label);
         Ok(())
     }
@@ -178,6 +193,22 @@ impl TlsListener {
         } else {
             None
         }
+    }
+
+    /// Checks a connected client's certificate `chain` (leaf first) again with the CAs and
+    /// CRLs in force now: after a reload, a revoked or no longer trusted certificate fails.
+    pub(crate) fn recheck_client(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let Some(verifier) = self.verifier.load_full() else {
+            return Ok(());
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Ok(());
+        };
+        verifier
+            .0
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| crate::tls_identity::explain_handshake_error(&e.to_string()))
     }
 
     fn acceptor(&self) -> TlsAcceptor {
@@ -212,6 +243,11 @@ pub(crate) fn build_server_config(
     label: &str,
     tls: &Tls,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    build(label, tls).map(|b| b.config)
+}
+
+/// [`build_server_config`], keeping the client certificate verifier too.
+fn build(label: &str, tls: &Tls) -> Result<Built, TlsSetupError> {
     let fail = |option: &str, path: &Path, message: String| {
         TlsSetupError(format!("{label}: {option} {}: {message}", path.display()))
     };
@@ -278,6 +314,7 @@ pub(crate) fn build_server_config(
                 tls.tls_version.name()
             ))
         })?;
+    let mut client_verifier = None;
     let builder = match client_roots(label, tls, cas)? {
         None => builder.with_no_client_auth(),
         Some(roots) => {
@@ -299,12 +336,16 @@ pub(crate) fn build_server_config(
                     "{label}: cafile/capath: cannot verify client certificates: {e}"
                 ))
             })?;
+            client_verifier = Some(Arc::new(ClientVerifier(Arc::clone(&verifier))));
             builder.with_client_cert_verifier(verifier)
         }
     };
     let config =
         builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    Ok(Arc::new(config))
+    Ok(Built {
+        config: Arc::new(config),
+        verifier: client_verifier,
+    })
 }
 
 /// The *ring* provider with the cipher suites `ciphers` / `ciphers_tls1.3` name (in the order
@@ -507,6 +548,7 @@ pub(crate) fn serve_accepted(
             addr,
             listener: ctx,
             identity: None,
+            client_cert: None,
         };
         return Either::Left(connection::serve_in_slot(
             stream,
@@ -539,6 +581,7 @@ async fn serve_wrapped(
         addr,
         listener: Arc::clone(&ctx),
         identity: None,
+        client_cert: None,
     };
     let Some(tls) = ctx.tls.as_ref() else {
         match ctx.protocol {
@@ -576,6 +619,12 @@ async fn serve_wrapped(
         }
     };
     let mut peer = peer;
+    // Kept to check the certificate again when the CAs or CRLs are reloaded.
+    peer.client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect()));
     if let Some(option) = tls.identity_option() {
         match certificate_identity(&stream, option == "use_subject_as_username") {
             Ok(name) => peer.identity = Some(name),
