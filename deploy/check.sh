@@ -253,12 +253,12 @@ fi
 
 # --- The example configurations, with a real binary -------------------------------
 if [ -n "${CULEX:-}" ]; then
-  etc=$tmp/etc
-  mkdir -p "$etc"
+  etc=$tmp/etc state=$tmp/state
+  mkdir -p "$etc" "$state"
   printf 'pw\n' | "$CULEX" passwd -c -I 1000 "$etc/passwd" alice >/dev/null 2>&1
   printf 'user alice\ntopic readwrite #\n' > "$etc/acl"
   for conf in systemd/culex.conf docker/culex.conf; do
-    sed "s#/etc/culex/#$etc/#g" "$here/$conf" > "$tmp/$(echo "$conf" | tr / -)"
+    sed "s#/etc/culex/#$etc/#g; s#/var/lib/culex/#$state/#g" "$here/$conf" > "$tmp/$(echo "$conf" | tr / -)"
     run "culex --check -c deploy/$conf" "$CULEX" --check -c "$tmp/$(echo "$conf" | tr / -)"
   done
 else
