@@ -10,6 +10,7 @@
 mod connect;
 mod flow;
 mod keepalive;
+mod limits;
 mod malformed;
 mod publish;
 mod retain;

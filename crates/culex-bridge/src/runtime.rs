@@ -356,7 +356,7 @@ impl Link {
             return Wake::Local(Err(ClientError::NotConnected));
         };
         let idle_at = (*remote_up && config.start_type == StartType::Lazy)
-            .then(|| *last_activity + config.idle_timeout);
+            .then(|| later(*last_activity, config.idle_timeout));
         let lazy_poll_at = (!*remote_up
             && attempt.is_none()
             && next_attempt.is_none()
@@ -427,7 +427,7 @@ impl Link {
         let old = std::mem::replace(&mut self.config, Arc::clone(&new));
         self.policy.set_bounds(new.backoff_min, new.backoff_max);
         // A wait scheduled under the old bounds never outlasts the new maximum.
-        let latest = Instant::now() + new.backoff_max.max(new.backoff_min);
+        let latest = later(Instant::now(), new.backoff_max.max(new.backoff_min));
         if self.next_attempt.is_some_and(|at| at > latest) {
             let state = self.stats.state();
             self.schedule(new.backoff_max.max(new.backoff_min), state);
@@ -780,7 +780,8 @@ impl Link {
     }
 
     fn schedule(&mut self, delay: Duration, state: LinkState) {
-        self.next_attempt = Some(Instant::now() + delay);
+        // (Configured delays are at most 100 years; `later` also guards the arithmetic.)
+        self.next_attempt = Some(later(Instant::now(), delay));
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.stats
             .next_attempt_unix_ms
@@ -1363,4 +1364,11 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// `at + d` for a configured delay, saturating at a century ahead instead of overflowing the
+/// clock (configuration caps delays at 100 years, so this only guards the arithmetic).
+fn later(at: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(d.min(CENTURY)).unwrap_or(at)
 }

@@ -73,6 +73,13 @@ pub struct Router {
 
 #[path = "router_access.rs"]
 mod access;
+/// `now + d`, or `None` when that is beyond what the clock can hold: every configured or
+/// wire-supplied duration is added this way, and `None` means "never" (no expiry, no
+/// deadline), never a panic.
+pub(crate) fn later(now: Instant, d: Duration) -> Option<Instant> {
+    now.checked_add(d)
+}
+
 #[path = "router_persist.rs"]
 mod persist_glue;
 #[path = "router_retain_source.rs"]
@@ -189,7 +196,7 @@ impl Router {
                 properties.subscription_identifiers.clear();
                 let expires_at = properties
                     .message_expiry_interval
-                    .map(|s| now + Duration::from_secs(u64::from(s)));
+                    .and_then(|s| later(now, Duration::from_secs(u64::from(s))));
                 let message = Message {
                     topic: publish.topic.into(),
                     payload: publish.payload,
@@ -683,8 +690,7 @@ impl Router {
         } else {
             Some(Duration::from_secs(u64::from(expiry)))
         };
-        if let Some(d) = lifetime {
-            let at = now + d;
+        if let Some(at) = lifetime.and_then(|d| later(now, d)) {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.expires_at = Some(at);
             }
@@ -699,10 +705,18 @@ impl Router {
         if delay == 0 {
             self.publish_will(will, now);
         } else {
-            let due = now + Duration::from_secs(u64::from(delay));
             self.cancel_delayed_will(sid);
-            self.will_due.insert((due, sid));
-            self.delayed.insert(sid, (due, will));
+            match later(now, Duration::from_secs(u64::from(delay))) {
+                Some(due) => {
+                    self.will_due.insert((due, sid));
+                    self.delayed.insert(sid, (due, will));
+                }
+                // Beyond the clock's range: only the session's end sends it (the time stored
+                // with it is never looked up in `will_due`).
+                None => {
+                    self.delayed.insert(sid, (now, will));
+                }
+            }
         }
     }
 
@@ -725,7 +739,7 @@ impl Router {
         properties.will_delay_interval = None;
         let expires_at = properties
             .message_expiry_interval
-            .map(|s| now + Duration::from_secs(u64::from(s)));
+            .and_then(|s| later(now, Duration::from_secs(u64::from(s))));
         let message = Message {
             topic: will.topic.into(),
             payload: will.payload,

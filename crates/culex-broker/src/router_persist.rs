@@ -81,11 +81,15 @@ impl Router {
         for rs in recovered.sessions {
             let sid = self.new_session(Arc::clone(&rs.client_id));
             let expires_at = match rs.record.expires_at {
-                Some(wall) => Some(self.instant_of(wall, now)),
-                None if rs.record.expiry_interval == u32::MAX => {
-                    self.settings.persistent_client_expiration.map(|d| now + d)
-                }
-                None => Some(now + Duration::from_secs(u64::from(rs.record.expiry_interval))),
+                Some(wall) => self.instant_of(wall, now),
+                None if rs.record.expiry_interval == u32::MAX => self
+                    .settings
+                    .persistent_client_expiration
+                    .and_then(|d| super::later(now, d)),
+                None => super::later(
+                    now,
+                    Duration::from_secs(u64::from(rs.record.expiry_interval)),
+                ),
             };
             let Some(s) = self.sessions.get_mut(&sid) else {
                 continue;
@@ -125,20 +129,22 @@ impl Router {
         }
     }
 
-    fn instant_of(&self, wall: SystemTime, now: Instant) -> Instant {
+    /// The instant of a stored wall-clock time; `None` (never) when it is beyond the clock's
+    /// range (a damaged or far-future record).
+    fn instant_of(&self, wall: SystemTime, now: Instant) -> Option<Instant> {
         let Some((i0, w0)) = self.persist.wall_origin else {
-            return now;
+            return Some(now);
         };
         match wall.duration_since(w0) {
-            Ok(ahead) => i0 + ahead,
+            Ok(ahead) => super::later(i0, ahead),
             // In the past: due now.
-            Err(_) => now,
+            Err(_) => Some(now),
         }
     }
 
     fn wall_of(&self, at: Instant) -> Option<SystemTime> {
         let (i0, w0) = self.persist.wall_origin?;
-        Some(w0 + at.saturating_duration_since(i0))
+        w0.checked_add(at.saturating_duration_since(i0))
     }
 
     fn submit(&mut self, op: StoreOp) {

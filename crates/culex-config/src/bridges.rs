@@ -461,9 +461,11 @@ fn boolean(word: &str) -> Result<bool, String> {
 }
 
 fn seconds(word: &str) -> Result<Duration, String> {
-    word.parse::<u64>()
+    let d = word
+        .parse::<u64>()
         .map(Duration::from_secs)
-        .map_err(|_| format!("invalid value '{word}'; allowed: whole seconds, 0 or more"))
+        .map_err(|_| format!("invalid value '{word}'; allowed: whole seconds, 0 or more"))?;
+    crate::duration::check_max(d, &format!("'{word}'"))
 }
 
 pub(crate) fn tls_version(word: &str) -> Result<TlsVersion, String> {

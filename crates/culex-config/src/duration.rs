@@ -47,7 +47,19 @@ pub(crate) fn parse_mosquitto(text: &str) -> Result<Duration, String> {
     let seconds = count
         .checked_mul(seconds_per_unit)
         .ok_or_else(|| format!("duration '{text}' is too large"))?;
-    Ok(Duration::from_secs(seconds))
+    check_max(Duration::from_secs(seconds), &format!("'{text}'"))
+}
+
+/// Refuses durations above [`MAX_DURATION`](crate::MAX_DURATION); `shown` is the value as
+/// written.
+pub(crate) fn check_max(d: Duration, shown: &str) -> Result<Duration, String> {
+    if d > crate::MAX_DURATION {
+        Err(format!(
+            "duration {shown} is too long: at most 100 years (100y); leave the option out for no limit"
+        ))
+    } else {
+        Ok(d)
+    }
 }
 
 /// Parses a TOML (or environment) duration: a humantime string or `never`.
@@ -60,7 +72,7 @@ pub(crate) fn parse_toml(text: &str) -> Result<Option<Duration>, String> {
         Ok(d) if d.is_zero() => Err(format!(
             "duration \"{text}\" must be greater than zero; use \"never\" (or leave the key out) to keep sessions forever"
         )),
-        Ok(d) => Ok(Some(d)),
+        Ok(d) => check_max(d, &format!("\"{trimmed}\"")).map(Some),
         Err(e) => Err(format!(
             "invalid duration \"{text}\" ({e}); expected a duration such as \"90s\", \"30m\" (minutes), \"12h\", \"2d\", \"1w\", or \"never\""
         )),
@@ -72,13 +84,14 @@ pub(crate) fn parse_toml(text: &str) -> Result<Option<Duration>, String> {
 pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if let Ok(n) = trimmed.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
+        return check_max(Duration::from_secs(n), &format!("\"{trimmed}\""));
     }
-    humantime::parse_duration(trimmed).map_err(|e| {
+    let d = humantime::parse_duration(trimmed).map_err(|e| {
         format!(
             "invalid interval \"{text}\" ({e}); expected whole seconds such as 10, or a duration such as \"10s\" or \"1m\"; 0 disables"
         )
-    })
+    })?;
+    check_max(d, &format!("\"{trimmed}\""))
 }
 
 /// Checks a delay against [`MAX_BATCH_DELAY`](crate::MAX_BATCH_DELAY); `shown` is the

@@ -43,6 +43,7 @@ mod toml_format;
 mod validate;
 
 pub use error::{ConfigError, Diagnostic};
+pub use options::{numeric_option_edges, OptionEdges};
 
 /// The largest value of MQTT's variable byte integer, and so the largest
 /// packet (and payload) size MQTT can express: 268435455 bytes (256 MiB - 1).
@@ -74,6 +75,11 @@ pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(10);
 
 /// The largest [`Persistence::batch_delay`] allowed: 1 s.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest duration any option accepts: 100 years (`100y`). Longer ones would overflow
+/// the clock arithmetic they feed and mean "never" anyway; leave the option out (or write
+/// `never` in TOML) for that.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The complete broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

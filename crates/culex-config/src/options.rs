@@ -371,6 +371,63 @@ pub(crate) const OPTIONS: &[Spec] = &[
 ];
 
 /// The option called `key` in TOML.
+/// One mosquitto.conf option that takes a number or a duration, with the values at the edges
+/// of what it accepts and just beyond them: for tests that drive every limit to its extremes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionEdges {
+    /// The option's name in mosquitto.conf.
+    pub name: &'static str,
+    /// Values the option accepts, at the edges of its range (as written in mosquitto.conf).
+    pub accepted: Vec<String>,
+    /// Values just beyond its range: a load must refuse them with an error naming the option.
+    pub refused: Vec<String>,
+}
+
+/// [`OptionEdges`] for every numeric and duration option of mosquitto.conf, from the same
+/// table the loaders use, so a new option is covered as soon as it exists.
+pub fn numeric_option_edges() -> Vec<OptionEdges> {
+    let max_secs = crate::MAX_DURATION.as_secs();
+    OPTIONS
+        .iter()
+        .filter(|s| !s.conf_key.is_empty())
+        .filter_map(|s| {
+            let (accepted, refused) = match s.kind {
+                Kind::Int { min, max, .. } => (
+                    vec![min.to_string(), max.to_string()],
+                    vec![
+                        (i128::from(min) - 1).to_string(),
+                        (i128::from(max) + 1).to_string(),
+                    ],
+                ),
+                Kind::Duration => (
+                    vec!["1s".to_owned(), "100y".to_owned()],
+                    vec![
+                        "101y".to_owned(),
+                        "300000000000y".to_owned(),
+                        "0s".to_owned(),
+                    ],
+                ),
+                Kind::Seconds => (
+                    vec!["0".to_owned(), max_secs.to_string()],
+                    vec![(max_secs + 1).to_string(), u64::MAX.to_string()],
+                ),
+                Kind::Delay => (
+                    vec!["0".to_owned(), "1000".to_owned()],
+                    vec!["1001".to_owned()],
+                ),
+                Kind::Bool | Kind::Str | Kind::Path | Kind::SocketAddr | Kind::Choice(_) => {
+                    return None
+                }
+            };
+            Some(OptionEdges {
+                name: s.conf_key,
+                accepted,
+                refused,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn find(key: &str) -> Option<&'static Spec> {
     OPTIONS.iter().find(|s| s.key == key)
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::options::{self, check_int};
 use crate::{duration, Config, Listener, Persistence, Security, Tls};
@@ -106,6 +107,43 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
             message: "must be greater than zero; leave it unset to keep sessions forever"
                 .to_owned(),
         });
+    }
+    // Durations feed clock arithmetic: above MAX_DURATION they are refused (the parsers
+    // already do; this covers configurations built in code).
+    let mut too_long = |key: String, option: &'static str, d: Duration| {
+        if d > crate::MAX_DURATION {
+            out.push(Problem {
+                key,
+                listener: None,
+                option: Some(option),
+                message: "too long: at most 100 years (100y); leave the option out for no limit"
+                    .to_owned(),
+            });
+        }
+    };
+    if let Some(d) = config.sessions.persistent_client_expiration {
+        too_long(
+            "sessions.persistent_client_expiration".to_owned(),
+            "persistent_client_expiration",
+            d,
+        );
+    }
+    too_long(
+        "sys.interval".to_owned(),
+        "sys_interval",
+        config.sys.interval,
+    );
+    for (i, b) in config.bridges.iter().enumerate() {
+        too_long(
+            format!("bridges[{i}].restart_timeout"),
+            "restart_timeout",
+            b.backoff_max,
+        );
+        too_long(
+            format!("bridges[{i}].idle_timeout"),
+            "idle_timeout",
+            b.idle_timeout,
+        );
     }
     if config.user.as_deref().is_some_and(str::is_empty) {
         out.push(Problem {

@@ -280,7 +280,12 @@ async fn service_for(
     conn: &mut Connection,
     duration: Duration,
 ) -> Result<(), culex_client::ClientError> {
-    let deadline = tokio::time::Instant::now() + duration;
+    // Too far for the clock: as good as forever.
+    let Some(deadline) = tokio::time::Instant::now().checked_add(duration) else {
+        loop {
+            conn.progress().await?;
+        }
+    };
     loop {
         match tokio::time::timeout_at(deadline, conn.progress()).await {
             Err(_elapsed) => return Ok(()),

@@ -231,7 +231,8 @@ async fn run(opts: SubOptions) -> Result<(), Failure> {
     };
     backoff.reset();
     if let Some(t) = opts.timeout {
-        deadline = Some(tokio::time::Instant::now() + t);
+        // Too far for the clock: no deadline (never a panic on a large -W).
+        deadline = tokio::time::Instant::now().checked_add(t);
     }
     setup(&mut conn, &opts).await?;
     if opts.exit_after_sub {

@@ -6,13 +6,17 @@
 //! password, ACL and certificate files on SIGHUP, a bridge's certificates at each connect) must
 //! be readable by that user.
 
+#[cfg(unix)]
 use std::ffi::{CStr, CString};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+#[cfg(unix)]
+use anyhow::{bail, Context};
 
 /// The user a broker started as root switches to when the configuration names none.
 pub const DEFAULT_USER: &str = "culex";
 /// Where the default falls back to when [`DEFAULT_USER`] does not exist.
+#[cfg(unix)]
 const FALLBACK_USER: &str = "nobody";
 
 /// What [`drop_privileges`] did.
@@ -36,6 +40,7 @@ pub enum Dropped {
     },
 }
 
+#[cfg(unix)]
 /// A user's ids from the password database.
 #[derive(Debug, Clone, Copy)]
 struct Ids {
@@ -43,6 +48,7 @@ struct Ids {
     gid: libc::gid_t,
 }
 
+#[cfg(unix)]
 /// Looks `name` up in the password database (`getpwnam_r`: safe with other threads running).
 fn lookup(name: &str) -> Result<Option<Ids>> {
     let cname = CString::new(name).context("a user name cannot contain a NUL byte")?;
@@ -75,6 +81,7 @@ fn lookup(name: &str) -> Result<Option<Ids>> {
     }
 }
 
+#[cfg(unix)]
 /// The user a root process becomes.
 struct Target {
     name: String,
@@ -82,6 +89,7 @@ struct Target {
     fallback: bool,
 }
 
+#[cfg(unix)]
 /// Decides, without changing anything, whom a root process switches to (`Ok(None)`: not
 /// root, or `user root`). Fails when the user does not exist.
 fn target(configured: Option<&str>) -> Result<Option<Target>> {
@@ -129,11 +137,25 @@ fn target(configured: Option<&str>) -> Result<Option<Target>> {
 /// Checks, before anything is bound, that [`drop_privileges`] will find its user (used at
 /// start and by `culex --check`). Only a process running as root needs one.
 pub fn check_user(configured: Option<&str>) -> Result<()> {
-    target(configured).map(|_| ())
+    #[cfg(unix)]
+    return target(configured).map(|_| ());
+    #[cfg(not(unix))]
+    {
+        let _ = configured;
+        Ok(())
+    }
+}
+
+/// Without unix users there is nothing to switch to.
+#[cfg(not(unix))]
+pub fn drop_privileges(configured: Option<&str>) -> Result<Dropped> {
+    let _ = configured;
+    Ok(Dropped::NotRoot)
 }
 
 /// Switches a root process to the configured user (see the module documentation). Call it
 /// after every listener is bound and every file that needs root is open.
+#[cfg(unix)]
 pub fn drop_privileges(configured: Option<&str>) -> Result<Dropped> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -153,6 +175,7 @@ pub fn drop_privileges(configured: Option<&str>) -> Result<Dropped> {
     })
 }
 
+#[cfg(unix)]
 /// Groups first (they need root), then the user; then proves root cannot be regained. glibc
 /// applies each change to every thread of the process.
 fn switch(name: &CStr, ids: Ids) -> Result<()> {

@@ -454,9 +454,10 @@ fn int(item: &Item, min: i64, max: i64) -> Result<i64, String> {
 /// Whole seconds (an integer) or a duration string such as "60s" or "5m".
 fn seconds(item: &Item) -> Result<std::time::Duration, String> {
     if let Some(v) = item.as_integer() {
-        return u64::try_from(v)
+        let d = u64::try_from(v)
             .map(std::time::Duration::from_secs)
-            .map_err(|_| format!("value {v} is out of range; allowed: 0 or more seconds"));
+            .map_err(|_| format!("value {v} is out of range; allowed: 0 or more seconds"))?;
+        return duration::check_max(d, &v.to_string());
     }
     match item.as_str() {
         Some(s) => duration::parse_seconds(s),
