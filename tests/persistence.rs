@@ -1579,3 +1579,156 @@ async fn two_brokers_with_different_persistence_files_share_a_directory() -> Res
     }
     Ok(())
 }
+
+// --- A full disk -------------------------------------------------------------------------
+
+/// `GET path` on the metrics listener: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out))
+        .await
+        .context("HTTP response")??;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((code, body))
+}
+
+/// Sets the file size limit (RLIMIT_FSIZE, soft and hard as they are) of process `pid`.
+fn set_fsize(pid: u32, bytes: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a local struct.
+    let rc = unsafe {
+        libc::prlimit(
+            libc::pid_t::try_from(pid).expect("pid"),
+            libc::RLIMIT_FSIZE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The disk fills under QoS 1 load (a file size limit on the broker, as a full disk behaves):
+/// the publisher's acknowledgements are held (back-pressure, nothing acknowledged that is not
+/// stored), `/readyz` says why it is unready while `/healthz` stays up, and once space
+/// returns the held acknowledgements go out and every acknowledged message survives a
+/// restart. (`user root`: changing another user's limits needs CAP_SYS_RESOURCE, which test
+/// containers often lack.)
+#[tokio::test]
+async fn a_full_disk_makes_the_broker_unready_and_loses_nothing_acknowledged() -> Result<()> {
+    let root = Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("NOTE: not root: cannot raise the broker's file size limit back; skipped");
+        return Ok(());
+    }
+    let setup = Setup::new(Some("always"), "metrics_listener 127.0.0.1:0\nuser root\n");
+    let broker = setup.start();
+    let addr = broker.addr();
+    let metrics: SocketAddr = {
+        // Logged before `listening on`, which `start` waited for.
+        let log = broker.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("metrics on "))
+            .context("no `metrics on` line")?;
+        let at = line.find("metrics on ").expect("needle") + "metrics on ".len();
+        line[at..].trim().parse().context("metrics address")?
+    };
+    let mut c = connect_clean(addr, Protocol::V5, "ptest-full").await?;
+    publish(&mut c, "big/0", "before", QoS::AtLeastOnce, true, 1).await?;
+    ensure!(
+        http_get(metrics, "/readyz").await?.0 == 200,
+        "ready at first"
+    );
+
+    // The disk is full: the store file may not grow any more.
+    let size = fs::metadata(setup.db())?.len();
+    set_fsize(broker.pid(), size);
+    let big = Bytes::from(vec![b'x'; 256 * 1024]);
+    for i in 1..=8u16 {
+        let mut p = publish_packet(
+            &format!("big/{i}"),
+            big.clone(),
+            QoS::AtLeastOnce,
+            true,
+            i + 1,
+        );
+        p.retain = true;
+        c.send(&Packet::Publish(p)).await?;
+    }
+    // Unready, with the reason; alive.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (code, body) = http_get(metrics, "/readyz").await?;
+        if code == 503 {
+            ensure!(body.contains("store commits are failing"), "{body}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/readyz stayed {code} with a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        http_get(metrics, "/healthz").await?.0 == 200,
+        "alive while the disk is full"
+    );
+    let mut acked = Vec::new();
+    while let Ok(Ok(p)) = tokio::time::timeout(QUIET, c.recv()).await {
+        if let Packet::PubAck(a) = p {
+            acked.push(a.packet_id);
+        }
+    }
+    ensure!(
+        acked.len() < 8,
+        "every PUBACK arrived although the disk is full: {acked:?}"
+    );
+    ensure!(
+        broker.log().contains("store commit failed; retrying"),
+        "log:\n{}",
+        broker.log()
+    );
+
+    // Space returns: the held acknowledgements arrive, the broker is ready again.
+    set_fsize(broker.pid(), libc::RLIM_INFINITY);
+    while acked.len() < 8 {
+        match recv(&mut c).await? {
+            Packet::PubAck(a) => acked.push(a.packet_id),
+            other => bail!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while http_get(metrics, "/readyz").await?.0 != 200 {
+        ensure!(Instant::now() < deadline, "/readyz did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    disconnect(c).await?;
+    broker.term();
+
+    // Everything acknowledged is in the store.
+    let broker = setup.start();
+    let mut s = connect_clean(broker.addr(), Protocol::V5, "ptest-full-check").await?;
+    subscribe(&mut s, 1, &[("big/#", QoS::AtLeastOnce)]).await?;
+    let mut topics = Vec::new();
+    for _ in 0..9 {
+        topics.push(recv_publish_ack(&mut s).await?.topic);
+    }
+    topics.sort();
+    let mut want: Vec<String> = (0..=8).map(|i| format!("big/{i}")).collect();
+    want.sort();
+    ensure!(topics == want, "retained after the restart: {topics:?}");
+    broker.term();
+    Ok(())
+}

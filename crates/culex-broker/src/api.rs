@@ -118,6 +118,12 @@ pub enum DisconnectKind {
 pub enum Command {
     /// A client connected.
     Connect(Box<ConnectRequest>),
+    /// Liveness probe (`/healthz`, the systemd watchdog): the router answers at once, proving
+    /// its loop is turning.
+    Ping {
+        /// Where the answer goes.
+        reply: oneshot::Sender<()>,
+    },
     /// The password, ACL or certificate files were reloaded: queued and in-flight messages
     /// that a session may no longer read are dropped (counted as ACL drops), and every live
     /// connection is asked to [`Outbound::Recheck`] its client.

@@ -186,6 +186,9 @@ impl Router {
         match command {
             Command::Connect(req) => self.connect(*req, now),
             Command::AccessChanged => self.access_changed(now),
+            Command::Ping { reply } => {
+                let _ = reply.send(());
+            }
             Command::Publish { conn, publish, ack } => {
                 let Some(&sid) = self.by_conn.get(&conn) else {
                     return;

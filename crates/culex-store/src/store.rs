@@ -37,7 +37,11 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sess
 /// lock.
 pub struct Store {
     // Field order matters: the database closes before the lock is released.
-    db: Database,
+    /// `None` only between closing and reopening after an I/O error ([`Store::reopen`]).
+    db: Option<Database>,
+    /// The database file as opened at start, kept to open it again after an I/O error without
+    /// a new `open` (which the broker, no longer root, might not be allowed).
+    file: File,
     path: PathBuf,
     dir: PathBuf,
     _lock: File,
@@ -205,38 +209,47 @@ impl Store {
                 });
             }
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                    lock: dir.join(lock_name(name)),
-                },
-                redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
-                    // A file too short for its header, or cut in the middle of a page, reads
-                    // as an early EOF; a wrong magic number is invalid data: that is damage,
-                    // not an I/O failure.
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-                    ) {
-                        StoreError::Corrupt {
-                            path: path.clone(),
-                            detail: source.to_string(),
-                        }
-                    } else {
-                        StoreError::Io {
-                            action: "cannot open database",
-                            path: path.clone(),
-                            source,
-                        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                action: "cannot open database",
+                path: path.clone(),
+                source,
+            })?;
+        let db = Self::database_on(&file, &path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                dir: dir.to_path_buf(),
+                lock: dir.join(lock_name(name)),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+                // A file too short for its header, or cut in the middle of a page, reads
+                // as an early EOF; a wrong magic number is invalid data: that is damage,
+                // not an I/O failure.
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) {
+                    StoreError::Corrupt {
+                        path: path.clone(),
+                        detail: source.to_string(),
+                    }
+                } else {
+                    StoreError::Io {
+                        action: "cannot open database",
+                        path: path.clone(),
+                        source,
                     }
                 }
-                other => db_error(&path, "opening", other),
-            })?;
+            }
+            other => db_error(&path, "opening", other),
+        })?;
         let store = Store {
-            db,
+            db: Some(db),
+            file,
             path,
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -245,11 +258,47 @@ impl Store {
         Ok(store)
     }
 
+    /// A redb database on (a clone of the handle of) `file`.
+    fn database_on(file: &File, path: &Path) -> Result<Database, redb::DatabaseError> {
+        let handle = file.try_clone().map_err(|e| {
+            redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot duplicate the handle of {}: {e}", path.display()),
+            )))
+        })?;
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(redb::backends::FileBackend::new(handle)?)
+    }
+
+    /// Closes the database and opens it again on the same file handle: after an I/O error
+    /// (disk full) redb refuses every transaction until then. What the failed commit wrote is
+    /// not part of the database (commits are atomic). Until this succeeds the store is closed
+    /// and every operation fails.
+    pub(crate) fn reopen(&mut self) -> Result<(), StoreError> {
+        // The old database releases its file locks before the new one takes them.
+        drop(self.db.take());
+        let db = Self::database_on(&self.file, &self.path)
+            .map_err(|e| db_error(&self.path, "reopening", e))?;
+        self.db = Some(db);
+        Ok(())
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Database {
+            action: "writing",
+            path: self.path.clone(),
+            detail: "the database is closed after an I/O error and could not be reopened yet"
+                .into(),
+        })
+    }
+
     /// Checks the format version, or writes it and creates the tables in a new database.
     fn init(&self) -> Result<(), StoreError> {
         let path = &self.path;
         let txn = self
-            .db
+            .db()?
             .begin_write()
             .map_err(|e| db_error(path, "opening", e))?;
         {
@@ -360,7 +409,7 @@ impl Store {
         let mut dead_sessions = Vec::new();
         let mut dead_messages = Vec::new();
         {
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let retained = txn.open_table(RETAINED).map_err(|e| err(e.into()))?;
             for entry in retained.iter().map_err(|e| err(e.into()))? {
                 let (k, v) = entry.map_err(|e| err(e.into()))?;
@@ -497,7 +546,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let path = &self.path;
         let err = |e: redb::Error| db_error(path, "committing", e);
-        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut txn = self.db()?.begin_write().map_err(|e| err(e.into()))?;
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
         let mut skipped = 0;
         {

@@ -22,6 +22,15 @@ pub const MAX_BATCH_OPS: usize = 16 * 1024;
 /// this much.
 const NEVER_CHECKPOINT: Duration = Duration::from_secs(1);
 
+/// While commits fail (disk full, a file size limit, an I/O error), the batch is retried after
+/// this long, the delay doubling up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts of a failing commit.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Once every handle is gone (shutdown), a failing commit is retried for at most this long
+/// before the writer gives up and reports the error.
+const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(10);
+
 /// When the writer makes commits durable (calls `fsync`).
 ///
 /// Whatever the policy, a batch is written in one redb write transaction, which is atomic: after
@@ -66,6 +75,12 @@ struct Shared {
     backlog: AtomicU64,
     last_committed: AtomicU64,
     failed: AtomicBool,
+    failing: AtomicBool,
+    commit_failures: AtomicU64,
+    /// Every handle is gone: the writer drains and exits.
+    closing: AtomicBool,
+    /// The writer thread has ended (normally at shutdown; otherwise it died).
+    exited: AtomicBool,
 }
 
 /// A snapshot of the writer's counters (for metrics).
@@ -91,8 +106,16 @@ pub struct StoreStats {
     pub backlog: u64,
     /// Last ticket committed (reported to `on_durable`); 0 before the first.
     pub last_committed: u64,
-    /// A commit failed: the writer stopped writing and reports no further tickets.
+    /// The writer stopped for good (it could not start, died, or gave up on a failing commit
+    /// at shutdown): nothing more is stored and no further tickets are reported.
     pub failed: bool,
+    /// Commits are failing right now and are being retried: what waits for the store (QoS
+    /// 1/2 acknowledgements) is held until a commit succeeds again.
+    pub failing: bool,
+    /// Commit attempts that failed since start (each retry counts).
+    pub commit_failures: u64,
+    /// The writer thread has ended.
+    pub exited: bool,
 }
 
 impl StoreStats {
@@ -116,6 +139,9 @@ impl Shared {
             backlog: self.backlog.load(Ordering::Relaxed),
             last_committed: self.last_committed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Relaxed),
+            commit_failures: self.commit_failures.load(Ordering::Relaxed),
+            exited: self.exited.load(Ordering::Relaxed),
         }
     }
 }
@@ -126,6 +152,14 @@ impl Shared {
 struct Submitter {
     next_ticket: u64,
     tx: Sender<(u64, StoreOp)>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Submitter {
+    /// The last handle is gone: a failing commit is retried only for a while longer.
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The router's [`StoreSink`]: queues ops for the writer thread. Cloneable; the writer drains,
@@ -223,8 +257,12 @@ impl WriterJoin {
 /// with that ticket or an earlier one is then stored (durably, except under
 /// [`SyncPolicy::Never`]).
 ///
-/// After a failed commit the writer logs the error, sets [`StoreStats::failed`], discards
-/// further ops and never calls `on_durable` again.
+/// A failed commit is retried (after [`RETRY_MIN`], doubling up to [`RETRY_MAX`], reopening the
+/// database, which redb requires after an I/O error) until it succeeds: meanwhile
+/// [`StoreStats::failing`] is set, later ops wait in the channel and `on_durable` is not
+/// called, so nothing that waits for the store is acknowledged; nothing is dropped. Only at
+/// shutdown does the writer give up, after [`GIVE_UP_AFTER_CLOSE`], setting
+/// [`StoreStats::failed`].
 pub fn spawn_writer(
     store: Store,
     policy: SyncPolicy,
@@ -234,7 +272,11 @@ pub fn spawn_writer(
     let shared = Arc::new(Shared::default());
     let path = store.path().to_path_buf();
     let handle = StoreHandle {
-        submitter: Arc::new(Mutex::new(Submitter { next_ticket: 0, tx })),
+        submitter: Arc::new(Mutex::new(Submitter {
+            next_ticket: 0,
+            tx,
+            shared: Arc::clone(&shared),
+        })),
         shared: Arc::clone(&shared),
     };
     let writer = Writer {
@@ -248,7 +290,10 @@ pub fn spawn_writer(
     };
     let spawned = std::thread::Builder::new()
         .name("culex-store-writer".into())
-        .spawn(move || writer.run());
+        .spawn(move || {
+            let _exit = ExitFlag(Arc::clone(&writer.shared));
+            writer.run()
+        });
     let join = match spawned {
         Ok(t) => WriterJoin {
             thread: Some(t),
@@ -270,6 +315,15 @@ pub fn spawn_writer(
         }
     };
     (handle, join)
+}
+
+/// Sets [`Shared::exited`] when the writer thread ends, however it ends (a panic included).
+struct ExitFlag(Arc<Shared>);
+
+impl Drop for ExitFlag {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::Relaxed);
+    }
 }
 
 struct Writer {
@@ -302,7 +356,7 @@ impl Writer {
                 match self.rx.recv_timeout(left) {
                     Ok(x) => x,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.checkpoint(&mut first_error);
+                        self.checkpoint();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -323,7 +377,7 @@ impl Writer {
             }
         }
         if self.unsynced {
-            self.checkpoint(&mut first_error);
+            self.checkpoint();
         }
         match first_error {
             Some(e) => Err(e),
@@ -368,68 +422,108 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &Batch, last_ticket: u64, first_error: &mut Option<StoreError>) {
-        let shared = &self.shared;
+        let shared = Arc::clone(&self.shared);
         if shared.failed.load(Ordering::Relaxed) {
             shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
             return;
         }
-        // Under `Never`, still sync once in a while so that redb can reuse freed pages and a
-        // crash loses a bounded amount.
-        let durable =
-            self.policy != SyncPolicy::Never || self.last_durable.elapsed() >= NEVER_CHECKPOINT;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let start = Instant::now();
-        let result = self.store.commit(batch, durability, &Clocks::now());
-        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
-        match result {
-            Ok(skipped) => {
-                shared.commits.fetch_add(1, Ordering::Relaxed);
-                shared.committed_ops.fetch_add(batch.ops, Ordering::Relaxed);
-                shared
-                    .coalesced
-                    .fetch_add(batch.coalesced, Ordering::Relaxed);
-                shared.skipped.fetch_add(skipped, Ordering::Relaxed);
-                shared.last_latency_ns.store(elapsed, Ordering::Relaxed);
-                shared
-                    .total_latency_ns
-                    .fetch_add(elapsed, Ordering::Relaxed);
-                if durable {
-                    shared.durable_commits.fetch_add(1, Ordering::Relaxed);
-                    self.last_durable = Instant::now();
-                    self.unsynced = false;
-                } else {
-                    self.unsynced = true;
+        let mut delay = RETRY_MIN;
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            // Under `Never`, still sync once in a while so that redb can reuse freed pages and
+            // a crash loses a bounded amount.
+            let durable =
+                self.policy != SyncPolicy::Never || self.last_durable.elapsed() >= NEVER_CHECKPOINT;
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            let start = Instant::now();
+            let result = self.store.commit(batch, durability, &Clocks::now());
+            let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            match result {
+                Ok(skipped) => {
+                    shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
+                    if shared.failing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("store commits succeed again; held acknowledgements go out");
+                    }
+                    shared.commits.fetch_add(1, Ordering::Relaxed);
+                    shared.committed_ops.fetch_add(batch.ops, Ordering::Relaxed);
+                    shared
+                        .coalesced
+                        .fetch_add(batch.coalesced, Ordering::Relaxed);
+                    shared.skipped.fetch_add(skipped, Ordering::Relaxed);
+                    shared.last_latency_ns.store(elapsed, Ordering::Relaxed);
+                    shared
+                        .total_latency_ns
+                        .fetch_add(elapsed, Ordering::Relaxed);
+                    if durable {
+                        shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+                        self.last_durable = Instant::now();
+                        self.unsynced = false;
+                    } else {
+                        self.unsynced = true;
+                    }
+                    shared.last_committed.store(last_ticket, Ordering::Relaxed);
+                    (self.on_durable)(last_ticket);
+                    return;
                 }
-                shared.last_committed.store(last_ticket, Ordering::Relaxed);
-                (self.on_durable)(last_ticket);
+                Err(e) => {
+                    shared.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    if !shared.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, ops = batch.ops,
+                            "store commit failed; retrying until it succeeds (acknowledgements that wait for the store are held)");
+                    } else {
+                        tracing::debug!(error = %e, "store commit failed again");
+                    }
+                    if shared.closing.load(Ordering::Relaxed)
+                        && closing_since.get_or_insert_with(Instant::now).elapsed()
+                            >= GIVE_UP_AFTER_CLOSE
+                    {
+                        shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
+                        self.fail(e, first_error);
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(RETRY_MAX);
+                    // redb refuses every transaction after an I/O error until the database
+                    // is opened again.
+                    if let Err(e) = self.store.reopen() {
+                        tracing::debug!(error = %e, "store could not be reopened yet");
+                    }
+                }
             }
-            Err(e) => self.fail(e, first_error),
         }
     }
 
-    fn checkpoint(&mut self, first_error: &mut Option<StoreError>) {
+    fn checkpoint(&mut self) {
         if self.shared.failed.load(Ordering::Relaxed) {
             self.unsynced = false;
             return;
         }
-        match self.store.checkpoint() {
+        let result = self.store.checkpoint();
+        match result {
             Ok(()) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
                 self.last_durable = Instant::now();
                 self.unsynced = false;
             }
-            Err(e) => self.fail(e, first_error),
+            Err(e) => {
+                // Retried at the next checkpoint time; the next batch's commit retries too.
+                self.shared.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if !self.shared.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "store checkpoint failed; retrying");
+                }
+                self.last_durable = Instant::now();
+                let _ = self.store.reopen();
+            }
         }
     }
 
     fn fail(&mut self, e: StoreError, first_error: &mut Option<StoreError>) {
-        tracing::error!(error = %e, "store commit failed; no further changes will be stored");
+        tracing::error!(error = %e, "store commit failed at shutdown; these changes are not stored");
         self.shared.failed.store(true, Ordering::Relaxed);
         self.unsynced = false;
         if first_error.is_none() {

@@ -126,6 +126,38 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+/// How long `/healthz` waits for the router to answer a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `/healthz` and `/readyz` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Ok,
+    /// Store commits fail and are retried (not ready, still alive).
+    StoreFailing,
+    /// The store writer thread has ended or given up (unhealthy).
+    StoreDead,
+    /// The router does not answer within [`PING_TIMEOUT`] (unhealthy).
+    RouterDead,
+}
+
+/// The store's state, from its writer's counters (`Ok` without persistence).
+fn store_state(state: &HttpState) -> Health {
+    match state.counters.store.get().map(|r| r.stats()) {
+        Some(s) if s.exited || s.failed => Health::StoreDead,
+        Some(s) if s.failing => Health::StoreFailing,
+        _ => Health::Ok,
+    }
+}
+
+/// Liveness: the router answers a ping and the store writer runs.
+async fn health(state: &HttpState) -> Health {
+    if !crate::sys::ping_router(&state.router, PING_TIMEOUT).await {
+        return Health::RouterDead;
+    }
+    store_state(state)
+}
+
 /// Answers one request.
 pub(crate) async fn handle(
     state: &HttpState,
@@ -139,12 +171,32 @@ pub(crate) async fn handle(
         return r;
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => match health(state).await {
+            Health::Ok | Health::StoreFailing => text(StatusCode::OK, "ok\n"),
+            Health::RouterDead => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy: the router does not answer\n",
+            ),
+            Health::StoreDead => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy: the store writer has stopped; nothing more is stored (see the log)\n",
+            ),
+        },
         "/readyz" => {
-            if state.ready.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            if !state.ready.is_ready() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+            }
+            match store_state(state) {
+                Health::StoreFailing => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: store commits are failing (disk full or I/O errors) and are \
+                     being retried; acknowledgements that wait for the store are held\n",
+                ),
+                Health::StoreDead => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the store writer has stopped (see the log)\n",
+                ),
+                _ => text(StatusCode::OK, "ready\n"),
             }
         }
         "/metrics" => {
@@ -203,9 +255,38 @@ mod tests {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// A router that answers pings, as the real one does.
+    fn answering_router(mut rx: mpsc::Receiver<Command>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                if let Command::Ping { reply } = c {
+                    let _ = reply.send(());
+                }
+            }
+        })
+    }
+
     #[tokio::test]
-    async fn readyz_is_503_until_ready_and_healthz_always_200() {
-        let (tx, _rx) = mpsc::channel::<Command>(8);
+    async fn healthz_is_503_when_the_router_is_gone() {
+        let (tx, rx) = mpsc::channel::<Command>(8);
+        let s = state(tx.downgrade());
+        let router = answering_router(rx);
+        assert_eq!(
+            handle(&s, &Method::GET, "/healthz").await.status(),
+            StatusCode::OK
+        );
+        router.abort();
+        let _ = router.await;
+        let r = handle(&s, &Method::GET, "/healthz").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(r).await.contains("router"));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_ready_and_healthz_200_while_the_router_answers() {
+        let (tx, rx) = mpsc::channel::<Command>(8);
+        let _router = answering_router(rx);
         let s = state(tx.downgrade());
         let get = Method::GET;
         assert_eq!(

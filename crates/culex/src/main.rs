@@ -48,6 +48,13 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
+    // A write past a file size limit (RLIMIT_FSIZE, e.g. systemd's LimitFSIZE=) must fail with
+    // EFBIG, which the store retries until space returns, instead of killing the broker.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 
     // Logging is set up from the configuration, so the file is read first; its warnings are
     // logged once logging is up, its errors go straight to stderr.

@@ -189,6 +189,21 @@ pub(crate) async fn snapshot(
     Some(Sample::new(counters, snap))
 }
 
+/// Whether the router answers a ping within `limit` (its loop turns); false when it is gone,
+/// stuck, or its queue stays full.
+pub(crate) async fn ping_router(router: &mpsc::WeakSender<Command>, limit: Duration) -> bool {
+    let Some(tx) = router.upgrade() else {
+        return false;
+    };
+    let probe = async move {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Command::Ping { reply }).await.ok()?;
+        drop(tx);
+        rx.await.ok()
+    };
+    matches!(tokio::time::timeout(limit, probe).await, Ok(Some(())))
+}
+
 /// Publishes the tree every `interval` until shutdown. Holds only a weak handle on the router,
 /// so it never keeps the router alive.
 pub(crate) async fn run(
