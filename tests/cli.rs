@@ -110,8 +110,13 @@ struct Broker {
 
 impl Broker {
     fn spawn(args: &[&str]) -> Broker {
-        let mut child = culex()
-            .args(args)
+        let mut cmd = culex();
+        cmd.args(args);
+        Broker::spawn_cmd(cmd)
+    }
+
+    fn spawn_cmd(mut cmd: Command) -> Broker {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -912,4 +917,72 @@ fn a_user_that_does_not_exist_stops_the_start_before_listening() {
         out.contains("user culex-no-such-user: no such user"),
         "{out}"
     );
+}
+
+// --- systemd notifications ----------------------------------------------------------------
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once listening, WATCHDOG=1 while
+/// the router answers, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around SIGHUP, and
+/// STOPPING=1 at SIGTERM, each a datagram on the socket systemd names.
+#[test]
+fn systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let conf = write_file(
+        &dir,
+        "notify.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\nuser root\n",
+    );
+    let mut cmd = culex();
+    cmd.args(["-c", path_str(&conf)])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut broker = Broker::spawn_cmd(cmd);
+    let mut next = |what: &str| -> String {
+        let mut buf = [0u8; 256];
+        match socket.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => panic!("no {what} notification: {e}"),
+        }
+    };
+    let first = next("READY");
+    assert!(first.starts_with("READY=1"), "{first}");
+    let port = broker.ipv4_port();
+    let _ = round_trip(port, "cli-notify");
+    // The watchdog is fed at half the interval.
+    let mut pings = 0;
+    while pings < 3 {
+        let m = next("WATCHDOG");
+        assert_eq!(m, "WATCHDOG=1");
+        pings += 1;
+    }
+    broker.signal("HUP");
+    let mut seen = Vec::new();
+    loop {
+        let m = next("RELOADING/READY");
+        if m.starts_with("READY=1") {
+            break;
+        }
+        seen.push(m);
+    }
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("RELOADING=1\nMONOTONIC_USEC=")),
+        "{seen:?}"
+    );
+    broker.signal("TERM");
+    loop {
+        let m = next("STOPPING");
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1", "unexpected notification");
+    }
+    let (status, log) = broker.expect_exit();
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{log}");
 }

@@ -17,6 +17,7 @@ pub mod privileges;
 mod security;
 pub mod server;
 mod sys;
+pub mod systemd;
 mod tls_chain;
 mod tls_identity;
 mod transport;

@@ -144,33 +144,34 @@ async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow
     culex::privileges::check_user(config.user.as_deref())?;
     let mut server = culex::start(config).await?;
     // Listeners are bound and the store and log files open: root is no longer needed.
-    match culex::privileges::drop_privileges(config.user.as_deref()) {
-        Ok(Dropped::NotRoot) => {}
-        Ok(Dropped::StayedRoot) => {
-            warn!("running as root because the configuration says `user root`");
-        }
-        Ok(Dropped::To {
-            user,
-            uid,
-            gid,
-            fallback,
-        }) => {
-            if fallback {
-                warn!(
-                    "user '{}' does not exist: running as '{user}' instead; create it \
-                     (deploy/systemd/culex.sysusers) or name a user with `user`",
-                    culex::privileges::DEFAULT_USER
-                );
-            }
-            info!("running as user {user} (uid {uid}, gid {gid})");
-        }
-        Err(e) => {
-            server.shutdown().await;
-            return Err(e);
-        }
+    if let Err(e) = switch_user(config) {
+        server.shutdown().await;
+        return Err(e);
     }
-    while let Signal::Reload = signals.next().await {
+    culex::systemd::notify("READY=1\nSTATUS=serving");
+    // WatchdogSec=: ping systemd at half the interval while the router answers.
+    let watchdog = culex::systemd::watchdog_interval().map(|w| w / 2);
+    let mut ticks = watchdog.map(tokio::time::interval);
+    loop {
+        let signal = match (&mut ticks, watchdog) {
+            (Some(ticks), Some(limit)) => tokio::select! {
+                s = signals.next() => s,
+                _ = ticks.tick() => {
+                    if server.alive(limit).await {
+                        culex::systemd::notify("WATCHDOG=1");
+                    } else {
+                        warn!("the router or the store does not answer: not feeding the systemd watchdog");
+                    }
+                    continue;
+                }
+            },
+            _ => signals.next().await,
+        };
+        if let Signal::Stop = signal {
+            break;
+        }
         info!("SIGHUP: reloading password, ACL and certificate files");
+        culex::systemd::notify(&culex::systemd::reloading_message());
         // Failures are logged and counted by reload(); the old rules stay in force.
         let _ = server.reload().await;
         // Bridges come from the configuration file itself: re-read it.
@@ -184,10 +185,39 @@ async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow
                 Err(e) => warn!("bridges not reloaded, the running ones stay as they are: {e}"),
             }
         }
+        culex::systemd::notify("READY=1\nSTATUS=serving");
     }
+    culex::systemd::notify("STOPPING=1");
     info!("shutting down");
     server.shutdown().await;
     info!("stopped");
+    Ok(())
+}
+
+/// Switches a broker started as root to its `user` (see `culex::privileges`), logging what
+/// it did.
+fn switch_user(config: &Config) -> anyhow::Result<()> {
+    match culex::privileges::drop_privileges(config.user.as_deref())? {
+        Dropped::NotRoot => {}
+        Dropped::StayedRoot => {
+            warn!("running as root because the configuration says `user root`");
+        }
+        Dropped::To {
+            user,
+            uid,
+            gid,
+            fallback,
+        } => {
+            if fallback {
+                warn!(
+                    "user '{}' does not exist: running as '{user}' instead; create it \
+                     (deploy/systemd/culex.sysusers) or name a user with `user`",
+                    culex::privileges::DEFAULT_USER
+                );
+            }
+            info!("running as user {user} (uid {uid}, gid {gid})");
+        }
+    }
     Ok(())
 }
 

@@ -195,6 +195,18 @@ impl RunningServer {
         self.metrics_addr
     }
 
+    /// Liveness, as `/healthz` and the systemd watchdog see it: the router answers a ping
+    /// within `limit` and the store writer (with persistence) has not stopped.
+    pub async fn alive(&self, limit: Duration) -> bool {
+        let store_ok = self
+            .counters
+            .store
+            .get()
+            .map(|r| r.stats())
+            .is_none_or(|s| !(s.exited || s.failed));
+        store_ok && crate::sys::ping_router(&self.router, limit).await
+    }
+
     /// Whether `/readyz` says ready.
     pub fn is_ready(&self) -> bool {
         self.ready.is_ready()
