@@ -943,7 +943,7 @@ fn systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog() {
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000");
     let mut broker = Broker::spawn_cmd(cmd);
-    let mut next = |what: &str| -> String {
+    let next = |what: &str| -> String {
         let mut buf = [0u8; 256];
         match socket.recv(&mut buf) {
             Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
