@@ -92,6 +92,7 @@ async fn queue_is_bounded(protocol: Protocol) -> Result<()> {
     let mut config = Config::embedded_default();
     config.limits.max_inflight_messages = 2;
     config.limits.max_queued_messages = 3;
+    config.limits.queue_full_policy = culex_config::QueueFullPolicy::Drop;
     let broker = TestBroker::start_with(config).await?;
     let mut sub = connect_clean(broker.addr, protocol, "q-sub").await?;
     subscribe(&mut sub, 1, "q/t", QoS::AtLeastOnce).await?;
@@ -131,12 +132,12 @@ async fn queue_is_bounded(protocol: Protocol) -> Result<()> {
 }
 
 #[tokio::test]
-async fn v311_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
+async fn v311_drop_policy_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
     queue_is_bounded(Protocol::V311).await
 }
 
 #[tokio::test]
-async fn v5_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
+async fn v5_drop_policy_queue_beyond_max_queued_messages_drops_messages() -> Result<()> {
     queue_is_bounded(Protocol::V5).await
 }
 
@@ -190,4 +191,66 @@ async fn v311_max_inflight_bytes_holds_messages_until_acked() -> Result<()> {
 #[tokio::test]
 async fn v5_max_inflight_bytes_holds_messages_until_acked() -> Result<()> {
     byte_window(Protocol::V5).await
+}
+
+/// `queue_full_policy block` (the default): a publisher that overfills an online subscriber's
+/// queue gets its PUBACKs held until the subscriber catches up, and nothing is dropped. What
+/// the publisher sent before the broker noticed (here the first burst, read in one go) is
+/// acknowledged and queued beyond the limit; from the second burst on, PUBACKs wait. The
+/// subscriber gets all twenty messages in order and the publisher all twenty PUBACKs in order.
+async fn full_queue_blocks(protocol: Protocol) -> Result<()> {
+    let mut config = Config::embedded_default();
+    config.limits.max_inflight_messages = 2;
+    config.limits.max_queued_messages = 3;
+    let broker = TestBroker::start_with(config).await?;
+    let mut sub = connect_clean(broker.addr, protocol, "b-sub").await?;
+    subscribe(&mut sub, 1, "b/t", QoS::AtLeastOnce).await?;
+    let mut publisher = connect_clean(broker.addr, protocol, "b-pub").await?;
+    let mut acked = Vec::new();
+    for burst in [1..=10u16, 11..=20] {
+        for i in burst {
+            let p = publish_packet("b/t", format!("m{i}"), QoS::AtLeastOnce, false, i);
+            publisher.send(&Packet::Publish(p)).await?;
+        }
+        // The subscriber reads nothing yet.
+        while let Some(p) = publisher.recv_within(QUIET).await? {
+            match p {
+                Packet::PubAck(a) => acked.push(a.packet_id),
+                other => anyhow::bail!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+    assert!(
+        acked.len() < 20,
+        "every PUBACK arrived while the queue was full: {acked:?}"
+    );
+    // The subscriber catches up: everything arrives, in order, nothing dropped.
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(text(&recv_publish_ack(&mut sub).await?));
+    }
+    let want: Vec<String> = (1..=20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    while acked.len() < 20 {
+        match publisher.recv().await? {
+            Packet::PubAck(a) => acked.push(a.packet_id),
+            other => anyhow::bail!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        acked,
+        (1..=20).collect::<Vec<u16>>(),
+        "PUBACKs in PUBLISH order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn v311_full_queue_holds_pubacks_and_drops_nothing() -> Result<()> {
+    full_queue_blocks(Protocol::V311).await
+}
+
+#[tokio::test]
+async fn v5_full_queue_holds_pubacks_and_drops_nothing() -> Result<()> {
+    full_queue_blocks(Protocol::V5).await
 }

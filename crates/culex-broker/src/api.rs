@@ -295,6 +295,10 @@ pub enum Outbound {
     /// client is still let in (user still there, same password entry, certificate not
     /// revoked) and closes itself if not.
     Recheck,
+    /// Flow control (`queue_full_policy block`): `true` when this client's messages overfill
+    /// a subscriber's queue, so the connection lets the router answer its QoS 1/2 PUBLISH
+    /// (and the router can hold the answers); `false` once that has passed.
+    Pressure(bool),
 }
 
 impl Delivery {

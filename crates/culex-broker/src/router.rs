@@ -25,12 +25,12 @@ use crate::log_clip::Clipped;
 use crate::message::Message;
 use crate::outbox::TrySendError;
 use crate::retained::RetainedStore;
-use crate::session::{Link, Pending, PendingWill, Resend, Session, Subscription};
+use crate::session::{Link, Pending, PendingWill, QueueLimits, Resend, Session, Subscription};
 use crate::settings::BrokerSettings;
 use crate::stats::{RouterSnapshot, RouterStats};
 use crate::trie::SubscriptionTree;
 
-type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// How often expired retained messages are swept out.
 const RETAINED_SWEEP: Duration = Duration::from_secs(60);
@@ -69,10 +69,14 @@ pub struct Router {
     takeovers: takeover::Takeovers,
     /// Who published each retained message (`check_retain_source`).
     retain_sources: retain_source::RetainSources,
+    /// Acknowledgements held back by over-full subscriber queues (`queue_full_policy`).
+    flow: flow::Flow,
 }
 
 #[path = "router_access.rs"]
 mod access;
+#[path = "router_flow.rs"]
+mod flow;
 /// `now + d`, or `None` when that is beyond what the clock can hold: every configured or
 /// wire-supplied duration is added this way, and `None` means "never" (no expiry, no
 /// deadline), never a panic.
@@ -110,6 +114,7 @@ impl Router {
             shutting_down: false,
             takeovers: takeover::Takeovers::default(),
             retain_sources: retain_source::RetainSources::new(),
+            flow: flow::Flow::default(),
         }
     }
 
@@ -214,16 +219,18 @@ impl Router {
                 if hold {
                     self.hold_deliveries();
                 }
+                self.flow_begin(conn, ack);
                 self.route(Arc::new(message), now);
                 if ack {
                     self.ack_publish(sid, conn, qos, packet_id);
                 }
+                self.flow_end();
                 if hold {
                     self.release_held();
                 }
             }
             Command::PubRel { conn, packet_id } => self.pubrel(conn, packet_id),
-            Command::Ack { conn, packet } => self.queue_ack(conn, *packet),
+            Command::Ack { conn, packet } => self.flow_answer(conn, *packet, false),
             Command::Durable { ticket } => self.durable(ticket),
             Command::Stats { reply } => {
                 let _ = reply.send(self.snapshot());
@@ -283,12 +290,14 @@ impl Router {
         let b = self.will_due.first().map(|(t, _)| *t);
         let c = self.next_retained_sweep;
         let d = self.next_takeover_deadline();
-        [a, b, c, d].into_iter().flatten().min()
+        let e = self.flow.next_deadline(self.settings.slow_client_timeout);
+        [a, b, c, d, e].into_iter().flatten().min()
     }
 
     /// Publishes delayed wills that are due and ends sessions whose expiry has passed.
     pub fn tick(&mut self, now: Instant) {
         self.expire_takeovers(now);
+        self.flow_tick(now);
         while let Some(&(due, sid)) = self.will_due.first() {
             if due > now {
                 break;
@@ -501,6 +510,8 @@ impl Router {
             self.send_delivery(sid, d);
         }
         self.flush_changes(sid);
+        // Acknowledgements this session held back go out once its queue has drained.
+        self.flow_progress(sid, now);
     }
 
     fn pubrec(&mut self, conn: ConnId, packet_id: u16, reason: ReasonCode, now: Instant) {
@@ -679,6 +690,8 @@ impl Router {
         let will = PendingWill::take_from(s);
         let expiry = s.expiry_interval;
         debug!(client_id = %Clipped(&s.client_id), conn, ?kind, "client disconnected");
+        // Nothing is owed to it as a publisher; as a subscriber it holds nobody back now.
+        self.flow_disconnected(sid, conn);
         if kind == DisconnectKind::WithWill {
             if let Some(will) = will {
                 self.schedule_will(sid, will, now);
@@ -765,6 +778,7 @@ impl Router {
             self.publish_will(will, now);
         }
         let was_stored = self.is_stored(sid);
+        self.flow_disconnected(sid, 0);
         let Some(s) = self.sessions.remove(&sid) else {
             return;
         };
@@ -906,15 +920,25 @@ impl Router {
         if s.link.is_some() && s.outgoing.has_room(window) {
             let d = s.outgoing.start(pending, now);
             self.send_delivery(sid, d);
-        } else {
-            // Dropped: the evicted oldest messages, or the refused new one.
-            let dropped = s
-                .outgoing
-                .enqueue(pending, s.queue_limits(&self.settings))
-                .unwrap_or(1);
-            self.stats.dropped_queue_full += dropped;
-            s.observe_queue(dropped);
+            return;
         }
+        let limits = s.queue_limits(&self.settings);
+        let online = s.link.is_some();
+        let overfull = !limits.drop_oldest && !s.outgoing.fits(&pending, limits);
+        // `queue_full_policy block`: an online subscriber's queue takes it beyond the limit,
+        // and the publisher's acknowledgement waits (see router_flow.rs).
+        let limits = if overfull && self.flow_overfull(sid, online, now) {
+            QueueLimits::UNBOUNDED
+        } else {
+            limits
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        // Dropped: the evicted oldest messages, or the refused new one.
+        let dropped = s.outgoing.enqueue(pending, limits).unwrap_or(1);
+        self.stats.dropped_queue_full += dropped;
+        s.observe_queue(dropped);
     }
 
     /// Sends a delivery to the session's connection, dropping it if it exceeds the client's

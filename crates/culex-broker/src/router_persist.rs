@@ -294,7 +294,9 @@ impl Router {
     pub(super) fn ack_publish(&mut self, sid: SessionId, conn: ConnId, qos: QoS, packet_id: u16) {
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.queue_ack(conn, Packet::PubAck(PubResp::new(packet_id))),
+            QoS::AtLeastOnce => {
+                self.flow_answer(conn, Packet::PubAck(PubResp::new(packet_id)), true);
+            }
             QoS::ExactlyOnce => {
                 // The packet id must outlive a restart until PUBREL, or a retransmission after
                 // the restart would be delivered twice.
@@ -304,7 +306,7 @@ impl Router {
                     }
                 }
                 self.store_session(sid);
-                self.queue_ack(conn, Packet::PubRec(PubResp::new(packet_id)));
+                self.flow_answer(conn, Packet::PubRec(PubResp::new(packet_id)), true);
             }
         }
     }
@@ -330,7 +332,7 @@ impl Router {
         {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
-        self.queue_ack(conn, Packet::PubComp(comp));
+        self.flow_answer(conn, Packet::PubComp(comp), false);
     }
 
     /// Queues an acknowledgement behind the last change submitted and every earlier

@@ -1107,3 +1107,183 @@ fn a_reload_that_revokes_reads_stops_queued_and_inflight_messages() {
         "only the allowed unacknowledged message comes back"
     );
 }
+
+/// A QoS 1 PUBLISH the router acknowledges (as under `queue_full_policy block`).
+fn publish_acked(r: &mut Router, now: Instant, conn: u64, topic: &str, packet_id: u16) {
+    r.handle(
+        Command::Publish {
+            conn,
+            ack: true,
+            publish: Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: topic.into(),
+                packet_id: Some(packet_id),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"m"),
+            },
+        },
+        now,
+    );
+}
+
+/// The PUBACK packet ids in `c`'s outbox now.
+fn pubacks(c: &mut Client) -> Vec<u16> {
+    let mut ids = Vec::new();
+    while let Ok(out) = c.rx.try_recv() {
+        match out {
+            Outbound::Packet(p) => match *p {
+                Packet::PubAck(a) => ids.push(a.packet_id),
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    ids
+}
+
+/// Acknowledges the next delivery in `c`'s outbox; returns its topic.
+fn ack_next(r: &mut Router, now: Instant, c: &mut Client) -> String {
+    match c.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => {
+            let id = d.packet_id.expect("QoS 1");
+            r.handle(
+                Command::PubAck {
+                    conn: c.conn,
+                    packet_id: id,
+                },
+                now,
+            );
+            d.message.topic.to_string()
+        }
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+fn flow_settings() -> BrokerSettings {
+    BrokerSettings {
+        max_inflight_messages: 1,
+        max_queued_messages: 2,
+        ..Default::default()
+    }
+}
+
+/// `queue_full_policy block`: messages beyond an online subscriber's queue limit are kept,
+/// their PUBACKs held (in order) until the queue drains to half its limit; nothing is dropped.
+#[test]
+fn a_full_queue_holds_the_publishers_acks_instead_of_dropping() {
+    let t0 = Instant::now();
+    let mut r = Router::new(flow_settings());
+    let mut sub = connect(&mut r, t0, 1, "sub", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&mut r, t0, 2, "pub", true, 0, None);
+    for id in 1..=5 {
+        publish_acked(&mut r, t0, 2, &format!("t/{id}"), id);
+    }
+    // t/1 in flight, t/2 and t/3 queued (the limit), t/4 and t/5 beyond it: held.
+    assert_eq!(pubacks(&mut publisher), [1, 2, 3]);
+    assert_eq!(r.stats().flow_blocked, 1);
+    assert_eq!(ack_next(&mut r, t0, &mut sub), "t/1");
+    assert_eq!(ack_next(&mut r, t0, &mut sub), "t/2");
+    assert_eq!(
+        pubacks(&mut publisher),
+        Vec::<u16>::new(),
+        "queue still above half"
+    );
+    assert_eq!(ack_next(&mut r, t0, &mut sub), "t/3");
+    // One queued: at the low-water mark, the held PUBACKs go out in order.
+    assert_eq!(pubacks(&mut publisher), [4, 5]);
+    assert_eq!(ack_next(&mut r, t0, &mut sub), "t/4");
+    assert_eq!(ack_next(&mut r, t0, &mut sub), "t/5");
+    assert_eq!(
+        r.stats().dropped_queue_full,
+        0,
+        "nothing acknowledged was dropped"
+    );
+}
+
+/// `queue_full_policy drop`: the overflowing message is dropped and counted; the PUBACK is
+/// not held.
+#[test]
+fn with_the_drop_policy_a_full_queue_drops() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings {
+        queue_full_block: false,
+        ..flow_settings()
+    });
+    let mut sub = connect(&mut r, t0, 1, "sub", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&mut r, t0, 2, "pub", true, 0, None);
+    for id in 1..=5 {
+        publish_acked(&mut r, t0, 2, &format!("t/{id}"), id);
+    }
+    assert_eq!(pubacks(&mut publisher), [1, 2, 3, 4, 5]);
+    assert_eq!(r.stats().dropped_queue_full, 2);
+}
+
+/// A subscriber that holds publishers back without progress for `slow_client_timeout` is
+/// disconnected (0x97); its queue is trimmed to the limit (drops counted) and the held
+/// acknowledgements go out.
+#[test]
+fn a_subscriber_stuck_past_the_slow_client_timeout_is_disconnected() {
+    let t0 = Instant::now();
+    let mut r = Router::new(flow_settings());
+    let mut sub = connect(&mut r, t0, 1, "sub", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&mut r, t0, 2, "pub", true, 0, None);
+    for id in 1..=5 {
+        publish_acked(&mut r, t0, 2, &format!("t/{id}"), id);
+    }
+    assert_eq!(pubacks(&mut publisher), [1, 2, 3]);
+    let due = r.next_deadline().expect("a slow-client deadline");
+    assert_eq!(due, t0 + Duration::from_secs(30));
+    r.tick(t0 + Duration::from_secs(29));
+    assert_eq!(pubacks(&mut publisher), Vec::<u16>::new(), "not yet");
+    r.tick(due);
+    assert_eq!(pubacks(&mut publisher), [4, 5]);
+    assert_eq!(r.stats().slow_client_disconnects, 1);
+    assert_eq!(
+        r.stats().dropped_queue_full,
+        2,
+        "trimmed to the queue limit"
+    );
+    // The subscriber's connection is told to close with Quota exceeded.
+    let mut closed = false;
+    while let Ok(out) = sub.rx.try_recv() {
+        if let Outbound::Close(reason) = out {
+            assert_eq!(reason, ReasonCode::QuotaExceeded);
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow subscriber is disconnected");
+}
+
+/// A PUBLISH its connection already acknowledged that overfills an online queue is queued
+/// all the same (nothing acknowledged is dropped) and its publisher is told to let the router
+/// answer (`Pressure(true)`); once the queue has drained, `Pressure(false)`.
+#[test]
+fn an_already_acknowledged_overflow_is_queued_and_pressures_the_publisher() {
+    let t0 = Instant::now();
+    let mut r = Router::new(flow_settings());
+    let mut sub = connect(&mut r, t0, 1, "sub", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&mut r, t0, 2, "pub", true, 0, None);
+    for i in 1..=5 {
+        publish(&mut r, t0, 2, &format!("t/{i}"), QoS::AtLeastOnce, false);
+    }
+    assert_eq!(r.stats().dropped_queue_full, 0);
+    assert!(matches!(
+        publisher.rx.try_recv(),
+        Ok(Outbound::Pressure(true))
+    ));
+    assert!(publisher.rx.try_recv().is_err(), "told once");
+    for i in 1..=5 {
+        assert_eq!(ack_next(&mut r, t0, &mut sub), format!("t/{i}"));
+    }
+    assert!(matches!(
+        publisher.rx.try_recv(),
+        Ok(Outbound::Pressure(false))
+    ));
+}

@@ -103,6 +103,13 @@ pub(crate) struct QueueLimits {
 }
 
 impl QueueLimits {
+    /// No limit: a queue that must take a message (flow control holds its publisher back).
+    pub(crate) const UNBOUNDED: QueueLimits = QueueLimits {
+        max_messages: usize::MAX,
+        max_bytes: 0,
+        drop_oldest: false,
+    };
+
     /// The broker-wide limits, or the session's own.
     pub(crate) fn of(settings: &BrokerSettings, policy: Option<&QueuePolicy>) -> Self {
         match policy {
@@ -239,6 +246,34 @@ impl Outgoing {
 
     pub(crate) fn queued_bytes(&self) -> u64 {
         self.queued_bytes
+    }
+
+    /// Whether `pending` fits the queue under `limits` without evicting anything.
+    pub(crate) fn fits(&self, pending: &Pending, limits: QueueLimits) -> bool {
+        let size = pending.message.size();
+        let over_bytes = limits.max_bytes > 0
+            && self.queued_bytes + size > limits.max_bytes
+            && !self.queue.is_empty();
+        self.queue.len() < limits.max_messages && !over_bytes
+    }
+
+    /// Drops the newest queued messages until the queue is within `limits` (a queue that
+    /// flow control let grow beyond them, once its client is gone). Returns how many.
+    pub(crate) fn trim(&mut self, limits: QueueLimits) -> u64 {
+        let mut dropped = 0;
+        while self.queue.len() > limits.max_messages
+            || (limits.max_bytes > 0
+                && self.queued_bytes > limits.max_bytes
+                && self.queue.len() > 1)
+        {
+            let Some(p) = self.queue.pop_back() else {
+                break;
+            };
+            self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+            self.record(Change::Delete(p.seq));
+            dropped += 1;
+        }
+        dropped
     }
 
     /// Adds a QoS 1/2 message behind the window, within the queue limits. With

@@ -35,6 +35,13 @@ pub struct BrokerSettings {
     pub max_topic_levels: u16,
     /// Longest subscription filter in bytes (`max_topic_length`).
     pub max_topic_length: u16,
+    /// `queue_full_policy block` (true, the default): a QoS 1/2 message that would overflow
+    /// an online subscriber's queue is queued and its publisher's acknowledgement held until
+    /// the queue drains; `drop` (false): it is dropped (counted), as offline sessions always do.
+    pub queue_full_block: bool,
+    /// How long a subscriber may hold publishers back without progress before it is
+    /// disconnected (`slow_client_timeout`); zero never disconnects.
+    pub slow_client_timeout: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -53,6 +60,8 @@ impl Default for BrokerSettings {
             check_retain_source: true,
             max_topic_levels: 200,
             max_topic_length: u16::MAX,
+            queue_full_block: true,
+            slow_client_timeout: Duration::from_secs(30),
         }
     }
 }

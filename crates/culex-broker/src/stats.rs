@@ -29,6 +29,12 @@ pub struct RouterStats {
     pub sessions_expired: u64,
     /// Messages the broker published itself (`$SYS`); not in `messages_received`.
     pub internal_published: u64,
+    /// Times an online subscriber's full queue started holding its publishers back
+    /// (`queue_full_policy block`).
+    pub flow_blocked: u64,
+    /// Subscribers disconnected for holding publishers back longer than
+    /// `slow_client_timeout`.
+    pub slow_client_disconnects: u64,
 }
 
 impl RouterStats {

@@ -81,6 +81,36 @@ pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
 /// `never` in TOML) for that.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// Default [`Limits::slow_client_timeout`]: 30 s.
+pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What happens to a QoS 1/2 message that would overflow an online subscriber's queue
+/// ([`Limits::queue_full_policy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFullPolicy {
+    /// Queue it and hold the publisher's acknowledgement until the queue drains. Written
+    /// `block`. The default.
+    #[default]
+    Block,
+    /// Drop it (counted). Written `drop`.
+    Drop,
+}
+
+impl QueueFullPolicy {
+    /// Every name, for messages.
+    pub const NAMES: &'static [&'static str] = &["block", "drop"];
+
+    /// Parses one of [`QueueFullPolicy::NAMES`].
+    pub fn parse(text: &str) -> Option<QueueFullPolicy> {
+        match text {
+            "block" => Some(QueueFullPolicy::Block),
+            "drop" => Some(QueueFullPolicy::Drop),
+            _ => None,
+        }
+    }
+}
+
 /// The complete broker configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -535,6 +565,17 @@ pub struct Limits {
     /// files `0` means unlimited and is stored as 65535, the protocol maximum.
     #[serde(deserialize_with = "de::inflight")]
     pub max_inflight_messages: u16,
+    /// `queue_full_policy`: what happens to a QoS 1/2 message that would overflow an
+    /// **online** subscriber's queue. `block` (the default) queues it and holds its
+    /// publisher's acknowledgement until the queue drains (publishers slow down to the pace of
+    /// their subscribers; nothing acknowledged is dropped); `drop` drops it (counted), as
+    /// Mosquitto does. Offline sessions always drop (counted).
+    pub queue_full_policy: QueueFullPolicy,
+    /// `slow_client_timeout`: a subscriber that holds publishers back this long without
+    /// acknowledging anything is disconnected (MQTT 5: 0x97 Quota exceeded) and its queue
+    /// trimmed to the limits. Default 30 s; 0 never disconnects.
+    #[serde(deserialize_with = "de::seconds")]
+    pub slow_client_timeout: Duration,
     /// Bytes (topic and payload) of QoS 1/2 messages in flight to one client: a message
     /// starts while fewer are in flight, so one larger than the limit still goes, alone, as
     /// in Mosquitto. `0` (the default) means no byte limit.
@@ -576,6 +617,8 @@ impl Default for Limits {
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             max_inflight_bytes: 0,
+            queue_full_policy: QueueFullPolicy::Block,
+            slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
             message_size_limit: 0,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             max_keepalive: 65535,

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Config, LogFormat, LogLevel, Security, SyncPolicy, MQTT_MAX_PACKET_SIZE};
+use crate::{
+    Config, LogFormat, LogLevel, QueueFullPolicy, Security, SyncPolicy, MQTT_MAX_PACKET_SIZE,
+};
 
 /// The TOML section an option lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +186,18 @@ pub(crate) const OPTIONS: &[Spec] = &[
             max: i64::MAX,
             allowed: "0 (no byte limit) to 9223372036854775807",
         },
+    },
+    Spec {
+        section: Section::Limits,
+        key: "queue_full_policy",
+        conf_key: "queue_full_policy",
+        kind: Kind::Choice(QueueFullPolicy::NAMES),
+    },
+    Spec {
+        section: Section::Limits,
+        key: "slow_client_timeout",
+        conf_key: "slow_client_timeout",
+        kind: Kind::Seconds,
     },
     Spec {
         section: Section::Limits,
@@ -573,6 +587,16 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
             let v = int(&value)?;
             config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
         }
+        "queue_full_policy" => match value {
+            Value::Str(s) => {
+                config.limits.queue_full_policy = QueueFullPolicy::parse(&s).ok_or_else(bad)?;
+            }
+            _ => return Err(bad()),
+        },
+        "slow_client_timeout" => match value {
+            Value::Seconds(d) => config.limits.slow_client_timeout = d,
+            _ => return Err(bad()),
+        },
         "max_inflight_bytes" => {
             let v = int(&value)?;
             config.limits.max_inflight_bytes = u64::try_from(v).map_err(|_| range(v))?;

@@ -133,6 +133,11 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         "sys_interval",
         config.sys.interval,
     );
+    too_long(
+        "limits.slow_client_timeout".to_owned(),
+        "slow_client_timeout",
+        config.limits.slow_client_timeout,
+    );
     for (i, b) in config.bridges.iter().enumerate() {
         too_long(
             format!("bridges[{i}].restart_timeout"),

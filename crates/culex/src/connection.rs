@@ -257,6 +257,8 @@ where
         client_max_packet: u32::MAX,
         problem_information: true,
         bridge: false,
+        pressure: false,
+        router_mode: false,
         pending_replies: 0,
         blocked: VecDeque::new(),
     };
@@ -352,6 +354,11 @@ struct Conn<S> {
     /// The client connected with Mosquitto's bridge bit (`try_private`): its subscriptions get
     /// No Local and Retain As Published.
     bridge: bool,
+    /// Flow control: this client's messages overfill a subscriber's queue
+    /// ([`Outbound::Pressure`]).
+    pressure: bool,
+    /// The router answers this client's QoS 1/2 PUBLISH (see [`Conn::router_answers`]).
+    router_mode: bool,
     pending_replies: usize,
     /// Commands the router's full channel could not take yet, in order: `run` waits until
     /// they are sent before handling anything else (backpressure on a busy router).
@@ -852,7 +859,8 @@ where
                         false
                     };
                 if self.shared.limits.router_acks {
-                    // The stored session forgets the id first; the router sends PUBCOMP.
+                    // Persistence: the stored session forgets the id first; the router sends
+                    // PUBCOMP.
                     self.pending_replies += 1;
                     return self
                         .command(Command::PubRel {
@@ -864,7 +872,9 @@ where
                 if !known && v5 {
                     comp.reason_code = ReasonCode::PacketIdentifierNotFound;
                 }
-                self.queue_or_end(Packet::PubComp(comp))
+                // Through the router while it answers this client (flow control), so the
+                // PUBCOMP keeps its place behind answers it still owes.
+                self.ack(Packet::PubComp(comp))
             }
             Packet::PubAck(r) => self
                 .command(Command::PubAck {
@@ -1102,7 +1112,7 @@ where
     /// Hands a PUBLISH to the router. Returns true when the router will acknowledge it (after
     /// what it caused is durable); false when the connection acknowledges it now.
     fn route(&mut self, p: Publish) -> Result<bool, Ending> {
-        let ack = self.shared.limits.router_acks && p.qos != QoS::AtMostOnce;
+        let ack = p.qos != QoS::AtMostOnce && self.router_answers();
         if ack {
             self.pending_replies += 1;
         }
@@ -1114,10 +1124,27 @@ where
         Ok(ack)
     }
 
+    /// Whether the router answers this client's QoS 1/2 PUBLISH (and the connection's own
+    /// answers go through it, to keep their order): always with persistence (answers wait
+    /// for the store); while flow control says this client's messages overfill a subscriber's
+    /// queue (`Outbound::Pressure`, answers wait for it to drain); and after that until every
+    /// answer the router owes has been written, so that a direct answer never overtakes one.
+    fn router_answers(&mut self) -> bool {
+        if self.shared.limits.router_acks {
+            return true;
+        }
+        if self.pressure {
+            self.router_mode = true;
+        } else if self.router_mode && self.pending_replies == 0 {
+            self.router_mode = false;
+        }
+        self.router_mode
+    }
+
     /// Sends an acknowledgement the connection decided on. With persistence it goes through
     /// the router, so it cannot overtake acknowledgements still waiting for the store.
     fn ack(&mut self, packet: Packet) -> Option<Ending> {
-        if !self.shared.limits.router_acks {
+        if !self.router_answers() {
             return self.queue_or_end(packet);
         }
         self.pending_replies += 1;
@@ -1206,6 +1233,10 @@ where
             }
             Outbound::Close(reason) => Some(Ending::abnormal(Some(reason), reason.description())),
             Outbound::Recheck => self.recheck(),
+            Outbound::Pressure(on) => {
+                self.pressure = on;
+                None
+            }
         }
     }
 

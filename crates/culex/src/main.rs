@@ -228,6 +228,10 @@ enum Signal {
 
 /// SIGINT (Ctrl-C), SIGTERM and SIGHUP.
 struct Signals {
+    /// SIGINT, registered at once like the others (`tokio::signal::ctrl_c()` registers only
+    /// when first polled, and a Ctrl-C before that would kill the process).
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -240,6 +244,7 @@ impl Signals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
                 hup: signal(SignalKind::hangup())?,
             })
@@ -252,7 +257,7 @@ impl Signals {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = self.int.recv() => Signal::Stop,
                 _ = self.term.recv() => Signal::Stop,
                 _ = self.hup.recv() => Signal::Reload,
             }
