@@ -103,8 +103,9 @@ fn parse_exposition(body: &str) -> Result<Metrics> {
     );
     let mut out = HashMap::new();
     for s in scrape.samples {
+        // The process metrics keep the standard names every Prometheus client exports.
         ensure!(
-            s.metric.starts_with("culex_"),
+            s.metric.starts_with("culex_") || s.metric.starts_with("process_"),
             "metric without the culex_ prefix: {}",
             s.metric
         );
@@ -405,9 +406,12 @@ async fn counters_move_by_exactly_the_traffic() -> Result<()> {
         )),
         1.0
     );
-    // Process metrics, from metrics-process at scrape time.
-    assert!(m.get("culex_process_resident_memory_bytes") > 0.0);
-    assert!(m.get("culex_process_open_fds") > 0.0);
+    // Process metrics, from metrics-process at scrape time, under their standard names.
+    assert!(m.get("process_resident_memory_bytes") > 0.0);
+    assert!(m.get("process_open_fds") > 0.0);
+    assert!(m.get("process_max_fds") >= m.get("process_open_fds"));
+    assert!(m.get("process_start_time_seconds") > 0.0);
+    assert!(m.0.keys().all(|k| !k.starts_with("culex_process_")));
 
     // A reload is counted.
     broker

@@ -133,9 +133,6 @@ pub const BRIDGE_LAST_ERROR: &str = "culex_bridge_last_error_timestamp_seconds";
 pub const BRIDGE_NEXT_ATTEMPT: &str = "culex_bridge_next_attempt_timestamp_seconds";
 /// Reasons of [`BRIDGE_DROPPED`].
 pub const BRIDGE_DROP_REASONS: [&str; 3] = ["queue_full", "offline_qos0", "other"];
-/// Prefix of the process metrics (`culex_process_cpu_seconds_total`, ...).
-pub const PROCESS_PREFIX: &str = "culex_";
-
 /// Drop reasons, the `reason` label of [`PUBLISH_DROPPED`].
 pub const DROP_REASONS: [&str; 6] = [
     "queue_full",
@@ -261,10 +258,14 @@ impl std::fmt::Debug for Exporter {
 
 impl Exporter {
     /// A recorder of its own (not installed globally), with every metric described.
+    ///
+    /// The process metrics keep their standard unprefixed names (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`, ...), as every Prometheus client
+    /// library exports them, so existing dashboards and alerts on them work unchanged.
     pub(crate) fn new() -> Exporter {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let process = metrics_process::Collector::new(PROCESS_PREFIX);
+        let process = metrics_process::Collector::default();
         metrics::with_local_recorder(&recorder, || {
             describe();
             process.describe();
