@@ -87,10 +87,10 @@ fi
 # unit tests seed), the dashboard, deploy/README.md and docs/metrics.md must be
 # one the broker exports: a query on a name that does not exist returns
 # nothing, so an alert on it never fires and a panel stays empty, without an
-# error anywhere. The broker runs with persistence and a bridge (to a closed
-# port), so that the culex_store_* and culex_bridge_* series exist too. Without
-# a binary, the culex_* names are only looked up in crates/ (a note, not a
-# failure).
+# error anywhere. The broker runs with persistence, a bridge (to a closed port)
+# and a max_connections limit, so that the culex_store_*, culex_bridge_* and
+# culex_max_connections series exist too. Without a binary, the culex_* names
+# are only looked up in crates/ (a note, not a failure).
 metric_files="deploy/prometheus/culex-alerts.yml deploy/prometheus/culex-alerts.test.yml deploy/grafana/culex-dashboard.json deploy/README.md docs/metrics.md"
 if [ -n "${CULEX:-}" ] && have python3; then
   live=$tmp/live
@@ -101,6 +101,7 @@ allow_anonymous true
 metrics_listener 127.0.0.1:0
 persistence true
 persistence_location $live/data/
+max_connections 1000
 connection check
 address 127.0.0.1:1
 topic check/# out 1

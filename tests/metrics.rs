@@ -412,6 +412,8 @@ async fn counters_move_by_exactly_the_traffic() -> Result<()> {
     assert!(m.get("process_max_fds") >= m.get("process_open_fds"));
     assert!(m.get("process_start_time_seconds") > 0.0);
     assert!(m.0.keys().all(|k| !k.starts_with("culex_process_")));
+    // max_connections is unlimited by default: no limit to report.
+    assert!(!m.0.contains_key("culex_max_connections"));
 
     // A reload is counted.
     broker
@@ -639,10 +641,13 @@ async fn store_metrics_count_commits_when_persistence_is_on() -> Result<()> {
     config.sys.interval = Duration::ZERO;
     config.persistence.enabled = true;
     config.persistence.dir = dir.path().join("store");
+    config.limits.max_connections = Some(50);
     let broker = TestBroker::start_with_metrics(config).await?;
     let addr = broker.metrics_addr().context("metrics endpoint")?;
     let before = scrape(addr).await?;
     assert_eq!(before.get("culex_store_failed"), 0.0);
+    // The configured limit, beside the connections it limits.
+    assert_eq!(before.get("culex_max_connections"), 50.0);
 
     let mut c = Client::open(broker.addr).await?;
     c.send(Packet::Connect(Box::new(Connect {

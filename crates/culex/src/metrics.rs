@@ -22,6 +22,8 @@ use crate::counters::{Counters, Refusal, PACKET_TYPES};
 
 /// Sockets open now (accepted, not yet closed).
 pub const CONNECTIONS_CURRENT: &str = "culex_connections_current";
+/// The configured `max_connections`; not exported when unlimited.
+pub const MAX_CONNECTIONS: &str = "culex_max_connections";
 /// Sockets accepted.
 pub const CONNECTIONS_ACCEPTED: &str = "culex_connections_accepted_total";
 /// Connections refused, label `reason`.
@@ -348,6 +350,10 @@ fn describe() {
         CONNECTIONS_CURRENT,
         "Network connections open now (accepted, not yet closed)."
     );
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        "The configured max_connections, the limit of culex_connections_current; absent when unlimited."
+    );
     describe_counter!(
         CONNECTIONS_ACCEPTED,
         "Network connections accepted, before max_connections and any handshake."
@@ -564,6 +570,9 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     let r = &s.router;
     let st = &r.stats;
     gauge!(CONNECTIONS_CURRENT).set(s.sockets_open as f64);
+    if let Some(limit) = c.max_connections() {
+        gauge!(MAX_CONNECTIONS).set(limit as f64);
+    }
     counter!(CONNECTIONS_ACCEPTED).absolute(s.sockets_accepted);
     for why in Refusal::ALL {
         counter!(CONNECTIONS_REFUSED, "reason" => why.label()).absolute(c.refused_for(why));
