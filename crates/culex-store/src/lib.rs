@@ -27,5 +27,6 @@ pub use codec::Clocks;
 pub use error::StoreError;
 pub use store::{LoadReport, Store, CACHE_BYTES, DB_FILE, FORMAT_VERSION, LOCK_FILE};
 pub use writer::{
-    spawn_writer, StatsReader, StoreHandle, StoreStats, SyncPolicy, WriterJoin, MAX_BATCH_OPS,
+    spawn_writer, StatsReader, StoreHandle, StoreStats, SyncPolicy, WriterJoin,
+    COMMIT_BUCKET_BOUNDS, MAX_BATCH_OPS,
 };

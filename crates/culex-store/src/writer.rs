@@ -31,6 +31,31 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// before the writer gives up and reports the error.
 const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(10);
 
+/// Upper bounds (inclusive) of the commit-duration histogram's buckets, from an in-memory
+/// commit (about 100 µs) to a stalled fsync (10 s). [`StoreStats::commit_buckets`] has one
+/// more bucket, for longer commits.
+pub const COMMIT_BUCKET_BOUNDS: [Duration; 16] = [
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+
+/// Buckets of the commit-duration histogram: one per bound, and one above the last.
+const COMMIT_BUCKETS: usize = COMMIT_BUCKET_BOUNDS.len() + 1;
+
 /// When the writer makes commits durable (calls `fsync`).
 ///
 /// Whatever the policy, a batch is written in one redb write transaction, which is atomic: after
@@ -72,6 +97,7 @@ struct Shared {
     durable_commits: AtomicU64,
     last_latency_ns: AtomicU64,
     total_latency_ns: AtomicU64,
+    commit_buckets: [AtomicU64; COMMIT_BUCKETS],
     backlog: AtomicU64,
     last_committed: AtomicU64,
     failed: AtomicBool,
@@ -102,6 +128,10 @@ pub struct StoreStats {
     pub last_latency_ns: u64,
     /// Sum of all commit durations, in nanoseconds.
     pub total_latency_ns: u64,
+    /// Commits by duration: `commit_buckets[i]` counts those longer than
+    /// `COMMIT_BUCKET_BOUNDS[i - 1]` and at most [`COMMIT_BUCKET_BOUNDS`]`[i]`; the last
+    /// counts those longer than every bound. Not cumulative; they add up to [`Self::commits`].
+    pub commit_buckets: [u64; COMMIT_BUCKETS],
     /// Ops submitted and not yet committed (or discarded).
     pub backlog: u64,
     /// Last ticket committed (reported to `on_durable`); 0 before the first.
@@ -126,6 +156,17 @@ impl StoreStats {
 }
 
 impl Shared {
+    /// Records the duration of a commit: the last one, the sum and the histogram bucket.
+    fn observe_commit(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.last_latency_ns.store(ns, Ordering::Relaxed);
+        self.total_latency_ns.fetch_add(ns, Ordering::Relaxed);
+        let bucket = COMMIT_BUCKET_BOUNDS.partition_point(|bound| *bound < elapsed);
+        if let Some(c) = self.commit_buckets.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> StoreStats {
         StoreStats {
             submitted: self.submitted.load(Ordering::Relaxed),
@@ -136,6 +177,10 @@ impl Shared {
             durable_commits: self.durable_commits.load(Ordering::Relaxed),
             last_latency_ns: self.last_latency_ns.load(Ordering::Relaxed),
             total_latency_ns: self.total_latency_ns.load(Ordering::Relaxed),
+            commit_buckets: self
+                .commit_buckets
+                .each_ref()
+                .map(|c| c.load(Ordering::Relaxed)),
             backlog: self.backlog.load(Ordering::Relaxed),
             last_committed: self.last_committed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -441,7 +486,7 @@ impl Writer {
             };
             let start = Instant::now();
             let result = self.store.commit(batch, durability, &Clocks::now());
-            let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let elapsed = start.elapsed();
             match result {
                 Ok(skipped) => {
                     shared.backlog.fetch_sub(batch.ops, Ordering::Relaxed);
@@ -454,10 +499,7 @@ impl Writer {
                         .coalesced
                         .fetch_add(batch.coalesced, Ordering::Relaxed);
                     shared.skipped.fetch_add(skipped, Ordering::Relaxed);
-                    shared.last_latency_ns.store(elapsed, Ordering::Relaxed);
-                    shared
-                        .total_latency_ns
-                        .fetch_add(elapsed, Ordering::Relaxed);
+                    shared.observe_commit(elapsed);
                     if durable {
                         shared.durable_commits.fetch_add(1, Ordering::Relaxed);
                         self.last_durable = Instant::now();
@@ -502,10 +544,12 @@ impl Writer {
             self.unsynced = false;
             return;
         }
+        let start = Instant::now();
         let result = self.store.checkpoint();
         match result {
             Ok(()) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.observe_commit(start.elapsed());
                 self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
                 self.last_durable = Instant::now();
                 self.unsynced = false;
@@ -529,5 +573,33 @@ impl Writer {
         if first_error.is_none() {
             *first_error = Some(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_durations_land_in_the_bucket_whose_bound_is_not_below_them() {
+        let shared = Shared::default();
+        for d in [
+            Duration::ZERO,
+            Duration::from_micros(100),
+            Duration::from_micros(101),
+            Duration::from_secs(10),
+            Duration::from_secs(11),
+            Duration::MAX,
+        ] {
+            shared.observe_commit(d);
+        }
+        let st = shared.snapshot();
+        let last = COMMIT_BUCKETS - 1;
+        assert_eq!(st.commit_buckets[0], 2, "0 and 100 µs are <= 100 µs");
+        assert_eq!(st.commit_buckets[1], 1, "101 µs is <= 250 µs");
+        assert_eq!(st.commit_buckets[last - 1], 1, "10 s is <= 10 s");
+        assert_eq!(st.commit_buckets[last], 2, "above every bound");
+        assert_eq!(st.commit_buckets.iter().sum::<u64>(), 6);
+        assert_eq!(st.last_latency_ns, u64::MAX);
     }
 }

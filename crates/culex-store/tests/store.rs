@@ -662,6 +662,8 @@ fn group_commit_uses_far_fewer_commits_than_ops() {
             stats.commits
         );
         assert!(stats.avg_latency_ns() > 0);
+        // Every commit, checkpoints included, is in the duration histogram.
+        assert_eq!(stats.commit_buckets.iter().sum::<u64>(), stats.commits);
         assert!(stats.durable_commits >= 1, "{policy:?}: {stats:?}");
 
         let store = Store::open(dir.path()).unwrap();

@@ -148,6 +148,8 @@ pub struct Counters {
     pub accepted: Counter,
     /// Sockets open now: accepted and not yet closed (gauge).
     pub open_connections: Counter,
+    /// The configured `max_connections`, 0 when unlimited (see [`Counters::max_connections`]).
+    max_connections: Counter,
     /// Connections closed at once because `max_connections` was reached.
     pub rejected_max_connections: Counter,
     /// CONNECTs refused (CONNACK with an error, or a malformed CONNECT), all reasons.
@@ -201,6 +203,21 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Records the configured `max_connections` (`None`: unlimited), set once at start.
+    pub fn set_max_connections(&self, limit: Option<usize>) {
+        let limit = limit.map_or(0, |n| u64::try_from(n).unwrap_or(u64::MAX));
+        self.max_connections.0.store(limit, Ordering::Relaxed);
+    }
+
+    /// The configured `max_connections`, the limit of [`Counters::open_connections`];
+    /// `None` when unlimited.
+    pub fn max_connections(&self) -> Option<u64> {
+        match self.max_connections.get() {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
     /// Counts a refused CONNECT.
     pub fn refuse(&self, why: Refusal) {
         self.refused.inc();
@@ -294,6 +311,16 @@ mod tests {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
+    }
+
+    #[test]
+    fn max_connections_is_none_when_unlimited() {
+        let c = Counters::default();
+        assert_eq!(c.max_connections(), None);
+        c.set_max_connections(Some(500));
+        assert_eq!(c.max_connections(), Some(500));
+        c.set_max_connections(None);
+        assert_eq!(c.max_connections(), None);
     }
 
     #[test]

@@ -6,8 +6,15 @@
 //! per-server `metrics` recorder with `absolute`/`set`, then renders the Prometheus text.
 //! There is no global recorder, so many brokers can run in one process (tests). The `$SYS`
 //! publisher reads the same [`Sample`], so both report the same numbers.
+//!
+//! One family is written by hand after the recorder's text: the store's commit-duration
+//! histogram ([`STORE_COMMIT_DURATION`]). The store's writer thread counts each commit into
+//! fixed buckets (plain atomics, constant memory), and a `metrics` histogram can only be
+//! built from individual observations, which the recorder would hold until the next scrape
+//! (without bound, if nothing scrapes).
 
 use culex_broker::RouterSnapshot;
+use culex_store::{StoreStats, COMMIT_BUCKET_BOUNDS};
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -15,6 +22,8 @@ use crate::counters::{Counters, Refusal, PACKET_TYPES};
 
 /// Sockets open now (accepted, not yet closed).
 pub const CONNECTIONS_CURRENT: &str = "culex_connections_current";
+/// The configured `max_connections`; not exported when unlimited.
+pub const MAX_CONNECTIONS: &str = "culex_max_connections";
 /// Sockets accepted.
 pub const CONNECTIONS_ACCEPTED: &str = "culex_connections_accepted_total";
 /// Connections refused, label `reason`.
@@ -93,8 +102,11 @@ pub const STORE_COMMITS: &str = "culex_store_commits_total";
 pub const STORE_DURABLE_COMMITS: &str = "culex_store_durable_commits_total";
 /// Changes (ops) in committed store batches.
 pub const STORE_OPS: &str = "culex_store_ops_total";
-/// Mean store commit duration since start.
-pub const STORE_COMMIT_SECONDS: &str = "culex_store_commit_duration_seconds_mean";
+/// Histogram of store commit durations (`_bucket`, `_sum`, `_count`).
+pub const STORE_COMMIT_DURATION: &str = "culex_store_commit_duration_seconds";
+/// The `# HELP` text of [`STORE_COMMIT_DURATION`].
+const STORE_COMMIT_DURATION_HELP: &str =
+    "Duration of store commits (encode, write, and fsync when durable), in seconds.";
 /// Duration of the last store commit.
 pub const STORE_LAST_COMMIT_SECONDS: &str = "culex_store_last_commit_seconds";
 /// Changes submitted to the store and not yet committed.
@@ -123,9 +135,6 @@ pub const BRIDGE_LAST_ERROR: &str = "culex_bridge_last_error_timestamp_seconds";
 pub const BRIDGE_NEXT_ATTEMPT: &str = "culex_bridge_next_attempt_timestamp_seconds";
 /// Reasons of [`BRIDGE_DROPPED`].
 pub const BRIDGE_DROP_REASONS: [&str; 3] = ["queue_full", "offline_qos0", "other"];
-/// Prefix of the process metrics (`culex_process_cpu_seconds_total`, ...).
-pub const PROCESS_PREFIX: &str = "culex_";
-
 /// Drop reasons, the `reason` label of [`PUBLISH_DROPPED`].
 pub const DROP_REASONS: [&str; 6] = [
     "queue_full",
@@ -251,10 +260,14 @@ impl std::fmt::Debug for Exporter {
 
 impl Exporter {
     /// A recorder of its own (not installed globally), with every metric described.
+    ///
+    /// The process metrics keep their standard unprefixed names (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`, ...), as every Prometheus client
+    /// library exports them, so existing dashboards and alerts on them work unchanged.
     pub(crate) fn new() -> Exporter {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let process = metrics_process::Collector::new(PROCESS_PREFIX);
+        let process = metrics_process::Collector::default();
         metrics::with_local_recorder(&recorder, || {
             describe();
             process.describe();
@@ -268,12 +281,47 @@ impl Exporter {
 
     /// Writes `sample` into the recorder and renders the Prometheus text format.
     pub(crate) fn render(&self, c: &Counters, sample: &Sample, extra: Extra) -> String {
+        let store = c.store.get().map(|reader| reader.stats());
         metrics::with_local_recorder(&self.recorder, || {
             record(c, sample, extra);
+            if let Some(st) = &store {
+                record_store(st);
+            }
             self.process.collect();
         });
-        self.handle.render()
+        let mut text = self.handle.render();
+        if let Some(st) = &store {
+            write_commit_histogram(&mut text, st);
+        }
+        text
     }
+}
+
+/// Appends [`STORE_COMMIT_DURATION`] as a Prometheus histogram: cumulative `_bucket` series
+/// with the bounds of [`COMMIT_BUCKET_BOUNDS`] and `+Inf`, then `_sum` and `_count`.
+fn write_commit_histogram(out: &mut String, st: &StoreStats) {
+    use std::fmt::Write as _;
+    let name = STORE_COMMIT_DURATION;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {STORE_COMMIT_DURATION_HELP}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative: u64 = 0;
+    for (bound, n) in COMMIT_BUCKET_BOUNDS.iter().zip(st.commit_buckets) {
+        cumulative = cumulative.saturating_add(n);
+        let le = bound.as_secs_f64();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let count = st
+        .commit_buckets
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(*n));
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", st.total_latency_ns as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {count}");
+    out.push('\n');
 }
 
 fn describe() {
@@ -286,10 +334,6 @@ fn describe() {
         "Store commits synced to disk (fsync)."
     );
     describe_counter!(STORE_OPS, "Changes written in committed store batches.");
-    describe_gauge!(
-        STORE_COMMIT_SECONDS,
-        "Mean duration of a store commit (encode, write, sync) since start, in seconds."
-    );
     describe_gauge!(
         STORE_LAST_COMMIT_SECONDS,
         "Duration of the last store commit, in seconds."
@@ -305,6 +349,10 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS_CURRENT,
         "Network connections open now (accepted, not yet closed)."
+    );
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        "The configured max_connections, the limit of culex_connections_current; absent when unlimited."
     );
     describe_counter!(
         CONNECTIONS_ACCEPTED,
@@ -466,16 +514,12 @@ fn describe() {
     );
 }
 
-/// The `culex_store_*` metrics, when persistence is on.
-fn record_store(c: &Counters) {
-    let Some(reader) = c.store.get() else {
-        return;
-    };
-    let st = reader.stats();
+/// The `culex_store_*` metrics, when persistence is on (except the commit-duration histogram:
+/// see [`write_commit_histogram`]).
+fn record_store(st: &StoreStats) {
     counter!(STORE_COMMITS).absolute(st.commits);
     counter!(STORE_DURABLE_COMMITS).absolute(st.durable_commits);
     counter!(STORE_OPS).absolute(st.ops);
-    gauge!(STORE_COMMIT_SECONDS).set(st.avg_latency_ns() as f64 / 1e9);
     gauge!(STORE_LAST_COMMIT_SECONDS).set(st.last_latency_ns as f64 / 1e9);
     gauge!(STORE_BACKLOG).set(st.backlog as f64);
     gauge!(STORE_FAILED).set(if st.failed { 1.0 } else { 0.0 });
@@ -526,6 +570,9 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     let r = &s.router;
     let st = &r.stats;
     gauge!(CONNECTIONS_CURRENT).set(s.sockets_open as f64);
+    if let Some(limit) = c.max_connections() {
+        gauge!(MAX_CONNECTIONS).set(limit as f64);
+    }
     counter!(CONNECTIONS_ACCEPTED).absolute(s.sockets_accepted);
     for why in Refusal::ALL {
         counter!(CONNECTIONS_REFUSED, "reason" => why.label()).absolute(c.refused_for(why));
@@ -583,5 +630,37 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     gauge!(UPTIME).set(extra.uptime_seconds);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     record_bridges(c);
-    record_store(c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_histogram_is_cumulative_and_ends_with_inf_sum_and_count() {
+        let mut st = StoreStats {
+            total_latency_ns: 1_500_000_000,
+            ..StoreStats::default()
+        };
+        st.commit_buckets[0] = 2; // <= 100 µs
+        st.commit_buckets[3] = 1; // <= 1 ms
+        st.commit_buckets[COMMIT_BUCKET_BOUNDS.len()] = 1; // > 10 s
+        let mut text = String::from("culex_x 1\n");
+        write_commit_histogram(&mut text, &st);
+        let lines: Vec<&str> = text.lines().collect();
+        let name = STORE_COMMIT_DURATION;
+        assert_eq!(
+            lines[1],
+            format!("# HELP {name} {STORE_COMMIT_DURATION_HELP}")
+        );
+        assert_eq!(lines[2], format!("# TYPE {name} histogram"));
+        assert_eq!(lines[3], format!("{name}_bucket{{le=\"0.0001\"}} 2"));
+        assert_eq!(lines[4], format!("{name}_bucket{{le=\"0.00025\"}} 2"));
+        assert_eq!(lines[6], format!("{name}_bucket{{le=\"0.001\"}} 3"));
+        assert_eq!(lines[15], format!("{name}_bucket{{le=\"1\"}} 3"));
+        assert_eq!(lines[18], format!("{name}_bucket{{le=\"10\"}} 3"));
+        assert_eq!(lines[19], format!("{name}_bucket{{le=\"+Inf\"}} 4"));
+        assert_eq!(lines[20], format!("{name}_sum 1.5"));
+        assert_eq!(lines[21], format!("{name}_count 4"));
+    }
 }

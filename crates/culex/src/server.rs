@@ -414,6 +414,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         broker: settings,
         counters: Arc::clone(&counters),
     });
+    counters.set_max_connections(config.limits.max_connections);
     let max_conn = config
         .limits
         .max_connections
