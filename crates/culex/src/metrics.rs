@@ -111,8 +111,16 @@ const STORE_COMMIT_DURATION_HELP: &str =
 pub const STORE_LAST_COMMIT_SECONDS: &str = "culex_store_last_commit_seconds";
 /// Changes submitted to the store and not yet committed.
 pub const STORE_BACKLOG: &str = "culex_store_backlog_ops";
-/// 1 once a store commit failed (the store then stops writing), else 0.
+/// 1 once the store writer stopped for good (it died, or gave up at shutdown), else 0.
 pub const STORE_FAILED: &str = "culex_store_failed";
+/// 1 while store commits fail and are retried (disk full, I/O errors), else 0.
+pub const STORE_FAILING: &str = "culex_store_failing";
+/// Store commit attempts that failed (each retry counts).
+pub const STORE_COMMIT_FAILURES: &str = "culex_store_commit_failures_total";
+/// Times a full online queue started holding its publishers' acknowledgements back.
+pub const FLOW_BLOCKED: &str = "culex_flow_blocked_total";
+/// Subscribers disconnected for holding publishers back past `slow_client_timeout`.
+pub const SLOW_CLIENT_DISCONNECTS: &str = "culex_slow_client_disconnects_total";
 /// Whether a bridge's remote link is up (0/1), label `bridge`.
 pub const BRIDGE_CONNECTED: &str = "culex_bridge_connected";
 /// Successful bridge connections to the remote, label `bridge`.
@@ -344,7 +352,25 @@ fn describe() {
     );
     describe_gauge!(
         STORE_FAILED,
-        "1 once a store commit failed (the store stops writing; see the log), else 0."
+        "1 once the store writer stopped for good (it died or gave up at shutdown; see the log), else 0."
+    );
+    describe_gauge!(
+        STORE_FAILING,
+        "1 while store commits fail and are retried (disk full, I/O errors): acknowledgements \
+         that wait for the store are held and /readyz is 503; else 0."
+    );
+    describe_counter!(
+        STORE_COMMIT_FAILURES,
+        "Store commit attempts that failed (each retry counts)."
+    );
+    describe_counter!(
+        FLOW_BLOCKED,
+        "Times an online subscriber's full queue started holding its publishers' \
+         acknowledgements back (queue_full_policy block)."
+    );
+    describe_counter!(
+        SLOW_CLIENT_DISCONNECTS,
+        "Subscribers disconnected for holding publishers back longer than slow_client_timeout."
     );
     describe_gauge!(
         CONNECTIONS_CURRENT,
@@ -523,6 +549,8 @@ fn record_store(st: &StoreStats) {
     gauge!(STORE_LAST_COMMIT_SECONDS).set(st.last_latency_ns as f64 / 1e9);
     gauge!(STORE_BACKLOG).set(st.backlog as f64);
     gauge!(STORE_FAILED).set(if st.failed { 1.0 } else { 0.0 });
+    gauge!(STORE_FAILING).set(if st.failing || st.failed { 1.0 } else { 0.0 });
+    counter!(STORE_COMMIT_FAILURES).absolute(st.commit_failures);
 }
 
 /// The `culex_bridge_*` metrics, from each bridge's statistics.
@@ -603,6 +631,8 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
         counter!(PUBLISH_DROPPED, "reason" => *reason).absolute(v);
     }
     counter!(WILLS_PUBLISHED).absolute(st.wills_published);
+    counter!(FLOW_BLOCKED).absolute(st.flow_blocked);
+    counter!(SLOW_CLIENT_DISCONNECTS).absolute(st.slow_client_disconnects);
     gauge!(RETAINED_MESSAGES).set(r.retained_count as f64);
     gauge!(RETAINED_BYTES).set(r.retained_bytes as f64);
     gauge!(SUBSCRIPTIONS).set(r.subscriptions as f64);
