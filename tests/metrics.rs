@@ -266,6 +266,9 @@ async fn secured_broker(dir: &tempfile::TempDir) -> Result<TestBroker> {
     config.security.acl_file = Some(acl);
     config.limits.max_inflight_messages = 1;
     config.limits.max_queued_messages = 2;
+    // The queue-full drop counter is what these tests watch; the default policy (block)
+    // queues instead, and has its own tests (e2e flow, router flow).
+    config.limits.queue_full_policy = culex_config::QueueFullPolicy::Drop;
     config.sys.interval = Duration::ZERO;
     TestBroker::start_with_metrics(config).await
 }
