@@ -470,6 +470,68 @@ fn generate_assets_writes_the_man_pages_and_completions() {
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }
 
+// --- what ships beside the binary ----------------------------------------------------------
+
+/// A file at the repository root.
+fn repo_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn license_is_the_declared_apache_2_0_text() {
+    let manifest = repo_file("Cargo.toml");
+    assert!(
+        manifest.contains("license = \"Apache-2.0\""),
+        "the workspace declares Apache-2.0"
+    );
+    let license = repo_file("LICENSE");
+    assert!(
+        license.trim_start().starts_with("Apache License"),
+        "{license}"
+    );
+    for part in [
+        "Version 2.0, January 2004",
+        "http://www.apache.org/licenses/",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ] {
+        assert!(license.contains(part), "LICENSE lacks {part:?}");
+    }
+    // The official text (apache.org/licenses/LICENSE-2.0.txt) is 202 lines.
+    assert_eq!(license.lines().count(), 202);
+}
+
+#[test]
+fn changelog_and_manifest_metadata() {
+    let changelog = repo_file("CHANGELOG.md");
+    assert!(changelog.starts_with("# Changelog"), "{changelog}");
+    assert!(changelog.contains("## [Unreleased]"), "{changelog}");
+    // A repository URL only if it is real: none of the reserved example domains.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut manifests = vec!["Cargo.toml".to_owned()];
+    for entry in fs::read_dir(root.join("crates")).expect("crates/") {
+        let name = entry.expect("entry").file_name();
+        manifests.push(format!("crates/{}/Cargo.toml", name.to_string_lossy()));
+    }
+    for manifest in &manifests {
+        let text = repo_file(manifest);
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("repository"))
+        {
+            assert!(
+                !line.contains(".invalid") && !line.contains("example."),
+                "{manifest}: {line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn check_requires_a_config_file() {
     let out = run(&["--check"]);
