@@ -354,6 +354,184 @@ fn unknown_argument_is_a_usage_error() {
     assert!(err.contains("--no-such-option"), "stderr: {err}");
 }
 
+// --- subcommands: listed, `culex help SUB`, man pages and completions ------------------------
+
+const SUBCOMMANDS: [&str; 3] = ["passwd", "pub", "sub"];
+
+#[test]
+fn help_lists_each_subcommand_on_one_line() {
+    let out = run(&["--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in SUBCOMMANDS {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("{sub} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{sub} in:\n{text}");
+        assert!(lines[0].contains(&format!("mosquitto_{sub}")), "{text}");
+    }
+    assert!(text.contains("culex help SUBCOMMAND"), "{text}");
+}
+
+#[test]
+fn help_subcommand_prints_the_subcommands_own_help() {
+    for sub in SUBCOMMANDS {
+        let via_help = run(&["help", sub]);
+        let direct = run(&[sub, "--help"]);
+        assert_eq!(via_help.status.code(), Some(0), "help {sub}: {via_help:?}");
+        assert_eq!(direct.status.code(), Some(0), "{sub} --help: {direct:?}");
+        let text = String::from_utf8_lossy(&via_help.stdout);
+        assert!(text.starts_with(&format!("culex {sub}: ")), "{text}");
+        assert!(text.contains(&format!("Usage: culex {sub} ")), "{text}");
+        assert_eq!(via_help.stdout, direct.stdout, "help {sub} vs {sub} --help");
+    }
+    // `culex help` alone is `culex --help`.
+    let alone = run(&["help"]);
+    assert!(alone.status.success(), "{alone:?}");
+    assert_eq!(alone.stdout, run(&["--help"]).stdout);
+    // pub and sub keep Mosquitto's meaning of -h: the host.
+    let text = String::from_utf8_lossy(&run(&["help", "pub"]).stdout).into_owned();
+    assert!(text.contains(" -h, --host : MQTT host"), "{text}");
+}
+
+#[test]
+fn help_for_an_unknown_subcommand_fails_naming_the_real_ones() {
+    let out = run(&["help", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no subcommand 'nosuch'") && err.contains("passwd, pub, sub"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_subcommand_after_broker_flags_is_refused() {
+    let out = run(&["-v", "pub", "-t", "a", "-m", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`pub` must come first"), "{err}");
+}
+
+#[test]
+fn generate_assets_writes_the_man_pages_and_completions() {
+    let dir = TempDir::new().expect("temp dir");
+    let out = run(&["generate-assets", path_str(dir.path())]);
+    assert!(out.status.success(), "{out:?}");
+    let read = |name: &str| {
+        fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let main_page = read("man/man1/culex.1");
+    assert!(main_page.starts_with(".ie"), "roff: {main_page}");
+    assert!(main_page.contains("\\-\\-config\\-file"), "{main_page}");
+    for sub in SUBCOMMANDS {
+        assert!(
+            main_page.contains(&format!("culex\\-{sub}(1)")),
+            "{main_page}"
+        );
+        let page = read(&format!("man/man1/culex-{sub}.1"));
+        assert!(
+            page.contains(&format!(
+                ".TH culex-{sub} 1  \"culex {}\"",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{page}"
+        );
+    }
+    let pub_page = read("man/man1/culex-pub.1");
+    for flag in ["\\-\\-host", "\\-\\-will\\-topic", "\\-\\-repeat\\-delay"] {
+        assert!(pub_page.contains(flag), "culex-pub.1 lacks {flag}");
+    }
+    assert!(read("man/man1/culex-sub.1").contains("Output format (\\-F)"));
+    assert!(read("man/man1/culex-passwd.1").contains("passwordfile"));
+
+    let bash = read("completions/culex.bash");
+    let zsh = read("completions/_culex");
+    let fish = read("completions/culex.fish");
+    assert!(zsh.starts_with("#compdef culex"), "{zsh}");
+    assert!(fish.contains("complete -c culex"), "{fish}");
+    // Fish spells long options `-l name`, the others `--name`.
+    for (shell, text) in [("bash", &bash), ("zsh", &zsh), ("fish", &fish)] {
+        for word in [
+            "passwd",
+            "pub",
+            "sub",
+            "config-file",
+            "will-topic",
+            "remove-retained",
+        ] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+
+    let usage = run(&["generate-assets"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+}
+
+// --- what ships beside the binary ----------------------------------------------------------
+
+/// A file at the repository root.
+fn repo_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn license_is_the_declared_apache_2_0_text() {
+    let manifest = repo_file("Cargo.toml");
+    assert!(
+        manifest.contains("license = \"Apache-2.0\""),
+        "the workspace declares Apache-2.0"
+    );
+    let license = repo_file("LICENSE");
+    assert!(
+        license.trim_start().starts_with("Apache License"),
+        "{license}"
+    );
+    for part in [
+        "Version 2.0, January 2004",
+        "http://www.apache.org/licenses/",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ] {
+        assert!(license.contains(part), "LICENSE lacks {part:?}");
+    }
+    // The official text (apache.org/licenses/LICENSE-2.0.txt) is 202 lines.
+    assert_eq!(license.lines().count(), 202);
+}
+
+#[test]
+fn changelog_and_manifest_metadata() {
+    let changelog = repo_file("CHANGELOG.md");
+    assert!(changelog.starts_with("# Changelog"), "{changelog}");
+    assert!(changelog.contains("## [Unreleased]"), "{changelog}");
+    // A repository URL only if it is real: none of the reserved example domains.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut manifests = vec!["Cargo.toml".to_owned()];
+    for entry in fs::read_dir(root.join("crates")).expect("crates/") {
+        let name = entry.expect("entry").file_name();
+        manifests.push(format!("crates/{}/Cargo.toml", name.to_string_lossy()));
+    }
+    for manifest in &manifests {
+        let text = repo_file(manifest);
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("repository"))
+        {
+            assert!(
+                !line.contains(".invalid") && !line.contains("example."),
+                "{manifest}: {line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn check_requires_a_config_file() {
     let out = run(&["--check"]);

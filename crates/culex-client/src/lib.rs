@@ -10,6 +10,7 @@
 //!   ([`ClientSession::poll_transmit`]) and events ([`ClientSession::poll_event`]).
 //! - [`transport`]: opens the byte stream the codec runs over: TCP, TLS (rustls, ring provider),
 //!   and WebSocket (subprotocol `mqtt`) over either, all as one [`transport::BoxStream`].
+//!   [`ws::WsByteStream`], the WebSocket-to-bytes adapter, is the broker's too.
 //! - [`Connection`]: drives a session over a stream with tokio: `connect`, `publish`,
 //!   `subscribe`, `unsubscribe`, `recv` (incoming publications), `disconnect`. Keepalive timers
 //!   use tokio time, so tests can pause time.
@@ -38,7 +39,7 @@ mod connection;
 mod error;
 mod session;
 pub mod transport;
-mod ws;
+pub mod ws;
 
 pub use backoff::Backoff;
 pub use connection::{Connection, Direction, PacketHook};

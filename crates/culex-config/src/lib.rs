@@ -22,6 +22,10 @@
 //! `Config::default()` with the metrics endpoint on 127.0.0.1:9234 and
 //! persistence enabled).
 
+// A dependency the library does not use fails the lint build (`toml` sat here unused).
+// Unit-test builds also see the dev-dependencies, so the check is for the library itself.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,6 +12,8 @@ use culex_client::transport::{TlsOptions, TransportOptions, WebSocketOptions};
 use culex_client::{ClientError, ConnectOptions, Connection, Direction, PacketHook};
 use culex_proto::{LastWill, Packet, Properties, Protocol, QoS};
 
+use crate::cli::Tool;
+
 /// A command-line mistake: printed as `Error: ...` plus a pointer to `--help`, exit 1.
 #[derive(Debug)]
 pub(crate) struct UsageError(pub(crate) String);
@@ -34,20 +36,28 @@ pub(crate) const EXIT_TIMEOUT: u8 = 27;
 pub(crate) struct Args<'a> {
     items: &'a [OsString],
     pos: usize,
+    /// The options the subcommand documents: nothing else is accepted.
+    tool: &'static Tool,
 }
 
 impl<'a> Args<'a> {
-    pub(crate) fn new(items: &'a [OsString]) -> Self {
-        Args { items, pos: 0 }
+    pub(crate) fn new(items: &'a [OsString], tool: &'static Tool) -> Self {
+        Args {
+            items,
+            pos: 0,
+            tool,
+        }
     }
 
-    /// The next argument, as text.
+    /// The next argument: an option of the subcommand's table ([`crate::cli`]), as typed.
     pub(crate) fn next_flag(&mut self) -> Option<Result<&'a str, UsageError>> {
         let item = self.items.get(self.pos)?;
         self.pos += 1;
+        let unknown = || UsageError(format!("Unknown option '{}'.", item.to_string_lossy()));
         Some(
             item.to_str()
-                .ok_or_else(|| UsageError(format!("Unknown option '{}'.", item.to_string_lossy()))),
+                .filter(|s| self.tool.flag(s).is_some())
+                .ok_or_else(unknown),
         )
     }
 
@@ -517,8 +527,7 @@ pub(crate) fn print_help(text: &str) -> ExitCode {
 /// warns about `--insecure`, runs `run` on a single-threaded runtime and reports its failure
 /// (unless `--quiet`) as the exit status.
 pub(crate) fn tool_main<T, Fut>(
-    tool: &str,
-    help: &str,
+    tool: &'static Tool,
     parsed: Result<Parsed<T>, UsageError>,
     common: impl Fn(&T) -> &Common,
     run: impl FnOnce(T) -> Fut,
@@ -528,8 +537,8 @@ where
 {
     let opts = match parsed {
         Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => return print_help(help),
-        Err(e) => return usage_error(tool, e),
+        Ok(Parsed::Help) => return print_help(&tool.help()),
+        Err(e) => return usage_error(tool.name, e),
     };
     let quiet = common(&opts).quiet;
     common(&opts).warn_insecure();
@@ -625,13 +634,77 @@ pub(crate) fn describe(dir: Direction, packet: &Packet) -> Vec<String> {
     }
 }
 
+/// A value each option of the [`crate::cli`] tables accepts, by the table's value name (for
+/// [`assert_parser_follows_table`]).
+#[cfg(test)]
+pub(crate) fn sample_value(name: &str) -> &'static str {
+    match name {
+        "host" => "localhost",
+        "port" => "1883",
+        "qos" => "1",
+        "protocol-version" => "5",
+        "keepalive" => "60",
+        "session-expiry" => "-1",
+        "secs" | "N" | "msg_count" | "timeout_secs" | "max_inflight" => "2",
+        "URL" => "mqtt://h/t",
+        "file" => "f.pem",
+        "id" | "id_prefix" | "username" | "password" | "payload" | "message" => "x",
+        "topic" | "filter_out" => "a/b",
+        "protocol" => "mqtt",
+        "path" => "/mqtt",
+        "format" => "%t %p",
+        "hash" => "sha512-pbkdf2",
+        "iterations" => "1000",
+        other => panic!("no sample value for <{other}>: add one here"),
+    }
+}
+
+/// Checks that `parse` handles every option of `tool`'s table, by its short and its long
+/// name, and takes a value exactly when the table says so: each option (with a sample value
+/// if it takes one) is followed by an unknown option, whose error (`unknown`, with `{}` for
+/// the option) must come out. So `--help`, the man page and the completions, all made from
+/// the table, describe what the parser does. `parse` returns whether help was asked for, or
+/// the error's text.
+#[cfg(test)]
+pub(crate) fn assert_parser_follows_table(
+    tool: &'static Tool,
+    parse: impl Fn(&[OsString]) -> Result<bool, String>,
+    unknown: &str,
+) {
+    const SENTINEL: &str = "--not-an-option";
+    for flag in tool.flags() {
+        let names = [
+            flag.short.map(|c| format!("-{c}")),
+            flag.long.map(|l| format!("--{l}")),
+        ];
+        for name in names.into_iter().flatten() {
+            let mut args = vec![OsString::from(&name)];
+            args.extend(flag.value.map(|v| OsString::from(sample_value(v))));
+            args.push(SENTINEL.into());
+            match parse(&args) {
+                Ok(help) => assert!(
+                    help && flag.long == Some("help"),
+                    "culex {} {args:?} was accepted",
+                    tool.name
+                ),
+                Err(e) => assert_eq!(
+                    e,
+                    unknown.replace("{}", SENTINEL),
+                    "culex {} {args:?}: the parser and the table in cli.rs disagree about {name}",
+                    tool.name
+                ),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Common, UsageError> {
         let os: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let mut a = Args::new(&os);
+        let mut a = Args::new(&os, &crate::cli::PUB);
         let mut c = Common::default();
         while let Some(flag) = a.next_flag() {
             let flag = flag?;

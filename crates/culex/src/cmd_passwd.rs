@@ -36,23 +36,7 @@ use std::process::ExitCode;
 
 use culex_auth::{password_hash, HashKind, PasswordHash, DEFAULT_PBKDF2_ITERATIONS};
 
-const USAGE: &str = "\
-culex passwd manages password files for culex (and mosquitto).
-
-Usage: culex passwd [-H sha512-pbkdf2 | -H sha512 | -H argon2id] [-I iterations] [-c | -D] passwordfile username
-       culex passwd [-H sha512-pbkdf2 | -H sha512 | -H argon2id] [-I iterations] [-c] -b passwordfile username password
-       culex passwd [-H ...] [-I iterations] -U passwordfile
- -b : run in batch mode to allow passing passwords on the command line.
- -c : create a new password file. This will overwrite existing files.
- -D : delete the username rather than adding/updating its password.
- -H : specify the hashing algorithm. Defaults to sha512-pbkdf2 with 210000 iterations.
-      sha512 is accepted for compatibility only; argon2id needs mosquitto 2.1 or culex.
- -I : PBKDF2 iteration count for sha512-pbkdf2 (default 210000).
- -U : hash the plain text passwords in a password file (existing hashes are kept).
-
-Without -b the password is read twice from the terminal without echo, or, when standard
-input is not a terminal, from its first line (a second line, if present, must match).
-";
+use crate::cli::PASSWD;
 
 /// An error already worded for the user.
 struct Fail(String);
@@ -91,7 +75,7 @@ enum Parsed {
 pub fn main(args: &[OsString]) -> ExitCode {
     let result = parse_args(args).and_then(|parsed| match parsed {
         Parsed::Help => {
-            print!("{USAGE}");
+            print!("{}", PASSWD.help());
             Ok(())
         }
         Parsed::Run(opts) => run(opts),
@@ -133,6 +117,12 @@ fn parse_args(args: &[OsString]) -> Result<Parsed> {
             }
         };
         match arg.to_str() {
+            // Only the options of the table (`culex passwd --help`) are accepted.
+            Some(s)
+                if s.starts_with('-') && s.len() > 1 && s != "--" && PASSWD.flag(s).is_none() =>
+            {
+                return Err(usage_error(&format!("unknown option '{s}'.")))
+            }
             Some("-h" | "--help") => return Ok(Parsed::Help),
             Some("-H") => {
                 hash_name = Some(value("-H")?);
@@ -590,6 +580,18 @@ mod tests {
             Ok(_) => panic!("accepted {a:?}"),
             Err(Fail(m)) => m,
         }
+    }
+
+    #[test]
+    fn parser_follows_the_table() {
+        crate::cmd_common::assert_parser_follows_table(
+            &PASSWD,
+            |args| match parse_args(args) {
+                Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),
+                Err(Fail(e)) => Err(e),
+            },
+            "Error: unknown option '{}'.\nRun `culex passwd --help` for usage.",
+        );
     }
 
     #[test]

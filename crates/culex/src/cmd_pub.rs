@@ -9,69 +9,10 @@ use bytes::Bytes;
 use culex_client::{Connection, Message};
 use culex_proto::ReasonCode;
 
+use crate::cli;
 use crate::cmd_common::{
     os_bytes, tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR,
 };
-
-const HELP: &str = "\
-culex pub: publish one message, a file, or stdin to an MQTT broker, like mosquitto_pub.
-
-Usage: culex pub {[-h host] [-p port] [-u username [-P password]] -t topic | -L URL}
-                 {-f file | -l | -n | -m message | -s}
-                 [-c] [-k keepalive] [-q qos] [-r] [--repeat N] [--repeat-delay time]
-                 [-x session-expiry] [-i id] [-I id_prefix] [-d] [--quiet] [-M max_inflight]
-                 [-V protocol-version] [--nodelay]
-                 [--will-topic topic [--will-payload payload] [--will-qos qos] [--will-retain]]
-                 [{--cafile file | --tls-use-os-certs} [--cert file --key file] [--insecure]
-                  [--tls-alpn protocol]]
-                 [--ws [--ws-path path]] [--connect-timeout secs]
-       culex pub --help
-
- -c : disable clean session/enable persistent client mode (needs -i).
- -d : print debug messages (to stderr).
- -f : send the contents of a file as the message.
- -h : MQTT host to connect to. Defaults to localhost.
- -i : client id. Defaults to an id assigned by the broker (3.1.1 and 5.0) or
-      culex_pub_<pid> (3.1).
- -I : client id prefix: the id is the prefix followed by the process id.
- -k : keep alive in seconds. Defaults to 60; 0 disables.
- -L : user, password, host, port and topic as a URL:
-      mqtt(s)://[username[:password]@]host[:port]/topic (also ws:// and wss://).
- -l : read stdin, sending a separate message for each line.
- -m : message payload to send.
- -M : maximum QoS 1/2 messages in flight. Defaults to 20.
- -n : send a null (zero length) message.
- -p : network port. Defaults to 1883 (8883 with TLS, 80 for ws, 443 for wss).
- -P : password.
- -q : quality of service level: 0, 1 or 2. Defaults to 0.
- -r : message should be retained.
- -s : read stdin, sending all of it as one message.
- -t : topic to publish to.
- -u : username.
- -V : MQTT protocol version: mqttv31 (31), mqttv311 (311) or mqttv5 (5). Default mqttv311.
- -x : session expiry interval in seconds (MQTT v5); -1 never expires.
- --connect-timeout : seconds allowed for connecting (TCP, TLS, WebSocket and CONNACK). Default 30.
- --help : display this message.
- --nodelay : accepted for compatibility; Nagle's algorithm is always disabled.
- --quiet : don't print error messages.
- --repeat : with -f, -m, -n or -s, publish the message N times.
- --repeat-delay : with --repeat, wait this many seconds (may be fractional) between publishes.
- --will-payload : payload of the client's will. Defaults to zero length.
- --will-qos : QoS of the will.
- --will-retain : make the will retained.
- --will-topic : topic of the will.
- --cafile : PEM file of trusted CA certificates; enables TLS.
- --tls-use-os-certs : enable TLS, trusting the system's CA certificates.
- --cert : PEM client certificate (enables TLS); needs --key.
- --key : PEM private key of the client certificate.
- --insecure : do not check that the server certificate's name matches the host.
- --tls-alpn : TLS ALPN protocol to offer.
- --ws : connect over WebSocket (subprotocol mqtt); wss with TLS.
- --ws-path : WebSocket request path. Defaults to /mqtt.
-
-Exit status: 0 on success; the CONNACK code when the broker refuses the connection
-(e.g. 5 not authorised with 3.1.1, 135 with MQTT 5); 1 for other errors.
-";
 
 /// Where the payload comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +36,7 @@ struct PubOptions {
 }
 
 fn parse(args: &[OsString]) -> Result<Parsed<PubOptions>, UsageError> {
-    let mut a = Args::new(args);
+    let mut a = Args::new(args, &cli::PUB);
     let mut common = Common::default();
     let mut source = None;
     let mut retain = false;
@@ -194,7 +135,7 @@ fn parse(args: &[OsString]) -> Result<Parsed<PubOptions>, UsageError> {
 
 /// Runs `culex pub` with the arguments after the subcommand name.
 pub fn main(args: &[OsString]) -> ExitCode {
-    tool_main("pub", HELP, parse(args), |o: &PubOptions| &o.common, run)
+    tool_main(&cli::PUB, parse(args), |o: &PubOptions| &o.common, run)
 }
 
 async fn run(opts: PubOptions) -> Result<(), Failure> {
@@ -354,6 +295,18 @@ mod tests {
             Ok(Parsed::Help) => Err("help".into()),
             Err(e) => Err(e.0),
         }
+    }
+
+    #[test]
+    fn parser_follows_the_table() {
+        crate::cmd_common::assert_parser_follows_table(
+            &cli::PUB,
+            |args| match parse(args) {
+                Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),
+                Err(e) => Err(e.0),
+            },
+            "Unknown option '{}'.",
+        );
     }
 
     #[test]

@@ -9,83 +9,10 @@ use culex_client::transport;
 use culex_client::{Backoff, ClientError, Connection, Message};
 use culex_proto::{Properties, Publish, QoS, SubscribeFilter, SubscriptionOptions};
 
+use crate::cli;
 use crate::cmd_common::{
     tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR, EXIT_TIMEOUT,
 };
-
-const HELP: &str = "\
-culex sub: subscribe to topics on an MQTT broker and print the messages, like mosquitto_sub.
-
-Usage: culex sub {[-h host] [-p port] [-u username [-P password]] -t topic ... | -L URL [-t topic]}
-                 [-c] [-k keepalive] [-q qos] [-x session-expiry-interval]
-                 [-C msg_count] [-E] [-R] [--retained-only] [--remove-retained]
-                 [-T filter_out ...] [-U topic ...] [-F format] [-W timeout_secs]
-                 [-i id] [-I id_prefix] [-d] [-N] [--quiet] [-v] [--reconnect]
-                 [-V protocol-version] [--nodelay]
-                 [--will-topic topic [--will-payload payload] [--will-qos qos] [--will-retain]]
-                 [{--cafile file | --tls-use-os-certs} [--cert file --key file] [--insecure]
-                  [--tls-alpn protocol]]
-                 [--ws [--ws-path path]] [--connect-timeout secs]
-       culex sub --help
-
- -c : disable clean session/enable persistent client mode (needs -i).
- -C : disconnect and exit after receiving msg_count messages.
- -d : print debug messages (to stderr), including 'Subscribed (mid: N): qos...'.
- -E : exit once all subscriptions have been acknowledged by the broker.
- -F : output format (see below).
- -h : MQTT host to connect to. Defaults to localhost.
- -i : client id. Defaults to an id assigned by the broker (3.1.1 and 5.0) or
-      culex_sub_<pid> (3.1).
- -I : client id prefix: the id is the prefix followed by the process id.
- -k : keep alive in seconds. Defaults to 60; 0 disables.
- -L : user, password, host, port and topic as a URL:
-      mqtt(s)://[username[:password]@]host[:port]/topic (also ws:// and wss://).
- -N : do not add an end of line character after each message.
- -p : network port. Defaults to 1883 (8883 with TLS, 80 for ws, 443 for wss).
- -P : password.
- -q : quality of service level for the subscriptions: 0, 1 or 2. Defaults to 0.
- -R : do not print stale messages (those with retain set).
- -t : topic filter to subscribe to. May be repeated.
- -T : topic filter to filter out of results. May be repeated.
- -u : username.
- -U : unsubscribe from a topic filter after connecting. May be repeated.
- -v : print topic and payload separated by a space.
- -V : MQTT protocol version: mqttv31 (31), mqttv311 (311) or mqttv5 (5). Default mqttv311.
- -W : exit with status 27 after this many seconds (counted from the connection).
- -x : session expiry interval in seconds (MQTT v5); -1 never expires.
- --connect-timeout : seconds allowed for connecting (TCP, TLS, WebSocket and CONNACK). Default 30.
- --help : display this message.
- --nodelay : accepted for compatibility; Nagle's algorithm is always disabled.
- --quiet : don't print error messages.
- --reconnect : when the connection is lost (or cannot be made), retry with exponential
-               backoff and jitter (0.5 s to 30 s) and subscribe again.
- --retained-only : only print retained messages; exit at the first non-retained one.
- --remove-retained : clear each retained message received (publish an empty retained
-                     message to its topic). Use -T to keep some.
- --will-payload, --will-qos, --will-retain, --will-topic : the client's will.
- --cafile : PEM file of trusted CA certificates; enables TLS.
- --tls-use-os-certs : enable TLS, trusting the system's CA certificates.
- --cert : PEM client certificate (enables TLS); needs --key.
- --key : PEM private key of the client certificate.
- --insecure : do not check that the server certificate's name matches the host.
- --tls-alpn : TLS ALPN protocol to offer.
- --ws : connect over WebSocket (subprotocol mqtt); wss with TLS.
- --ws-path : WebSocket request path. Defaults to /mqtt.
-
-Output format (-F), as mosquitto_sub:
- %% literal %          %t topic              %p payload            %l payload length
- %q QoS                %r retained flag      %m message id         %x / %X payload in hex
- %j JSON line          %I ISO 8601 time      %U Unix time.ns       %C content type (v5)
- %E message expiry     %F payload format     %R response topic     %D correlation data
- %P user properties    %S subscription id    %A topic alias
- Flags, width and precision as in printf: %-10t, %05l, %10.10t.
- @@ literal @, @N nanoseconds, and @Y @m @d @H @M @S @F @T @s @z @Z @j @y (strftime, UTC).
- \\\\ \\0 \\a \\e \\n \\r \\t \\v escapes.
- Times are in UTC.
-
-Exit status: 0 on success; 27 when -W expired; the CONNACK code when the broker refuses
-the connection (e.g. 5 not authorised with 3.1.1, 135 with MQTT 5); 1 for other errors.
-";
 
 #[derive(Debug)]
 struct SubOptions {
@@ -106,7 +33,7 @@ struct SubOptions {
 }
 
 fn parse(args: &[OsString]) -> Result<Parsed<SubOptions>, UsageError> {
-    let mut a = Args::new(args);
+    let mut a = Args::new(args, &cli::SUB);
     let mut o = SubOptions {
         common: Common::default(),
         filters: Vec::new(),
@@ -203,7 +130,7 @@ fn parse(args: &[OsString]) -> Result<Parsed<SubOptions>, UsageError> {
 
 /// Runs `culex sub` with the arguments after the subcommand name.
 pub fn main(args: &[OsString]) -> ExitCode {
-    tool_main("sub", HELP, parse(args), |o: &SubOptions| &o.common, run)
+    tool_main(&cli::SUB, parse(args), |o: &SubOptions| &o.common, run)
 }
 
 async fn run(opts: SubOptions) -> Result<(), Failure> {
@@ -858,6 +785,18 @@ mod tests {
             Ok(Parsed::Help) => Err("help".into()),
             Err(e) => Err(e.0),
         }
+    }
+
+    #[test]
+    fn parser_follows_the_table() {
+        crate::cmd_common::assert_parser_follows_table(
+            &cli::SUB,
+            |args| match parse(args) {
+                Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),
+                Err(e) => Err(e.0),
+            },
+            "Unknown option '{}'.",
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The Culex broker as a library: the binary's `main` is a thin CLI around [`server::run`], and
 //! tests start the same server in-process with [`server::start`]. The `cmd_*` modules are the
-//! binary's subcommands (`culex passwd`, `culex pub`, `culex sub`).
+//! binary's subcommands (`culex passwd`, `culex pub`, `culex sub`), described with the broker's
+//! flags in [`cli`].
 
+pub mod assets;
 pub mod bridges;
+pub mod cli;
 mod cmd_common;
 pub mod cmd_passwd;
 pub mod cmd_pub;

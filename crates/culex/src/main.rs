@@ -1,40 +1,14 @@
-//! `culex`: the MQTT broker binary. Command line after Mosquitto's: `-c FILE`, `-p PORT`, `-v`.
+//! `culex`: the MQTT broker binary. Command line after Mosquitto's: `-c FILE`, `-p PORT`, `-v`
+//! (described in [`culex::cli`]), and the subcommands `passwd`, `pub`, `sub` and `help`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
+use culex::cli::Cli;
 use culex::privileges::Dropped;
 use culex_config::Config;
 use tracing::{error, info, warn};
-
-/// Culex, an MQTT broker for MQTT 3.1, 3.1.1 and 5.0.
-///
-/// Subcommands: `culex passwd` (like mosquitto_passwd), `culex pub` (like mosquitto_pub),
-/// `culex sub` (like mosquitto_sub); each has its own `--help`.
-#[derive(Debug, Parser)]
-#[command(name = "culex", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file: `*.toml` is TOML, anything else is mosquitto.conf syntax.
-    #[arg(short = 'c', long = "config-file", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Listen on this port (loopback, IPv4 and IPv6) instead of the configured listeners.
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    port: Option<u16>,
-    /// Verbose logging (debug level). `RUST_LOG` overrides.
-    #[arg(short = 'v', long = "verbose")]
-    verbose: bool,
-    /// Keep the persistent store (retained messages, persistent sessions) in DIR; turns
-    /// persistence on. Default with no arguments: ./culex-data.
-    #[arg(long = "data-dir", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Move a damaged store aside (it is renamed, never deleted) and start with an empty one.
-    #[arg(long = "reset-store")]
-    reset_store: bool,
-    /// Check the configuration file, print any problems, and exit (non-zero on errors).
-    #[arg(long = "check", requires = "config")]
-    check: bool,
-}
 
 fn main() -> ExitCode {
     // Subcommands keep their Mosquitto-tool flags (`culex pub -h HOST` like `mosquitto_pub`), so
@@ -45,9 +19,21 @@ fn main() -> ExitCode {
         Some("passwd") => return culex::cmd_passwd::main(rest),
         Some("pub") => return culex::cmd_pub::main(rest),
         Some("sub") => return culex::cmd_sub::main(rest),
+        Some("help") => return help(rest),
+        // Hidden: for packagers (README, docs/cli.md).
+        Some("generate-assets") => return culex::assets::main(rest),
         _ => {}
     }
-    let cli = Cli::parse();
+    let matches = culex::cli::command().get_matches();
+    if let Some(sub) = matches.subcommand_name() {
+        // The subcommands are recognised only in first position (they parse their own flags).
+        eprintln!("culex: `{sub}` must come first: culex {sub} [OPTIONS] (see `culex help {sub}`)");
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // A write past a file size limit (RLIMIT_FSIZE, e.g. systemd's LimitFSIZE=) must fail with
     // EFBIG, which the store retries until space returns, instead of killing the broker.
     #[cfg(unix)]
@@ -131,6 +117,44 @@ fn main() -> ExitCode {
             eprintln!("culex: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `culex help [SUBCOMMAND]`: the broker's help, or the subcommand's (the text of
+/// `culex SUBCOMMAND --help`).
+fn help(args: &[std::ffi::OsString]) -> ExitCode {
+    let names: Vec<&str> = culex::cli::TOOLS.iter().map(|t| t.name).collect();
+    match args {
+        [] => top_level_help(),
+        [name] if name == "help" => top_level_help(),
+        [name] => match name.to_str().and_then(culex::cli::tool) {
+            Some(tool) => {
+                print!("{}", tool.help());
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "culex help: no subcommand '{}'; the subcommands are {}",
+                    name.to_string_lossy(),
+                    names.join(", ")
+                );
+                ExitCode::from(2)
+            }
+        },
+        _ => {
+            eprintln!(
+                "culex help: expected one subcommand name ({})",
+                names.join(", ")
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn top_level_help() -> ExitCode {
+    match culex::cli::command().print_help() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

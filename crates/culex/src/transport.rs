@@ -13,37 +13,30 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::{Buf, Bytes};
 use culex_broker::ConnId;
+use culex_client::ws::WsByteStream;
 use culex_config::{Listener, ListenerProtocol, Tls, TlsVersion};
 use futures_util::future::Either;
-use futures_util::{Sink, Stream};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info};
 
 use crate::connection::{self, Peer};
@@ -678,7 +671,7 @@ async fn upgrade<S>(
     shared: &Shared,
     deadline: tokio::time::Instant,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<WsStream<S>>
+) -> Option<WsByteStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -691,7 +684,7 @@ where
     let accept =
         tokio_tungstenite::accept_hdr_async_with_config(stream, choose_subprotocol, Some(config));
     match step(accept, deadline, shutdown).await {
-        Step::Done(ws) => Some(WsStream::new(ws)),
+        Step::Done(ws) => Some(WsByteStream::new(ws)),
         Step::Shutdown => None,
         Step::TimedOut => {
             shared.counters.websocket_handshake_failures.inc();
@@ -736,184 +729,6 @@ fn choose_subprotocol(
             ));
             *refusal.status_mut() = StatusCode::BAD_REQUEST;
             Err(refusal)
-        }
-    }
-}
-
-/// Where [`WsStream`] reading is.
-#[derive(Debug)]
-enum ReadState {
-    /// Reading messages.
-    Open,
-    /// A text frame arrived: a Close (protocol error) is being sent.
-    SendClose,
-    /// The Close is sent; flushing it.
-    FlushClose,
-    /// The peer closed (or we did): reads return end of file.
-    Eof,
-    /// The connection failed; reads return this error kind.
-    Failed(io::ErrorKind),
-}
-
-/// MQTT bytes over a WebSocket: binary messages in, binary messages out.
-///
-/// Reads return the bytes of the binary messages in order, regardless of how MQTT packets fall
-/// across messages (a packet may span several, a message may hold several packets). Each
-/// `poll_write` sends (and flushes) one binary message. Pings are answered by tungstenite; a Close ends the
-/// stream (end of file); a text message is a protocol error: a Close with code 1002 is sent and
-/// the read fails.
-pub(crate) struct WsStream<S> {
-    inner: WebSocketStream<S>,
-    /// The rest of the current binary message.
-    pending: Bytes,
-    state: ReadState,
-    /// Length of a message queued by `poll_write` whose flush has not completed.
-    flushing: Option<usize>,
-}
-
-impl<S> fmt::Debug for WsStream<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WsStream")
-            .field("pending", &self.pending.len())
-            .field("state", &self.state)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> WsStream<S> {
-    pub(crate) fn new(inner: WebSocketStream<S>) -> WsStream<S> {
-        WsStream {
-            inner,
-            pending: Bytes::new(),
-            state: ReadState::Open,
-            flushing: None,
-        }
-    }
-}
-
-fn ws_to_io(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            io::Error::new(io::ErrorKind::BrokenPipe, "WebSocket closed")
-        }
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match this.state {
-                ReadState::Open => {}
-                ReadState::Eof => return Poll::Ready(Ok(())),
-                ReadState::Failed(kind) => {
-                    return Poll::Ready(Err(io::Error::new(kind, "WebSocket connection failed")))
-                }
-                ReadState::SendClose => {
-                    let mut inner = Pin::new(&mut this.inner);
-                    match ready!(inner.as_mut().poll_ready(cx)) {
-                        Ok(()) => {
-                            let frame = CloseFrame {
-                                code: CloseCode::Protocol,
-                                reason: "MQTT over WebSocket uses binary messages only".into(),
-                            };
-                            this.state = match inner.start_send(Message::Close(Some(frame))) {
-                                Ok(()) => ReadState::FlushClose,
-                                Err(_) => ReadState::Failed(io::ErrorKind::InvalidData),
-                            };
-                        }
-                        Err(_) => this.state = ReadState::Failed(io::ErrorKind::InvalidData),
-                    }
-                    continue;
-                }
-                ReadState::FlushClose => {
-                    // Whether or not the Close made it out, the connection is over.
-                    let _ = ready!(Pin::new(&mut this.inner).poll_flush(cx));
-                    this.state = ReadState::Failed(io::ErrorKind::InvalidData);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text WebSocket message: MQTT over WebSocket uses binary messages only",
-                    )));
-                }
-            }
-            match ready!(Pin::new(&mut this.inner).poll_next(cx)) {
-                None => this.state = ReadState::Eof,
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                // tungstenite answers the Close itself.
-                Some(Ok(Message::Close(_))) => this.state = ReadState::Eof,
-                Some(Ok(Message::Text(_))) => this.state = ReadState::SendClose,
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                    this.state = ReadState::Eof;
-                }
-                Some(Err(e)) => {
-                    let e = ws_to_io(e);
-                    this.state = ReadState::Failed(e.kind());
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        // A message sent by an earlier call that returned Pending while flushing: the caller
-        // retries with the same bytes (as `write_all` does); report them once they are out.
-        if let Some(n) = this.flushing {
-            ready!(Pin::new(&mut this.inner).poll_flush(cx)).map_err(ws_to_io)?;
-            this.flushing = None;
-            return Poll::Ready(Ok(n));
-        }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let mut inner = Pin::new(&mut this.inner);
-        ready!(inner.as_mut().poll_ready(cx)).map_err(ws_to_io)?;
-        inner
-            .as_mut()
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(ws_to_io)?;
-        // tungstenite only buffers a message: flush it now, the connection task writes each
-        // batch once and does not call flush.
-        match inner.poll_flush(cx) {
-            Poll::Ready(r) => {
-                r.map_err(ws_to_io)?;
-                Poll::Ready(Ok(buf.len()))
-            }
-            Poll::Pending => {
-                this.flushing = Some(buf.len());
-                Poll::Pending
-            }
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(ws_to_io)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.inner).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(ws_to_io(e))),
         }
     }
 }
