@@ -12,6 +12,7 @@ mod flow;
 mod keepalive;
 mod limits;
 mod malformed;
+mod overload;
 mod publish;
 mod retain;
 mod session;
