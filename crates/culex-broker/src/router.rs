@@ -71,6 +71,9 @@ pub struct Router {
     retain_sources: retain_source::RetainSources,
     /// Acknowledgements held back by over-full subscriber queues (`queue_full_policy`).
     flow: flow::Flow,
+    /// Bytes queued across all sessions (each session's queue counts itself in), for
+    /// `memory_limit`.
+    queued_total: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[path = "router_access.rs"]
@@ -115,6 +118,7 @@ impl Router {
             takeovers: takeover::Takeovers::default(),
             retain_sources: retain_source::RetainSources::new(),
             flow: flow::Flow::default(),
+            queued_total: Arc::default(),
         }
     }
 
@@ -456,7 +460,9 @@ impl Router {
         let sid = self.next_session;
         self.next_session += 1;
         self.by_client.insert(Arc::clone(&client_id), sid);
-        self.sessions.insert(sid, Box::new(Session::new(client_id)));
+        let mut session = Box::new(Session::new(client_id));
+        session.outgoing.count_into(Arc::clone(&self.queued_total));
+        self.sessions.insert(sid, session);
         sid
     }
 
@@ -924,7 +930,15 @@ impl Router {
         }
         let limits = s.queue_limits(&self.settings);
         let online = s.link.is_some();
-        let overfull = !limits.drop_oldest && !s.outgoing.fits(&pending, limits);
+        let over_memory = self.settings.memory_limit > 0
+            && self
+                .queued_total
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(pending.message.size())
+                > self.settings.memory_limit;
+        // Queues that evict their oldest (bridges' store-and-forward) keep their own limits.
+        let over_memory = over_memory && !limits.drop_oldest;
+        let overfull = !limits.drop_oldest && (over_memory || !s.outgoing.fits(&pending, limits));
         // `queue_full_policy block`: an online subscriber's queue takes it beyond the limit,
         // and the publisher's acknowledgement waits (see router_flow.rs).
         let limits = if overfull && self.flow_overfull(sid, online, now) {
@@ -935,6 +949,12 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if over_memory && limits != QueueLimits::UNBOUNDED {
+            // Beyond `memory_limit` and not held for an online subscriber: dropped.
+            self.stats.dropped_queue_full += 1;
+            s.observe_queue(1);
+            return;
+        }
         // Dropped: the evicted oldest messages, or the refused new one.
         let dropped = s.outgoing.enqueue(pending, limits).unwrap_or(1);
         self.stats.dropped_queue_full += dropped;

@@ -1287,3 +1287,41 @@ fn an_already_acknowledged_overflow_is_queued_and_pressures_the_publisher() {
         Ok(Outbound::Pressure(false))
     ));
 }
+
+/// `memory_limit`: beyond the bytes queued across all sessions, a message for an online
+/// subscriber is held like one for a full queue (nothing dropped) and one for an offline
+/// session is dropped (counted); the broker-wide figure follows every queue down to zero.
+#[test]
+fn memory_limit_holds_online_and_drops_offline_beyond_the_global_cap() {
+    let t0 = Instant::now();
+    // Each message is 4 bytes ("t/1" + "m"... topic 3 + payload 1): the cap allows two queued.
+    let mut r = Router::new(BrokerSettings {
+        max_inflight_messages: 1,
+        max_queued_messages: 100,
+        memory_limit: 8,
+        ..Default::default()
+    });
+    let mut off = connect(&mut r, t0, 3, "off", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut off, "o/#", QoS::AtLeastOnce);
+    disconnect(&mut r, t0, 3, DisconnectKind::Normal);
+    let mut sub = connect(&mut r, t0, 1, "sub", true, 0, None);
+    subscribe(&mut r, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&mut r, t0, 2, "pub", true, 0, None);
+    for id in 1..=4 {
+        publish_acked(&mut r, t0, 2, &format!("t/{id}"), id);
+    }
+    // t/1 in flight; t/2 and t/3 fill the 8 bytes; t/4 is beyond the cap: held, not dropped.
+    assert_eq!(pubacks(&mut publisher), [1, 2, 3]);
+    // The offline session gets nothing queued beyond the cap.
+    publish_acked(&mut r, t0, 2, "o/1", 9);
+    assert_eq!(
+        r.stats().dropped_queue_full,
+        1,
+        "the offline one is dropped"
+    );
+    for i in 1..=4 {
+        assert_eq!(ack_next(&mut r, t0, &mut sub), format!("t/{i}"));
+    }
+    assert_eq!(pubacks(&mut publisher), [4, 9]);
+    assert_eq!(r.queued_total.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -2,6 +2,7 @@
 //! (in-flight window, packet identifiers, bounded queue).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -149,6 +150,43 @@ impl Window {
     }
 }
 
+/// The bytes queued in one session, kept in step with a broker-wide total (if counted into
+/// one): every change goes through [`QueuedBytes::add`] and [`QueuedBytes::sub`], and what is
+/// left when the queue goes away is taken off the total.
+#[derive(Debug, Default)]
+struct QueuedBytes {
+    mine: u64,
+    total: Option<Arc<AtomicU64>>,
+}
+
+impl QueuedBytes {
+    fn get(&self) -> u64 {
+        self.mine
+    }
+
+    fn add(&mut self, n: u64) {
+        self.mine += n;
+        if let Some(t) = &self.total {
+            t.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sub(&mut self, n: u64) {
+        let n = n.min(self.mine);
+        self.mine -= n;
+        if let Some(t) = &self.total {
+            t.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        let left = self.mine;
+        self.sub(left);
+    }
+}
+
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
@@ -156,7 +194,7 @@ pub(crate) struct Outgoing {
     /// Total size of the messages in `inflight`.
     inflight_bytes: u64,
     queue: VecDeque<Pending>,
-    queued_bytes: u64,
+    queued_bytes: QueuedBytes,
     next_packet_id: u16,
     next_seq: u64,
     /// Changes since the last `take_changes`, recorded only while `journal` is on.
@@ -209,7 +247,7 @@ impl Outgoing {
             self.next_seq = self.next_seq.max(seq + 1);
             let (id, state) = match state {
                 MessageState::Queued => {
-                    self.queued_bytes += pending.message.size();
+                    self.queued_bytes.add(pending.message.size());
                     self.queue.push_back(pending);
                     continue;
                 }
@@ -245,14 +283,23 @@ impl Outgoing {
     }
 
     pub(crate) fn queued_bytes(&self) -> u64 {
-        self.queued_bytes
+        self.queued_bytes.get()
+    }
+
+    /// Counts this queue's bytes into `total` (the broker-wide figure `memory_limit` caps)
+    /// from now on, including what it already holds.
+    pub(crate) fn count_into(&mut self, total: Arc<AtomicU64>) {
+        total.fetch_add(self.queued_bytes.mine, Ordering::Relaxed);
+        if let Some(old) = self.queued_bytes.total.replace(total) {
+            old.fetch_sub(self.queued_bytes.mine, Ordering::Relaxed);
+        }
     }
 
     /// Whether `pending` fits the queue under `limits` without evicting anything.
     pub(crate) fn fits(&self, pending: &Pending, limits: QueueLimits) -> bool {
         let size = pending.message.size();
         let over_bytes = limits.max_bytes > 0
-            && self.queued_bytes + size > limits.max_bytes
+            && self.queued_bytes.get() + size > limits.max_bytes
             && !self.queue.is_empty();
         self.queue.len() < limits.max_messages && !over_bytes
     }
@@ -263,13 +310,13 @@ impl Outgoing {
         let mut dropped = 0;
         while self.queue.len() > limits.max_messages
             || (limits.max_bytes > 0
-                && self.queued_bytes > limits.max_bytes
+                && self.queued_bytes.get() > limits.max_bytes
                 && self.queue.len() > 1)
         {
             let Some(p) = self.queue.pop_back() else {
                 break;
             };
-            self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+            self.queued_bytes.sub(p.message.size());
             self.record(Change::Delete(p.seq));
             dropped += 1;
         }
@@ -286,7 +333,7 @@ impl Outgoing {
         let size = pending.message.size();
         let full = |o: &Self| {
             let over_bytes = limits.max_bytes > 0
-                && o.queued_bytes + size > limits.max_bytes
+                && o.queued_bytes.get() + size > limits.max_bytes
                 && !o.queue.is_empty();
             o.queue.len() >= limits.max_messages || over_bytes
         };
@@ -299,13 +346,13 @@ impl Outgoing {
                 // Nothing to evict (a zero limit): refuse.
                 return Err(Refused::QueueFull);
             };
-            self.queued_bytes = self.queued_bytes.saturating_sub(old.message.size());
+            self.queued_bytes.sub(old.message.size());
             self.record(Change::Delete(old.seq));
             evicted += 1;
         }
         let mut pending = pending;
         self.assign_seq(&mut pending);
-        self.queued_bytes += size;
+        self.queued_bytes.add(size);
         if self.journal {
             self.changes.push(Change::Put(
                 pending.seq,
@@ -330,7 +377,7 @@ impl Outgoing {
             let Some(p) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+            self.queued_bytes.sub(p.message.size());
             if p.message.is_expired(now) {
                 *expired += 1;
                 self.record(Change::Delete(p.seq));
@@ -500,7 +547,7 @@ impl Outgoing {
             if may_read(&p.message.topic) {
                 kept.push_back(p);
             } else {
-                self.queued_bytes = self.queued_bytes.saturating_sub(p.message.size());
+                self.queued_bytes.sub(p.message.size());
                 self.record(Change::Delete(p.seq));
                 dropped += 1;
             }

@@ -39,6 +39,9 @@ pub struct BrokerSettings {
     /// an online subscriber's queue is queued and its publisher's acknowledgement held until
     /// the queue drains; `drop` (false): it is dropped (counted), as offline sessions always do.
     pub queue_full_block: bool,
+    /// Bytes queued across all sessions before new QoS 1/2 messages are treated as if their
+    /// session's queue were full (`memory_limit`); 0 = no global limit.
+    pub memory_limit: u64,
     /// How long a subscriber may hold publishers back without progress before it is
     /// disconnected (`slow_client_timeout`); zero never disconnects.
     pub slow_client_timeout: Duration,
@@ -61,6 +64,7 @@ impl Default for BrokerSettings {
             max_topic_levels: 200,
             max_topic_length: u16::MAX,
             queue_full_block: true,
+            memory_limit: 0,
             slow_client_timeout: Duration::from_secs(30),
         }
     }

@@ -575,6 +575,11 @@ pub struct Limits {
     /// their subscribers; nothing acknowledged is dropped); `drop` drops it (counted), as
     /// Mosquitto does. Offline sessions always drop (counted).
     pub queue_full_policy: QueueFullPolicy,
+    /// `memory_limit`: bytes (topic and payload) queued across all sessions, 0 (the
+    /// default) for no global limit. Beyond it, a QoS 1/2 message for an online subscriber is
+    /// handled as if its queue were full (held under `queue_full_policy block`, else dropped),
+    /// and one for an offline session is dropped (counted).
+    pub memory_limit: u64,
     /// `slow_client_timeout`: a subscriber that holds publishers back this long without
     /// acknowledging anything is disconnected (MQTT 5: 0x97 Quota exceeded) and its queue
     /// trimmed to the limits. Default 30 s; 0 never disconnects.
@@ -622,6 +627,7 @@ impl Default for Limits {
             max_queued_bytes: 0,
             max_inflight_bytes: 0,
             queue_full_policy: QueueFullPolicy::Block,
+            memory_limit: 0,
             slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
             message_size_limit: 0,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,

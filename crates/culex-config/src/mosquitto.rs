@@ -367,7 +367,7 @@ impl Reader {
                     self.scalar(loc, spec, rest, words);
                 }
             }
-            "set_tcp_nodelay" | "queue_qos0_messages" | "memory_limit" => {
+            "set_tcp_nodelay" | "queue_qos0_messages" => {
                 self.behaviour_option(loc, option, words);
             }
             "autosave_interval" | "autosave_on_changes" => {
@@ -423,18 +423,6 @@ impl Reader {
                  (counted as dropped); use QoS 1 for messages an offline client must get"
                     .to_owned(),
             ),
-            ("memory_limit", _) => match value.parse::<u64>() {
-                Ok(0) => None,
-                Ok(_) => Some(
-                    "not supported yet: Culex bounds memory per client with \
-                     max_queued_messages and max_inflight_messages, not globally; remove the \
-                     option or set it to 0 (no limit, Mosquitto's default)"
-                        .to_owned(),
-                ),
-                Err(_) => Some(format!(
-                    "invalid value '{value}'; expected a number of bytes"
-                )),
-            },
             (_, Err(e)) => Some(e),
             _ => None,
         };
@@ -1281,7 +1269,6 @@ fn supported_options() -> Vec<&'static str> {
         "maximum_qos",
         "set_tcp_nodelay",
         "queue_qos0_messages",
-        "memory_limit",
     ];
     names.extend(LISTENER_OPTIONS);
     names.push("connection");

@@ -189,6 +189,16 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Limits,
+        key: "memory_limit",
+        conf_key: "memory_limit",
+        kind: Kind::Int {
+            min: 0,
+            max: i64::MAX,
+            allowed: "0 (no limit) to 9223372036854775807",
+        },
+    },
+    Spec {
+        section: Section::Limits,
         key: "queue_full_policy",
         conf_key: "queue_full_policy",
         kind: Kind::Choice(QueueFullPolicy::NAMES),
@@ -586,6 +596,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         "max_queued_messages" => {
             let v = int(&value)?;
             config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
+        }
+        "memory_limit" => {
+            let v = int(&value)?;
+            config.limits.memory_limit = u64::try_from(v).map_err(|_| range(v))?;
         }
         "queue_full_policy" => match value {
             Value::Str(s) => {

@@ -89,6 +89,7 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         max_inflight_bytes: config.limits.max_inflight_bytes,
         queue_full_block: config.limits.queue_full_policy == culex_config::QueueFullPolicy::Block,
         slow_client_timeout: config.limits.slow_client_timeout,
+        memory_limit: config.limits.memory_limit,
         retain_available: config.mqtt.retain_available,
         max_qos: qos_from(config.mqtt.max_qos),
         upgrade_outgoing_qos: config.mqtt.upgrade_outgoing_qos,

@@ -621,9 +621,12 @@ fn migrated_behaviour_options() {
     assert!(error("queue_qos0_messages true\n").starts_with(
         "culex.conf:1: option 'queue_qos0_messages': not supported yet: Culex does not queue QoS 0"
     ));
-    assert!(error("memory_limit 1000000\n")
-        .starts_with("culex.conf:1: option 'memory_limit': not supported yet"));
-    assert!(error("memory_limit lots\n").contains("invalid value 'lots'"));
+    // memory_limit is honoured: a global cap on queued bytes.
+    assert_eq!(
+        config("memory_limit 1000000\n").limits.memory_limit,
+        1_000_000
+    );
+    assert!(error("memory_limit lots\n").contains("memory_limit"));
 }
 
 #[test]
