@@ -9,7 +9,10 @@
 #   scripts/bench.sh --no-build --bin-dir DIR   # use prebuilt culex / culex-bench from DIR
 #
 # Every broker gets the same settings: loopback listener, anonymous access, no persistence, no
-# $SYS, errors-only logging, 100 QoS 1/2 messages in flight and 1000 queued per client. Each
+# $SYS, errors-only logging, 100 QoS 1/2 messages in flight and 1000 queued per client. Then each
+# round restarts every broker with its own default limits (Culex and Mosquitto: 20 in flight,
+# 1000 queued; rumqttd has no queue limit to default) for one more case, "burst_defaults": a 4 ->
+# 1 QoS 1 burst, reported only for loss (what a user who keeps the defaults gets). Each
 # broker is started fresh for every round, runs the same scenarios, and is stopped. Results:
 # the table between the markers in docs/benchmarks.md (medians over rounds, with ratios) and the
 # raw JSON reports in docs/benchmarks/ (one file per run of this script's mode).
@@ -128,13 +131,15 @@ fi
 PORT=21883
 METRICS_PORT=21983
 
-culex_conf() { # $1 = with metrics (0/1)
+culex_conf() { # $1 = with metrics (0/1); DEFAULT_LIMITS=1: the broker's own limits
     local f="$WORK/culex.conf"
     {
         echo "listener $PORT 127.0.0.1"
         echo "allow_anonymous true"
-        echo "max_inflight_messages $INFLIGHT"
-        echo "max_queued_messages $QUEUED"
+        if [ "${DEFAULT_LIMITS:-0}" != 1 ]; then
+            echo "max_inflight_messages $INFLIGHT"
+            echo "max_queued_messages $QUEUED"
+        fi
         echo "sys_interval 0"
         if [ "$1" = 1 ]; then
             echo "metrics_listener 127.0.0.1:$METRICS_PORT"
@@ -161,11 +166,12 @@ listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
 sys_interval 0
-max_inflight_messages $INFLIGHT
-max_queued_messages $QUEUED
 max_connections -1
 log_dest none
 EOF
+    if [ "${DEFAULT_LIMITS:-0}" != 1 ]; then
+        printf 'max_inflight_messages %s\nmax_queued_messages %s\n' "$INFLIGHT" "$QUEUED" >> "$f"
+    fi
     echo "$f"
 }
 
@@ -273,6 +279,13 @@ for round in $(seq 1 "$ROUNDS"); do
                 || log "$broker: $name failed"
         done
         stop_broker
+        # The same broker with its default limits: does a QoS 1 burst lose acknowledged messages?
+        DEFAULT_LIMITS=1 start_broker "$broker"
+        "${GEN_TASKSET[@]}" "$GEN" "${GEN_THREADS[@]}" --port "$PORT" --broker-pid "$BROKER_PID" \
+            --label "$broker" -o "$RAW/$broker.burst_defaults.$round.json" \
+            pubsub --publishers 4 --subscribers 1 --qos 1 --warmup "$WARMUP" --duration "$DURATION" --drain 3 \
+            || log "$broker: burst_defaults failed"
+        stop_broker
     done
 done
 ELAPSED=$(( $(date +%s) - T0 ))
@@ -370,7 +383,7 @@ for label, scen, get, scale, higher, digits in rows:
 
 checks = ["| scenario | " + " | ".join(f"{b} lost / dup / out-of-order" for b in brokers) + " |",
           "|" + "---|" * (1 + len(brokers))]
-for scen in ["fanin4_q0", "fanin4_q1", "fanout8_q0", "p2p_q0", "rate5k_q1", "rate20k_q1"]:
+for scen in ["fanin4_q0", "fanin4_q1", "fanout8_q0", "p2p_q0", "rate5k_q1", "rate20k_q1", "burst_defaults"]:
     cells = []
     for b in brokers:
         rs = [r["report"]["result"]["checks"] for r in runs if r["broker"] == b and r["scenario"] == scen]
