@@ -251,6 +251,7 @@ SCENARIOS=(
     "fanin4_q0|pubsub --publishers 4 --subscribers 1 --qos 0"
     "fanin4_q1|pubsub --publishers 4 --subscribers 1 --qos 1"
     "fanout8_q0|pubsub --publishers 1 --subscribers 8 --qos 0"
+    "fanout8_q1|pubsub --publishers 1 --subscribers 8 --qos 1"
     "p2p_q0|pubsub --publishers 1 --subscribers 1 --qos 0"
     "rate5k_q1|pubsub --publishers 1 --subscribers 1 --qos 1 --rate 5000"
     "rate20k_q1|pubsub --publishers 1 --subscribers 1 --qos 1 --rate 20000"
@@ -346,6 +347,7 @@ rows = [
     ("4 publishers → 1 subscriber, QoS 0 (msg/s)", "fanin4_q0", lambda r: r["delivery_rate"], 1, True, 0),
     ("4 publishers → 1 subscriber, QoS 1 (msg/s)", "fanin4_q1", lambda r: r["delivery_rate"], 1, True, 0),
     ("1 publisher → 8 subscribers, QoS 0 (deliveries/s)", "fanout8_q0", lambda r: r["delivery_rate"], 1, True, 0),
+    ("1 publisher → 8 subscribers, QoS 1 (deliveries/s)", "fanout8_q1", lambda r: r["delivery_rate"], 1, True, 0),
     ("1 publisher → 1 subscriber, QoS 0 (msg/s)", "p2p_q0", lambda r: r["delivery_rate"], 1, True, 0),
     ("QoS 1 at 5,000 msg/s, end-to-end p99 (ms)", "rate5k_q1", lambda r: r["latency"]["p99_us"], 1e-3, False, 2),
     ("QoS 1 at 5,000 msg/s, end-to-end p50 (ms)", "rate5k_q1", lambda r: r["latency"]["p50_us"], 1e-3, False, 2),
@@ -383,7 +385,7 @@ for label, scen, get, scale, higher, digits in rows:
 
 checks = ["| scenario | " + " | ".join(f"{b} lost / dup / out-of-order" for b in brokers) + " |",
           "|" + "---|" * (1 + len(brokers))]
-for scen in ["fanin4_q0", "fanin4_q1", "fanout8_q0", "p2p_q0", "rate5k_q1", "rate20k_q1", "burst_defaults"]:
+for scen in ["fanin4_q0", "fanin4_q1", "fanout8_q0", "fanout8_q1", "p2p_q0", "rate5k_q1", "rate20k_q1", "burst_defaults"]:
     cells = []
     for b in brokers:
         rs = [r["report"]["result"]["checks"] for r in runs if r["broker"] == b and r["scenario"] == scen]
