@@ -1584,21 +1584,7 @@ async fn two_brokers_with_different_persistence_files_share_a_directory() -> Res
 
 /// `GET path` on the metrics listener: (status code, body).
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out))
-        .await
-        .context("HTTP response")??;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("status line")?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Ok((code, body))
+    culex_test_support::http_get(addr, path, TIMEOUT).await
 }
 
 /// Sets the file size limit (RLIMIT_FSIZE, soft and hard as they are) of process `pid`.

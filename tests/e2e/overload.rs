@@ -156,13 +156,5 @@ async fn a_frozen_subscriber_is_cut_off_and_the_healthy_one_gets_everything() ->
 
 /// The body of `GET path`.
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(LONG, s.read_to_string(&mut out))
-        .await
-        .context("HTTP response")??;
-    Ok(out)
+    Ok(culex_test_support::http_get(addr, path, LONG).await?.1)
 }

@@ -128,7 +128,7 @@ impl Router {
             // on, so that the next ones can be held.
             let conn = routing.conn;
             if self.flow.pressured.insert(conn) {
-                self.send_to_conn_flow(conn, crate::api::Outbound::Pressure(true));
+                self.send_to_conn(conn, crate::api::Outbound::Pressure(true));
             }
         } else if !routing.over.contains(&sid) {
             routing.over.push(sid);
@@ -256,7 +256,7 @@ impl Router {
                 .collect()
         };
         for conn in done {
-            self.send_to_conn_flow(conn, crate::api::Outbound::Pressure(false));
+            self.send_to_conn(conn, crate::api::Outbound::Pressure(false));
         }
     }
 
@@ -311,19 +311,6 @@ impl Router {
             }
             self.flush_changes(sid);
             self.flow_release(sid);
-        }
-    }
-
-    /// Sends a flow control signal to connection `conn` (into its reserved control slots).
-    fn send_to_conn_flow(&mut self, conn: ConnId, out: crate::api::Outbound) {
-        if let Some(link) = self
-            .by_conn
-            .get(&conn)
-            .and_then(|sid| self.sessions.get(sid))
-            .and_then(|s| s.link.as_ref())
-            .filter(|l| l.conn == conn)
-        {
-            let _ = link.outbox.try_send(out);
         }
     }
 }

@@ -439,7 +439,9 @@ impl Router {
         self.persist.acks.len()
     }
 
-    fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
+    /// Sends `out` to connection `conn` if it is still the live link of its session (into the
+    /// outbox's reserved control slots).
+    pub(super) fn send_to_conn(&mut self, conn: ConnId, out: Outbound) {
         let link = self
             .by_conn
             .get(&conn)

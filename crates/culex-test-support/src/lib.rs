@@ -264,3 +264,22 @@ pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+/// `GET path` over HTTP/1.0 on `addr` (the metrics listener): the status code and the body.
+/// Gives up after `limit`.
+pub async fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(limit, s.read_to_string(&mut out))
+        .await
+        .context("HTTP response")??;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((code, body))
+}
