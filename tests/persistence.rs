@@ -564,7 +564,7 @@ fn stop(broker: Broker, how: Stop) {
 
 /// 5.0 properties a retained message must keep across a restart.
 fn rich_properties() -> Properties {
-    Properties {
+    Properties::from(culex_proto::PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(3600),
         content_type: Some("text/plain; charset=utf-8".to_owned()),
@@ -575,8 +575,8 @@ fn rich_properties() -> Properties {
             ("unit".to_owned(), "celsius".to_owned()),
             ("origin".to_owned(), "second value, same key".to_owned()),
         ],
-        ..Properties::default()
-    }
+        ..Default::default()
+    })
 }
 
 /// Subscribes a new clean client to `ret/#` and checks exactly the retained messages

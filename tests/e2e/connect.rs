@@ -111,6 +111,7 @@ async fn v5_zero_length_client_id_is_assigned_an_identifier() -> Result<()> {
     let id = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("CONNACK without Assigned Client Identifier");
     assert!(!id.is_empty());
     Ok(())
@@ -121,8 +122,8 @@ async fn v5_zero_length_client_ids_get_distinct_identifiers() -> Result<()> {
     let broker = TestBroker::start().await?;
     let (_a, ack_a) = connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await?;
     let (_b, ack_b) = connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await?;
-    let a = ack_a.properties.assigned_client_identifier.unwrap();
-    let b = ack_b.properties.assigned_client_identifier.unwrap();
+    let a = ack_a.properties.assigned_client_identifier.clone().unwrap();
+    let b = ack_b.properties.assigned_client_identifier.clone().unwrap();
     assert_ne!(a, b, "two clients were assigned the same identifier");
     Ok(())
 }

@@ -626,10 +626,10 @@ async fn v5_authentication_method_is_refused_with_0x8c_and_a_reason_string() -> 
     let mut c = connect_v5(broker.addr, "auth-later").await?;
     c.send(&Packet::Auth(Auth {
         reason_code: ReasonCode::ReAuthenticate,
-        properties: Properties {
+        properties: Properties::from(culex_proto::PropertyValues {
             authentication_method: Some("SCRAM-SHA-256".into()),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     }))
     .await?;
     let why = expect_disconnect(&mut c, ReasonCode::BadAuthenticationMethod).await?;

@@ -1323,15 +1323,15 @@ fn local_options(config: &BridgeConfig) -> ConnectOptions {
 /// The MQTT 5 PUBLISH properties worth carrying across the bridge (not topic aliases or
 /// subscription identifiers, which belong to one connection).
 fn forwarded_properties(p: &Properties) -> Properties {
-    Properties {
+    Properties::from(culex_proto::PropertyValues {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
         content_type: p.content_type.clone(),
         response_topic: p.response_topic.clone(),
         correlation_data: p.correlation_data.clone(),
         user_properties: p.user_properties.clone(),
-        ..Properties::default()
-    }
+        ..Default::default()
+    })
 }
 
 /// Unsubscribes `filters` (none: nothing to do) and waits for the UNSUBACK (`what`).

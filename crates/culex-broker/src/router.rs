@@ -6,6 +6,8 @@
 //! always fit; only QoS 0 deliveries to a slow consumer are dropped (and counted).
 
 use std::collections::{BTreeSet, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,9 +48,9 @@ pub struct Router {
     settings: BrokerSettings,
     /// Boxed: a session is a few hundred bytes, and the map keeps up to twice as many slots as
     /// sessions (every connected client has one).
-    sessions: HashMap<SessionId, Box<Session>>,
+    sessions: FxHashMap<SessionId, Box<Session>>,
     by_client: HashMap<Arc<str>, SessionId>,
-    by_conn: HashMap<ConnId, SessionId>,
+    by_conn: FxHashMap<ConnId, SessionId>,
     next_session: SessionId,
     next_auto_id: u64,
     tree: SubscriptionTree<SessionId, Subscription>,
@@ -58,7 +60,7 @@ pub struct Router {
     expiries: BTreeSet<(Instant, SessionId)>,
     /// Delayed wills by due time; the will itself waits in `delayed`.
     will_due: BTreeSet<(Instant, SessionId)>,
-    delayed: HashMap<SessionId, (Instant, PendingWill)>,
+    delayed: FxHashMap<SessionId, (Instant, PendingWill)>,
     next_retained_sweep: Option<Instant>,
     stats: RouterStats,
     scratch: Vec<(SessionId, Subscription)>,
@@ -99,9 +101,9 @@ impl Router {
     pub fn new(settings: BrokerSettings) -> Self {
         Router {
             settings,
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             by_client: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_conn: FxHashMap::default(),
             next_session: 1,
             next_auto_id: 1,
             tree: SubscriptionTree::new(),
@@ -109,7 +111,7 @@ impl Router {
             retained_bytes: 0,
             expiries: BTreeSet::new(),
             will_due: BTreeSet::new(),
-            delayed: HashMap::new(),
+            delayed: FxHashMap::default(),
             next_retained_sweep: None,
             stats: RouterStats::default(),
             scratch: Vec::new(),

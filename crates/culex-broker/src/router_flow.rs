@@ -15,10 +15,11 @@
 //! Acknowledgements keep their order per publisher [MQTT-4.6.0-2]: one that waits holds back
 //! every later answer to the same connection.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use culex_proto::{Packet, ReasonCode};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::Router;
 use super::SessionId;
@@ -33,14 +34,14 @@ pub(super) struct Flow {
     /// the message went into.
     routing: Option<Routing>,
     /// Publisher connections told to let the router answer (`Outbound::Pressure(true)`).
-    pressured: HashSet<ConnId>,
+    pressured: FxHashSet<ConnId>,
     /// Answers owed to each publisher connection, in order, while any of them waits.
-    owed: HashMap<ConnId, Owed>,
+    owed: FxHashMap<ConnId, Owed>,
     /// Subscriber sessions over their queue limit that hold answers back.
-    holders: HashMap<SessionId, Holder>,
+    holders: FxHashMap<SessionId, Holder>,
     /// Subscribers being disconnected for slowness: until their connection has ended, what
     /// overflows their queue is dropped rather than holding publishers back again.
-    slow: HashSet<SessionId>,
+    slow: FxHashSet<SessionId>,
 }
 
 /// The PUBLISH being routed.

@@ -37,7 +37,7 @@ pub(super) struct Persistence {
     /// While holding: the store ops, submitted as one group when the hold ends.
     group: Option<Vec<StoreOp>>,
     /// How many of `acks` belong to each connection (an ack may only overtake none of them).
-    waiting: std::collections::HashMap<ConnId, usize>,
+    waiting: rustc_hash::FxHashMap<ConnId, usize>,
     /// Wall-clock time matching an instant, to store expiry times that survive a restart.
     wall_origin: Option<(Instant, SystemTime)>,
 }

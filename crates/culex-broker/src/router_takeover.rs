@@ -9,10 +9,10 @@
 //! its end to be applied; only then is it answered. A connection that does not end within
 //! [`TAKEOVER_WAIT`] is taken over anyway.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use culex_proto::ReasonCode;
+use rustc_hash::FxHashMap;
 
 use super::Router;
 use crate::api::{ConnId, ConnectRequest};
@@ -24,7 +24,7 @@ pub(super) const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub(super) struct Takeovers {
     /// By the connection being taken over: until when to wait, and the waiting CONNECT.
-    waiting: HashMap<ConnId, (Instant, Box<ConnectRequest>)>,
+    waiting: FxHashMap<ConnId, (Instant, Box<ConnectRequest>)>,
 }
 
 impl Router {

@@ -131,10 +131,10 @@ fn will(topic: &str, delay: Option<u32>) -> LastWill {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(culex_proto::PropertyValues {
             will_delay_interval: delay,
             ..Default::default()
-        },
+        }),
     }
 }
 
@@ -317,10 +317,10 @@ fn qos2_publish_already_sent_does_not_expire_before_pubrec() {
                     retain: false,
                     topic: "t".into(),
                     packet_id: Some(7),
-                    properties: Properties {
+                    properties: Properties::from(culex_proto::PropertyValues {
                         message_expiry_interval: Some(5),
                         ..Default::default()
-                    },
+                    }),
                     payload: Bytes::from_static(b"short-lived"),
                 },
             },

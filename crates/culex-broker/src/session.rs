@@ -1,7 +1,10 @@
 //! One client session: its subscriptions, its will, and the outgoing QoS 1/2 state machine
 //! (in-flight window, packet identifiers, bounded queue).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,7 +193,7 @@ impl Drop for QueuedBytes {
 /// The outgoing side of a session: in-flight QoS 1/2 messages and the queue behind them.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
-    inflight: HashMap<u16, Inflight>,
+    inflight: FxHashMap<u16, Inflight>,
     /// Total size of the messages in `inflight`.
     inflight_bytes: u64,
     queue: VecDeque<Pending>,
@@ -466,15 +469,17 @@ impl Outgoing {
     }
 
     fn finish_if(&mut self, packet_id: u16, expected: InflightState) -> bool {
-        match self.inflight.get(&packet_id) {
-            Some(f) if f.state == expected => {
-                let seq = f.pending.seq;
-                self.remove_inflight(packet_id);
-                self.record(Change::Delete(seq));
-                true
-            }
-            _ => false,
+        // One lookup: this runs for every acknowledgement.
+        let Entry::Occupied(entry) = self.inflight.entry(packet_id) else {
+            return false;
+        };
+        if entry.get().state != expected {
+            return false;
         }
+        let f = entry.remove();
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(f.pending.message.size());
+        self.record(Change::Delete(f.pending.seq));
+        true
     }
 
     /// PUBREC. Success moves the exchange to PUBREL (returns true: send PUBREL); an error

@@ -700,7 +700,7 @@ impl ClientSession {
                 self.state = State::Disconnected;
                 Err(ClientError::ServerDisconnect {
                     reason: d.reason_code,
-                    reason_string: d.properties.reason_string,
+                    reason_string: d.properties.into_values().reason_string,
                 })
             }
             Packet::Auth(_) => Err(ClientError::Protocol(
@@ -1126,11 +1126,11 @@ mod tests {
         let mut s = ClientSession::new(o);
         s.connect(t0);
         drain(&mut s, t0);
-        let props = Properties {
+        let props = Properties::from(culex_proto::PropertyValues {
             receive_maximum: Some(1),
             maximum_qos: Some(1),
-            ..Properties::default()
-        };
+            ..Default::default()
+        });
         s.handle_packet(
             Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -1289,11 +1289,11 @@ mod tests {
         let mut s = ClientSession::new(o);
         s.connect(t0);
         drain(&mut s, t0);
-        let props = Properties {
+        let props = Properties::from(culex_proto::PropertyValues {
             server_keep_alive: Some(5),
             assigned_client_identifier: Some("auto-1".into()),
-            ..Properties::default()
-        };
+            ..Default::default()
+        });
         s.handle_packet(
             Packet::ConnAck(ConnAck {
                 session_present: false,

@@ -24,5 +24,5 @@ pub use encode::{
 };
 pub use error::DecodeError;
 pub use packet::*;
-pub use properties::{Properties, UserProperty};
+pub use properties::{Properties, PropertyValues, UserProperty};
 pub use reason::ReasonCode;

@@ -9,9 +9,19 @@ use bytes::Bytes;
 /// A User Property: a UTF-8 string pair; order and duplicates are preserved.
 pub type UserProperty = (String, String);
 
-/// The MQTT 5 properties of a packet or will.
+/// The MQTT 5 properties of a packet or will: [`PropertyValues`] behind a pointer that is
+/// null while no property is set.
+///
+/// Most packets carry no properties (every MQTT 3.1.1 packet, most MQTT 5 acknowledgements),
+/// and packets move by value through decoders and channels by the million: boxed, a
+/// PUBACK is 16 bytes instead of 350. Reading a field of empty properties reads a shared empty
+/// set; writing one allocates the set (`DerefMut`).
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+/// The values of [`Properties`], one field per MQTT 5 property.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01 Payload Format Indicator (PUBLISH, will).
     pub payload_format_indicator: Option<u8>,
     /// 0x02 Message Expiry Interval in seconds (PUBLISH, will).
@@ -69,10 +79,80 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// What empty [`Properties`] read as.
+static EMPTY: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
 impl Properties {
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.0.as_deref().is_none_or(|v| *v == EMPTY)
+    }
+
+    /// The values, by value (to move fields out).
+    pub fn into_values(self) -> PropertyValues {
+        self.0.map(|v| *v).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        Properties(Some(Box::new(values)))
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
@@ -257,5 +337,36 @@ impl PropCtx {
             PropCtx::Disconnect => "DISCONNECT",
             PropCtx::Auth => "AUTH",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Packet, PubResp};
+
+    /// Packets move by value from the decoder to the router: absent properties cost a null
+    /// pointer, not the 340-byte set.
+    #[test]
+    fn packets_stay_small() {
+        assert_eq!(std::mem::size_of::<Properties>(), 8);
+        assert!(std::mem::size_of::<PubResp>() <= 16);
+        let packet = std::mem::size_of::<Packet>();
+        assert!(packet <= 80, "Packet is {packet} bytes");
+    }
+
+    #[test]
+    fn empty_reads_as_default_and_writes_allocate() {
+        let mut p = Properties::default();
+        assert!(p.is_empty());
+        assert_eq!(p.reason_string, None);
+        assert_eq!(p, Properties::from(PropertyValues::default()));
+        p.topic_alias = Some(3);
+        assert!(!p.is_empty());
+        assert_eq!(p.topic_alias, Some(3));
+        p.topic_alias = None;
+        assert!(p.is_empty(), "a set emptied again is empty");
+        assert_eq!(p, Properties::default());
+        assert_eq!(p.into_values(), PropertyValues::default());
     }
 }

@@ -133,10 +133,10 @@ fn connect_v5_full() {
         payload: Bytes::from_static(b"hi"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: Properties {
+        properties: Properties::from(culex_proto::PropertyValues {
             payload_format_indicator: Some(1),
-            ..props()
-        },
+            ..props().into_values()
+        }),
     });
     c.username = Some("u".into());
     c.password = Some(Bytes::from_static(&[1, 2]));

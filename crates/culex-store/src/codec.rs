@@ -475,15 +475,15 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: Properties {
+            properties: Properties::from(culex_proto::PropertyValues {
                 payload_format_indicator: Some(1),
                 message_expiry_interval: Some(60),
                 content_type: Some("text/plain".into()),
                 response_topic: Some("r/t".into()),
                 correlation_data: Some(Bytes::from_static(b"\x00\x01")),
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
             expires_at: expires.map(|d| c.now + d),
             origin: Some(7),
         }

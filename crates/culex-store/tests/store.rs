@@ -15,7 +15,7 @@ use culex_proto::{Properties, QoS, RetainHandling, SubscriptionOptions};
 use culex_store::{spawn_writer, Clocks, Store, StoreError, SyncPolicy, DB_FILE};
 
 fn full_properties() -> Properties {
-    Properties {
+    Properties::from(culex_proto::PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(3600),
         content_type: Some("application/json".into()),
@@ -26,8 +26,8 @@ fn full_properties() -> Properties {
             ("a".into(), "2".into()),
             ("ü".into(), "".into()),
         ],
-        ..Properties::default()
-    }
+        ..Default::default()
+    })
 }
 
 fn message(topic: &str, payload: &[u8], qos: QoS, expires_at: Option<Instant>) -> Arc<Message> {

@@ -717,11 +717,11 @@ mod tests {
             retain: true,
             topic: "a/b".into(),
             packet_id: Some(42),
-            properties: Properties {
+            properties: Properties::from(culex_proto::PropertyValues {
                 content_type: Some("text/plain".into()),
                 user_properties: vec![("k".into(), "v".into())],
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
             payload: Bytes::from_static(b"he\"llo"),
         }
     }
