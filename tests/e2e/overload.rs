@@ -65,12 +65,12 @@ async fn drain(c: &mut RawClient, count: usize) -> Result<Vec<String>> {
     Ok(got)
 }
 
-/// 4 publishers × 5,000 QoS 1 messages into one subscriber with the default limits
+/// 4 publishers × 20,000 QoS 1 messages into one subscriber with the default limits
 /// (`max_queued_messages 1000`): every acknowledged message is delivered, each publisher's in
 /// order. (Issue 16 measured 94 % of them dropped before flow control.)
 #[tokio::test]
 async fn a_burst_of_four_publishers_into_one_subscriber_loses_nothing() -> Result<()> {
-    const EACH: u16 = 5000;
+    const EACH: u16 = 20_000;
     let broker = TestBroker::start_with(Config::embedded_default()).await?;
     let mut sub = connect_clean(broker.addr, Protocol::V311, "burst-sub").await?;
     subscribe(&mut sub, 1, "burst/#", QoS::AtLeastOnce).await?;
