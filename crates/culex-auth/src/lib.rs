@@ -8,16 +8,23 @@
 //! * [`AclFile`]: `user`, `topic` and `pattern` lines with Mosquitto 2.0's semantics, checked
 //!   without allocation on the delivery hot path.
 //! * [`password_hash`]: produces new hash strings for `culex passwd`.
+//! * [`CredentialCache`] and [`FailureLimiter`]: keep logins cheap under attack (recently
+//!   verified credentials skip the hash; a source that keeps failing is made to wait).
 //!
 //! Both file types are immutable once loaded (`Send + Sync`); a reload builds a new value and
 //! swaps it in, so a file that fails to parse never replaces working rules.
 
 mod acl;
 mod error;
+mod login;
 mod password;
 
 pub use acl::{Access, AclFile};
 pub use error::{AuthError, Warning};
+pub use login::{
+    Blocked, CredentialCache, FailureLimiter, FAILURE_WINDOW, FIRST_BACKOFF, LOG_INTERVAL,
+    MAX_BACKOFF,
+};
 pub use password::{
     password_hash, AuthResult, HashKind, PasswordFile, PasswordHash, ARGON2ID_M_COST_KIB,
     ARGON2ID_PARALLELISM, ARGON2ID_T_COST, DEFAULT_PBKDF2_ITERATIONS, SALT_LEN,

@@ -332,6 +332,37 @@ pub fn password_hash(password: &[u8], kind: HashKind) -> Result<String, AuthErro
 pub struct PasswordFile {
     /// Each user's hash, and the fingerprint of its entry (see [`PasswordFile::fingerprint`]).
     users: HashMap<String, (PasswordHash, u64)>,
+    /// What an unknown username is checked against, so that it costs what a known one does:
+    /// an entry of the file's most common hash kind and cost (see [`PasswordFile::check`]).
+    decoy: Option<PasswordHash>,
+}
+
+impl PasswordHash {
+    /// Hashes of one cost class take the same time to verify: same kind, same parameters.
+    fn cost_class(&self) -> (u8, String) {
+        match &self.0 {
+            Inner::Sha512 { salt, .. } => (0, salt.len().to_string()),
+            Inner::Pbkdf2 { iterations, .. } => (1, iterations.to_string()),
+            // The PHC string up to its salt: `$argon2id$v=..$m=..,t=..,p=..`.
+            Inner::Argon2id { encoded } => {
+                let params: Vec<&str> = encoded.split('$').take(4).collect();
+                (2, params.join("$"))
+            }
+        }
+    }
+}
+
+/// A hash of the most common cost class among `users` (ties: the lowest class), to check
+/// unknown usernames against.
+fn decoy_for(users: &HashMap<String, (PasswordHash, u64)>) -> Option<PasswordHash> {
+    let mut classes: HashMap<(u8, String), (usize, &PasswordHash)> = HashMap::new();
+    for (hash, _) in users.values() {
+        classes.entry(hash.cost_class()).or_insert((0, hash)).0 += 1;
+    }
+    classes
+        .into_iter()
+        .max_by(|(ka, (na, _)), (kb, (nb, _))| na.cmp(nb).then_with(|| kb.cmp(ka)))
+        .map(|(_, (_, hash))| hash.clone())
 }
 
 /// A 64-bit fingerprint of a password file entry's hash text: equal entries (same salt, same
@@ -437,17 +468,25 @@ impl PasswordFile {
                 )),
             }
         }
-        (PasswordFile { users }, warnings)
+        let decoy = decoy_for(&users);
+        (PasswordFile { users, decoy }, warnings)
     }
 
     /// Checks a username and password. CPU-heavy for `$7$` and `$argon2id$` entries (up to
     /// ~100 ms with Culex's defaults): the broker calls this via `spawn_blocking`.
     ///
-    /// The digest comparison is constant-time. An unknown username returns at once, so timing
-    /// reveals whether a username exists (as in Mosquitto); the CONNACK code does not.
+    /// The digest comparison is constant-time, and an unknown username costs what a known one
+    /// does: its password is checked against an entry of the file's most common hash kind and
+    /// cost (whatever the outcome, the answer is [`AuthResult::UnknownUser`]), so timing does
+    /// not reveal which usernames exist. (Mosquitto answers unknown users at once.)
     pub fn check(&self, username: &str, password: &[u8]) -> AuthResult {
         match self.users.get(username) {
-            None => AuthResult::UnknownUser,
+            None => {
+                if let Some(decoy) = &self.decoy {
+                    std::hint::black_box(decoy.verify(password));
+                }
+                AuthResult::UnknownUser
+            }
             Some((hash, _)) if hash.verify(password) => AuthResult::Ok,
             Some(_) => AuthResult::BadPassword,
         }

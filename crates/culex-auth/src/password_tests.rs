@@ -231,3 +231,18 @@ fn fingerprints_tell_a_changed_entry_from_the_same_one() {
     assert_eq!(b.fingerprint("bob"), None);
     assert_eq!(b.fingerprint("carol"), a.fingerprint("carol"));
 }
+
+/// An unknown username is checked against an entry of the file's most common hash kind and
+/// cost (here `$7$` with 101 iterations: alice, bob, dave), so it costs what a known user does.
+#[test]
+fn unknown_users_are_checked_against_the_most_common_cost_class() {
+    let (file, _) = PasswordFile::parse(MOSQUITTO_FILE, &origin()).unwrap();
+    let decoy = file.decoy.as_ref().expect("a decoy");
+    assert_eq!(decoy.cost_class(), (1, "101".to_string()));
+    assert_eq!(file.check("nobody", b"secret"), AuthResult::UnknownUser);
+    // Even the password of the entry the decoy copies does not let an unknown name in.
+    assert_eq!(file.check("zed", b"secret"), AuthResult::UnknownUser);
+    let (empty, _) = PasswordFile::parse("", &origin()).unwrap();
+    assert!(empty.decoy.is_none());
+    assert_eq!(empty.check("nobody", b"x"), AuthResult::UnknownUser);
+}

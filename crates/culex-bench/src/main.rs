@@ -9,6 +9,8 @@
 //!   publish → deliver latency and loss / duplicate / order checks.
 //! * `connections`: open N connections as fast as possible (connection rate), hold them idle and
 //!   read the broker's RSS per connection from `/proc`.
+//! * `logins`: valid logins and a connected client's round trips during a wrong-password storm,
+//!   then known vs unknown user timing.
 //!
 //! Every run is bounded (`--duration`, `--count`) and prints one JSON object. With
 //! `--broker-pid` the broker's CPU time (`/proc/PID/stat`) and RSS (`/proc/PID/status`) are
@@ -16,6 +18,7 @@
 
 mod conns;
 mod load;
+mod logins;
 mod procfs;
 mod report;
 mod wire;
@@ -79,6 +82,43 @@ enum Scenario {
     Pubsub(PubsubArgs),
     /// Connection rate and broker memory per idle connection.
     Connections(ConnArgs),
+    /// Valid logins and a connected client during a wrong-password storm; known vs unknown
+    /// user timing afterwards.
+    Logins(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// A user in the broker's password file.
+    #[arg(long)]
+    user: String,
+    /// Its password.
+    #[arg(long)]
+    password: String,
+    /// A user name that is not in the file.
+    #[arg(long, default_value = "no-such-user")]
+    unknown_user: String,
+    /// Clients sending wrong passwords as fast as they are answered.
+    #[arg(long, default_value_t = 40)]
+    storm: u32,
+    /// Where the storm comes from (another loopback address).
+    #[arg(long, default_value = "127.0.0.2")]
+    storm_source: std::net::IpAddr,
+    /// Where the timing probes come from (this address and the ones after it).
+    #[arg(long, default_value = "127.0.1.1")]
+    probe_source: std::net::IpAddr,
+    /// Length of the storm, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Pause between valid logins, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// Wait after the storm before the timing probes, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Known/unknown pairs timed after the storm.
+    #[arg(long, default_value_t = 60)]
+    probes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +275,25 @@ fn real_main() -> Result<()> {
             };
             let report = runtime.block_on(conns::run(opts))?;
             ("connections", serde_json::to_value(report)?)
+        }
+        Scenario::Logins(a) => {
+            let opts = logins::LoginOpts {
+                addr,
+                protocol,
+                user: a.user.clone(),
+                password: a.password.clone(),
+                unknown_user: a.unknown_user.clone(),
+                storm: a.storm,
+                storm_source: SocketAddr::new(a.storm_source, 0),
+                probe_source: SocketAddr::new(a.probe_source, 0),
+                duration: secs(a.duration)?,
+                interval: Duration::from_millis(a.interval_ms),
+                settle: secs(a.settle)?,
+                probes: a.probes,
+                client_prefix: prefix,
+            };
+            let report = runtime.block_on(logins::run(opts))?;
+            ("logins", serde_json::to_value(report)?)
         }
     };
     let out = serde_json::json!({

@@ -160,6 +160,13 @@ pub enum Command {
         /// The highest durable ticket.
         ticket: u64,
     },
+    /// The connection's outbox has the free room the router asked for
+    /// ([`Outbox::want_space`](crate::Outbox::want_space)): it sends the next QoS 0
+    /// messages waiting for that connection.
+    OutboxSpace {
+        /// The connection.
+        conn: ConnId,
+    },
     /// PUBACK from a client for a QoS 1 delivery.
     PubAck {
         /// The connection.

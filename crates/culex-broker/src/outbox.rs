@@ -27,6 +27,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
         capacity,
         len: AtomicUsize::new(0),
+        want_free: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -53,6 +54,8 @@ struct Shared {
     capacity: usize,
     /// Items sent and not yet received (queued here or in the receiver's `taken`).
     len: AtomicUsize,
+    /// Free slots the router waits for ([`Outbox::want_space`]); 0 = none wanted.
+    want_free: AtomicUsize,
     /// Set with `State::close`: lets the receiver see a close before popping what it took
     /// earlier, without the lock.
     closing: AtomicBool,
@@ -166,6 +169,17 @@ impl Outbox {
             .saturating_sub(self.shared.len.load(Ordering::Acquire))
     }
 
+    /// Asks the connection to report ([`OutboxReceiver::space_wanted`]) once at least `free`
+    /// slots are free again. Returns true when they already are: then no report comes, and
+    /// the router carries on at once.
+    pub fn want_space(&self, free: usize) -> bool {
+        let free = free.clamp(1, self.shared.capacity);
+        self.shared.want_free.store(free, Ordering::SeqCst);
+        // The receiver may have freed the room just before the store: look again, and take
+        // the request back if it did (unless the receiver took it, and reports).
+        self.capacity() >= free && self.shared.want_free.swap(0, Ordering::SeqCst) != 0
+    }
+
     /// True once the connection has dropped its receiver.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
@@ -271,6 +285,20 @@ impl OutboxReceiver {
                 Poll::Pending
             }
         }
+    }
+
+    /// True once, when the router asked for free room ([`Outbox::want_space`]) and the
+    /// outbox now has it: the connection then tells the router. Call after taking items.
+    pub fn space_wanted(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let want = self.shared.want_free.load(Ordering::SeqCst);
+        want != 0
+            && self
+                .shared
+                .capacity
+                .saturating_sub(self.shared.len.load(Ordering::SeqCst))
+                >= want
+            && self.shared.want_free.swap(0, Ordering::SeqCst) != 0
     }
 
     /// Gives back the storage of both queues if they are empty (a burst grows them).
@@ -456,5 +484,25 @@ mod tests {
         rx.shrink();
         assert_eq!(rx.taken.capacity(), 0);
         assert_eq!(rx.shared.lock().queue.capacity(), 0);
+    }
+
+    #[test]
+    fn space_is_reported_once_when_wanted() {
+        let (tx, mut rx) = outbox(8);
+        for _ in 0..8 {
+            tx.try_send(item()).unwrap();
+        }
+        assert!(!rx.space_wanted(), "nothing was asked");
+        assert!(!tx.want_space(4), "the outbox is full");
+        for _ in 0..3 {
+            rx.try_recv().unwrap();
+        }
+        assert!(!rx.space_wanted(), "3 free, 4 wanted");
+        rx.try_recv().unwrap();
+        assert!(rx.space_wanted(), "4 free");
+        assert!(!rx.space_wanted(), "reported once");
+        // Room that is already there is answered at once, and then not reported.
+        assert!(tx.want_space(4));
+        assert!(!rx.space_wanted());
     }
 }

@@ -6,8 +6,6 @@
 //! always fit; only QoS 0 deliveries to a slow consumer are dropped (and counted).
 
 use std::collections::{BTreeSet, HashMap};
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +15,7 @@ use culex_proto::{
     Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use crate::api::{
@@ -93,6 +92,8 @@ pub(crate) fn later(now: Instant, d: Duration) -> Option<Instant> {
 mod persist_glue;
 #[path = "router_retain_source.rs"]
 mod retain_source;
+#[path = "router_retained_send.rs"]
+mod retained_send;
 #[path = "router_takeover.rs"]
 mod takeover;
 
@@ -252,6 +253,11 @@ impl Router {
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);
+            }
+            Command::OutboxSpace { conn } => {
+                if let Some(sid) = self.linked(conn) {
+                    self.send_backlog(sid, now);
+                }
             }
             Command::PubAck { conn, packet_id } => {
                 if let Some(sid) = self.linked(conn) {
@@ -422,6 +428,7 @@ impl Router {
             protocol,
             receive_maximum,
             maximum_packet_size,
+            backlog: Default::default(),
         });
         s.expiry_interval = session_expiry;
         s.will = will.map(Box::new);
@@ -632,17 +639,17 @@ impl Router {
                 properties: Properties::default(),
             }),
         );
-        for (message, sub_qos, id) in retained {
-            let qos = self.delivery_qos(sub_qos, message.qos);
-            let pending = Pending {
+        let retained = retained
+            .into_iter()
+            .map(|(message, sub_qos, id)| Pending {
+                qos: self.delivery_qos(sub_qos, message.qos),
                 message,
-                qos,
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
                 seq: 0,
-            };
-            self.deliver(sid, pending, now);
-        }
+            })
+            .collect();
+        self.send_retained(sid, retained, now);
     }
 
     fn unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {
@@ -687,7 +694,10 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        s.link = None;
+        if let Some(link) = s.link.take() {
+            // QoS 0 messages still waiting for its outbox go with the connection.
+            self.stats.dropped_offline_qos0 += link.backlog.items.len() as u64;
+        }
         if !s.outgoing.journaled() {
             // With persistence the router tracked these itself (it acknowledged them).
             s.inbound_qos2 = inbound_qos2;
@@ -903,11 +913,21 @@ impl Router {
             return;
         }
         if pending.qos == QoS::AtMostOnce {
-            let Some(link) = &s.link else {
+            let reserve = s.window(&self.settings).messages + CONTROL_RESERVE;
+            let Some(link) = &mut s.link else {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
             };
-            let reserve = s.window(&self.settings).messages + CONTROL_RESERVE;
+            if !link.backlog.items.is_empty() {
+                // Behind retained messages still waiting for room: never overtake them.
+                if link.backlog.live >= self.settings.max_outbox_qos0 {
+                    self.stats.dropped_outbox_full += 1;
+                } else {
+                    link.backlog.live += 1;
+                    link.backlog.items.push_back((pending, true));
+                }
+                return;
+            }
             if link.outbox.capacity() <= reserve {
                 self.stats.dropped_outbox_full += 1;
                 return;

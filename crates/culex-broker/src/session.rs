@@ -25,6 +25,18 @@ pub(crate) struct Link {
     pub(crate) protocol: Protocol,
     pub(crate) receive_maximum: u16,
     pub(crate) maximum_packet_size: u32,
+    /// QoS 0 messages waiting for room in the outbox (see router_retained_send.rs).
+    pub(crate) backlog: Qos0Backlog,
+}
+
+/// QoS 0 messages for one connection that wait for room in its outbox: retained messages
+/// sent on SUBSCRIBE, and the live ones that arrive behind them.
+#[derive(Debug, Default)]
+pub(crate) struct Qos0Backlog {
+    /// In order; `true` marks a live message.
+    pub(crate) items: VecDeque<(Pending, bool)>,
+    /// How many of `items` are live (bounded by the QoS 0 budget of the outbox).
+    pub(crate) live: usize,
 }
 
 /// One subscription of a session, stored under its full filter (including `$share/...`).

@@ -85,6 +85,9 @@ pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
 /// `never` in TOML) for that.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// Default [`Limits::auth_failure_limit`].
+pub const DEFAULT_AUTH_FAILURE_LIMIT: u32 = 10;
+
 /// Default [`Limits::slow_client_timeout`]: 30 s.
 pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -580,6 +583,11 @@ pub struct Limits {
     /// handled as if its queue were full (held under `queue_full_policy block`, else dropped),
     /// and one for an offline session is dropped (counted).
     pub memory_limit: u64,
+    /// `auth_failure_limit`: failed password logins in a row (each within a minute of the
+    /// previous) from one source address before that address is refused without a check for
+    /// 1 s, doubling with each further failure up to 60 s; a success clears it. Default 10;
+    /// 0 turns the limiter off.
+    pub auth_failure_limit: u32,
     /// `slow_client_timeout`: a subscriber that holds publishers back this long without
     /// acknowledging anything is disconnected (MQTT 5: 0x97 Quota exceeded) and its queue
     /// trimmed to the limits. Default 30 s; 0 never disconnects.
@@ -628,6 +636,7 @@ impl Default for Limits {
             max_inflight_bytes: 0,
             queue_full_policy: QueueFullPolicy::Block,
             memory_limit: 0,
+            auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
             slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
             message_size_limit: 0,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,

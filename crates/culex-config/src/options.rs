@@ -189,6 +189,16 @@ pub(crate) const OPTIONS: &[Spec] = &[
     },
     Spec {
         section: Section::Limits,
+        key: "auth_failure_limit",
+        conf_key: "auth_failure_limit",
+        kind: Kind::Int {
+            min: 0,
+            max: u32::MAX as i64,
+            allowed: "0 (no limit) to 4294967295",
+        },
+    },
+    Spec {
+        section: Section::Limits,
         key: "memory_limit",
         conf_key: "memory_limit",
         kind: Kind::Int {
@@ -596,6 +606,10 @@ pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<()
         "max_queued_messages" => {
             let v = int(&value)?;
             config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
+        }
+        "auth_failure_limit" => {
+            let v = int(&value)?;
+            config.limits.auth_failure_limit = u32::try_from(v).map_err(|_| range(v))?;
         }
         "memory_limit" => {
             let v = int(&value)?;

@@ -86,6 +86,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     int("max_queued_bytes", i128::from(limits.max_queued_bytes));
     int("max_inflight_bytes", i128::from(limits.max_inflight_bytes));
     int("memory_limit", i128::from(limits.memory_limit));
+    int("auth_failure_limit", i128::from(limits.auth_failure_limit));
     int("message_size_limit", i128::from(limits.message_size_limit));
     int("max_packet_size", i128::from(limits.max_packet_size));
     int("max_keepalive", i128::from(limits.max_keepalive));

@@ -239,6 +239,15 @@ fn check_username(u: &str) -> Result<()> {
     if u.starts_with('#') {
         return fail("Error: Username must not start with '#' (the line would be a comment).");
     }
+    // In an ACL `pattern` line `%u` stands for the user name: a name with a wildcard or a
+    // level separator would widen or shift the topics it grants (`pattern readwrite
+    // devices/%u/#` with user `+` would grant every device's tree).
+    if let Some(c) = u.chars().find(|c| matches!(c, '+' | '#' | '/')) {
+        return fail(format!(
+            "Error: Username must not contain '{c}': it would act as a topic wildcard or level \
+             separator where ACL patterns substitute %u."
+        ));
+    }
     if u.trim() != u {
         return fail("Error: Username must not start or end with blanks.");
     }
@@ -629,6 +638,9 @@ mod tests {
         assert!(err(&[]).contains("wrong number of arguments"));
         assert!(err(&["f", "a:b"]).contains("':'"));
         assert!(err(&["f", "#a"]).contains("'#'"));
+        assert!(err(&["f", "a+"]).contains("'+'"));
+        assert!(err(&["f", "a#b"]).contains("'#'"));
+        assert!(err(&["f", "site/a"]).contains("'/'"));
         assert!(err(&["f", " a"]).contains("blanks"));
         assert!(err(&["f", "a\tb"]).contains("control"));
         assert!(err(&["f", ""]).contains("empty"));

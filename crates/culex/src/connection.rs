@@ -471,6 +471,7 @@ where
                 connect.username.as_deref(),
                 connect.password.as_deref(),
                 identity.as_deref(),
+                self.peer.ip(),
             )
             .await
         {
@@ -480,6 +481,12 @@ where
                 info!(peer = %self.peer, client_id = %Clipped(&connect.client_id),
                     username = %Clipped(connect.username.as_deref().unwrap_or("")), "client refused: not authorised");
                 self.shared.counters.auth_failures.inc();
+                if matches!(
+                    reason,
+                    ReasonCode::ConnectionRateExceeded | ReasonCode::ServerBusy
+                ) {
+                    self.shared.counters.auth_throttled.inc();
+                }
                 self.refuse(reason).await;
                 return None;
             }
@@ -716,6 +723,13 @@ where
                     return end;
                 }
             }
+            // Commands the router could not take at once (the last one may have come from the
+            // outbox branch below, with no packet after it to send it).
+            if !self.blocked.is_empty() {
+                if let Err(end) = self.send_blocked().await {
+                    return end;
+                }
+            }
             if !self.wbuf.is_empty() && self.flush().await.is_err() {
                 return Ending::socket_gone("write failed");
             }
@@ -752,6 +766,11 @@ where
                         let Ok(item) = outbox.try_recv() else { break };
                         n += 1;
                         if let Some(end) = self.on_outbound(item) {
+                            return end;
+                        }
+                    }
+                    if outbox.space_wanted() {
+                        if let Err(end) = self.command(Command::OutboxSpace { conn: self.conn }) {
                             return end;
                         }
                     }

@@ -167,6 +167,9 @@ pub struct Counters {
     pub protocol_errors: Counter,
     /// Connections refused for authentication.
     pub auth_failures: Counter,
+    /// Of those, refused without a password check: the source was backing off after failures,
+    /// or too many logins waited for a hashing thread.
+    pub auth_throttled: Counter,
     /// PUBLISH packets received, by QoS.
     pub publish_received: [Counter; 3],
     /// PUBLISH packets sent, by QoS.

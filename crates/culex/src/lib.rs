@@ -13,6 +13,7 @@ pub mod cmd_sub;
 mod connection;
 pub mod counters;
 mod http;
+mod login_gate;
 mod memory;
 pub mod metrics;
 mod persistence;

@@ -76,6 +76,8 @@ pub const QUEUED_MESSAGES: &str = "culex_queued_messages";
 pub const QUEUED_BYTES: &str = "culex_queued_bytes";
 /// Authentication failures.
 pub const AUTH_FAILURES: &str = "culex_auth_failures_total";
+/// Logins refused without a password check.
+pub const AUTH_THROTTLED: &str = "culex_auth_throttled_total";
 /// ACL denials, label `action`.
 pub const ACL_DENIED: &str = "culex_acl_denied_total";
 /// Configuration reloads, label `result`.
@@ -464,6 +466,11 @@ fn describe() {
         "Connections refused by authentication (password or certificate identity)."
     );
     describe_counter!(
+        AUTH_THROTTLED,
+        "Logins refused without a password check: the source address was backing off after \
+         repeated failures (auth_failure_limit), or too many logins waited for a hashing thread."
+    );
+    describe_counter!(
         ACL_DENIED,
         "Operations denied by the ACL, by action (publish, subscribe, read, will)."
     );
@@ -641,6 +648,7 @@ fn record(c: &Counters, s: &Sample, extra: Extra) {
     gauge!(QUEUED_MESSAGES).set(r.queued as f64);
     gauge!(QUEUED_BYTES).set(r.queued_bytes as f64);
     counter!(AUTH_FAILURES).absolute(c.auth_failures.get());
+    counter!(AUTH_THROTTLED).absolute(c.auth_throttled.get());
     for (action, v) in [
         ("publish", c.acl_denied_publish.get()),
         ("subscribe", st.subscriptions_denied),

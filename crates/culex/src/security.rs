@@ -4,8 +4,10 @@
 //! A reload parses every file first and swaps only if all of them parsed; on any error the
 //! rules in force stay in force. It never falls back to allowing everyone.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use culex_auth::{Access, AclFile, AuthResult, PasswordFile};
@@ -13,6 +15,8 @@ use culex_broker::AccessPolicy;
 use culex_config::Security;
 use culex_proto::ReasonCode;
 use tracing::{info, warn};
+
+use crate::login_gate::LoginGate;
 
 /// The rules in force at one moment.
 #[derive(Debug)]
@@ -51,16 +55,23 @@ pub(crate) struct SecurityHandle {
     /// The broker's own in-process connections (bridges): no password or ACL applies, and
     /// they may publish to `$SYS` (bridge notifications). Never used for a network listener.
     internal: bool,
+    /// Hashing pool, credential cache and failure limiter, shared by every scope.
+    gate: Arc<LoginGate>,
 }
 
 impl SecurityHandle {
-    /// Loads the files named in `source`. Errors name the file and line.
-    pub(crate) fn load(source: &Security) -> Result<SecurityHandle, SecurityError> {
+    /// Loads the files named in `source`; passwords are checked through `gate`. Errors name
+    /// the file and line.
+    pub(crate) fn load(
+        source: &Security,
+        gate: Arc<LoginGate>,
+    ) -> Result<SecurityHandle, SecurityError> {
         let rules = load_rules(source)?;
         Ok(SecurityHandle {
             source: source.clone(),
             rules: ArcSwap::from_pointee(rules),
             internal: false,
+            gate,
         })
     }
 
@@ -77,6 +88,8 @@ impl SecurityHandle {
                 acl: None,
             }),
             internal: true,
+            // Never used: no password file applies to the broker's own connections.
+            gate: Arc::new(LoginGate::with_threads(1, 0)),
         }
     }
 
@@ -89,6 +102,7 @@ impl SecurityHandle {
     pub(crate) fn reload(&self) -> Result<(), SecurityError> {
         let rules = load_rules(&self.source)?;
         self.rules.store(Arc::new(rules));
+        self.gate.clear_cache();
         Ok(())
     }
 
@@ -99,11 +113,16 @@ impl SecurityHandle {
     /// the password file; without a password file a user name authenticates nothing, as in
     /// Mosquitto 2. An empty password is always refused. Failures answer 5 (3.1.1) / 0x87
     /// (5.0), as Mosquitto does.
+    ///
+    /// Password checks go through the [`LoginGate`]: a `source` refused for its failures gets
+    /// Connection rate exceeded without a check, and a full hashing queue Server busy (both
+    /// server unavailable in 3.1.1).
     pub(crate) async fn authenticate(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
         identity: Option<&str>,
+        source: IpAddr,
     ) -> Result<(Option<String>, Admission), ReasonCode> {
         if let Some(id) = identity {
             return Ok((Some(id.to_string()), Admission::Certificate));
@@ -131,28 +150,47 @@ impl SecurityHandle {
             info!(user, "authentication failed: empty password");
             return Err(ReasonCode::NotAuthorized);
         };
-        let user_owned = user.to_string();
-        let password = password.to_vec();
+        let now = Instant::now();
+        if let Err(wait) = self.gate.check_source(source, now) {
+            tracing::debug!(user, %source, ?wait, "login refused: source backing off after failures");
+            return Err(ReasonCode::ConnectionRateExceeded);
+        }
         let fingerprint = passwords.fingerprint(user);
-        // Hash checks cost tens of milliseconds by design; keep them off the IO threads.
-        let result =
-            tokio::task::spawn_blocking(move || passwords.check(&user_owned, &password)).await;
-        match (result, fingerprint) {
-            (Ok(AuthResult::Ok), Some(f)) => Ok((Some(user.to_string()), Admission::Password(f))),
-            (Ok(AuthResult::Ok), None) => Err(ReasonCode::NotAuthorized),
-            (Ok(AuthResult::UnknownUser), _) => {
-                info!(user, "authentication failed: unknown user");
-                Err(ReasonCode::NotAuthorized)
-            }
-            (Ok(AuthResult::BadPassword), _) => {
-                info!(user, "authentication failed: wrong password");
-                Err(ReasonCode::NotAuthorized)
-            }
-            (Err(e), _) => {
-                warn!(error = %e, "password check did not complete");
-                Err(ReasonCode::ServerUnavailable)
+        if let Some(f) = fingerprint {
+            if self.gate.cached(user, password, f, now) {
+                self.gate.succeeded(source, user, password, f, now);
+                return Ok((Some(user.to_string()), Admission::Password(f)));
             }
         }
+        // Hash checks cost tens of milliseconds by design: on the gate's bounded pool, off
+        // the IO threads. An unknown user costs the same (see `PasswordFile::check`).
+        let result = self
+            .gate
+            .verify(passwords, user.to_string(), password.to_vec())
+            .await;
+        let now = Instant::now();
+        let failure = match (result, fingerprint) {
+            (Ok(AuthResult::Ok), Some(f)) => {
+                self.gate.succeeded(source, user, password, f, now);
+                return Ok((Some(user.to_string()), Admission::Password(f)));
+            }
+            (Ok(AuthResult::Ok), None) => "password entry changed during the check",
+            (Ok(AuthResult::UnknownUser), _) => "unknown user",
+            (Ok(AuthResult::BadPassword), _) => "wrong password",
+            (Err(reason), _) => {
+                warn!(user, %source, "password check not done: {}", reason.description());
+                return Err(reason);
+            }
+        };
+        info!(user, %source, "authentication failed: {failure}");
+        if let Some(b) = self.gate.failed(source, now) {
+            if b.log {
+                warn!(%source, failures = b.failures, backoff = ?b.backoff,
+                    "repeated login failures: this source is refused without a check for a while \
+                     (auth_failure_limit)");
+            }
+        }
+        Err(ReasonCode::NotAuthorized)
     }
 
     /// Whether a client let in as `admission` under `username` still would be under the rules

@@ -161,10 +161,13 @@ impl SecurityScopes {
 
 /// Loads the password and ACL files of every security scope; errors name the file and line.
 fn load_security(config: &Config) -> Result<SecurityScopes> {
+    let gate = Arc::new(crate::login_gate::LoginGate::new(
+        config.limits.auth_failure_limit,
+    ));
     if config.per_listener_settings {
         let mut by_listener = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let h = SecurityHandle::load(config.security_for(l))
+            let h = SecurityHandle::load(config.security_for(l), Arc::clone(&gate))
                 .with_context(|| format!("listener {}", l.port))?;
             by_listener.push(Arc::new(h));
         }
@@ -173,7 +176,7 @@ fn load_security(config: &Config) -> Result<SecurityScopes> {
             by_listener,
         })
     } else {
-        let global = Arc::new(SecurityHandle::load(&config.security)?);
+        let global = Arc::new(SecurityHandle::load(&config.security, gate)?);
         Ok(SecurityScopes {
             by_listener: vec![Arc::clone(&global); config.listeners.len()],
             unique: vec![global],

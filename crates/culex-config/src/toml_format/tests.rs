@@ -93,6 +93,7 @@ max_queued_bytes = 1000000
 max_inflight_bytes = 65536
 queue_full_policy = "drop"
 slow_client_timeout = 5
+auth_failure_limit = 3
 message_size_limit = 1024
 max_packet_size = 2048
 max_keepalive = 60
@@ -130,6 +131,7 @@ upgrade_outgoing_qos = true
                 max_inflight_bytes: 65536,
                 queue_full_policy: crate::QueueFullPolicy::Drop,
                 memory_limit: 0,
+                auth_failure_limit: 3,
                 slow_client_timeout: std::time::Duration::from_secs(5),
                 message_size_limit: 1024,
                 max_packet_size: 2048,
@@ -353,7 +355,7 @@ fn unknown_keys_name_key_and_line() {
         errors("[limits]\nmax_qos = 1\n\nbogus = 2\n"),
         "culex.toml:2: unknown key 'limits.max_qos'; 'max_qos' belongs in the [mqtt] section\n\
          culex.toml:4: unknown key 'limits.bogus'; allowed keys in [limits]: max_inflight_messages, \
-         max_queued_messages, max_inflight_bytes, memory_limit, queue_full_policy, slow_client_timeout, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
+         max_queued_messages, max_inflight_bytes, auth_failure_limit, memory_limit, queue_full_policy, slow_client_timeout, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
          max_topic_levels, max_topic_length, max_connections"
     );
     assert_eq!(
