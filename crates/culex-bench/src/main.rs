@@ -117,7 +117,7 @@ struct LoginArgs {
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
     /// Known/unknown pairs timed after the storm.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 150)]
     probes: u32,
 }
 

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod log_clip;
+pub mod log_gate;
 mod message;
 mod outbox;
 pub mod persist;

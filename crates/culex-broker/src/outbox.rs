@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -22,11 +22,20 @@ use culex_proto::ReasonCode;
 
 use crate::api::Outbound;
 
+/// The message bytes an item holds: a delivery's message, nothing for control items.
+fn item_bytes(item: &Outbound) -> u64 {
+    match item {
+        Outbound::Deliver(d) => d.message.size(),
+        _ => 0,
+    }
+}
+
 /// Creates an outbox that holds at most `capacity` items not yet received.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
         capacity,
         len: AtomicUsize::new(0),
+        bytes: AtomicU64::new(0),
         want_free: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
         state: Mutex::new(State {
@@ -54,6 +63,9 @@ struct Shared {
     capacity: usize,
     /// Items sent and not yet received (queued here or in the receiver's `taken`).
     len: AtomicUsize,
+    /// Message bytes ([`Message::size`](crate::Message::size)) of the deliveries counted in
+    /// `len`: what the outbox adds to a client's queued bytes.
+    bytes: AtomicU64,
     /// Free slots the router waits for ([`Outbox::want_space`]); 0 = none wanted.
     want_free: AtomicUsize,
     /// Set with `State::close`: lets the receiver see a close before popping what it took
@@ -130,6 +142,9 @@ impl Outbox {
             if self.shared.len.load(Ordering::Acquire) >= self.shared.capacity {
                 return Err(TrySendError::Full(item));
             }
+            self.shared
+                .bytes
+                .fetch_add(item_bytes(&item), Ordering::AcqRel);
             state.queue.push_back(item);
             self.shared.len.fetch_add(1, Ordering::AcqRel);
             state.waker.take()
@@ -178,6 +193,21 @@ impl Outbox {
         // The receiver may have freed the room just before the store: look again, and take
         // the request back if it did (unless the receiver took it, and reports).
         self.capacity() >= free && self.shared.want_free.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Items not yet received.
+    pub fn len(&self) -> usize {
+        self.shared.len.load(Ordering::Acquire)
+    }
+
+    /// True if every item was received.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Message bytes of the deliveries not yet received.
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Acquire)
     }
 
     /// True once the connection has dropped its receiver.
@@ -315,6 +345,9 @@ impl OutboxReceiver {
     /// Pops a taken item and stops counting it.
     fn pop(&mut self) -> Option<Outbound> {
         let item = self.taken.pop_front()?;
+        self.shared
+            .bytes
+            .fetch_sub(item_bytes(&item), Ordering::AcqRel);
         self.shared.len.fetch_sub(1, Ordering::AcqRel);
         Some(item)
     }

@@ -26,7 +26,9 @@ use crate::log_clip::Clipped;
 use crate::message::Message;
 use crate::outbox::TrySendError;
 use crate::retained::RetainedStore;
-use crate::session::{Link, Pending, PendingWill, QueueLimits, Resend, Session, Subscription};
+use crate::session::{
+    Link, Pending, PendingWill, QueueLimits, Refusal, Resend, Session, Subscription,
+};
 use crate::settings::BrokerSettings;
 use crate::stats::{RouterSnapshot, RouterStats};
 use crate::trie::SubscriptionTree;
@@ -590,6 +592,9 @@ impl Router {
             if let Some(acl) = &s.access {
                 if !acl.can_subscribe(s.username.as_deref(), &s.client_id, &f.filter) {
                     self.stats.subscriptions_denied += 1;
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.log_refusal(now, &f.filter, Refusal::AclSubscribe, 1);
+                    }
                     reason_codes.push(ReasonCode::NotAuthorized);
                     continue;
                 }
@@ -910,10 +915,12 @@ impl Router {
         };
         if !s.can_read(&pending.message.topic) {
             self.stats.dropped_acl_read += 1;
+            s.log_refusal(now, &pending.message.topic, Refusal::AclRead, 1);
             return;
         }
         if pending.qos == QoS::AtMostOnce {
             let reserve = s.window(&self.settings).messages + CONTROL_RESERVE;
+            let max_bytes = s.queue_limits(&self.settings).max_bytes;
             let Some(link) = &mut s.link else {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
@@ -922,14 +929,25 @@ impl Router {
                 // Behind retained messages still waiting for room: never overtake them.
                 if link.backlog.live >= self.settings.max_outbox_qos0 {
                     self.stats.dropped_outbox_full += 1;
+                    let why = Refusal::Full("QoS 0 budget of the outbox (max_queued_messages)");
+                    s.log_refusal(now, &pending.message.topic, why, 1);
                 } else {
                     link.backlog.live += 1;
                     link.backlog.items.push_back((pending, true));
                 }
                 return;
             }
-            if link.outbox.capacity() <= reserve {
+            // `max_queued_bytes` covers the outbox too: what waits there and in the queue.
+            let held = link.outbox.bytes() + s.outgoing.queued_bytes();
+            let over_bytes = max_bytes > 0 && held > 0 && held + pending.message.size() > max_bytes;
+            if link.outbox.capacity() <= reserve || over_bytes {
                 self.stats.dropped_outbox_full += 1;
+                let why = Refusal::Full(if over_bytes {
+                    "QoS 0 beyond max_queued_bytes"
+                } else {
+                    "QoS 0 budget of the outbox (max_queued_messages)"
+                });
+                s.log_refusal(now, &pending.message.topic, why, 1);
                 return;
             }
             let d = Delivery {
@@ -950,7 +968,9 @@ impl Router {
             self.send_delivery(sid, d);
             return;
         }
-        let limits = s.queue_limits(&self.settings);
+        // `max_queued_bytes` covers what waits in the outbox as well as the queue.
+        let in_outbox = s.link.as_ref().map_or(0, |l| l.outbox.bytes());
+        let limits = s.queue_limits(&self.settings).less_bytes(in_outbox);
         let online = s.link.is_some();
         let over_memory = self.settings.memory_limit > 0
             && self
@@ -975,12 +995,23 @@ impl Router {
             // Beyond `memory_limit` and not held for an online subscriber: dropped.
             self.stats.dropped_queue_full += 1;
             s.observe_queue(1);
+            let why = Refusal::Full("the broker's memory_limit is reached");
+            s.log_refusal(now, &pending.message.topic, why, 1);
             return;
         }
         // Dropped: the evicted oldest messages, or the refused new one.
+        let topic = Arc::clone(&pending.message.topic);
         let dropped = s.outgoing.enqueue(pending, limits).unwrap_or(1);
         self.stats.dropped_queue_full += dropped;
         s.observe_queue(dropped);
+        if dropped > 0 {
+            let why = Refusal::Full(if online {
+                "queue full (max_queued_messages / max_queued_bytes)"
+            } else {
+                "offline session's queue full (max_queued_messages / max_queued_bytes)"
+            });
+            s.log_refusal(now, &topic, why, dropped);
+        }
     }
 
     /// Sends a delivery to the session's connection, dropping it if it exceeds the client's

@@ -70,6 +70,7 @@ impl Router {
                 return;
             };
             let reserve = s.window(&self.settings).messages + CONTROL_RESERVE;
+            let max_bytes = s.queue_limits(&self.settings).max_bytes;
             let Some(link) = &mut s.link else {
                 return;
             };
@@ -78,8 +79,15 @@ impl Router {
                 link.backlog = Default::default();
                 return;
             }
-            if link.outbox.capacity() <= reserve {
-                let wanted = reserve + (self.settings.max_outbox_qos0 / 2).max(1);
+            // The outbox's share of `max_queued_bytes` is used up: wait until half of what it
+            // holds is written.
+            let over_bytes = max_bytes > 0 && link.outbox.bytes() >= max_bytes;
+            if link.outbox.capacity() <= reserve || over_bytes {
+                let wanted = if over_bytes {
+                    link.outbox.capacity() + (link.outbox.len() / 2).max(1)
+                } else {
+                    reserve + (self.settings.max_outbox_qos0 / 2).max(1)
+                };
                 if link.outbox.want_space(wanted) {
                     continue;
                 }

@@ -3,15 +3,18 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+use tracing::{info, warn};
+
 use culex_proto::{LastWill, Protocol, QoS, SubscriptionOptions};
 
 use crate::api::{AccessPolicy, ConnId, Delivery, QueuePolicy, SubscriptionIds};
+use crate::log_clip::Clipped;
+use crate::log_gate::LogGate;
 use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::persist::MessageState;
@@ -127,6 +130,18 @@ impl QueueLimits {
     };
 
     /// The broker-wide limits, or the session's own.
+    /// These limits with `bytes` already taken elsewhere (the outbox): the byte limit, if
+    /// any, shrinks by that much (never to "no limit").
+    pub(crate) fn less_bytes(self, bytes: u64) -> Self {
+        if self.max_bytes == 0 {
+            return self;
+        }
+        QueueLimits {
+            max_bytes: self.max_bytes.saturating_sub(bytes).max(1),
+            ..self
+        }
+    }
+
     pub(crate) fn of(settings: &BrokerSettings, policy: Option<&QueuePolicy>) -> Self {
         match policy {
             Some(p) => QueueLimits {
@@ -613,6 +628,20 @@ pub(crate) struct Session {
     /// Queue limits of its own (from the last CONNECT); `None` uses the broker's. Boxed: only
     /// bridges have one.
     pub(crate) queue_policy: Option<Box<QueuePolicy>>,
+    /// Rate limit of the log lines about this client's denials and drops (allocated with the
+    /// first one).
+    pub(crate) log_gate: Option<Box<LogGate>>,
+}
+
+/// Why messages were not delivered to a client, for [`Session::log_refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The ACL does not let it read the topic (INFO).
+    AclRead,
+    /// The ACL does not let it subscribe to the filter (INFO).
+    AclSubscribe,
+    /// Its queue or outbox was full (WARN).
+    Full(&'static str),
 }
 
 impl Session {
@@ -629,6 +658,28 @@ impl Session {
                 o.dropped(dropped);
             }
             o.queue_changed(self.outgoing.queued_len());
+        }
+    }
+
+    /// Logs that `count` messages on `topic` (or a subscription to it) were refused to this
+    /// client, and why: at most one line per client per [`LOG_EVERY`](crate::log_gate::LOG_EVERY),
+    /// counting those left out.
+    pub(crate) fn log_refusal(&mut self, now: Instant, topic: &str, why: Refusal, count: u64) {
+        let Some(skipped) = self.log_gate.get_or_insert_with(Box::default).allow(now) else {
+            return;
+        };
+        let (client_id, user) = (
+            Clipped(&self.client_id),
+            self.username.as_deref().unwrap_or(""),
+        );
+        let topic = Clipped(topic);
+        match why {
+            Refusal::AclRead => info!(client_id = %client_id, user, topic = %topic,
+                not_logged_since = skipped, "message withheld: the ACL does not let this client read the topic"),
+            Refusal::AclSubscribe => info!(client_id = %client_id, user, filter = %topic,
+                not_logged_since = skipped, "subscription refused by the ACL"),
+            Refusal::Full(what) => warn!(client_id = %client_id, user, topic = %topic, count,
+                not_logged_since = skipped, "messages dropped for a client that does not keep up: {what}"),
         }
     }
 
@@ -684,6 +735,7 @@ impl Session {
             username: None,
             access: None,
             queue_policy: None,
+            log_gate: None,
         }
     }
 

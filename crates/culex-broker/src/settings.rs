@@ -53,7 +53,7 @@ impl Default for BrokerSettings {
             max_inflight_messages: 20,
             max_inflight_bytes: 0,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 64 * 1024 * 1024,
             retain_available: true,
             max_qos: QoS::ExactlyOnce,
             upgrade_outgoing_qos: false,

@@ -85,6 +85,10 @@ pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
 /// `never` in TOML) for that.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// Default [`Limits::max_queued_bytes`]: 64 MiB, so that a client that stops reading can pin
+/// no more than that however large the messages (1,000 queued 1 MB messages would be 1 GB).
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Default [`Limits::auth_failure_limit`].
 pub const DEFAULT_AUTH_FAILURE_LIMIT: u32 = 10;
 
@@ -601,8 +605,10 @@ pub struct Limits {
     /// Default 1000. Must be at least 1: unlike Mosquitto, `0` ("unlimited")
     /// is an error, because every queue in Culex is bounded.
     pub max_queued_messages: usize,
-    /// Most payload bytes queued for one client; `0` (the default) means no
-    /// byte limit, the message count limit still applies.
+    /// Most message bytes (topic and payload) waiting for one client: its session queue and
+    /// what its connection has not written yet. Default [`DEFAULT_MAX_QUEUED_BYTES`] (64 MiB;
+    /// Mosquitto's default is no limit); `0` means no byte limit, the message count limit
+    /// still applies.
     pub max_queued_bytes: u64,
     /// Largest PUBLISH payload accepted, in bytes; `0` (the default) means no
     /// limit other than `max_packet_size`. At most 268435455.
@@ -632,7 +638,7 @@ impl Default for Limits {
         Limits {
             max_inflight_messages: 20,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             max_inflight_bytes: 0,
             queue_full_policy: QueueFullPolicy::Block,
             memory_limit: 0,

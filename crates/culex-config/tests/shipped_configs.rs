@@ -79,7 +79,7 @@ fn embedded_defaults() {
     assert!(c.security.allow_anonymous);
     assert_eq!(c.limits.max_inflight_messages, 20);
     assert_eq!(c.limits.max_queued_messages, 1000);
-    assert_eq!(c.limits.max_queued_bytes, 0);
+    assert_eq!(c.limits.max_queued_bytes, 64 * 1024 * 1024);
     assert_eq!(c.limits.message_size_limit, 0);
     assert_eq!(c.limits.max_packet_size, 16 * 1024 * 1024);
     assert_eq!(c.limits.max_keepalive, 65535);

@@ -132,6 +132,30 @@ impl RawClient {
         })
     }
 
+    /// Connects a socket from the local address `local` (port 0: any), e.g. another loopback
+    /// address, to look like a different source.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        protocol: Protocol,
+    ) -> Result<Self> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .context("connect timed out")??;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::new(),
+            protocol,
+        })
+    }
+
     /// Writes raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes).await?;

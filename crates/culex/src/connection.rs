@@ -22,8 +22,8 @@ use culex_broker::{
 };
 use culex_proto::{
     aliased_publish_encoded_len, decode, encode, encode_aliased_publish, encode_publish,
-    encoded_len, AliasedPublish, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
-    Protocol, PubResp, Publish, QoS, ReasonCode,
+    encoded_len, peek_header, AliasedPublish, ConnAck, Connect, DecodeError, Disconnect, Packet,
+    Properties, Protocol, PubResp, Publish, QoS, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -247,6 +247,7 @@ where
                 client_cert: Some(c),
             })
         }),
+        deny_log: None,
         shared,
         protocol: Protocol::V311,
         client_id: Arc::from(""),
@@ -337,6 +338,8 @@ struct Conn<S> {
     /// How the client was let in, to check again after a reload; `None` for an anonymous
     /// client without a certificate (boxed: most connections need nothing here).
     login: Option<Box<Login>>,
+    /// Rate limit of the log lines about publishes the ACL refused (allocated with the first).
+    deny_log: Option<Box<culex_broker::log_gate::LogGate>>,
     shared: Arc<Shared>,
     protocol: Protocol,
     client_id: Arc<str>,
@@ -730,10 +733,22 @@ where
                     return end;
                 }
             }
-            if !self.wbuf.is_empty() && self.flush().await.is_err() {
-                return Ending::socket_gone("write failed");
+            if !self.wbuf.is_empty() {
+                if let Err(why) = self.flush().await {
+                    return Ending::socket_gone(why);
+                }
             }
             let reading = self.pending_replies < MAX_PENDING_REPLIES;
+            // A packet larger than the buffer gets room for exactly the rest of it: grown
+            // chunk by chunk (doubling), the buffer would end up to twice the packet's size,
+            // and a queued payload keeps its whole buffer alive (`max_queued_bytes` counts
+            // payloads, so the memory it bounds would be up to twice the figure).
+            if let Ok(Some(h)) = peek_header(&self.rbuf, max) {
+                let total = usize::try_from(h.packet_len()).unwrap_or(usize::MAX);
+                if total > self.rbuf.capacity() {
+                    self.rbuf.reserve(total - self.rbuf.len());
+                }
+            }
             // A released read buffer stays released until data arrives (`poll_read_lazy`).
             if self.rbuf.capacity() != 0 && self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK);
@@ -1080,7 +1095,12 @@ where
         if !allowed {
             // Denied publishes are acknowledged (MQTT 5: 0x87) and dropped, as Mosquitto does.
             self.shared.counters.acl_denied_publish.inc();
-            debug!(client_id = %Clipped(&self.client_id), topic = %Clipped(&p.topic), "publish denied by the ACL");
+            let gate = self.deny_log.get_or_insert_with(Box::default);
+            if let Some(skipped) = gate.allow(std::time::Instant::now()) {
+                info!(client_id = %Clipped(&self.client_id),
+                    user = self.username.as_deref().unwrap_or(""), topic = %Clipped(&p.topic),
+                    not_logged_since = skipped, "publish refused by the ACL");
+            }
             return self.refuse_publish(&p, packet_id, ReasonCode::NotAuthorized);
         }
         match p.qos {
@@ -1436,7 +1456,7 @@ where
 
     /// Writes the buffered packets in one go, bounded in time so a client that stopped
     /// reading cannot pin the task forever.
-    async fn flush(&mut self) -> Result<(), ()> {
+    async fn flush(&mut self) -> Result<(), &'static str> {
         let limit = self.shared.limits.write_timeout;
         // Split: once written and dropped, the allocation is the write buffer's alone again
         // and is reused; `run` releases it when the connection goes quiet.
@@ -1446,7 +1466,8 @@ where
                 self.shared.counters.bytes_sent.add(buf.len() as u64);
                 Ok(())
             }
-            _ => Err(()),
+            Ok(Err(_)) => Err("write failed"),
+            Err(_) => Err("client stopped reading: no write progress for slow_client_timeout"),
         }
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct ConnLimits {
     pub(crate) connect_timeout: Duration,
     /// The router acknowledges QoS 1/2 publishes (after the store made them durable).
     pub(crate) router_acks: bool,
+    /// A client whose socket takes nothing for this long is disconnected: it stopped reading
+    /// (`slow_client_timeout`; with 0, an hour).
     pub(crate) write_timeout: Duration,
     /// `connection_messages`: an INFO line per connect and disconnect.
     pub(crate) connection_messages: bool,
@@ -117,7 +119,11 @@ fn conn_limits(config: &Config) -> ConnLimits {
         max_qos: qos_from(config.mqtt.max_qos),
         connect_timeout: Duration::from_secs(10),
         router_acks: config.persistence.enabled,
-        write_timeout: Duration::from_secs(30),
+        write_timeout: if config.limits.slow_client_timeout.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            config.limits.slow_client_timeout
+        },
         connection_messages: config.log.connection_messages,
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
