@@ -338,3 +338,57 @@ async fn acl_refusals_are_logged_once_per_client_per_interval() -> Result<()> {
     );
     Ok(())
 }
+
+/// 50,000 retained messages reach a new QoS 0 and a new QoS 1 subscriber, every one, while the
+/// broker's memory grows by little more than the references it queues (the messages are not
+/// copied). (Issue 19: each got 1,000.)
+#[tokio::test]
+async fn fifty_thousand_retained_arrive_with_bounded_memory() -> Result<()> {
+    const N: usize = 50_000;
+    let dir = TempDir::new()?;
+    let broker = Broker::start(&dir, "allow_anonymous true\n");
+    let (mut marker, _) = connect(broker.addr, "marker", None).await?;
+    subscribe(&mut marker, "loaded", QoS::AtMostOnce).await?;
+    let (mut loader, _) = connect(broker.addr, "loader", None).await?;
+    let payload = Bytes::from(vec![b'r'; 100]);
+    for i in 0..N {
+        let mut p = publish(&format!("many/{i}"), payload.clone());
+        if let Packet::Publish(p) = &mut p {
+            p.retain = true;
+        }
+        loader.send(&p).await?;
+    }
+    loader.send(&publish("loaded", Bytes::new())).await?;
+    match marker.recv_within(LONG).await? {
+        Some(Packet::Publish(p)) if p.topic == "loaded" => {}
+        other => bail!("expected the marker, got {other:?}"),
+    }
+    let before = broker.rss();
+    let mut peak = before;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let started = Instant::now();
+        let (mut sub, _) = connect(broker.addr, &format!("all-{qos:?}"), None).await?;
+        subscribe(&mut sub, "many/#", qos).await?;
+        let mut got = std::collections::HashSet::new();
+        while got.len() < N {
+            match sub.recv_within(LONG).await? {
+                Some(Packet::Publish(p)) => {
+                    if let Some(id) = p.packet_id {
+                        sub.send(&Packet::PubAck(culex_proto::PubResp::new(id)))
+                            .await?;
+                    }
+                    assert!(got.insert(p.topic), "a duplicate");
+                }
+                other => bail!("{qos:?}: after {}: {other:?}", got.len()),
+            }
+            if got.len() % 5000 == 0 {
+                peak = peak.max(broker.rss());
+            }
+        }
+        eprintln!("{qos:?}: {N} retained in {:?}", started.elapsed());
+    }
+    let grew = peak.saturating_sub(before);
+    // The retained store itself is about 10 MB here; delivering it must not copy it.
+    assert!(grew < 32 << 20, "RSS grew by {} MiB", grew >> 20);
+    Ok(())
+}
