@@ -5,16 +5,20 @@
 # publishes QoS 1 to itself; afterwards known and unknown user names with wrong passwords are
 # timed in alternation. Prints culex-bench's JSON report per broker.
 #
-#   scripts/bench-login.sh [--mosquitto] [--duration S] [--storm N]
+#   scripts/bench-login.sh [--mosquitto] [--no-limiter] [--duration S] [--storm N]
+#
+# --no-limiter sets `auth_failure_limit 0` for Culex: the storm is then hashed in full (as one
+# spread over many addresses would be), showing what the bounded pool and the cache do alone.
 #
 # Needs release builds of culex and culex-bench (BIN_DIR, default target/release). The password
 # file is written by `culex passwd` with its defaults ($7$, PBKDF2-SHA512, 210,000 iterations).
 set -euo pipefail
 BIN=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
-MOSQ=0; DURATION=20; STORM=40
+MOSQ=0; DURATION=20; STORM=40; LIMIT=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --mosquitto) MOSQ=1 ;;
+    --no-limiter) LIMIT=0 ;;
     --duration) DURATION="$2"; shift ;;
     --storm) STORM="$2"; shift ;;
     *) echo "bench-login.sh: unknown option $1" >&2; exit 2 ;;
@@ -51,6 +55,7 @@ password_file $DIR/passwd
 persistence false
 log_type error
 user root
+auth_failure_limit $LIMIT
 CONF
 run culex "$BIN/culex" -c "$DIR/culex.conf"
 
