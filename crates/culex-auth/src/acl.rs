@@ -477,5 +477,4 @@ impl AclFile {
 }
 
 #[cfg(test)]
-#[path = "acl_tests.rs"]
 mod tests;

@@ -522,5 +522,4 @@ impl PasswordFile {
 }
 
 #[cfg(test)]
-#[path = "password_tests.rs"]
 mod tests;

@@ -79,25 +79,19 @@ pub struct Router {
     queued_total: Arc<std::sync::atomic::AtomicU64>,
 }
 
-#[path = "router_access.rs"]
 mod access;
-#[path = "router_flow.rs"]
 mod flow;
+mod persist_glue;
+mod retain_source;
+mod retained_send;
+mod takeover;
+
 /// `now + d`, or `None` when that is beyond what the clock can hold: every configured or
 /// wire-supplied duration is added this way, and `None` means "never" (no expiry, no
 /// deadline), never a panic.
 pub(crate) fn later(now: Instant, d: Duration) -> Option<Instant> {
     now.checked_add(d)
 }
-
-#[path = "router_persist.rs"]
-mod persist_glue;
-#[path = "router_retain_source.rs"]
-mod retain_source;
-#[path = "router_retained_send.rs"]
-mod retained_send;
-#[path = "router_takeover.rs"]
-mod takeover;
 
 impl Router {
     /// A router with no sessions, enforcing `settings`.
@@ -363,7 +357,7 @@ impl Router {
 
     fn connect(&mut self, req: ConnectRequest, now: Instant) {
         if let Some(old) = self.live_connection(&req.client_id) {
-            // Answered once `old` has ended (see `router_takeover.rs`).
+            // Answered once `old` has ended (see `router/takeover.rs`).
             self.defer_takeover(old, req, now);
             return;
         }
@@ -982,7 +976,7 @@ impl Router {
         let over_memory = over_memory && !limits.drop_oldest;
         let overfull = !limits.drop_oldest && (over_memory || !s.outgoing.fits(&pending, limits));
         // `queue_full_policy block`: an online subscriber's queue takes it beyond the limit,
-        // and the publisher's acknowledgement waits (see router_flow.rs).
+        // and the publisher's acknowledgement waits (see router/flow.rs).
         let limits = if overfull && self.flow_overfull(sid, online, now) {
             QueueLimits::UNBOUNDED
         } else {
@@ -1079,5 +1073,4 @@ impl Router {
 }
 
 #[cfg(test)]
-#[path = "router_tests.rs"]
 mod tests;

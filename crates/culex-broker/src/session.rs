@@ -28,7 +28,7 @@ pub(crate) struct Link {
     pub(crate) protocol: Protocol,
     pub(crate) receive_maximum: u16,
     pub(crate) maximum_packet_size: u32,
-    /// QoS 0 messages waiting for room in the outbox (see router_retained_send.rs).
+    /// QoS 0 messages waiting for room in the outbox (see router/retained_send.rs).
     pub(crate) backlog: Qos0Backlog,
 }
 

@@ -24,8 +24,8 @@ fn parse_err(text: &str) -> String {
 /// a real mosquitto 2.0.11 broker (scripts/acl_oracle.py).
 #[test]
 fn mosquitto_oracle_table() {
-    let acl = acl(include_str!("../testdata/mosquitto_oracle.acl"));
-    let cases = include_str!("../testdata/mosquitto_oracle_cases.txt");
+    let acl = acl(include_str!("../../testdata/mosquitto_oracle.acl"));
+    let cases = include_str!("../../testdata/mosquitto_oracle_cases.txt");
     let mut n = 0;
     for line in cases
         .lines()
