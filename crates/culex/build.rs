@@ -1,6 +1,6 @@
 //! Renders the man pages (`culex.1`, `culex-passwd.1`, `culex-pub.1`, `culex-sub.1`) and the
 //! shell completions (bash, zsh, fish) into `OUT_DIR`, from the same description of the command
-//! line the binary uses (`src/cli.rs`). The binary embeds them; `culex generate-assets DIR`
+//! line the binary uses (`src/cli/args.rs`). The binary embeds them; `culex generate-assets DIR`
 //! writes them out for packagers.
 
 use std::path::{Path, PathBuf};
@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use clap_complete::Shell;
 
 #[allow(dead_code, unreachable_pub)] // The binary uses the rest of it.
-#[path = "src/cli.rs"]
+#[path = "src/cli/args.rs"]
 mod cli;
 
 fn main() -> std::io::Result<()> {
-    println!("cargo:rerun-if-changed=src/cli.rs");
+    println!("cargo:rerun-if-changed=src/cli/args.rs");
     println!("cargo:rerun-if-changed=build.rs");
     let out =
         PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| {

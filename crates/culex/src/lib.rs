@@ -6,10 +6,6 @@
 pub mod assets;
 pub mod bridges;
 pub mod cli;
-mod cmd_common;
-pub mod cmd_passwd;
-pub mod cmd_pub;
-pub mod cmd_sub;
 mod connection;
 pub mod counters;
 mod http;

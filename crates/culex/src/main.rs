@@ -16,9 +16,9 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let rest = args.get(2..).unwrap_or_default();
     match args.get(1).and_then(|a| a.to_str()) {
-        Some("passwd") => return culex::cmd_passwd::main(rest),
-        Some("pub") => return culex::cmd_pub::main(rest),
-        Some("sub") => return culex::cmd_sub::main(rest),
+        Some("passwd") => return culex::cli::passwd::main(rest),
+        Some("pub") => return culex::cli::publish::main(rest),
+        Some("sub") => return culex::cli::subscribe::main(rest),
         Some("help") => return help(rest),
         // Hidden: for packagers (README, docs/cli.md).
         Some("generate-assets") => return culex::assets::main(rest),

@@ -10,7 +10,7 @@ use culex_client::{Backoff, ClientError, Connection, Message};
 use culex_proto::{Properties, Publish, QoS, SubscribeFilter, SubscriptionOptions};
 
 use crate::cli;
-use crate::cmd_common::{
+use crate::cli::common::{
     tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR, EXIT_TIMEOUT,
 };
 
@@ -789,7 +789,7 @@ mod tests {
 
     #[test]
     fn parser_follows_the_table() {
-        crate::cmd_common::assert_parser_follows_table(
+        crate::cli::common::assert_parser_follows_table(
             &cli::SUB,
             |args| match parse(args) {
                 Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),

@@ -593,7 +593,7 @@ mod tests {
 
     #[test]
     fn parser_follows_the_table() {
-        crate::cmd_common::assert_parser_follows_table(
+        crate::cli::common::assert_parser_follows_table(
             &PASSWD,
             |args| match parse_args(args) {
                 Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),

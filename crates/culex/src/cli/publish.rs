@@ -10,7 +10,7 @@ use culex_client::{Connection, Message};
 use culex_proto::ReasonCode;
 
 use crate::cli;
-use crate::cmd_common::{
+use crate::cli::common::{
     os_bytes, tool_main, Args, Common, Failure, Parsed, UsageError, EXIT_ERROR,
 };
 
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn parser_follows_the_table() {
-        crate::cmd_common::assert_parser_follows_table(
+        crate::cli::common::assert_parser_follows_table(
             &cli::PUB,
             |args| match parse(args) {
                 Ok(parsed) => Ok(matches!(parsed, Parsed::Help)),
