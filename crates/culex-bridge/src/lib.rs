@@ -26,7 +26,6 @@
 )]
 
 mod backoff;
-mod config;
 mod echo;
 mod error;
 mod queue;
@@ -34,16 +33,18 @@ mod remote;
 mod runtime;
 mod state;
 mod stats;
-pub mod topic;
 
 pub use backoff::{ChangeLog, FailureKind, ReconnectPolicy, STABLE_LINK};
-pub use config::{
-    BridgeConfig, BridgeProtocol, BridgeTls, StartType, TlsVersion, SBER_HOST, SBER_LOCAL_PREFIX,
-    SBER_PORT,
+// The configuration model lives in culex-config (which must not depend on this crate's async
+// runtime); re-exported so that users of bridges find it here too.
+pub use culex_config::bridge::topic;
+pub use culex_config::bridge::{
+    BridgeConfig, BridgeProtocol, BridgeTls, InvalidBridge, StartType, TlsVersion, SBER_HOST,
+    SBER_LOCAL_PREFIX, SBER_PORT,
 };
+pub use culex_config::bridge::{Direction, TopicRule};
 pub use error::BridgeError;
 pub use queue::{LocalAck, MemoryQueue, QueuedMessage};
 pub use remote::tls_client_config;
 pub use runtime::{BoxFuture, Bridge, BridgeHandle, LocalConnector};
 pub use stats::{BridgeStats, LinkState};
-pub use topic::{Direction, TopicRule};

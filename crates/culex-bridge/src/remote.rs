@@ -14,7 +14,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::config::{BridgeConfig, BridgeProtocol, BridgeTls, TlsVersion};
+use culex_config::bridge::{BridgeConfig, BridgeProtocol, BridgeTls, TlsVersion};
 
 /// Builds the rustls client configuration for a bridge: the platform's trusted roots plus
 /// `cafile` and every certificate file in `capath`; client certificate; `insecure`; version pin.

@@ -31,14 +31,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::{ChangeLog, FailureKind, ReconnectPolicy, STABLE_LINK};
-use crate::config::{BridgeConfig, BridgeProtocol, StartType};
 use crate::echo::EchoFilter;
 use crate::error::BridgeError;
 use crate::queue::{LocalAck, MemoryQueue, QueuedMessage};
 use crate::remote;
 use crate::state::{Put, TopicStates};
 use crate::stats::{unix_now, unix_now_ms, BridgeStats, LinkState};
-use crate::topic::{remap_in, remap_out};
+use culex_config::bridge::topic::{remap_in, remap_out};
+use culex_config::bridge::{BridgeConfig, BridgeProtocol, StartType};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -90,6 +90,9 @@ impl Bridge {
         shutdown: watch::Receiver<bool>,
     ) -> Result<BridgeHandle, BridgeError> {
         config.validate()?;
+        for w in config.warnings() {
+            tracing::warn!(bridge = %config.name, "{w}");
+        }
         let queue = MemoryQueue::new(config.queue_limit.max(usize::from(WINDOW)));
         let name = config.name.clone();
         let (updates, updates_rx) = watch::channel(Arc::new(config.clone()));
@@ -433,7 +436,7 @@ impl Link {
             self.schedule(new.backoff_max.max(new.backoff_min), state);
         }
         if old.topics != new.topics {
-            let gone = |dir_out: bool, filter: fn(&crate::topic::TopicRule) -> String| {
+            let gone = |dir_out: bool, filter: fn(&culex_config::bridge::TopicRule) -> String| {
                 let keep: Vec<String> = new
                     .topics
                     .iter()

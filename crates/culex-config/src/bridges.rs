@@ -1,6 +1,6 @@
 //! Bridges: mosquitto.conf `connection NAME` blocks and TOML `[[bridges]]` tables, both read
 //! into a [`Draft`] (what the file said, nothing more) and finished into a
-//! [`culex_bridge::BridgeConfig`] with Mosquitto's defaults (or a preset's), then validated by
+//! [`crate::bridge::BridgeConfig`] with Mosquitto's defaults (or a preset's), then validated by
 //! [`BridgeConfig::validate`]. Both syntaxes share the finishing step, so an option means the
 //! same thing in either.
 
@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use culex_bridge::{
-    BridgeConfig, BridgeError, BridgeProtocol, BridgeTls, StartType, TlsVersion, TopicRule,
+use crate::bridge::{
+    BridgeConfig, BridgeProtocol, BridgeTls, InvalidBridge, StartType, TlsVersion, TopicRule,
 };
 
 /// The options of a mosquitto.conf `connection` block, in Mosquitto's spelling (plus Culex's
@@ -271,8 +271,7 @@ impl Draft {
         }
         match c.validate() {
             Ok(()) => Ok(c),
-            Err(BridgeError::Invalid { option, why, .. }) => Err(problem(&name, option, why)),
-            Err(e) => Err(("connection", e.to_string())),
+            Err(InvalidBridge { option, why, .. }) => Err(problem(&name, option, why)),
         }
     }
 

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod bridge;
 mod bridges;
 mod de;
 mod duration;
@@ -158,10 +159,10 @@ pub struct Config {
     /// Logging.
     pub log: Log,
     /// Bridges to remote brokers: mosquitto.conf `connection` blocks or TOML `[[bridges]]`,
-    /// already validated ([`culex_bridge::BridgeConfig::validate`]). Not settable from the
+    /// already validated ([`crate::bridge::BridgeConfig::validate`]). Not settable from the
     /// environment.
     #[serde(skip)]
-    pub bridges: Vec<culex_bridge::BridgeConfig>,
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.

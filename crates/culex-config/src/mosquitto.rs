@@ -537,10 +537,7 @@ impl Reader {
         let result = bridge.draft.apply_conf(key, rest, words).and_then(|()| {
             // Check each topic rule where it is written.
             match (key, bridge.draft.topics.last()) {
-                ("topic", Some(rule)) => rule.validate(&name).map_err(|e| match e {
-                    culex_bridge::BridgeError::Invalid { why, .. } => why,
-                    other => other.to_string(),
-                }),
+                ("topic", Some(rule)) => rule.validate(&name).map_err(|e| e.why),
                 _ => Ok(()),
             }
         });

@@ -51,7 +51,7 @@ struct Checked {
     /// Options set from the environment: path -> (variable name, raw value).
     from_env: HashMap<String, (String, String)>,
     /// `[[bridges]]`, checked and finished.
-    bridges: Vec<culex_bridge::BridgeConfig>,
+    bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 impl Checked {

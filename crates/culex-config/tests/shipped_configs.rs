@@ -231,7 +231,10 @@ fn sber_bridge_toml_and_conf_are_equivalent() {
     assert_eq!(b.name, "sber");
     assert_eq!(
         b.addresses,
-        vec![(culex_bridge::SBER_HOST.to_string(), culex_bridge::SBER_PORT)]
+        vec![(
+            culex_config::bridge::SBER_HOST.to_string(),
+            culex_config::bridge::SBER_PORT
+        )]
     );
     assert!(b.tls.as_ref().is_some_and(|t| !t.insecure));
     assert_eq!(b.remote_clientid, "my-sber-login");

@@ -812,7 +812,7 @@ fn edit_distance_works() {
 
 #[test]
 fn bridge_connection_block() {
-    use culex_bridge::{BridgeProtocol, Direction, StartType, TlsVersion};
+    use crate::bridge::{BridgeProtocol, Direction, StartType, TlsVersion};
     let c = config(
         "listener 1883 127.0.0.1\nallow_anonymous true\n\
          connection site\n\
@@ -950,7 +950,7 @@ fn bridge_sber_preset() {
     );
     assert_eq!(
         c.bridges[0].addresses,
-        vec![(culex_bridge::SBER_HOST.to_string(), 8883)]
+        vec![(crate::bridge::SBER_HOST.to_string(), 8883)]
     );
     assert!(c.bridges[0].outgoing_retain && !c.bridges[0].republish_on_connect);
     assert_eq!(

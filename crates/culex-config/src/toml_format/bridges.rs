@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use culex_bridge::{BridgeConfig, BridgeProtocol, BridgeTls, Direction, TopicRule};
+use crate::bridge::{BridgeConfig, BridgeProtocol, BridgeTls, Direction, TopicRule};
 use culex_proto::QoS;
 use toml_edit::{Item, TableLike, Value as TomlValue};
 
@@ -272,10 +272,7 @@ impl TableReader<'_> {
                 }
                 for t in tables {
                     let rule = topic(t)?;
-                    rule.validate(&d.name).map_err(|e| match e {
-                        culex_bridge::BridgeError::Invalid { why, .. } => why,
-                        other => other.to_string(),
-                    })?;
+                    rule.validate(&d.name).map_err(|e| e.why)?;
                     d.topics.push(rule);
                 }
             }

@@ -576,7 +576,7 @@ fn environment_errors() {
 
 #[test]
 fn bridges_tables() {
-    use culex_bridge::{BridgeProtocol, Direction};
+    use crate::bridge::{BridgeProtocol, Direction};
     let c = config(
         r#"
 [[bridges]]

@@ -1,5 +1,9 @@
-//! The bridge configuration model: plain structs with Mosquitto's option semantics. Parsing
-//! (TOML `[[bridges]]`, mosquitto.conf `connection` blocks) lives in `culex-config`.
+//! The bridge configuration model: plain structs with Mosquitto's option semantics, checked by
+//! [`BridgeConfig::validate`]. Parsing (TOML `[[bridges]]`, mosquitto.conf `connection` blocks)
+//! is in this crate's `bridges` and `toml_format` modules; running a bridge is `culex-bridge`'s,
+//! which depends on this crate (never the reverse: the configuration needs no async runtime).
+
+pub mod topic;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,8 +11,41 @@ use std::time::Duration;
 
 use culex_proto::QoS;
 
-use crate::error::BridgeError;
-use crate::topic::{Direction, TopicRule};
+pub use topic::{Direction, TopicRule};
+
+/// A bridge configuration that cannot work: names the bridge and the option (mosquitto.conf
+/// spelling) and says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidBridge {
+    /// The bridge's `connection` name.
+    pub bridge: String,
+    /// The option, spelled as in mosquitto.conf (`topic`, `address`, `restart_timeout`, ...).
+    pub option: &'static str,
+    /// What is wrong and, where possible, how to fix it.
+    pub why: String,
+}
+
+impl InvalidBridge {
+    pub(crate) fn new(bridge: &str, option: &'static str, why: impl Into<String>) -> Self {
+        InvalidBridge {
+            bridge: bridge.to_string(),
+            option,
+            why: why.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bridge {:?}: option `{}`: {}",
+            self.bridge, self.option, self.why
+        )
+    }
+}
+
+impl std::error::Error for InvalidBridge {}
 
 /// The remote host of the Sber smart-home cloud broker.
 pub const SBER_HOST: &str = "mqtt-partners.iot.sberdevices.ru";
@@ -256,9 +293,9 @@ impl BridgeConfig {
 
     /// Checks the options for values that cannot work and for inconsistent combinations.
     /// Errors name the bridge and the option (mosquitto.conf spelling).
-    pub fn validate(&self) -> Result<(), BridgeError> {
+    pub fn validate(&self) -> Result<(), InvalidBridge> {
         let name = self.name.as_str();
-        let bad = |option, why: &str| Err(BridgeError::invalid(name, option, why));
+        let bad = |option, why: &str| Err(InvalidBridge::new(name, option, why));
         if name.is_empty() {
             return bad("connection", "the bridge needs a name");
         }
@@ -318,7 +355,7 @@ impl BridgeConfig {
         }
         if let Some(topic) = &self.notification_topic {
             culex_proto::topic::validate_topic_name(topic).map_err(|e| {
-                BridgeError::invalid(name, "notification_topic", format!("{topic:?}: {e}"))
+                InvalidBridge::new(name, "notification_topic", format!("{topic:?}: {e}"))
             })?;
         }
         if self.max_packet_size == Some(0) {
@@ -331,15 +368,6 @@ impl BridgeConfig {
                     "bridge_certfile and bridge_keyfile must be given together",
                 );
             }
-        } else if self.bind_address.is_none()
-            && self.addresses.iter().any(|(_, p)| *p == 8883)
-            && self.remote_password.is_some()
-        {
-            // Not an error: some brokers serve plain MQTT on 8883. Worth a warning at start.
-            tracing::warn!(
-                bridge = name,
-                "bridge sends a password to port 8883 without TLS; set bridge_cafile or bridge_insecure?"
-            );
         }
         if self.start_type == StartType::Lazy && self.threshold == 0 {
             return bad("threshold", "a lazy bridge needs a threshold of at least 1");
@@ -348,6 +376,24 @@ impl BridgeConfig {
             return bad("queue_limit", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// What is allowed but probably a mistake, for the log when the bridge starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tls.is_none()
+            && self.bind_address.is_none()
+            && self.addresses.iter().any(|(_, p)| *p == 8883)
+            && self.remote_password.is_some()
+        {
+            // Not an error: some brokers serve plain MQTT on 8883.
+            out.push(
+                "bridge sends a password to port 8883 without TLS; set bridge_cafile or \
+                 bridge_insecure?"
+                    .to_string(),
+            );
+        }
+        out
     }
 
     /// True when `other` differs from this configuration only in what a running bridge can
@@ -381,7 +427,7 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::{remap_in, remap_out};
+    use crate::bridge::topic::{remap_in, remap_out};
 
     fn valid() -> BridgeConfig {
         let mut c = BridgeConfig::new("b", "remote.example", 1883);
@@ -528,5 +574,17 @@ mod tests {
                 "{option}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_password_to_8883_without_tls_is_a_warning_not_an_error() {
+        let mut c = valid();
+        c.addresses = vec![("remote.example".into(), 8883)];
+        c.remote_username = Some("u".into());
+        c.remote_password = Some("pw".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        c.tls = Some(BridgeTls::default());
+        assert!(c.warnings().is_empty());
     }
 }

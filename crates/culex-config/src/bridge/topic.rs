@@ -12,7 +12,7 @@
 use culex_proto::topic::{matches, validate_topic_filter, validate_topic_name};
 use culex_proto::QoS;
 
-use crate::error::BridgeError;
+use crate::bridge::InvalidBridge;
 
 /// Which way a rule forwards messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +152,8 @@ impl TopicRule {
 
     /// Checks the rule as Mosquitto does: prefixes are valid topic names (no wildcards),
     /// prefix + pattern are valid filters, and an empty pattern has both prefixes.
-    pub fn validate(&self, bridge: &str) -> Result<(), BridgeError> {
-        let bad = |why: String| BridgeError::invalid(bridge, "topic", why);
+    pub fn validate(&self, bridge: &str) -> Result<(), InvalidBridge> {
+        let bad = |why: String| InvalidBridge::new(bridge, "topic", why);
         for (which, prefix) in [
             ("local", &self.local_prefix),
             ("remote", &self.remote_prefix),
