@@ -507,7 +507,7 @@ fn have_paho() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("python3 with paho-mqtt 2.x not found: skipping");
+        culex_test_support::peer_missing("python3 with paho-mqtt 2.x is not installed");
     }
     ok
 }

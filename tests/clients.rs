@@ -230,7 +230,9 @@ fn missing(program: &str) -> bool {
     if which(program).is_some() {
         return false;
     }
-    eprintln!("note: `{program}` is not installed; skipping this test (apt install mosquitto mosquitto-clients)");
+    culex_test_support::peer_missing(&format!(
+        "`{program}` is not installed (apt install mosquitto mosquitto-clients)"
+    ));
     true
 }
 
@@ -983,7 +985,7 @@ fn refused_connections_and_credentials() {
         assert_eq!((out.code, out.stderr.as_str()), (Some(135), ""));
     }
     if !have_passwd {
-        eprintln!("note: mosquitto_passwd not installed; skipping the -u/-P part");
+        culex_test_support::peer_missing("mosquitto_passwd is not installed (the -u/-P part)");
         return;
     }
     let out = run(

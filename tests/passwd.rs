@@ -67,7 +67,9 @@ fn have(tool: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        eprintln!("note: `{tool}` is not installed; skipping the Mosquitto interop part");
+        culex_test_support::peer_missing(&format!(
+            "`{tool}` is not installed (the Mosquitto interop part)"
+        ));
     }
     found
 }

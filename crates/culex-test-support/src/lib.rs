@@ -267,8 +267,23 @@ pub fn culex_command(bin: &str) -> std::process::Command {
     cmd
 }
 
-/// True if the `mosquitto` broker is installed; otherwise prints a note, and the calling test
-/// passes without running.
+/// Environment switch that turns a missing external peer (Mosquitto, its clients,
+/// `mosquitto_passwd`, paho-mqtt) from a skipped test into a failure; CI sets it to `1` so
+/// that a test cannot pass by not running.
+pub const REQUIRE_PEERS: &str = "CULEX_REQUIRE_MOSQUITTO";
+
+/// Reports that a test's external peer is missing: a note (the test then passes without that
+/// part), or, with [`REQUIRE_PEERS`] set to `1`, a panic.
+#[allow(clippy::panic)] // test support: failing the calling test is the point
+pub fn peer_missing(note: &str) {
+    if std::env::var(REQUIRE_PEERS).is_ok_and(|v| v == "1") {
+        panic!("{note}, and {REQUIRE_PEERS}=1 requires it");
+    }
+    eprintln!("NOTE: {note}; skipping");
+}
+
+/// True if the `mosquitto` broker is installed; otherwise [`peer_missing`] (a note, and the
+/// calling test passes without running, or a failure under `CULEX_REQUIRE_MOSQUITTO=1`).
 pub fn have_mosquitto() -> bool {
     let ok = std::process::Command::new("mosquitto")
         .arg("-h")
@@ -277,7 +292,7 @@ pub fn have_mosquitto() -> bool {
         .status()
         .is_ok();
     if !ok {
-        eprintln!("NOTE: mosquitto is not installed; skipping this test");
+        peer_missing("mosquitto is not installed");
     }
     ok
 }
