@@ -128,8 +128,9 @@ pub enum Command {
     /// that a session may no longer read are dropped (counted as ACL drops), and every live
     /// connection is asked to [`Outbound::Recheck`] its client.
     AccessChanged,
-    /// A PUBLISH from a client, already validated (topic alias resolved, limits checked) and
-    /// acknowledged by the connection task.
+    /// A PUBLISH from a client, already validated (topic alias resolved, limits checked, ACL
+    /// allowed). Acknowledged by the connection task unless `ack` is set; then the router
+    /// answers.
     Publish {
         /// The connection.
         conn: ConnId,
