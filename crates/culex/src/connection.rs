@@ -6,7 +6,7 @@
 //! of the client's publishes are written here; the inbound QoS 2 state (packet ids awaiting
 //! PUBREL) lives here while connected and goes back to the router's session on disconnect.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -50,6 +50,11 @@ pub(crate) struct Peer {
     pub(crate) client_cert: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
+mod aliases;
+
+use aliases::Aliases;
+use aliases::TOPIC_ALIAS_MAX;
+
 /// Outbox items encoded per wake-up at most, so one busy subscriber cannot starve its reads.
 const MAX_BATCH: usize = 256;
 /// Flush the write buffer once it holds this many bytes.
@@ -58,101 +63,12 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// QoS 1/2 PUBLISH and PUBREL) before the task stops reading. Below the outbox's 64 control
 /// slots, so every answer fits.
 const MAX_PENDING_REPLIES: usize = 48;
-/// Topic aliases accepted from a client (MQTT 5 Topic Alias Maximum).
-pub(crate) const TOPIC_ALIAS_MAX: u16 = 32;
-/// Most Topic Aliases the server uses toward one client (fewer if the client allows fewer).
-pub(crate) const OUT_TOPIC_ALIAS_MAX: u16 = 32;
-/// Topics shorter than this are never aliased: the alias property (3 bytes) would not make the
-/// PUBLISH any smaller.
-const OUT_ALIAS_MIN_TOPIC: usize = 4;
 /// Prefix of the Response Information returned to a client that asks for it (MQTT 5 Request
 /// Response Information 1): `culex/response/<client id>`.
 pub(crate) const RESPONSE_INFORMATION_PREFIX: &str = "culex/response/";
 /// Longest Reason String the server sends (a longer explanation is cut at a character
 /// boundary).
 const REASON_STRING_MAX: usize = 128;
-
-/// Topic Aliases the server sends to one MQTT 5 client (section 3.3.2.3.4), reset with the
-/// connection [MQTT-3.3.2-7].
-///
-/// Policy: every topic of at least [`OUT_ALIAS_MIN_TOPIC`] bytes gets an alias the first time
-/// it is sent, while free aliases remain (up to the client's Topic Alias Maximum, at most
-/// [`OUT_TOPIC_ALIAS_MAX`]); after that the least recently used alias is reassigned. A
-/// PUBLISH that sets (or resets) an alias carries the full topic and the alias; later ones for
-/// the same topic carry an empty topic and the alias. Clients that send no Topic Alias Maximum
-/// (or 0) never get an alias [MQTT-3.1.2-27].
-#[derive(Debug, Default)]
-struct OutAliases {
-    /// Aliases in use at most: 0 turns aliasing off.
-    max: u16,
-    /// Topic to alias.
-    by_topic: HashMap<Arc<str>, u16>,
-    /// Alias `i + 1`: its topic and when it was last used (`tick`).
-    slots: Vec<(Arc<str>, u64)>,
-    tick: u64,
-}
-
-impl OutAliases {
-    fn new(client_max: u16) -> Self {
-        OutAliases {
-            max: client_max.min(OUT_TOPIC_ALIAS_MAX),
-            ..OutAliases::default()
-        }
-    }
-
-    /// The alias for `topic` and whether it is new to the client (the PUBLISH must then carry
-    /// the full topic), or `None` when the topic is not aliased.
-    fn assign(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
-        if self.max == 0 || topic.len() < OUT_ALIAS_MIN_TOPIC {
-            return None;
-        }
-        self.tick += 1;
-        if let Some(&alias) = self.by_topic.get(&**topic) {
-            if let Some(slot) = self.slots.get_mut(usize::from(alias) - 1) {
-                slot.1 = self.tick;
-            }
-            return Some((alias, false));
-        }
-        let alias = if self.slots.len() < usize::from(self.max) {
-            self.slots.push((Arc::clone(topic), self.tick));
-            u16::try_from(self.slots.len()).ok()?
-        } else {
-            let (i, _) = self
-                .slots
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (_, used))| *used)?;
-            let alias = u16::try_from(i + 1).ok()?;
-            let old = std::mem::replace(&mut self.slots[i], (Arc::clone(topic), self.tick));
-            if self.by_topic.get(&old.0) == Some(&alias) {
-                self.by_topic.remove(&old.0);
-            }
-            alias
-        };
-        self.by_topic.insert(Arc::clone(topic), alias);
-        Some((alias, true))
-    }
-
-    /// Undoes a new alias whose PUBLISH was not sent: the client does not know it. The slot is
-    /// the first to be reused.
-    fn forget(&mut self, alias: u16) {
-        if let Some(slot) = self.slots.get_mut(usize::from(alias) - 1) {
-            if self.by_topic.get(&slot.0) == Some(&alias) {
-                self.by_topic.remove(&slot.0);
-            }
-            slot.1 = 0;
-        }
-    }
-}
-
-/// Topic Aliases of one MQTT 5 connection, both ways.
-#[derive(Debug, Default)]
-struct Aliases {
-    /// Aliases the client set: alias to topic.
-    inbound: HashMap<u16, String>,
-    /// Topic Aliases toward the client.
-    outbound: OutAliases,
-}
 
 /// Why the connection ended, decided where it happened.
 #[derive(Debug)]
@@ -629,13 +545,7 @@ where
                 properties.response_information =
                     Some(format!("{RESPONSE_INFORMATION_PREFIX}{client_id}"));
             }
-            let out = OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
-            if out.max > 0 {
-                self.aliases = Some(Box::new(Aliases {
-                    inbound: HashMap::new(),
-                    outbound: out,
-                }));
-            }
+            self.aliases = Aliases::toward(connect.properties.topic_alias_maximum.unwrap_or(0));
         }
         let connack = Packet::ConnAck(ConnAck {
             session_present,
@@ -1020,27 +930,9 @@ where
         self.shared.counters.publish_in(p.qos, p.payload.len());
         if v5 {
             if let Some(alias) = p.properties.topic_alias {
-                if alias == 0 || alias > TOPIC_ALIAS_MAX {
-                    return Some(Ending::abnormal(
-                        Some(ReasonCode::TopicAliasInvalid),
-                        "topic alias out of range",
-                    ));
-                }
-                if p.topic.is_empty() {
-                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
-                        Some(t) => p.topic.clone_from(t),
-                        None => {
-                            return Some(Ending::abnormal(
-                                Some(ReasonCode::ProtocolError),
-                                "unknown topic alias",
-                            ))
-                        }
-                    }
-                } else {
-                    self.aliases
-                        .get_or_insert_with(Box::default)
-                        .inbound
-                        .insert(alias, p.topic.clone());
+                let aliases = self.aliases.get_or_insert_with(Box::default);
+                if let Err((reason, why)) = aliases.resolve_inbound(alias, &mut p.topic) {
+                    return Some(Ending::abnormal(Some(reason), why));
                 }
                 p.properties.topic_alias = None;
             }
