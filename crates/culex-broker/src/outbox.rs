@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -36,7 +36,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
         capacity,
         len: AtomicUsize::new(0),
         bytes: AtomicU64::new(0),
-        want_free: AtomicUsize::new(0),
+        want_free: AtomicU32::new(0),
         closing: AtomicBool::new(false),
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -66,8 +66,9 @@ struct Shared {
     /// Message bytes ([`Message::size`](crate::Message::size)) of the deliveries counted in
     /// `len`: what the outbox adds to a client's queued bytes.
     bytes: AtomicU64,
-    /// Free slots the router waits for ([`Outbox::want_space`]); 0 = none wanted.
-    want_free: AtomicUsize,
+    /// Free slots the router waits for ([`Outbox::want_space`]); 0 = none wanted. (This and
+    /// `State::senders` are 32 bits so that `Shared` stays at 96 bytes: one per connection.)
+    want_free: AtomicU32,
     /// Set with `State::close`: lets the receiver see a close before popping what it took
     /// earlier, without the lock.
     closing: AtomicBool,
@@ -80,7 +81,7 @@ struct State {
     /// The receiver waiting for an item.
     waker: Option<Waker>,
     /// Live [`Outbox`] handles; at 0 the receiver sees the end.
-    senders: usize,
+    senders: u32,
     /// The receiver is gone: sends fail.
     closed: bool,
     /// The router asked the connection to close, with this reason.
@@ -189,7 +190,8 @@ impl Outbox {
     /// the router carries on at once.
     pub fn want_space(&self, free: usize) -> bool {
         let free = free.clamp(1, self.shared.capacity);
-        self.shared.want_free.store(free, Ordering::SeqCst);
+        let want = u32::try_from(free).unwrap_or(u32::MAX);
+        self.shared.want_free.store(want, Ordering::SeqCst);
         // The receiver may have freed the room just before the store: look again, and take
         // the request back if it did (unless the receiver took it, and reports).
         self.capacity() >= free && self.shared.want_free.swap(0, Ordering::SeqCst) != 0
@@ -321,7 +323,7 @@ impl OutboxReceiver {
     /// outbox now has it: the connection then tells the router. Call after taking items.
     pub fn space_wanted(&self) -> bool {
         std::sync::atomic::fence(Ordering::SeqCst);
-        let want = self.shared.want_free.load(Ordering::SeqCst);
+        let want = self.shared.want_free.load(Ordering::SeqCst) as usize;
         want != 0
             && self
                 .shared

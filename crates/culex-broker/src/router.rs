@@ -426,13 +426,13 @@ impl Router {
             protocol,
             receive_maximum,
             maximum_packet_size,
-            backlog: Default::default(),
+            backlog: None,
         });
         s.expiry_interval = session_expiry;
         s.will = will.map(Box::new);
         s.username = username;
         s.access = access;
-        s.queue_policy = queue.map(Box::new);
+        s.set_queue_policy(queue);
         s.observe_queue(0);
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
@@ -697,7 +697,7 @@ impl Router {
         };
         if let Some(link) = s.link.take() {
             // QoS 0 messages still waiting for its outbox go with the connection.
-            self.stats.dropped_offline_qos0 += link.backlog.items.len() as u64;
+            self.stats.dropped_offline_qos0 += link.backlog.map_or(0, |b| b.items.len() as u64);
         }
         if !s.outgoing.journaled() {
             // With persistence the router tracked these itself (it acknowledged them).

@@ -28,8 +28,9 @@ pub(crate) struct Link {
     pub(crate) protocol: Protocol,
     pub(crate) receive_maximum: u16,
     pub(crate) maximum_packet_size: u32,
-    /// QoS 0 messages waiting for room in the outbox (see router/retained_send.rs).
-    pub(crate) backlog: Qos0Backlog,
+    /// QoS 0 messages waiting for room in the outbox (see router/retained_send.rs); boxed
+    /// and only while there are some, since every connected session carries the slot.
+    pub(crate) backlog: Option<Box<Qos0Backlog>>,
 }
 
 /// QoS 0 messages for one connection that wait for room in its outbox: retained messages
@@ -625,12 +626,19 @@ pub(crate) struct Session {
     pub(crate) inbound_qos2: Vec<u16>,
     pub(crate) username: Option<String>,
     pub(crate) access: Option<Arc<dyn AccessPolicy>>,
-    /// Queue limits of its own (from the last CONNECT); `None` uses the broker's. Boxed: only
-    /// bridges have one.
-    pub(crate) queue_policy: Option<Box<QueuePolicy>>,
-    /// Rate limit of the log lines about this client's denials and drops (allocated with the
-    /// first one).
-    pub(crate) log_gate: Option<Box<LogGate>>,
+    /// What few sessions need (see [`Rare`]), allocated with the first use.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a session most never use, boxed together: every session's slot is paid by
+/// each connection, and a session map at 15,000 entries holds about twice their size.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Queue limits of its own (from the last CONNECT) instead of the broker's: only bridges
+    /// have one.
+    queue_policy: Option<QueuePolicy>,
+    /// Rate limit of the log lines about this client's denials and drops.
+    log_gate: LogGate,
 }
 
 /// Why messages were not delivered to a client, for [`Session::log_refusal`].
@@ -647,13 +655,32 @@ pub(crate) enum Refusal {
 impl Session {
     /// The queue limits in force for this session.
     pub(crate) fn queue_limits(&self, settings: &BrokerSettings) -> QueueLimits {
-        QueueLimits::of(settings, self.queue_policy.as_deref())
+        QueueLimits::of(settings, self.queue_policy())
+    }
+
+    /// Queue limits of its own (from the last CONNECT), if any; `None` uses the broker's.
+    pub(crate) fn queue_policy(&self) -> Option<&QueuePolicy> {
+        self.rare.as_ref().and_then(|r| r.queue_policy.as_ref())
+    }
+
+    /// Sets (or clears) the queue limits of its own, at CONNECT.
+    pub(crate) fn set_queue_policy(&mut self, policy: Option<QueuePolicy>) {
+        match (&mut self.rare, policy) {
+            (Some(rare), policy) => rare.queue_policy = policy,
+            (None, None) => {}
+            (None, Some(policy)) => {
+                self.rare = Some(Box::new(Rare {
+                    queue_policy: Some(policy),
+                    ..Rare::default()
+                }));
+            }
+        }
     }
 
     /// Tells the session's queue observer (if any) the queue length and how many messages
     /// were just dropped from it (0: none).
     pub(crate) fn observe_queue(&self, dropped: u64) {
-        if let Some(o) = self.queue_policy.as_ref().and_then(|p| p.observer.as_ref()) {
+        if let Some(o) = self.queue_policy().and_then(|p| p.observer.as_ref()) {
             if dropped > 0 {
                 o.dropped(dropped);
             }
@@ -665,7 +692,8 @@ impl Session {
     /// client, and why: at most one line per client per [`LOG_EVERY`](crate::log_gate::LOG_EVERY),
     /// counting those left out.
     pub(crate) fn log_refusal(&mut self, now: Instant, topic: &str, why: Refusal, count: u64) {
-        let Some(skipped) = self.log_gate.get_or_insert_with(Box::default).allow(now) else {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let Some(skipped) = rare.log_gate.allow(now) else {
             return;
         };
         let (client_id, user) = (
@@ -734,16 +762,14 @@ impl Session {
             inbound_qos2: Vec::new(),
             username: None,
             access: None,
-            queue_policy: None,
-            log_gate: None,
+            rare: None,
         }
     }
 
     /// The in-flight window in force: our limits and the client's Receive Maximum.
     pub(crate) fn window(&self, settings: &BrokerSettings) -> Window {
         let ours = self
-            .queue_policy
-            .as_ref()
+            .queue_policy()
             .and_then(|p| p.max_inflight)
             .unwrap_or(settings.max_inflight_messages)
             .max(1);

@@ -111,15 +111,15 @@ impl Router {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
             };
-            if !link.backlog.items.is_empty() {
+            if let Some(backlog) = &mut link.backlog {
                 // Behind retained messages still waiting for room: never overtake them.
-                if link.backlog.live >= self.settings.max_outbox_qos0 {
+                if backlog.live >= self.settings.max_outbox_qos0 {
                     self.stats.dropped_outbox_full += 1;
                     let why = Refusal::Full("QoS 0 budget of the outbox (max_queued_messages)");
                     s.log_refusal(now, &pending.message.topic, why, 1);
                 } else {
-                    link.backlog.live += 1;
-                    link.backlog.items.push_back((pending, true));
+                    backlog.live += 1;
+                    backlog.items.push_back((pending, true));
                 }
                 return;
             }

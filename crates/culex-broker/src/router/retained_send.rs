@@ -44,7 +44,10 @@ impl Router {
                 break;
             };
             if pending.qos == QoS::AtMostOnce {
-                link.backlog.items.push_back((pending, false));
+                link.backlog
+                    .get_or_insert_with(Box::default)
+                    .items
+                    .push_back((pending, false));
             } else if s.outgoing.has_room(window) {
                 direct.push(s.outgoing.start(pending, now));
             } else {
@@ -74,9 +77,9 @@ impl Router {
             let Some(link) = &mut s.link else {
                 return;
             };
-            if link.backlog.items.is_empty() {
+            if link.backlog.as_ref().is_none_or(|b| b.items.is_empty()) {
                 // A burst's worth of storage is not kept for good.
-                link.backlog = Default::default();
+                link.backlog = None;
                 return;
             }
             // The outbox's share of `max_queued_bytes` is used up: wait until half of what it
@@ -93,11 +96,14 @@ impl Router {
                 }
                 return;
             }
-            let Some((pending, live)) = link.backlog.items.pop_front() else {
+            let Some(backlog) = &mut link.backlog else {
+                return;
+            };
+            let Some((pending, live)) = backlog.items.pop_front() else {
                 return;
             };
             if live {
-                link.backlog.live -= 1;
+                backlog.live -= 1;
             }
             if pending.message.is_expired(now) {
                 self.stats.dropped_expired += 1;
