@@ -108,7 +108,7 @@ fn qos_from(v: u8) -> QoS {
     QoS::from_u8(v).unwrap_or(QoS::ExactlyOnce)
 }
 
-fn conn_limits(config: &Config) -> ConnLimits {
+pub(crate) fn conn_limits(config: &Config) -> ConnLimits {
     ConnLimits {
         max_packet_size: config.limits.max_packet_size,
         message_size_limit: config.limits.message_size_limit,
