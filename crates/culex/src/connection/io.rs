@@ -75,6 +75,23 @@ impl<S> Conn<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Sends the commands the state produced, in order, as far as the router's channel takes
+    /// them now (the common case, without an await). Returns false when it is full and some
+    /// wait: then [`Conn::send_commands`].
+    fn try_send_commands(&mut self) -> Result<bool, Ending> {
+        while let Some(cmd) = self.out.commands.pop_front() {
+            match self.state.shared.router.try_send(cmd) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    self.out.commands.push_front(cmd);
+                    return Ok(false);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Ending::router_gone()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Sends the commands the state produced, in order. While the router's channel is full,
     /// waits for room (backpressure on a busy router); only a permit is awaited, so the
     /// waiting state holds no command.
@@ -132,7 +149,12 @@ where
                         return Ending::abnormal(Some(e.reason_code()), e.to_string());
                     }
                 };
-                if !self.out.commands.is_empty() {
+                // Bound first: a match on the call would keep its result across the await.
+                let all_sent = match self.try_send_commands() {
+                    Ok(all) => all,
+                    Err(end) => return end,
+                };
+                if !all_sent {
                     if let Err(end) = self.send_commands().await {
                         return end;
                     }
@@ -142,7 +164,11 @@ where
                 }
             }
             // The outbox branch below may have left a command (OutboxSpace).
-            if !self.out.commands.is_empty() {
+            let all_sent = match self.try_send_commands() {
+                Ok(all) => all,
+                Err(end) => return end,
+            };
+            if !all_sent {
                 if let Err(end) = self.send_commands().await {
                     return end;
                 }
