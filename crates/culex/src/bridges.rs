@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use culex_bridge::{Bridge, BridgeConfig, BridgeHandle, BridgeStats, LocalConnector};
@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::connection::{self, Peer};
+use crate::context::{ListenerCtx, Shared};
+use crate::counters::BridgeRegistry;
 use crate::security::SecurityHandle;
-use crate::server::{ListenerCtx, Shared};
 
 /// In-flight window of a bridge's local session (the bridge announces the same Receive
 /// Maximum): messages it may hold while they wait for the remote's acknowledgement.
@@ -32,25 +33,6 @@ const BRIDGE_WINDOW: u16 = 64;
 const DUPLEX_BUFFER: usize = 256 * 1024;
 /// How long shutdown waits for the bridges to say goodbye (notification `0`, DISCONNECT).
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The statistics of the running bridges, by name, for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct BridgeRegistry {
-    stats: Mutex<Vec<(String, Arc<BridgeStats>)>>,
-}
-
-impl BridgeRegistry {
-    /// The bridges' names and statistics, in configuration order.
-    pub fn snapshot(&self) -> Vec<(String, Arc<BridgeStats>)> {
-        self.stats.lock().map(|g| g.clone()).unwrap_or_default()
-    }
-
-    fn set(&self, stats: Vec<(String, Arc<BridgeStats>)>) {
-        if let Ok(mut g) = self.stats.lock() {
-            *g = stats;
-        }
-    }
-}
 
 /// One running bridge and its own stop switch.
 #[derive(Debug)]

@@ -3,7 +3,9 @@
 //! them (with the router's own counters) when they need them, never the other way round.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use culex_bridge::BridgeStats;
 use culex_proto::{Packet, QoS, ReasonCode};
 
 /// A monotonically increasing count or a gauge, readable from anywhere.
@@ -137,11 +139,31 @@ pub fn packet_type(p: &Packet) -> usize {
     }
 }
 
+/// The statistics of the running bridges, by name, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct BridgeRegistry {
+    stats: Mutex<Vec<(String, Arc<BridgeStats>)>>,
+}
+
+impl BridgeRegistry {
+    /// The bridges' names and statistics, in configuration order.
+    pub fn snapshot(&self) -> Vec<(String, Arc<BridgeStats>)> {
+        self.stats.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the list (when the bridges start or are reloaded).
+    pub(crate) fn set(&self, stats: Vec<(String, Arc<BridgeStats>)>) {
+        if let Ok(mut g) = self.stats.lock() {
+            *g = stats;
+        }
+    }
+}
+
 /// Server-wide counters kept by connection tasks and accept loops.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// The bridges' statistics, read at scrape time.
-    pub bridges: crate::bridges::BridgeRegistry,
+    pub bridges: BridgeRegistry,
     /// The store writer's statistics, when persistence is on (set once at start).
     pub store: std::sync::OnceLock<culex_store::StatsReader>,
     /// Sockets accepted (before `max_connections` and any handshake).
@@ -261,16 +283,6 @@ impl Counters {
         }
     }
 
-    /// PUBLISH packets received, all QoS.
-    pub fn publish_received_total(&self) -> u64 {
-        self.publish_received.iter().map(Counter::get).sum()
-    }
-
-    /// PUBLISH packets sent, all QoS.
-    pub fn publish_sent_total(&self) -> u64 {
-        self.publish_sent.iter().map(Counter::get).sum()
-    }
-
     /// Counts a packet received.
     pub fn packet_in(&self, p: &Packet) {
         if let Some(c) = self.packets_received.get(packet_type(p)) {
@@ -283,16 +295,6 @@ impl Counters {
         if let Some(c) = self.packets_sent.get(packet_type(p)) {
             c.inc();
         }
-    }
-
-    /// Packets received, all types.
-    pub fn packets_received_total(&self) -> u64 {
-        self.packets_received.iter().map(Counter::get).sum()
-    }
-
-    /// Packets sent, all types.
-    pub fn packets_sent_total(&self) -> u64 {
-        self.packets_sent.iter().map(Counter::get).sum()
     }
 }
 

@@ -205,18 +205,18 @@ pub(crate) async fn handle(
                 crate::sys::snapshot(&state.router, &state.counters),
             )
             .await;
-            let Ok(Some(sample)) = sample else {
+            let Ok(Some(mut sample)) = sample else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable\n");
             };
             let depth = state.router.upgrade().map_or(0, |tx| {
                 tx.max_capacity().saturating_sub(tx.capacity()) as u64
             });
-            let extra = Extra {
+            sample.extra = Extra {
                 router_queue_depth: depth,
                 router_queue_capacity: state.router_capacity as u64,
                 uptime_seconds: state.started.elapsed().as_secs_f64(),
             };
-            let body = state.exporter.render(&state.counters, &sample, extra);
+            let body = state.exporter.render(&sample);
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
@@ -336,14 +336,24 @@ mod tests {
             Some(PROMETHEUS_TEXT)
         );
         let text = body(r).await;
-        for name in [
-            crate::metrics::CONNECTIONS_ACCEPTED,
-            crate::metrics::PUBLISH_DROPPED,
-            crate::metrics::ROUTER_QUEUE_DEPTH,
-        ] {
+        // Every family of the table that applies here (no bridges, no store, no limit on
+        // connections) is described and has a series.
+        use crate::metrics::families::{Group, Kind, FAMILIES};
+        let here = FAMILIES.iter().filter(|f| {
+            f.group == Group::Broker
+                && f.kind != Kind::Histogram
+                && f.name != "culex_max_connections"
+        });
+        for f in here {
+            let name = f.name;
             assert!(
                 text.contains(&format!("# HELP {name} ")),
                 "{name} in\n{text}"
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(name) && !l.starts_with('#')),
+                "a series of {name} in\n{text}"
             );
         }
         router.await.ok();

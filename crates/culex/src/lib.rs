@@ -1,12 +1,13 @@
 //! The Culex broker as a library: the binary's `main` is a thin CLI around [`server::run`], and
-//! tests start the same server in-process with [`server::start`]. The `cmd_*` modules are the
-//! binary's subcommands (`culex passwd`, `culex pub`, `culex sub`), described with the broker's
-//! flags in [`cli`].
+//! tests start the same server in-process with [`server::start`]. The binary's subcommands
+//! (`culex passwd`, `culex pub`, `culex sub`) are in [`cli`], described with the broker's flags
+//! in `cli/args.rs`.
 
 pub mod assets;
 pub mod bridges;
 pub mod cli;
 mod connection;
+mod context;
 pub mod counters;
 mod http;
 mod login_gate;
@@ -18,6 +19,7 @@ mod security;
 pub mod server;
 mod sys;
 pub mod systemd;
+mod tls;
 mod tls_chain;
 mod tls_identity;
 mod transport;
@@ -25,4 +27,4 @@ mod transport;
 pub use http::Readiness;
 pub use persistence::reset_store;
 pub use server::{check_files, run, start, RunningServer};
-pub use transport::{check_notes, check_tls, TlsSetupError};
+pub use tls::{check_notes, check_tls, TlsSetupError};

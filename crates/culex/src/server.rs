@@ -7,19 +7,21 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use culex_broker::{BrokerSettings, Command, QueuePolicy, Router};
+use culex_broker::{BrokerSettings, Command, Router};
 use culex_config::{Config, ListenerProtocol};
 use culex_proto::QoS;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::context::{conn_limits, ConnSlot, ListenerCtx, Shared};
 use crate::http::{HttpState, Readiness};
 use crate::metrics::Exporter;
 use crate::security::SecurityHandle;
-use crate::transport::{self, TlsListener};
+use crate::tls::{self, TlsListener};
+use crate::transport;
 
 /// Commands the router's channel holds before connections wait (backpressure).
 const ROUTER_QUEUE: usize = 16 * 1024;
@@ -28,59 +30,7 @@ const ROUTER_BATCH: usize = 512;
 /// How long shutdown waits for connections to close before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Limits each connection task enforces, from the configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnLimits {
-    pub(crate) max_packet_size: u32,
-    pub(crate) message_size_limit: u32,
-    pub(crate) max_keepalive: u16,
-    pub(crate) max_inflight_messages: u16,
-    pub(crate) allow_zero_length_clientid: bool,
-    pub(crate) retain_available: bool,
-    pub(crate) max_qos: QoS,
-    pub(crate) connect_timeout: Duration,
-    /// The router acknowledges QoS 1/2 publishes (after the store made them durable).
-    pub(crate) router_acks: bool,
-    /// A client whose socket takes nothing for this long is disconnected: it stopped reading
-    /// (`slow_client_timeout`; with 0, an hour).
-    pub(crate) write_timeout: Duration,
-    /// `connection_messages`: an INFO line per connect and disconnect.
-    pub(crate) connection_messages: bool,
-    /// `max_topic_levels` and `max_topic_length`: PUBLISH topics beyond them are refused.
-    pub(crate) max_topic_levels: u16,
-    pub(crate) max_topic_length: u16,
-    /// `clientid_prefixes`: client identifiers must start with it.
-    pub(crate) clientid_prefixes: Option<Box<str>>,
-}
-
 pub use crate::counters::{Counter, Counters, Refusal};
-
-/// What a connection needs to know of the listener that accepted it.
-#[derive(Debug)]
-pub(crate) struct ListenerCtx {
-    /// The bound address.
-    pub(crate) local: SocketAddr,
-    /// MQTT directly, or MQTT over WebSocket.
-    pub(crate) protocol: ListenerProtocol,
-    /// The TLS side, for TLS listeners; shared by the sockets of one configured listener.
-    pub(crate) tls: Option<Arc<TlsListener>>,
-    /// Password file, ACL and anonymous access in force for this listener.
-    pub(crate) security: Arc<SecurityHandle>,
-    /// Queue limits for the sessions of this listener's clients instead of the broker's (the
-    /// in-process listener of one bridge); `None` for network listeners.
-    pub(crate) queue: Option<QueuePolicy>,
-    /// `mount_point`: the prefix of every topic of this listener's clients.
-    pub(crate) mount_point: Option<Arc<str>>,
-}
-
-/// State every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) router: mpsc::Sender<Command>,
-    pub(crate) limits: Arc<ConnLimits>,
-    pub(crate) broker: BrokerSettings,
-    pub(crate) counters: Arc<Counters>,
-}
 
 /// Maps the configuration onto the router's settings.
 pub fn broker_settings(config: &Config) -> BrokerSettings {
@@ -106,29 +56,6 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
 
 fn qos_from(v: u8) -> QoS {
     QoS::from_u8(v).unwrap_or(QoS::ExactlyOnce)
-}
-
-pub(crate) fn conn_limits(config: &Config) -> ConnLimits {
-    ConnLimits {
-        max_packet_size: config.limits.max_packet_size,
-        message_size_limit: config.limits.message_size_limit,
-        max_keepalive: config.limits.max_keepalive,
-        max_inflight_messages: config.limits.max_inflight_messages.max(1),
-        allow_zero_length_clientid: config.sessions.allow_zero_length_clientid,
-        retain_available: config.mqtt.retain_available,
-        max_qos: qos_from(config.mqtt.max_qos),
-        connect_timeout: Duration::from_secs(10),
-        router_acks: config.persistence.enabled,
-        write_timeout: if config.limits.slow_client_timeout.is_zero() {
-            Duration::from_secs(3600)
-        } else {
-            config.limits.slow_client_timeout
-        },
-        connection_messages: config.log.connection_messages,
-        max_topic_levels: config.limits.max_topic_levels,
-        max_topic_length: config.limits.max_topic_length,
-        clientid_prefixes: config.sessions.clientid_prefixes.as_deref().map(Box::from),
-    }
 }
 
 /// A running server: its bound addresses and the means to stop it.
@@ -233,7 +160,7 @@ impl RunningServer {
                 errors.push(e.to_string());
             }
         }
-        if let Err(tls) = crate::transport::reload_all(&self.tls) {
+        if let Err(tls) = tls::reload_all(&self.tls) {
             errors.extend(tls.into_iter().map(|e| e.to_string()));
         }
         // Whatever is in force now (a file that failed keeps its previous rules): messages a
@@ -471,7 +398,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
 /// keys, password files and ACL files. Errors name the listener, option, file and line.
 pub fn check_files(config: &Config) -> Result<()> {
     let mut errors = Vec::new();
-    if let Err(e) = transport::check_tls(config) {
+    if let Err(e) = tls::check_tls(config) {
         errors.push(e.to_string());
     }
     if let Err(e) = load_security(config) {
@@ -613,29 +540,6 @@ async fn serve(
             Ok(Err(e)) => warn!("store writer failed: {e}"),
             Err(e) => warn!("store writer did not finish: {e}"),
         }
-    }
-}
-
-/// An accepted socket's place: counted in `open_connections` and holding a permit under
-/// `max_connections` until dropped, when its connection ends.
-pub(crate) struct ConnSlot {
-    counters: Arc<Counters>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl ConnSlot {
-    fn new(counters: Arc<Counters>, permit: OwnedSemaphorePermit) -> Self {
-        counters.open_connections.inc();
-        ConnSlot {
-            counters,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.counters.open_connections.dec();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `$SYS/broker/...` tree, after Mosquitto's `sys_tree.c`: retained messages published
-//! every `sys_interval`, only when their value changed. Values come from the same [`Sample`]
-//! as the metrics endpoint.
+//! every `sys_interval`, only when their value changed. Values come from the same metric
+//! families ([`FAMILIES`]: each names the `$SYS` topics of its total) and the same kind of
+//! [`Sample`] as the metrics endpoint.
 //!
 //! [`SysTree`] is sans-IO: it takes the sample and the time and returns what to publish, so the
 //! load averages are tested with a virtual clock. [`run`] is the task around it.
@@ -16,37 +17,29 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
 use crate::counters::Counters;
+use crate::metrics::families::{family, FAMILIES};
 use crate::metrics::Sample;
 
 /// The load-average windows: name and length in seconds.
 const WINDOWS: [(&str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
 
-/// The rates with moving averages, as `$SYS/broker/load/<name>/<window>`.
-const LOADS: [&str; 9] = [
-    "messages/received",
-    "messages/sent",
-    "publish/received",
-    "publish/sent",
-    "publish/dropped",
-    "bytes/received",
-    "bytes/sent",
-    "connections",
-    "sockets",
+/// The rates with moving averages, as `$SYS/broker/load/<name>/<window>`, and the metric
+/// family whose total each is the rate of.
+const LOADS: [(&str, &str); 9] = [
+    ("messages/received", "culex_packets_received_total"),
+    ("messages/sent", "culex_packets_sent_total"),
+    ("publish/received", "culex_messages_received_total"),
+    ("publish/sent", "culex_messages_sent_total"),
+    ("publish/dropped", "culex_publish_dropped_total"),
+    ("bytes/received", "culex_received_bytes_total"),
+    ("bytes/sent", "culex_sent_bytes_total"),
+    ("connections", "culex_client_connects_total"),
+    ("sockets", "culex_connections_accepted_total"),
 ];
 
 /// The cumulative totals the loads are rates of, in [`LOADS`] order.
 fn load_totals(s: &Sample) -> [u64; 9] {
-    [
-        s.packets_received,
-        s.packets_sent,
-        s.publish_received_total(),
-        s.publish_sent_total(),
-        s.dropped_total(),
-        s.bytes_received,
-        s.bytes_sent,
-        s.connects,
-        s.sockets_accepted,
-    ]
+    LOADS.map(|(_, name)| family(name).map_or(0, |f| f.total(s) as u64))
 }
 
 /// One exponentially-damped moving average of a per-minute rate, as Mosquitto computes it:
@@ -97,43 +90,20 @@ impl SysTree {
         now: Instant,
         uptime: Duration,
     ) -> Vec<(String, String)> {
-        let r = &s.router;
         let mut out: Vec<(String, String)> = Vec::with_capacity(64);
         let mut put =
             |topic: &str, value: String| out.push((format!("$SYS/broker/{topic}"), value));
         put("version", self.version.clone());
         put("uptime", format!("{} seconds", uptime.as_secs()));
-        put("clients/total", r.sessions.to_string());
-        put("clients/maximum", s.clients_maximum.to_string());
-        put("clients/connected", r.connected.to_string());
-        put("clients/active", r.connected.to_string());
-        put("clients/disconnected", r.offline_sessions.to_string());
-        put("clients/inactive", r.offline_sessions.to_string());
-        put("clients/expired", r.stats.sessions_expired.to_string());
-        put("messages/received", s.packets_received.to_string());
-        put("messages/sent", s.packets_sent.to_string());
+        for f in FAMILIES.iter().filter(|f| !f.sys.is_empty()) {
+            let total = (f.total(s) as u64).to_string();
+            for topic in f.sys {
+                put(topic, total.clone());
+            }
+        }
         put("messages/stored", s.stored_messages().to_string());
         put("store/messages/count", s.stored_messages().to_string());
         put("store/messages/bytes", s.stored_bytes().to_string());
-        put("subscriptions/count", r.subscriptions.to_string());
-        put(
-            "shared_subscriptions/count",
-            r.shared_subscriptions.to_string(),
-        );
-        put("retained messages/count", r.retained_count.to_string());
-        put(
-            "publish/messages/received",
-            s.publish_received_total().to_string(),
-        );
-        put("publish/messages/sent", s.publish_sent_total().to_string());
-        put("publish/messages/dropped", s.dropped_total().to_string());
-        put(
-            "publish/bytes/received",
-            s.publish_bytes_received.to_string(),
-        );
-        put("publish/bytes/sent", s.publish_bytes_sent.to_string());
-        put("bytes/received", s.bytes_received.to_string());
-        put("bytes/sent", s.bytes_sent.to_string());
 
         let totals = load_totals(s);
         if let Some((then, before)) = self.last {
@@ -146,7 +116,7 @@ impl SysTree {
             }
         }
         self.last = Some((now, totals));
-        for (name, loads) in LOADS.iter().zip(&self.loads) {
+        for ((name, _), loads) in LOADS.iter().zip(&self.loads) {
             for (load, (window, _)) in loads.iter().zip(WINDOWS) {
                 put(
                     &format!("load/{name}/{window}"),
@@ -179,14 +149,14 @@ impl SysTree {
 /// Takes a router snapshot; `None` when the router is gone.
 pub(crate) async fn snapshot(
     router: &mpsc::WeakSender<Command>,
-    counters: &Counters,
+    counters: &Arc<Counters>,
 ) -> Option<Sample> {
     let tx = router.upgrade()?;
     let (reply, rx) = oneshot::channel();
     tx.send(Command::Stats { reply }).await.ok()?;
     drop(tx);
     let snap = rx.await.ok()?;
-    Some(Sample::new(counters, snap))
+    Some(Sample::new(Arc::clone(counters), snap))
 }
 
 /// Whether the router answers a ping within `limit` (its loop turns); false when it is gone,
@@ -279,7 +249,8 @@ mod tests {
     fn first_update_publishes_everything_then_only_changes() {
         let t0 = Instant::now();
         let mut tree = SysTree::new();
-        let mut s = Sample::default();
+        let counters = Arc::new(Counters::default());
+        let s = Sample::new(Arc::clone(&counters), Default::default());
         let first = tree.update(&s, t0, Duration::from_secs(0));
         let topics: Vec<&str> = first.iter().map(|(t, _)| t.as_str()).collect();
         assert!(topics.contains(&"$SYS/broker/version"));
@@ -287,7 +258,10 @@ mod tests {
         assert!(topics.contains(&"$SYS/broker/load/sockets/15min"));
         assert_eq!(first.len(), 24 + 27);
         // Ten seconds later, 6 PUBLISH received: uptime, the counters and their loads change.
-        s.publish_received = [6, 0, 0];
+        counters.publish_in(QoS::AtMostOnce, 0);
+        for _ in 0..5 {
+            counters.publish_in(QoS::AtLeastOnce, 0);
+        }
         let next = tree.update(&s, t0 + Duration::from_secs(10), Duration::from_secs(10));
         let map: HashMap<_, _> = next.into_iter().collect();
         assert_eq!(

@@ -15,9 +15,9 @@ use super::aliases::{Aliases, TOPIC_ALIAS_MAX};
 use super::io::Conn;
 use super::state::{payload_format_valid, Ending, Rare};
 use super::RESPONSE_INFORMATION_PREFIX;
+use crate::context::ConnLimits;
 use crate::counters::Refusal;
 use crate::security::Admission;
-use crate::server::ConnLimits;
 
 /// A CONNECT refused before authentication: the CONNACK reason, and the log line if the
 /// refusal is worth one.

@@ -22,8 +22,8 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
 use super::aliases::Aliases;
+use crate::context::{ListenerCtx, Shared};
 use crate::security::Admission;
-use crate::server::{ListenerCtx, Shared};
 
 /// Packets awaiting an answer from the router (SUBSCRIBE, UNSUBSCRIBE, and with persistence
 /// QoS 1/2 PUBLISH and PUBREL) before the connection stops reading. Below the outbox's 64

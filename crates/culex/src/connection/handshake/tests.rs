@@ -7,7 +7,7 @@ use culex_proto::{Connect, LastWill, Properties, Protocol, QoS, ReasonCode};
 use super::{
     check_after_auth, check_before_auth, connack_properties, negotiate_keep_alive, session_expiry,
 };
-use crate::server::{conn_limits, ConnLimits};
+use crate::context::{conn_limits, ConnLimits};
 
 fn limits() -> ConnLimits {
     conn_limits(&Config::default())

@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 
 use super::{ConnState, Ending, Output, Rare};
 use crate::connection::aliases::Aliases;
+use crate::context::{conn_limits, ConnLimits, ListenerCtx, Shared};
+use crate::counters::Counters;
 use crate::login_gate::LoginGate;
 use crate::security::SecurityHandle;
-use crate::server::{conn_limits, ConnLimits, Counters, ListenerCtx, Shared};
 
 /// A connected client's state, as after an accepted CONNECT with `protocol`.
 struct Setup {
