@@ -338,8 +338,8 @@ mod tests {
         let text = body(r).await;
         // Every family of the table that applies here (no bridges, no store, no limit on
         // connections) is described and has a series.
-        use crate::metrics::families::{Group, Kind, FAMILIES};
-        let here = FAMILIES.iter().filter(|f| {
+        use crate::metrics::families::{all, Group, Kind};
+        let here = all().filter(|f| {
             f.group == Group::Broker
                 && f.kind != Kind::Histogram
                 && f.name != "culex_max_connections"

@@ -25,7 +25,7 @@ use crate::counters::Counters;
 
 pub(crate) mod families;
 
-use families::{Kind, FAMILIES};
+use families::Kind;
 
 /// Histogram of store commit durations (`_bucket`, `_sum`, `_count`).
 pub const STORE_COMMIT_DURATION: &str = "culex_store_commit_duration_seconds";
@@ -154,7 +154,7 @@ fn write_commit_histogram(out: &mut String, st: &StoreStats) {
 
 /// Describes every family to the current recorder.
 fn describe() {
-    for f in FAMILIES {
+    for f in families::all() {
         match (f.kind, f.unit) {
             (Kind::Counter, Some(unit)) => describe_counter!(f.name, unit, f.help),
             (Kind::Counter, None) => describe_counter!(f.name, f.help),
@@ -167,7 +167,7 @@ fn describe() {
 
 /// Writes every family's series in `sample` into the current recorder.
 fn record(sample: &Sample) {
-    for f in FAMILIES {
+    for f in families::all() {
         (f.read)(sample, &mut |labels, value| {
             let labels: Vec<Label> = labels
                 .iter()

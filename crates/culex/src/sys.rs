@@ -1,6 +1,6 @@
 //! The `$SYS/broker/...` tree, after Mosquitto's `sys_tree.c`: retained messages published
 //! every `sys_interval`, only when their value changed. Values come from the same metric
-//! families ([`FAMILIES`]: each names the `$SYS` topics of its total) and the same kind of
+//! families ([`all`](crate::metrics::families::all): each names the `$SYS` topics of its total) and the same kind of
 //! [`Sample`] as the metrics endpoint.
 //!
 //! [`SysTree`] is sans-IO: it takes the sample and the time and returns what to publish, so the
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
 use crate::counters::Counters;
-use crate::metrics::families::{family, FAMILIES};
+use crate::metrics::families::{all, family};
 use crate::metrics::Sample;
 
 /// The load-average windows: name and length in seconds.
@@ -95,7 +95,7 @@ impl SysTree {
             |topic: &str, value: String| out.push((format!("$SYS/broker/{topic}"), value));
         put("version", self.version.clone());
         put("uptime", format!("{} seconds", uptime.as_secs()));
-        for f in FAMILIES.iter().filter(|f| !f.sys.is_empty()) {
+        for f in all().filter(|f| !f.sys.is_empty()) {
             let total = (f.total(s) as u64).to_string();
             for topic in f.sys {
                 put(topic, total.clone());
