@@ -215,6 +215,16 @@ impl PasswordHash {
         if s.starts_with("$argon2id$") {
             let phc = argon2::PasswordHash::new(s)
                 .map_err(|e| invalid(format!("malformed argon2id string: {e}")))?;
+            // The argon2 crate compares the memory cost with 8 × parallelism before it bounds
+            // the parallelism, which overflows (a panic with overflow checks) for p above
+            // u32::MAX / 8: bound it first.
+            let parallelism = phc.params.get_decimal("p");
+            if parallelism.is_some_and(|p| p > argon2::Params::MAX_P_COST) {
+                return Err(invalid(format!(
+                    "bad argon2id parameters: parallelism above {}",
+                    argon2::Params::MAX_P_COST
+                )));
+            }
             argon2::Params::try_from(&phc)
                 .map_err(|e| invalid(format!("bad argon2id parameters: {e}")))?;
             if phc.hash.is_none() {

@@ -246,3 +246,25 @@ fn unknown_users_are_checked_against_the_most_common_cost_class() {
     assert!(empty.decoy.is_none());
     assert_eq!(empty.check("nobody", b"x"), AuthResult::UnknownUser);
 }
+
+/// Found by `scripts/fuzz.sh` (passwd_file): an argon2id parallelism above what fits once
+/// multiplied by 8 made the argon2 crate's parameter check overflow (a panic in debug builds)
+/// instead of refusing the line. Every out-of-range cost is a clear error.
+#[test]
+fn argon2id_costs_out_of_range_are_refused_not_a_panic() {
+    let tail = "$c2FsdHNhbHRzYWx0c2FsdA$+gg1hRHinLuAQtgOR5hn7+mpOgk64Uk+4DqAh8QKBxo";
+    for params in [
+        "m=65536,t=2,p=774444444",
+        "m=65536,t=2,p=16777216",
+        "m=4294967295,t=1,p=4294967295",
+        "m=65536,t=0,p=1",
+        "m=7,t=1,p=1",
+        "m=64,t=1,p=9",
+    ] {
+        let line = format!("$argon2id$v=19${params}{tail}");
+        let err = PasswordHash::parse(&line).expect_err(&line);
+        assert!(err.to_string().contains("argon2id"), "{line}: {err}");
+    }
+    let ok = format!("$argon2id$v=19$m=65536,t=2,p=4{tail}");
+    assert!(PasswordHash::parse(&ok).is_ok());
+}
