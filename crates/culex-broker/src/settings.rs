@@ -5,7 +5,7 @@ use std::time::Duration;
 use culex_proto::QoS;
 
 /// What the router needs to know of the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
     /// In-flight window per session for outgoing QoS 1/2 messages (`max_inflight_messages`).
     pub max_inflight_messages: u16,

@@ -30,11 +30,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 pub mod bridge;
 mod bridges;
-mod de;
 mod duration;
 mod error;
 mod listener;
@@ -100,8 +97,7 @@ pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What happens to a QoS 1/2 message that would overflow an online subscriber's queue
 /// ([`Limits::queue_full_policy`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum QueueFullPolicy {
     /// Queue it and hold the publisher's acknowledgement until the queue drains. Written
     /// `block`. The default.
@@ -123,11 +119,18 @@ impl QueueFullPolicy {
             _ => None,
         }
     }
+
+    /// The name used in both syntaxes.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueFullPolicy::Block => "block",
+            QueueFullPolicy::Drop => "drop",
+        }
+    }
 }
 
 /// The complete broker configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where the broker accepts MQTT connections. Never empty in a validated
     /// configuration.
@@ -163,13 +166,11 @@ pub struct Config {
     /// Bridges to remote brokers: mosquitto.conf `connection` blocks or TOML `[[bridges]]`,
     /// already validated ([`crate::bridge::BridgeConfig::validate`]). Not settable from the
     /// environment.
-    #[serde(skip)]
     pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Metrics {
     /// Address and port to serve on (`IP:PORT`; port 0 picks a free one). `None`, the
     /// default for configuration files, serves nothing. mosquitto.conf: `metrics_listener`.
@@ -177,12 +178,10 @@ pub struct Metrics {
 }
 
 /// The `$SYS/broker/...` topics the broker publishes about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sys {
     /// How often the tree is updated; zero disables it. Default 10 s. TOML: whole seconds
     /// (`interval = 10`) or a duration string (`"10s"`); mosquitto.conf: `sys_interval N`.
-    #[serde(deserialize_with = "de::seconds")]
     pub interval: Duration,
 }
 
@@ -195,8 +194,7 @@ impl Default for Sys {
 }
 
 /// Logging settings. `RUST_LOG` and `culex -v` override the level.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     /// Human-readable lines (the default) or JSON lines.
     pub format: LogFormat,
@@ -218,8 +216,7 @@ impl Default for Log {
 }
 
 /// How log lines are written (`log_format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable text. Written `text`.
     #[default]
@@ -240,11 +237,18 @@ impl LogFormat {
             _ => None,
         }
     }
+
+    /// The name used in both syntaxes.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The most verbose level logged (`[log] level`; mosquitto.conf `log_type`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     /// Nothing. Written `off` (mosquitto.conf `log_type none`).
     Off,
@@ -293,8 +297,7 @@ impl LogLevel {
 
 /// Authentication and authorisation settings: global (`[security]`), or of
 /// one listener when [`Config::per_listener_settings`] is `true`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Security {
     /// Whether clients that connect without a username may connect.
     ///
@@ -338,13 +341,11 @@ impl Security {
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most QoS 1 and 2 messages in flight to one client at once (also sent
     /// to MQTT v5 clients as Receive Maximum). Default 20. In configuration
     /// files `0` means unlimited and is stored as 65535, the protocol maximum.
-    #[serde(deserialize_with = "de::inflight")]
     pub max_inflight_messages: u16,
     /// `queue_full_policy`: what happens to a QoS 1/2 message that would overflow an
     /// **online** subscriber's queue. `block` (the default) queues it and holds its
@@ -365,7 +366,6 @@ pub struct Limits {
     /// `slow_client_timeout`: a subscriber that holds publishers back this long without
     /// acknowledging anything is disconnected (MQTT 5: 0x97 Quota exceeded) and its queue
     /// trimmed to the limits. Default 30 s; 0 never disconnects.
-    #[serde(deserialize_with = "de::seconds")]
     pub slow_client_timeout: Duration,
     /// Bytes (topic and payload) of QoS 1/2 messages in flight to one client: a message
     /// starts while fewer are in flight, so one larger than the limit still goes, alone, as
@@ -392,7 +392,6 @@ pub struct Limits {
     pub max_keepalive: u16,
     /// Most client connections at once; `None` (the default) is unlimited.
     /// Written `-1` in configuration files, like Mosquitto.
-    #[serde(deserialize_with = "de::max_connections")]
     pub max_connections: Option<usize>,
     /// Most levels in a topic name or filter (`a/b/c` has three); deeper ones are refused
     /// (PUBLISH acknowledged with 0x90 / not routed, SUBSCRIBE answered 0x8F). Default 200,
@@ -425,8 +424,7 @@ impl Default for Limits {
 }
 
 /// Session and client identifier settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sessions {
     /// Whether a client may connect with an empty client identifier (the
     /// broker then assigns one). Default `true`.
@@ -438,7 +436,6 @@ pub struct Sessions {
     pub clientid_prefixes: Option<String>,
     /// How long a persistent session of a disconnected client is kept;
     /// `None` (the default) keeps it until the client cleans it.
-    #[serde(deserialize_with = "de::expiration")]
     pub persistent_client_expiration: Option<Duration>,
 }
 
@@ -455,8 +452,7 @@ impl Default for Sessions {
 
 /// The on-disk store of retained messages and persistent sessions (with their queued and
 /// in-flight QoS 1 and 2 messages). TOML: `[persistence]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persistence {
     /// Whether state is stored on disk and restored at startup. Default `false` for
     /// configuration files (as Mosquitto's `persistence false`); `true` in
@@ -477,7 +473,6 @@ pub struct Persistence {
     /// batch for more before committing it; 0 to [`MAX_BATCH_DELAY`]. Default
     /// [`DEFAULT_BATCH_DELAY`]. TOML: a duration string such as `"10ms"`; mosquitto.conf:
     /// `persistence_batch_delay MS`, whole milliseconds (a Culex extension).
-    #[serde(deserialize_with = "de::delay")]
     pub batch_delay: Duration,
 }
 
@@ -496,8 +491,7 @@ impl Default for Persistence {
 /// When the store makes its commits durable (`[persistence] sync`; mosquitto.conf
 /// `persistence_sync`). Changes are committed in batches (group commit) whatever the
 /// policy; see `docs/configuration.md` for the trade-off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum SyncPolicy {
     /// Every batch is fsynced as soon as the changes waiting have been drained into it.
     /// Written `always`. The default: group commit already puts everything that arrives
@@ -536,8 +530,7 @@ impl SyncPolicy {
 }
 
 /// MQTT protocol feature settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mqtt {
     /// Whether retained messages are supported. Default `true`.
     pub retain_available: bool,

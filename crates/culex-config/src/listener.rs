@@ -1,5 +1,7 @@
 //! A listener of the configuration: its address and protocol, and its TLS settings.
 
+use serde::Deserialize;
+
 use super::*;
 
 /// A TCP listener: plain MQTT, MQTT over TLS, or MQTT over WebSocket (with
@@ -24,8 +26,9 @@ pub struct Listener {
     /// This listener's own authentication settings. Only allowed (and then
     /// always present after loading a file) when
     /// [`Config::per_listener_settings`] is `true`; use
-    /// [`Config::security_for`] rather than reading it directly.
-    #[serde(default)]
+    /// [`Config::security_for`] rather than reading it directly. Stored by the loader
+    /// through the option table, not by serde.
+    #[serde(skip)]
     pub security: Option<Security>,
     /// `socket_domain ipv4|ipv6`: without a host, listen only on that family (by default
     /// both `0.0.0.0` and `::`).

@@ -555,7 +555,7 @@ impl Reader {
             (Kind::Bool, [word]) => parse_bool(word).map(Value::Bool),
             (Kind::Int { .. }, [word]) => parse_int(word, &expected)
                 .and_then(|v| check_int(spec, v))
-                .map(Value::Int),
+                .map(Value::of_int),
             (Kind::Duration, [word]) => {
                 duration::parse_mosquitto(word).map(|d| Value::Duration(Some(d)))
             }

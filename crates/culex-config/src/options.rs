@@ -3,12 +3,15 @@
 //!
 //! Listeners are not scalar options; each syntax handles them itself.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{
-    Config, LogFormat, LogLevel, QueueFullPolicy, Security, SyncPolicy, MQTT_MAX_PACKET_SIZE,
-};
+use crate::{Config, Security};
+
+#[cfg(test)]
+mod doc;
+mod table;
 
 /// The TOML section an option lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +92,10 @@ pub(crate) enum Kind {
     Choice(&'static [&'static str]),
 }
 
-/// One scalar option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One scalar option: its names, the values it takes, its one-line description and where
+/// its value lives in a [`Config`]. Every scalar option is one entry of [`OPTIONS`]; both
+/// loaders, validation and the option tables of docs/configuration.md are driven by it.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Spec {
     pub(crate) section: Section,
     /// The name in TOML (and in mosquitto.conf unless `conf_key` differs).
@@ -98,6 +103,33 @@ pub(crate) struct Spec {
     /// The name in mosquitto.conf; empty when the option exists only in TOML.
     pub(crate) conf_key: &'static str,
     pub(crate) kind: Kind,
+    /// What the option does, for docs/configuration.md (Markdown, one paragraph).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by the docs test (options::doc)")
+    )]
+    pub(crate) doc: &'static str,
+    /// Where the value is stored.
+    pub(crate) field: Field,
+}
+
+/// Where an option's value is stored, and how it is read back in the form a file writes it
+/// (`max_connections` unlimited reads back as `-1`): for validation of hand-made configs
+/// and for the documented defaults.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field {
+    /// A field of the [`Config`].
+    Config {
+        set: fn(&mut Config, Value) -> Result<(), String>,
+        /// `None` when the option is unset.
+        get: fn(&Config) -> Option<Value>,
+    },
+    /// A field of a [`Security`]: the global one, or one listener's with
+    /// `per_listener_settings`.
+    Security {
+        set: fn(&mut Security, Value) -> Result<(), String>,
+        get: fn(&Security) -> Option<Value>,
+    },
 }
 
 impl Spec {
@@ -113,298 +145,20 @@ impl Spec {
     /// Whether this is a security option, which belongs to one listener
     /// when `per_listener_settings` is `true`.
     pub(crate) fn is_security(&self) -> bool {
-        self.section == Section::Security
+        matches!(self.field, Field::Security { .. })
+    }
+
+    /// The option's value in `config` as a file would write it; `None` when unset.
+    pub(crate) fn get(&self, config: &Config) -> Option<Value> {
+        match self.field {
+            Field::Config { get, .. } => get(config),
+            Field::Security { get, .. } => get(&config.security),
+        }
     }
 }
 
-const MAX_INT: i64 = i32::MAX as i64;
+pub(crate) use table::OPTIONS;
 
-/// Every scalar option.
-pub(crate) const OPTIONS: &[Spec] = &[
-    Spec {
-        section: Section::Root,
-        key: "per_listener_settings",
-        conf_key: "per_listener_settings",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Root,
-        key: "user",
-        conf_key: "user",
-        kind: Kind::Str,
-    },
-    Spec {
-        section: Section::Security,
-        key: "allow_anonymous",
-        conf_key: "allow_anonymous",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Security,
-        key: "password_file",
-        conf_key: "password_file",
-        kind: Kind::Path,
-    },
-    Spec {
-        section: Section::Security,
-        key: "acl_file",
-        conf_key: "acl_file",
-        kind: Kind::Path,
-    },
-    Spec {
-        section: Section::Security,
-        key: "use_username_as_clientid",
-        conf_key: "use_username_as_clientid",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_inflight_messages",
-        conf_key: "max_inflight_messages",
-        kind: Kind::Int {
-            min: 0,
-            max: 65535,
-            allowed: "0 to 65535 (0 means unlimited, the same as 65535)",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_queued_messages",
-        conf_key: "max_queued_messages",
-        kind: Kind::Int {
-            min: 1,
-            max: MAX_INT,
-            allowed: "1 to 2147483647",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_inflight_bytes",
-        conf_key: "max_inflight_bytes",
-        kind: Kind::Int {
-            min: 0,
-            max: i64::MAX,
-            allowed: "0 (no byte limit) to 9223372036854775807",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "auth_failure_limit",
-        conf_key: "auth_failure_limit",
-        kind: Kind::Int {
-            min: 0,
-            max: u32::MAX as i64,
-            allowed: "0 (no limit) to 4294967295",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "memory_limit",
-        conf_key: "memory_limit",
-        kind: Kind::Int {
-            min: 0,
-            max: i64::MAX,
-            allowed: "0 (no limit) to 9223372036854775807",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "queue_full_policy",
-        conf_key: "queue_full_policy",
-        kind: Kind::Choice(QueueFullPolicy::NAMES),
-    },
-    Spec {
-        section: Section::Limits,
-        key: "slow_client_timeout",
-        conf_key: "slow_client_timeout",
-        kind: Kind::Seconds,
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_queued_bytes",
-        conf_key: "max_queued_bytes",
-        kind: Kind::Int {
-            min: 0,
-            max: i64::MAX,
-            allowed: "0 (no byte limit) to 9223372036854775807",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "message_size_limit",
-        conf_key: "message_size_limit",
-        kind: Kind::Int {
-            min: 0,
-            max: MQTT_MAX_PACKET_SIZE as i64,
-            allowed: "0 (no limit) to 268435455",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_packet_size",
-        conf_key: "max_packet_size",
-        kind: Kind::Int {
-            min: 20,
-            max: MQTT_MAX_PACKET_SIZE as i64,
-            allowed: "20 to 268435455",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_keepalive",
-        conf_key: "max_keepalive",
-        kind: Kind::Int {
-            min: 0,
-            max: 65535,
-            allowed: "0 to 65535",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_topic_levels",
-        conf_key: "max_topic_levels",
-        kind: Kind::Int {
-            min: 1,
-            max: 65535,
-            allowed: "1 to 65535",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_topic_length",
-        conf_key: "max_topic_length",
-        kind: Kind::Int {
-            min: 1,
-            max: 65535,
-            allowed: "1 to 65535",
-        },
-    },
-    Spec {
-        section: Section::Limits,
-        key: "max_connections",
-        conf_key: "max_connections",
-        kind: Kind::Int {
-            min: -1,
-            max: MAX_INT,
-            allowed: "-1 (unlimited) or 1 to 2147483647",
-        },
-    },
-    Spec {
-        section: Section::Sessions,
-        key: "allow_zero_length_clientid",
-        conf_key: "allow_zero_length_clientid",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Sessions,
-        key: "auto_id_prefix",
-        conf_key: "auto_id_prefix",
-        kind: Kind::Str,
-    },
-    Spec {
-        section: Section::Sessions,
-        key: "clientid_prefixes",
-        conf_key: "clientid_prefixes",
-        kind: Kind::Str,
-    },
-    Spec {
-        section: Section::Sessions,
-        key: "persistent_client_expiration",
-        conf_key: "persistent_client_expiration",
-        kind: Kind::Duration,
-    },
-    Spec {
-        section: Section::Persistence,
-        key: "enabled",
-        conf_key: "persistence",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Persistence,
-        key: "dir",
-        conf_key: "persistence_location",
-        kind: Kind::Path,
-    },
-    Spec {
-        section: Section::Persistence,
-        key: "file",
-        conf_key: "persistence_file",
-        kind: Kind::Str,
-    },
-    Spec {
-        section: Section::Persistence,
-        key: "sync",
-        conf_key: "persistence_sync",
-        kind: Kind::Choice(SyncPolicy::NAMES),
-    },
-    Spec {
-        section: Section::Persistence,
-        key: "batch_delay",
-        conf_key: "persistence_batch_delay",
-        kind: Kind::Delay,
-    },
-    Spec {
-        section: Section::Mqtt,
-        key: "retain_available",
-        conf_key: "retain_available",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Mqtt,
-        key: "max_qos",
-        conf_key: "max_qos",
-        kind: Kind::Int {
-            min: 0,
-            max: 2,
-            allowed: "0, 1 or 2",
-        },
-    },
-    Spec {
-        section: Section::Mqtt,
-        key: "upgrade_outgoing_qos",
-        conf_key: "upgrade_outgoing_qos",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Mqtt,
-        key: "check_retain_source",
-        conf_key: "check_retain_source",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Metrics,
-        key: "listen",
-        conf_key: "metrics_listener",
-        kind: Kind::SocketAddr,
-    },
-    Spec {
-        section: Section::Sys,
-        key: "interval",
-        conf_key: "sys_interval",
-        kind: Kind::Seconds,
-    },
-    Spec {
-        section: Section::Log,
-        key: "format",
-        conf_key: "log_format",
-        kind: Kind::Choice(LogFormat::NAMES),
-    },
-    Spec {
-        section: Section::Log,
-        key: "connection_messages",
-        conf_key: "connection_messages",
-        kind: Kind::Bool,
-    },
-    Spec {
-        section: Section::Log,
-        key: "level",
-        // mosquitto.conf has `log_type`, which can be repeated; its reader maps it.
-        conf_key: "",
-        kind: Kind::Choice(LogLevel::NAMES),
-    },
-];
-
-/// The option called `key` in TOML.
 /// One mosquitto.conf option that takes a number or a duration, with the values at the edges
 /// of what it accepts and just beyond them: for tests that drive every limit to its extremes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,6 +216,7 @@ pub fn numeric_option_edges() -> Vec<OptionEdges> {
         .collect()
 }
 
+/// The option called `key` in TOML.
 pub(crate) fn find(key: &str) -> Option<&'static Spec> {
     OPTIONS.iter().find(|s| s.key == key)
 }
@@ -544,13 +299,111 @@ pub(crate) fn check_int(spec: &Spec, value: i128) -> Result<i64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
     Bool(bool),
-    Int(i64),
+    Int(i128),
     Str(String),
     Path(PathBuf),
+    /// `None`: never.
     Duration(Option<Duration>),
     Seconds(Duration),
     Delay(Duration),
-    Addr(std::net::SocketAddr),
+    Addr(SocketAddr),
+}
+
+impl Value {
+    /// An integer field's value (saturating: no field holds more than an `i128`).
+    pub(crate) fn of_int<T: TryInto<i128>>(value: T) -> Value {
+        Value::Int(value.try_into().unwrap_or(i128::MAX))
+    }
+
+    fn mismatch(&self, expected: &str) -> String {
+        format!("internal error: expected {expected}, got {self:?}")
+    }
+
+    /// An integer, narrowed to the field's type.
+    pub(crate) fn int<T: TryFrom<i128>>(self) -> Result<T, String> {
+        match self {
+            Value::Int(v) => T::try_from(v).map_err(|_| format!("value {v} is out of range")),
+            other => Err(other.mismatch("an integer")),
+        }
+    }
+
+    pub(crate) fn boolean(self) -> Result<bool, String> {
+        match self {
+            Value::Bool(b) => Ok(b),
+            other => Err(other.mismatch("true or false")),
+        }
+    }
+
+    pub(crate) fn string(self) -> Result<String, String> {
+        match self {
+            Value::Str(s) => Ok(s),
+            other => Err(other.mismatch("a string")),
+        }
+    }
+
+    pub(crate) fn path(self) -> Result<PathBuf, String> {
+        match self {
+            Value::Path(p) => Ok(p),
+            other => Err(other.mismatch("a path")),
+        }
+    }
+
+    /// One of a [`Kind::Choice`]'s words, parsed.
+    pub(crate) fn choice<T>(self, parse: fn(&str) -> Option<T>) -> Result<T, String> {
+        match self {
+            Value::Str(s) => parse(&s).ok_or_else(|| format!("internal error: unknown word '{s}'")),
+            other => Err(other.mismatch("a word")),
+        }
+    }
+
+    pub(crate) fn duration(self) -> Result<Option<Duration>, String> {
+        match self {
+            Value::Duration(d) => Ok(d),
+            other => Err(other.mismatch("a duration")),
+        }
+    }
+
+    pub(crate) fn seconds(self) -> Result<Duration, String> {
+        match self {
+            Value::Seconds(d) => Ok(d),
+            other => Err(other.mismatch("seconds")),
+        }
+    }
+
+    pub(crate) fn delay(self) -> Result<Duration, String> {
+        match self {
+            Value::Delay(d) => Ok(d),
+            other => Err(other.mismatch("a delay")),
+        }
+    }
+
+    pub(crate) fn addr(self) -> Result<SocketAddr, String> {
+        match self {
+            Value::Addr(a) => Ok(a),
+            other => Err(other.mismatch("an address")),
+        }
+    }
+
+    /// The value as TOML writes it (`20`, `true`, `"auto-"`, `"10ms"`).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "used by the docs test (options::doc)")
+    )]
+    pub(crate) fn toml(&self) -> String {
+        let quoted = |s: &str| format!("{s:?}");
+        match self {
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Str(s) => quoted(s),
+            Value::Path(p) => quoted(&p.to_string_lossy()),
+            Value::Duration(None) => quoted("never"),
+            Value::Duration(Some(d)) | Value::Delay(d) => {
+                quoted(&humantime_serde::re::humantime::format_duration(*d).to_string())
+            }
+            Value::Seconds(d) => d.as_secs().to_string(),
+            Value::Addr(a) => quoted(&a.to_string()),
+        }
+    }
 }
 
 /// Stores a security option's value in `security` (global or one
@@ -560,166 +413,24 @@ pub(crate) fn apply_security(
     spec: &Spec,
     value: Value,
 ) -> Result<(), String> {
-    let bad = || format!("internal error: unexpected value for option '{}'", spec.key);
-    match (spec.key, value) {
-        ("allow_anonymous", Value::Bool(b)) => security.allow_anonymous = b,
-        ("password_file", Value::Path(p)) => security.password_file = Some(p),
-        ("acl_file", Value::Path(p)) => security.acl_file = Some(p),
-        ("use_username_as_clientid", Value::Bool(b)) => security.use_username_as_clientid = b,
-        _ => return Err(bad()),
+    match spec.field {
+        Field::Security { set, .. } => set(security, value),
+        Field::Config { .. } => Err(format!(
+            "internal error: option '{}' is not a security option",
+            spec.key
+        )),
     }
-    Ok(())
 }
 
 /// Stores a value (already checked by [`check_int`] for integers) in
-/// `config`. Applies the file-format conventions: `max_inflight_messages 0`
-/// is stored as 65535, `max_connections -1` as `None`. Security options go
+/// `config`, applying the file-format conventions (`max_inflight_messages 0`
+/// is stored as 65535, `max_connections -1` as `None`). Security options go
 /// to the global [`Config::security`].
 pub(crate) fn apply(config: &mut Config, spec: &Spec, value: Value) -> Result<(), String> {
-    if spec.is_security() {
-        return apply_security(&mut config.security, spec, value);
+    match spec.field {
+        Field::Config { set, .. } => set(config, value),
+        Field::Security { set, .. } => set(&mut config.security, value),
     }
-    let bad = || format!("internal error: unexpected value for option '{}'", spec.key);
-    let int = |v: &Value| match v {
-        Value::Int(i) => Ok(*i),
-        _ => Err(bad()),
-    };
-    let boolean = |v: &Value| match v {
-        Value::Bool(b) => Ok(*b),
-        _ => Err(bad()),
-    };
-    let range = |v: i64| format!("value {v} is out of range");
-    match spec.key {
-        "per_listener_settings" => config.per_listener_settings = boolean(&value)?,
-        "user" => match value {
-            Value::Str(s) => config.user = Some(s),
-            _ => return Err(bad()),
-        },
-        "max_inflight_messages" => {
-            let v = int(&value)?;
-            config.limits.max_inflight_messages = if v == 0 {
-                u16::MAX
-            } else {
-                u16::try_from(v).map_err(|_| range(v))?
-            };
-        }
-        "max_queued_messages" => {
-            let v = int(&value)?;
-            config.limits.max_queued_messages = usize::try_from(v).map_err(|_| range(v))?;
-        }
-        "auth_failure_limit" => {
-            let v = int(&value)?;
-            config.limits.auth_failure_limit = u32::try_from(v).map_err(|_| range(v))?;
-        }
-        "memory_limit" => {
-            let v = int(&value)?;
-            config.limits.memory_limit = u64::try_from(v).map_err(|_| range(v))?;
-        }
-        "queue_full_policy" => match value {
-            Value::Str(s) => {
-                config.limits.queue_full_policy = QueueFullPolicy::parse(&s).ok_or_else(bad)?;
-            }
-            _ => return Err(bad()),
-        },
-        "slow_client_timeout" => match value {
-            Value::Seconds(d) => config.limits.slow_client_timeout = d,
-            _ => return Err(bad()),
-        },
-        "max_inflight_bytes" => {
-            let v = int(&value)?;
-            config.limits.max_inflight_bytes = u64::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_queued_bytes" => {
-            let v = int(&value)?;
-            config.limits.max_queued_bytes = u64::try_from(v).map_err(|_| range(v))?;
-        }
-        "message_size_limit" => {
-            let v = int(&value)?;
-            config.limits.message_size_limit = u32::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_packet_size" => {
-            let v = int(&value)?;
-            config.limits.max_packet_size = u32::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_keepalive" => {
-            let v = int(&value)?;
-            config.limits.max_keepalive = u16::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_topic_levels" => {
-            let v = int(&value)?;
-            config.limits.max_topic_levels = u16::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_topic_length" => {
-            let v = int(&value)?;
-            config.limits.max_topic_length = u16::try_from(v).map_err(|_| range(v))?;
-        }
-        "max_connections" => {
-            let v = int(&value)?;
-            config.limits.max_connections = if v < 0 {
-                None
-            } else {
-                Some(usize::try_from(v).map_err(|_| range(v))?)
-            };
-        }
-        "allow_zero_length_clientid" => {
-            config.sessions.allow_zero_length_clientid = boolean(&value)?
-        }
-        "auto_id_prefix" => match value {
-            Value::Str(s) => config.sessions.auto_id_prefix = s,
-            _ => return Err(bad()),
-        },
-        "clientid_prefixes" => match value {
-            Value::Str(s) => config.sessions.clientid_prefixes = Some(s),
-            _ => return Err(bad()),
-        },
-        "persistent_client_expiration" => match value {
-            Value::Duration(d) => config.sessions.persistent_client_expiration = d,
-            _ => return Err(bad()),
-        },
-        "enabled" => config.persistence.enabled = boolean(&value)?,
-        "dir" => match value {
-            Value::Path(p) => config.persistence.dir = p,
-            _ => return Err(bad()),
-        },
-        "file" => match value {
-            Value::Str(s) => config.persistence.file = s,
-            _ => return Err(bad()),
-        },
-        "sync" => match value {
-            Value::Str(s) => config.persistence.sync = SyncPolicy::parse(&s).ok_or_else(bad)?,
-            _ => return Err(bad()),
-        },
-        "batch_delay" => match value {
-            Value::Delay(d) => config.persistence.batch_delay = d,
-            _ => return Err(bad()),
-        },
-        "retain_available" => config.mqtt.retain_available = boolean(&value)?,
-        "max_qos" => {
-            let v = int(&value)?;
-            config.mqtt.max_qos = u8::try_from(v).map_err(|_| range(v))?;
-        }
-        "upgrade_outgoing_qos" => config.mqtt.upgrade_outgoing_qos = boolean(&value)?,
-        "check_retain_source" => config.mqtt.check_retain_source = boolean(&value)?,
-        "listen" => match value {
-            Value::Addr(a) => config.metrics.listen = Some(a),
-            _ => return Err(bad()),
-        },
-        "interval" => match value {
-            Value::Seconds(d) => config.sys.interval = d,
-            _ => return Err(bad()),
-        },
-        "format" => match value {
-            Value::Str(s) => config.log.format = LogFormat::parse(&s).ok_or_else(bad)?,
-            _ => return Err(bad()),
-        },
-        "level" => match value {
-            Value::Str(s) => config.log.level = LogLevel::parse(&s).ok_or_else(bad)?,
-            _ => return Err(bad()),
-        },
-        "connection_messages" => config.log.connection_messages = boolean(&value)?,
-        _ => return Err(bad()),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -732,7 +443,7 @@ mod tests {
             let mut config = Config::default();
             let value = match spec.kind {
                 Kind::Bool => Value::Bool(false),
-                Kind::Int { max, .. } => Value::Int(max),
+                Kind::Int { max, .. } => Value::Int(i128::from(max)),
                 Kind::Str => Value::Str("x".into()),
                 Kind::Path => Value::Path("x".into()),
                 Kind::Duration => Value::Duration(Some(Duration::from_secs(1))),
@@ -742,6 +453,45 @@ mod tests {
                 Kind::Choice(words) => Value::Str(words[0].into()),
             };
             assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);
+        }
+    }
+
+    /// Each option's getter reads back what its setter stored: storing the value read from a
+    /// configuration changes nothing, for the defaults and for a value of every kind.
+    #[test]
+    fn every_option_reads_back_what_it_stores() {
+        for base in [Config::default(), Config::embedded_default()] {
+            for spec in OPTIONS {
+                let Some(value) = spec.get(&base) else {
+                    continue;
+                };
+                let mut config = base.clone();
+                assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);
+                assert_eq!(config, base, "{}", spec.key);
+            }
+        }
+        for spec in OPTIONS {
+            let value = match spec.kind {
+                Kind::Bool => Value::Bool(spec.get(&Config::default()) != Some(Value::Bool(true))),
+                Kind::Int { min, .. } if min > 0 => Value::Int(i128::from(min)),
+                Kind::Int { .. } => Value::Int(1),
+                Kind::Str => Value::Str("x y".into()),
+                Kind::Path => Value::Path("some/where".into()),
+                Kind::Duration => Value::Duration(Some(Duration::from_secs(7))),
+                Kind::Seconds => Value::Seconds(Duration::from_secs(7)),
+                Kind::Delay => Value::Delay(Duration::from_millis(7)),
+                Kind::SocketAddr => Value::Addr(([127, 0, 0, 1], 7).into()),
+                Kind::Choice(words) => Value::Str(words[words.len() - 1].into()),
+            };
+            let mut config = Config::default();
+            assert_eq!(
+                apply(&mut config, spec, value.clone()),
+                Ok(()),
+                "{}",
+                spec.key
+            );
+            assert_ne!(config, Config::default(), "{} stored nothing", spec.key);
+            assert_eq!(spec.get(&config), Some(value), "{}", spec.key);
         }
     }
 

@@ -6,8 +6,9 @@
 //!    key, and every key and value is checked against the option table, so
 //!    that every problem (unknown key, wrong type, out of range) is reported
 //!    with its line; the environment overrides are checked the same way;
-//! 2. the file and the environment are merged by the `config` crate and
-//!    deserialized into [`Config`] (serde, `deny_unknown_fields`);
+//! 2. the values checked in step 1 are stored through the option table, the file's first
+//!    and then the environment's; `[[listeners]]` are deserialized by the `config` crate
+//!    (serde, `deny_unknown_fields`);
 //! 3. the result is validated like any configuration.
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{ImDocument, Item, TableLike, Value as TomlValue};
 
 use crate::error::{ConfigError, Diagnostic};
-use crate::options::{self, check_int, Kind, Section, Spec};
+use crate::options::{self, check_int, Kind, Section, Spec, Value};
 use crate::validate;
 use crate::{duration, Config, Loaded, Security};
 
@@ -55,6 +56,10 @@ struct Checked {
     from_env: HashMap<String, (String, String)>,
     /// `[[bridges]]`, checked and finished.
     bridges: Vec<crate::bridge::BridgeConfig>,
+    /// Option values of the file and then of the environment, in the order they are stored.
+    values: Vec<(&'static Spec, Value)>,
+    /// Security option values of `[listeners.security]`: listener index, option, value.
+    listener_security: Vec<(usize, &'static Spec, Value)>,
 }
 
 impl Checked {
@@ -101,6 +106,8 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
         listeners_given: false,
         from_env: HashMap::new(),
         bridges: Vec::new(),
+        values: Vec::new(),
+        listener_security: Vec::new(),
     };
     check_document(path, &text, &doc, &mut checked);
     check_env(&env, &mut checked);
@@ -110,38 +117,38 @@ pub(crate) fn load(path: &Path, env: Vec<(String, String)>) -> Result<Loaded, Co
         });
     }
 
-    // Step 2: merge and deserialize. `[[bridges]]` was read in step 1; the rest of the file
-    // goes through serde.
-    let text = if doc.as_table().contains_key("bridges") {
-        let mut rest: toml_edit::DocumentMut = doc.clone().into_mut();
-        rest.remove("bridges");
-        rest.to_string()
-    } else {
-        text.clone()
-    };
-    let env_map: config::Map<String, String> = env.into_iter().collect();
-    let merged = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("CULEX")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env_map)),
-        )
-        .build()
-        .map_err(|e| file_error(None, format!("cannot load configuration: {e}")))?;
-    let mut config: Config = merged
-        .try_deserialize()
-        .map_err(|e| file_error(None, format!("invalid configuration: {e}")))?;
-
-    // `try_parsing` turns string-looking numbers ("007") into numbers; take
-    // string options from the environment verbatim.
-    if let Some((_, raw)) = checked.from_env.get("sessions.auto_id_prefix") {
-        config.sessions.auto_id_prefix = raw.clone();
+    // Step 2: store the values; deserialize the listeners.
+    let mut config = Config::default();
+    if checked.listeners_given {
+        let merged = config::Config::builder()
+            .add_source(config::File::from_str(
+                &listeners_only(&doc),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .map_err(|e| file_error(None, format!("cannot load configuration: {e}")))?;
+        config.listeners = merged
+            .get("listeners")
+            .map_err(|e| file_error(None, format!("invalid listeners: {e}")))?;
     }
-    if let Some((_, raw)) = checked.from_env.get("persistence.dir") {
-        config.persistence.dir = PathBuf::from(raw);
+    for (spec, value) in std::mem::take(&mut checked.values) {
+        if let Err(message) = options::apply(&mut config, spec, value) {
+            return Err(file_error(
+                checked.lines.get(&spec.path()).copied(),
+                message,
+            ));
+        }
+    }
+    for (i, spec, value) in std::mem::take(&mut checked.listener_security) {
+        let Some(listener) = config.listeners.get_mut(i) else {
+            continue;
+        };
+        let security = listener
+            .security
+            .get_or_insert_with(Security::per_listener_default);
+        if let Err(message) = options::apply_security(security, spec, value) {
+            return Err(file_error(None, message));
+        }
     }
     config.bridges = std::mem::take(&mut checked.bridges);
     if let Err(diagnostics) = per_listener(path, &mut config, &checked) {
@@ -316,8 +323,9 @@ fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut
             if let Some(line) = line {
                 checked.lines.insert(spec.path(), line);
             }
-            if let Err(message) = check_value(spec, item) {
-                checked.error(path, line, key, message);
+            match parse_value(spec, item) {
+                Ok(value) => checked.values.push((spec, value)),
+                Err(message) => checked.error(path, line, key, message),
             }
         } else if let Some(spec) = options::find(key) {
             checked.error(
@@ -375,42 +383,46 @@ fn check_section(
         if let Some(line) = line {
             checked.lines.insert(full.clone(), line);
         }
-        if let Err(message) = check_value(spec, item) {
-            checked.error(path, line, &full, message);
+        match parse_value(spec, item) {
+            Ok(value) => checked.values.push((spec, value)),
+            Err(message) => checked.error(path, line, &full, message),
         }
     }
 }
 
 /// Checks a file value against the option's kind and range.
-fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
+fn parse_value(spec: &Spec, item: &Item) -> Result<Value, String> {
     let value = item.as_value();
     match (spec.kind, value) {
-        (Kind::Bool, Some(TomlValue::Boolean(_))) => Ok(()),
+        (Kind::Bool, Some(TomlValue::Boolean(b))) => Ok(Value::Bool(*b.value())),
         (Kind::Int { .. }, Some(TomlValue::Integer(i))) => {
-            check_int(spec, i128::from(*i.value())).map(|_| ())
+            check_int(spec, i128::from(*i.value())).map(Value::of_int)
         }
-        (Kind::Str, Some(TomlValue::String(_))) => Ok(()),
-        (Kind::Path, Some(TomlValue::String(s))) => check_path(s.value()),
-        (Kind::Duration, Some(TomlValue::String(s))) => duration::parse_toml(s.value()).map(|_| ()),
+        (Kind::Str, Some(TomlValue::String(s))) => Ok(Value::Str(s.value().clone())),
+        (Kind::Path, Some(TomlValue::String(s))) => {
+            check_path(s.value()).map(|()| Value::Path(PathBuf::from(s.value())))
+        }
+        (Kind::Duration, Some(TomlValue::String(s))) => {
+            duration::parse_toml(s.value()).map(Value::Duration)
+        }
+        (Kind::Seconds, Some(TomlValue::Integer(i))) if *i.value() < 0 => Err(format!(
+            "value {} is out of range; allowed: 0 or more seconds (0 disables)",
+            i.value()
+        )),
         (Kind::Seconds, Some(TomlValue::Integer(i))) => {
-            if *i.value() < 0 {
-                Err(format!(
-                    "value {} is out of range; allowed: 0 or more seconds (0 disables)",
-                    i.value()
-                ))
-            } else {
-                Ok(())
-            }
+            duration::parse_seconds(&i.value().to_string()).map(Value::Seconds)
         }
         (Kind::Seconds, Some(TomlValue::String(s))) => {
-            duration::parse_seconds(s.value()).map(|_| ())
+            duration::parse_seconds(s.value()).map(Value::Seconds)
         }
-        (Kind::Delay, Some(TomlValue::String(s))) => duration::parse_delay(s.value()).map(|_| ()),
+        (Kind::Delay, Some(TomlValue::String(s))) => {
+            duration::parse_delay(s.value()).map(Value::Delay)
+        }
         (Kind::SocketAddr, Some(TomlValue::String(s))) => {
-            options::parse_socket_addr(s.value()).map(|_| ())
+            options::parse_socket_addr(s.value()).map(Value::Addr)
         }
         (Kind::Choice(allowed), Some(TomlValue::String(s))) => {
-            options::check_choice(allowed, s.value())
+            options::check_choice(allowed, s.value()).map(|()| Value::Str(s.value().clone()))
         }
         (kind, _) => Err(format!(
             "expected {}, found {}",
@@ -418,6 +430,32 @@ fn check_value(spec: &Spec, item: &Item) -> Result<(), String> {
             describe_item(item)
         )),
     }
+}
+
+/// The file's `listeners` alone, without `[listeners.security]` (stored through the option
+/// table), for serde.
+fn listeners_only(doc: &ImDocument<&str>) -> String {
+    let mut out = toml_edit::DocumentMut::new();
+    if let Some(item) = doc.as_table().get("listeners") {
+        let mut item = item.clone();
+        match &mut item {
+            Item::ArrayOfTables(array) => {
+                for table in array.iter_mut() {
+                    table.remove("security");
+                }
+            }
+            Item::Value(TomlValue::Array(array)) => {
+                for value in array.iter_mut() {
+                    if let TomlValue::InlineTable(table) = value {
+                        table.remove("security");
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.insert("listeners", item);
+    }
+    out.to_string()
 }
 
 fn expected(kind: Kind) -> String {
@@ -500,30 +538,34 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
         };
         let result = match spec.kind {
             Kind::Bool => match raw.to_ascii_lowercase().as_str() {
-                "true" | "false" => Ok(()),
+                "true" => Ok(Value::Bool(true)),
+                "false" => Ok(Value::Bool(false)),
                 _ => Err(format!("invalid value '{raw}'; allowed: true or false")),
             },
             Kind::Int { allowed, .. } => match raw.parse::<i64>() {
-                Ok(v) => check_int(spec, i128::from(v)).map(|_| ()),
+                Ok(v) => check_int(spec, i128::from(v)).map(Value::of_int),
                 Err(_) => Err(format!(
                     "value '{raw}' is not a whole number; allowed: {allowed}"
                 )),
             },
-            Kind::Str => Ok(()),
-            Kind::Path => check_path(raw),
-            Kind::Duration => duration::parse_toml(raw).map(|_| ()),
-            Kind::Seconds => duration::parse_seconds(raw).map(|_| ()),
-            Kind::Delay => duration::parse_delay(raw).map(|_| ()),
-            Kind::SocketAddr => options::parse_socket_addr(raw).map(|_| ()),
-            Kind::Choice(allowed) => options::check_choice(allowed, raw),
+            Kind::Str => Ok(Value::Str(raw.clone())),
+            Kind::Path => check_path(raw).map(|()| Value::Path(PathBuf::from(raw))),
+            Kind::Duration => duration::parse_toml(raw).map(Value::Duration),
+            Kind::Seconds => duration::parse_seconds(raw).map(Value::Seconds),
+            Kind::Delay => duration::parse_delay(raw).map(Value::Delay),
+            Kind::SocketAddr => options::parse_socket_addr(raw).map(Value::Addr),
+            Kind::Choice(allowed) => {
+                options::check_choice(allowed, raw).map(|()| Value::Str(raw.clone()))
+            }
         };
-        if let Err(message) = result {
-            checked.diagnostics.push(Diagnostic {
+        match result {
+            Ok(value) => checked.values.push((spec, value)),
+            Err(message) => checked.diagnostics.push(Diagnostic {
                 file: label,
                 line: None,
                 key: spec.path(),
                 message,
-            });
+            }),
         }
         checked
             .from_env

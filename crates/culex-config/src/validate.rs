@@ -67,8 +67,11 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
                     .to_owned(),
         });
     }
-    let mut int = |key: &'static str, value: i128| {
-        if let Some(spec) = options::find(key) {
+    // Every integer option, read back as a file would write it, against its range.
+    for spec in options::OPTIONS {
+        if let (options::Kind::Int { .. }, Some(options::Value::Int(value))) =
+            (spec.kind, spec.get(config))
+        {
             if let Err(message) = check_int(spec, value) {
                 out.push(Problem {
                     key: spec.path(),
@@ -78,24 +81,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
                 });
             }
         }
-    };
-    int(
-        "max_queued_messages",
-        i128::try_from(limits.max_queued_messages).unwrap_or(i128::MAX),
-    );
-    int("max_queued_bytes", i128::from(limits.max_queued_bytes));
-    int("max_inflight_bytes", i128::from(limits.max_inflight_bytes));
-    int("memory_limit", i128::from(limits.memory_limit));
-    int("auth_failure_limit", i128::from(limits.auth_failure_limit));
-    int("message_size_limit", i128::from(limits.message_size_limit));
-    int("max_packet_size", i128::from(limits.max_packet_size));
-    int("max_keepalive", i128::from(limits.max_keepalive));
-    int("max_topic_levels", i128::from(limits.max_topic_levels));
-    int("max_topic_length", i128::from(limits.max_topic_length));
-    if let Some(n) = limits.max_connections {
-        int("max_connections", i128::try_from(n).unwrap_or(i128::MAX));
     }
-    int("max_qos", i128::from(config.mqtt.max_qos));
 
     if config
         .sessions

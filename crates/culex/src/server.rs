@@ -617,3 +617,6 @@ async fn run_router(mut router: Router, mut rx: mpsc::Receiver<Command>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

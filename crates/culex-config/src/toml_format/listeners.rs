@@ -124,7 +124,7 @@ pub(super) fn check_listeners(
                     None
                 }
                 ("security", _) => {
-                    check_listener_security(path, text, value, &full, key_line, checked);
+                    check_listener_security(path, text, value, (i, &full), key_line, checked);
                     None
                 }
                 _ => Some(format!(
@@ -258,7 +258,7 @@ pub(super) fn check_listener_security(
     path: &Path,
     text: &str,
     item: &Item,
-    name: &str,
+    (index, name): (usize, &str),
     line: Option<usize>,
     checked: &mut Checked,
 ) {
@@ -292,8 +292,9 @@ pub(super) fn check_listener_security(
         if let Some(l) = key_line {
             checked.lines.insert(full.clone(), l);
         }
-        if let Err(message) = check_value(spec, value) {
-            checked.error(path, key_line, &full, message);
+        match parse_value(spec, value) {
+            Ok(value) => checked.listener_security.push((index, spec, value)),
+            Err(message) => checked.error(path, key_line, &full, message),
         }
     }
 }

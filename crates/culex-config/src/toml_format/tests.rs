@@ -355,7 +355,7 @@ fn unknown_keys_name_key_and_line() {
         errors("[limits]\nmax_qos = 1\n\nbogus = 2\n"),
         "culex.toml:2: unknown key 'limits.max_qos'; 'max_qos' belongs in the [mqtt] section\n\
          culex.toml:4: unknown key 'limits.bogus'; allowed keys in [limits]: max_inflight_messages, \
-         max_queued_messages, max_inflight_bytes, auth_failure_limit, memory_limit, queue_full_policy, slow_client_timeout, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
+         max_inflight_bytes, queue_full_policy, memory_limit, auth_failure_limit, slow_client_timeout, max_queued_messages, max_queued_bytes, message_size_limit, max_packet_size, max_keepalive, \
          max_topic_levels, max_topic_length, max_connections"
     );
     assert_eq!(
