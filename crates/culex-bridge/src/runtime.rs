@@ -598,6 +598,7 @@ impl Link {
         self.stats
             .next_attempt_unix_ms
             .store(unix_now_ms().saturating_add(ms), Ordering::Relaxed);
+        self.stats.last_backoff_ms.store(ms, Ordering::Relaxed);
         self.set_state(state);
     }
 

@@ -104,6 +104,9 @@ pub struct BridgeStats {
     pub last_connect_unix: AtomicU64,
     /// When the next connect attempt is due (Unix milliseconds) while backing off; 0 otherwise.
     pub next_attempt_unix_ms: AtomicU64,
+    /// The delay (milliseconds) drawn before the latest scheduled connect attempt: what the
+    /// backoff chose, whatever the clock did since. 0 before the first failure.
+    pub last_backoff_ms: AtomicU64,
     /// Unix time (seconds) of the last connect failure or link loss; 0 if none.
     pub last_error_unix: AtomicU64,
     last_error: Mutex<Option<String>>,

@@ -132,6 +132,17 @@ pub(super) static BRIDGE: &[Family] = &[
         read: |s, e| per_bridge(s, e, |st| st.last_error_unix.load(Relaxed) as f64),
     },
     Family {
+        name: "culex_bridge_backoff_seconds",
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        group: Group::Bridge,
+        labels: "`bridge`",
+        help: "The delay the bridge's backoff drew before its latest scheduled connect attempt.",
+        doc: "The delay drawn before the latest scheduled connect attempt (jittered exponential backoff between `restart_timeout`'s minimum and maximum; the maximum after refused credentials); 0 before the first failure",
+        sys: &[],
+        read: |s, e| per_bridge(s, e, |st| st.last_backoff_ms.load(Relaxed) as f64 / 1000.0),
+    },
+    Family {
         name: "culex_bridge_next_attempt_timestamp_seconds",
         kind: Kind::Gauge,
         unit: Some(Unit::Seconds),
