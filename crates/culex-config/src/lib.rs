@@ -163,10 +163,58 @@ pub struct Config {
     pub sys: Sys,
     /// Logging.
     pub log: Log,
+    /// Scale-out over a NATS JetStream backplane; off unless `backplane` is set.
+    pub cluster: Cluster,
     /// Bridges to remote brokers: mosquitto.conf `connection` blocks or TOML `[[bridges]]`,
     /// already validated ([`crate::bridge::BridgeConfig::validate`]). Not settable from the
     /// environment.
     pub bridges: Vec<crate::bridge::BridgeConfig>,
+}
+
+/// Default [`Cluster::name`]: `culex`.
+pub const DEFAULT_CLUSTER_NAME: &str = "culex";
+
+/// Default [`Cluster::replicas`]: 3, so that the backplane keeps every stored message through
+/// the loss of one NATS server.
+pub const DEFAULT_CLUSTER_REPLICAS: u8 = 3;
+
+/// Several Culex nodes acting as one broker over NATS JetStream (`[cluster]`; mosquitto.conf
+/// `cluster_*`). Nothing of it runs while [`Cluster::backplane`] is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// NATS server URLs (`nats://HOST:PORT`, `tls://HOST:PORT`); empty (the default): no
+    /// cluster.
+    pub backplane: Vec<String>,
+    /// This node's name, unique in the cluster (letters, digits, `-`, `_`). Required with a
+    /// backplane.
+    pub node_name: Option<String>,
+    /// A NATS credentials file (`.creds`: JWT and NKey seed), if the servers require one.
+    pub credentials: Option<PathBuf>,
+    /// The cluster's name: the prefix of its NATS subjects, streams and buckets, so that
+    /// several clusters can share one NATS system. Default [`DEFAULT_CLUSTER_NAME`].
+    pub name: String,
+    /// Replicas of the JetStream streams and buckets (1 to 5; at most the number of NATS
+    /// servers). Default [`DEFAULT_CLUSTER_REPLICAS`].
+    pub replicas: u8,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            backplane: Vec::new(),
+            node_name: None,
+            credentials: None,
+            name: DEFAULT_CLUSTER_NAME.to_owned(),
+            replicas: DEFAULT_CLUSTER_REPLICAS,
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether clustering is configured.
+    pub fn enabled(&self) -> bool {
+        !self.backplane.is_empty()
+    }
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
@@ -576,6 +624,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             sys: Sys::default(),
             log: Log::default(),
+            cluster: Cluster::default(),
             bridges: Vec::new(),
         }
     }

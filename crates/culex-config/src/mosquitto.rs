@@ -542,12 +542,14 @@ impl Reader {
             Kind::Delay => "whole milliseconds, 0 to 1000 (at most 1 s), e.g. 10".to_owned(),
             Kind::SocketAddr => "IP:PORT such as 127.0.0.1:9234 or [::1]:9234".to_owned(),
             Kind::Choice(words) => words.join(", "),
+            Kind::Urls => "nats://HOST:PORT, several separated by commas".to_owned(),
         };
         let value = match (spec.kind, words) {
             (_, []) => Err(format!("missing value; allowed: {expected}")),
             // Strings and paths take the rest of the line, like mosquitto.
             (Kind::Str, _) => Ok(Value::Str(rest.to_owned())),
             (Kind::Path, _) => Ok(Value::Path(PathBuf::from(rest))),
+            (Kind::Urls, _) => options::parse_urls([rest]).map(Value::Urls),
             (_, [_, _, ..]) => Err(format!(
                 "too many values '{}'; expected one value: {expected}",
                 words.join(" ")

@@ -26,11 +26,12 @@ pub(crate) enum Section {
     Metrics,
     Sys,
     Log,
+    Cluster,
 }
 
 impl Section {
     /// Every named section (TOML tables), in file order.
-    pub(crate) const ALL: [Section; 8] = [
+    pub(crate) const ALL: [Section; 9] = [
         Section::Security,
         Section::Limits,
         Section::Sessions,
@@ -39,6 +40,7 @@ impl Section {
         Section::Metrics,
         Section::Sys,
         Section::Log,
+        Section::Cluster,
     ];
 
     /// The section's name in TOML.
@@ -53,6 +55,7 @@ impl Section {
             Section::Metrics => "metrics",
             Section::Sys => "sys",
             Section::Log => "log",
+            Section::Cluster => "cluster",
         }
     }
 
@@ -90,6 +93,9 @@ pub(crate) enum Kind {
     SocketAddr,
     /// One of a fixed set of words.
     Choice(&'static [&'static str]),
+    /// Server URLs (`nats://HOST:PORT`, `tls://HOST:PORT`): comma-separated in mosquitto.conf
+    /// and environment overrides, an array of strings (or one such string) in TOML.
+    Urls,
 }
 
 /// One scalar option: its names, the values it takes, its one-line description and where
@@ -203,9 +209,12 @@ pub fn numeric_option_edges() -> Vec<OptionEdges> {
                     vec!["0".to_owned(), "1000".to_owned()],
                     vec!["1001".to_owned()],
                 ),
-                Kind::Bool | Kind::Str | Kind::Path | Kind::SocketAddr | Kind::Choice(_) => {
-                    return None
-                }
+                Kind::Bool
+                | Kind::Str
+                | Kind::Path
+                | Kind::SocketAddr
+                | Kind::Choice(_)
+                | Kind::Urls => return None,
             };
             Some(OptionEdges {
                 name: s.conf_key,
@@ -235,6 +244,45 @@ pub(crate) fn parse_socket_addr(text: &str) -> Result<std::net::SocketAddr, Stri
             "invalid address '{text}'; expected IP:PORT such as 127.0.0.1:9234 or [::1]:9234 (port 0 picks a free port)"
         )
     })
+}
+
+/// Parses server URLs for [`Kind::Urls`]: separated by commas (or spaces), each
+/// `nats://HOST:PORT` or `tls://HOST:PORT` (`HOST:PORT` alone means `nats://`).
+pub(crate) fn parse_urls<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in items
+        .into_iter()
+        .flat_map(|s| s.split([',', ' ', '\t']))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (scheme, rest) = match item.split_once("://") {
+            Some((scheme @ ("nats" | "tls"), rest)) => (scheme, rest),
+            Some((other, _)) => {
+                return Err(format!(
+                    "invalid URL '{item}': scheme '{other}' is not supported; allowed: nats://HOST:PORT or tls://HOST:PORT"
+                ))
+            }
+            None => ("nats", item),
+        };
+        let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || rest.contains(['/', '@']) {
+            return Err(format!(
+                "invalid URL '{item}'; expected nats://HOST:PORT or tls://HOST:PORT, e.g. nats://10.0.0.1:4222 (credentials go in cluster_credentials)"
+            ));
+        }
+        out.push(format!("{scheme}://{rest}"));
+    }
+    if out.is_empty() {
+        return Err(
+            "no server URL given; expected nats://HOST:PORT[,nats://HOST:PORT...]".to_owned(),
+        );
+    }
+    Ok(out)
 }
 
 /// Checks a word against a [`Kind::Choice`].
@@ -307,6 +355,7 @@ pub(crate) enum Value {
     Seconds(Duration),
     Delay(Duration),
     Addr(SocketAddr),
+    Urls(Vec<String>),
 }
 
 impl Value {
@@ -384,6 +433,13 @@ impl Value {
         }
     }
 
+    pub(crate) fn urls(self) -> Result<Vec<String>, String> {
+        match self {
+            Value::Urls(u) => Ok(u),
+            other => Err(other.mismatch("server URLs")),
+        }
+    }
+
     /// The value as TOML writes it (`20`, `true`, `"auto-"`, `"10ms"`).
     #[cfg_attr(
         not(test),
@@ -402,6 +458,10 @@ impl Value {
             }
             Value::Seconds(d) => d.as_secs().to_string(),
             Value::Addr(a) => quoted(&a.to_string()),
+            Value::Urls(u) => format!(
+                "[{}]",
+                u.iter().map(|s| quoted(s)).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 }
@@ -450,6 +510,7 @@ mod tests {
                 Kind::Seconds => Value::Seconds(Duration::from_secs(1)),
                 Kind::Delay => Value::Delay(Duration::from_millis(1)),
                 Kind::SocketAddr => Value::Addr(([127, 0, 0, 1], 1).into()),
+                Kind::Urls => Value::Urls(vec!["nats://127.0.0.1:4222".into()]),
                 Kind::Choice(words) => Value::Str(words[0].into()),
             };
             assert_eq!(apply(&mut config, spec, value), Ok(()), "{}", spec.key);
@@ -481,6 +542,7 @@ mod tests {
                 Kind::Seconds => Value::Seconds(Duration::from_secs(7)),
                 Kind::Delay => Value::Delay(Duration::from_millis(7)),
                 Kind::SocketAddr => Value::Addr(([127, 0, 0, 1], 7).into()),
+                Kind::Urls => Value::Urls(vec!["nats://a:1".into(), "tls://b:2".into()]),
                 Kind::Choice(words) => Value::Str(words[words.len() - 1].into()),
             };
             let mut config = Config::default();

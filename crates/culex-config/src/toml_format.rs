@@ -291,7 +291,7 @@ fn key_line(text: &str, table: &dyn TableLike, key: &str) -> Option<usize> {
 }
 
 const TOP_LEVEL: &str = "per_listener_settings, listeners, security, limits, sessions, \
-     persistence, mqtt, metrics, sys, log, bridges";
+     persistence, mqtt, metrics, sys, log, cluster, bridges";
 
 fn check_document(path: &Path, text: &str, doc: &ImDocument<&str>, checked: &mut Checked) {
     let root = doc.as_table();
@@ -424,6 +424,19 @@ fn parse_value(spec: &Spec, item: &Item) -> Result<Value, String> {
         (Kind::Choice(allowed), Some(TomlValue::String(s))) => {
             options::check_choice(allowed, s.value()).map(|()| Value::Str(s.value().clone()))
         }
+        (Kind::Urls, Some(TomlValue::String(s))) => {
+            options::parse_urls([s.value().as_str()]).map(Value::Urls)
+        }
+        (Kind::Urls, Some(TomlValue::Array(array))) => {
+            let items: Option<Vec<&str>> = array.iter().map(|v| v.as_str()).collect();
+            match items {
+                Some(items) => options::parse_urls(items).map(Value::Urls),
+                None => Err(format!(
+                    "expected {}, found an array with a non-string item",
+                    expected(Kind::Urls)
+                )),
+            }
+        }
         (kind, _) => Err(format!(
             "expected {}, found {}",
             expected(kind),
@@ -476,6 +489,7 @@ fn expected(kind: Kind) -> String {
         }
         Kind::SocketAddr => "a string \"IP:PORT\" such as \"127.0.0.1:9234\"".to_owned(),
         Kind::Choice(words) => format!("one of the strings {}", words.join(", ")),
+        Kind::Urls => "an array of strings such as [\"nats://10.0.0.1:4222\"]".to_owned(),
     }
 }
 
@@ -557,6 +571,7 @@ fn check_env(env: &[(String, String)], checked: &mut Checked) {
             Kind::Choice(allowed) => {
                 options::check_choice(allowed, raw).map(|()| Value::Str(raw.clone()))
             }
+            Kind::Urls => options::parse_urls([raw.as_str()]).map(Value::Urls),
         };
         match result {
             Ok(value) => checked.values.push((spec, value)),

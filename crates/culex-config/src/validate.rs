@@ -148,6 +148,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         });
     }
     check_persistence(&config.persistence, &mut out);
+    check_cluster(&config.cluster, &mut out);
     out
 }
 
@@ -197,6 +198,58 @@ fn check_persistence(persistence: &Persistence, out: &mut Vec<Problem>) {
             option: Some("persistence_location"),
             message,
         });
+    }
+}
+
+/// `[cluster]`: a node name that is safe in NATS subjects and consumer names, required with a
+/// backplane; a readable credentials file.
+fn check_cluster(cluster: &crate::Cluster, out: &mut Vec<Problem>) {
+    let mut problem = |key: &str, option: &'static str, message: String| {
+        out.push(Problem {
+            key: format!("cluster.{key}"),
+            listener: None,
+            option: Some(option),
+            message,
+        })
+    };
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    match &cluster.node_name {
+        Some(name) if !safe(name) => problem(
+            "node_name",
+            "cluster_node_name",
+            format!("'{name}' is not a valid node name; allowed: 1 to 64 letters, digits, '-' and '_'"),
+        ),
+        None if cluster.enabled() => problem(
+            "node_name",
+            "cluster_node_name",
+            "a cluster node needs a name unique in the cluster (cluster_node_name / [cluster] node_name)".to_owned(),
+        ),
+        _ => {}
+    }
+    if !safe(&cluster.name) {
+        problem(
+            "name",
+            "cluster_name",
+            format!(
+                "'{}' is not a valid cluster name; allowed: 1 to 64 letters, digits, '-' and '_'",
+                cluster.name
+            ),
+        );
+    }
+    if let Some(Err(message)) = cluster.credentials.as_deref().map(check_file) {
+        problem("credentials", "cluster_credentials", message);
+    }
+    if !cluster.enabled() && (cluster.node_name.is_some() || cluster.credentials.is_some()) {
+        problem(
+            "backplane",
+            "cluster_backplane",
+            "cluster options are set but no backplane: add cluster_backplane nats://HOST:PORT (or remove the cluster options)".to_owned(),
+        );
     }
 }
 

@@ -13,15 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use culex_bridge::{Bridge, BridgeConfig, BridgeHandle, BridgeStats, LocalConnector};
+use culex_bridge::{Bridge, BridgeConfig, BridgeHandle, BridgeStats};
 use culex_broker::{Command, QueueObserver, QueuePolicy};
-use culex_client::transport::BoxStream;
 use culex_config::ListenerProtocol;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::connection::{self, Peer};
 use crate::context::{ListenerCtx, Shared};
 use crate::counters::BridgeRegistry;
 use crate::security::SecurityHandle;
@@ -29,8 +27,6 @@ use crate::security::SecurityHandle;
 /// In-flight window of a bridge's local session (the bridge announces the same Receive
 /// Maximum): messages it may hold while they wait for the remote's acknowledgement.
 const BRIDGE_WINDOW: u16 = 64;
-/// Buffer of each direction of the in-process stream.
-const DUPLEX_BUFFER: usize = 256 * 1024;
 /// How long shutdown waits for the bridges to say goodbye (notification `0`, DISCONNECT).
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -201,7 +197,7 @@ impl Bridges {
             }),
             mount_point: None,
         });
-        let connector = local_connector(
+        let connector = crate::local_link::local_connector(
             self.ctx.shared.clone(),
             ctx,
             self.ctx.server_shutdown.clone(),
@@ -260,45 +256,4 @@ impl QueueObserver for StatsObserver {
     fn dropped(&self, n: u64) {
         self.0.dropped_queue_full.fetch_add(n, Ordering::Relaxed);
     }
-}
-
-/// A connector that opens an in-process stream to this broker. Holds the server state weakly:
-/// once the server is gone, connecting fails instead of keeping the router alive.
-fn local_connector(
-    shared: Weak<Shared>,
-    ctx: Arc<ListenerCtx>,
-    server_shutdown: watch::Receiver<bool>,
-    next_conn: Arc<AtomicU64>,
-    connections: TaskTracker,
-) -> LocalConnector {
-    Box::new(move || {
-        let shared = shared.upgrade();
-        let ctx = Arc::clone(&ctx);
-        let shutdown = server_shutdown.clone();
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let connections = connections.clone();
-        Box::pin(async move {
-            let Some(shared) = shared else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "the broker is shutting down",
-                ));
-            };
-            if *shutdown.borrow() || connections.is_closed() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "the broker is shutting down",
-                ));
-            }
-            let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
-            let peer = Peer {
-                addr: ctx.local,
-                listener: ctx,
-                identity: None,
-                client_cert: None,
-            };
-            connections.spawn(connection::serve(server, peer, conn, shared, shutdown));
-            Ok(Box::new(client) as BoxStream)
-        })
-    })
 }

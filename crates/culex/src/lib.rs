@@ -6,10 +6,12 @@
 pub mod assets;
 pub mod bridges;
 pub mod cli;
+mod cluster;
 mod connection;
 mod context;
 pub mod counters;
 mod http;
+mod local_link;
 mod login_gate;
 mod memory;
 pub mod metrics;

@@ -73,6 +73,8 @@ pub struct RunningServer {
     aux: Vec<tokio::task::JoinHandle<()>>,
     /// The configured bridges; stopped before everything else at shutdown.
     bridges: crate::bridges::Bridges,
+    /// The cluster link, when configured; stopped with the bridges.
+    cluster: Option<crate::cluster::Cluster>,
     /// The router, told when a reload changed who may read what (weak: the server's tasks
     /// own it; the router ends when they do).
     router: mpsc::WeakSender<Command>,
@@ -195,6 +197,9 @@ impl RunningServer {
         // Bridges first, while the router and their local connections still run: each
         // publishes its `0` notification and disconnects from both sides.
         self.bridges.stop().await;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         for t in self.aux {
@@ -366,6 +371,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         &next_conn,
         &counters.bridges,
     )?;
+    let cluster = crate::cluster::spawn(config, &shared, &shutdown_rx, &next_conn);
     let task = tokio::spawn(serve(
         listeners,
         Conns {
@@ -390,6 +396,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         ready,
         aux,
         bridges,
+        cluster,
         router: router_weak,
     })
 }

@@ -18,6 +18,7 @@ const BLOCKS: &[(&str, &[Section])] = &[
         "options-metrics-sys-log",
         &[Section::Metrics, Section::Sys, Section::Log],
     ),
+    ("options-cluster", &[Section::Cluster]),
 ];
 
 /// The values an option takes, in words.
@@ -33,6 +34,9 @@ fn values(kind: Kind) -> String {
                         `\"0ms\"` to `\"1s\"`"
             .to_owned(),
         Kind::SocketAddr => "`IP:PORT` (`127.0.0.1:9234`, `[::1]:9234`)".to_owned(),
+        Kind::Urls => "`nats://HOST:PORT` or `tls://HOST:PORT`; several: comma-separated in \
+                       mosquitto.conf, an array in TOML"
+            .to_owned(),
         Kind::Choice(words) => words
             .iter()
             .map(|w| format!("`{w}`"))

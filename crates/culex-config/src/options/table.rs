@@ -525,4 +525,65 @@ pub(crate) const OPTIONS: &[Spec] = &[
         doc: "The most verbose level logged. mosquitto.conf: `log_type`, repeatable (below).",
         field: field!(choice LogLevel log.level),
     },
+    Spec {
+        section: Section::Cluster,
+        key: "backplane",
+        conf_key: "cluster_backplane",
+        kind: Kind::Urls,
+        doc: "The NATS servers (JetStream enabled) through which this node and the others act as \
+              one broker; unset: a single node, no cluster code runs. See docs/cluster.md.",
+        field: Field::Config {
+            set: |c, v| v.urls().map(|x| c.cluster.backplane = x),
+            get: |c| {
+                (!c.cluster.backplane.is_empty()).then(|| Value::Urls(c.cluster.backplane.clone()))
+            },
+        },
+    },
+    Spec {
+        section: Section::Cluster,
+        key: "node_name",
+        conf_key: "cluster_node_name",
+        kind: Kind::Str,
+        doc: "This node's name, unique in the cluster: letters, digits, `-` and `_`, at most 64. \
+              Required with `backplane`.",
+        field: Field::Config {
+            set: |c, v| v.string().map(|x| c.cluster.node_name = Some(x)),
+            get: |c| c.cluster.node_name.clone().map(Value::Str),
+        },
+    },
+    Spec {
+        section: Section::Cluster,
+        key: "credentials",
+        conf_key: "cluster_credentials",
+        kind: Kind::Path,
+        doc: "A NATS credentials file (`.creds`: user JWT and NKey seed) when the servers \
+              require one.",
+        field: Field::Config {
+            set: |c, v| v.path().map(|x| c.cluster.credentials = Some(x)),
+            get: |c| c.cluster.credentials.clone().map(Value::Path),
+        },
+    },
+    Spec {
+        section: Section::Cluster,
+        key: "name",
+        conf_key: "cluster_name",
+        kind: Kind::Str,
+        doc: "The cluster's name, the prefix of its NATS subjects, streams and buckets \
+              (letters, digits, `-` and `_`), so that several clusters can share one NATS \
+              system.",
+        field: field!(string cluster.name),
+    },
+    Spec {
+        section: Section::Cluster,
+        key: "replicas",
+        conf_key: "cluster_replicas",
+        kind: Kind::Int {
+            min: 1,
+            max: 5,
+            allowed: "1 to 5 (at most the number of NATS servers)",
+        },
+        doc: "Copies JetStream keeps of each stored message and retained message: 3 survives \
+              the loss of one NATS server; 1 for a single NATS server.",
+        field: field!(int cluster.replicas),
+    },
 ];

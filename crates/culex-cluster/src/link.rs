@@ -1,0 +1,635 @@
+//! The cluster link of one node: its broker on one side, the NATS backplane on the other.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use culex_client::transport::BoxStream;
+use culex_client::{ClientError, Connection};
+use culex_client::{ClientSession, ConnectOptions, Message};
+use culex_proto::{
+    Properties, Protocol, Publish, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions,
+};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::envelope::{decode_publish, encode_publish, ORIGIN_HEADER};
+use crate::stats::ClusterStats;
+use crate::subject::topic_to_subject;
+
+/// QoS 1/2 messages the link holds at once in each direction: handed over by the local broker
+/// and waiting for JetStream's acknowledgement, and read from the stream and waiting for the
+/// local broker's. The rest wait in the link's local session and in the stream.
+pub const WINDOW: u16 = 256;
+/// How long a message read from the stream may stay unconfirmed before JetStream sends it
+/// again.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+/// How long the stream keeps a message (every node has normally confirmed it within
+/// milliseconds; this bounds what a node that is gone for good leaves behind).
+const STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The stream's size limit; beyond it the oldest messages are discarded.
+const STREAM_MAX_BYTES: i64 = 1 << 30;
+/// JetStream's deduplication window: a publication retried within it is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Delay before publications that failed are sent again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Delays between attempts to reach the backplane or the local broker.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Time allowed for local acknowledgements (CONNACK, SUBACK).
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a fresh byte stream to this node's own broker.
+pub type Connector =
+    Box<dyn Fn() -> BoxFuture<'static, std::io::Result<BoxStream>> + Send + Sync + 'static>;
+
+/// What the link needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// NATS server URLs.
+    pub servers: Vec<String>,
+    /// This node's name.
+    pub node: String,
+    /// The cluster's name: prefix of subjects, stream and consumers.
+    pub cluster: String,
+    /// A NATS credentials file.
+    pub credentials: Option<PathBuf>,
+    /// Replicas of the stream.
+    pub replicas: usize,
+}
+
+impl Settings {
+    /// The link's settings, when the configuration asks for a cluster.
+    pub fn from_config(config: &culex_config::Cluster) -> Option<Settings> {
+        if !config.enabled() {
+            return None;
+        }
+        Some(Settings {
+            servers: config.backplane.clone(),
+            node: config.node_name.clone()?,
+            cluster: config.name.clone(),
+            credentials: config.credentials.clone(),
+            replicas: usize::from(config.replicas),
+        })
+    }
+
+    /// Subject prefix of QoS 0 messages (core NATS).
+    pub fn qos0_prefix(&self) -> String {
+        format!("{}.q0", self.cluster)
+    }
+
+    /// Subject prefix of QoS 1/2 messages (the stream).
+    pub fn stored_prefix(&self) -> String {
+        format!("{}.q1", self.cluster)
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> String {
+        format!("{}-messages", self.cluster)
+    }
+
+    /// This node's durable consumer.
+    pub fn consumer_name(&self) -> String {
+        format!("{}-node-{}", self.cluster, self.node)
+    }
+
+    /// The client id of the link's session in its own broker.
+    pub fn local_client_id(&self) -> String {
+        format!("culex-cluster-{}", self.node)
+    }
+}
+
+/// Starts the link; it runs until `shutdown` turns true.
+pub fn spawn(
+    settings: Settings,
+    connector: Connector,
+    stats: Arc<ClusterStats>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut link = Link {
+            settings,
+            connector,
+            stats,
+            shutdown,
+            local: None,
+            exports: FuturesUnordered::new(),
+            retry: VecDeque::new(),
+            imports: HashMap::new(),
+            next_id: 0,
+            boot: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        };
+        link.run().await;
+    })
+}
+
+/// A QoS 1/2 message on its way to the stream.
+struct Export {
+    subject: String,
+    headers: HeaderMap,
+    envelope: Bytes,
+    /// The local delivery to acknowledge once JetStream has the message.
+    packet_id: u16,
+    qos: QoS,
+}
+
+type ExportResult = (Export, Result<(), String>);
+
+struct Link {
+    settings: Settings,
+    connector: Connector,
+    stats: Arc<ClusterStats>,
+    shutdown: watch::Receiver<bool>,
+    local: Option<Connection>,
+    exports: FuturesUnordered<BoxFuture<'static, ExportResult>>,
+    retry: VecDeque<Export>,
+    /// Local publication packet id -> the stream message it came from.
+    imports: HashMap<u16, jetstream::Message>,
+    next_id: u64,
+    boot: u128,
+}
+
+/// The NATS side once set up.
+struct Backplane {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    core: async_nats::Subscriber,
+    stored: consumer::pull::Stream,
+}
+
+impl Link {
+    fn name(&self) -> &str {
+        &self.settings.node
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits `delay` or until shutdown; false on shutdown.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        !self.shutting_down()
+    }
+
+    async fn run(&mut self) {
+        let Some(mut backplane) = self.connect_backplane().await else {
+            return;
+        };
+        if !self.connect_local().await {
+            return;
+        }
+        tracing::info!(node = %self.name(), cluster = %self.settings.cluster, "cluster link up");
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let retry_due = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut shutdown = self.shutdown.clone();
+            let Some(local) = self.local.as_mut() else {
+                return;
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                r = local.progress() => {
+                    if let Err(e) = r {
+                        if self.shutting_down() {
+                            break;
+                        }
+                        tracing::warn!(node = %self.name(), error = %e, "cluster link lost its local connection; reconnecting");
+                        if !self.connect_local().await {
+                            break;
+                        }
+                    }
+                }
+                m = backplane.core.next() => match m {
+                    Some(m) => self.import_qos0(m).await,
+                    None => tracing::warn!(node = %self.name(), "the backplane subscription ended"),
+                },
+                m = backplane.stored.next() => match m {
+                    Some(Ok(m)) => self.import_stored(m).await,
+                    Some(Err(e)) => tracing::debug!(node = %self.name(), error = %e, "reading the cluster stream"),
+                    None => {
+                        tracing::warn!(node = %self.name(), "the cluster stream consumer ended; recreating it");
+                        match stored_messages(&self.settings, &backplane.js).await {
+                            Ok(s) => backplane.stored = s,
+                            Err(e) => {
+                                tracing::warn!(node = %self.name(), error = %e, "cannot read the cluster stream");
+                                if !self.pause(BACKOFF_MIN).await {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                },
+                Some((export, result)) = self.exports.next() => self.exported(export, result, &mut retry_at),
+                () = retry_due => {
+                    retry_at = None;
+                    let pending: Vec<Export> = self.retry.drain(..).collect();
+                    for export in pending {
+                        self.send_stored(&backplane.js, export);
+                    }
+                }
+            }
+            if self.shutting_down() {
+                break;
+            }
+            self.stats.backplane_connected.store(
+                backplane.client.connection_state() == async_nats::connection::State::Connected,
+                Ordering::Relaxed,
+            );
+            self.drain_local(&backplane).await;
+        }
+        self.stats
+            .backplane_connected
+            .store(false, Ordering::Relaxed);
+        if let Some(local) = self.local.as_mut() {
+            // The session (and what it holds for the backplane) stays in the broker.
+            local
+                .close(culex_proto::ReasonCode::Success, Duration::from_millis(200))
+                .await;
+        }
+        tracing::info!(node = %self.name(), "cluster link stopped");
+    }
+
+    /// Connects to NATS and sets up the stream, the consumer and the QoS 0 subscription,
+    /// retrying with backoff. `None` on shutdown.
+    async fn connect_backplane(&mut self) -> Option<Backplane> {
+        let mut delay = BACKOFF_MIN;
+        loop {
+            if self.shutting_down() {
+                return None;
+            }
+            match try_backplane(&self.settings).await {
+                Ok(b) => {
+                    self.stats
+                        .backplane_connected
+                        .store(true, Ordering::Relaxed);
+                    ClusterStats::inc(&self.stats.connects);
+                    return Some(b);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.name(), servers = %self.settings.servers.join(","), error = %e, retry_in = ?delay, "cannot set up the cluster backplane");
+                    if !self.pause(delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Connects (or reconnects) to the local broker and subscribes to every topic. False on
+    /// shutdown.
+    async fn connect_local(&mut self) -> bool {
+        let mut delay = BACKOFF_MIN;
+        loop {
+            if self.shutting_down() {
+                return false;
+            }
+            match self.try_local().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(node = %self.name(), error = %e, "cluster link cannot connect to its broker; retrying");
+                    if !self.pause(delay).await {
+                        return false;
+                    }
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn try_local(&mut self) -> Result<(), ClientError> {
+        let io = tokio::time::timeout(LOCAL_TIMEOUT, (self.connector)())
+            .await
+            .map_err(|_| ClientError::Timeout("opening the local stream"))??;
+        match self.local.as_mut() {
+            Some(conn) => conn.reconnect(io, LOCAL_TIMEOUT).await?,
+            None => {
+                let session = ClientSession::new(local_options(&self.settings));
+                self.local = Some(Connection::handshake(io, session, None, LOCAL_TIMEOUT).await?);
+            }
+        }
+        let Some(local) = self.local.as_mut() else {
+            return Err(ClientError::NotConnected);
+        };
+        let filter = SubscribeFilter {
+            filter: "#".to_owned(),
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                // What the link publishes (from other nodes) must not go back out.
+                no_local: true,
+                retain_as_published: true,
+                // Retained messages were handed over when they were published.
+                retain_handling: RetainHandling::DoNotSend,
+            },
+        };
+        tokio::time::timeout(
+            LOCAL_TIMEOUT,
+            local.subscribe(vec![filter], Properties::default()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("waiting for the local SUBACK"))??;
+        Ok(())
+    }
+
+    /// Hands what the local broker delivered to the backplane, and confirms to the stream
+    /// what the local broker has accepted.
+    async fn drain_local(&mut self, backplane: &Backplane) {
+        let Some(local) = self.local.as_mut() else {
+            return;
+        };
+        let mut delivered = Vec::new();
+        while let Some(p) = local.try_recv() {
+            delivered.push(p);
+        }
+        let done = local.take_published();
+        for p in delivered {
+            self.export(backplane, p).await;
+        }
+        for (packet_id, _reason) in done {
+            if let Some(m) = self.imports.remove(&packet_id) {
+                if let Err(e) = m.ack().await {
+                    tracing::debug!(node = %self.name(), error = %e, "confirming a cluster message");
+                }
+                ClusterStats::inc(&self.stats.messages_in);
+            }
+        }
+    }
+
+    fn headers(&mut self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN_HEADER, self.settings.node.as_str());
+        self.next_id += 1;
+        // Unique per node and boot: JetStream stores a retried publication once.
+        let id = format!("{}-{}-{}", self.settings.node, self.boot, self.next_id);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers
+    }
+
+    /// One message from a local client, for the other nodes.
+    async fn export(&mut self, backplane: &Backplane, p: Publish) {
+        let local_ack = p.packet_id.filter(|_| p.qos != QoS::AtMostOnce);
+        let envelope = match encode_publish(&p) {
+            Ok(e) => e,
+            Err(e) => {
+                ClusterStats::inc(&self.stats.bad_messages);
+                tracing::warn!(node = %self.name(), topic = %p.topic, error = %e, "message not handed to the cluster");
+                if let (Some(id), Some(local)) = (local_ack, self.local.as_mut()) {
+                    local.ack(id, p.qos);
+                }
+                return;
+            }
+        };
+        let headers = self.headers();
+        match local_ack {
+            None => {
+                if !self.stats.connected() {
+                    ClusterStats::inc(&self.stats.dropped_qos0);
+                    return;
+                }
+                let subject = topic_to_subject(&self.settings.qos0_prefix(), &p.topic);
+                match backplane
+                    .client
+                    .publish_with_headers(subject, headers, envelope)
+                    .await
+                {
+                    Ok(()) => ClusterStats::inc(&self.stats.messages_out),
+                    Err(_) => ClusterStats::inc(&self.stats.dropped_qos0),
+                }
+            }
+            Some(packet_id) => {
+                let export = Export {
+                    subject: topic_to_subject(&self.settings.stored_prefix(), &p.topic),
+                    headers,
+                    envelope,
+                    packet_id,
+                    qos: p.qos,
+                };
+                self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
+                self.send_stored(&backplane.js, export);
+            }
+        }
+    }
+
+    /// Publishes to the stream; the result comes back through `self.exports`.
+    fn send_stored(&mut self, js: &jetstream::Context, export: Export) {
+        let js = js.clone();
+        self.exports.push(Box::pin(async move {
+            let sent = js
+                .publish_with_headers(
+                    export.subject.clone(),
+                    export.headers.clone(),
+                    export.envelope.clone(),
+                )
+                .await;
+            let result = match sent {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (export, result)
+        }));
+    }
+
+    /// JetStream answered a publication: acknowledge the local delivery, or retry.
+    fn exported(
+        &mut self,
+        export: Export,
+        result: Result<(), String>,
+        retry_at: &mut Option<Instant>,
+    ) {
+        match result {
+            Ok(()) => {
+                self.stats.pending_out.fetch_sub(1, Ordering::Relaxed);
+                ClusterStats::inc(&self.stats.messages_out);
+                if let Some(local) = self.local.as_mut() {
+                    local.ack(export.packet_id, export.qos);
+                }
+            }
+            Err(e) => {
+                ClusterStats::inc(&self.stats.publish_failures);
+                tracing::debug!(node = %self.name(), error = %e, "storing a message in the cluster stream failed; retrying");
+                self.retry.push_back(export);
+                retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
+            }
+        }
+    }
+
+    fn from_self(&self, headers: Option<&HeaderMap>) -> bool {
+        headers
+            .and_then(|h| h.get(ORIGIN_HEADER))
+            .is_some_and(|v| v.as_str() == self.settings.node)
+    }
+
+    /// A QoS 0 message from another node.
+    async fn import_qos0(&mut self, m: async_nats::Message) {
+        if self.from_self(m.headers.as_ref()) {
+            return;
+        }
+        match decode_publish(&m.payload) {
+            Ok(p) => {
+                self.publish_local(p);
+                ClusterStats::inc(&self.stats.messages_in);
+            }
+            Err(e) => {
+                ClusterStats::inc(&self.stats.bad_messages);
+                tracing::debug!(node = %self.name(), subject = %m.subject, error = %e, "unreadable cluster message skipped");
+            }
+        }
+    }
+
+    /// A QoS 1/2 message from the stream: confirmed once the local broker has it.
+    async fn import_stored(&mut self, m: jetstream::Message) {
+        if self.from_self(m.headers.as_ref()) {
+            let _ = m.ack().await;
+            return;
+        }
+        let p = match decode_publish(&m.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                ClusterStats::inc(&self.stats.bad_messages);
+                tracing::debug!(node = %self.name(), subject = %m.subject, error = %e, "unreadable cluster message skipped");
+                let _ = m.ack().await;
+                return;
+            }
+        };
+        match self.publish_local(p) {
+            Some(packet_id) => {
+                self.imports.insert(packet_id, m);
+            }
+            None => {
+                let _ = m.ack().await;
+                ClusterStats::inc(&self.stats.messages_in);
+            }
+        }
+    }
+
+    /// Publishes a message from another node into this broker; its local packet id (QoS 1/2).
+    fn publish_local(&mut self, p: Publish) -> Option<u16> {
+        let local = self.local.as_mut()?;
+        let message = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+        };
+        match local.start_publish(message) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(node = %self.name(), error = %e, "cannot publish a cluster message locally");
+                None
+            }
+        }
+    }
+}
+
+async fn try_backplane(settings: &Settings) -> Result<Backplane, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("culex node {}", settings.node))
+        // Our own QoS 0 messages must not come back to us.
+        .no_echo()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(path) = &settings.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("cluster_credentials {}: {e}", path.display()))?;
+    }
+    let client = options
+        .connect(settings.servers.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client.clone());
+    js.get_or_create_stream(stream::Config {
+        name: settings.stream_name(),
+        subjects: vec![format!("{}.>", settings.stored_prefix())],
+        num_replicas: settings.replicas,
+        max_age: STREAM_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot create the JetStream stream {} with {} replicas: {e} (is JetStream enabled, and are there as many NATS servers as cluster_replicas?)",
+            settings.stream_name(),
+            settings.replicas
+        )
+    })?;
+    let stored = stored_messages(settings, &js).await?;
+    let core = client
+        .subscribe(format!("{}.>", settings.qos0_prefix()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Backplane {
+        client,
+        js,
+        core,
+        stored,
+    })
+}
+
+/// This node's durable consumer of the stream, and its message stream.
+async fn stored_messages(
+    settings: &Settings,
+    js: &jetstream::Context,
+) -> Result<consumer::pull::Stream, String> {
+    let stream = js
+        .get_stream(settings.stream_name())
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = settings.consumer_name();
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: format!("{}.>", settings.stored_prefix()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::from(WINDOW),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// The link's session in its own broker: MQTT 5 (No Local, Retain As Published), persistent
+/// (what waits for the backplane survives a restart of the link), acknowledged by hand once
+/// the backplane has each message.
+fn local_options(settings: &Settings) -> ConnectOptions {
+    let mut o = ConnectOptions::new(settings.local_client_id());
+    o.protocol = Protocol::V5;
+    o.clean_start = false;
+    o.keep_alive = 60;
+    o.properties.session_expiry_interval = Some(u32::MAX);
+    o.properties.receive_maximum = Some(WINDOW);
+    o.max_inflight = WINDOW;
+    o.manual_acks = true;
+    o
+}
