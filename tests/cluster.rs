@@ -1,6 +1,7 @@
 //! Several Culex processes acting as one broker over NATS JetStream (`cluster_backplane`):
 //! real `nats-server` processes (Debian's package), real `culex` processes, rumqttc clients.
 //! Skipped with a note when nats-server is missing, unless `CULEX_REQUIRE_NATS=1` (CI).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
 
 #[path = "bridge_support/mod.rs"]
 mod bridge_support;
@@ -12,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bridge_support::{free_port, Culex, Mqtt, TIMEOUT};
+use bridge_support::{free_port, http_get, metric, Culex, Mqtt, TIMEOUT};
 use rumqttc::QoS;
 use tempfile::TempDir;
 
@@ -90,6 +91,14 @@ impl NatsServer {
         self.child = Some(child);
     }
 
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -147,21 +156,67 @@ impl Nats {
     }
 }
 
-/// A `culex` node of the cluster on `nats`, with its MQTT port.
+/// A `culex` node of the cluster on `nats`, with its MQTT and metrics ports.
 struct Node {
-    culex: Culex,
+    /// Kept for its process (killed on drop).
+    _culex: Culex,
     port: u16,
+    metrics: u16,
+}
+
+impl Node {
+    /// The body of `/readyz`.
+    fn readyz(&self) -> String {
+        let response = http_get(self.metrics, "/readyz");
+        response
+            .split_once("\r\n\r\n")
+            .map_or(response.clone(), |(_, body)| body.to_owned())
+    }
+
+    fn metric(&self, series: &str) -> Option<f64> {
+        metric(&http_get(self.metrics, "/metrics"), series)
+    }
 }
 
 fn node(nats: &Nats, name: &str, replicas: usize, extra: &str) -> Node {
     let culex = Culex::start(&format!(
-        "listener 0 127.0.0.1\nallow_anonymous true\n\
+        "listener 0 127.0.0.1\nallow_anonymous true\nmetrics_listener 127.0.0.1:0\n\
          cluster_backplane {}\ncluster_node_name {name}\ncluster_replicas {replicas}\n{extra}",
         nats.urls()
     ));
+    let metrics = culex.port_after("metrics on 127.0.0.1:");
     let port = culex.port_after("listening on 127.0.0.1:");
     culex.wait_in_log("cluster link up");
-    Node { culex, port }
+    Node {
+        _culex: culex,
+        port,
+        metrics,
+    }
+}
+
+/// Waits until `cond` holds (polling), or fails with `what`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `count` messages on `client`, as payload -> times received.
+fn receive(client: &Mqtt, count: usize) -> HashMap<String, usize> {
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + TIMEOUT;
+    for _ in 0..count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = client
+            .messages
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("got only {got:?}"));
+        *got.entry(String::from_utf8_lossy(&p.payload).into_owned())
+            .or_insert(0) += 1;
+    }
+    got
 }
 
 /// Everything `client` receives until `fence` arrives on `topic` (the fence excluded), as
@@ -182,7 +237,6 @@ fn until_fence(client: &Mqtt, topic: &str, fence: &str) -> HashMap<String, usize
         *got.entry(payload).or_insert(0) += 1;
     }
 }
-
 
 /// A PUBLISH accepted on node 1 reaches subscribers on nodes 2 and 3 at QoS 0, 1 and 2, each
 /// once; node 1's own subscriber gets it once too (nothing echoes back from the backplane).
@@ -223,7 +277,8 @@ fn messages_cross_nodes_once_at_every_qos() {
                 .messages
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("subscriber on node {} got only {got:?}", i + 1));
-            *got.entry(String::from_utf8_lossy(&p.payload).into_owned()).or_insert(0) += 1;
+            *got.entry(String::from_utf8_lossy(&p.payload).into_owned())
+                .or_insert(0) += 1;
         }
         assert_eq!(got, expected, "node {}", i + 1);
     }
@@ -232,6 +287,103 @@ fn messages_cross_nodes_once_at_every_qos() {
         let extra = until_fence(sub, "t/fence", "fence1");
         assert!(extra.is_empty(), "node {} got again: {extra:?}", i + 1);
     }
-    eprintln!("{}", n2.culex.log());
     drop((n1, n2, n3));
+}
+
+/// Retained messages and wills cross nodes: a retained message published on node 1 is
+/// retained on node 2 for a later subscriber, and the will of a client of node 1 that dies
+/// reaches a subscriber on node 2.
+#[test]
+fn retained_messages_and_wills_cross_nodes() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let watcher = Mqtt::connect(n2.port, "watcher", true);
+    watcher.subscribe("state/#", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    publisher
+        .client
+        .publish("state/lamp", QoS::AtLeastOnce, true, b"on".to_vec())
+        .unwrap();
+    watcher.recv_matching("state/lamp", "on");
+    let late = Mqtt::connect(n2.port, "late", true);
+    late.subscribe("state/#", QoS::AtLeastOnce);
+    let p = late.recv_matching("state/lamp", "on");
+    assert!(p.retain, "delivered as a retained message");
+
+    // A will: its client's connection drops without DISCONNECT.
+    let mut opts = rumqttc::MqttOptions::new("mortal", "127.0.0.1", n1.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_last_will(rumqttc::LastWill::new(
+        "state/mortal",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, mut connection) = rumqttc::Client::new(opts, 10);
+    let (tx, rx) = mpsc::channel();
+    let conn_thread = thread::spawn(move || {
+        for event in connection.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) = event {
+                let _ = tx.send(());
+                return; // dropping the connection closes the socket: no DISCONNECT
+            }
+        }
+    });
+    rx.recv_timeout(TIMEOUT).expect("CONNACK");
+    conn_thread.join().expect("thread");
+    drop(client);
+    watcher.recv_matching("state/mortal", "gone");
+}
+
+/// While the backplane is down a node says so (`/readyz` 503, the metric 0), keeps serving
+/// its own clients and keeps the QoS 1 messages published meanwhile; once NATS is back they
+/// reach the other node, each once.
+#[test]
+fn a_backplane_outage_loses_no_acknowledged_message() {
+    if !have_nats() {
+        return;
+    }
+    let mut nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    assert_eq!(n1.readyz(), "ready\n");
+    let remote = Mqtt::connect(n2.port, "remote", true);
+    remote.subscribe("t/#", QoS::AtLeastOnce);
+    let local = Mqtt::connect(n1.port, "local", true);
+    local.subscribe("t/#", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    publisher.publish("t/a", "before", QoS::AtLeastOnce);
+    remote.recv_matching("t/a", "before");
+    local.recv_matching("t/a", "before");
+
+    nats.servers[0].kill();
+    wait_until("node 1 not ready", || n1.readyz().contains("backplane"));
+    assert_eq!(n1.metric("culex_cluster_backplane_connected"), Some(0.0));
+    for i in 0..20 {
+        publisher.publish("t/a", &format!("during{i}"), QoS::AtLeastOnce);
+    }
+    // Node 1's own subscriber is served all along.
+    let got = receive(&local, 20);
+    assert_eq!(got.len(), 20, "{got:?}");
+
+    // Their first attempts to reach JetStream fail (and are retried).
+    wait_until("failed publications", || {
+        n1.metric("culex_cluster_publish_failures_total")
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(n1
+        .metric("culex_cluster_lag_messages{stage=\"pending\"}")
+        .is_some_and(|n| n >= 1.0));
+    nats.servers[0].spawn();
+    wait_until("node 1 ready again", || n1.readyz() == "ready\n");
+    let got = receive(&remote, 20);
+    let want: HashMap<String, usize> = (0..20).map(|i| (format!("during{i}"), 1)).collect();
+    assert_eq!(got, want);
+    publisher.publish("t/fence", "fence", QoS::AtLeastOnce);
+    let extra = until_fence(&remote, "t/fence", "fence");
+    assert!(extra.is_empty(), "again: {extra:?}");
 }

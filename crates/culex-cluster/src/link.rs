@@ -127,6 +127,7 @@ pub fn spawn(
             boot: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
+            warned_too_large: false,
         };
         link.run().await;
     })
@@ -156,6 +157,7 @@ struct Link {
     imports: HashMap<u16, jetstream::Message>,
     next_id: u64,
     boot: u128,
+    warned_too_large: bool,
 }
 
 /// The NATS side once set up.
@@ -250,10 +252,6 @@ impl Link {
             if self.shutting_down() {
                 break;
             }
-            self.stats.backplane_connected.store(
-                backplane.client.connection_state() == async_nats::connection::State::Connected,
-                Ordering::Relaxed,
-            );
             self.drain_local(&backplane).await;
         }
         self.stats
@@ -276,7 +274,7 @@ impl Link {
             if self.shutting_down() {
                 return None;
             }
-            match try_backplane(&self.settings).await {
+            match try_backplane(&self.settings, &self.stats).await {
                 Ok(b) => {
                     self.stats
                         .backplane_connected
@@ -398,6 +396,19 @@ impl Link {
                 return;
             }
         };
+        // Room for the subject and headers within the servers' max_payload.
+        let max = backplane.client.server_info().max_payload;
+        if envelope.len() + 512 > max {
+            ClusterStats::inc(&self.stats.dropped_too_large);
+            if !self.warned_too_large {
+                self.warned_too_large = true;
+                tracing::warn!(node = %self.name(), topic = %p.topic, size = envelope.len(), max_payload = max, "message larger than the NATS servers' max_payload is not handed to the other nodes (raise max_payload in nats-server.conf; counted in culex_cluster_dropped_total{{reason=\"too_large\"}}; logged once)");
+            }
+            if let (Some(id), Some(local)) = (local_ack, self.local.as_mut()) {
+                local.ack(id, p.qos);
+            }
+            return;
+        }
         let headers = self.headers();
         match local_ack {
             None => {
@@ -472,7 +483,7 @@ impl Link {
         }
     }
 
-    fn from_self(&self, headers: Option<&HeaderMap>) -> bool {
+    fn is_own(&self, headers: Option<&HeaderMap>) -> bool {
         headers
             .and_then(|h| h.get(ORIGIN_HEADER))
             .is_some_and(|v| v.as_str() == self.settings.node)
@@ -480,7 +491,7 @@ impl Link {
 
     /// A QoS 0 message from another node.
     async fn import_qos0(&mut self, m: async_nats::Message) {
-        if self.from_self(m.headers.as_ref()) {
+        if self.is_own(m.headers.as_ref()) {
             return;
         }
         match decode_publish(&m.payload) {
@@ -497,7 +508,7 @@ impl Link {
 
     /// A QoS 1/2 message from the stream: confirmed once the local broker has it.
     async fn import_stored(&mut self, m: jetstream::Message) {
-        if self.from_self(m.headers.as_ref()) {
+        if self.is_own(m.headers.as_ref()) {
             let _ = m.ack().await;
             return;
         }
@@ -541,13 +552,33 @@ impl Link {
     }
 }
 
-async fn try_backplane(settings: &Settings) -> Result<Backplane, String> {
+async fn try_backplane(
+    settings: &Settings,
+    stats: &Arc<ClusterStats>,
+) -> Result<Backplane, String> {
+    let events = Arc::clone(stats);
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("culex node {}", settings.node))
         // Our own QoS 0 messages must not come back to us.
         .no_echo()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5));
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let stats = Arc::clone(&events);
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        stats.backplane_connected.store(true, Ordering::Relaxed);
+                        tracing::info!("cluster backplane connected");
+                    }
+                    async_nats::Event::Disconnected => {
+                        stats.backplane_connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("cluster backplane lost; reconnecting");
+                    }
+                    other => tracing::debug!(event = %other, "cluster backplane"),
+                }
+            }
+        });
     if let Some(path) = &settings.credentials {
         options = options
             .credentials_file(path)

@@ -19,6 +19,8 @@ pub struct ClusterStats {
     pub publish_failures: AtomicU64,
     /// QoS 0 messages dropped because the backplane was down.
     pub dropped_qos0: AtomicU64,
+    /// Messages larger than the NATS servers accept (`max_payload`), dropped.
+    pub dropped_too_large: AtomicU64,
     /// Messages from the backplane that could not be read (counted, acknowledged, skipped).
     pub bad_messages: AtomicU64,
     /// Messages waiting in the link's local session for the backplane.

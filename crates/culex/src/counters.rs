@@ -164,6 +164,8 @@ impl BridgeRegistry {
 pub struct Counters {
     /// The bridges' statistics, read at scrape time.
     pub bridges: BridgeRegistry,
+    /// The cluster link's statistics, when the node is part of a cluster (set once at start).
+    pub cluster: std::sync::OnceLock<Arc<culex_cluster::ClusterStats>>,
     /// The store writer's statistics, when persistence is on (set once at start).
     pub store: std::sync::OnceLock<culex_store::StatsReader>,
     /// Sockets accepted (before `max_connections` and any handshake).

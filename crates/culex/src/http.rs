@@ -196,6 +196,11 @@ pub(crate) async fn handle(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: the store writer has stopped (see the log)\n",
                 ),
+                _ if state.counters.cluster.get().is_some_and(|c| !c.connected()) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the cluster backplane (NATS) is not reachable; messages for \
+                         other nodes wait in this node's cluster session\n",
+                ),
                 _ => text(StatusCode::OK, "ready\n"),
             }
         }

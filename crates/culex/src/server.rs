@@ -372,6 +372,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         &counters.bridges,
     )?;
     let cluster = crate::cluster::spawn(config, &shared, &shutdown_rx, &next_conn);
+    if let Some(c) = &cluster {
+        let _ = counters.cluster.set(Arc::clone(c.stats()));
+    }
     let task = tokio::spawn(serve(
         listeners,
         Conns {

@@ -36,12 +36,13 @@ pub(crate) enum Group {
     Broker,
     Bridge,
     Store,
+    Cluster,
 }
 
 #[cfg(test)]
 impl Group {
     /// All groups, in the order of docs/metrics.md.
-    pub(crate) const ALL: [Group; 3] = [Group::Broker, Group::Bridge, Group::Store];
+    pub(crate) const ALL: [Group; 4] = [Group::Broker, Group::Bridge, Group::Store, Group::Cluster];
 
     /// The name in the docs' generated-block markers.
     pub(crate) fn marker(self) -> &'static str {
@@ -49,6 +50,7 @@ impl Group {
             Group::Broker => "metrics-broker",
             Group::Bridge => "metrics-bridges",
             Group::Store => "metrics-store",
+            Group::Cluster => "metrics-cluster",
         }
     }
 }
@@ -202,6 +204,12 @@ fn store(s: &Sample, emit: &mut Emit<'_>, value: fn(&culex_store::StoreStats) ->
     }
 }
 
+fn cluster(s: &Sample, emit: &mut Emit<'_>, value: fn(&culex_cluster::ClusterStats) -> f64) {
+    if let Some(stats) = s.counters.cluster.get() {
+        emit(&[], value(stats));
+    }
+}
+
 fn flag(b: bool) -> f64 {
     if b {
         1.0
@@ -214,6 +222,7 @@ const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
 
 mod bridge;
 mod broker;
+mod cluster;
 mod store;
 
 /// Every family, in the order of docs/metrics.md.
@@ -222,6 +231,7 @@ pub(crate) fn all() -> impl Iterator<Item = &'static Family> {
         .iter()
         .chain(bridge::BRIDGE)
         .chain(store::STORE)
+        .chain(cluster::CLUSTER)
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! The cluster link's families, when the node is part of a cluster.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::*;
+
+/// In the order of docs/metrics.md.
+pub(super) static CLUSTER: &[Family] = &[
+    Family {
+        name: "culex_cluster_backplane_connected",
+        kind: Kind::Gauge,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "1 while the node has its NATS connection and JetStream stream, else 0.",
+        doc: "1 while the node has its NATS connection and JetStream stream, else 0 (`/readyz` answers 503 meanwhile)",
+        sys: &["cluster/backplane_connected"],
+        read: |s, e| cluster(s, e, |st| flag(st.connected())),
+    },
+    Family {
+        name: "culex_cluster_connects_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Times the node set up its backplane connection.",
+        doc: "times the node set up its backplane connection (NATS reconnects underneath are not counted)",
+        sys: &[],
+        read: |s, e| cluster(s, e, |st| st.connects.load(Relaxed) as f64),
+    },
+    Family {
+        name: "culex_cluster_messages_out_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Messages published on this node and handed to the backplane.",
+        doc: "messages published on this node and handed to the backplane (QoS 0 sent; QoS 1/2 stored by JetStream)",
+        sys: &["cluster/messages/sent"],
+        read: |s, e| cluster(s, e, |st| st.messages_out.load(Relaxed) as f64),
+    },
+    Family {
+        name: "culex_cluster_messages_in_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Messages from other nodes delivered into this node's router.",
+        doc: "messages from other nodes delivered into this node's router",
+        sys: &["cluster/messages/received"],
+        read: |s, e| cluster(s, e, |st| st.messages_in.load(Relaxed) as f64),
+    },
+    Family {
+        name: "culex_cluster_lag_messages",
+        kind: Kind::Gauge,
+        unit: None,
+        group: Group::Cluster,
+        labels: "`stage`: `queued` (in the link's session here), `pending` (sent to JetStream, not yet confirmed)",
+        help: "QoS 1/2 messages published here that the backplane does not have yet.",
+        doc: "QoS 1/2 messages published here that the backplane does not have yet",
+        sys: &[],
+        read: |s, e| {
+            if let Some(st) = s.counters.cluster.get() {
+                e(&[("stage", "queued")], st.queued.load(Relaxed) as f64);
+                e(&[("stage", "pending")], st.pending_out.load(Relaxed) as f64);
+            }
+        },
+    },
+    Family {
+        name: "culex_cluster_publish_failures_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Publications to JetStream that failed and were retried.",
+        doc: "publications to JetStream that failed (timeout, no leader) and were retried; the local message stays unacknowledged meanwhile",
+        sys: &[],
+        read: |s, e| cluster(s, e, |st| st.publish_failures.load(Relaxed) as f64),
+    },
+    Family {
+        name: "culex_cluster_dropped_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `unreadable` (a backplane message that is not a Culex envelope)",
+        help: "Messages the cluster link dropped, by reason.",
+        doc: "messages the cluster link dropped",
+        sys: &[],
+        read: |s, e| {
+            if let Some(st) = s.counters.cluster.get() {
+                e(&[("reason", "queue_full")], st.dropped_queue_full.load(Relaxed) as f64);
+                e(&[("reason", "qos0_offline")], st.dropped_qos0.load(Relaxed) as f64);
+                e(&[("reason", "too_large")], st.dropped_too_large.load(Relaxed) as f64);
+                e(&[("reason", "unreadable")], st.bad_messages.load(Relaxed) as f64);
+            }
+        },
+    },
+];
