@@ -387,3 +387,55 @@ fn a_backplane_outage_loses_no_acknowledged_message() {
     let extra = until_fence(&remote, "t/fence", "fence");
     assert!(extra.is_empty(), "again: {extra:?}");
 }
+
+/// Three NATS servers (JetStream, 3 replicas) under three Culex nodes: a stream of QoS 1
+/// messages published on node 1 while one NATS server is killed (SIGKILL) and restarted
+/// reaches the subscribers on nodes 2 and 3, every message (at least once).
+#[test]
+fn a_nats_server_killed_under_load_loses_nothing() {
+    if !have_nats() {
+        return;
+    }
+    let mut nats = Nats::start(3);
+    let n1 = node(&nats, "node1", 3, "");
+    let n2 = node(&nats, "node2", 3, "");
+    let n3 = node(&nats, "node3", 3, "");
+    let subs: Vec<Mqtt> = [&n2, &n3]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let c = Mqtt::connect(n.port, &format!("sub{i}"), true);
+            c.subscribe("load/#", QoS::AtLeastOnce);
+            c
+        })
+        .collect();
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    const N: usize = 600;
+    for i in 0..N {
+        if i == N / 3 {
+            nats.servers[1].kill();
+        }
+        if i == 2 * N / 3 {
+            nats.servers[1].spawn();
+        }
+        publisher.publish("load/x", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    for (i, sub) in subs.iter().enumerate() {
+        let mut missing: std::collections::HashSet<String> =
+            (0..N).map(|i| format!("m{i}")).collect();
+        let deadline = Instant::now() + TIMEOUT * 2;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(p) = sub.messages.recv_timeout(left) else {
+                panic!(
+                    "node {}: {} of {N} missing, e.g. {:?}",
+                    i + 2,
+                    missing.len(),
+                    missing.iter().take(5).collect::<Vec<_>>()
+                );
+            };
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+    drop((n1, n2, n3));
+}
