@@ -314,6 +314,31 @@ fn retained_messages_and_wills_cross_nodes() {
     let p = late.recv_matching("state/lamp", "on");
     assert!(p.retain, "delivered as a retained message");
 
+    // A node that joins later gets the cluster's retained messages from the bucket; a cleared
+    // one is gone there too.
+    publisher
+        .client
+        .publish("state/door", QoS::AtLeastOnce, true, b"open".to_vec())
+        .unwrap();
+    watcher.recv_matching("state/door", "open");
+    publisher
+        .client
+        .publish("state/door", QoS::AtLeastOnce, true, Vec::new())
+        .unwrap();
+    watcher.recv_matching("state/door", "");
+    let n3 = node(&nats, "node3", 1, "");
+    let newcomer = Mqtt::connect(n3.port, "newcomer", true);
+    newcomer.subscribe("state/#", QoS::AtLeastOnce);
+    let p = newcomer.recv_matching("state/lamp", "on");
+    assert!(p.retain);
+    newcomer.subscribe("fence/#", QoS::AtLeastOnce);
+    publisher.publish("fence/x", "fence", QoS::AtLeastOnce);
+    let extra = until_fence(&newcomer, "fence/x", "fence");
+    assert!(
+        extra.is_empty(),
+        "the cleared retained message came back: {extra:?}"
+    );
+
     // A will: its client's connection drops without DISCONNECT.
     let mut opts = rumqttc::MqttOptions::new("mortal", "127.0.0.1", n1.port);
     opts.set_keep_alive(Duration::from_secs(5));

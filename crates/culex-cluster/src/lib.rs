@@ -12,6 +12,7 @@
 
 pub mod envelope;
 pub mod link;
+pub mod retained;
 pub mod stats;
 pub mod subject;
 

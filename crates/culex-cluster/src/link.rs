@@ -43,6 +43,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Delays between attempts to reach the backplane or the local broker.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Retained messages waiting for the bucket (beyond: the oldest are dropped, counted).
+const KV_QUEUE_LIMIT: usize = 10_000;
 /// Time allowed for local acknowledgements (CONNACK, SUBACK).
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,6 +130,8 @@ pub fn spawn(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
             warned_too_large: false,
+            kv_queue: VecDeque::new(),
+            kv_busy: None,
         };
         link.run().await;
     })
@@ -158,12 +162,17 @@ struct Link {
     next_id: u64,
     boot: u128,
     warned_too_large: bool,
+    /// Retained messages (or clears) waiting to be written to the bucket, in order.
+    kv_queue: VecDeque<Publish>,
+    /// The bucket write in progress (one at a time, so that a clear never overtakes a set).
+    kv_busy: Option<BoxFuture<'static, Result<(), String>>>,
 }
 
 /// The NATS side once set up.
 struct Backplane {
     client: async_nats::Client,
     js: jetstream::Context,
+    retained: jetstream::kv::Store,
     core: async_nats::Subscriber,
     stored: consumer::pull::Stream,
 }
@@ -194,6 +203,7 @@ impl Link {
         if !self.connect_local().await {
             return;
         }
+        self.load_retained(&backplane).await;
         tracing::info!(node = %self.name(), cluster = %self.settings.cluster, "cluster link up");
         let mut retry_at: Option<Instant> = None;
         loop {
@@ -203,11 +213,24 @@ impl Link {
                     None => std::future::pending().await,
                 }
             };
+            let kv_done = async {
+                match self.kv_busy.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
             let mut shutdown = self.shutdown.clone();
             let Some(local) = self.local.as_mut() else {
                 return;
             };
             tokio::select! {
+                r = kv_done => {
+                    self.kv_busy = None;
+                    if let Err(e) = r {
+                        ClusterStats::inc(&self.stats.publish_failures);
+                        tracing::warn!(node = %self.name(), error = %e, "storing a retained message in the cluster bucket failed");
+                    }
+                }
                 _ = shutdown.changed() => {}
                 r = local.progress() => {
                     if let Err(e) = r {
@@ -253,6 +276,14 @@ impl Link {
                 break;
             }
             self.drain_local(&backplane).await;
+            if self.kv_busy.is_none() {
+                if let Some(p) = self.kv_queue.pop_front() {
+                    let bucket = backplane.retained.clone();
+                    self.kv_busy = Some(Box::pin(async move {
+                        crate::retained::store(&bucket, &p).await
+                    }));
+                }
+            }
         }
         self.stats
             .backplane_connected
@@ -348,6 +379,31 @@ impl Link {
         Ok(())
     }
 
+    /// Publishes the cluster's retained messages into this broker (a node that joins, or
+    /// restarts without its own store, gets them all).
+    async fn load_retained(&mut self, backplane: &Backplane) {
+        let loaded = tokio::time::timeout(
+            crate::retained::LOAD_TIMEOUT,
+            crate::retained::load(&backplane.retained),
+        )
+        .await;
+        match loaded {
+            Ok(Ok(messages)) => {
+                let n = messages.len();
+                for p in messages {
+                    self.publish_local(p);
+                }
+                tracing::info!(node = %self.name(), retained = n, "retained messages of the cluster loaded");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.name(), error = %e, "cannot load the cluster's retained messages")
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.name(), "loading the cluster's retained messages timed out")
+            }
+        }
+    }
+
     /// Hands what the local broker delivered to the backplane, and confirms to the stream
     /// what the local broker has accepted.
     async fn drain_local(&mut self, backplane: &Backplane) {
@@ -408,6 +464,13 @@ impl Link {
                 local.ack(id, p.qos);
             }
             return;
+        }
+        if p.retain {
+            if self.kv_queue.len() >= KV_QUEUE_LIMIT {
+                self.kv_queue.pop_front();
+                ClusterStats::inc(&self.stats.dropped_queue_full);
+            }
+            self.kv_queue.push_back(p.clone());
         }
         let headers = self.headers();
         match local_ack {
@@ -614,9 +677,11 @@ async fn try_backplane(
         .subscribe(format!("{}.>", settings.qos0_prefix()))
         .await
         .map_err(|e| e.to_string())?;
+    let retained = crate::retained::open(&js, &settings.cluster, settings.replicas).await?;
     Ok(Backplane {
         client,
         js,
+        retained,
         core,
         stored,
     })
