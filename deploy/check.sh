@@ -87,9 +87,10 @@ fi
 # unit tests seed), the dashboard, deploy/README.md and docs/metrics.md must be
 # one the broker exports: a query on a name that does not exist returns
 # nothing, so an alert on it never fires and a panel stays empty, without an
-# error anywhere. The broker runs with persistence, a bridge (to a closed port)
-# and a max_connections limit, so that the culex_store_*, culex_bridge_* and
-# culex_max_connections series exist too. Without a binary, the culex_* names
+# error anywhere. The broker runs with persistence, a bridge (to a closed port),
+# a cluster backplane (a closed port too) and a max_connections limit, so that
+# the culex_store_*, culex_bridge_*, culex_cluster_* and culex_max_connections
+# series exist too. Without a binary, the culex_* names
 # are only looked up in crates/ (a note, not a failure).
 metric_files="deploy/prometheus/culex-alerts.yml deploy/prometheus/culex-alerts.test.yml deploy/grafana/culex-dashboard.json deploy/README.md docs/metrics.md"
 if [ -n "${CULEX:-}" ] && have python3; then
@@ -102,6 +103,9 @@ metrics_listener 127.0.0.1:0
 persistence true
 persistence_location $live/data/
 max_connections 1000
+cluster_backplane nats://127.0.0.1:1
+cluster_node_name check
+cluster_replicas 1
 connection check
 address 127.0.0.1:1
 topic check/# out 1
@@ -157,7 +161,8 @@ def get(path):
         return None
 
 addr = wait("`metrics on ADDR` log line", metrics_addr)
-wait("200 from /readyz", lambda: get("/readyz"))
+# /healthz, not /readyz: without its backplane the node is alive but not ready.
+wait("200 from /healthz", lambda: get("/healthz"))
 # The bridges are registered once the listeners are bound.
 text = wait('series for bridge="check" in /metrics',
             lambda: (t := get("/metrics")) and 'bridge="check"' in t and t)
@@ -226,10 +231,21 @@ import sys, yaml
 d = yaml.safe_load(open(sys.argv[1]))
 assert {"culex", "prometheus"} <= set(d["services"]), d["services"].keys()' "$here/docker/compose.yaml"
 fi
+if have python3 && python3 -c 'import yaml' 2>/dev/null; then
+  run "cluster: compose.yaml is YAML with nats1..3 and culex1..3, each node named" python3 -c '
+import sys, yaml
+d = yaml.safe_load(open(sys.argv[1]))
+names = {f"nats{i}" for i in (1, 2, 3)} | {f"culex{i}" for i in (1, 2, 3)}
+assert names <= set(d["services"]), d["services"].keys()
+nodes = [d["services"][f"culex{i}"]["environment"]["CULEX__CLUSTER__NODE_NAME"] for i in (1, 2, 3)]
+assert len(set(nodes)) == 3, nodes' "$here/cluster/compose.yaml"
+fi
 if docker compose version >/dev/null 2>&1; then
   run "docker: docker compose config" docker compose -f "$here/docker/compose.yaml" config -q
+  run "cluster: docker compose config" docker compose -f "$here/cluster/compose.yaml" config -q
 elif have docker-compose; then
   run "docker: docker-compose config" docker-compose -f "$here/docker/compose.yaml" config -q
+  run "cluster: docker-compose config" docker-compose -f "$here/cluster/compose.yaml" config -q
 else
   skip "docker: neither docker compose nor docker-compose found"
 fi
@@ -265,6 +281,10 @@ if [ -n "${CULEX:-}" ]; then
     sed "s#/etc/culex/#$etc/#g; s#/var/lib/culex/#$state/#g" "$here/$conf" > "$tmp/$(echo "$conf" | tr / -)"
     run "culex --check -c deploy/$conf" "$CULEX" --check -c "$tmp/$(echo "$conf" | tr / -)"
   done
+  # The cluster example: each node's name comes from the environment (compose.yaml).
+  sed "s#/var/lib/culex#$state#g" "$here/cluster/culex.toml" > "$tmp/cluster-culex.toml"
+  run "culex --check -c deploy/cluster/culex.toml (CULEX__CLUSTER__NODE_NAME=culex1)" \
+    env CULEX__CLUSTER__NODE_NAME=culex1 "$CULEX" --check -c "$tmp/cluster-culex.toml"
 else
   skip "culex --check of the example configs (set CULEX=path/to/culex)"
 fi
