@@ -37,9 +37,10 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 pub(crate) struct LoadOpts {
     /// Broker address.
     pub(crate) addr: SocketAddr,
-    /// Where the subscribers connect: `addr`, or another broker that receives the messages
-    /// through a bridge (the topic must arrive unchanged).
-    pub(crate) sub_addr: SocketAddr,
+    /// Where the subscribers connect, in turn (subscriber i to `sub_addrs[i % len]`): `addr`,
+    /// or other brokers that receive the messages through a bridge or a cluster (the topic
+    /// must arrive unchanged).
+    pub(crate) sub_addrs: Vec<SocketAddr>,
     /// MQTT version spoken by every client.
     #[serde(serialize_with = "ser_protocol")]
     pub(crate) protocol: Protocol,
@@ -187,9 +188,10 @@ pub(crate) async fn run(opts: LoadOpts) -> Result<LoadReport> {
     };
     let mut subs = Vec::new();
     for i in 0..opts.subscribers {
-        let mut stream = wire::tcp_connect(opts.sub_addr, None)
+        let sub_addr = opts.sub_addrs[i as usize % opts.sub_addrs.len()];
+        let mut stream = wire::tcp_connect(sub_addr, None)
             .await
-            .with_context(|| format!("connecting subscriber {i} to {}", opts.sub_addr))?;
+            .with_context(|| format!("connecting subscriber {i} to {sub_addr}"))?;
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let id = format!("{}-s{i}", opts.client_prefix);
         wire::mqtt_connect(&mut stream, &mut buf, opts.protocol, &id, 60).await?;

@@ -167,10 +167,11 @@ struct PubsubArgs {
     /// Topic to publish to (default: a fresh one per run).
     #[arg(long)]
     topic: Option<String>,
-    /// Subscribers connect to this port instead of `--port`: a second broker that gets the
-    /// messages over a bridge (which must keep the topic).
-    #[arg(long)]
-    sub_port: Option<u16>,
+    /// Subscribers connect to this port instead of `--port`: another broker that gets the
+    /// messages over a bridge or a cluster (which must keep the topic). Repeat it, or give a
+    /// comma-separated list, to spread the subscribers over several brokers in turn.
+    #[arg(long, value_delimiter = ',')]
+    sub_port: Vec<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -226,13 +227,17 @@ fn real_main() -> Result<()> {
     let (scenario, report) = match &cli.scenario {
         Scenario::Pubsub(a) => {
             let qos = qos(a.qos)?;
-            let sub_addr = match a.sub_port {
-                Some(p) => resolve(&c.host, p)?,
-                None => addr,
+            let sub_addrs = if a.sub_port.is_empty() {
+                vec![addr]
+            } else {
+                a.sub_port
+                    .iter()
+                    .map(|p| resolve(&c.host, *p))
+                    .collect::<Result<Vec<_>>>()?
             };
             let opts = load::LoadOpts {
                 addr,
-                sub_addr,
+                sub_addrs,
                 protocol,
                 publishers: a.publishers,
                 subscribers: a.subscribers,

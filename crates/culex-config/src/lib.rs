@@ -32,6 +32,8 @@ use std::time::Duration;
 
 pub mod bridge;
 mod bridges;
+#[cfg(test)]
+mod cluster_tests;
 mod duration;
 mod error;
 mod listener;

@@ -39,7 +39,11 @@ const LOADS: [(&str, &str); 9] = [
 
 /// The cumulative totals the loads are rates of, in [`LOADS`] order.
 fn load_totals(s: &Sample) -> [u64; 9] {
-    LOADS.map(|(_, name)| family(name).map_or(0, |f| f.total(s) as u64))
+    LOADS.map(|(_, name)| {
+        family(name)
+            .and_then(|f| f.total(s))
+            .map_or(0, |t| t as u64)
+    })
 }
 
 /// One exponentially-damped moving average of a per-minute rate, as Mosquitto computes it:
@@ -96,7 +100,10 @@ impl SysTree {
         put("version", self.version.clone());
         put("uptime", format!("{} seconds", uptime.as_secs()));
         for f in all().filter(|f| !f.sys.is_empty()) {
-            let total = (f.total(s) as u64).to_string();
+            let Some(total) = f.total(s) else {
+                continue;
+            };
+            let total = (total as u64).to_string();
             for topic in f.sys {
                 put(topic, total.clone());
             }

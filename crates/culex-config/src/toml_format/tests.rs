@@ -360,7 +360,7 @@ fn unknown_keys_name_key_and_line() {
     );
     assert_eq!(
         errors("# top\nfoo = 1\n"),
-        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, persistence, mqtt, metrics, sys, log, bridges"
+        "culex.toml:2: unknown key 'foo'; allowed top-level keys: per_listener_settings, listeners, security, limits, sessions, persistence, mqtt, metrics, sys, log, cluster, bridges"
     );
     assert_eq!(
         errors("\nmax_qos = 1\n"),

@@ -88,10 +88,11 @@ impl std::fmt::Debug for Family {
 }
 
 impl Family {
-    /// The sum of the family's series in `sample` (what `$SYS` publishes).
-    pub(crate) fn total(&self, sample: &Sample) -> f64 {
-        let mut sum = 0.0;
-        (self.read)(sample, &mut |_, v| sum += v);
+    /// The sum of the family's series in `sample` (what `$SYS` publishes); `None` when it has
+    /// none now (the cluster's families on a single node).
+    pub(crate) fn total(&self, sample: &Sample) -> Option<f64> {
+        let mut sum = None;
+        (self.read)(sample, &mut |_, v| *sum.get_or_insert(0.0) += v);
         sum
     }
 

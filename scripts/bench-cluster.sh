@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Cluster benchmark on loopback: Culex nodes over NATS JetStream next to one Culex node, with
+# culex-bench, in the same run.
+#
+#   scripts/bench-cluster.sh                    # 3 rounds of 8 s per case
+#   scripts/bench-cluster.sh --rounds 1 --duration 4 --no-build
+#
+# Setups: "single" (one node, no cluster), "cluster" (one nats-server with JetStream, replicas
+# 1, three nodes; the publisher on node 1, subscribers on nodes 2 and 3) and "cluster-r3"
+# (three nats-servers, replicas 3, same nodes). Cases, 64-byte payloads, MQTT 3.1.1: 1 publisher
+# -> 2 subscribers at QoS 0 and QoS 1 (closed-loop saturation), and QoS 1 at 5,000 msg/s for
+# latency. Prints a Markdown table (medians over rounds); JSON reports stay in the work
+# directory it names.
+#
+# Environment: CARGO_TARGET_DIR (release builds, default ./target). Needs nats-server.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROUNDS=3
+DURATION=8
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench-cluster.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+command -v nats-server >/dev/null || { echo "bench-cluster.sh: nats-server is needed (Debian package nats-server)" >&2; exit 1; }
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release -p culex -p culex-bench)
+fi
+CULEX="$TARGET/release/culex"
+GEN="$TARGET/release/culex-bench"
+WORK="$(mktemp -d /tmp/culex-bench-cluster.XXXXXX)"
+PIDS=()
+
+log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_log FILE TEXT: until FILE contains TEXT (60 s at most).
+wait_log() {
+    for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "bench-cluster.sh: no '$2' in $1:" >&2; tail -20 "$1" >&2; exit 1
+}
+
+# start_nats COUNT: COUNT nats-servers (a cluster when more than one); sets NATS_URLS.
+start_nats() {
+    local count=$1 i ports=() cports=()
+    for i in $(seq "$count"); do ports+=("$(free_port)"); cports+=("$(free_port)"); done
+    NATS_URLS=""
+    for i in $(seq 0 $((count - 1))); do
+        local dir="$WORK/nats$i" args=()
+        rm -rf "$dir"; mkdir -p "$dir"
+        if [ "$count" -gt 1 ]; then
+            local routes=""
+            for j in $(seq 0 $((count - 1))); do
+                [ "$j" = "$i" ] && continue
+                routes="${routes:+$routes,}nats://127.0.0.1:${cports[$j]}"
+            done
+            args=(--cluster_name bench --cluster "nats://127.0.0.1:${cports[$i]}" --routes "$routes")
+        fi
+        nats-server -a 127.0.0.1 -p "${ports[$i]}" -js -sd "$dir" --name "n$i" "${args[@]}" >/dev/null 2>"$dir/log" &
+        PIDS+=($!)
+        wait_log "$dir/log" "Server is ready"
+        NATS_URLS="${NATS_URLS:+$NATS_URLS,}nats://127.0.0.1:${ports[$i]}"
+    done
+}
+
+# start_node NAME [REPLICAS]: a culex node (in the cluster when NATS_URLS is set); sets
+# NODE_PORT and NODE_PID.
+start_node() {
+    local name=$1 replicas=${2:-1} dir="$WORK/$1"
+    rm -rf "$dir"; mkdir -p "$dir"
+    {
+        echo "listener 0 127.0.0.1"
+        echo "allow_anonymous true"
+        echo "sys_interval 0"
+        echo "log_type information"
+        echo "connection_messages false"
+        echo "max_inflight_messages 100"
+        if [ -n "${NATS_URLS:-}" ]; then
+            echo "cluster_backplane $NATS_URLS"
+            echo "cluster_node_name $name"
+            echo "cluster_replicas $replicas"
+        fi
+    } > "$dir/culex.conf"
+    "$CULEX" -c "$dir/culex.conf" >/dev/null 2>"$dir/log" &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    wait_log "$dir/log" "listening on 127.0.0.1:"
+    if [ -n "${NATS_URLS:-}" ]; then wait_log "$dir/log" "cluster link up"; fi
+    NODE_PORT=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/log" | head -1)
+}
+
+CASES=(
+    "fanout2_q0|--publishers 1 --subscribers 2 --qos 0"
+    "fanout2_q1|--publishers 1 --subscribers 2 --qos 1"
+    "rate5k_q1|--publishers 1 --subscribers 2 --qos 1 --rate 5000"
+)
+
+run_cases() { # SETUP PUB_PORT PID SUB_PORTS ROUND
+    local setup=$1 port=$2 pid=$3 subs=$4 round=$5 c name args
+    for c in "${CASES[@]}"; do
+        name="${c%%|*}"; args="${c#*|}"
+        # shellcheck disable=SC2086
+        "$GEN" --port "$port" --broker-pid "$pid" --label "$setup" -o "$WORK/$setup.$name.$round.json" \
+            pubsub $args --sub-port "$subs" --warmup 1 --duration "$DURATION" --drain 3 \
+            || log "$setup: $name failed"
+    done
+}
+
+for round in $(seq "$ROUNDS"); do
+    log "round $round/$ROUNDS: single node"
+    NATS_URLS=""
+    start_node single
+    run_cases single "$NODE_PORT" "$NODE_PID" "$NODE_PORT" "$round"
+    stop_all
+
+    for setup in cluster cluster-r3; do
+        log "round $round/$ROUNDS: $setup"
+        if [ "$setup" = cluster ]; then start_nats 1; r=1; else start_nats 3; r=3; fi
+        start_node node1 "$r"; p1=$NODE_PORT; pid1=$NODE_PID
+        start_node node2 "$r"; p2=$NODE_PORT
+        start_node node3 "$r"; p3=$NODE_PORT
+        run_cases "$setup" "$p1" "$pid1" "$p2,$p3" "$round"
+        stop_all
+    done
+done
+
+CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+python3 - "$WORK" "$ROUNDS" "$DURATION" "$CPU_MODEL" "$(nproc)" "$(nats-server --version)" <<'PY'
+import glob, json, statistics, sys
+work, rounds, duration, cpu, cores, nats = sys.argv[1:7]
+setups = ["single", "cluster", "cluster-r3"]
+cases = ["fanout2_q0", "fanout2_q1", "rate5k_q1"]
+def load(setup, case):
+    out = []
+    for f in sorted(glob.glob(f"{work}/{setup}.{case}.*.json")):
+        out.append(json.load(open(f)))
+    return out
+print(f"Machine: {cpu}, {cores} cores; {nats}; {rounds} round(s) of {duration} s per case; medians.")
+print()
+print("| case | " + " | ".join(setups) + " |")
+print("| --- | " + " | ".join("---" for _ in setups) + " |")
+for case in cases:
+    cells = []
+    for s in setups:
+        runs = load(s, case)
+        if not runs:
+            cells.append("–"); continue
+        rate = statistics.median(r["delivery_rate"] for r in runs)
+        p99 = statistics.median(r["latency"]["p99_us"] for r in runs) / 1000
+        lost = sum(r["checks"]["lost"] for r in runs)
+        dup = sum(r["checks"]["duplicates"] for r in runs)
+        cells.append(f"{rate:,.0f} msg/s, p99 {p99:.2f} ms" + (f", lost {lost}" if lost else "") + (f", dup {dup}" if dup else ""))
+    print(f"| {case} | " + " | ".join(cells) + " |")
+print()
+print(f"Raw reports: {work}")
+PY
