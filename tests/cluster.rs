@@ -464,3 +464,62 @@ fn a_nats_server_killed_under_load_loses_nothing() {
     }
     drop((n1, n2, n3));
 }
+
+/// A client identifier is unique in the cluster: when a client connects on node 2 with the
+/// identifier of a client of node 1, node 1's client is disconnected (taken over) and the new
+/// one stays.
+#[test]
+fn a_client_id_connecting_on_another_node_takes_over() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    // The first client: its event loop reports the end of its connection and stops.
+    let mut opts = rumqttc::MqttOptions::new("roamer", "127.0.0.1", n1.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (_first, mut connection) = rumqttc::Client::new(opts, 10);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = tx.send("connected");
+                }
+                Err(_) => {
+                    let _ = tx.send("closed");
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(TIMEOUT), Ok("connected"));
+    wait_until("node 1's claim", || {
+        n1.metric("culex_cluster_claims_total{direction=\"sent\"}")
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(
+        rx.try_recv(),
+        Err(mpsc::TryRecvError::Empty),
+        "still connected"
+    );
+
+    let second = Mqtt::connect(n2.port, "roamer", true);
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT),
+        Ok("closed"),
+        "node 1's client taken over"
+    );
+    // The newer connection is not taken over in turn: it still works.
+    second.subscribe("roam/#", QoS::AtLeastOnce);
+    let other = Mqtt::connect(n1.port, "other", true);
+    other.publish("roam/x", "still here", QoS::AtLeastOnce);
+    second.recv_matching("roam/x", "still here");
+    // Had it been taken over, its client would have reconnected and claimed the id again.
+    assert_eq!(
+        n2.metric("culex_cluster_claims_total{direction=\"sent\"}"),
+        Some(1.0)
+    );
+}

@@ -230,6 +230,14 @@ pub enum Command {
         /// The message.
         message: Message,
     },
+    /// Another node of the cluster accepted a connection with this client identifier: the
+    /// client connected here, if any, is taken over (MQTT 5: DISCONNECT 0x8E), as when a
+    /// second connection with its identifier arrives on this node. Its session ends as any
+    /// session does when its connection closes.
+    TakenOverElsewhere {
+        /// The client identifier.
+        client_id: String,
+    },
 }
 
 /// A PUBLISH for one subscriber. The connection task encodes it.

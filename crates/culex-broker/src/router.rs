@@ -248,6 +248,16 @@ impl Router {
                     }
                 }
             }
+            Command::TakenOverElsewhere { client_id } => {
+                let link = self
+                    .by_client
+                    .get(client_id.as_str())
+                    .and_then(|sid| self.sessions.get(sid))
+                    .and_then(|s| s.link.as_ref());
+                if let Some(link) = link {
+                    link.outbox.close(ReasonCode::SessionTakenOver);
+                }
+            }
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);

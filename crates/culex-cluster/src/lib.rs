@@ -10,6 +10,7 @@
 //! each message only once its broker has accepted it (at least once end to end). See
 //! docs/cluster.md for what is shared, the guarantees and their limits.
 
+pub mod claims;
 pub mod envelope;
 pub mod link;
 pub mod retained;

@@ -52,6 +52,20 @@ const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub type Connector =
     Box<dyn Fn() -> BoxFuture<'static, std::io::Result<BoxStream>> + Send + Sync + 'static>;
 
+/// Asks this node's router to take over its client of an identifier that connected on
+/// another node.
+pub type TakeOver = Box<dyn Fn(String) + Send + Sync + 'static>;
+
+/// What the link is given by its broker.
+pub struct Hooks {
+    /// Opens a stream to the broker.
+    pub connector: Connector,
+    /// Takes over a local client whose identifier another node claimed.
+    pub take_over: TakeOver,
+    /// Identifiers of clients that connected on this node, to claim.
+    pub claims: tokio::sync::mpsc::Receiver<String>,
+}
+
 /// What the link needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -111,14 +125,17 @@ impl Settings {
 /// Starts the link; it runs until `shutdown` turns true.
 pub fn spawn(
     settings: Settings,
-    connector: Connector,
+    hooks: Hooks,
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut link = Link {
             settings,
-            connector,
+            connector: hooks.connector,
+            take_over: hooks.take_over,
+            claims_rx: hooks.claims,
+            claims: crate::claims::Claims::default(),
             stats,
             shutdown,
             local: None,
@@ -152,6 +169,9 @@ type ExportResult = (Export, Result<(), String>);
 struct Link {
     settings: Settings,
     connector: Connector,
+    take_over: TakeOver,
+    claims_rx: tokio::sync::mpsc::Receiver<String>,
+    claims: crate::claims::Claims,
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
     local: Option<Connection>,
@@ -175,6 +195,8 @@ struct Backplane {
     retained: jetstream::kv::Store,
     core: async_nats::Subscriber,
     stored: consumer::pull::Stream,
+    /// Other nodes' claims of client identifiers.
+    claims: async_nats::Subscriber,
 }
 
 impl Link {
@@ -240,6 +262,29 @@ impl Link {
                         tracing::warn!(node = %self.name(), error = %e, "cluster link lost its local connection; reconnecting");
                         if !self.connect_local().await {
                             break;
+                        }
+                    }
+                }
+                Some(client_id) = self.claims_rx.recv() => {
+                    let at = unix_ms();
+                    self.claims.local(&client_id, at);
+                    let mut headers = HeaderMap::new();
+                    headers.insert(ORIGIN_HEADER, self.settings.node.as_str());
+                    let payload = Bytes::from(crate::claims::encode(at, &client_id));
+                    ClusterStats::inc(&self.stats.claims_sent);
+                    if let Err(e) = backplane
+                        .client
+                        .publish_with_headers(crate::claims::subject(&self.settings.cluster), headers, payload)
+                        .await
+                    {
+                        tracing::debug!(node = %self.name(), error = %e, "claiming a client identifier failed");
+                    }
+                }
+                m = backplane.claims.next() => {
+                    if let Some((at, client_id)) = m.as_ref().and_then(|m| crate::claims::decode(&m.payload)) {
+                        if self.claims.must_yield(&client_id, at) {
+                            ClusterStats::inc(&self.stats.claims_yielded);
+                            (self.take_over)(client_id);
                         }
                     }
                 }
@@ -678,10 +723,15 @@ async fn try_backplane(
         .await
         .map_err(|e| e.to_string())?;
     let retained = crate::retained::open(&js, &settings.cluster, settings.replicas).await?;
+    let claims = client
+        .subscribe(crate::claims::subject(&settings.cluster))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Backplane {
         client,
         js,
         retained,
+        claims,
         core,
         stored,
     })
@@ -713,6 +763,12 @@ async fn stored_messages(
         .await
         .map_err(|e| e.to_string())?;
     consumer.messages().await.map_err(|e| e.to_string())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The link's session in its own broker: MQTT 5 (No Local, Retain As Published), persistent

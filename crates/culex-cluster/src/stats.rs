@@ -27,6 +27,11 @@ pub struct ClusterStats {
     pub queued: AtomicU64,
     /// Messages the link's local session dropped (oldest first) when full.
     pub dropped_queue_full: AtomicU64,
+    /// Client identifiers this node claimed (a client connected here).
+    pub claims_sent: AtomicU64,
+    /// Claims from other nodes this node gave way to (its client of the identifier, if any,
+    /// taken over).
+    pub claims_yielded: AtomicU64,
     /// Times the NATS connection was (re-)established.
     pub connects: AtomicU64,
 }

@@ -21,6 +21,8 @@ use crate::security::SecurityHandle;
 /// oldest are dropped and counted (`culex_cluster_dropped_total{reason="queue_full"}`).
 const QUEUE_LIMIT: usize = 100_000;
 const QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+/// Client connections waiting to be claimed on the other nodes (beyond: not claimed, logged).
+pub(crate) const CLAIM_QUEUE: usize = 4096;
 /// How long shutdown waits for the link to close its local session.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -56,6 +58,7 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     server_shutdown: &watch::Receiver<bool>,
     next_conn: &Arc<AtomicU64>,
+    claims: tokio::sync::mpsc::Receiver<String>,
 ) -> Option<Cluster> {
     let settings = Settings::from_config(&config.cluster)?;
     let stats = Arc::new(ClusterStats::default());
@@ -83,7 +86,24 @@ pub(crate) fn spawn(
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     tracing::info!(node = %settings.node, backplane = %settings.servers.join(","), "cluster link starting");
-    let task = culex_cluster::spawn(settings, connector, Arc::clone(&stats), shutdown_rx);
+    // A client of this id connected on another node: the router takes ours over. Weak, so
+    // that the link never keeps the router alive at shutdown.
+    let router = shared.router.downgrade();
+    let take_over: culex_cluster::link::TakeOver = Box::new(move |client_id| {
+        if let Some(router) = router.upgrade() {
+            let _ = router.try_send(culex_broker::Command::TakenOverElsewhere { client_id });
+        }
+    });
+    let task = culex_cluster::spawn(
+        settings,
+        culex_cluster::link::Hooks {
+            connector,
+            take_over,
+            claims,
+        },
+        Arc::clone(&stats),
+        shutdown_rx,
+    );
     Some(Cluster {
         stats,
         task,

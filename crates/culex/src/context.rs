@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnLimits>,
     pub(crate) broker: BrokerSettings,
     pub(crate) counters: Arc<Counters>,
+    /// In a cluster: the client identifiers of clients that connected here, for the cluster
+    /// link to claim them on the other nodes (which take over their own client of that id).
+    pub(crate) cluster_claims: Option<mpsc::Sender<String>>,
 }
 
 /// The limits of [`ConnLimits`] from the configuration.

@@ -93,6 +93,11 @@ impl SecurityHandle {
         }
     }
 
+    /// Whether this is the security of the broker's own connections ([`SecurityHandle::internal`]).
+    pub(crate) fn is_internal(&self) -> bool {
+        self.internal
+    }
+
     /// `use_username_as_clientid`: whether the user name replaces the client identifier.
     pub(crate) fn use_username_as_clientid(&self) -> bool {
         self.rules.load().use_username_as_clientid

@@ -350,11 +350,19 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         )));
     }
     let router_weak = router_tx.downgrade();
+    let (claims_tx, claims_rx) = match config.cluster.enabled() {
+        true => {
+            let (tx, rx) = mpsc::channel(crate::cluster::CLAIM_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let shared = Arc::new(Shared {
         router: router_tx,
         limits: Arc::new(conn_limits(config)),
         broker: settings,
         counters: Arc::clone(&counters),
+        cluster_claims: claims_tx,
     });
     counters.set_max_connections(config.limits.max_connections);
     let max_conn = config
@@ -371,7 +379,9 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         &next_conn,
         &counters.bridges,
     )?;
-    let cluster = crate::cluster::spawn(config, &shared, &shutdown_rx, &next_conn);
+    let cluster = claims_rx.and_then(|claims| {
+        crate::cluster::spawn(config, &shared, &shutdown_rx, &next_conn, claims)
+    });
     if let Some(c) = &cluster {
         let _ = counters.cluster.set(Arc::clone(c.stats()));
     }

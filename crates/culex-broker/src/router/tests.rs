@@ -374,6 +374,36 @@ fn qos2_publish_already_sent_does_not_expire_before_pubrec() {
     assert_eq!(r.stats().dropped_expired, 1);
 }
 
+/// A cluster peer took the client id: the connection here is closed like a takeover, and an
+/// unknown or offline id changes nothing.
+#[test]
+fn taken_over_elsewhere_closes_the_connection_of_that_id_only() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut a = connect(&mut r, t0, 1, "a", false, u32::MAX, None);
+    let mut b = connect(&mut r, t0, 2, "b", true, 0, None);
+    for id in ["nobody", ""] {
+        r.handle(
+            Command::TakenOverElsewhere {
+                client_id: id.into(),
+            },
+            t0,
+        );
+    }
+    assert!(a.rx.try_recv().is_err());
+    r.handle(
+        Command::TakenOverElsewhere {
+            client_id: "a".into(),
+        },
+        t0,
+    );
+    assert!(matches!(
+        a.rx.try_recv(),
+        Ok(Outbound::Close(ReasonCode::SessionTakenOver))
+    ));
+    assert!(b.rx.try_recv().is_err(), "another client untouched");
+}
+
 #[test]
 fn takeover_closes_the_old_connection_and_keeps_the_session() {
     let t0 = Instant::now();

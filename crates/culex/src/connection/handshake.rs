@@ -362,6 +362,12 @@ where
         let now_connected = counters.connected.inc_get();
         counters.connected_max.max(now_connected);
         counters.connects.inc();
+        if let Some(claims) = &shared.cluster_claims {
+            // The broker's own connections (bridges, the cluster link) are per node.
+            if !listener.security.is_internal() && claims.try_send(client_id.to_string()).is_err() {
+                tracing::debug!(client_id = %Clipped(&client_id), "cluster claim not sent: the link is busy");
+            }
+        }
         if limits.connection_messages {
             info!(peer = %peer, listener = %listener.local, client_id = %Clipped(&client_id), protocol = ?self.state.protocol,
                 session_present, "client connected");

@@ -67,6 +67,22 @@ pub(super) static CLUSTER: &[Family] = &[
         },
     },
     Family {
+        name: "culex_cluster_claims_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "`direction`: `sent` (a client connected here), `yielded` (another node's claim taken: our client of that identifier, if any, got DISCONNECT 0x8E)",
+        help: "Client identifier claims, by direction.",
+        doc: "client identifier claims that keep identifiers unique in the cluster",
+        sys: &[],
+        read: |s, e| {
+            if let Some(st) = s.counters.cluster.get() {
+                e(&[("direction", "sent")], st.claims_sent.load(Relaxed) as f64);
+                e(&[("direction", "yielded")], st.claims_yielded.load(Relaxed) as f64);
+            }
+        },
+    },
+    Family {
         name: "culex_cluster_publish_failures_total",
         kind: Kind::Counter,
         unit: None,
