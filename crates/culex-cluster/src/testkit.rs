@@ -33,6 +33,8 @@ use tokio::sync::watch;
 pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long JetStream may take to elect its leaders after the servers are up.
 pub const JETSTREAM_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// One readiness probe (connect, create a stream, publish, delete it).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times a start is tried with fresh ports.
 const START_ATTEMPTS: usize = 3;
 /// Lines of each server's log kept for error messages.
@@ -302,9 +304,12 @@ impl NatsCluster {
         let replicas = self.servers.len().min(3);
         let mut last = String::new();
         while Instant::now() < deadline {
-            match self.try_stream(replicas).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
+            // Asked again often and briefly: a request made before JetStream's leaders are
+            // elected gets no answer at all, and a long wait then costs more than a new try.
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.try_stream(replicas)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("no answer in {ATTEMPT_TIMEOUT:?}"),
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -316,12 +321,13 @@ impl NatsCluster {
 
     async fn try_stream(&self, replicas: usize) -> Result<(), String> {
         let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(ATTEMPT_TIMEOUT)
+            .request_timeout(Some(ATTEMPT_TIMEOUT / 2))
             .connect(self.urls())
             .await
             .map_err(|e| e.to_string())?;
         let mut js = jetstream::new(client);
-        js.set_timeout(Duration::from_secs(10));
+        js.set_timeout(ATTEMPT_TIMEOUT / 2);
         let name = "TESTKIT_READY";
         let config = jetstream::stream::Config {
             name: name.to_owned(),
