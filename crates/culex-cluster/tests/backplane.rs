@@ -237,8 +237,20 @@ async fn drain(
     again
 }
 
+/// The stream's info, asked again while the stream has no leader (after a kill or restart
+/// the request may go unanswered or fail until one is elected).
 async fn stream_info(js: &jetstream::Context, name: &str) -> stream::Info {
-    js.get_stream(name).await.unwrap().get_info().await.unwrap()
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match js.get_stream(name).await {
+            Ok(s) => match s.get_info().await {
+                Ok(info) => return info,
+                Err(e) => assert!(Instant::now() < deadline, "stream info: {e}"),
+            },
+            Err(e) => assert!(Instant::now() < deadline, "get stream: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
