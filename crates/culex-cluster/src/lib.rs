@@ -16,6 +16,8 @@ pub mod link;
 pub mod retained;
 pub mod stats;
 pub mod subject;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use link::{spawn, Settings};
 pub use stats::ClusterStats;

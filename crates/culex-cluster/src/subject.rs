@@ -12,10 +12,16 @@
 //!   `PREFIX.%%` (escaping never produces `%%` either). Receivers read the topic from the
 //!   message itself, never from the subject, so only interest routing is coarser for them.
 //!
+//! Before the levels comes one token for the topic's class: `t` for an ordinary topic, `d` for
+//! one that starts with `$` (`PREFIX.t.a.b`, `PREFIX.d.$SYS.x`). MQTT's `#` and `+` never match
+//! a `$` topic at the first level [MQTT-4.7.2-1], but NATS's `>` and `*` match any token; with
+//! the class token a filter that starts with a wildcard becomes `PREFIX.t.…` and cannot reach
+//! `$` topics, while a filter that starts with `$…` becomes `PREFIX.d.…`. So NATS matching
+//! agrees with MQTT matching for every topic, and a subscriber never has to re-check.
+//!
 //! Filters map to subject patterns: `+` is `*` (one token, the empty one included, as `+`
 //! matches an empty level) and a trailing `#` is `>`; because MQTT's `a/#` also matches `a`
-//! itself, such a filter becomes two patterns, `a` and `a.>`. Topics starting with `$` never
-//! reach the backplane (`$SYS` is per node), so the `$` rule of `#` needs nothing here.
+//! itself, such a filter becomes two patterns, `a` and `a.>`.
 
 use std::fmt::Write as _;
 
@@ -25,6 +31,18 @@ pub const MAX_SUBJECT: usize = 3072;
 
 /// The token that stands for every topic too long for a subject of its own.
 const LONG: &str = "%%";
+/// The class token of topics that do not start with `$`.
+const ORDINARY: &str = "t";
+/// The class token of topics that start with `$`.
+const DOLLAR: &str = "d";
+
+fn class_of(first_level: &str) -> &'static str {
+    if first_level.starts_with('$') {
+        DOLLAR
+    } else {
+        ORDINARY
+    }
+}
 
 /// Why a subject is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +85,8 @@ fn push_token(out: &mut String, level: &str) {
 pub fn topic_to_subject(prefix: &str, topic: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + topic.len() + 8);
     out.push_str(prefix);
+    out.push('.');
+    out.push_str(class_of(topic));
     for level in topic.split('/') {
         out.push('.');
         push_token(&mut out, level);
@@ -129,22 +149,37 @@ pub fn subject_to_topic(prefix: &str, subject: &str) -> Result<String, SubjectEr
     if rest == LONG {
         return Err(SubjectError::Long);
     }
-    let levels = rest
+    let (class, levels) = rest
+        .split_once('.')
+        .ok_or_else(|| SubjectError::BadToken(rest.to_owned()))?;
+    let topic = levels
         .split('.')
         .map(level_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(levels.join("/"))
+        .collect::<Result<Vec<_>, _>>()?
+        .join("/");
+    // Only the class the topic's first level calls for, so that the mapping stays one-to-one.
+    if class == class_of(&topic) {
+        Ok(topic)
+    } else {
+        Err(SubjectError::BadToken(class.to_owned()))
+    }
 }
 
 /// The subject patterns that together match exactly the subjects of the topics `filter`
-/// matches (plus the reserved subject of long topics, which every receiver takes and checks
-/// itself). `filter` must be a valid MQTT filter without a `$share/` prefix.
+/// matches, `$` rule included (plus the reserved subject of long topics, which every receiver
+/// takes and checks itself). `filter` must be a valid MQTT filter without a `$share/` prefix.
 pub fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
     let mut pattern = String::from(prefix);
+    pattern.push('.');
+    // A wildcard first level is never `$`-prefixed, so it lands in the ordinary class.
+    pattern.push_str(class_of(filter));
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         match *level {
-            "#" if i == 0 => return vec![format!("{prefix}.>")],
+            "#" if i == 0 => {
+                pattern.push_str(".>");
+                return vec![pattern];
+            }
             "#" => {
                 let parent = pattern.clone();
                 pattern.push_str(".>");
