@@ -43,6 +43,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Delays between attempts to reach the backplane or the local broker.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Messages a NATS subscription holds for the link before NATS drops (QoS 0) or delays them.
+const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 /// Retained messages waiting for the bucket (beyond: the oldest are dropped, counted).
 const KV_QUEUE_LIMIT: usize = 10_000;
 /// Time allowed for local acknowledgements (CONNACK, SUBACK).
@@ -671,6 +673,8 @@ async fn try_backplane(
         .no_echo()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        // Room for bursts of QoS 0 from other nodes before NATS drops any (slow consumer).
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .event_callback(move |event| {
             let stats = Arc::clone(&events);
             async move {
@@ -678,6 +682,12 @@ async fn try_backplane(
                     async_nats::Event::Connected => {
                         stats.backplane_connected.store(true, Ordering::Relaxed);
                         tracing::info!("cluster backplane connected");
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        // The client dropped QoS 0 messages from other nodes: this node could not
+                        // keep up (counted per event, not per message).
+                        ClusterStats::inc(&stats.slow_consumer);
+                        tracing::warn!("cluster link too slow for the QoS 0 traffic of the other nodes: NATS dropped some");
                     }
                     async_nats::Event::Disconnected => {
                         stats.backplane_connected.store(false, Ordering::Relaxed);

@@ -32,6 +32,9 @@ pub struct ClusterStats {
     /// Claims from other nodes this node gave way to (its client of the identifier, if any,
     /// taken over).
     pub claims_yielded: AtomicU64,
+    /// Times NATS reported this node too slow for a subscription (QoS 0 messages from other
+    /// nodes dropped).
+    pub slow_consumer: AtomicU64,
     /// Times the NATS connection was (re-)established.
     pub connects: AtomicU64,
 }

@@ -67,6 +67,17 @@ pub(super) static CLUSTER: &[Family] = &[
         },
     },
     Family {
+        name: "culex_cluster_slow_consumer_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Times NATS dropped QoS 0 messages from other nodes because this node read too slowly.",
+        doc: "times NATS dropped QoS 0 messages from other nodes because this node read too slowly (events, not messages; QoS 1/2 are never dropped this way)",
+        sys: &[],
+        read: |s, e| cluster(s, e, |st| st.slow_consumer.load(Relaxed) as f64),
+    },
+    Family {
         name: "culex_cluster_claims_total",
         kind: Kind::Counter,
         unit: None,
