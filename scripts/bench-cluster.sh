@@ -149,7 +149,7 @@ cases = ["fanout2_q0", "fanout2_q1", "rate5k_q1"]
 def load(setup, case):
     out = []
     for f in sorted(glob.glob(f"{work}/{setup}.{case}.*.json")):
-        out.append(json.load(open(f)))
+        out.append(json.load(open(f))["result"])
     return out
 print(f"Machine: {cpu}, {cores} cores; {nats}; {rounds} round(s) of {duration} s per case; medians.")
 print()

@@ -158,8 +158,8 @@ impl Nats {
 
 /// A `culex` node of the cluster on `nats`, with its MQTT and metrics ports.
 struct Node {
-    /// Kept for its process (killed on drop).
-    _culex: Culex,
+    /// Its process (killed on drop).
+    culex: Culex,
     port: u16,
     metrics: u16,
 }
@@ -188,7 +188,7 @@ fn node(nats: &Nats, name: &str, replicas: usize, extra: &str) -> Node {
     let port = culex.port_after("listening on 127.0.0.1:");
     culex.wait_in_log("cluster link up");
     Node {
-        _culex: culex,
+        culex,
         port,
         metrics,
     }
@@ -522,4 +522,84 @@ fn a_client_id_connecting_on_another_node_takes_over() {
         n2.metric("culex_cluster_claims_total{direction=\"sent\"}"),
         Some(1.0)
     );
+}
+
+/// A node killed (SIGKILL) after acknowledging QoS 1 messages it could not hand to the
+/// backplane (NATS was down) hands them over once it is back: its link's session is persisted
+/// with the node's store. The subscriber on another node gets every acknowledged message.
+#[test]
+fn a_killed_node_hands_over_what_it_acknowledged_after_restart() {
+    if !have_nats() {
+        return;
+    }
+    let mut nats = Nats::start(1);
+    let store = TempDir::new().expect("tempdir");
+    let mut n1 = node(
+        &nats,
+        "node1",
+        1,
+        &format!(
+            "persistence true\npersistence_location {}/\n",
+            store.path().display()
+        ),
+    );
+    let n2 = node(&nats, "node2", 1, "");
+    let sub = Mqtt::connect(n2.port, "sub", true);
+    sub.subscribe("k/#", QoS::AtLeastOnce);
+    nats.servers[0].kill();
+    wait_until("node 1 without backplane", || {
+        n1.readyz().contains("backplane")
+    });
+
+    // A publisher that counts its PUBACKs.
+    let mut opts = rumqttc::MqttOptions::new("pub", "127.0.0.1", n1.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(100);
+    let (client, mut connection) = rumqttc::Client::new(opts, 1000);
+    let (tx, acks) = mpsc::channel();
+    thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    const N: usize = 500;
+    for i in 0..N {
+        client
+            .publish("k/x", QoS::AtLeastOnce, false, format!("m{i}").into_bytes())
+            .unwrap();
+    }
+    for i in 0..N {
+        acks.recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("only {i} of {N} acknowledged"));
+    }
+    n1.culex.crash_and_restart();
+    nats.servers[0].spawn();
+    n1.metrics = n1.culex.port_after("metrics on 127.0.0.1:");
+    n1.culex.wait_for_line("cluster link up");
+
+    let mut missing: std::collections::HashSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let deadline = Instant::now() + TIMEOUT;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(p) = sub.messages.recv_timeout(left) else {
+            panic!(
+                "{} of {N} acknowledged messages never arrived; out {:?} in {:?} lag {:?} pending {:?} failures {:?}",
+                missing.len(),
+                n1.metric("culex_cluster_messages_out_total"),
+                n2.metric("culex_cluster_messages_in_total"),
+                n1.metric("culex_cluster_lag_messages{stage=\"queued\"}"),
+                n1.metric("culex_cluster_lag_messages{stage=\"pending\"}"),
+                n1.metric("culex_cluster_publish_failures_total")
+            );
+        };
+        missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+    }
 }

@@ -231,6 +231,18 @@ impl Link {
         tracing::info!(node = %self.name(), cluster = %self.settings.cluster, "cluster link up");
         let mut retry_at: Option<Instant> = None;
         loop {
+            // First what arrived while the link was busy elsewhere (a resumed session's
+            // redeliveries come with the SUBACK, and nothing more comes until they are
+            // acknowledged).
+            self.drain_local(&backplane).await;
+            if self.kv_busy.is_none() {
+                if let Some(p) = self.kv_queue.pop_front() {
+                    let bucket = backplane.retained.clone();
+                    self.kv_busy = Some(Box::pin(async move {
+                        crate::retained::store(&bucket, &p).await
+                    }));
+                }
+            }
             let retry_due = async {
                 match retry_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -321,15 +333,6 @@ impl Link {
             }
             if self.shutting_down() {
                 break;
-            }
-            self.drain_local(&backplane).await;
-            if self.kv_busy.is_none() {
-                if let Some(p) = self.kv_queue.pop_front() {
-                    let bucket = backplane.retained.clone();
-                    self.kv_busy = Some(Box::pin(async move {
-                        crate::retained::store(&bucket, &p).await
-                    }));
-                }
             }
         }
         self.stats
