@@ -441,7 +441,7 @@ impl Link {
             Ok(Ok(messages)) => {
                 let n = messages.len();
                 for p in messages {
-                    self.publish_local(p);
+                    let _ = self.publish_local(p);
                 }
                 tracing::info!(node = %self.name(), retained = n, "retained messages of the cluster loaded");
             }
@@ -609,8 +609,9 @@ impl Link {
         }
         match decode_publish(&m.payload) {
             Ok(p) => {
-                self.publish_local(p);
-                ClusterStats::inc(&self.stats.messages_in);
+                if self.publish_local(p).is_ok() {
+                    ClusterStats::inc(&self.stats.messages_in);
+                }
             }
             Err(e) => {
                 ClusterStats::inc(&self.stats.bad_messages);
@@ -635,19 +636,26 @@ impl Link {
             }
         };
         match self.publish_local(p) {
-            Some(packet_id) => {
+            Ok(Some(packet_id)) => {
                 self.imports.insert(packet_id, m);
             }
-            None => {
+            Ok(None) => {
                 let _ = m.ack().await;
                 ClusterStats::inc(&self.stats.messages_in);
+            }
+            // Not handed over: the stream sends it again a little later.
+            Err(()) => {
+                let _ = m.ack_with(jetstream::AckKind::Nak(Some(RETRY_DELAY))).await;
             }
         }
     }
 
-    /// Publishes a message from another node into this broker; its local packet id (QoS 1/2).
-    fn publish_local(&mut self, p: Publish) -> Option<u16> {
-        let local = self.local.as_mut()?;
+    /// Publishes a message from another node into this broker: its local packet id (QoS 1/2),
+    /// `Ok(None)` for QoS 0, an error when it could not be handed to the broker.
+    fn publish_local(&mut self, p: Publish) -> Result<Option<u16>, ()> {
+        let Some(local) = self.local.as_mut() else {
+            return Err(());
+        };
         let message = Message {
             topic: p.topic,
             payload: p.payload,
@@ -655,13 +663,9 @@ impl Link {
             retain: p.retain,
             properties: p.properties,
         };
-        match local.start_publish(message) {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::warn!(node = %self.name(), error = %e, "cannot publish a cluster message locally");
-                None
-            }
-        }
+        local.start_publish(message).map_err(|e| {
+            tracing::warn!(node = %self.name(), error = %e, "cannot publish a cluster message locally");
+        })
     }
 }
 
