@@ -9,8 +9,9 @@
 # 1, three nodes; the publisher on node 1, subscribers on nodes 2 and 3) and "cluster-r3"
 # (three nats-servers, replicas 3, same nodes). Cases, 64-byte payloads, MQTT 3.1.1: 1 publisher
 # -> 2 subscribers at QoS 0 and QoS 1 (closed-loop saturation), and QoS 1 at 5,000 msg/s for
-# latency. Prints a Markdown table (medians over rounds); JSON reports stay in the work
-# directory it names.
+# latency. Writes the table (medians over rounds) between the `cluster` markers of
+# docs/benchmarks.md (or of --output FILE) and prints it; JSON reports stay in the work
+# directory it names. scripts/bench.sh --cluster runs it after the side-by-side run.
 #
 # Environment: CARGO_TARGET_DIR (release builds, default ./target). Needs nats-server.
 set -euo pipefail
@@ -19,11 +20,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS=3
 DURATION=8
 BUILD=1
+OUT_MD="$ROOT/docs/benchmarks.md"
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift ;;
         --duration) DURATION="$2"; shift ;;
         --no-build) BUILD=0 ;;
+        --output) OUT_MD="$2"; shift ;;
         -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-cluster.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -141,9 +144,10 @@ for round in $(seq "$ROUNDS"); do
 done
 
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-python3 - "$WORK" "$ROUNDS" "$DURATION" "$CPU_MODEL" "$(nproc)" "$(nats-server --version)" <<'PY'
-import glob, json, statistics, sys
-work, rounds, duration, cpu, cores, nats = sys.argv[1:7]
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 - "$WORK" "$ROUNDS" "$DURATION" "$CPU_MODEL" "$(nproc)" "$(nats-server --version)" "$OUT_MD" "$COMMIT" <<'PY'
+import glob, json, re, statistics, sys, time
+work, rounds, duration, cpu, cores, nats, out_md, commit = sys.argv[1:9]
 setups = ["single", "cluster", "cluster-r3"]
 cases = ["fanout2_q0", "fanout2_q1", "rate5k_q1"]
 def load(setup, case):
@@ -151,10 +155,18 @@ def load(setup, case):
     for f in sorted(glob.glob(f"{work}/{setup}.{case}.*.json")):
         out.append(json.load(open(f))["result"])
     return out
-print(f"Machine: {cpu}, {cores} cores; {nats}; {rounds} round(s) of {duration} s per case; medians.")
-print()
-print("| case | " + " | ".join(setups) + " |")
-print("| --- | " + " | ".join("---" for _ in setups) + " |")
+names = {
+    "fanout2_q0": "1 → 2, QoS 0, saturation",
+    "fanout2_q1": "1 → 2, QoS 1, saturation",
+    "rate5k_q1": "1 → 2, QoS 1 at 5,000 msg/s",
+}
+lines = [
+    f"Run {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} at commit {commit}: {cpu}, {cores} cores; "
+    f"{nats}; {rounds} round(s) of {duration} s per case; medians; deliveries per second.",
+    "",
+    "| case | single | cluster | cluster-r3 |",
+    "| --- | --- | --- | --- |",
+]
 for case in cases:
     cells = []
     for s in setups:
@@ -166,7 +178,20 @@ for case in cases:
         lost = sum(r["checks"]["lost"] for r in runs)
         dup = sum(r["checks"]["duplicates"] for r in runs)
         cells.append(f"{rate:,.0f} msg/s, p99 {p99:.2f} ms" + (f", lost {lost}" if lost else "") + (f", dup {dup}" if dup else ""))
-    print(f"| {case} | " + " | ".join(cells) + " |")
-print()
-print(f"Raw reports: {work}")
+    lines.append(f"| {names[case]} | " + " | ".join(cells) + " |")
+table = "\n".join(lines)
+print(table)
+print(f"\nRaw reports: {work}")
+try:
+    doc = open(out_md).read()
+except OSError:
+    doc = ""
+pat = re.compile(r"<!-- BEGIN GENERATED: cluster -->.*?<!-- END GENERATED: cluster -->", re.S)
+block = f"<!-- BEGIN GENERATED: cluster -->\n{table}\n<!-- END GENERATED: cluster -->"
+if pat.search(doc):
+    doc = pat.sub(lambda _: block, doc)
+else:
+    doc += "\n" + block + "\n"
+open(out_md, "w").write(doc)
+print(f"wrote {out_md}", file=sys.stderr)
 PY

@@ -7,6 +7,7 @@
 #   scripts/bench.sh --rounds 5 --duration 10 --brokers "culex mosquitto"
 #   scripts/bench.sh --with-metrics  # also measure Culex with metrics and info logging on
 #   scripts/bench.sh --no-build --bin-dir DIR   # use prebuilt culex / culex-bench from DIR
+#   scripts/bench.sh --cluster       # then the cluster case: scripts/bench-cluster.sh (nats-server)
 #
 # Every broker gets the same settings: loopback listener, anonymous access, no persistence, no
 # $SYS, errors-only logging, 100 QoS 1/2 messages in flight and 1000 queued per client. Then each
@@ -26,6 +27,7 @@ QUICK=0
 PIN=0
 BUILD=1
 WITH_METRICS=0
+CLUSTER=0
 ROUNDS=""
 DURATION=""
 BROKERS="culex mosquitto rumqttd"
@@ -35,7 +37,7 @@ OUT_MD="$ROOT/docs/benchmarks.md"
 INFLIGHT=100
 QUEUED=1000
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
         --pin) PIN=1 ;;
         --no-build) BUILD=0 ;;
         --with-metrics) WITH_METRICS=1 ;;
+        --cluster) CLUSTER=1 ;;
         --rounds) ROUNDS="$2"; shift ;;
         --duration) DURATION="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
@@ -443,3 +446,11 @@ with open(md, "w") as f:
 PY
 log "wrote $OUT_MD and $RAW_JSON"
 rm -rf "$WORK"
+
+# ---------------------------------------------------------------- the cluster case
+
+if [ "$CLUSTER" = 1 ]; then
+    log "cluster case: scripts/bench-cluster.sh"
+    CARGO_TARGET_DIR="$TARGET" bash "$ROOT/scripts/bench-cluster.sh" --no-build \
+        --rounds "$ROUNDS" --duration "$DURATION" --output "$OUT_MD"
+fi
