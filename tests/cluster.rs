@@ -603,3 +603,28 @@ fn a_killed_node_hands_over_what_it_acknowledged_after_restart() {
         missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
     }
 }
+
+/// Cluster settings are read at start: a reload (SIGHUP) that changes them says they wait for
+/// a restart, and the node keeps working in its cluster.
+#[test]
+fn a_reload_with_changed_cluster_settings_says_they_need_a_restart() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let text = std::fs::read_to_string(&n1.culex.path).unwrap();
+    std::fs::write(
+        &n1.culex.path,
+        text.replace("cluster_node_name node1", "cluster_node_name renamed"),
+    )
+    .unwrap();
+    n1.culex.signal("HUP");
+    n1.culex.wait_in_log("cluster settings changed in ");
+    let sub = Mqtt::connect(n2.port, "sub", true);
+    sub.subscribe("r/#", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    publisher.publish("r/x", "after reload", QoS::AtLeastOnce);
+    sub.recv_matching("r/x", "after reload");
+}

@@ -205,6 +205,12 @@ async fn serve(config: &Config, config_path: Option<&std::path::Path>) -> anyhow
                     for change in server.reload_bridges(&loaded.config.bridges).await {
                         info!("{change}");
                     }
+                    if *server.cluster_config() != loaded.config.cluster {
+                        warn!(
+                            "cluster settings changed in {}: they apply at the next restart; the running node keeps its backplane and name",
+                            path.display()
+                        );
+                    }
                 }
                 Err(e) => warn!("bridges not reloaded, the running ones stay as they are: {e}"),
             }

@@ -75,6 +75,8 @@ pub struct RunningServer {
     bridges: crate::bridges::Bridges,
     /// The cluster link, when configured; stopped with the bridges.
     cluster: Option<crate::cluster::Cluster>,
+    /// The cluster settings the server started with (they apply at start only).
+    cluster_config: culex_config::Cluster,
     /// The router, told when a reload changed who may read what (weak: the server's tasks
     /// own it; the router ends when they do).
     router: mpsc::WeakSender<Command>,
@@ -189,6 +191,11 @@ impl RunningServer {
     /// changes apply in place, changed connection settings restart the bridge.
     pub async fn reload_bridges(&mut self, configs: &[culex_bridge::BridgeConfig]) -> Vec<String> {
         self.bridges.reload(configs, &self.counters.bridges).await
+    }
+
+    /// The `[cluster]` settings the server started with: a reload does not change them.
+    pub fn cluster_config(&self) -> &culex_config::Cluster {
+        &self.cluster_config
     }
 
     /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B), waits
@@ -410,6 +417,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         aux,
         bridges,
         cluster,
+        cluster_config: config.cluster.clone(),
         router: router_weak,
     })
 }
