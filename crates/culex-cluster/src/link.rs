@@ -45,6 +45,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Messages a NATS subscription holds for the link before NATS drops (QoS 0) or delays them.
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
+/// How often the servers' max_payload is read again (it may change with the server the client
+/// reconnected to).
+const MAX_PAYLOAD_REFRESH: Duration = Duration::from_secs(1);
 /// Retained messages waiting for the bucket (beyond: the oldest are dropped, counted).
 const KV_QUEUE_LIMIT: usize = 10_000;
 /// Time allowed for local acknowledgements (CONNACK, SUBACK).
@@ -132,6 +135,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (qos0_prefix, stored_prefix) = (settings.qos0_prefix(), settings.stored_prefix());
         let mut link = Link {
             settings,
             connector: hooks.connector,
@@ -149,6 +153,9 @@ pub fn spawn(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
             warned_too_large: false,
+            qos0_prefix,
+            stored_prefix,
+            max_payload: (0, None),
             kv_queue: VecDeque::new(),
             kv_busy: None,
         };
@@ -184,6 +191,11 @@ struct Link {
     next_id: u64,
     boot: u128,
     warned_too_large: bool,
+    /// `<cluster>.q0` and `<cluster>.q1`, made once.
+    qos0_prefix: String,
+    stored_prefix: String,
+    /// The NATS servers' max_payload and when it was read.
+    max_payload: (usize, Option<Instant>),
     /// Retained messages (or clears) waiting to be written to the bucket, in order.
     kv_queue: VecDeque<Publish>,
     /// The bucket write in progress (one at a time, so that a clear never overtakes a set).
@@ -282,8 +294,7 @@ impl Link {
                 Some(client_id) = self.claims_rx.recv() => {
                     let at = unix_ms();
                     self.claims.local(&client_id, at);
-                    let mut headers = HeaderMap::new();
-                    headers.insert(ORIGIN_HEADER, self.settings.node.as_str());
+                    let headers = self.origin_headers();
                     let payload = Bytes::from(crate::claims::encode(at, &client_id));
                     ClusterStats::inc(&self.stats.claims_sent);
                     if let Err(e) = backplane
@@ -478,9 +489,16 @@ impl Link {
         }
     }
 
-    fn headers(&mut self) -> HeaderMap {
+    /// Headers naming this node as the origin.
+    fn origin_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(ORIGIN_HEADER, self.settings.node.as_str());
+        headers
+    }
+
+    /// Headers of a publication to the stream: the origin and a message id.
+    fn stored_headers(&mut self) -> HeaderMap {
+        let mut headers = self.origin_headers();
         self.next_id += 1;
         // Unique per node and boot: JetStream stores a retried publication once.
         let id = format!("{}-{}-{}", self.settings.node, self.boot, self.next_id);
@@ -502,8 +520,19 @@ impl Link {
                 return;
             }
         };
-        // Room for the subject and headers within the servers' max_payload.
-        let max = backplane.client.server_info().max_payload;
+        // Room for the subject and headers within the servers' max_payload (the client's copy
+        // of the server information is cloned to read it: done at most once a second).
+        if self
+            .max_payload
+            .1
+            .is_none_or(|at| at.elapsed() > MAX_PAYLOAD_REFRESH)
+        {
+            self.max_payload = (
+                backplane.client.server_info().max_payload,
+                Some(Instant::now()),
+            );
+        }
+        let max = self.max_payload.0;
         if envelope.len() + 512 > max {
             ClusterStats::inc(&self.stats.dropped_too_large);
             if !self.warned_too_large {
@@ -522,17 +551,16 @@ impl Link {
             }
             self.kv_queue.push_back(p.clone());
         }
-        let headers = self.headers();
         match local_ack {
             None => {
                 if !self.stats.connected() {
                     ClusterStats::inc(&self.stats.dropped_qos0);
                     return;
                 }
-                let subject = topic_to_subject(&self.settings.qos0_prefix(), &p.topic);
+                let subject = topic_to_subject(&self.qos0_prefix, &p.topic);
                 match backplane
                     .client
-                    .publish_with_headers(subject, headers, envelope)
+                    .publish_with_headers(subject, self.origin_headers(), envelope)
                     .await
                 {
                     Ok(()) => ClusterStats::inc(&self.stats.messages_out),
@@ -541,8 +569,8 @@ impl Link {
             }
             Some(packet_id) => {
                 let export = Export {
-                    subject: topic_to_subject(&self.settings.stored_prefix(), &p.topic),
-                    headers,
+                    subject: topic_to_subject(&self.stored_prefix, &p.topic),
+                    headers: self.stored_headers(),
                     envelope,
                     packet_id,
                     qos: p.qos,
