@@ -232,11 +232,26 @@ pub enum Command {
     },
     /// Another node of the cluster accepted a connection with this client identifier: the
     /// client connected here, if any, is taken over (MQTT 5: DISCONNECT 0x8E), as when a
-    /// second connection with its identifier arrives on this node. Its session ends as any
-    /// session does when its connection closes.
+    /// second connection with its identifier arrives on this node, and the session here ends
+    /// (the client started a clean one or resumed this one there).
     TakenOverElsewhere {
         /// The client identifier.
         client_id: String,
+    },
+    /// Another node of the cluster resumes this client's session: its connection here, if
+    /// any, is closed (DISCONNECT 0x8E) and waited for, then the session's image is sent and
+    /// the session ends here (see `router/migrate.rs`). `None` when there is no session.
+    ExportSession {
+        /// The client identifier.
+        client_id: String,
+        /// Where the image goes.
+        reply: oneshot::Sender<Option<crate::persist::RecoveredSession>>,
+    },
+    /// A session moved here from another node of the cluster: rebuilt offline (replacing any
+    /// session of its client here) just before its client's CONNECT.
+    AdoptSession {
+        /// The session as the other node had it.
+        session: Box<crate::persist::RecoveredSession>,
     },
 }
 

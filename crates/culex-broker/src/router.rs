@@ -70,6 +70,9 @@ pub struct Router {
     shutting_down: bool,
     /// CONNECTs waiting for the end of the connection they take over.
     takeovers: takeover::Takeovers,
+    /// Sessions moving to (or ending for) another node of a cluster, waiting for their
+    /// connection to end.
+    migrations: migrate::Migrations,
     /// Who published each retained message (`check_retain_source`).
     retain_sources: retain_source::RetainSources,
     /// Acknowledgements held back by over-full subscriber queues (`queue_full_policy`).
@@ -82,6 +85,7 @@ pub struct Router {
 mod access;
 mod deliver;
 mod flow;
+mod migrate;
 mod persist_glue;
 mod retain_source;
 mod retained_send;
@@ -117,6 +121,7 @@ impl Router {
             persist: persist_glue::Persistence::default(),
             shutting_down: false,
             takeovers: takeover::Takeovers::default(),
+            migrations: migrate::Migrations::default(),
             retain_sources: retain_source::RetainSources::new(),
             flow: flow::Flow::default(),
             queued_total: Arc::default(),
@@ -248,16 +253,11 @@ impl Router {
                     }
                 }
             }
-            Command::TakenOverElsewhere { client_id } => {
-                let link = self
-                    .by_client
-                    .get(client_id.as_str())
-                    .and_then(|sid| self.sessions.get(sid))
-                    .and_then(|s| s.link.as_ref());
-                if let Some(link) = link {
-                    link.outbox.close(ReasonCode::SessionTakenOver);
-                }
+            Command::TakenOverElsewhere { client_id } => self.discard_session(&client_id, now),
+            Command::ExportSession { client_id, reply } => {
+                self.export_session(&client_id, reply, now)
             }
+            Command::AdoptSession { session } => self.adopt_session(*session, now),
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);
@@ -300,6 +300,7 @@ impl Router {
             } => {
                 self.disconnect(conn, kind, session_expiry, inbound_qos2, now);
                 self.takeover_ready(conn, now);
+                self.migration_ready(conn, now);
             }
         }
     }
@@ -311,12 +312,14 @@ impl Router {
         let c = self.next_retained_sweep;
         let d = self.next_takeover_deadline();
         let e = self.flow.next_deadline(self.settings.slow_client_timeout);
-        [a, b, c, d, e].into_iter().flatten().min()
+        let f = self.next_migration_deadline();
+        [a, b, c, d, e, f].into_iter().flatten().min()
     }
 
     /// Publishes delayed wills that are due and ends sessions whose expiry has passed.
     pub fn tick(&mut self, now: Instant) {
         self.expire_takeovers(now);
+        self.expire_migrations(now);
         self.flow_tick(now);
         while let Some(&(due, sid)) = self.will_due.first() {
             if due > now {

@@ -35,6 +35,10 @@ pub struct RouterStats {
     /// Subscribers disconnected for holding publishers back longer than
     /// `slow_client_timeout`.
     pub slow_client_disconnects: u64,
+    /// Sessions handed to another node of the cluster (their client resumed them there).
+    pub sessions_moved_out: u64,
+    /// Sessions taken over from another node of the cluster.
+    pub sessions_moved_in: u64,
 }
 
 impl RouterStats {

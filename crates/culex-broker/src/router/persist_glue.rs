@@ -79,53 +79,66 @@ impl Router {
             self.next_retained_sweep = Some(now + super::RETAINED_SWEEP);
         }
         for rs in recovered.sessions {
-            let sid = self.new_session(Arc::clone(&rs.client_id));
-            let expires_at = match rs.record.expires_at {
-                Some(wall) => self.instant_of(wall, now),
-                None if rs.record.expiry_interval == u32::MAX => self
-                    .settings
-                    .persistent_client_expiration
-                    .and_then(|d| super::later(now, d)),
-                None => super::later(
-                    now,
-                    Duration::from_secs(u64::from(rs.record.expiry_interval)),
-                ),
+            self.restore_session(rs, now, access.clone(), true);
+        }
+    }
+
+    /// Rebuilds one offline session: recovered from the store (`stored`: its messages are
+    /// already there), or moved here from another node of a cluster (written to the store, if
+    /// any, when its client connects).
+    pub(super) fn restore_session(
+        &mut self,
+        rs: crate::persist::RecoveredSession,
+        now: Instant,
+        access: Option<Arc<dyn AccessPolicy>>,
+        stored: bool,
+    ) {
+        let sid = self.new_session(Arc::clone(&rs.client_id));
+        let expires_at = match rs.record.expires_at {
+            Some(wall) => self.instant_of(wall, now),
+            None if rs.record.expiry_interval == u32::MAX => self
+                .settings
+                .persistent_client_expiration
+                .and_then(|d| super::later(now, d)),
+            None => super::later(
+                now,
+                Duration::from_secs(u64::from(rs.record.expiry_interval)),
+            ),
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.username = rs.record.username;
+        s.expiry_interval = rs.record.expiry_interval;
+        s.inbound_qos2 = rs.record.inbound_qos2;
+        s.access = access;
+        for sub in rs.record.subscriptions {
+            let entry = Subscription {
+                options: sub.options,
+                id: sub.id,
             };
-            let Some(s) = self.sessions.get_mut(&sid) else {
-                continue;
-            };
-            s.username = rs.record.username;
-            s.expiry_interval = rs.record.expiry_interval;
-            s.inbound_qos2 = rs.record.inbound_qos2;
-            s.access = access.clone();
-            for sub in rs.record.subscriptions {
-                let entry = Subscription {
-                    options: sub.options,
-                    id: sub.id,
+            self.tree.insert(&sub.filter, sid, entry);
+            s.subscriptions.insert(sub.filter, entry);
+        }
+        let messages = rs
+            .messages
+            .into_iter()
+            .map(|(seq, m)| {
+                let pending = Pending {
+                    message: m.message,
+                    qos: m.qos,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids.into(),
+                    seq,
                 };
-                self.tree.insert(&sub.filter, sid, entry);
-                s.subscriptions.insert(sub.filter, entry);
-            }
-            let messages = rs
-                .messages
-                .into_iter()
-                .map(|(seq, m)| {
-                    let pending = Pending {
-                        message: m.message,
-                        qos: m.qos,
-                        retain: m.retain,
-                        subscription_ids: m.subscription_ids.into(),
-                        seq,
-                    };
-                    (seq, pending, m.state)
-                })
-                .collect();
-            s.outgoing.restore(messages);
-            s.outgoing.set_journal(true);
-            if let Some(at) = expires_at {
-                s.expires_at = Some(at);
-                self.expiries.insert((at, sid));
-            }
+                (seq, pending, m.state)
+            })
+            .collect();
+        s.outgoing.restore(messages);
+        s.outgoing.set_journal(stored);
+        if let Some(at) = expires_at {
+            s.expires_at = Some(at);
+            self.expiries.insert((at, sid));
         }
     }
 
@@ -201,10 +214,22 @@ impl Router {
         if !self.is_stored(sid) {
             return;
         }
-        let Some(s) = self.sessions.get(&sid) else {
+        let Some(record) = self.session_record(sid) else {
             return;
         };
-        let record = SessionRecord {
+        let Some(client_id) = self.sessions.get(&sid).map(|s| Arc::clone(&s.client_id)) else {
+            return;
+        };
+        self.submit(StoreOp::Session {
+            client_id,
+            record: Some(record),
+        });
+    }
+
+    /// The durable part of a session, as the store keeps it.
+    pub(super) fn session_record(&self, sid: SessionId) -> Option<SessionRecord> {
+        let s = self.sessions.get(&sid)?;
+        Some(SessionRecord {
             username: s.username.clone(),
             expiry_interval: s.expiry_interval,
             expires_at: s.expires_at.and_then(|at| self.wall_of(at)),
@@ -218,12 +243,7 @@ impl Router {
                 })
                 .collect(),
             inbound_qos2: s.inbound_qos2.clone(),
-        };
-        let client_id = Arc::clone(&s.client_id);
-        self.submit(StoreOp::Session {
-            client_id,
-            record: Some(record),
-        });
+        })
     }
 
     /// Deletes a stored session and its messages (the session ended).

@@ -1355,3 +1355,194 @@ fn memory_limit_holds_online_and_drops_offline_beyond_the_global_cap() {
     assert_eq!(pubacks(&mut publisher), [4, 9]);
     assert_eq!(r.queued_total.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// Asks `r` for the session of `id`, as another node of a cluster does.
+fn export(
+    r: &mut Router,
+    now: Instant,
+    id: &str,
+) -> oneshot::Receiver<Option<crate::persist::RecoveredSession>> {
+    let (reply, rx) = oneshot::channel();
+    r.handle(
+        Command::ExportSession {
+            client_id: id.into(),
+            reply,
+        },
+        now,
+    );
+    rx
+}
+
+#[test]
+fn a_session_moves_to_another_router_with_its_queue_inflight_and_subscriptions() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (
+        Router::new(BrokerSettings::default()),
+        Router::new(BrokerSettings::default()),
+    );
+    let mut sub = connect(&mut a, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut a, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    let _p = connect(&mut a, t0, 2, "p", true, 0, None);
+    publish(&mut a, t0, 2, "t/1", QoS::AtLeastOnce, false);
+    let first = match sub.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    disconnect(&mut a, t0, 1, DisconnectKind::Normal);
+    publish(&mut a, t0, 2, "t/2", QoS::AtLeastOnce, false);
+    publish(&mut a, t0, 2, "t/3", QoS::AtMostOnce, false);
+
+    let image = export(&mut a, t0, "s")
+        .try_recv()
+        .expect("answered at once: the client is offline")
+        .expect("a session");
+    assert_eq!(image.record.subscriptions.len(), 1);
+    assert_eq!(
+        image.messages.len(),
+        2,
+        "in flight t/1 and queued t/2 (QoS 0 not kept)"
+    );
+    assert_eq!(a.session_count(), 1, "gone from the old router (p stays)");
+    assert_eq!(a.subscription_count(), 0);
+    assert_eq!(a.stats().sessions_moved_out, 1);
+    publish(&mut a, t0, 2, "t/4", QoS::AtLeastOnce, false);
+    assert_eq!(
+        a.queued_count(),
+        (0, 0),
+        "nothing queued for it there any more"
+    );
+    assert!(
+        export(&mut a, t0, "s").try_recv().unwrap().is_none(),
+        "asked again: none"
+    );
+
+    b.handle(
+        Command::AdoptSession {
+            session: Box::new(image),
+        },
+        t0,
+    );
+    let mut back = connect(&mut b, t0, 7, "s", false, u32::MAX, None);
+    assert!(back.outcome.session_present);
+    match back.rx.try_recv() {
+        Ok(Outbound::Deliver(d)) => {
+            assert!(d.dup, "the in-flight message is resent as a duplicate");
+            assert_eq!((d.packet_id, &*d.message.topic), (first.packet_id, "t/1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next_topic(&mut back).as_deref(), Some("t/2"));
+    let _q = connect(&mut b, t0, 8, "q", true, 0, None);
+    publish(&mut b, t0, 8, "t/5", QoS::AtLeastOnce, false);
+    assert_eq!(
+        next_topic(&mut back).as_deref(),
+        Some("t/5"),
+        "its subscription works here"
+    );
+    assert_eq!(b.stats().sessions_moved_in, 1);
+}
+
+#[test]
+fn exporting_a_connected_session_closes_its_connection_and_waits_for_its_end() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut sub = connect(&mut r, t0, 1, "s", false, 60, Some(will("w", Some(30))));
+    subscribe(&mut r, t0, &mut sub, "t", QoS::ExactlyOnce);
+    let mut watcher = connect(&mut r, t0, 2, "w8", true, 0, None);
+    subscribe(&mut r, t0, &mut watcher, "w", QoS::AtLeastOnce);
+    let mut rx = export(&mut r, t0, "s");
+    assert!(matches!(
+        sub.rx.try_recv(),
+        Ok(Outbound::Close(ReasonCode::SessionTakenOver))
+    ));
+    assert!(rx.try_recv().is_err(), "waits for the connection's end");
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    let image = rx.try_recv().expect("answered").expect("a session");
+    assert_eq!(image.record.expiry_interval, 60);
+    assert_eq!(r.session_count(), 1);
+    r.tick(t0 + Duration::from_secs(120));
+    assert_eq!(
+        next_topic(&mut watcher),
+        None,
+        "the delayed will goes with the session, not out"
+    );
+
+    // A connection that never ends is detached after the takeover wait.
+    let _stuck = connect(&mut r, t0, 3, "x", false, 60, None);
+    let mut rx = export(&mut r, t0, "x");
+    assert!(rx.try_recv().is_err());
+    let later = t0 + super::takeover::TAKEOVER_WAIT;
+    assert_eq!(r.next_deadline(), Some(later));
+    r.tick(later);
+    assert!(rx.try_recv().unwrap().is_some());
+}
+
+#[test]
+fn a_session_that_ends_with_its_connection_is_not_exported() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let _c = connect(&mut r, t0, 1, "s", false, 0, None);
+    let mut rx = export(&mut r, t0, "s");
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    assert!(rx.try_recv().unwrap().is_none());
+    assert_eq!(r.session_count(), 0);
+}
+
+#[test]
+fn a_client_that_connected_elsewhere_ends_the_session_here() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut a = connect(&mut r, t0, 1, "a", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut a, "t", QoS::AtLeastOnce);
+    let _offline = connect(&mut r, t0, 2, "b", false, u32::MAX, None);
+    disconnect(&mut r, t0, 2, DisconnectKind::Normal);
+    for id in ["a", "b"] {
+        r.handle(
+            Command::TakenOverElsewhere {
+                client_id: id.into(),
+            },
+            t0,
+        );
+    }
+    assert_eq!(r.session_count(), 1, "the offline one ends at once");
+    assert!(matches!(
+        a.rx.try_recv(),
+        Ok(Outbound::Close(ReasonCode::SessionTakenOver))
+    ));
+    disconnect(&mut r, t0, 1, DisconnectKind::WithWill);
+    assert_eq!(
+        r.session_count(),
+        0,
+        "the connected one once its connection ended"
+    );
+    assert_eq!(r.subscription_count(), 0);
+}
+
+#[test]
+fn an_adopted_session_replaces_an_older_one_here() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (
+        Router::new(BrokerSettings::default()),
+        Router::new(BrokerSettings::default()),
+    );
+    let mut sa = connect(&mut a, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut a, t0, &mut sa, "new", QoS::AtLeastOnce);
+    disconnect(&mut a, t0, 1, DisconnectKind::Normal);
+    let mut sb = connect(&mut b, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut b, t0, &mut sb, "old", QoS::AtLeastOnce);
+    disconnect(&mut b, t0, 1, DisconnectKind::Normal);
+    let image = export(&mut a, t0, "s").try_recv().unwrap().unwrap();
+    b.handle(
+        Command::AdoptSession {
+            session: Box::new(image),
+        },
+        t0,
+    );
+    assert_eq!((b.session_count(), b.subscription_count()), (1, 1));
+    let _p = connect(&mut b, t0, 2, "p", true, 0, None);
+    publish(&mut b, t0, 2, "old", QoS::AtLeastOnce, false);
+    publish(&mut b, t0, 2, "new", QoS::AtLeastOnce, false);
+    let mut back = connect(&mut b, t0, 3, "s", false, u32::MAX, None);
+    assert_eq!(next_topic(&mut back).as_deref(), Some("new"));
+    assert_eq!(next_topic(&mut back), None);
+}

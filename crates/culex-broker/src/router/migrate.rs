@@ -1,0 +1,189 @@
+//! Sessions that move between the nodes of a cluster.
+//!
+//! A client that reconnects to another node with Clean Start 0 resumes its session there: the
+//! node that holds the session is asked to give it up ([`Command::ExportSession`]). If its
+//! client is still connected here, that connection is closed (DISCONNECT 0x8E, as in any
+//! takeover) and the export waits for its end, so that what the client acknowledged on its
+//! way out is settled; then the session's image (subscriptions, queued and in-flight QoS 1/2
+//! messages, inbound QoS 2 packet identifiers) is handed over and the session ends here
+//! without its delayed will (the session goes on elsewhere). The other node rebuilds it
+//! ([`Command::AdoptSession`]) just before its client's CONNECT is handled.
+//!
+//! [`Command::ExportSession`]: crate::Command::ExportSession
+//! [`Command::AdoptSession`]: crate::Command::AdoptSession
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use culex_proto::ReasonCode;
+use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
+
+use super::takeover::TAKEOVER_WAIT;
+use super::{Router, SessionId};
+use crate::api::ConnId;
+use crate::persist::{MessageRecord, RecoveredSession};
+use crate::session::Change;
+
+/// Where an exported session goes.
+pub(crate) type ExportReply = oneshot::Sender<Option<RecoveredSession>>;
+
+/// Exports and discards waiting for the end of a connection.
+#[derive(Debug, Default)]
+pub(super) struct Migrations {
+    /// By the connection being closed: until when to wait, its client, and what to do then.
+    waiting: FxHashMap<ConnId, (Instant, Arc<str>, AfterEnd)>,
+}
+
+#[derive(Debug)]
+enum AfterEnd {
+    /// Export the session to these requests (the first gets it, later ones get nothing).
+    Export(Vec<ExportReply>),
+    /// End the session: its client connected on another node.
+    Discard,
+}
+
+impl Router {
+    /// Another node asks for the session of `client_id`; `reply` gets its image (`None` when
+    /// there is no session here).
+    pub(super) fn export_session(&mut self, client_id: &str, reply: ExportReply, now: Instant) {
+        let Some(&sid) = self.by_client.get(client_id) else {
+            let _ = reply.send(None);
+            return;
+        };
+        if let Some(conn) = self.live_connection(client_id) {
+            self.close_link(sid, ReasonCode::SessionTakenOver);
+            let wait = (now + TAKEOVER_WAIT, Arc::from(client_id), AfterEnd::Discard);
+            match self.migrations.waiting.entry(conn).or_insert(wait) {
+                (_, _, AfterEnd::Export(replies)) => replies.push(reply),
+                (_, _, after) => *after = AfterEnd::Export(vec![reply]),
+            }
+            return;
+        }
+        let image = self.session_image(sid);
+        self.cancel_delayed_will(sid);
+        self.end_session(sid, now);
+        self.stats.sessions_moved_out += 1;
+        let _ = reply.send(image);
+    }
+
+    /// A client of `client_id` connected on another node: the session here ends (once its
+    /// connection, if any, has ended), as a session does when its client starts a clean one
+    /// or has resumed it elsewhere.
+    pub(super) fn discard_session(&mut self, client_id: &str, now: Instant) {
+        let Some(&sid) = self.by_client.get(client_id) else {
+            return;
+        };
+        match self.live_connection(client_id) {
+            Some(conn) => {
+                self.close_link(sid, ReasonCode::SessionTakenOver);
+                self.migrations.waiting.entry(conn).or_insert((
+                    now + TAKEOVER_WAIT,
+                    Arc::from(client_id),
+                    AfterEnd::Discard,
+                ));
+            }
+            None => self.end_session(sid, now),
+        }
+    }
+
+    /// A session that moved here from another node: rebuilt offline, replacing any session
+    /// of its client id here (which is older). Its client's CONNECT follows.
+    pub(super) fn adopt_session(&mut self, image: RecoveredSession, now: Instant) {
+        if let Some(&sid) = self.by_client.get(&image.client_id) {
+            self.take_over(sid, now);
+            self.cancel_delayed_will(sid);
+            self.end_session(sid, now);
+        }
+        self.stats.sessions_moved_in += 1;
+        self.restore_session(image, now, None, false);
+    }
+
+    /// `conn` has ended and its end is applied: an export or discard that waited for it
+    /// proceeds.
+    pub(super) fn migration_ready(&mut self, conn: ConnId, now: Instant) {
+        let Some((_, client_id, after)) = self.migrations.waiting.remove(&conn) else {
+            return;
+        };
+        match after {
+            AfterEnd::Export(replies) => {
+                let mut replies = replies.into_iter();
+                if let Some(first) = replies.next() {
+                    // Answers `None` when the session ended with its connection (expiry 0).
+                    self.export_session(&client_id, first, now);
+                }
+                for later in replies {
+                    let _ = later.send(None);
+                }
+            }
+            AfterEnd::Discard => {
+                let sid = self.by_client.get(&client_id).copied();
+                if let (Some(sid), None) = (sid, self.live_connection(&client_id)) {
+                    self.end_session(sid, now);
+                }
+            }
+        }
+    }
+
+    /// Waits that ran out: the connection is detached and the export or discard proceeds.
+    pub(super) fn expire_migrations(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .migrations
+            .waiting
+            .iter()
+            .filter(|(_, (at, _, _))| *at <= now)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in due {
+            if let Some(sid) = self.by_conn.get(&conn).copied() {
+                tracing::warn!(
+                    conn,
+                    "a connection asked to close for a session move did not end in time; detached"
+                );
+                self.take_over(sid, now);
+            }
+            self.migration_ready(conn, now);
+        }
+    }
+
+    /// When the next wait runs out.
+    pub(super) fn next_migration_deadline(&self) -> Option<Instant> {
+        self.migrations.waiting.values().map(|(at, _, _)| *at).min()
+    }
+
+    fn close_link(&self, sid: SessionId, reason: ReasonCode) {
+        if let Some(link) = self.sessions.get(&sid).and_then(|s| s.link.as_ref()) {
+            link.outbox.close(reason);
+        }
+    }
+
+    /// The image of a session to hand to another node.
+    fn session_image(&self, sid: SessionId) -> Option<RecoveredSession> {
+        let s = self.sessions.get(&sid)?;
+        let mut record = self.session_record(sid)?;
+        record.expires_at = None;
+        let messages = s
+            .outgoing
+            .snapshot()
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Put(seq, p, state) => Some((
+                    seq,
+                    MessageRecord {
+                        message: p.message,
+                        qos: p.qos,
+                        retain: p.retain,
+                        subscription_ids: p.subscription_ids.into_vec(),
+                        state,
+                    },
+                )),
+                Change::Delete(_) => None,
+            })
+            .collect();
+        Some(RecoveredSession {
+            client_id: Arc::clone(&s.client_id),
+            record,
+            messages,
+        })
+    }
+}
