@@ -249,7 +249,9 @@ pub(crate) struct Mqtt {
     pub(crate) client: Client,
     pub(crate) messages: Receiver<rumqttc::Publish>,
     pub(crate) subacks: Receiver<()>,
-    pub(crate) connacks: Receiver<()>,
+    pub(crate) connacks: Receiver<bool>,
+    /// The first CONNACK's session present flag.
+    pub(crate) session_present: bool,
     pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -293,8 +295,8 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = stx.send(());
                     }
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = ctx.send(());
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                        let _ = ctx.send(a.session_present);
                     }
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::RequestsDone) => return,
@@ -302,15 +304,15 @@ impl Mqtt {
                 }
             }
         });
-        let m = Mqtt {
+        let session_present = connacks.recv_timeout(TIMEOUT).expect("CONNACK");
+        Mqtt {
             client,
             messages,
             subacks,
             connacks,
+            session_present,
             stop,
-        };
-        m.connacks.recv_timeout(TIMEOUT).expect("CONNACK");
-        m
+        }
     }
 
     pub(crate) fn subscribe(&self, filter: &str, qos: QoS) {

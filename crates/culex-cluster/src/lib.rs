@@ -10,10 +10,12 @@
 //! each message only once its broker has accepted it (at least once end to end). See
 //! docs/cluster.md for what is shared, the guarantees and their limits.
 
+pub mod bucket;
 pub mod claims;
 pub mod envelope;
 pub mod link;
 pub mod retained;
+pub mod sessions;
 pub mod stats;
 pub mod subject;
 #[cfg(feature = "testkit")]

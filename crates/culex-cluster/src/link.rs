@@ -338,7 +338,7 @@ impl Link {
                     retry_at = None;
                     let pending: Vec<Export> = self.retry.drain(..).collect();
                     for export in pending {
-                        self.send_stored(&backplane.js, export);
+                        self.send_stored(&backplane.js, export).await;
                     }
                 }
             }
@@ -576,22 +576,24 @@ impl Link {
                     qos: p.qos,
                 };
                 self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
-                self.send_stored(&backplane.js, export);
+                self.send_stored(&backplane.js, export).await;
             }
         }
     }
 
     /// Publishes to the stream; the result comes back through `self.exports`.
-    fn send_stored(&mut self, js: &jetstream::Context, export: Export) {
-        let js = js.clone();
+    /// Hands a message to JetStream now (publications leave in the order they are made here,
+    /// which keeps each publisher's order in the stream) and waits for its acknowledgement
+    /// alongside the others.
+    async fn send_stored(&mut self, js: &jetstream::Context, export: Export) {
+        let sent = js
+            .publish_with_headers(
+                export.subject.clone(),
+                export.headers.clone(),
+                export.envelope.clone(),
+            )
+            .await;
         self.exports.push(Box::pin(async move {
-            let sent = js
-                .publish_with_headers(
-                    export.subject.clone(),
-                    export.headers.clone(),
-                    export.envelope.clone(),
-                )
-                .await;
             let result = match sent {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -702,12 +704,10 @@ async fn try_backplane(
     stats: &Arc<ClusterStats>,
 ) -> Result<Backplane, String> {
     let events = Arc::clone(stats);
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("culex node {}", settings.node))
+    let options = nats_options(settings, "node")
+        .await?
         // Our own QoS 0 messages must not come back to us.
         .no_echo()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
         // Room for bursts of QoS 0 from other nodes before NATS drops any (slow consumer).
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .event_callback(move |event| {
@@ -732,12 +732,6 @@ async fn try_backplane(
                 }
             }
         });
-    if let Some(path) = &settings.credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("cluster_credentials {}: {e}", path.display()))?;
-    }
     let client = options
         .connect(settings.servers.clone())
         .await
@@ -780,6 +774,25 @@ async fn try_backplane(
         core,
         stored,
     })
+}
+
+/// Options of a NATS connection of this node (`role` names it in the servers' connection
+/// lists): reconnecting for ever, with the cluster's credentials.
+pub(crate) async fn nats_options(
+    settings: &Settings,
+    role: &str,
+) -> Result<async_nats::ConnectOptions, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("culex {role} {}", settings.node))
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(path) = &settings.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("cluster_credentials {}: {e}", path.display()))?;
+    }
+    Ok(options)
 }
 
 /// This node's durable consumer of the stream, and its message stream.

@@ -37,6 +37,16 @@ pub struct ClusterStats {
     pub slow_consumer: AtomicU64,
     /// Times the NATS connection was (re-)established.
     pub connects: AtomicU64,
+    /// Sessions this node took over from another node (their client resumed them here).
+    pub sessions_in: AtomicU64,
+    /// Sessions this node handed to another node.
+    pub sessions_out: AtomicU64,
+    /// Sessions that could not be resumed because the node that held them is gone (its
+    /// client started a new session).
+    pub sessions_lost: AtomicU64,
+    /// Session transfers that failed (the client was refused and retries; the session stayed
+    /// where it was).
+    pub session_transfer_failures: AtomicU64,
 }
 
 impl ClusterStats {

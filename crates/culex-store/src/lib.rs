@@ -20,11 +20,13 @@
 
 mod codec;
 mod error;
+mod image;
 mod store;
 mod writer;
 
 pub use codec::Clocks;
 pub use error::StoreError;
+pub use image::{decode_session_image, encode_session_image};
 pub use store::{LoadReport, Store, CACHE_BYTES, DB_FILE, FORMAT_VERSION, LOCK_FILE};
 pub use writer::{
     spawn_writer, StatsReader, StoreHandle, StoreStats, SyncPolicy, WriterJoin,

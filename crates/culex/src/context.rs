@@ -65,9 +65,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnLimits>,
     pub(crate) broker: BrokerSettings,
     pub(crate) counters: Arc<Counters>,
-    /// In a cluster: the client identifiers of clients that connected here, for the cluster
-    /// link to claim them on the other nodes (which take over their own client of that id).
-    pub(crate) cluster_claims: Option<mpsc::Sender<String>>,
+    /// In a cluster: where clients that connect here are claimed and their sessions found.
+    pub(crate) cluster: Option<crate::cluster::ClusterConns>,
 }
 
 /// The limits of [`ConnLimits`] from the configuration.

@@ -46,11 +46,21 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         max_qos: qos_from(config.mqtt.max_qos),
         upgrade_outgoing_qos: config.mqtt.upgrade_outgoing_qos,
         persistent_client_expiration: config.sessions.persistent_client_expiration,
-        auto_id_prefix: config.sessions.auto_id_prefix.clone(),
+        auto_id_prefix: auto_id_prefix(config),
         max_outbox_qos0: config.limits.max_queued_messages,
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
         check_retain_source: config.mqtt.check_retain_source,
+    }
+}
+
+/// The prefix of assigned client identifiers: in a cluster it names the node too, so that
+/// two nodes never assign the same identifier (each would take the other's client over).
+fn auto_id_prefix(config: &Config) -> String {
+    let prefix = &config.sessions.auto_id_prefix;
+    match (&config.cluster.node_name, config.cluster.enabled()) {
+        (Some(node), true) => format!("{prefix}{node}-"),
+        _ => prefix.clone(),
     }
 }
 
@@ -357,19 +367,17 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         )));
     }
     let router_weak = router_tx.downgrade();
-    let (claims_tx, claims_rx) = match config.cluster.enabled() {
-        true => {
-            let (tx, rx) = mpsc::channel(crate::cluster::CLAIM_QUEUE);
-            (Some(tx), Some(rx))
-        }
-        false => (None, None),
-    };
+    let (cluster_conns, cluster_prepared) =
+        match crate::cluster::prepare(config, router_tx.downgrade()) {
+            Some((conns, prepared)) => (Some(conns), Some(prepared)),
+            None => (None, None),
+        };
     let shared = Arc::new(Shared {
         router: router_tx,
         limits: Arc::new(conn_limits(config)),
         broker: settings,
         counters: Arc::clone(&counters),
-        cluster_claims: claims_tx,
+        cluster: cluster_conns,
     });
     counters.set_max_connections(config.limits.max_connections);
     let max_conn = config
@@ -386,9 +394,8 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         &next_conn,
         &counters.bridges,
     )?;
-    let cluster = claims_rx.and_then(|claims| {
-        crate::cluster::spawn(config, &shared, &shutdown_rx, &next_conn, claims)
-    });
+    let cluster = cluster_prepared
+        .map(|prepared| crate::cluster::spawn(prepared, &shared, &shutdown_rx, &next_conn));
     if let Some(c) = &cluster {
         let _ = counters.cluster.set(Arc::clone(c.stats()));
     }

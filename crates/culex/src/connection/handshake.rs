@@ -319,6 +319,19 @@ where
             outbox: tx,
             reply: reply_tx,
         };
+        if let Some(cluster) = shared.cluster.as_ref().filter(|_| {
+            !req.clean_start && !req.client_id.is_empty() && !listener.security.is_internal()
+        }) {
+            // Its session may be on another node: moved here before the CONNECT.
+            if let Err(e) =
+                crate::cluster::resume_from_cluster(cluster, &shared.router, &req.client_id).await
+            {
+                tracing::warn!(peer = %peer, client_id = %Clipped(&req.client_id), error = %e,
+                    "client refused: its session could not be moved from another node; it may retry");
+                self.refuse(ReasonCode::ServerUnavailable).await;
+                return None;
+            }
+        }
         if shared
             .router
             .send(Command::Connect(Box::new(req)))
@@ -362,10 +375,21 @@ where
         let now_connected = counters.connected.inc_get();
         counters.connected_max.max(now_connected);
         counters.connects.inc();
-        if let Some(claims) = &shared.cluster_claims {
+        if let Some(cluster) = shared
+            .cluster
+            .as_ref()
+            .filter(|_| !listener.security.is_internal())
+        {
             // The broker's own connections (bridges, the cluster link) are per node.
-            if !listener.security.is_internal() && claims.try_send(client_id.to_string()).is_err() {
+            if cluster.claims.try_send(client_id.to_string()).is_err() {
                 tracing::debug!(client_id = %Clipped(&client_id), "cluster claim not sent: the link is busy");
+            }
+            if self.state.session_expiry > 0 {
+                // Recorded before CONNACK: a client that moves on at once finds it here.
+                if let Err(e) = cluster.sessions.hold(&client_id).await {
+                    tracing::warn!(client_id = %Clipped(&client_id), error = %e,
+                        "cannot record this session in the cluster: resuming it on another node will not find it");
+                }
             }
         }
         if limits.connection_messages {

@@ -70,7 +70,7 @@ impl Setup {
             limits: Arc::new(self.limits),
             broker: BrokerSettings::default(),
             counters: Arc::new(Counters::default()),
-            cluster_claims: None,
+            cluster: None,
         });
         let peer = "127.0.0.1:50000".parse().expect("addr");
         let mut state = ConnState::new(7, peer, listener, shared, None, None);

@@ -94,6 +94,27 @@ pub(super) static CLUSTER: &[Family] = &[
         },
     },
     Family {
+        name: "culex_cluster_sessions_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "`event`: `in` (a client resumed here a session another node held), `out` (handed to another node), `lost` (the node that held it was gone; the client got a new session), `transfer_failed` (the move failed; the client was refused and the session stayed)",
+        help: "Persistent sessions moved between nodes, by event.",
+        doc: "persistent sessions that followed their client to another node",
+        sys: &[],
+        read: |s, e| {
+            if let Some(st) = s.counters.cluster.get() {
+                e(&[("event", "in")], st.sessions_in.load(Relaxed) as f64);
+                e(&[("event", "out")], st.sessions_out.load(Relaxed) as f64);
+                e(&[("event", "lost")], st.sessions_lost.load(Relaxed) as f64);
+                e(
+                    &[("event", "transfer_failed")],
+                    st.session_transfer_failures.load(Relaxed) as f64,
+                );
+            }
+        },
+    },
+    Family {
         name: "culex_cluster_publish_failures_total",
         kind: Kind::Counter,
         unit: None,
