@@ -253,6 +253,20 @@ pub enum Command {
         /// The session as the other node had it.
         session: Box<crate::persist::RecoveredSession>,
     },
+    /// In a cluster (`BrokerSettings::cluster`): what the cluster records about this node's
+    /// sessions, asked for about once a second.
+    ClusterReport {
+        /// Where the report goes.
+        reply: oneshot::Sender<crate::ClusterReport>,
+    },
+    /// Messages read back from the cluster's stream for one session whose node died: queued
+    /// for that session only, as its subscriptions match them (see `router/cluster_report.rs`).
+    Replay {
+        /// The session's client identifier.
+        client_id: String,
+        /// The messages, in stream order.
+        messages: Vec<Message>,
+    },
 }
 
 /// A PUBLISH for one subscriber. The connection task encodes it.

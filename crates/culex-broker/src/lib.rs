@@ -25,6 +25,6 @@ pub use api::{
 };
 pub use message::Message;
 pub use outbox::{outbox, Outbox, OutboxReceiver, TryRecvError, TrySendError};
-pub use router::Router;
+pub use router::{ClusterReport, Router};
 pub use settings::BrokerSettings;
 pub use stats::{RouterSnapshot, RouterStats};

@@ -73,6 +73,8 @@ pub struct Router {
     /// Sessions moving to (or ending for) another node of a cluster, waiting for their
     /// connection to end.
     migrations: migrate::Migrations,
+    /// In a cluster: what the cluster is told about this node's sessions.
+    cluster: cluster_report::Tracking,
     /// Who published each retained message (`check_retain_source`).
     retain_sources: retain_source::RetainSources,
     /// Acknowledgements held back by over-full subscriber queues (`queue_full_policy`).
@@ -83,6 +85,8 @@ pub struct Router {
 }
 
 mod access;
+mod cluster_report;
+pub use cluster_report::ClusterReport;
 mod deliver;
 mod flow;
 mod migrate;
@@ -122,6 +126,7 @@ impl Router {
             shutting_down: false,
             takeovers: takeover::Takeovers::default(),
             migrations: migrate::Migrations::default(),
+            cluster: cluster_report::Tracking::default(),
             retain_sources: retain_source::RetainSources::new(),
             flow: flow::Flow::default(),
             queued_total: Arc::default(),
@@ -258,6 +263,13 @@ impl Router {
                 self.export_session(&client_id, reply, now)
             }
             Command::AdoptSession { session } => self.adopt_session(*session, now),
+            Command::ClusterReport { reply } => {
+                let _ = reply.send(self.cluster_report(now));
+            }
+            Command::Replay {
+                client_id,
+                messages,
+            } => self.replay(&client_id, messages, now),
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);
@@ -449,6 +461,7 @@ impl Router {
         s.observe_queue(0);
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
+        self.session_changed(sid);
         debug!(client_id = %Clipped(&client_id), conn, session_present, "client connected");
         let outcome = ConnectOutcome {
             session_present,
@@ -645,6 +658,7 @@ impl Router {
             return;
         }
         self.store_session(sid);
+        self.session_changed(sid);
         self.send_control(
             sid,
             Packet::SubAck(SubAck {
@@ -653,6 +667,7 @@ impl Router {
                 properties: Properties::default(),
             }),
         );
+        let queued_at = self.secs(now);
         let retained = retained
             .into_iter()
             .map(|(message, sub_qos, id)| Pending {
@@ -661,6 +676,7 @@ impl Router {
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
                 seq: 0,
+                queued_at,
             })
             .collect();
         self.send_retained(sid, retained, now);
@@ -683,6 +699,7 @@ impl Router {
             }
         }
         self.store_session(sid);
+        self.session_changed(sid);
         self.send_control(
             sid,
             Packet::UnsubAck(UnsubAck {
@@ -755,6 +772,7 @@ impl Router {
             self.publish_will(will, now);
         }
         let was_stored = self.is_stored(sid);
+        self.session_changed(sid);
         self.flow_disconnected(sid, 0);
         let Some(s) = self.sessions.remove(&sid) else {
             return;

@@ -60,6 +60,9 @@ pub(crate) struct Pending {
     /// Per-session sequence number, assigned when the session takes the message (0 before):
     /// the order of delivery and the message's key in the store.
     pub(crate) seq: u64,
+    /// When the router took the message, in whole seconds of its clock (`Router::secs`);
+    /// 0 for messages recovered from the store or moved from another node (as old as can be).
+    pub(crate) queued_at: u32,
 }
 
 /// A change to a session's messages, journaled for the store while the session is persistent.
@@ -305,6 +308,13 @@ impl Outgoing {
             self.next_seq += 1;
         }
     }
+    /// When the oldest queued or in-flight message was taken (see [`Pending::queued_at`]).
+    pub(crate) fn oldest_queued_at(&self) -> Option<u32> {
+        let inflight = self.inflight.values().map(|f| f.pending.queued_at).min();
+        let queued = self.queue.iter().map(|p| p.queued_at).min();
+        inflight.into_iter().chain(queued).min()
+    }
+
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
@@ -858,6 +868,7 @@ mod tests {
             retain: false,
             subscription_ids: SubscriptionIds::default(),
             seq: 0,
+            queued_at: 0,
         }
     }
 

@@ -45,6 +45,10 @@ pub struct BrokerSettings {
     /// How long a subscriber may hold publishers back without progress before it is
     /// disconnected (`slow_client_timeout`); zero never disconnects.
     pub slow_client_timeout: Duration,
+    /// This node is part of a cluster: the router keeps track of persistent sessions whose
+    /// subscriptions changed and of the age of their oldest pending message, for the cluster
+    /// to record ([`Command::ClusterReport`](crate::Command::ClusterReport)).
+    pub cluster: bool,
 }
 
 impl Default for BrokerSettings {
@@ -66,6 +70,7 @@ impl Default for BrokerSettings {
             queue_full_block: true,
             memory_limit: 0,
             slow_client_timeout: Duration::from_secs(30),
+            cluster: false,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct RouterStats {
     pub sessions_moved_out: u64,
     /// Sessions taken over from another node of the cluster.
     pub sessions_moved_in: u64,
+    /// Messages read back from the cluster's stream for sessions whose node died, queued.
+    pub replayed: u64,
 }
 
 impl RouterStats {

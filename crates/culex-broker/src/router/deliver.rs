@@ -55,6 +55,7 @@ impl Router {
                     retain,
                     subscription_ids: ids.into(),
                     seq: 0,
+                    queued_at: self.secs(now),
                 };
                 self.deliver(sid, pending, now);
             }

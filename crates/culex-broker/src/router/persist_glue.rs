@@ -130,6 +130,7 @@ impl Router {
                     retain: m.retain,
                     subscription_ids: m.subscription_ids.into(),
                     seq,
+                    queued_at: 0,
                 };
                 (seq, pending, m.state)
             })

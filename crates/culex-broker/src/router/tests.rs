@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::Router;
 use crate::api::{Command, ConnectOutcome, ConnectRequest, DisconnectKind, Outbound};
+use crate::message::Message;
 use crate::outbox::{outbox, OutboxReceiver};
 use crate::settings::BrokerSettings;
 
@@ -1544,5 +1545,107 @@ fn an_adopted_session_replaces_an_older_one_here() {
     publish(&mut b, t0, 2, "new", QoS::AtLeastOnce, false);
     let mut back = connect(&mut b, t0, 3, "s", false, u32::MAX, None);
     assert_eq!(next_topic(&mut back).as_deref(), Some("new"));
+    assert_eq!(next_topic(&mut back), None);
+}
+
+fn cluster_settings() -> BrokerSettings {
+    BrokerSettings {
+        cluster: true,
+        ..BrokerSettings::default()
+    }
+}
+
+fn report(r: &mut Router, now: Instant) -> crate::ClusterReport {
+    let (reply, mut rx) = oneshot::channel();
+    r.handle(Command::ClusterReport { reply }, now);
+    rx.try_recv().expect("answered at once")
+}
+
+#[test]
+fn the_cluster_report_has_changed_sessions_and_the_oldest_pending_age() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let mut s = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut s, "t/#", QoS::AtLeastOnce);
+    let _clean = connect(&mut r, t0, 2, "p", true, 0, None);
+    let first = report(&mut r, t0);
+    assert_eq!(
+        first.changed.len(),
+        1,
+        "p never was persistent: {:?}",
+        first.changed
+    );
+    assert_eq!(&*first.changed[0].0, "s");
+    let record = first.changed[0].1.as_ref().expect("persistent: its record");
+    assert_eq!(record.subscriptions[0].filter, "t/#");
+    assert_eq!(first.oldest_pending, None);
+    assert!(report(&mut r, t0).changed.is_empty(), "reported once");
+
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    publish(
+        &mut r,
+        t0 + Duration::from_secs(2),
+        2,
+        "t/1",
+        QoS::AtLeastOnce,
+        false,
+    );
+    publish(
+        &mut r,
+        t0 + Duration::from_secs(4),
+        2,
+        "t/2",
+        QoS::AtLeastOnce,
+        false,
+    );
+    let later = report(&mut r, t0 + Duration::from_secs(7));
+    assert_eq!(later.oldest_pending, Some(Duration::from_secs(5)));
+
+    let _s = connect(&mut r, t0, 3, "s", true, 0, None);
+    let ended = report(&mut r, t0);
+    assert!(ended
+        .changed
+        .iter()
+        .any(|(id, rec)| &**id == "s" && rec.is_none()));
+
+    let mut single = Router::new(BrokerSettings::default());
+    let _c = connect(&mut single, t0, 1, "s", false, u32::MAX, None);
+    assert!(
+        report(&mut single, t0).changed.is_empty(),
+        "a single node tracks nothing"
+    );
+}
+
+#[test]
+fn replayed_messages_go_to_that_session_only_as_its_own_subscriptions_match() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let mut s = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut s, "r/#", QoS::AtLeastOnce);
+    subscribe(&mut r, t0, &mut s, "$share/g/x/#", QoS::AtLeastOnce);
+    let mut other = connect(&mut r, t0, 2, "o", true, 0, None);
+    subscribe(&mut r, t0, &mut other, "#", QoS::AtLeastOnce);
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    let message = |topic: &str| Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"again"),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+    };
+    r.handle(
+        Command::Replay {
+            client_id: "s".into(),
+            messages: vec![message("r/1"), message("x/1"), message("r/2")],
+        },
+        t0,
+    );
+    assert_eq!(next_topic(&mut other), None, "nobody else gets them");
+    assert_eq!(r.stats().replayed, 2);
+    let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
+    assert_eq!(next_topic(&mut back).as_deref(), Some("r/1"));
+    assert_eq!(next_topic(&mut back).as_deref(), Some("r/2"));
     assert_eq!(next_topic(&mut back), None);
 }

@@ -1,0 +1,138 @@
+//! What a node of a cluster tells the cluster about its sessions, and the messages it is given
+//! back for a session whose node died.
+//!
+//! The cluster records each persistent session's subscriptions (so that another node can
+//! rebuild the session if this node dies) and, for the whole node, how far back in time its
+//! undelivered messages go (so that the other node knows from when to read the cluster's
+//! stream again for it). The router keeps the set of persistent sessions whose record changed
+//! and stamps every message it queues with the second it took it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use culex_proto::topic::{matches, parse_shared};
+use culex_proto::QoS;
+use rustc_hash::FxHashSet;
+
+use super::{Router, SessionId};
+use crate::message::Message;
+use crate::persist::SessionRecord;
+use crate::session::Pending;
+
+/// The router's side of the cluster's records.
+#[derive(Debug, Default)]
+pub(super) struct Tracking {
+    /// The instant of second 0 of `Pending::queued_at` (the first the router saw).
+    epoch: Option<Instant>,
+    /// Client identifiers of sessions whose record changed since the last report.
+    changed: FxHashSet<Arc<str>>,
+    /// Client identifiers whose record the cluster has (reported, not ended since).
+    recorded: FxHashSet<Arc<str>>,
+}
+
+/// What the router reports to the cluster ([`Command::ClusterReport`](crate::Command::ClusterReport)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    /// Age of the oldest message queued or in flight for a persistent session (whole
+    /// seconds, rounded down; one that came from the store or another node counts as taken
+    /// when the router started); `None` when there is none.
+    pub oldest_pending: Option<Duration>,
+    /// Sessions whose record changed since the last report: their record while persistent,
+    /// `None` once they ended (or stopped being persistent) here.
+    pub changed: Vec<(Arc<str>, Option<SessionRecord>)>,
+}
+
+impl Router {
+    /// `now` in whole seconds of the router's clock (see [`Pending::queued_at`]).
+    pub(super) fn secs(&mut self, now: Instant) -> u32 {
+        let epoch = *self.cluster.epoch.get_or_insert(now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Notes that a session's record (persistence, subscriptions, existence) changed.
+    pub(super) fn session_changed(&mut self, sid: SessionId) {
+        if !self.settings.cluster {
+            return;
+        }
+        if let Some(s) = self.sessions.get(&sid) {
+            // Sessions that never were persistent need no record, nor its removal.
+            if s.expiry_interval > 0 || self.cluster.recorded.contains(&s.client_id) {
+                self.cluster.changed.insert(Arc::clone(&s.client_id));
+            }
+        }
+    }
+
+    /// The report, emptying the set of changed sessions.
+    pub(super) fn cluster_report(&mut self, now: Instant) -> ClusterReport {
+        let now_s = self.secs(now);
+        let oldest = self
+            .sessions
+            .values()
+            .filter(|s| s.expiry_interval > 0)
+            .filter_map(|s| s.outgoing.oldest_queued_at())
+            .min();
+        let changed: Vec<Arc<str>> = self.cluster.changed.drain().collect();
+        let changed = changed
+            .into_iter()
+            .map(|id| {
+                let record = self
+                    .by_client
+                    .get(&id)
+                    .filter(|sid| {
+                        self.sessions
+                            .get(sid)
+                            .is_some_and(|s| s.expiry_interval > 0)
+                    })
+                    .and_then(|sid| self.session_record(*sid));
+                if record.is_some() {
+                    self.cluster.recorded.insert(Arc::clone(&id));
+                } else {
+                    self.cluster.recorded.remove(&id);
+                }
+                (id, record)
+            })
+            .collect();
+        ClusterReport {
+            oldest_pending: oldest.map(|q| Duration::from_secs(u64::from(now_s.saturating_sub(q)))),
+            changed,
+        }
+    }
+
+    /// Queues `messages` for the session of `client_id` alone, each at the highest QoS of its
+    /// matching (non-shared) subscriptions; those none matches are skipped.
+    pub(super) fn replay(&mut self, client_id: &str, messages: Vec<Message>, now: Instant) {
+        let Some(&sid) = self.by_client.get(client_id) else {
+            return;
+        };
+        for message in messages {
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            for (filter, sub) in &s.subscriptions {
+                if !matches!(parse_shared(filter), Ok(None)) || !matches(filter, &message.topic) {
+                    continue;
+                }
+                let q = self.delivery_qos(sub.options.qos, message.qos);
+                qos = Some(qos.map_or(q, |old| old.max(q)));
+                retain |= sub.options.retain_as_published && message.retain;
+                ids.extend(sub.id);
+            }
+            let Some(qos) = qos else {
+                continue;
+            };
+            self.stats.replayed += 1;
+            let pending = Pending {
+                message: Arc::new(message),
+                qos,
+                retain,
+                subscription_ids: ids.into(),
+                seq: 0,
+                queued_at: 0,
+            };
+            self.deliver(sid, pending, now);
+        }
+    }
+}
