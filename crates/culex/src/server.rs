@@ -51,6 +51,7 @@ pub fn broker_settings(config: &Config) -> BrokerSettings {
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
         check_retain_source: config.mqtt.check_retain_source,
+        cluster: config.cluster.enabled(),
     }
 }
 
