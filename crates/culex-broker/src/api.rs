@@ -260,12 +260,16 @@ pub enum Command {
         reply: oneshot::Sender<crate::ClusterReport>,
     },
     /// Messages read back from the cluster's stream for one session whose node died: queued
-    /// for that session only, as its subscriptions match them (see `router/cluster_report.rs`).
+    /// for that session only, as its subscriptions match them, as far as its queue has room
+    /// (see `router/cluster_report.rs`).
     Replay {
         /// The session's client identifier.
         client_id: String,
         /// The messages, in stream order.
         messages: Vec<Message>,
+        /// The messages not taken for want of room; `Err` with their number when the session
+        /// is gone or offline (nothing will make room: they are dropped).
+        reply: oneshot::Sender<Result<Vec<Message>, usize>>,
     },
 }
 

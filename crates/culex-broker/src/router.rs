@@ -269,7 +269,10 @@ impl Router {
             Command::Replay {
                 client_id,
                 messages,
-            } => self.replay(&client_id, messages, now),
+                reply,
+            } => {
+                let _ = reply.send(self.replay(&client_id, messages, now));
+            }
             Command::PublishInternal { message } => {
                 self.stats.internal_published += 1;
                 self.route(Arc::new(message), now);

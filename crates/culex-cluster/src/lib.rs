@@ -14,6 +14,7 @@ pub mod bucket;
 pub mod claims;
 pub mod envelope;
 pub mod link;
+pub mod replay;
 pub mod retained;
 pub mod sessions;
 pub mod stats;

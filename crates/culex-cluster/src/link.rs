@@ -50,6 +50,8 @@ const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 const MAX_PAYLOAD_REFRESH: Duration = Duration::from_secs(1);
 /// Retained messages waiting for the bucket (beyond: the oldest are dropped, counted).
 const KV_QUEUE_LIMIT: usize = 10_000;
+/// How often the link publishes its import floor.
+const FLOOR_INTERVAL: Duration = Duration::from_millis(250);
 /// Time allowed for local acknowledgements (CONNACK, SUBACK).
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -158,6 +160,7 @@ pub fn spawn(
             max_payload: (0, None),
             kv_queue: VecDeque::new(),
             kv_busy: None,
+            last_import_ms: unix_ms(),
         };
         link.run().await;
     })
@@ -200,6 +203,9 @@ struct Link {
     kv_queue: VecDeque<Publish>,
     /// The bucket write in progress (one at a time, so that a clear never overtakes a set).
     kv_busy: Option<BoxFuture<'static, Result<(), String>>>,
+    /// Stream time (Unix ms) of the newest stream message received (when the link started,
+    /// before the first).
+    last_import_ms: u64,
 }
 
 /// The NATS side once set up.
@@ -242,6 +248,8 @@ impl Link {
         self.load_retained(&backplane).await;
         tracing::info!(node = %self.name(), cluster = %self.settings.cluster, "cluster link up");
         let mut retry_at: Option<Instant> = None;
+        let mut floor_tick = tokio::time::interval(FLOOR_INTERVAL);
+        floor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // First what arrived while the link was busy elsewhere (a resumed session's
             // redeliveries come with the SUBACK, and nothing more comes until they are
@@ -334,6 +342,7 @@ impl Link {
                     }
                 },
                 Some((export, result)) = self.exports.next() => self.exported(export, result, &mut retry_at),
+                _ = floor_tick.tick() => self.update_import_floor(),
                 () = retry_due => {
                     retry_at = None;
                     let pending: Vec<Export> = self.retry.drain(..).collect();
@@ -487,6 +496,19 @@ impl Link {
                 ClusterStats::inc(&self.stats.messages_in);
             }
         }
+    }
+
+    /// Publishes the stream time before which every stream message has been confirmed here
+    /// (see [`ClusterStats::import_floor_ms`]).
+    fn update_import_floor(&self) {
+        let oldest_held = self
+            .imports
+            .values()
+            .filter_map(|m| m.info().ok())
+            .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+            .min();
+        let floor = oldest_held.unwrap_or(self.last_import_ms);
+        self.stats.import_floor_ms.store(floor, Ordering::Relaxed);
     }
 
     /// Headers naming this node as the origin.
@@ -652,6 +674,15 @@ impl Link {
 
     /// A QoS 1/2 message from the stream: confirmed once the local broker has it.
     async fn import_stored(&mut self, m: jetstream::Message) {
+        if let Ok(info) = m.info() {
+            let stored =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let now = unix_ms();
+            self.last_import_ms = stored;
+            if let Ok(mut lag) = self.stats.import_lag.lock() {
+                lag.record(now, now.saturating_sub(stored));
+            }
+        }
         if self.is_own(m.headers.as_ref()) {
             let _ = m.ack().await;
             return;

@@ -11,12 +11,19 @@
 //! confirmation it takes the session back. The receiver rebuilds the session and answers the
 //! client with session present = 1.
 //!
-//! When the holder is gone (no NATS responder on its subject), the session cannot be
-//! resumed: the client gets a new session (session present = 0, so it knows to subscribe
-//! again) and the loss is counted. See docs/cluster.md for what this does and does not keep.
+//! The holder also keeps, about once a second, each persistent session's record
+//! (subscriptions) next to its name in the bucket, and its node's *floor* under
+//! `node.<name>`: a time before which every stream message its persistent sessions may still
+//! need had been delivered and acknowledged. When the holder is gone (no NATS responder on
+//! its subject), the node where the client connects rebuilds the session from its record and
+//! reads the stream again from the holder's floor for it ([`crate::replay`]): at least once,
+//! so messages the client had already received may come again. Without a record the client
+//! gets a new session (session present = 0) and the loss is counted. See docs/cluster.md.
 //!
 //! ```text
-//! part:  kind u8 (0 no session, 1 part, 2 last part) | index u32 | bytes
+//! session value: node_len u8 | node | session image (empty until the first report)
+//! floor value:   floor u64 (Unix ms)
+//! part:          kind u8 (0 no session, 1 part, 2 last part) | index u32 | bytes
 //! ```
 
 use std::sync::Arc;
@@ -45,6 +52,42 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub type ExportFn = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
 /// Gives an image back to this node's broker (a transfer the receiver did not confirm).
 pub type RestoreFn = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+/// Asks this node's broker what changed in its persistent sessions ([`Report`]).
+pub type ReportFn = Arc<dyn Fn() -> BoxFuture<'static, Option<Report>> + Send + Sync>;
+
+/// What a node's broker reports about its persistent sessions.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// How long the oldest message waiting for one of its persistent sessions has waited.
+    pub oldest_pending: Option<Duration>,
+    /// Sessions whose record changed: client identifier and the session's image without
+    /// messages (its subscriptions), or `None` once it ended here.
+    pub changed: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What [`Directory::fetch`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// No other node holds a session of this client.
+    Nothing,
+    /// The holder gave it up: the session's image.
+    Moved(Vec<u8>),
+    /// The holder is gone; what the cluster recorded: the session's image without messages,
+    /// and the holder's floor (Unix ms), from which the stream must be read again for it.
+    Orphaned {
+        /// The node that held it.
+        holder: String,
+        /// The session's image without messages.
+        image: Vec<u8>,
+        /// Read the stream again from this time.
+        since_ms: u64,
+    },
+}
+
+/// How often the holder's records and floor are written.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Margin subtracted from a floor for clock differences between nodes and NATS servers.
+const CLOCK_MARGIN_MS: u64 = 2_000;
 
 /// Why a session could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +115,62 @@ pub fn request_subject(cluster: &str, node: &str) -> String {
     format!("{cluster}.sessions.{node}")
 }
 
+/// The key of a client's session record.
+fn key(client_id: &str) -> String {
+    crate::retained::key(client_id)
+}
+
+/// The key of a node's floor.
+fn floor_key(node: &str) -> String {
+    format!("node.{node}")
+}
+
+fn value(node: &str, image: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + node.len() + image.len());
+    // Node names are at most 64 bytes (checked with the configuration).
+    out.put_u8(u8::try_from(node.len()).unwrap_or(u8::MAX));
+    out.put_slice(
+        node.as_bytes()
+            .get(..usize::from(u8::MAX))
+            .unwrap_or(node.as_bytes()),
+    );
+    out.put_slice(image);
+    out.freeze()
+}
+
+/// The holder and the image of a session value.
+fn parse_value(v: &[u8]) -> Option<(&str, &[u8])> {
+    let (&n, rest) = v.split_first()?;
+    let (node, image) = rest.split_at_checked(usize::from(n))?;
+    Some((std::str::from_utf8(node).ok()?, image))
+}
+
+/// A node's floor: the oldest stream time its persistent sessions may still need, less a
+/// margin for clocks. `import_floor_ms`: the link's (see `ClusterStats::import_floor_ms`);
+/// `oldest_pending`: the age of the oldest message waiting in a persistent session;
+/// `lag_ms`: the longest a message waited in the stream before the link got it, since then.
+pub fn floor(
+    now_ms: u64,
+    import_floor_ms: u64,
+    oldest_pending: Option<Duration>,
+    lag_ms: u64,
+) -> u64 {
+    let queued = match oldest_pending {
+        // Stamped in whole seconds, rounded down: one more second.
+        Some(age) => now_ms
+            .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+            .saturating_sub(1_000)
+            .saturating_sub(lag_ms),
+        None => now_ms,
+    };
+    let link = if import_floor_ms == 0 {
+        now_ms
+    } else {
+        import_floor_ms
+    };
+    queued.min(link).saturating_sub(CLOCK_MARGIN_MS)
+}
+
 /// The NATS side of the session directory, once set up.
 #[derive(Clone)]
 struct Ready {
@@ -97,6 +196,16 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
+    /// The NATS client, once connected.
+    pub(crate) fn client(&self) -> Result<async_nats::Client, FetchError> {
+        Ok(self.ready()?.client)
+    }
+
+    /// The cluster's name.
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     fn ready(&self) -> Result<Ready, FetchError> {
         self.ready
             .borrow()
@@ -104,21 +213,23 @@ impl Directory {
             .ok_or_else(|| FetchError::Unavailable("not connected yet".to_owned()))
     }
 
-    /// The image of `client_id`'s session if another node holds it (that node gives it up);
-    /// `Ok(None)` when no other node holds one, or its holder is gone.
-    pub async fn fetch(&self, client_id: &str) -> Result<Option<Vec<u8>>, FetchError> {
+    /// The session of `client_id` if another node holds it (that node gives it up), or what
+    /// the cluster recorded of it when that node is gone.
+    pub async fn fetch(&self, client_id: &str) -> Result<Fetched, FetchError> {
         let ready = self.ready()?;
-        let key = crate::retained::key(client_id);
-        let entry = tokio::time::timeout(RECORD_TIMEOUT, ready.bucket.get(&key))
+        let entry = tokio::time::timeout(RECORD_TIMEOUT, ready.bucket.get(key(client_id)))
             .await
             .map_err(|_| FetchError::Unavailable("reading the session bucket timed out".into()))?
             .map_err(|e| FetchError::Unavailable(e.to_string()))?;
-        let Some(holder) = entry else {
-            return Ok(None);
+        let Some(entry) = entry else {
+            return Ok(Fetched::Nothing);
         };
-        let holder = String::from_utf8_lossy(&holder).into_owned();
+        let Some((holder, record)) = parse_value(&entry) else {
+            return Ok(Fetched::Nothing);
+        };
+        let holder = holder.to_owned();
         if *holder == *self.node {
-            return Ok(None);
+            return Ok(Fetched::Nothing);
         }
         let transfer = |reason: String| FetchError::Transfer {
             node: holder.clone(),
@@ -147,15 +258,14 @@ impl Directory {
                 .map_err(|_| transfer("timed out".to_owned()))?
                 .ok_or_else(|| transfer("the connection closed".to_owned()))?;
             if part.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                ClusterStats::inc(&self.stats.sessions_lost);
-                tracing::warn!(node = %self.node, holder = %holder, client_id = %clip(client_id),
-                    "the node that held this client's session is gone: the client starts a new session");
-                return Ok(None);
+                return self
+                    .orphaned(&ready, client_id, holder, record.to_vec())
+                    .await;
             }
             let (kind, index, bytes) =
                 parse_part(&part.payload).ok_or_else(|| transfer("a malformed part".to_owned()))?;
             if kind == PartKind::None {
-                return Ok(None);
+                return Ok(Fetched::Nothing);
             }
             if index != expect {
                 return Err(transfer(format!("part {index} arrived, {expect} expected")));
@@ -173,24 +283,150 @@ impl Directory {
                     .map_err(|e| transfer(e.to_string()))?;
                 let _ = ready.client.flush().await;
                 ClusterStats::inc(&self.stats.sessions_in);
-                return Ok(Some(image));
+                return Ok(Fetched::Moved(image));
             }
         }
     }
 
-    /// Records that this node holds `client_id`'s session.
+    /// The holder of a session is gone: what the cluster recorded of it.
+    async fn orphaned(
+        &self,
+        ready: &Ready,
+        client_id: &str,
+        holder: String,
+        image: Vec<u8>,
+    ) -> Result<Fetched, FetchError> {
+        if image.is_empty() {
+            ClusterStats::inc(&self.stats.sessions_lost);
+            tracing::warn!(node = %self.node, holder = %holder, client_id = %clip(client_id),
+                "the node that held this client's session is gone and left no record of it: the client starts a new session");
+            return Ok(Fetched::Nothing);
+        }
+        let floor = tokio::time::timeout(RECORD_TIMEOUT, ready.bucket.get(floor_key(&holder)))
+            .await
+            .map_err(|_| FetchError::Unavailable("reading the session bucket timed out".into()))?
+            .map_err(|e| FetchError::Unavailable(e.to_string()))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes);
+        // No floor written (the node died within its first second): from the beginning of
+        // what the stream keeps.
+        let since_ms = floor.unwrap_or(0);
+        tracing::warn!(node = %self.node, holder = %holder, client_id = %clip(client_id), since_ms,
+            "the node that held this client's session is gone: rebuilding it from the cluster's record");
+        Ok(Fetched::Orphaned {
+            holder,
+            image,
+            since_ms,
+        })
+    }
+
+    /// Records that this node holds `client_id`'s session (its record follows with the next
+    /// report; one this node already wrote is kept).
     pub async fn hold(&self, client_id: &str) -> Result<(), String> {
         let ready = self.ready().map_err(|e| e.to_string())?;
-        let key = crate::retained::key(client_id);
-        tokio::time::timeout(
-            RECORD_TIMEOUT,
-            ready.bucket.put(&key, Bytes::from(self.node.to_string())),
-        )
+        tokio::time::timeout(RECORD_TIMEOUT, async {
+            let key = key(client_id);
+            let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
+            let ours = entry
+                .as_ref()
+                .and_then(|e| parse_value(&e.value))
+                .is_some_and(|(holder, _)| *holder == *self.node);
+            if ours {
+                return Ok(());
+            }
+            let value = value(&self.node, &[]);
+            match entry {
+                Some(e) => ready
+                    .bucket
+                    .update(&key, value, e.revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => ready
+                    .bucket
+                    .create(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            }
+        })
         .await
         .map_err(|_| "writing the session bucket timed out".to_owned())?
+    }
+}
+
+/// Writes what the broker reported: the records of sessions held here (never over another
+/// node's claim: a session that has just moved on is left to its new holder), removals of
+/// those that ended here, and the node's floor.
+async fn write_report(
+    ready: &Ready,
+    node: &str,
+    stats: &ClusterStats,
+    report: Report,
+) -> Result<(), String> {
+    for (client_id, image) in report.changed {
+        let key = key(&client_id);
+        let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
+        let ours = entry
+            .as_ref()
+            .and_then(|e| parse_value(&e.value))
+            .is_some_and(|(h, _)| h == node);
+        let result = match (image, entry) {
+            (Some(image), Some(e)) if ours => ready
+                .bucket
+                .update(&key, value(node, &image), e.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (Some(image), None) => ready
+                .bucket
+                .create(&key, value(node, &image))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (None, Some(e)) if ours => ready
+                .bucket
+                .delete_expect_revision(&key, Some(e.revision))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        if result.is_ok() {
+            ClusterStats::inc(&stats.session_records);
+        }
+        if let Err(e) = result {
+            // Someone else wrote it in between: theirs stands.
+            tracing::debug!(node, client_id = %clip(&client_id), error = %e, "session record not written");
+        }
+    }
+    let lag = stats.import_lag.lock().map_or(0, |w| {
+        let since = now_ms().saturating_sub(
+            report
+                .oldest_pending
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        );
+        w.max_since(since)
+    });
+    let f = floor(
+        now_ms(),
+        stats
+            .import_floor_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        report.oldest_pending,
+        lag,
+    );
+    ready
+        .bucket
+        .put(floor_key(node), Bytes::copy_from_slice(&f.to_be_bytes()))
+        .await
         .map(|_| ())
         .map_err(|e| e.to_string())
-    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,12 +465,21 @@ fn clip(s: &str) -> &str {
     s.get(..s.len().min(128)).unwrap_or(s)
 }
 
+/// What the directory is given by its broker.
+pub struct Hooks {
+    /// Exports a session that another node asks for.
+    pub export: ExportFn,
+    /// Takes back a session whose transfer was not confirmed.
+    pub restore: RestoreFn,
+    /// Reports changed session records and the age of the oldest pending message.
+    pub report: ReportFn,
+}
+
 /// Starts the directory: connects to NATS (retrying), opens the bucket and serves other
 /// nodes' requests for this node's sessions until `shutdown`.
 pub fn spawn(
     settings: Settings,
-    export: ExportFn,
-    restore: RestoreFn,
+    hooks: Hooks,
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
 ) -> (Directory, tokio::task::JoinHandle<()>) {
@@ -245,7 +490,7 @@ pub fn spawn(
         ready: ready_rx,
         stats: Arc::clone(&stats),
     };
-    let task = tokio::spawn(serve(settings, export, restore, stats, ready_tx, shutdown));
+    let task = tokio::spawn(serve(settings, hooks, stats, ready_tx, shutdown));
     (directory, task)
 }
 
@@ -272,8 +517,7 @@ async fn setup(settings: &Settings) -> Result<(Ready, async_nats::Subscriber), S
 
 async fn serve(
     settings: Settings,
-    export: ExportFn,
-    restore: RestoreFn,
+    hooks: Hooks,
     stats: Arc<ClusterStats>,
     ready_tx: watch::Sender<Option<Ready>>,
     mut shutdown: watch::Receiver<bool>,
@@ -296,6 +540,18 @@ async fn serve(
         }
     };
     let _ = ready_tx.send(Some(ready.clone()));
+    let Hooks {
+        export,
+        restore,
+        report,
+    } = hooks;
+    let reporter = tokio::spawn(run_reports(
+        ready.clone(),
+        settings.node.clone(),
+        report,
+        Arc::clone(&stats),
+        shutdown.clone(),
+    ));
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -317,6 +573,36 @@ async fn serve(
         }
     }
     let _ = ready_tx.send(None);
+    let _ = reporter.await;
+}
+
+/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown.
+async fn run_reports(
+    ready: Ready,
+    node: String,
+    report: ReportFn,
+    stats: Arc<ClusterStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let Some(r) = report().await else { continue };
+                match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(node = %node, error = %e, "cluster session records not written"),
+                    Err(_) => tracing::debug!(node = %node, "writing cluster session records timed out"),
+                }
+            }
+        }
+    }
 }
 
 /// Sends the session of `client_id` to the node that asked for it, and takes it back when
@@ -389,6 +675,41 @@ async fn send_parts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let v = value("node-1", b"image");
+        assert_eq!(parse_value(&v), Some(("node-1", &b"image"[..])));
+        assert_eq!(parse_value(&value("n", &[])), Some(("n", &[][..])));
+        assert_eq!(parse_value(b""), None);
+        assert_eq!(parse_value(b"\x05ab"), None);
+    }
+
+    #[test]
+    fn the_floor_covers_pending_messages_the_link_and_clocks() {
+        let now = 1_000_000;
+        assert_eq!(
+            floor(now, 0, None, 0),
+            now - CLOCK_MARGIN_MS,
+            "nothing pending"
+        );
+        assert_eq!(
+            floor(now, now - 500, None, 0),
+            now - 500 - CLOCK_MARGIN_MS,
+            "the link holds an older one"
+        );
+        let age = Duration::from_secs(10);
+        assert_eq!(
+            floor(now, now, Some(age), 300),
+            now - 10_000 - 1_000 - 300 - CLOCK_MARGIN_MS,
+            "queued 10 s ago, after waiting up to 300 ms in the stream"
+        );
+        assert_eq!(
+            floor(100, 0, Some(Duration::from_secs(3600)), 0),
+            0,
+            "never below zero"
+        );
+    }
 
     #[test]
     fn parts_round_trip_and_garbage_is_refused() {

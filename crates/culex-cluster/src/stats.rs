@@ -1,6 +1,8 @@
 //! What the cluster link counts, read by the broker's metrics, `$SYS` and `/readyz`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Counters and state of one node's cluster link. All fields are updated by the link and read
 /// by anyone.
@@ -47,6 +49,59 @@ pub struct ClusterStats {
     /// Session transfers that failed (the client was refused and retries; the session stayed
     /// where it was).
     pub session_transfer_failures: AtomicU64,
+    /// Session records (and removals) written to the cluster's bucket.
+    pub session_records: AtomicU64,
+    /// Messages read back from the stream for a rebuilt session beyond the limit, left out.
+    pub dropped_replay: AtomicU64,
+    /// Sessions rebuilt here from the cluster's records after their node died (subscriptions
+    /// and the stream's messages since that node's floor).
+    pub sessions_recovered: AtomicU64,
+    /// Stream time (Unix ms) before which this node's link has confirmed every stream message
+    /// it will ever get: the oldest one it holds unconfirmed, else the newest it received
+    /// (later ones come in stream order); 0 until the link runs.
+    pub import_floor_ms: AtomicU64,
+    /// How long stream messages waited before this node's link received them.
+    pub import_lag: Mutex<LagWindow>,
+}
+
+/// The longest wait of a stream message before the link received it, per minute, for the
+/// last day: a message now queued here was stored in the stream at most that long before it
+/// arrived.
+#[derive(Debug, Default)]
+pub struct LagWindow {
+    minutes: VecDeque<(u64, u64)>,
+}
+
+/// Minutes kept.
+const LAG_MINUTES: usize = 24 * 60;
+
+impl LagWindow {
+    /// A message received at `now_ms` had waited `lag_ms`.
+    pub fn record(&mut self, now_ms: u64, lag_ms: u64) {
+        let minute = now_ms / 60_000;
+        match self.minutes.back_mut() {
+            Some((m, max)) if *m == minute => *max = (*max).max(lag_ms),
+            _ => {
+                self.minutes.push_back((minute, lag_ms));
+                if self.minutes.len() > LAG_MINUTES {
+                    self.minutes.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The longest wait of messages received since `since_ms` (whole minutes, rounded out);
+    /// with nothing recorded that far back, the longest wait recorded at all.
+    pub fn max_since(&self, since_ms: u64) -> u64 {
+        let from = (since_ms / 60_000).saturating_sub(1);
+        let covered = self.minutes.front().is_some_and(|(m, _)| *m <= from);
+        self.minutes
+            .iter()
+            .filter(|(m, _)| !covered || *m >= from)
+            .map(|(_, lag)| *lag)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl ClusterStats {
@@ -57,5 +112,31 @@ impl ClusterStats {
 
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_window_keeps_the_longest_wait_per_minute() {
+        let mut w = LagWindow::default();
+        assert_eq!(w.max_since(0), 0);
+        let t = 100 * 60_000;
+        w.record(t, 5);
+        w.record(t + 1_000, 900);
+        w.record(t + 5 * 60_000, 20);
+        assert_eq!(w.max_since(t + 5 * 60_000), 20, "only the last minutes");
+        assert_eq!(w.max_since(t), 900);
+        assert_eq!(
+            w.max_since(t - 3_600_000),
+            900,
+            "older than recorded: everything"
+        );
+        for i in 0..(LAG_MINUTES as u64 + 10) {
+            w.record(t + i * 60_000, 1);
+        }
+        assert!(w.minutes.len() <= LAG_MINUTES);
     }
 }

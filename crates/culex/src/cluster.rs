@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use culex_broker::log_clip::Clipped;
-use culex_broker::{Command, QueueObserver, QueuePolicy};
-use culex_cluster::sessions::{Directory, FetchError};
+use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
+use culex_cluster::sessions::{Directory, FetchError, Fetched};
 use culex_cluster::{ClusterStats, Settings};
 use culex_config::{Config, ListenerProtocol};
 use culex_store::Clocks;
@@ -26,6 +26,14 @@ const QUEUE_LIMIT: usize = 100_000;
 const QUEUE_BYTES: u64 = 256 * 1024 * 1024;
 /// Client connections waiting to be claimed on the other nodes (beyond: not claimed, logged).
 const CLAIM_QUEUE: usize = 4096;
+/// Messages read back from the stream for one session whose node died, at most (beyond:
+/// left out, counted in `culex_cluster_dropped_total{reason="replay_limit"}`).
+const REPLAY_LIMIT: usize = 100_000;
+/// How long a session rebuilt after its node died waits for this node's link to hand its
+/// backlog to the stream before reading it.
+const BACKLOG_WAIT: Duration = Duration::from_secs(1);
+/// How often a rebuilt session's queue is offered the next messages read back for it.
+const REPLAY_PACE: Duration = Duration::from_millis(20);
 /// How long shutdown waits for the link to close its local session.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,6 +45,8 @@ pub(crate) struct ClusterConns {
     pub(crate) claims: mpsc::Sender<String>,
     /// Where persistent sessions live in the cluster.
     pub(crate) sessions: Directory,
+    /// The link's counters (what waits for the backplane).
+    pub(crate) stats: Arc<ClusterStats>,
 }
 
 /// The cluster's parts started before the connection tasks' shared state exists (the session
@@ -115,13 +125,26 @@ pub(crate) fn prepare(
             }
         })
     });
+    let restore_router = router.clone();
     let restore: culex_cluster::sessions::RestoreFn = Arc::new(move |bytes| {
-        adopt(&router, &bytes);
+        adopt(&restore_router, &bytes);
+    });
+    let report: culex_cluster::sessions::ReportFn = Arc::new(move || {
+        let router = router.clone();
+        Box::pin(async move {
+            let router = router.upgrade()?;
+            let (reply, rx) = oneshot::channel();
+            router.send(Command::ClusterReport { reply }).await.ok()?;
+            Some(sessions_report(rx.await.ok()?))
+        })
     });
     let (directory, directory_task) = culex_cluster::sessions::spawn(
         settings.clone(),
-        export,
-        restore,
+        culex_cluster::sessions::Hooks {
+            export,
+            restore,
+            report,
+        },
         Arc::clone(&stats),
         shutdown_rx,
     );
@@ -130,6 +153,7 @@ pub(crate) fn prepare(
         ClusterConns {
             claims: claims_tx,
             sessions: directory,
+            stats: Arc::clone(&stats),
         },
         Prepared {
             settings,
@@ -156,22 +180,50 @@ fn adopt(router: &mpsc::WeakSender<Command>, bytes: &[u8]) {
     }
 }
 
-/// The session of `client_id` if another node holds it: moved into this node's router (its
-/// CONNECT follows). `Err` when it exists elsewhere but could not be moved: the client must
-/// be refused (it retries) rather than given an empty session.
+/// The router's report as the cluster records it: session records as images without
+/// messages.
+fn sessions_report(report: ClusterReport) -> culex_cluster::sessions::Report {
+    let clocks = Clocks::now();
+    let changed = report
+        .changed
+        .into_iter()
+        .map(|(client_id, record)| {
+            let image = record.and_then(|r| {
+                culex_store::encode_session_image(&client_id, &r, &[], &clocks)
+                    .map_err(|e| warn!(client_id = %Clipped(&client_id), error = %e, "session record not encodable"))
+                    .ok()
+            });
+            (client_id.to_string(), image)
+        })
+        .collect();
+    culex_cluster::sessions::Report {
+        oldest_pending: report.oldest_pending,
+        changed,
+    }
+}
+
+/// The session of `client_id` if another node holds it, moved into this node's router (its
+/// CONNECT follows); or, when that node is gone, rebuilt from the cluster's record with the
+/// stream's messages since that node's floor. `Err` when it exists elsewhere but could not be
+/// moved: the client must be refused (it retries) rather than given an empty session.
 pub(crate) async fn resume_from_cluster(
     conns: &ClusterConns,
     router: &mpsc::Sender<Command>,
     client_id: &str,
-) -> Result<(), FetchError> {
-    let bytes = match conns.sessions.fetch(client_id).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Ok(()),
+) -> Result<Option<Replay>, FetchError> {
+    let (bytes, orphaned) = match conns.sessions.fetch(client_id).await {
+        Ok(Fetched::Nothing) => return Ok(None),
+        Ok(Fetched::Moved(bytes)) => (bytes, None),
+        Ok(Fetched::Orphaned {
+            holder,
+            image,
+            since_ms,
+        }) => (image, Some((holder, since_ms))),
         Err(FetchError::Unavailable(e)) => {
             // Whether another node holds a session is unknown; this node's own (if any) is
             // used, as a single broker would.
             warn!(client_id = %Clipped(client_id), error = %e, "cluster session directory unavailable; resuming from this node only");
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(e),
     };
@@ -180,15 +232,161 @@ pub(crate) async fn resume_from_cluster(
         Err(e) => {
             // The other node has let it go: the client starts a new session.
             warn!(client_id = %Clipped(client_id), error = %e, "a session moved from another node could not be read");
-            return Ok(());
+            return Ok(None);
         }
     };
+    let filters: Vec<String> = session
+        .record
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.clone())
+        .collect();
+    let unavailable = |_| FetchError::Unavailable("the router stopped".to_owned());
     router
         .send(Command::AdoptSession {
             session: Box::new(session),
         })
         .await
-        .map_err(|_| FetchError::Unavailable("the router stopped".to_owned()))
+        .map_err(unavailable)?;
+    let Some((holder, since_ms)) = orphaned else {
+        return Ok(None);
+    };
+    // The session's subscriptions are in force before the stream's end is read: what is
+    // stored after it arrives the ordinary way.
+    let (reply, rx) = oneshot::channel();
+    router
+        .send(Command::Ping { reply })
+        .await
+        .map_err(unavailable)?;
+    let _ = rx.await;
+    // What local clients published before then is in the stream once the link's backlog is.
+    let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+    while conns.stats.queued.load(Ordering::Relaxed)
+        + conns.stats.pending_out.load(Ordering::Relaxed)
+        > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match conns
+        .sessions
+        .read_back(&filters, since_ms, REPLAY_LIMIT)
+        .await
+    {
+        Ok(back) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let count = back.messages.len();
+            let messages: Vec<culex_broker::Message> = back
+                .messages
+                .into_iter()
+                .filter_map(|(p, stored_ms)| message_of(p, now.saturating_sub(stored_ms)))
+                .collect();
+            conns
+                .stats
+                .sessions_recovered
+                .fetch_add(1, Ordering::Relaxed);
+            if back.left_out > 0 {
+                conns
+                    .stats
+                    .dropped_replay
+                    .fetch_add(back.left_out, Ordering::Relaxed);
+            }
+            tracing::info!(client_id = %Clipped(client_id), holder = %holder, read_back = count, left_out = back.left_out,
+                "session rebuilt after its node was lost");
+            Ok(Some(Replay {
+                client_id: client_id.to_owned(),
+                messages,
+                stats: Arc::clone(&conns.stats),
+            }))
+        }
+        Err(e) => {
+            conns.stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
+            warn!(client_id = %Clipped(client_id), holder = %holder, error = %e,
+                "session rebuilt without its messages: reading the cluster stream failed");
+            Ok(None)
+        }
+    }
+}
+
+/// Messages read back from the stream for a rebuilt session, handed to the router after its
+/// client's CONNECT as fast as the client takes them.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    client_id: String,
+    messages: Vec<culex_broker::Message>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Replay {
+    /// Feeds the messages to the router in the background: as many as the session's queue
+    /// has room for, then the rest as it drains; what is left when the client goes away is
+    /// counted as dropped.
+    pub(crate) fn feed(self, router: mpsc::Sender<Command>) {
+        tokio::spawn(async move {
+            let Replay {
+                client_id,
+                mut messages,
+                stats,
+            } = self;
+            while !messages.is_empty() {
+                let (reply, rx) = oneshot::channel();
+                let offered = messages.len();
+                let sent = router
+                    .send(Command::Replay {
+                        client_id: client_id.clone(),
+                        messages: std::mem::take(&mut messages),
+                        reply,
+                    })
+                    .await;
+                let dropped = match (sent, rx.await) {
+                    (Ok(()), Ok(Ok(rest))) => {
+                        messages = rest;
+                        0
+                    }
+                    (Ok(()), Ok(Err(n))) => n,
+                    _ => offered,
+                };
+                if dropped > 0 {
+                    warn!(client_id = %Clipped(&client_id), dropped, "the client left before every message read back for it was queued");
+                    stats
+                        .dropped_replay
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    return;
+                }
+                if !messages.is_empty() {
+                    tokio::time::sleep(REPLAY_PACE).await;
+                }
+            }
+        });
+    }
+}
+
+/// A message read back from the stream, as the router routes it: its Message Expiry Interval
+/// less the time it has been stored (`None` once expired).
+fn message_of(p: culex_proto::Publish, age_ms: u64) -> Option<culex_broker::Message> {
+    let now = std::time::Instant::now();
+    let mut properties = p.properties;
+    let expires_at = match properties.message_expiry_interval {
+        Some(secs) => {
+            let left = u64::from(secs)
+                .checked_sub(age_ms / 1000)
+                .filter(|l| *l > 0)?;
+            properties.message_expiry_interval = u32::try_from(left).ok();
+            now.checked_add(Duration::from_secs(left))
+        }
+        None => None,
+    };
+    Some(culex_broker::Message {
+        topic: Arc::from(p.topic),
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties,
+        expires_at,
+        origin: None,
+    })
 }
 
 /// Starts the link of a prepared cluster.

@@ -99,15 +99,33 @@ impl Router {
     }
 
     /// Queues `messages` for the session of `client_id` alone, each at the highest QoS of its
-    /// matching (non-shared) subscriptions; those none matches are skipped.
-    pub(super) fn replay(&mut self, client_id: &str, messages: Vec<Message>, now: Instant) {
+    /// matching (non-shared) subscriptions; those none matches are skipped. Takes only what
+    /// the session's queue has room for and answers with the rest (`Err` with their number
+    /// when the session is gone or offline: nobody will make room, they are dropped).
+    pub(super) fn replay(
+        &mut self,
+        client_id: &str,
+        messages: Vec<Message>,
+        now: Instant,
+    ) -> Result<Vec<Message>, usize> {
+        let total = messages.len();
         let Some(&sid) = self.by_client.get(client_id) else {
-            return;
+            return Err(total);
         };
-        for message in messages {
+        let mut rest = messages.into_iter();
+        while let Some(message) = rest.next() {
             let Some(s) = self.sessions.get(&sid) else {
-                return;
+                return Err(rest.len() + 1);
             };
+            let limits = s.queue_limits(&self.settings);
+            if s.outgoing.queued_len() >= limits.max_messages {
+                if s.link.is_none() {
+                    return Err(rest.len() + 1);
+                }
+                let mut left = vec![message];
+                left.extend(rest);
+                return Ok(left);
+            }
             let mut qos: Option<QoS> = None;
             let mut retain = false;
             let mut ids = Vec::new();
@@ -134,5 +152,6 @@ impl Router {
             };
             self.deliver(sid, pending, now);
         }
+        Ok(Vec::new())
     }
 }

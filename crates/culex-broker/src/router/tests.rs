@@ -1635,17 +1635,40 @@ fn replayed_messages_go_to_that_session_only_as_its_own_subscriptions_match() {
         expires_at: None,
         origin: None,
     };
-    r.handle(
-        Command::Replay {
-            client_id: "s".into(),
-            messages: vec![message("r/1"), message("x/1"), message("r/2")],
-        },
-        t0,
-    );
+    let replay = |r: &mut Router, messages: Vec<Message>| {
+        let (reply, mut rx) = oneshot::channel();
+        r.handle(
+            Command::Replay {
+                client_id: "s".into(),
+                messages,
+                reply,
+            },
+            t0,
+        );
+        rx.try_recv().expect("answered at once")
+    };
+    let rest = replay(&mut r, vec![message("r/1"), message("x/1"), message("r/2")]);
+    assert_eq!(rest.map(|m| m.len()), Ok(0), "all taken");
     assert_eq!(next_topic(&mut other), None, "nobody else gets them");
     assert_eq!(r.stats().replayed, 2);
     let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
     assert_eq!(next_topic(&mut back).as_deref(), Some("r/1"));
     assert_eq!(next_topic(&mut back).as_deref(), Some("r/2"));
     assert_eq!(next_topic(&mut back), None);
+
+    // Only what the queue has room for (the window of 20 in flight, then 1,000 queued).
+    let many: Vec<Message> = (0..1100).map(|i| message(&format!("r/{i}"))).collect();
+    let rest = replay(&mut r, many).expect("online: the rest comes back");
+    assert_eq!(
+        rest.len(),
+        1100 - 18 - 1000,
+        "two of the window were in flight already"
+    );
+    assert_eq!(&*rest[0].topic, "r/1018");
+    disconnect(&mut r, t0, 3, DisconnectKind::Normal);
+    assert_eq!(
+        replay(&mut r, rest).err(),
+        Some(82),
+        "offline and full: nobody makes room"
+    );
 }

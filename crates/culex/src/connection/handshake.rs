@@ -319,17 +319,20 @@ where
             outbox: tx,
             reply: reply_tx,
         };
+        let mut replay = None;
         if let Some(cluster) = shared.cluster.as_ref().filter(|_| {
             !req.clean_start && !req.client_id.is_empty() && !listener.security.is_internal()
         }) {
             // Its session may be on another node: moved here before the CONNECT.
-            if let Err(e) =
-                crate::cluster::resume_from_cluster(cluster, &shared.router, &req.client_id).await
+            match crate::cluster::resume_from_cluster(cluster, &shared.router, &req.client_id).await
             {
-                tracing::warn!(peer = %peer, client_id = %Clipped(&req.client_id), error = %e,
+                Ok(r) => replay = r,
+                Err(e) => {
+                    tracing::warn!(peer = %peer, client_id = %Clipped(&req.client_id), error = %e,
                     "client refused: its session could not be moved from another node; it may retry");
-                self.refuse(ReasonCode::ServerUnavailable).await;
-                return None;
+                    self.refuse(ReasonCode::ServerUnavailable).await;
+                    return None;
+                }
             }
         }
         if shared
@@ -399,6 +402,9 @@ where
         if self.state.queue(connack, &mut self.out).is_err() || self.flush().await.is_err() {
             self.finish(Ending::socket_gone("write failed")).await;
             return None;
+        }
+        if let Some(replay) = replay {
+            replay.feed(shared.router.clone());
         }
         Some(rx)
     }

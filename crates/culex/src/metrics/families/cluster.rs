@@ -98,7 +98,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`event`: `in` (a client resumed here a session another node held), `out` (handed to another node), `lost` (the node that held it was gone; the client got a new session), `transfer_failed` (the move failed; the client was refused and the session stayed)",
+        labels: "`event`: `in` (a client resumed here a session another node held), `out` (handed to another node), `recovered` (the node that held it was gone: rebuilt here from the cluster's record and the stream), `lost` (the node that held it was gone and left no record, or the stream could not be read), `transfer_failed` (the move failed; the client was refused and the session stayed), `recorded` (a session's record written to the cluster, or removed)",
         help: "Persistent sessions moved between nodes, by event.",
         doc: "persistent sessions that followed their client to another node",
         sys: &[],
@@ -106,7 +106,9 @@ pub(super) static CLUSTER: &[Family] = &[
             if let Some(st) = s.counters.cluster.get() {
                 e(&[("event", "in")], st.sessions_in.load(Relaxed) as f64);
                 e(&[("event", "out")], st.sessions_out.load(Relaxed) as f64);
+                e(&[("event", "recovered")], st.sessions_recovered.load(Relaxed) as f64);
                 e(&[("event", "lost")], st.sessions_lost.load(Relaxed) as f64);
+                e(&[("event", "recorded")], st.session_records.load(Relaxed) as f64);
                 e(
                     &[("event", "transfer_failed")],
                     st.session_transfer_failures.load(Relaxed) as f64,
@@ -130,7 +132,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `unreadable` (a backplane message that is not a Culex envelope)",
+        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages)",
         help: "Messages the cluster link dropped, by reason.",
         doc: "messages the cluster link dropped",
         sys: &[],
@@ -140,6 +142,7 @@ pub(super) static CLUSTER: &[Family] = &[
                 e(&[("reason", "qos0_offline")], st.dropped_qos0.load(Relaxed) as f64);
                 e(&[("reason", "too_large")], st.dropped_too_large.load(Relaxed) as f64);
                 e(&[("reason", "unreadable")], st.bad_messages.load(Relaxed) as f64);
+                e(&[("reason", "replay_limit")], st.dropped_replay.load(Relaxed) as f64);
             }
         },
     },
