@@ -54,6 +54,10 @@ pub struct QueuePolicy {
     pub max_inflight: Option<u16>,
     /// Told about the queue's length and drops.
     pub observer: Option<Arc<dyn QueueObserver>>,
+    /// A client's acknowledgement of a QoS 1/2 PUBLISH this session gets waits until the
+    /// session has acknowledged it in turn (the cluster link: once the backplane stored it),
+    /// so that what a publisher was told is kept survives this node.
+    pub confirms_publishers: bool,
 }
 
 /// A CONNECT the connection task has decoded, checked and authenticated.

@@ -431,7 +431,7 @@ impl Router {
                         }
                         // With persistence the router keeps tracking these itself (it acks
                         // them); without, the connection takes them over until it ends.
-                        inbound_qos2 = if s.outgoing.journaled() {
+                        inbound_qos2 = if s.outgoing.journaled() || self.settings.cluster {
                             s.inbound_qos2.clone()
                         } else {
                             std::mem::take(&mut s.inbound_qos2)
@@ -552,8 +552,10 @@ impl Router {
             self.send_delivery(sid, d);
         }
         self.flush_changes(sid);
-        // Acknowledgements this session held back go out once its queue has drained.
+        // Acknowledgements this session held back go out once its queue has drained, and
+        // those waiting for it to confirm messages once it has.
         self.flow_progress(sid, now);
+        self.flow_confirmed(sid);
     }
 
     fn pubrec(&mut self, conn: ConnId, packet_id: u16, reason: ReasonCode, now: Instant) {
@@ -566,6 +568,7 @@ impl Router {
         let released = s.outgoing.rec(packet_id, reason.is_error());
         let v5 = s.link.as_ref().is_some_and(|l| l.protocol.is_v5());
         self.flush_changes(sid);
+        self.flow_confirmed(sid);
         if released {
             self.send_pubrel(sid, Packet::PubRel(PubResp::new(packet_id)));
         } else if reason.is_error() {
@@ -732,7 +735,7 @@ impl Router {
             // QoS 0 messages still waiting for its outbox go with the connection.
             self.stats.dropped_offline_qos0 += link.backlog.map_or(0, |b| b.items.len() as u64);
         }
-        if !s.outgoing.journaled() {
+        if !s.outgoing.journaled() && !self.settings.cluster {
             // With persistence the router tracked these itself (it acknowledged them).
             s.inbound_qos2 = inbound_qos2;
         }

@@ -308,6 +308,19 @@ impl Outgoing {
             self.next_seq += 1;
         }
     }
+
+    /// Sequence number of the last message taken (0 before the first).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// The lowest sequence number still queued or in flight (PUBREL sent included), if any.
+    pub(crate) fn lowest_outstanding(&self) -> Option<u64> {
+        let inflight = self.inflight.values().map(|f| f.pending.seq).min();
+        let queued = self.queue.front().map(|p| p.seq);
+        inflight.into_iter().chain(queued).min()
+    }
+
     /// When the oldest queued or in-flight message was taken (see [`Pending::queued_at`]).
     pub(crate) fn oldest_queued_at(&self) -> Option<u32> {
         let inflight = self.inflight.values().map(|f| f.pending.queued_at).min();

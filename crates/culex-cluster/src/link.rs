@@ -161,6 +161,7 @@ pub fn spawn(
             kv_queue: VecDeque::new(),
             kv_busy: None,
             last_import_ms: unix_ms(),
+            last_sent: None,
         };
         link.run().await;
     })
@@ -206,6 +207,9 @@ struct Link {
     /// Stream time (Unix ms) of the newest stream message received (when the link started,
     /// before the first).
     last_import_ms: u64,
+    /// Told when the latest publication to JetStream has been handed to the NATS client (the
+    /// next one waits for it).
+    last_sent: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// The NATS side once set up.
@@ -347,7 +351,7 @@ impl Link {
                     retry_at = None;
                     let pending: Vec<Export> = self.retry.drain(..).collect();
                     for export in pending {
-                        self.send_stored(&backplane.js, export).await;
+                        self.send_stored(&backplane.js, export);
                     }
                 }
             }
@@ -598,24 +602,34 @@ impl Link {
                     qos: p.qos,
                 };
                 self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
-                self.send_stored(&backplane.js, export).await;
+                self.send_stored(&backplane.js, export);
             }
         }
     }
 
     /// Publishes to the stream; the result comes back through `self.exports`.
-    /// Hands a message to JetStream now (publications leave in the order they are made here,
-    /// which keeps each publisher's order in the stream) and waits for its acknowledgement
-    /// alongside the others.
-    async fn send_stored(&mut self, js: &jetstream::Context, export: Export) {
-        let sent = js
-            .publish_with_headers(
-                export.subject.clone(),
-                export.headers.clone(),
-                export.envelope.clone(),
-            )
-            .await;
+    /// Hands a message to JetStream. Publications leave in the order they are made here (each
+    /// waits until the one before it has been handed to the NATS client; that keeps each
+    /// publisher's order in the stream) without holding up the link while NATS is away;
+    /// their acknowledgements are awaited side by side.
+    fn send_stored(&mut self, js: &jetstream::Context, export: Export) {
+        let js = js.clone();
+        let before = self.last_sent.take();
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        self.last_sent = Some(sent_rx);
         self.exports.push(Box::pin(async move {
+            if let Some(before) = before {
+                // An error only means the one before is gone: nothing left to wait for.
+                let _ = before.await;
+            }
+            let sent = js
+                .publish_with_headers(
+                    export.subject.clone(),
+                    export.headers.clone(),
+                    export.envelope.clone(),
+                )
+                .await;
+            let _ = sent_tx.send(());
             let result = match sent {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -206,11 +206,18 @@ impl Directory {
         &self.cluster
     }
 
+    /// The NATS side, when connected now (a client must not wait for a backplane that is
+    /// away).
     fn ready(&self) -> Result<Ready, FetchError> {
-        self.ready
+        let ready = self
+            .ready
             .borrow()
             .clone()
-            .ok_or_else(|| FetchError::Unavailable("not connected yet".to_owned()))
+            .ok_or_else(|| FetchError::Unavailable("not connected yet".to_owned()))?;
+        if ready.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(FetchError::Unavailable("the NATS connection is down".to_owned()));
+        }
+        Ok(ready)
     }
 
     /// The session of `client_id` if another node holds it (that node gives it up), or what

@@ -194,6 +194,7 @@ impl Bridges {
                 drop_oldest: true,
                 max_inflight: Some(BRIDGE_WINDOW),
                 observer: Some(Arc::new(StatsObserver(Arc::clone(&stats)))),
+                confirms_publishers: false,
             }),
             mount_point: None,
         });

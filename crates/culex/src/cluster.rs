@@ -414,6 +414,8 @@ pub(crate) fn spawn(
             drop_oldest: true,
             max_inflight: Some(culex_cluster::link::WINDOW),
             observer: Some(Arc::new(StatsObserver(Arc::clone(&stats)))),
+            // A publisher's PUBACK / PUBREC waits until the backplane has its message.
+            confirms_publishers: true,
         }),
         mount_point: None,
     });

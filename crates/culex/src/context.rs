@@ -80,7 +80,8 @@ pub(crate) fn conn_limits(config: &Config) -> ConnLimits {
         retain_available: config.mqtt.retain_available,
         max_qos: QoS::from_u8(config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
         connect_timeout: Duration::from_secs(10),
-        router_acks: config.persistence.enabled,
+        // In a cluster the router answers once the backplane has the message.
+        router_acks: config.persistence.enabled || config.cluster.enabled(),
         write_timeout: if config.limits.slow_client_timeout.is_zero() {
             Duration::from_secs(3600)
         } else {

@@ -57,7 +57,22 @@ impl Router {
                     seq: 0,
                     queued_at: self.secs(now),
                 };
-                self.deliver(sid, pending, now);
+                let confirms = qos != QoS::AtMostOnce
+                    && self.flow_router_answers()
+                    && self
+                        .sessions
+                        .get(&sid)
+                        .is_some_and(|s| s.queue_policy().is_some_and(|p| p.confirms_publishers));
+                if confirms {
+                    let before = self.last_seq(sid);
+                    self.deliver(sid, pending, now);
+                    let after = self.last_seq(sid);
+                    if after > before {
+                        self.flow_confirm(sid, after);
+                    }
+                } else {
+                    self.deliver(sid, pending, now);
+                }
             }
         }
         matches.clear();
@@ -87,6 +102,10 @@ impl Router {
         if let Some(old) = old {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.payload.len() as u64);
         }
+    }
+
+    fn last_seq(&self, sid: SessionId) -> u64 {
+        self.sessions.get(&sid).map_or(0, |s| s.outgoing.last_seq())
     }
 
     /// Hands a message to one session: straight to the connection when the window allows,

@@ -14,6 +14,11 @@
 //!
 //! Acknowledgements keep their order per publisher [MQTT-4.6.0-2]: one that waits holds back
 //! every later answer to the same connection.
+//!
+//! The same queue of owed answers serves sessions that confirm publications
+//! (`QueuePolicy::confirms_publishers`, the cluster link): the answer to a PUBLISH routed to
+//! such a session waits until the session no longer holds that message (acknowledged it, or
+//! dropped it: then nothing would ever confirm it).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -42,6 +47,9 @@ pub(super) struct Flow {
     /// Subscribers being disconnected for slowness: until their connection has ended, what
     /// overflows their queue is dropped rather than holding publishers back again.
     slow: FxHashSet<SessionId>,
+    /// Confirming sessions: the messages (by sequence number, increasing) whose publishers'
+    /// answers wait for them: (sequence number, publisher connection, answer's number).
+    confirms: FxHashMap<SessionId, VecDeque<(u64, ConnId, u64)>>,
 }
 
 /// The PUBLISH being routed.
@@ -50,6 +58,8 @@ struct Routing {
     conn: ConnId,
     router_acks: bool,
     over: Vec<SessionId>,
+    /// Confirming sessions that took the message, with its sequence number there.
+    confirm: Vec<(SessionId, u64)>,
 }
 
 /// The answers owed to one connection.
@@ -90,6 +100,12 @@ impl Flow {
     }
 }
 
+/// The answer numbered `seq` among those owed, if still owed.
+fn seq_index(owed: &mut Owed, seq: u64) -> Option<&mut Entry> {
+    let i = seq.checked_sub(owed.first)?;
+    usize::try_from(i).ok().and_then(|i| owed.queue.get_mut(i))
+}
+
 /// The low-water mark of a queue with these limits: half of each limit.
 fn drained(limits: QueueLimits, queued: usize, queued_bytes: u64) -> bool {
     queued <= limits.max_messages / 2
@@ -104,12 +120,88 @@ impl Router {
             conn,
             router_acks,
             over: Vec::new(),
+            confirm: Vec::new(),
         });
     }
 
     /// Routing of the PUBLISH is over (its answer, if the router gives it, was decided).
     pub(super) fn flow_end(&mut self) {
         self.flow.routing = None;
+    }
+
+    /// While routing a client's QoS 1/2 PUBLISH the router answers: `sid`, a confirming
+    /// session, took the message as `seq`; the answer waits for it.
+    pub(super) fn flow_confirm(&mut self, sid: SessionId, seq: u64) {
+        if let Some(r) = self.flow.routing.as_mut().filter(|r| r.router_acks) {
+            r.confirm.push((sid, seq));
+        }
+    }
+
+    /// True while routing a PUBLISH whose answer the router gives.
+    pub(super) fn flow_router_answers(&self) -> bool {
+        self.flow.routing.as_ref().is_some_and(|r| r.router_acks)
+    }
+
+    /// `sid` (a confirming session) acknowledged or dropped messages: the answers that waited
+    /// for messages it no longer holds go out.
+    pub(super) fn flow_confirmed(&mut self, sid: SessionId) {
+        let Some(waiting) = self.flow.confirms.get_mut(&sid) else {
+            return;
+        };
+        let lowest = self
+            .sessions
+            .get(&sid)
+            .map_or(Some(u64::MAX), |s| s.outgoing.lowest_outstanding());
+        let mut conns = Vec::new();
+        while let Some(&(seq, conn, owed_seq)) = waiting.front() {
+            // Held while the session still has it: the lowest outstanding or later.
+            if lowest.is_some_and(|low| seq >= low) {
+                break;
+            }
+            waiting.pop_front();
+            if let Some(entry) = self
+                .flow
+                .owed
+                .get_mut(&conn)
+                .and_then(|o| seq_index(o, owed_seq))
+            {
+                entry.waits = entry.waits.saturating_sub(1);
+                if !conns.contains(&conn) {
+                    conns.push(conn);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            self.flow.confirms.remove(&sid);
+        }
+        for conn in conns {
+            self.flow_send_ready(conn);
+        }
+    }
+
+    /// `sid` ends: every answer that waited for it goes (its messages will never be
+    /// confirmed).
+    fn sessions_gone_confirm(&mut self, sid: SessionId) {
+        let Some(waiting) = self.flow.confirms.remove(&sid) else {
+            return;
+        };
+        let mut conns = Vec::new();
+        for (_, conn, owed_seq) in waiting {
+            if let Some(entry) = self
+                .flow
+                .owed
+                .get_mut(&conn)
+                .and_then(|o| seq_index(o, owed_seq))
+            {
+                entry.waits = entry.waits.saturating_sub(1);
+                if !conns.contains(&conn) {
+                    conns.push(conn);
+                }
+            }
+        }
+        for conn in conns {
+            self.flow_send_ready(conn);
+        }
     }
 
     /// A QoS 1/2 message does not fit `sid`'s queue. True when it may be queued beyond the
@@ -151,28 +243,40 @@ impl Router {
     /// over-full queues the PUBLISH being routed went into (`routed`: this is that PUBLISH's
     /// answer) and every earlier answer to the same connection.
     pub(super) fn flow_answer(&mut self, conn: ConnId, packet: Packet, routed: bool) {
-        let over = if routed {
+        let (over, confirm) = if routed {
             match self.flow.routing.take() {
-                Some(r) if r.conn == conn => r.over,
-                _ => Vec::new(),
+                Some(r) if r.conn == conn => (r.over, r.confirm),
+                _ => (Vec::new(), Vec::new()),
             }
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        if over.is_empty() && !self.flow.owed.contains_key(&conn) {
+        if over.is_empty() && confirm.is_empty() && !self.flow.owed.contains_key(&conn) {
             self.queue_ack(conn, packet);
             return;
         }
         let owed = self.flow.owed.entry(conn).or_default();
         let seq = owed.first + owed.queue.len() as u64;
         owed.queue.push_back(Entry {
-            waits: u32::try_from(over.len()).unwrap_or(u32::MAX),
+            waits: u32::try_from(over.len() + confirm.len()).unwrap_or(u32::MAX),
             packet,
         });
         for sid in over {
             if let Some(h) = self.flow.holders.get_mut(&sid) {
                 h.held.push((conn, seq));
             }
+        }
+        let confirming: Vec<SessionId> = confirm.iter().map(|(sid, _)| *sid).collect();
+        for (sid, msg_seq) in confirm {
+            self.flow
+                .confirms
+                .entry(sid)
+                .or_default()
+                .push_back((msg_seq, conn, seq));
+        }
+        // A confirming session may have finished with the message already.
+        for sid in confirming {
+            self.flow_confirmed(sid);
         }
         self.flow_send_ready(conn);
     }
@@ -230,13 +334,12 @@ impl Router {
         };
         let mut conns = Vec::new();
         for (conn, seq) in holder.held {
-            let Some(owed) = self.flow.owed.get_mut(&conn) else {
-                continue;
-            };
-            let Some(i) = seq.checked_sub(owed.first) else {
-                continue;
-            };
-            let Some(entry) = usize::try_from(i).ok().and_then(|i| owed.queue.get_mut(i)) else {
+            let Some(entry) = self
+                .flow
+                .owed
+                .get_mut(&conn)
+                .and_then(|o| seq_index(o, seq))
+            else {
                 continue;
             };
             entry.waits = entry.waits.saturating_sub(1);
@@ -269,6 +372,10 @@ impl Router {
         self.flow.owed.remove(&conn);
         self.flow.pressured.remove(&conn);
         self.flow.slow.remove(&sid);
+        if conn == 0 {
+            // The session ends: nothing it held will be confirmed.
+            self.sessions_gone_confirm(sid);
+        }
         if !self.flow.holders.contains_key(&sid) {
             return;
         }

@@ -1672,3 +1672,119 @@ fn replayed_messages_go_to_that_session_only_as_its_own_subscriptions_match() {
         "offline and full: nobody makes room"
     );
 }
+
+/// Connects a session that confirms publications (the cluster link), with a window of
+/// `window` and a queue of `queue` that drops its oldest.
+fn connect_confirming(
+    r: &mut Router,
+    now: Instant,
+    conn: u64,
+    window: u16,
+    queue: usize,
+) -> Client {
+    let (tx, rx) = outbox(r.settings().outbox_capacity(window));
+    let (reply, mut reply_rx) = oneshot::channel();
+    r.handle(
+        Command::Connect(Box::new(ConnectRequest {
+            conn,
+            protocol: Protocol::V5,
+            client_id: "link".into(),
+            clean_start: false,
+            session_expiry: u32::MAX,
+            receive_maximum: window,
+            maximum_packet_size: u32::MAX,
+            will: None,
+            username: None,
+            access: None,
+            queue: Some(crate::api::QueuePolicy {
+                max_messages: queue,
+                max_bytes: 0,
+                drop_oldest: true,
+                max_inflight: Some(window),
+                observer: None,
+                confirms_publishers: true,
+            }),
+            outbox: tx,
+            reply,
+        })),
+        now,
+    );
+    let outcome = reply_rx.try_recv().expect("answered");
+    Client { conn, rx, outcome }
+}
+
+#[test]
+fn a_publishers_ack_waits_until_a_confirming_session_has_the_message() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let mut link = connect_confirming(&mut r, t0, 1, 2, 1);
+    subscribe(&mut r, t0, &mut link, "#", QoS::ExactlyOnce);
+    let mut p = connect(&mut r, t0, 2, "p", true, 0, None);
+    let mut plain = connect(&mut r, t0, 3, "plain", true, 0, None);
+    subscribe(&mut r, t0, &mut plain, "#", QoS::AtLeastOnce);
+
+    publish_acked(&mut r, t0, 2, "a", 11);
+    assert_eq!(
+        next_topic(&mut plain).as_deref(),
+        Some("a"),
+        "delivered at once"
+    );
+    assert_eq!(
+        pubacks(&mut p),
+        Vec::<u16>::new(),
+        "not before the link confirms"
+    );
+    publish_acked(&mut r, t0, 2, "b", 12);
+    assert_eq!(pubacks(&mut p), Vec::<u16>::new());
+    // The link confirms b first (the backplane answered out of order): a still holds both.
+    let (da, db) = match (link.rx.try_recv(), link.rx.try_recv()) {
+        (Ok(Outbound::Deliver(a)), Ok(Outbound::Deliver(b))) => (a, b),
+        other => panic!("{other:?}"),
+    };
+    r.handle(
+        Command::PubAck {
+            conn: 1,
+            packet_id: db.packet_id.unwrap(),
+        },
+        t0,
+    );
+    assert_eq!(
+        pubacks(&mut p),
+        Vec::<u16>::new(),
+        "answers keep their order"
+    );
+    r.handle(
+        Command::PubAck {
+            conn: 1,
+            packet_id: da.packet_id.unwrap(),
+        },
+        t0,
+    );
+    assert_eq!(pubacks(&mut p), vec![11, 12]);
+
+    // A message the link's full queue drops is no longer waited for (nothing would confirm
+    // it); nor is what a link that ends held.
+    publish_acked(&mut r, t0, 2, "c", 13); // in flight
+    publish_acked(&mut r, t0, 2, "d", 14); // in flight
+    publish_acked(&mut r, t0, 2, "e", 15); // queued
+    publish_acked(&mut r, t0, 2, "f", 16); // queued, e dropped
+    assert_eq!(pubacks(&mut p), Vec::<u16>::new());
+    let _ = ack_next(&mut r, t0, &mut link);
+    assert_eq!(pubacks(&mut p), vec![13], "d still in flight");
+    r.handle(
+        Command::TakenOverElsewhere {
+            client_id: "link".into(),
+        },
+        t0,
+    );
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    assert_eq!(
+        pubacks(&mut p),
+        vec![14, 15, 16],
+        "the link's session ended"
+    );
+
+    // Without a confirming session the answer is immediate.
+    publish_acked(&mut r, t0, 2, "g", 17);
+    assert_eq!(pubacks(&mut p), vec![17]);
+}
