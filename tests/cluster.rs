@@ -957,3 +957,93 @@ fn per_publisher_order_is_kept_across_nodes() {
     assert_eq!(out_of_order, 0, "{got:?}");
     assert_eq!(got, (0..count).collect::<Vec<_>>());
 }
+
+/// A shared subscription group with members on two nodes gets each message once across the
+/// cluster (QoS 0, 1 and 2, published on a third node), spread over both nodes; ordinary
+/// subscribers still get every message.
+#[test]
+fn a_shared_group_spread_over_nodes_gets_each_message_once() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let members: Vec<Mqtt> = [(&n2, "m2a"), (&n2, "m2b"), (&n3, "m3")]
+        .iter()
+        .map(|(n, id)| {
+            let c = Mqtt::connect(n.port, id, true);
+            c.subscribe("$share/workers/job/#", QoS::ExactlyOnce);
+            c
+        })
+        .collect();
+    let plain = Mqtt::connect(n3.port, "plain", true);
+    plain.subscribe("job/#", QoS::AtLeastOnce);
+    // Nodes 2 and 3 know of each other's members.
+    for n in [&n2, &n3] {
+        wait_until("the groups' announcements", || {
+            n.metric("culex_cluster_shared_memberships") == Some(1.0)
+        });
+    }
+    let publisher = Mqtt::connect(n1.port, "boss", true);
+    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    let count = 300;
+    for i in 0..count {
+        publisher.publish(&format!("job/{}", i % 5), &format!("j{i}"), qos[i % 3]);
+    }
+    publisher.publish("job/fence", "fence", QoS::AtLeastOnce);
+    let everything = until_fence(&plain, "job/fence", "fence");
+    assert_eq!(everything.len(), count, "the plain subscriber gets all");
+    // Every QoS 1/2 job reaches the group (QoS 0 may be dropped by a busy node), and the
+    // fence, which went to one member.
+    let needed: std::collections::HashSet<String> = (0..count)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("j{i}"))
+        .chain(["fence".to_owned()])
+        .collect();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let mut per_member = vec![0usize; members.len()];
+    let mut take = |i: usize, p: rumqttc::Publish, got: &mut HashMap<String, usize>| {
+        per_member[i] += 1;
+        *got.entry(String::from_utf8_lossy(&p.payload).into_owned())
+            .or_insert(0) += 1;
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while !needed.iter().all(|n| got.contains_key(n)) {
+        assert!(
+            Instant::now() < deadline,
+            "missing {:?}",
+            needed
+                .iter()
+                .filter(|n| !got.contains_key(*n))
+                .collect::<Vec<_>>()
+        );
+        let mut any = false;
+        for (i, m) in members.iter().enumerate() {
+            while let Ok(p) = m.messages.try_recv() {
+                take(i, p, &mut got);
+                any = true;
+            }
+        }
+        if !any {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Whatever else is on its way (a second copy would be) arrives before the plain
+    // subscriber's fence did on the same node; collect what is there.
+    for (i, m) in members.iter().enumerate() {
+        while let Ok(p) = m.messages.recv_timeout(Duration::from_millis(200)) {
+            take(i, p, &mut got);
+        }
+    }
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "delivered to the group more than once: {twice:?}"
+    );
+    assert!(
+        per_member[0] + per_member[1] > 0 && per_member[2] > 0,
+        "both nodes serve the group: {per_member:?}"
+    );
+}

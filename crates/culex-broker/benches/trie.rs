@@ -49,7 +49,7 @@ fn bench_trie(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(topic, n), &topic, |b, topic| {
                 b.iter(|| {
                     out.clear();
-                    tree.matches(black_box(topic), |_| true, &mut out);
+                    tree.matches(black_box(topic), |_| true, |_| true, &mut out);
                     black_box(out.len())
                 })
             });

@@ -30,6 +30,14 @@ pub trait AccessPolicy: Send + Sync + std::fmt::Debug {
     fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool;
 }
 
+/// In a cluster: which node delivers a message to a shared subscription group whose members
+/// are on several nodes (every node sees every message and asks; one answers yes).
+pub trait SharedPlacement: Send + Sync + std::fmt::Debug {
+    /// Whether this node delivers the message whose content hashes to `hash` to the group
+    /// `group` (its full filter, `$share/{group}/{filter}`).
+    fn takes(&self, group: &str, hash: u64) -> bool;
+}
+
 /// Told about one session's queue: the bridges watch the local session that holds what waits
 /// for their remote link.
 pub trait QueueObserver: Send + Sync + std::fmt::Debug {

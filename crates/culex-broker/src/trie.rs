@@ -96,6 +96,8 @@ impl<K, V> Node<K, V> {
 /// The members of one shared subscription group on one filter, in subscription order, with the
 /// round-robin cursor.
 struct Group<K, V> {
+    /// The full filter, `$share/{group}/{filter}`: the group's name across a cluster.
+    id: Box<str>,
     members: Vec<(K, V)>,
     /// Index of the member to try first on the next message.
     next: usize,
@@ -211,6 +213,19 @@ impl<K, V> SubscriptionTree<K, V> {
         self.shared_len
     }
 
+    /// The shared groups that have members, by full filter (`$share/{group}/{filter}`).
+    pub fn shared_groups(&self) -> Vec<String> {
+        if self.shared_len == 0 {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .flat_map(|n| n.shared.values())
+            .filter(|g| !g.members.is_empty())
+            .map(|g| g.id.to_string())
+            .collect()
+    }
+
     /// True when there is no subscription.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -237,6 +252,7 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     /// parsed with `culex_proto::topic::parse_shared`; new members join the end of the group's
     /// round-robin order.
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
+        let full = filter;
         let (group, filter) = split_filter(filter);
         let mut cur = ROOT;
         for level in filter.split('/') {
@@ -257,6 +273,7 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
                     members.insert(key, value)
                 } else {
                     let members = Group {
+                        id: full.into(),
                         members: vec![(key, value)],
                         next: 0,
                     };
@@ -306,13 +323,20 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     /// * every direct subscription, as `(key, value)`; a key appears once per matching filter,
     ///   so the caller merges duplicates (MQTT 5 3.3.4: one delivery, with every matching
     ///   subscription identifier);
-    /// * for every matching shared group (one group on one filter), a single member chosen
+    /// * for every matching shared group (one group on one filter) for which `take(group)`
+    ///   holds (`group` is its full filter, `$share/{group}/{filter}`), a single member chosen
     ///   round-robin among the members for which `eligible(key)` is true, or round-robin over
     ///   all members if none is eligible.
     ///
     /// A topic beginning with `$` is not matched by a wildcard in the first level
     /// [MQTT-4.7.2-1]. Results are in no particular order.
-    pub fn matches(&mut self, topic: &str, eligible: impl Fn(K) -> bool, out: &mut Vec<(K, V)>) {
+    pub fn matches(
+        &mut self,
+        topic: &str,
+        eligible: impl Fn(K) -> bool,
+        take: impl Fn(&str) -> bool,
+        out: &mut Vec<(K, V)>,
+    ) {
         let dollar = topic.starts_with('$');
         let Self { nodes, stack, .. } = self;
         stack.clear();
@@ -323,12 +347,12 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
             // A '#' child matches the remaining levels, whatever they are, and the parent level.
             if wildcards {
                 if let Some(hash) = nodes[index].hash {
-                    emit(&mut nodes[hash], &eligible, out);
+                    emit(&mut nodes[hash], &eligible, &take, out);
                 }
             }
             match topic.get(pos..) {
                 // Every level consumed: the filters ending here match.
-                None => emit(&mut nodes[index], &eligible, out),
+                None => emit(&mut nodes[index], &eligible, &take, out),
                 Some(rest) => {
                     let (level, next) = next_level(rest, pos);
                     let node = &nodes[index];
@@ -385,10 +409,14 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
 fn emit<K: Copy + Eq, V: Clone>(
     node: &mut Node<K, V>,
     eligible: &impl Fn(K) -> bool,
+    take: &impl Fn(&str) -> bool,
     out: &mut Vec<(K, V)>,
 ) {
     out.extend(node.direct.iter().map(|(k, v)| (*k, v.clone())));
     for group in node.shared.values_mut() {
+        if !take(&group.id) {
+            continue;
+        }
         if let Some((k, v)) = group.pick(eligible) {
             out.push((*k, v.clone()));
         }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 /// Direct matches of `topic`, sorted, as (key, value).
 fn direct_matches(tree: &mut SubscriptionTree<u32, String>, topic: &str) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    tree.matches(topic, |_| true, &mut out);
+    tree.matches(topic, |_| true, |_| true, &mut out);
     out.sort();
     out
 }
@@ -112,7 +112,7 @@ fn dollar_topics_and_first_level_wildcards() {
     tree.insert("$share/g/+/monitor/Clients", 5, ());
     let keys = |tree: &mut SubscriptionTree<u32, ()>, topic: &str| {
         let mut out = Vec::new();
-        tree.matches(topic, |_| true, &mut out);
+        tree.matches(topic, |_| true, |_| true, &mut out);
         let mut keys: Vec<u32> = out.into_iter().map(|(k, ())| k).collect();
         keys.sort_unstable();
         keys
@@ -135,7 +135,7 @@ fn replace_returns_previous_value() {
     assert_eq!(tree.len(), 3);
     assert_eq!(tree.shared_len(), 2);
     let mut out = Vec::new();
-    tree.matches("a/b", |_| true, &mut out);
+    tree.matches("a/b", |_| true, |_| true, &mut out);
     out.sort_unstable();
     // The direct subscription and one member of each group: the key appears three times.
     assert_eq!(out, vec![(1, 11), (1, 21), (1, 30)]);
@@ -162,7 +162,7 @@ fn deliveries(
     let mut out = Vec::new();
     for _ in 0..n {
         out.clear();
-        tree.matches(topic, &eligible, &mut out);
+        tree.matches(topic, &eligible, |_| true, &mut out);
         assert_eq!(out.len(), 1, "one member per group");
         for (key, ()) in &out {
             *counts.entry(*key).or_default() += 1;
@@ -183,7 +183,7 @@ fn shared_round_robin_is_fair() {
     let mut out = Vec::new();
     for _ in 0..6 {
         out.clear();
-        tree.matches("jobs/1", |_| true, &mut out);
+        tree.matches("jobs/1", |_| true, |_| true, &mut out);
         order.extend(out.iter().map(|(k, ())| *k));
     }
     assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
@@ -210,7 +210,7 @@ fn shared_groups_are_independent() {
     let mut out = Vec::new();
     for _ in 0..4 {
         out.clear();
-        tree.matches("t", |_| true, &mut out);
+        tree.matches("t", |_| true, |_| true, &mut out);
         let keys: Vec<u32> = out.iter().map(|(k, ())| *k).collect();
         // g1 on "t" (1 or 2), g2 on "t" (3), g1 on "+" (4: a different filter), direct 5.
         assert_eq!(keys.len(), 4, "{keys:?}");
@@ -221,7 +221,7 @@ fn shared_groups_are_independent() {
     }
     // "$share/g1/t" is not a subscription to the literal topic "$share/g1/t".
     out.clear();
-    tree.matches("$share/g1/t", |_| true, &mut out);
+    tree.matches("$share/g1/t", |_| true, |_| true, &mut out);
     assert!(out.is_empty());
 }
 
@@ -290,7 +290,7 @@ fn very_deep_topics_do_not_overflow_the_stack() {
     tree.insert(&hash, 3, ());
     tree.insert("#", 4, ());
     let mut out = Vec::new();
-    tree.matches(&literal, |_| true, &mut out);
+    tree.matches(&literal, |_| true, |_| true, &mut out);
     let mut keys: Vec<u32> = out.iter().map(|(k, ())| *k).collect();
     keys.sort_unstable();
     assert_eq!(keys, vec![1, 2, 3, 4]);
@@ -376,7 +376,7 @@ proptest! {
 
         for topic in &topics {
             let mut out = Vec::new();
-            tree.matches(topic, |_| true, &mut out);
+            tree.matches(topic, |_| true, |_| true, &mut out);
             // Direct subscriptions: exactly the brute-force set.
             let mut expected_direct: Vec<(u32, usize)> = model
                 .iter()
@@ -422,4 +422,22 @@ proptest! {
         prop_assert!(tree.is_empty());
         prop_assert_eq!(tree.node_count(), 0);
     }
+}
+
+#[test]
+fn a_shared_group_left_to_another_node_is_skipped_and_groups_are_listed() {
+    let mut tree: SubscriptionTree<u32, ()> = SubscriptionTree::new();
+    tree.insert("$share/g/t/#", 1, ());
+    tree.insert("$share/h/t/#", 2, ());
+    tree.insert("t/#", 3, ());
+    let mut groups = tree.shared_groups();
+    groups.sort();
+    assert_eq!(groups, vec!["$share/g/t/#", "$share/h/t/#"]);
+    let mut out = Vec::new();
+    tree.matches("t/x", |_| true, |group| group != "$share/g/t/#", &mut out);
+    let mut keys: Vec<u32> = out.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec![2, 3], "group g is taken elsewhere");
+    tree.remove("$share/h/t/#", 2);
+    assert_eq!(tree.shared_groups(), vec!["$share/g/t/#"]);
 }

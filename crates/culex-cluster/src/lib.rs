@@ -17,6 +17,7 @@ pub mod link;
 pub mod replay;
 pub mod retained;
 pub mod sessions;
+pub mod shared;
 pub mod stats;
 pub mod subject;
 #[cfg(feature = "testkit")]

@@ -63,6 +63,8 @@ pub struct Report {
     /// Sessions whose record changed: client identifier and the session's image without
     /// messages (its subscriptions), or `None` once it ended here.
     pub changed: Vec<(String, Option<Vec<u8>>)>,
+    /// The shared groups with members here (see [`crate::shared`]).
+    pub shared_groups: Vec<String>,
 }
 
 /// What [`Directory::fetch`] found.
@@ -215,7 +217,9 @@ impl Directory {
             .clone()
             .ok_or_else(|| FetchError::Unavailable("not connected yet".to_owned()))?;
         if ready.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(FetchError::Unavailable("the NATS connection is down".to_owned()));
+            return Err(FetchError::Unavailable(
+                "the NATS connection is down".to_owned(),
+            ));
         }
         Ok(ready)
     }
@@ -480,6 +484,8 @@ pub struct Hooks {
     pub restore: RestoreFn,
     /// Reports changed session records and the age of the oldest pending message.
     pub report: ReportFn,
+    /// Which node serves each shared group, kept up to date from the nodes' announcements.
+    pub placement: Arc<crate::shared::Placement>,
 }
 
 /// Starts the directory: connects to NATS (retrying), opens the bucket and serves other
@@ -501,7 +507,9 @@ pub fn spawn(
     (directory, task)
 }
 
-async fn setup(settings: &Settings) -> Result<(Ready, async_nats::Subscriber), String> {
+async fn setup(
+    settings: &Settings,
+) -> Result<(Ready, async_nats::Subscriber, async_nats::Subscriber), String> {
     let client = crate::link::nats_options(settings, "sessions")
         .await?
         .connect(settings.servers.clone())
@@ -519,7 +527,11 @@ async fn setup(settings: &Settings) -> Result<(Ready, async_nats::Subscriber), S
         .subscribe(request_subject(&settings.cluster, &settings.node))
         .await
         .map_err(|e| e.to_string())?;
-    Ok((Ready { client, bucket }, requests))
+    let groups = client
+        .subscribe(crate::shared::subject(&settings.cluster, "*"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((Ready { client, bucket }, requests, groups))
 }
 
 async fn serve(
@@ -530,7 +542,7 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = BACKOFF_MIN;
-    let (ready, mut requests) = loop {
+    let (ready, mut requests, mut groups) = loop {
         if *shutdown.borrow() {
             return;
         }
@@ -551,19 +563,28 @@ async fn serve(
         export,
         restore,
         report,
+        placement,
     } = hooks;
     let reporter = tokio::spawn(run_reports(
         ready.clone(),
-        settings.node.clone(),
+        settings.clone(),
         report,
+        Arc::clone(&placement),
         Arc::clone(&stats),
         shutdown.clone(),
     ));
+    let groups_prefix = crate::shared::subject(&settings.cluster, "");
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     break;
+                }
+            }
+            Some(m) = groups.next() => {
+                let node = m.subject.as_str().strip_prefix(&groups_prefix).unwrap_or_default();
+                if let Some(list) = crate::shared::decode(&m.payload) {
+                    placement.set_remote(node, list, std::time::Instant::now());
                 }
             }
             m = requests.next() => {
@@ -583,14 +604,18 @@ async fn serve(
     let _ = reporter.await;
 }
 
-/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown.
+/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown, and announces this
+/// node's shared groups.
 async fn run_reports(
     ready: Ready,
-    node: String,
+    settings: Settings,
     report: ReportFn,
+    placement: Arc<crate::shared::Placement>,
     stats: Arc<ClusterStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let node = settings.node.clone();
+    let announce = crate::shared::subject(&settings.cluster, &node);
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -601,7 +626,12 @@ async fn run_reports(
                 }
             }
             _ = tick.tick() => {
-                let Some(r) = report().await else { continue };
+                let Some(mut r) = report().await else { continue };
+                let groups = std::mem::take(&mut r.shared_groups);
+                let _ = ready.client.publish(announce.clone(), crate::shared::encode(&groups)).await;
+                placement.set_local(groups);
+                placement.expire(std::time::Instant::now());
+                stats.shared_memberships.store(placement.remote_memberships() as u64, std::sync::atomic::Ordering::Relaxed);
                 match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!(node = %node, error = %e, "cluster session records not written"),

@@ -49,6 +49,8 @@ pub struct ClusterStats {
     /// Session transfers that failed (the client was refused and retries; the session stayed
     /// where it was).
     pub session_transfer_failures: AtomicU64,
+    /// Pairs of another node and a shared group with members there, as known here.
+    pub shared_memberships: AtomicU64,
     /// Session records (and removals) written to the cluster's bucket.
     pub session_records: AtomicU64,
     /// Messages read back from the stream for a rebuilt session beyond the limit, left out.

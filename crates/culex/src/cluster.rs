@@ -10,6 +10,7 @@ use std::time::Duration;
 use culex_broker::log_clip::Clipped;
 use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
 use culex_cluster::sessions::{Directory, FetchError, Fetched};
+use culex_cluster::shared::Placement;
 use culex_cluster::{ClusterStats, Settings};
 use culex_config::{Config, ListenerProtocol};
 use culex_store::Clocks;
@@ -92,8 +93,10 @@ impl Cluster {
 pub(crate) fn prepare(
     config: &Config,
     router: mpsc::WeakSender<Command>,
+    placement: Option<Arc<Placement>>,
 ) -> Option<(ClusterConns, Prepared)> {
     let settings = Settings::from_config(&config.cluster)?;
+    let placement = placement?;
     let stats = Arc::new(ClusterStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let export_router = router.clone();
@@ -144,6 +147,7 @@ pub(crate) fn prepare(
             export,
             restore,
             report,
+            placement,
         },
         Arc::clone(&stats),
         shutdown_rx,
@@ -163,6 +167,23 @@ pub(crate) fn prepare(
             directory: directory_task,
         },
     ))
+}
+
+/// The placement of shared groups for this node, if it is part of a cluster: the router
+/// asks it (see [`culex_broker::SharedPlacement`]), the session directory updates it.
+pub(crate) fn placement(config: &Config) -> Option<Arc<Placement>> {
+    let settings = Settings::from_config(&config.cluster)?;
+    Some(Arc::new(Placement::new(&settings.node)))
+}
+
+/// The router's view of a [`Placement`].
+#[derive(Debug)]
+pub(crate) struct SharedGroups(pub(crate) Arc<Placement>);
+
+impl culex_broker::SharedPlacement for SharedGroups {
+    fn takes(&self, group: &str, hash: u64) -> bool {
+        self.0.takes(group, hash)
+    }
 }
 
 /// Gives a session image back to this node's router (a transfer another node did not
@@ -199,6 +220,7 @@ fn sessions_report(report: ClusterReport) -> culex_cluster::sessions::Report {
     culex_cluster::sessions::Report {
         oldest_pending: report.oldest_pending,
         changed,
+        shared_groups: report.shared_groups,
     }
 }
 

@@ -354,6 +354,11 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         }
         None => Router::new(settings.clone()),
     };
+    let placement = crate::cluster::placement(config);
+    let mut router = router;
+    if let Some(p) = &placement {
+        router.set_shared_placement(Arc::new(crate::cluster::SharedGroups(Arc::clone(p))));
+    }
     let router_task = tokio::spawn(run_router(router, router_rx));
     aux.push(tokio::spawn(crate::memory::release_freed_memory(
         shutdown_rx.clone(),
@@ -369,7 +374,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     }
     let router_weak = router_tx.downgrade();
     let (cluster_conns, cluster_prepared) =
-        match crate::cluster::prepare(config, router_tx.downgrade()) {
+        match crate::cluster::prepare(config, router_tx.downgrade(), placement) {
             Some((conns, prepared)) => (Some(conns), Some(prepared)),
             None => (None, None),
         };

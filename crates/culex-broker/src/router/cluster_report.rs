@@ -15,6 +15,7 @@ use culex_proto::QoS;
 use rustc_hash::FxHashSet;
 
 use super::{Router, SessionId};
+use crate::api::SharedPlacement;
 use crate::message::Message;
 use crate::persist::SessionRecord;
 use crate::session::Pending;
@@ -28,6 +29,8 @@ pub(super) struct Tracking {
     changed: FxHashSet<Arc<str>>,
     /// Client identifiers whose record the cluster has (reported, not ended since).
     recorded: FxHashSet<Arc<str>>,
+    /// Which node serves a shared group with members on several nodes.
+    pub(super) placement: Option<Arc<dyn SharedPlacement>>,
 }
 
 /// What the router reports to the cluster ([`Command::ClusterReport`](crate::Command::ClusterReport)).
@@ -40,9 +43,17 @@ pub struct ClusterReport {
     /// Sessions whose record changed since the last report: their record while persistent,
     /// `None` once they ended (or stopped being persistent) here.
     pub changed: Vec<(Arc<str>, Option<SessionRecord>)>,
+    /// The shared groups with members here (connected or not), by full filter.
+    pub shared_groups: Vec<String>,
 }
 
 impl Router {
+    /// In a cluster: asks `placement` which node serves each shared group (see
+    /// [`SharedPlacement`]).
+    pub fn set_shared_placement(&mut self, placement: Arc<dyn SharedPlacement>) {
+        self.cluster.placement = Some(placement);
+    }
+
     /// `now` in whole seconds of the router's clock (see [`Pending::queued_at`]).
     pub(super) fn secs(&mut self, now: Instant) -> u32 {
         let epoch = *self.cluster.epoch.get_or_insert(now);
@@ -95,6 +106,7 @@ impl Router {
         ClusterReport {
             oldest_pending: oldest.map(|q| Duration::from_secs(u64::from(now_s.saturating_sub(q)))),
             changed,
+            shared_groups: self.tree.shared_groups(),
         }
     }
 

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A hash of a message's topic and payload that every node of a cluster computes alike (no
+/// random seed), to agree on which node serves a shared group.
+fn content_hash(message: &Message) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    message.topic.hash(&mut h);
+    message.payload.hash(&mut h);
+    h.finish()
+}
+
 impl Router {
     /// The QoS of a delivery for a subscription granted `sub` of a message published at `msg`.
     pub(super) fn delivery_qos(&self, sub: QoS, msg: QoS) -> QoS {
@@ -22,9 +32,21 @@ impl Router {
         matches.clear();
         {
             let sessions = &self.sessions;
+            // In a cluster, a shared group with members on other nodes too gets the message
+            // here only when this node is the one chosen for it.
+            let placement = self
+                .cluster
+                .placement
+                .as_ref()
+                .filter(|_| self.tree.shared_len() > 0);
+            let hash = placement.map(|_| content_hash(&message));
             self.tree.matches(
                 &message.topic,
                 |k| sessions.get(&k).is_some_and(|s| s.link.is_some()),
+                |group| match (placement, hash) {
+                    (Some(p), Some(h)) => p.takes(group, h),
+                    _ => true,
+                },
                 &mut matches,
             );
         }

@@ -117,6 +117,17 @@ pub(super) static CLUSTER: &[Family] = &[
         },
     },
     Family {
+        name: "culex_cluster_shared_memberships",
+        kind: Kind::Gauge,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Shared subscription groups with members on other nodes, as pairs of node and group known here.",
+        doc: "shared subscription groups with members on other nodes (pairs of node and group), from the nodes' announcements; a message to a group with members on several nodes goes to one of them",
+        sys: &[],
+        read: |s, e| cluster(s, e, |st| st.shared_memberships.load(Relaxed) as f64),
+    },
+    Family {
         name: "culex_cluster_publish_failures_total",
         kind: Kind::Counter,
         unit: None,
