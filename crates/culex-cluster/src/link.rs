@@ -29,8 +29,11 @@ use crate::subject::topic_to_subject;
 /// local broker's. The rest wait in the link's local session and in the stream.
 pub const WINDOW: u16 = 256;
 /// How long a message read from the stream may stay unconfirmed before JetStream sends it
-/// again.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+/// again: what a dying NATS server had on its way to this node comes again after this long.
+/// The link tells JetStream every [`PROGRESS_EVERY`] that it is still working on the
+/// messages its broker has not accepted yet, so a slow broker does not get them twice.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// How long the stream keeps a message (every node has normally confirmed it within
 /// milliseconds; this bounds what a node that is gone for good leaves behind).
 const STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -50,6 +53,9 @@ const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 const MAX_PAYLOAD_REFRESH: Duration = Duration::from_secs(1);
 /// Retained messages waiting for the bucket (beyond: the oldest are dropped, counted).
 const KV_QUEUE_LIMIT: usize = 10_000;
+/// How long one pull request for stream messages lasts, and the heartbeat within it.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the link publishes its import floor.
 const FLOOR_INTERVAL: Duration = Duration::from_millis(250);
 /// Time allowed for local acknowledgements (CONNACK, SUBACK).
@@ -253,6 +259,7 @@ impl Link {
         tracing::info!(node = %self.name(), cluster = %self.settings.cluster, "cluster link up");
         let mut retry_at: Option<Instant> = None;
         let mut floor_tick = tokio::time::interval(FLOOR_INTERVAL);
+        let mut last_progress = Instant::now();
         floor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // First what arrived while the link was busy elsewhere (a resumed session's
@@ -346,7 +353,13 @@ impl Link {
                     }
                 },
                 Some((export, result)) = self.exports.next() => self.exported(export, result, &mut retry_at),
-                _ = floor_tick.tick() => self.update_import_floor(),
+                _ = floor_tick.tick() => {
+                    self.update_import_floor();
+                    if last_progress.elapsed() >= PROGRESS_EVERY {
+                        last_progress = Instant::now();
+                        still_working(&backplane.client, self.held_replies()).await;
+                    }
+                }
                 () = retry_due => {
                     retry_at = None;
                     let pending: Vec<Export> = self.retry.drain(..).collect();
@@ -500,6 +513,14 @@ impl Link {
                 ClusterStats::inc(&self.stats.messages_in);
             }
         }
+    }
+
+    /// The reply subjects of the messages the broker has not accepted yet.
+    fn held_replies(&self) -> Vec<async_nats::Subject> {
+        self.imports
+            .values()
+            .filter_map(|m| m.reply.clone())
+            .collect()
     }
 
     /// Publishes the stream time before which every stream message has been confirmed here
@@ -865,7 +886,24 @@ async fn stored_messages(
         )
         .await
         .map_err(|e| e.to_string())?;
-    consumer.messages().await.map_err(|e| e.to_string())
+    // Short pull requests with frequent heartbeats: when the consumer's leader dies with its
+    // NATS server, a missing heartbeat says so within seconds (the defaults, 30 s pulls and
+    // 15 s heartbeats, left a node without cluster messages for up to half a minute).
+    consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Tells JetStream the messages behind `replies` are still being worked on (a progress
+/// acknowledgement, `+WPI`, to each).
+async fn still_working(client: &async_nats::Client, replies: Vec<async_nats::Subject>) {
+    for reply in replies {
+        let _ = client.publish(reply, Bytes::from_static(b"+WPI")).await;
+    }
 }
 
 fn unix_ms() -> u64 {
