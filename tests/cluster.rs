@@ -1047,3 +1047,49 @@ fn a_shared_group_spread_over_nodes_gets_each_message_once() {
         "both nodes serve the group: {per_member:?}"
     );
 }
+
+/// A node that was down while its client's session moved on to another node drops the copy
+/// it recovers from its store once it is back (before, the stale copy stayed, queuing
+/// messages nobody would read, until it expired).
+#[test]
+fn a_node_back_from_the_dead_drops_its_copy_of_a_session_that_moved_on() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let store = TempDir::new().expect("tempdir");
+    let mut n2 = node(
+        &nats,
+        "node2",
+        1,
+        &format!(
+            "persistence true\npersistence_location {}/\n",
+            store.path().display()
+        ),
+    );
+    let n3 = node(&nats, "node3", 1, "");
+    let first = Mqtt::connect(n2.port, "wanderer", false);
+    first.subscribe("w/#", QoS::AtLeastOnce);
+    wait_until("node 2 to record the session", || {
+        n2.metric("culex_cluster_sessions_total{event=\"recorded\"}")
+            .is_some_and(|n| n >= 1.0)
+    });
+    drop(first);
+    wait_until("node 2 to see the client go", || {
+        n2.metric("culex_persistent_sessions_offline") == Some(1.0)
+    });
+    n2.culex.signal("KILL");
+    let moved = Mqtt::connect(n3.port, "wanderer", false);
+    assert!(moved.session_present, "rebuilt on node 3");
+    n2.culex.crash_and_restart();
+    n2.metrics = n2.culex.port_after("metrics on 127.0.0.1:");
+    n2.culex.wait_in_log("cluster link up");
+    wait_until("node 2 to drop its stale copy", || {
+        n2.metric("culex_cluster_sessions_total{event=\"stale_dropped\"}") == Some(1.0)
+    });
+    assert_eq!(n2.metric("culex_persistent_sessions_offline"), Some(0.0));
+    // The session lives on node 3.
+    let p = Mqtt::connect(n3.port, "wp", true);
+    p.publish("w/x", "still", QoS::AtLeastOnce);
+    moved.recv_matching("w/x", "still");
+}

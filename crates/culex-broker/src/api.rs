@@ -265,6 +265,12 @@ pub enum Command {
         /// The session as the other node had it.
         session: Box<crate::persist::RecoveredSession>,
     },
+    /// In a cluster: another node holds this client's session (it moved on while this node
+    /// was down): the copy recovered here from the store ends, if no client has used it since.
+    DiscardIfOffline {
+        /// The client identifier.
+        client_id: String,
+    },
     /// In a cluster (`BrokerSettings::cluster`): what the cluster records about this node's
     /// sessions, asked for about once a second.
     ClusterReport {

@@ -263,6 +263,7 @@ impl Router {
                 self.export_session(&client_id, reply, now)
             }
             Command::AdoptSession { session } => self.adopt_session(*session, now),
+            Command::DiscardIfOffline { client_id } => self.discard_stale(&client_id, now),
             Command::ClusterReport { reply } => {
                 let _ = reply.send(self.cluster_report(now));
             }
@@ -465,6 +466,7 @@ impl Router {
         self.by_conn.insert(conn, sid);
         self.store_after_connect(sid);
         self.session_changed(sid);
+        self.session_used(&client_id);
         debug!(client_id = %Clipped(&client_id), conn, session_present, "client connected");
         let outcome = ConnectOutcome {
             session_present,

@@ -41,6 +41,9 @@ pub struct RouterStats {
     pub sessions_moved_in: u64,
     /// Messages read back from the cluster's stream for sessions whose node died, queued.
     pub replayed: u64,
+    /// Offline sessions ended because another node of the cluster holds them (they moved on
+    /// while this node was down).
+    pub sessions_stale_dropped: u64,
 }
 
 impl RouterStats {

@@ -52,6 +52,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub type ExportFn = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
 /// Gives an image back to this node's broker (a transfer the receiver did not confirm).
 pub type RestoreFn = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+/// Tells this node's broker that another node holds a client's session: the copy here is
+/// stale (it ends unless its client is connected here).
+pub type DiscardFn = Arc<dyn Fn(String) + Send + Sync>;
 /// Asks this node's broker what changed in its persistent sessions ([`Report`]).
 pub type ReportFn = Arc<dyn Fn() -> BoxFuture<'static, Option<Report>> + Send + Sync>;
 
@@ -368,13 +371,15 @@ impl Directory {
 
 /// Writes what the broker reported: the records of sessions held here (never over another
 /// node's claim: a session that has just moved on is left to its new holder), removals of
-/// those that ended here, and the node's floor.
+/// those that ended here, and the node's floor. Returns the sessions another node holds: the
+/// copies here are stale.
 async fn write_report(
     ready: &Ready,
     node: &str,
     stats: &ClusterStats,
     report: Report,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
+    let mut stale = Vec::new();
     for (client_id, image) in report.changed {
         let key = key(&client_id);
         let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
@@ -382,6 +387,9 @@ async fn write_report(
             .as_ref()
             .and_then(|e| parse_value(&e.value))
             .is_some_and(|(h, _)| h == node);
+        if image.is_some() && entry.is_some() && !ours {
+            stale.push(client_id.clone());
+        }
         let result = match (image, entry) {
             (Some(image), Some(e)) if ours => ready
                 .bucket
@@ -430,7 +438,7 @@ async fn write_report(
         .bucket
         .put(floor_key(node), Bytes::copy_from_slice(&f.to_be_bytes()))
         .await
-        .map(|_| ())
+        .map(|_| stale)
         .map_err(|e| e.to_string())
 }
 
@@ -486,6 +494,8 @@ pub struct Hooks {
     pub report: ReportFn,
     /// Which node serves each shared group, kept up to date from the nodes' announcements.
     pub placement: Arc<crate::shared::Placement>,
+    /// Ends a stale copy of a session another node holds.
+    pub discard: DiscardFn,
 }
 
 /// Starts the directory: connects to NATS (retrying), opens the bucket and serves other
@@ -564,11 +574,13 @@ async fn serve(
         restore,
         report,
         placement,
+        discard,
     } = hooks;
     let reporter = tokio::spawn(run_reports(
         ready.clone(),
         settings.clone(),
         report,
+        discard,
         Arc::clone(&placement),
         Arc::clone(&stats),
         shutdown.clone(),
@@ -610,6 +622,7 @@ async fn run_reports(
     ready: Ready,
     settings: Settings,
     report: ReportFn,
+    discard: DiscardFn,
     placement: Arc<crate::shared::Placement>,
     stats: Arc<ClusterStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -633,7 +646,14 @@ async fn run_reports(
                 placement.expire(std::time::Instant::now());
                 stats.shared_memberships.store(placement.remote_memberships() as u64, std::sync::atomic::Ordering::Relaxed);
                 match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(stale)) => {
+                        for client_id in stale {
+                            ClusterStats::inc(&stats.sessions_stale);
+                            tracing::info!(node = %node, client_id = %clip(&client_id),
+                                "another node holds this client's session now: the copy here ends");
+                            discard(client_id);
+                        }
+                    }
                     Ok(Err(e)) => tracing::debug!(node = %node, error = %e, "cluster session records not written"),
                     Err(_) => tracing::debug!(node = %node, "writing cluster session records timed out"),
                 }

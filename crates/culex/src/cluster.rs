@@ -132,6 +132,12 @@ pub(crate) fn prepare(
     let restore: culex_cluster::sessions::RestoreFn = Arc::new(move |bytes| {
         adopt(&restore_router, &bytes);
     });
+    let discard_router = router.clone();
+    let discard: culex_cluster::sessions::DiscardFn = Arc::new(move |client_id| {
+        if let Some(router) = discard_router.upgrade() {
+            let _ = router.try_send(Command::DiscardIfOffline { client_id });
+        }
+    });
     let report: culex_cluster::sessions::ReportFn = Arc::new(move || {
         let router = router.clone();
         Box::pin(async move {
@@ -148,6 +154,7 @@ pub(crate) fn prepare(
             restore,
             report,
             placement,
+            discard,
         },
         Arc::clone(&stats),
         shutdown_rx,

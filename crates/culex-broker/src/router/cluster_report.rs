@@ -31,6 +31,9 @@ pub(super) struct Tracking {
     recorded: FxHashSet<Arc<str>>,
     /// Which node serves a shared group with members on several nodes.
     pub(super) placement: Option<Arc<dyn SharedPlacement>>,
+    /// Sessions recovered from the store that no client has connected to since: the only
+    /// ones a report may find stale (another node took them over while this one was down).
+    recovered: FxHashSet<Arc<str>>,
 }
 
 /// What the router reports to the cluster ([`Command::ClusterReport`](crate::Command::ClusterReport)).
@@ -58,6 +61,39 @@ impl Router {
     pub(super) fn secs(&mut self, now: Instant) -> u32 {
         let epoch = *self.cluster.epoch.get_or_insert(now);
         u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// A session recovered from the store: reported, and ended if another node holds it.
+    pub(super) fn session_recovered(&mut self, sid: SessionId) {
+        if !self.settings.cluster {
+            return;
+        }
+        if let Some(s) = self.sessions.get(&sid) {
+            self.cluster.recovered.insert(Arc::clone(&s.client_id));
+        }
+        self.session_changed(sid);
+    }
+
+    /// Another node holds `client_id`'s session: a copy recovered here from the store that
+    /// no client has used since ends.
+    pub(super) fn discard_stale(&mut self, client_id: &str, now: Instant) {
+        if !self.cluster.recovered.remove(client_id) {
+            return;
+        }
+        if let Some(&sid) = self.by_client.get(client_id) {
+            if self.live_connection(client_id).is_none() {
+                self.stats.sessions_stale_dropped += 1;
+                self.end_session(sid, now);
+            }
+        }
+    }
+
+    /// A client connected to (or a session moved into) `client_id`'s session here: it is no
+    /// longer a copy recovered from the store.
+    pub(super) fn session_used(&mut self, client_id: &str) {
+        if !self.cluster.recovered.is_empty() {
+            self.cluster.recovered.remove(client_id);
+        }
     }
 
     /// Notes that a session's record (persistence, subscriptions, existence) changed.

@@ -96,6 +96,7 @@ impl Router {
             self.end_session(sid, now);
         }
         self.stats.sessions_moved_in += 1;
+        self.session_used(&image.client_id);
         self.restore_session(image, now, None, false);
     }
 

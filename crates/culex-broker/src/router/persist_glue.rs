@@ -141,6 +141,11 @@ impl Router {
             s.expires_at = Some(at);
             self.expiries.insert((at, sid));
         }
+        // A session recovered from the store is reported to the cluster, which says whether
+        // another node took it over while this one was down.
+        if stored {
+            self.session_recovered(sid);
+        }
     }
 
     /// The instant of a stored wall-clock time; `None` (never) when it is beyond the clock's

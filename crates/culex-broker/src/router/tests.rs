@@ -1788,3 +1788,43 @@ fn a_publishers_ack_waits_until_a_confirming_session_has_the_message() {
     publish_acked(&mut r, t0, 2, "g", 17);
     assert_eq!(pubacks(&mut p), vec![17]);
 }
+
+#[test]
+fn a_recovered_copy_another_node_holds_ends_unless_a_client_used_it() {
+    use crate::persist::{Recovered, RecoveredSession, SessionRecord};
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let session = |id: &str| RecoveredSession {
+        client_id: id.into(),
+        record: SessionRecord {
+            username: None,
+            expiry_interval: u32::MAX,
+            expires_at: None,
+            subscriptions: vec![],
+            inbound_qos2: vec![],
+        },
+        messages: vec![],
+    };
+    r.restore(
+        Recovered {
+            retained: vec![],
+            sessions: vec![session("moved"), session("back")],
+        },
+        t0,
+        None,
+    );
+    let reported = report(&mut r, t0);
+    assert_eq!(reported.changed.len(), 2, "recovered sessions are reported");
+    let _back = connect(&mut r, t0, 1, "back", false, u32::MAX, None);
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    for id in ["moved", "back", "unknown"] {
+        r.handle(
+            Command::DiscardIfOffline {
+                client_id: id.into(),
+            },
+            t0,
+        );
+    }
+    assert_eq!(r.session_count(), 1, "only the untouched copy ends");
+    assert_eq!(r.stats().sessions_stale_dropped, 1);
+}

@@ -98,7 +98,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`event`: `in` (a client resumed here a session another node held), `out` (handed to another node), `recovered` (the node that held it was gone: rebuilt here from the cluster's record and the stream), `lost` (the node that held it was gone and left no record, or the stream could not be read), `transfer_failed` (the move failed; the client was refused and the session stayed), `recorded` (a session's record written to the cluster, or removed)",
+        labels: "`event`: `in` (a client resumed here a session another node held), `out` (handed to another node), `recovered` (the node that held it was gone: rebuilt here from the cluster's record and the stream), `lost` (the node that held it was gone and left no record, or the stream could not be read), `transfer_failed` (the move failed; the client was refused and the session stayed), `recorded` (a session's record written to the cluster, or removed), `stale_dropped` (an offline copy ended here because another node holds the session: it moved on while this node was down)",
         help: "Persistent sessions moved between nodes, by event.",
         doc: "persistent sessions that followed their client to another node",
         sys: &[],
@@ -109,6 +109,7 @@ pub(super) static CLUSTER: &[Family] = &[
                 e(&[("event", "recovered")], st.sessions_recovered.load(Relaxed) as f64);
                 e(&[("event", "lost")], st.sessions_lost.load(Relaxed) as f64);
                 e(&[("event", "recorded")], st.session_records.load(Relaxed) as f64);
+                e(&[("event", "stale_dropped")], st.sessions_stale.load(Relaxed) as f64);
                 e(
                     &[("event", "transfer_failed")],
                     st.session_transfer_failures.load(Relaxed) as f64,
