@@ -152,56 +152,55 @@ impl Router {
             .sessions
             .get(&sid)
             .map_or(Some(u64::MAX), |s| s.outgoing.lowest_outstanding());
-        let mut conns = Vec::new();
+        let mut released = Vec::new();
         while let Some(&(seq, conn, owed_seq)) = waiting.front() {
             // Held while the session still has it: the lowest outstanding or later.
             if lowest.is_some_and(|low| seq >= low) {
                 break;
             }
             waiting.pop_front();
-            if let Some(entry) = self
-                .flow
-                .owed
-                .get_mut(&conn)
-                .and_then(|o| seq_index(o, owed_seq))
-            {
-                entry.waits = entry.waits.saturating_sub(1);
-                if !conns.contains(&conn) {
-                    conns.push(conn);
-                }
-            }
+            released.push((conn, owed_seq));
         }
         if waiting.is_empty() {
             self.flow.confirms.remove(&sid);
         }
-        for conn in conns {
-            self.flow_send_ready(conn);
-        }
+        self.flow_unblock(released);
     }
 
     /// `sid` ends: every answer that waited for it goes (its messages will never be
     /// confirmed).
     fn sessions_gone_confirm(&mut self, sid: SessionId) {
-        let Some(waiting) = self.flow.confirms.remove(&sid) else {
-            return;
-        };
+        if let Some(waiting) = self.flow.confirms.remove(&sid) {
+            self.flow_unblock(
+                waiting
+                    .into_iter()
+                    .map(|(_, conn, owed_seq)| (conn, owed_seq)),
+            );
+        }
+    }
+
+    /// Each answer named (publisher connection, answer's number) waits for one thing less;
+    /// what no longer waits goes out. Returns the connections concerned.
+    fn flow_unblock(&mut self, released: impl IntoIterator<Item = (ConnId, u64)>) -> Vec<ConnId> {
         let mut conns = Vec::new();
-        for (_, conn, owed_seq) in waiting {
-            if let Some(entry) = self
+        for (conn, owed_seq) in released {
+            let Some(entry) = self
                 .flow
                 .owed
                 .get_mut(&conn)
                 .and_then(|o| seq_index(o, owed_seq))
-            {
-                entry.waits = entry.waits.saturating_sub(1);
-                if !conns.contains(&conn) {
-                    conns.push(conn);
-                }
+            else {
+                continue;
+            };
+            entry.waits = entry.waits.saturating_sub(1);
+            if !conns.contains(&conn) {
+                conns.push(conn);
             }
         }
-        for conn in conns {
-            self.flow_send_ready(conn);
+        for conn in &conns {
+            self.flow_send_ready(*conn);
         }
+        conns
     }
 
     /// A QoS 1/2 message does not fit `sid`'s queue. True when it may be queued beyond the
@@ -332,24 +331,7 @@ impl Router {
         let Some(holder) = self.flow.holders.remove(&sid) else {
             return;
         };
-        let mut conns = Vec::new();
-        for (conn, seq) in holder.held {
-            let Some(entry) = self
-                .flow
-                .owed
-                .get_mut(&conn)
-                .and_then(|o| seq_index(o, seq))
-            else {
-                continue;
-            };
-            entry.waits = entry.waits.saturating_sub(1);
-            if !conns.contains(&conn) {
-                conns.push(conn);
-            }
-        }
-        for conn in &conns {
-            self.flow_send_ready(*conn);
-        }
+        let conns = self.flow_unblock(holder.held);
         // Publishers no longer held back by anyone may answer themselves again.
         let done: Vec<ConnId> = if self.flow.holders.is_empty() {
             self.flow.pressured.drain().collect()
