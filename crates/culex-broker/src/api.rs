@@ -38,6 +38,17 @@ pub trait SharedPlacement: Send + Sync + std::fmt::Debug {
     fn takes(&self, group: &str, hash: u64) -> bool;
 }
 
+/// In a cluster: told which topic filters this node's sessions subscribe to, so that the
+/// other nodes send this node only the messages it needs.
+pub trait InterestSink: Send + Sync + std::fmt::Debug {
+    /// `filter` (a shared subscription's topic part) gained its first subscription on this
+    /// node (`present`) or lost its last.
+    fn changed(&self, filter: &str, present: bool);
+    /// Once the other nodes know of every change told so far, the router is to get
+    /// [`Command::InterestSynced`] with `token` (and the SUBACK it holds goes out).
+    fn sync(&self, token: u64);
+}
+
 /// Told about one session's queue: the bridges watch the local session that holds what waits
 /// for their remote link.
 pub trait QueueObserver: Send + Sync + std::fmt::Debug {
@@ -270,6 +281,12 @@ pub enum Command {
     DiscardIfOffline {
         /// The client identifier.
         client_id: String,
+    },
+    /// In a cluster: the other nodes know of the filters behind these tokens
+    /// ([`InterestSink::sync`]).
+    InterestSynced {
+        /// The tokens.
+        tokens: Vec<u64>,
     },
     /// In a cluster (`BrokerSettings::cluster`): what the cluster records about this node's
     /// sessions, asked for about once a second.

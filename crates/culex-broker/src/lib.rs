@@ -21,7 +21,7 @@ pub mod trie;
 
 pub use api::{
     AccessPolicy, Command, ConnId, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Outbound, QueueObserver, QueuePolicy, SharedPlacement, SubscriptionIds,
+    InterestSink, Outbound, QueueObserver, QueuePolicy, SharedPlacement, SubscriptionIds,
 };
 pub use message::Message;
 pub use outbox::{outbox, Outbox, OutboxReceiver, TryRecvError, TrySendError};

@@ -75,6 +75,8 @@ pub struct Router {
     migrations: migrate::Migrations,
     /// In a cluster: what the cluster is told about this node's sessions.
     cluster: cluster_report::Tracking,
+    /// In a cluster: the filters this node subscribes to, for the other nodes.
+    interest: interest::Interest,
     /// Who published each retained message (`check_retain_source`).
     retain_sources: retain_source::RetainSources,
     /// Acknowledgements held back by over-full subscriber queues (`queue_full_policy`).
@@ -89,6 +91,7 @@ mod cluster_report;
 pub use cluster_report::ClusterReport;
 mod deliver;
 mod flow;
+mod interest;
 mod migrate;
 mod persist_glue;
 mod retain_source;
@@ -127,6 +130,7 @@ impl Router {
             takeovers: takeover::Takeovers::default(),
             migrations: migrate::Migrations::default(),
             cluster: cluster_report::Tracking::default(),
+            interest: interest::Interest::default(),
             retain_sources: retain_source::RetainSources::new(),
             flow: flow::Flow::default(),
             queued_total: Arc::default(),
@@ -264,6 +268,7 @@ impl Router {
             }
             Command::AdoptSession { session } => self.adopt_session(*session, now),
             Command::DiscardIfOffline { client_id } => self.discard_stale(&client_id, now),
+            Command::InterestSynced { tokens } => self.interest_synced(tokens),
             Command::ClusterReport { reply } => {
                 let _ = reply.send(self.cluster_report(now));
             }
@@ -586,6 +591,7 @@ impl Router {
         let Some(sid) = self.linked(conn) else {
             return;
         };
+        self.interest.grew = false;
         let sub_id = subscribe
             .properties
             .subscription_identifiers
@@ -639,7 +645,10 @@ impl Router {
                 return;
             };
             let existed = s.subscriptions.insert(f.filter.clone(), entry).is_some();
-            self.tree.insert(&f.filter, sid, entry);
+            let counts = self.interest.counts_for(&s.client_id);
+            if self.tree.insert(&f.filter, sid, entry).is_none() && counts {
+                self.interest.added(&f.filter);
+            }
             reason_codes.push(ReasonCode::granted(options.qos));
             let send_retained = !shared
                 && match options.retain_handling {
@@ -667,7 +676,7 @@ impl Router {
         }
         self.store_session(sid);
         self.session_changed(sid);
-        self.send_control(
+        self.send_suback(
             sid,
             Packet::SubAck(SubAck {
                 packet_id: subscribe.packet_id,
@@ -698,9 +707,12 @@ impl Router {
             return;
         };
         let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        let counts = self.interest.counts_for(&s.client_id);
         for f in &unsubscribe.filters {
             if s.subscriptions.remove(f).is_some() {
-                self.tree.remove(f, sid);
+                if self.tree.remove(f, sid).is_some() && counts {
+                    self.interest.removed(f);
+                }
                 reason_codes.push(ReasonCode::Success);
             } else {
                 reason_codes.push(ReasonCode::NoSubscriptionExisted);
@@ -789,8 +801,11 @@ impl Router {
         if let Some(at) = s.expires_at {
             self.expiries.remove(&(at, sid));
         }
+        let counts = self.interest.counts_for(&s.client_id);
         for filter in s.subscriptions.keys() {
-            self.tree.remove(filter, sid);
+            if self.tree.remove(filter, sid).is_some() && counts {
+                self.interest.removed(filter);
+            }
         }
         if let Some(link) = &s.link {
             self.by_conn.remove(&link.conn);

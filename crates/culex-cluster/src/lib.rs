@@ -13,6 +13,8 @@
 pub mod bucket;
 pub mod claims;
 pub mod envelope;
+pub mod interest;
+pub mod interest_sync;
 pub mod link;
 pub mod replay;
 pub mod retained;

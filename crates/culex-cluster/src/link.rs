@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::envelope::{decode_publish, encode_publish, ORIGIN_HEADER};
+use crate::interest_sync::{LocalInterest, SyncedFn};
+use crate::shared::Placement;
 use crate::stats::ClusterStats;
 use crate::subject::topic_to_subject;
 
@@ -77,6 +79,12 @@ pub struct Hooks {
     pub take_over: TakeOver,
     /// Identifiers of clients that connected on this node, to claim.
     pub claims: tokio::sync::mpsc::Receiver<String>,
+    /// This node's subscription filters, as its router tells them.
+    pub interest: Arc<LocalInterest>,
+    /// Which other nodes are alive (they announce themselves every second).
+    pub placement: Arc<Placement>,
+    /// Tells the router the other nodes know of its new filters (its SUBACKs go out).
+    pub synced: SyncedFn,
 }
 
 /// What the link needs to know.
@@ -109,14 +117,21 @@ impl Settings {
         })
     }
 
-    /// Subject prefix of QoS 0 messages (core NATS).
-    pub fn qos0_prefix(&self) -> String {
-        format!("{}.q0", self.cluster)
+    /// Subject prefix of QoS 0 messages for `node` (core NATS).
+    pub fn qos0_prefix(&self, node: &str) -> String {
+        format!("{}.q0.{node}", self.cluster)
     }
 
-    /// Subject prefix of QoS 1/2 messages (the stream).
-    pub fn stored_prefix(&self) -> String {
-        format!("{}.q1", self.cluster)
+    /// Subject prefix of QoS 1/2 messages for `node` (in the stream).
+    pub fn stored_prefix(&self, node: &str) -> String {
+        format!("{}.q1.in.{node}", self.cluster)
+    }
+
+    /// Subject prefix of QoS 1/2 messages published on `node` that no other node wanted:
+    /// kept in the stream all the same, for the node's persistent sessions should it die
+    /// (see [`crate::replay`]).
+    pub fn kept_prefix(&self, node: &str) -> String {
+        format!("{}.q1.kept.{node}", self.cluster)
     }
 
     /// The stream's name.
@@ -126,7 +141,7 @@ impl Settings {
 
     /// This node's durable consumer.
     pub fn consumer_name(&self) -> String {
-        format!("{}-node-{}", self.cluster, self.node)
+        format!("{}-in-{}", self.cluster, self.node)
     }
 
     /// The client id of the link's session in its own broker.
@@ -143,12 +158,17 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let (qos0_prefix, stored_prefix) = (settings.qos0_prefix(), settings.stored_prefix());
         let mut link = Link {
             settings,
             connector: hooks.connector,
             take_over: hooks.take_over,
             claims_rx: hooks.claims,
+            interest: hooks.interest,
+            placement: hooks.placement,
+            synced: hooks.synced,
+            routes: None,
+            dests: Vec::new(),
+            unconfirmed: HashMap::new(),
             claims: crate::claims::Claims::default(),
             stats,
             shutdown,
@@ -161,8 +181,6 @@ pub fn spawn(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
             warned_too_large: false,
-            qos0_prefix,
-            stored_prefix,
             max_payload: (0, None),
             kv_queue: VecDeque::new(),
             kv_busy: None,
@@ -178,7 +196,7 @@ struct Export {
     subject: String,
     headers: HeaderMap,
     envelope: Bytes,
-    /// The local delivery to acknowledge once JetStream has the message.
+    /// The local delivery to acknowledge once JetStream has the message (every copy of it).
     packet_id: u16,
     qos: QoS,
 }
@@ -191,6 +209,15 @@ struct Link {
     take_over: TakeOver,
     claims_rx: tokio::sync::mpsc::Receiver<String>,
     claims: crate::claims::Claims,
+    interest: Arc<LocalInterest>,
+    placement: Arc<Placement>,
+    synced: SyncedFn,
+    /// Which nodes want which topics (once the interest task runs).
+    routes: Option<Arc<crate::interest_sync::Shared>>,
+    /// Scratch: the nodes a message goes to.
+    dests: Vec<Arc<str>>,
+    /// Local packet id -> copies of that message JetStream has not stored yet.
+    unconfirmed: HashMap<u16, usize>,
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
     local: Option<Connection>,
@@ -201,9 +228,6 @@ struct Link {
     next_id: u64,
     boot: u128,
     warned_too_large: bool,
-    /// `<cluster>.q0` and `<cluster>.q1`, made once.
-    qos0_prefix: String,
-    stored_prefix: String,
     /// The NATS servers' max_payload and when it was read.
     max_payload: (usize, Option<Instant>),
     /// Retained messages (or clears) waiting to be written to the bucket, in order.
@@ -250,6 +274,9 @@ impl Link {
 
     async fn run(&mut self) {
         let Some(mut backplane) = self.connect_backplane().await else {
+            return;
+        };
+        let Some(interest_task) = self.start_interest(&backplane).await else {
             return;
         };
         if !self.connect_local().await {
@@ -381,7 +408,44 @@ impl Link {
                 .close(culex_proto::ReasonCode::Success, Duration::from_millis(200))
                 .await;
         }
+        interest_task.abort();
         tracing::info!(node = %self.name(), "cluster link stopped");
+    }
+
+    /// Starts keeping the cluster's interest (retrying with backoff); `None` on shutdown.
+    async fn start_interest(
+        &mut self,
+        backplane: &Backplane,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut delay = BACKOFF_MIN;
+        loop {
+            if self.shutting_down() {
+                return None;
+            }
+            match crate::interest_sync::start(
+                &self.settings,
+                backplane.client.clone(),
+                Arc::clone(&self.interest),
+                Arc::clone(&self.placement),
+                Arc::clone(&self.synced),
+                Arc::clone(&self.stats),
+                self.shutdown.clone(),
+            )
+            .await
+            {
+                Ok((routes, task)) => {
+                    self.routes = Some(routes);
+                    return Some(task);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.name(), error = %e, retry_in = ?delay, "cannot read the cluster's interest");
+                    if !self.pause(delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
     }
 
     /// Connects to NATS and sets up the stream, the consumer and the QoS 0 subscription,
@@ -543,12 +607,15 @@ impl Link {
         headers
     }
 
-    /// Headers of a publication to the stream: the origin and a message id.
-    fn stored_headers(&mut self) -> HeaderMap {
+    /// Headers of the copies of one publication to the stream: the origin and a message id
+    /// (unique per node and boot, so that JetStream stores a retried publication once), the
+    /// copy for a node carrying that node's name after a `.` (see [`crate::replay`]).
+    fn stored_headers(&mut self, dest: Option<&str>) -> HeaderMap {
         let mut headers = self.origin_headers();
-        self.next_id += 1;
-        // Unique per node and boot: JetStream stores a retried publication once.
-        let id = format!("{}-{}-{}", self.settings.node, self.boot, self.next_id);
+        let id = match dest {
+            Some(node) => format!("{}-{}-{}.{node}", self.settings.node, self.boot, self.next_id),
+            None => format!("{}-{}-{}", self.settings.node, self.boot, self.next_id),
+        };
         headers.insert("Nats-Msg-Id", id.as_str());
         headers
     }
@@ -598,34 +665,58 @@ impl Link {
             }
             self.kv_queue.push_back(p.clone());
         }
+        let mut dests = std::mem::take(&mut self.dests);
+        if let Some(table) = self.routes.as_ref().and_then(|r| r.table.read().ok()) {
+            table.nodes_for(&p.topic, &self.settings.node, &mut dests);
+        }
+        if dests.is_empty() {
+            ClusterStats::inc(&self.stats.unrouted);
+        }
         match local_ack {
             None => {
-                if !self.stats.connected() {
-                    ClusterStats::inc(&self.stats.dropped_qos0);
-                    return;
-                }
-                let subject = topic_to_subject(&self.qos0_prefix, &p.topic);
-                match backplane
-                    .client
-                    .publish_with_headers(subject, self.origin_headers(), envelope)
-                    .await
-                {
-                    Ok(()) => ClusterStats::inc(&self.stats.messages_out),
-                    Err(_) => ClusterStats::inc(&self.stats.dropped_qos0),
+                for node in &dests {
+                    if !self.stats.connected() {
+                        ClusterStats::inc(&self.stats.dropped_qos0);
+                        continue;
+                    }
+                    let subject = topic_to_subject(&self.settings.qos0_prefix(node), &p.topic);
+                    match backplane
+                        .client
+                        .publish_with_headers(subject, self.origin_headers(), envelope.clone())
+                        .await
+                    {
+                        Ok(()) => ClusterStats::inc(&self.stats.messages_out),
+                        Err(_) => ClusterStats::inc(&self.stats.dropped_qos0),
+                    }
                 }
             }
             Some(packet_id) => {
-                let export = Export {
-                    subject: topic_to_subject(&self.stored_prefix, &p.topic),
-                    headers: self.stored_headers(),
-                    envelope,
-                    packet_id,
-                    qos: p.qos,
+                self.next_id += 1;
+                // One copy per node that wants it; with none, one kept for this node.
+                let copies: Vec<(String, Option<&str>)> = if dests.is_empty() {
+                    vec![(self.settings.kept_prefix(&self.settings.node), None)]
+                } else {
+                    dests
+                        .iter()
+                        .map(|n| (self.settings.stored_prefix(n), Some(&**n)))
+                        .collect()
                 };
-                self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
-                self.send_stored(&backplane.js, export);
+                self.unconfirmed.insert(packet_id, copies.len());
+                for (prefix, dest) in copies {
+                    let export = Export {
+                        subject: topic_to_subject(&prefix, &p.topic),
+                        headers: self.stored_headers(dest),
+                        envelope: envelope.clone(),
+                        packet_id,
+                        qos: p.qos,
+                    };
+                    self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
+                    self.send_stored(&backplane.js, export);
+                }
             }
         }
+        dests.clear();
+        self.dests = dests;
     }
 
     /// Publishes to the stream; the result comes back through `self.exports`.
@@ -670,8 +761,15 @@ impl Link {
             Ok(()) => {
                 self.stats.pending_out.fetch_sub(1, Ordering::Relaxed);
                 ClusterStats::inc(&self.stats.messages_out);
-                if let Some(local) = self.local.as_mut() {
-                    local.ack(export.packet_id, export.qos);
+                let left = self.unconfirmed.get_mut(&export.packet_id).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left.unwrap_or(0) == 0 {
+                    self.unconfirmed.remove(&export.packet_id);
+                    if let Some(local) = self.local.as_mut() {
+                        local.ack(export.packet_id, export.qos);
+                    }
                 }
             }
             Err(e) => {
@@ -805,7 +903,7 @@ async fn try_backplane(
     let js = jetstream::new(client.clone());
     js.get_or_create_stream(stream::Config {
         name: settings.stream_name(),
-        subjects: vec![format!("{}.>", settings.stored_prefix())],
+        subjects: vec![format!("{}.q1.>", settings.cluster)],
         num_replicas: settings.replicas,
         max_age: STREAM_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
@@ -824,7 +922,7 @@ async fn try_backplane(
     })?;
     let stored = stored_messages(settings, &js).await?;
     let core = client
-        .subscribe(format!("{}.>", settings.qos0_prefix()))
+        .subscribe(format!("{}.>", settings.qos0_prefix(&settings.node)))
         .await
         .map_err(|e| e.to_string())?;
     let retained = crate::retained::open(&js, &settings.cluster, settings.replicas).await?;
@@ -870,13 +968,17 @@ async fn stored_messages(
         .get_stream(settings.stream_name())
         .await
         .map_err(|e| e.to_string())?;
+    // The consumer of versions before interest routing read every node's messages.
+    let _ = stream
+        .delete_consumer(&format!("{}-node-{}", settings.cluster, settings.node))
+        .await;
     let name = settings.consumer_name();
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("{}.>", settings.stored_prefix()),
+                filter_subject: format!("{}.>", settings.stored_prefix(&settings.node)),
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::New,
                 ack_wait: ACK_WAIT,

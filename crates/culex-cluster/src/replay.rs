@@ -1,6 +1,12 @@
 //! Reading the cluster's stream again for a session whose node died (see [`crate::sessions`]):
 //! every QoS 1/2 message stored since that node's floor whose topic one of the session's
 //! subscriptions matches, in stream order, up to the stream's end when the read starts.
+//!
+//! A message is stored once per node that wanted it (or once, kept, when none did): every
+//! copy is read, since the dead node's session may have got the message through any of them
+//! (its own clients' messages went only to the other nodes), and the copies of one
+//! publication, which share their message id up to a `.` and follow each other among their
+//! node's publications, count once.
 
 use std::time::Duration;
 
@@ -76,6 +82,8 @@ impl Directory {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        // Per node of origin, the id of its last publication read.
+        let mut last_of: std::collections::HashMap<String, String> = Default::default();
         loop {
             let m = tokio::time::timeout(READ_TIMEOUT, messages.next())
                 .await
@@ -89,7 +97,20 @@ impl Directory {
             }
             let stored =
                 u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-            if let Ok(p) = decode_publish(&m.payload) {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().split('.').next().unwrap_or_default());
+            let first_copy = match id.and_then(|id| id.rsplit_once('-').map(|(origin, _)| (origin, id))) {
+                Some((origin, id)) if last_of.get(origin).is_some_and(|last| last == id) => false,
+                Some((origin, id)) => {
+                    last_of.insert(origin.to_owned(), id.to_owned());
+                    true
+                }
+                None => true,
+            };
+            if let (true, Ok(p)) = (first_copy, decode_publish(&m.payload)) {
                 if filters.iter().any(|f| matches(f, &p.topic)) {
                     if out.messages.len() < limit {
                         out.messages.push((p, stored));

@@ -146,6 +146,21 @@ impl Placement {
         }
     }
 
+    /// The other nodes heard from within [`EXPIRY`] before `now` (each node announces itself
+    /// every second, with or without groups).
+    pub fn live_nodes(&self, now: Instant) -> Vec<String> {
+        self.state.read().map_or_else(
+            |_| Vec::new(),
+            |s| {
+                s.remote
+                    .iter()
+                    .filter(|(_, (seen, _))| now.saturating_duration_since(*seen) < EXPIRY)
+                    .map(|(node, _)| node.clone())
+                    .collect()
+            },
+        )
+    }
+
     /// Pairs of another node and a group with members there, as known here.
     pub fn remote_memberships(&self) -> usize {
         self.state

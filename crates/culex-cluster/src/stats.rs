@@ -60,6 +60,15 @@ pub struct ClusterStats {
     /// Sessions rebuilt here from the cluster's records after their node died (subscriptions
     /// and the stream's messages since that node's floor).
     pub sessions_recovered: AtomicU64,
+    /// Messages published here that no other node had a subscription for (not sent).
+    pub unrouted: AtomicU64,
+    /// Filters of other nodes' subscriptions known here (routing).
+    pub remote_filters: AtomicU64,
+    /// Filters of this node written to (or removed from) the cluster's interest bucket.
+    pub interest_updates: AtomicU64,
+    /// SUBACKs sent before every other live node confirmed it knew of a new filter (the
+    /// backplane was down or a node did not answer in time).
+    pub interest_sync_timeouts: AtomicU64,
     /// Stream time (Unix ms) before which this node's link has confirmed every stream message
     /// it will ever get: the oldest one it holds unconfirmed, else the newest it received
     /// (later ones come in stream order); 0 until the link runs.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use culex_broker::log_clip::Clipped;
 use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
 use culex_cluster::sessions::{Directory, FetchError, Fetched};
+use culex_cluster::interest_sync::LocalInterest;
 use culex_cluster::shared::Placement;
 use culex_cluster::{ClusterStats, Settings};
 use culex_config::{Config, ListenerProtocol};
@@ -58,6 +59,8 @@ pub(crate) struct Prepared {
     claims: mpsc::Receiver<String>,
     shutdown: watch::Sender<bool>,
     directory: tokio::task::JoinHandle<()>,
+    placement: Arc<Placement>,
+    interest: Arc<LocalInterest>,
 }
 
 /// The running link.
@@ -94,9 +97,10 @@ pub(crate) fn prepare(
     config: &Config,
     router: mpsc::WeakSender<Command>,
     placement: Option<Arc<Placement>>,
+    interest: Option<Arc<LocalInterest>>,
 ) -> Option<(ClusterConns, Prepared)> {
     let settings = Settings::from_config(&config.cluster)?;
-    let placement = placement?;
+    let (placement, interest) = (placement?, interest?);
     let stats = Arc::new(ClusterStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let export_router = router.clone();
@@ -153,7 +157,7 @@ pub(crate) fn prepare(
             export,
             restore,
             report,
-            placement,
+            placement: Arc::clone(&placement),
             discard,
         },
         Arc::clone(&stats),
@@ -172,6 +176,8 @@ pub(crate) fn prepare(
             claims: claims_rx,
             shutdown,
             directory: directory_task,
+            placement,
+            interest,
         },
     ))
 }
@@ -181,6 +187,32 @@ pub(crate) fn prepare(
 pub(crate) fn placement(config: &Config) -> Option<Arc<Placement>> {
     let settings = Settings::from_config(&config.cluster)?;
     Some(Arc::new(Placement::new(&settings.node)))
+}
+
+/// This node's subscription filters for the cluster, if it is part of one: the router tells
+/// them (see [`culex_broker::InterestSink`]), the link writes them for the other nodes.
+pub(crate) fn local_interest(config: &Config) -> Option<Arc<LocalInterest>> {
+    Settings::from_config(&config.cluster)?;
+    Some(Arc::new(LocalInterest::default()))
+}
+
+/// The client identifier of this node's cluster link in its own broker.
+pub(crate) fn link_client_id(config: &Config) -> Option<String> {
+    Some(Settings::from_config(&config.cluster)?.local_client_id())
+}
+
+/// The router's view of a [`LocalInterest`].
+#[derive(Debug)]
+pub(crate) struct InterestGlue(pub(crate) Arc<LocalInterest>);
+
+impl culex_broker::InterestSink for InterestGlue {
+    fn changed(&self, filter: &str, present: bool) {
+        self.0.changed(filter, present);
+    }
+
+    fn sync(&self, token: u64) {
+        self.0.sync(token);
+    }
 }
 
 /// The router's view of a [`Placement`].
@@ -431,6 +463,8 @@ pub(crate) fn spawn(
         claims,
         shutdown,
         directory,
+        placement,
+        interest,
     } = prepared;
     let ctx = Arc::new(ListenerCtx {
         local: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -466,12 +500,24 @@ pub(crate) fn spawn(
             let _ = router.try_send(Command::TakenOverElsewhere { client_id });
         }
     });
+    let router = shared.router.downgrade();
+    let synced: culex_cluster::interest_sync::SyncedFn = Arc::new(move |tokens| {
+        if let Some(router) = router.upgrade() {
+            // Awaited: a SUBACK must not be lost to a full command queue.
+            tokio::spawn(async move {
+                let _ = router.send(Command::InterestSynced { tokens }).await;
+            });
+        }
+    });
     let task = culex_cluster::spawn(
         settings,
         culex_cluster::link::Hooks {
             connector,
             take_over,
             claims,
+            interest,
+            placement,
+            synced,
         },
         Arc::clone(&stats),
         shutdown_rx,

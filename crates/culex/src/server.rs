@@ -359,6 +359,10 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     if let Some(p) = &placement {
         router.set_shared_placement(Arc::new(crate::cluster::SharedGroups(Arc::clone(p))));
     }
+    let interest = crate::cluster::local_interest(config);
+    if let (Some(i), Some(link)) = (&interest, crate::cluster::link_client_id(config)) {
+        router.set_interest_sink(Arc::new(crate::cluster::InterestGlue(Arc::clone(i))), &link);
+    }
     let router_task = tokio::spawn(run_router(router, router_rx));
     aux.push(tokio::spawn(crate::memory::release_freed_memory(
         shutdown_rx.clone(),
@@ -374,7 +378,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     }
     let router_weak = router_tx.downgrade();
     let (cluster_conns, cluster_prepared) =
-        match crate::cluster::prepare(config, router_tx.downgrade(), placement) {
+        match crate::cluster::prepare(config, router_tx.downgrade(), placement, interest) {
             Some((conns, prepared)) => (Some(conns), Some(prepared)),
             None => (None, None),
         };

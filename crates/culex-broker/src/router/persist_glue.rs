@@ -112,12 +112,15 @@ impl Router {
         s.expiry_interval = rs.record.expiry_interval;
         s.inbound_qos2 = rs.record.inbound_qos2;
         s.access = access;
+        let counts = self.interest.counts_for(&s.client_id);
         for sub in rs.record.subscriptions {
             let entry = Subscription {
                 options: sub.options,
                 id: sub.id,
             };
-            self.tree.insert(&sub.filter, sid, entry);
+            if self.tree.insert(&sub.filter, sid, entry).is_none() && counts {
+                self.interest.added(&sub.filter);
+            }
             s.subscriptions.insert(sub.filter, entry);
         }
         let messages = rs

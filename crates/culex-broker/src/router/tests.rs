@@ -1828,3 +1828,85 @@ fn a_recovered_copy_another_node_holds_ends_unless_a_client_used_it() {
     assert_eq!(r.session_count(), 1, "only the untouched copy ends");
     assert_eq!(r.stats().sessions_stale_dropped, 1);
 }
+
+/// Records what the router tells the cluster about its filters.
+#[derive(Debug, Default)]
+struct InterestLog(std::sync::Mutex<Vec<String>>);
+
+impl crate::api::InterestSink for InterestLog {
+    fn changed(&self, filter: &str, present: bool) {
+        let sign = if present { '+' } else { '-' };
+        self.0.lock().unwrap().push(format!("{sign}{filter}"));
+    }
+    fn sync(&self, token: u64) {
+        self.0.lock().unwrap().push(format!("sync {token}"));
+    }
+}
+
+impl InterestLog {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn send_subscribe(r: &mut Router, now: Instant, c: &Client, filter: &str) {
+    r.handle(
+        Command::Subscribe {
+            conn: c.conn,
+            subscribe: Subscribe {
+                packet_id: 9,
+                filters: vec![SubscribeFilter {
+                    filter: filter.into(),
+                    options: SubscriptionOptions::default(),
+                }],
+                properties: Properties::default(),
+            },
+        },
+        now,
+    );
+}
+
+fn has_suback(c: &mut Client) -> bool {
+    matches!(c.rx.try_recv(), Ok(Outbound::Packet(p)) if matches!(*p, Packet::SubAck(_)))
+}
+
+#[test]
+fn a_new_filter_is_told_to_the_cluster_and_its_suback_waits_for_it() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let log = std::sync::Arc::new(InterestLog::default());
+    let mut link = connect(&mut r, t0, 1, "link", true, 0, None);
+    subscribe(&mut r, t0, &mut link, "#", QoS::AtLeastOnce);
+    r.set_interest_sink(log.clone(), "link");
+    assert_eq!(log.take(), Vec::<String>::new(), "the link's # asks for nothing");
+
+    let mut a = connect(&mut r, t0, 2, "a", true, 0, None);
+    send_subscribe(&mut r, t0, &a, "x/+");
+    assert_eq!(log.take(), ["+x/+", "sync 1"]);
+    assert!(!has_suback(&mut a), "not before the cluster knows");
+    r.handle(Command::InterestSynced { tokens: vec![1] }, t0);
+    assert!(has_suback(&mut a));
+
+    // Known already (same filter, and a shared one on the same topics): answered at once.
+    let mut b = connect(&mut r, t0, 3, "b", false, 60, None);
+    send_subscribe(&mut r, t0, &b, "x/+");
+    send_subscribe(&mut r, t0, &b, "$share/g/x/+");
+    assert!(has_suback(&mut b) && has_suback(&mut b));
+    assert_eq!(log.take(), Vec::<String>::new());
+
+    // The filter goes when its last subscription does, the offline session's included.
+    disconnect(&mut r, t0, 2, DisconnectKind::Normal);
+    disconnect(&mut r, t0, 3, DisconnectKind::Normal);
+    assert_eq!(log.take(), Vec::<String>::new(), "b's session keeps it");
+    let _b = connect(&mut r, t0, 4, "b", true, 0, None);
+    assert_eq!(log.take(), ["-x/+"]);
+
+    // A SUBACK whose connection ended meanwhile is not sent to the next one.
+    let c = connect(&mut r, t0, 5, "c", false, 60, None);
+    send_subscribe(&mut r, t0, &c, "y");
+    assert_eq!(log.take(), ["+y", "sync 2"]);
+    disconnect(&mut r, t0, 5, DisconnectKind::Normal);
+    let mut c2 = connect(&mut r, t0, 6, "c", false, 60, None);
+    r.handle(Command::InterestSynced { tokens: vec![2] }, t0);
+    assert!(!has_suback(&mut c2));
+}

@@ -1,0 +1,508 @@
+//! Keeps the cluster's interest bucket and every node's [`InterestTable`] in step (see
+//! [`crate::interest`]).
+//!
+//! * The router tells [`LocalInterest`] when a filter gains its first subscription on this
+//!   node or loses its last; the task writes (or deletes) this node's key for it.
+//! * Every node watches the whole bucket into its table, so it knows which nodes want which
+//!   topics; the link routes each message only to those.
+//! * A SUBSCRIBE that added a filter gets its SUBACK once every other live node has read the
+//!   bucket at least up to that filter's revision: this node asks on `<cluster>.interest.sync`
+//!   with the revision, each node answers once its watch got there. So a message published on
+//!   any node after the SUBACK reaches the new subscription. A node that does not answer
+//!   within [`SYNC_TIMEOUT`] (dying, or the backplane is down) does not hold the SUBACK
+//!   longer (counted).
+//! * At start the task reads the whole bucket, then makes this node's keys match its
+//!   subscriptions (a node that restarts removes what it no longer has). A node that dies keeps
+//!   its keys: the others go on storing its messages in the stream, where another node reads
+//!   them back for its persistent sessions (see [`crate::replay`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{watch, Notify};
+
+use crate::interest::{bucket_name, key, node_of_key, InterestTable};
+use crate::shared::Placement;
+use crate::stats::ClusterStats;
+use crate::Settings;
+
+/// How long a SUBACK waits at most for the other nodes to know of its filter.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the start may take reading the bucket.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sync requests of other nodes waiting for this node's watch (beyond: the oldest go
+/// unanswered; their SUBACK goes out after its timeout).
+const WAITING_LIMIT: usize = 10_000;
+/// Delay before bucket writes that failed are tried again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Tells the router the other nodes know of the filters behind these tokens.
+pub type SyncedFn = Arc<dyn Fn(Vec<u64>) + Send + Sync>;
+
+/// The subject of sync requests.
+fn sync_subject(cluster: &str) -> String {
+    format!("{cluster}.interest.sync")
+}
+
+/// This node's filters as the router tells them, waiting for the task.
+#[derive(Debug, Default)]
+pub struct LocalInterest {
+    state: Mutex<Local>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Local {
+    present: HashSet<String>,
+    dirty: HashSet<String>,
+    tokens: Vec<u64>,
+}
+
+impl LocalInterest {
+    /// `filter` gained its first subscription here (`present`) or lost its last.
+    pub fn changed(&self, filter: &str, present: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            if present {
+                s.present.insert(filter.to_owned());
+            } else {
+                s.present.remove(filter);
+            }
+            s.dirty.insert(filter.to_owned());
+        }
+        self.notify.notify_one();
+    }
+
+    /// The router holds a SUBACK until the other nodes know of every change so far.
+    pub fn sync(&self, token: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.tokens.push(token);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The changed filters (each with whether it is present now) and the tokens waiting.
+    fn take(&self) -> (Vec<(String, bool)>, Vec<u64>) {
+        let Ok(mut s) = self.state.lock() else {
+            return (Vec::new(), Vec::new());
+        };
+        let dirty = std::mem::take(&mut s.dirty);
+        let changes = dirty
+            .into_iter()
+            .map(|f| {
+                let present = s.present.contains(&f);
+                (f, present)
+            })
+            .collect();
+        (changes, std::mem::take(&mut s.tokens))
+    }
+
+    /// Marks `filters` changed again (their bucket write failed).
+    fn redo(&self, filters: impl IntoIterator<Item = String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.dirty.extend(filters);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Every filter present now.
+    fn all(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.present.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What the task shares with the link.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The other nodes' filters.
+    pub table: RwLock<InterestTable>,
+}
+
+/// Starts the task on an established backplane connection. Returns once the bucket has been
+/// read and this node's keys match its subscriptions (or `LOAD_TIMEOUT` passed): from then on
+/// the table can route.
+pub async fn start(
+    settings: &Settings,
+    client: async_nats::Client,
+    local: Arc<LocalInterest>,
+    placement: Arc<Placement>,
+    synced: SyncedFn,
+    stats: Arc<ClusterStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), String> {
+    let js = jetstream::new(client.clone());
+    let bucket = crate::bucket::open(
+        &js,
+        &bucket_name(&settings.cluster),
+        "Culex cluster: the subscription filters of each node",
+        settings.replicas,
+    )
+    .await?;
+    let requests = client
+        .subscribe(sync_subject(&settings.cluster))
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = js
+        .get_stream(format!("KV_{}", bucket_name(&settings.cluster)))
+        .await
+        .map_err(|e| e.to_string())?
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let watch = bucket.watch_all().await.map_err(|e| e.to_string())?;
+    let mut task = Task {
+        node: settings.node.clone(),
+        cluster: settings.cluster.clone(),
+        client,
+        bucket,
+        shared: Arc::new(Shared::default()),
+        local,
+        placement,
+        synced,
+        stats,
+        mine: HashMap::new(),
+        applied: 0,
+        waiting: Vec::new(),
+        writes: FuturesUnordered::new(),
+        syncs: FuturesUnordered::new(),
+        retry_at: None,
+    };
+    let mut watch = watch;
+    let loaded = tokio::time::timeout(LOAD_TIMEOUT, async {
+        while task.applied < end {
+            match watch.next().await {
+                Some(Ok(entry)) => task.apply(entry),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the bucket's watch ended".to_owned()),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match loaded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => tracing::warn!(node = %task.node, "reading the cluster's interest timed out; routing with what was read"),
+    }
+    task.reconcile();
+    let shared = Arc::clone(&task.shared);
+    let handle = tokio::spawn(task.run(watch, requests, shutdown));
+    Ok((shared, handle))
+}
+
+type WriteResult = (String, bool, Result<u64, String>);
+
+struct Task {
+    node: String,
+    cluster: String,
+    client: async_nats::Client,
+    bucket: kv::Store,
+    shared: Arc<Shared>,
+    local: Arc<LocalInterest>,
+    placement: Arc<Placement>,
+    synced: SyncedFn,
+    stats: Arc<ClusterStats>,
+    /// This node's keys in the bucket: key -> (filter, revision).
+    mine: HashMap<String, (String, u64)>,
+    /// Revision of the newest bucket entry read.
+    applied: u64,
+    /// Other nodes' sync requests waiting for the watch: (revision, reply subject).
+    waiting: Vec<(u64, async_nats::Subject)>,
+    /// Bucket writes in flight: (filter, present, revision or error).
+    writes: FuturesUnordered<BoxFuture<'static, WriteResult>>,
+    /// Sync rounds in flight, each giving its tokens back when done.
+    syncs: FuturesUnordered<BoxFuture<'static, (Vec<u64>, bool)>>,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut watch: kv::Watch,
+        mut requests: async_nats::Subscriber,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let local = Arc::clone(&self.local);
+        loop {
+            let retry = async {
+                match self.retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                e = watch.next() => match e {
+                    Some(Ok(entry)) => {
+                        self.apply(entry);
+                        self.answer_waiting().await;
+                    }
+                    Some(Err(e)) => tracing::debug!(node = %self.node, error = %e, "watching the cluster's interest"),
+                    None => {
+                        tracing::warn!(node = %self.node, "the watch of the cluster's interest ended; watching again");
+                        match self.bucket.watch_all_from_revision(self.applied + 1).await {
+                            Ok(w) => watch = w,
+                            Err(e) => {
+                                tracing::warn!(node = %self.node, error = %e, "cannot watch the cluster's interest");
+                                tokio::time::sleep(RETRY_DELAY).await;
+                            }
+                        }
+                    }
+                },
+                Some(m) = requests.next() => self.sync_request(m).await,
+                () = local.notify.notified() => self.round(),
+                () = retry => {
+                    self.retry_at = None;
+                    self.round();
+                }
+                Some((filter, present, result)) = self.writes.next() => self.written(filter, present, result),
+                Some((tokens, complete)) = self.syncs.next() => {
+                    if !complete {
+                        ClusterStats::inc(&self.stats.interest_sync_timeouts);
+                    }
+                    (self.synced)(tokens);
+                }
+            }
+        }
+    }
+
+    /// One entry of the bucket.
+    fn apply(&mut self, entry: kv::Entry) {
+        self.applied = self.applied.max(entry.revision);
+        let Some(node) = node_of_key(&entry.key) else {
+            return;
+        };
+        let put = entry.operation == kv::Operation::Put;
+        if node == self.node {
+            if put {
+                let filter = String::from_utf8_lossy(&entry.value).into_owned();
+                self.mine.insert(entry.key, (filter, entry.revision));
+            } else {
+                self.mine.remove(&entry.key);
+            }
+            return;
+        }
+        if let Ok(mut table) = self.shared.table.write() {
+            if put {
+                match std::str::from_utf8(&entry.value) {
+                    Ok(filter) => table.put(&entry.key, node, filter),
+                    Err(_) => {
+                        ClusterStats::inc(&self.stats.bad_messages);
+                        return;
+                    }
+                }
+            } else {
+                table.delete(&entry.key);
+            }
+            self.stats
+                .remote_filters
+                .store(table.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes this node's keys match its filters (at start).
+    fn reconcile(&mut self) {
+        let (_, tokens) = self.local.take();
+        let want: HashSet<String> = self.local.all().into_iter().collect();
+        let stale: Vec<String> = self
+            .mine
+            .values()
+            .map(|(f, _)| f.clone())
+            .filter(|f| !want.contains(f))
+            .collect();
+        for filter in want {
+            self.write(filter, true);
+        }
+        for filter in stale {
+            self.write(filter, false);
+        }
+        if !tokens.is_empty() {
+            (self.synced)(tokens);
+        }
+    }
+
+    /// Writes what changed since the last round; a round with tokens then asks the other
+    /// nodes to confirm.
+    fn round(&mut self) {
+        let (changes, tokens) = self.local.take();
+        let mut newest = 0;
+        for (filter, present) in changes {
+            if let Some(rev) = self.write(filter, present) {
+                newest = newest.max(rev);
+            }
+        }
+        if tokens.is_empty() {
+            return;
+        }
+        // Writes in flight: their revisions are not known yet; the round waits for them by
+        // asking for the newest revision once they are done (see `written`).
+        if !self.writes.is_empty() {
+            if let Ok(mut s) = self.local.state.lock() {
+                s.tokens.extend(tokens);
+            }
+            return;
+        }
+        self.start_sync(newest.max(self.newest_mine()), tokens);
+    }
+
+    fn newest_mine(&self) -> u64 {
+        self.mine.values().map(|(_, r)| *r).max().unwrap_or(0)
+    }
+
+    /// Starts writing `filter`'s key (or its removal) unless the bucket already says so;
+    /// `Some(revision)` when nothing needs writing.
+    fn write(&mut self, filter: String, present: bool) -> Option<u64> {
+        let key = key(&self.node, &filter);
+        match (present, self.mine.get(&key)) {
+            (true, Some((f, rev))) if *f == filter => return Some(*rev),
+            (false, None) => return Some(0),
+            _ => {}
+        }
+        let bucket = self.bucket.clone();
+        self.writes.push(Box::pin(async move {
+            let result = if present {
+                bucket
+                    .put(&key, Bytes::from(filter.clone().into_bytes()))
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                bucket.delete(&key).await.map(|()| 0).map_err(|e| e.to_string())
+            };
+            (filter, present, result)
+        }));
+        None
+    }
+
+    /// A bucket write finished.
+    fn written(&mut self, filter: String, present: bool, result: Result<u64, String>) {
+        ClusterStats::inc(&self.stats.interest_updates);
+        match result {
+            Ok(rev) => {
+                let key = key(&self.node, &filter);
+                if present {
+                    self.mine.insert(key, (filter, rev));
+                } else {
+                    self.mine.remove(&key);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %self.node, error = %e, "writing this node's interest failed; retrying");
+                self.local.redo([filter]);
+                self.retry_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + RETRY_DELAY);
+            }
+        }
+        if self.writes.is_empty() {
+            // Tokens that waited for these writes.
+            let tokens = self
+                .local
+                .state
+                .lock()
+                .map(|mut s| std::mem::take(&mut s.tokens))
+                .unwrap_or_default();
+            if !tokens.is_empty() {
+                let failed = self.retry_at.is_some();
+                if failed {
+                    // The backplane refused: the SUBACK does not wait for it to come back.
+                    ClusterStats::inc(&self.stats.interest_sync_timeouts);
+                    (self.synced)(tokens);
+                } else {
+                    self.start_sync(self.newest_mine(), tokens);
+                }
+            }
+        }
+    }
+
+    /// Asks every other live node to confirm it has read the bucket up to `revision`, then
+    /// hands `tokens` back (after [`SYNC_TIMEOUT`] at most).
+    fn start_sync(&mut self, revision: u64, tokens: Vec<u64>) {
+        let mut expected: HashSet<String> = self
+            .placement
+            .live_nodes(std::time::Instant::now())
+            .into_iter()
+            .collect();
+        if expected.is_empty() || revision == 0 {
+            (self.synced)(tokens);
+            return;
+        }
+        let client = self.client.clone();
+        let subject = sync_subject(&self.cluster);
+        self.syncs.push(Box::pin(async move {
+            let inbox = client.new_inbox();
+            let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+                return (tokens, false);
+            };
+            let payload = Bytes::copy_from_slice(&revision.to_be_bytes());
+            if client
+                .publish_with_reply(subject, inbox, payload)
+                .await
+                .is_err()
+            {
+                return (tokens, false);
+            }
+            let complete = tokio::time::timeout(SYNC_TIMEOUT, async {
+                while let Some(m) = replies.next().await {
+                    if let Ok(node) = std::str::from_utf8(&m.payload) {
+                        expected.remove(node);
+                    }
+                    if expected.is_empty() {
+                        break;
+                    }
+                }
+            })
+            .await
+            .is_ok()
+                && expected.is_empty();
+            (tokens, complete)
+        }));
+    }
+
+    /// Another node asks whether this node has read the bucket up to a revision.
+    async fn sync_request(&mut self, m: async_nats::Message) {
+        let (Some(reply), Ok(bytes)) = (m.reply, <[u8; 8]>::try_from(&m.payload[..])) else {
+            return;
+        };
+        let revision = u64::from_be_bytes(bytes);
+        if revision <= self.applied {
+            confirm(self.client.clone(), reply, self.node.clone()).await;
+        } else {
+            if self.waiting.len() >= WAITING_LIMIT {
+                self.waiting.remove(0);
+            }
+            self.waiting.push((revision, reply));
+        }
+    }
+
+    async fn answer_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let (due, rest): (Vec<_>, Vec<_>) =
+            self.waiting.drain(..).partition(|(r, _)| *r <= applied);
+        self.waiting = rest;
+        for (_, reply) in due {
+            confirm(self.client.clone(), reply, self.node.clone()).await;
+        }
+    }
+
+}
+
+/// Tells a node waiting for a sync that this node has read the bucket far enough.
+async fn confirm(client: async_nats::Client, reply: async_nats::Subject, node: String) {
+    let _ = client.publish(reply, Bytes::from(node.into_bytes())).await;
+}
