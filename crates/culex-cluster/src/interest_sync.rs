@@ -159,7 +159,11 @@ pub async fn start(
         .map_err(|e| e.to_string())?
         .state
         .last_sequence;
-    let watch = bucket.watch_all().await.map_err(|e| e.to_string())?;
+    // The current value of every key, then every change.
+    let watch = bucket
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut task = Task {
         node: settings.node.clone(),
         cluster: settings.cluster.clone(),
