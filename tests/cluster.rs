@@ -1093,3 +1093,104 @@ fn a_node_back_from_the_dead_drops_its_copy_of_a_session_that_moved_on() {
     p.publish("w/x", "still", QoS::AtLeastOnce);
     moved.recv_matching("w/x", "still");
 }
+
+/// Interest routing: a node gets only the messages its clients (or offline persistent
+/// sessions) subscribe to. Node 3 subscribes to `b/+` and a shared `c/#`: of a burst to `a/x`
+/// (node 2's subscription) it receives nothing; once its client unsubscribes from `b/+`,
+/// nothing on `b/…` reaches it either; a topic nobody subscribes to leaves node 1 at all.
+#[test]
+fn each_node_gets_only_what_its_clients_subscribed_to() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let in_of = |n: &Node| n.metric("culex_cluster_messages_in_total").unwrap_or(-1.0);
+    let sub2 = Mqtt::connect(n2.port, "sub2", true);
+    sub2.subscribe("a/#", QoS::AtLeastOnce);
+    let sub3 = Mqtt::connect(n3.port, "sub3", true);
+    sub3.subscribe("b/+", QoS::AtLeastOnce);
+    sub3.subscribe("$share/g/c/#", QoS::AtLeastOnce);
+    assert_eq!(n1.metric("culex_cluster_remote_filters"), Some(3.0));
+
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    for i in 0..100 {
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        publisher.publish("a/x", &format!("a{i}"), qos);
+    }
+    assert_eq!(receive(&sub2, 100).len(), 100);
+    // Fences on both paths (core NATS for QoS 0, the stream for QoS 1), published after the
+    // burst: once node 3 has both, it would have had the burst too.
+    publisher.publish("b/fence", "f0", QoS::AtMostOnce);
+    publisher.publish("b/fence", "f1", QoS::AtLeastOnce);
+    let fences = receive(&sub3, 2);
+    assert_eq!(fences.len(), 2, "{fences:?}");
+    wait_until("node 3 counting its two messages", || in_of(&n3) >= 2.0);
+    assert_eq!(
+        in_of(&n3),
+        2.0,
+        "node 3 got messages nobody there subscribed to"
+    );
+    wait_until("node 2 counting the burst", || in_of(&n2) >= 100.0);
+    assert_eq!(in_of(&n2), 100.0);
+
+    let before = n1.metric("culex_cluster_unrouted_total").unwrap_or(0.0);
+    for i in 0..10 {
+        publisher.publish("nobody/here", &format!("n{i}"), QoS::AtLeastOnce);
+    }
+    publisher.publish("c/1", "shared", QoS::AtLeastOnce);
+    assert_eq!(sub3.recv().payload, "shared".as_bytes());
+    assert!(n1.metric("culex_cluster_unrouted_total").unwrap_or(0.0) >= before + 10.0);
+
+    // The last subscription to b/+ on node 3 goes: node 1 learns it, and stops sending.
+    sub3.client.unsubscribe("b/+").unwrap();
+    wait_until("node 1 forgetting b/+", || {
+        n1.metric("culex_cluster_remote_filters") == Some(2.0)
+    });
+    let in3 = in_of(&n3);
+    for i in 0..20 {
+        publisher.publish("b/x", &format!("b{i}"), QoS::AtLeastOnce);
+    }
+    publisher.publish("c/2", "shared2", QoS::AtLeastOnce);
+    assert_eq!(sub3.recv().payload, "shared2".as_bytes());
+    wait_until("node 3 counting the shared message", || {
+        in_of(&n3) >= in3 + 1.0
+    });
+    assert_eq!(in_of(&n3), in3 + 1.0, "node 3 still gets b/x");
+}
+
+/// A subscription made on one node gets a message published on another right after its
+/// SUBACK: the SUBACK of a new filter waits until the other nodes know of it.
+#[test]
+fn a_message_published_right_after_a_suback_reaches_the_new_subscription() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let _n3 = node(&nats, "node3", 1, "");
+    let sub = Mqtt::connect(n2.port, "sub", true);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    for i in 0..30 {
+        let topic = format!("fresh/{i}");
+        sub.subscribe(&topic, QoS::AtLeastOnce);
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        publisher.publish(&topic, &format!("p{i}"), qos);
+        let p = sub
+            .messages
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{topic}: the message published after SUBACK was lost"));
+        assert_eq!(p.topic, topic);
+    }
+}

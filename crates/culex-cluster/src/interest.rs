@@ -241,7 +241,11 @@ mod tests {
         assert_eq!(node_of_key(&k), Some("node-1"));
         assert_eq!(k, key("node-1", "a/+/#"), "stable");
         assert_ne!(k, key("node-1", "a/+"));
-        assert!(k.len() < 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        assert!(
+            k.len() < 64
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        );
         assert_eq!(routing_filter("$share/g/a/#"), Some("a/#"));
         assert_eq!(routing_filter("a/#"), Some("a/#"));
     }
@@ -253,15 +257,19 @@ mod tests {
             "+/#", "/", "/+", "$x", "", "a/b/#",
         ];
         let topics = [
-            "a", "a/b", "a/b/c", "a//c", "b", "/", "/x", "$SYS/x", "$SYS", "$x", "x/b", "a/c",
-            "", "a/", "$SYS/x/y",
+            "a", "a/b", "a/b/c", "a//c", "b", "/", "/x", "$SYS/x", "$SYS", "$x", "x/b", "a/c", "",
+            "a/", "$SYS/x/y",
         ];
         for filter in filters {
             let mut t = InterestTable::default();
             t.put(&key("n", filter), "n", filter);
             for topic in topics {
                 let want = matches(filter, topic);
-                assert_eq!(!nodes(&t, topic, "").is_empty(), want, "{filter} vs {topic}");
+                assert_eq!(
+                    !nodes(&t, topic, "").is_empty(),
+                    want,
+                    "{filter} vs {topic}"
+                );
             }
             t.delete(&key("n", filter));
             assert!(t.root.is_empty(), "{filter}: emptied");

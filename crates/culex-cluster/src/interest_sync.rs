@@ -196,7 +196,9 @@ pub async fn start(
     match loaded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
-        Err(_) => tracing::warn!(node = %task.node, "reading the cluster's interest timed out; routing with what was read"),
+        Err(_) => {
+            tracing::warn!(node = %task.node, "reading the cluster's interest timed out; routing with what was read")
+        }
     }
     task.reconcile();
     let shared = Arc::clone(&task.shared);
@@ -384,7 +386,11 @@ impl Task {
                     .await
                     .map_err(|e| e.to_string())
             } else {
-                bucket.delete(&key).await.map(|()| 0).map_err(|e| e.to_string())
+                bucket
+                    .delete(&key)
+                    .await
+                    .map(|()| 0)
+                    .map_err(|e| e.to_string())
             };
             (filter, present, result)
         }));
@@ -503,7 +509,6 @@ impl Task {
             confirm(self.client.clone(), reply, self.node.clone()).await;
         }
     }
-
 }
 
 /// Tells a node waiting for a sync that this node has read the bucket far enough.

@@ -613,7 +613,10 @@ impl Link {
     fn stored_headers(&mut self, dest: Option<&str>) -> HeaderMap {
         let mut headers = self.origin_headers();
         let id = match dest {
-            Some(node) => format!("{}-{}-{}.{node}", self.settings.node, self.boot, self.next_id),
+            Some(node) => format!(
+                "{}-{}-{}.{node}",
+                self.settings.node, self.boot, self.next_id
+            ),
             None => format!("{}-{}-{}", self.settings.node, self.boot, self.next_id),
         };
         headers.insert("Nats-Msg-Id", id.as_str());

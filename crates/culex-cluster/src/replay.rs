@@ -102,7 +102,9 @@ impl Directory {
                 .as_ref()
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.as_str().split('.').next().unwrap_or_default());
-            let first_copy = match id.and_then(|id| id.rsplit_once('-').map(|(origin, _)| (origin, id))) {
+            let first_copy = match id
+                .and_then(|id| id.rsplit_once('-').map(|(origin, _)| (origin, id)))
+            {
                 Some((origin, id)) if last_of.get(origin).is_some_and(|last| last == id) => false,
                 Some((origin, id)) => {
                     last_of.insert(origin.to_owned(), id.to_owned());

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use culex_broker::log_clip::Clipped;
 use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
-use culex_cluster::sessions::{Directory, FetchError, Fetched};
 use culex_cluster::interest_sync::LocalInterest;
+use culex_cluster::sessions::{Directory, FetchError, Fetched};
 use culex_cluster::shared::Placement;
 use culex_cluster::{ClusterStats, Settings};
 use culex_config::{Config, ListenerProtocol};

@@ -1878,7 +1878,11 @@ fn a_new_filter_is_told_to_the_cluster_and_its_suback_waits_for_it() {
     let mut link = connect(&mut r, t0, 1, "link", true, 0, None);
     subscribe(&mut r, t0, &mut link, "#", QoS::AtLeastOnce);
     r.set_interest_sink(log.clone(), "link");
-    assert_eq!(log.take(), Vec::<String>::new(), "the link's # asks for nothing");
+    assert_eq!(
+        log.take(),
+        Vec::<String>::new(),
+        "the link's # asks for nothing"
+    );
 
     let mut a = connect(&mut r, t0, 2, "a", true, 0, None);
     send_subscribe(&mut r, t0, &a, "x/+");
