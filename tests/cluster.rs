@@ -45,7 +45,14 @@ struct NatsServer {
 }
 
 impl NatsServer {
+    /// Starts the server (again, after [`NatsServer::kill`]) on its ports.
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .arg("-sd")
@@ -79,16 +86,26 @@ impl NatsServer {
             }
         });
         let deadline = Instant::now() + TIMEOUT;
+        let mut log = Vec::new();
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains("Server is ready") => break,
-                Ok(_) => {}
-                Err(_) => panic!("nats-server {} did not start", self.name),
+                Ok(line) => log.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "nats-server {} did not start:\n{}",
+                        self.name,
+                        log.join("\n")
+                    ));
+                }
             }
         }
         // Keep draining its log so that it never blocks on a full pipe.
         thread::spawn(move || while rx.recv().is_ok() {});
         self.child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL.
@@ -119,7 +136,21 @@ struct Nats {
 }
 
 impl Nats {
+    /// Starts `count` servers on free ports; again on other ports when one of them could not
+    /// start (a port found free may be taken by another test's process before the server
+    /// binds it).
     fn start(count: usize) -> Nats {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Nats::try_start(count) {
+                Ok(nats) => return nats,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_start(count: usize) -> Result<Nats, String> {
         let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
         let mut servers: Vec<NatsServer> = ports
             .iter()
@@ -142,9 +173,9 @@ impl Nats {
             })
             .collect();
         for s in &mut servers {
-            s.spawn();
+            s.try_spawn()?;
         }
-        Nats { servers }
+        Ok(Nats { servers })
     }
 
     fn urls(&self) -> String {
