@@ -1225,3 +1225,37 @@ fn a_message_published_right_after_a_suback_reaches_the_new_subscription() {
         assert_eq!(p.topic, topic);
     }
 }
+
+/// A persistent session that moves to another node gets a message published right after its
+/// CONNACK there: the move waits until the other nodes know the new node wants its topics.
+#[test]
+fn a_moved_session_gets_what_is_published_right_after_its_connack() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    let first = Mqtt::connect(n2.port, "nomad", false);
+    first.subscribe("nomad/#", QoS::AtLeastOnce);
+    drop(first);
+    for i in 0..10 {
+        let to = if i % 2 == 0 { &n3 } else { &n2 };
+        let nomad = Mqtt::connect(to.port, "nomad", false);
+        assert!(nomad.session_present, "move {i}: the session came along");
+        publisher.publish("nomad/x", &format!("after{i}"), QoS::AtLeastOnce);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let p = nomad.messages.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("move {i}: the message published after CONNACK was lost")
+            });
+            if p.payload == format!("after{i}").as_bytes() {
+                break;
+            }
+        }
+        drop(nomad);
+    }
+}

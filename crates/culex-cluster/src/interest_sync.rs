@@ -41,6 +41,13 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const WAITING_LIMIT: usize = 10_000;
 /// Delay before bucket writes that failed are tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How long the marker of a removed filter stays in the bucket before it is purged (every
+/// watching node has read it by then, short of a long backplane outage; a node that missed
+/// it sends the removed filter's messages on, which its owner filters out, until it
+/// restarts). Without the purge the bucket would keep one marker for every filter ever used.
+pub const PURGE_AFTER: Duration = Duration::from_secs(10);
+/// Markers waiting for their purge, at most (beyond: left in the bucket).
+const PURGE_LIMIT: usize = 100_000;
 
 /// Tells the router the other nodes know of the filters behind these tokens.
 pub type SyncedFn = Arc<dyn Fn(Vec<u64>) + Send + Sync>;
@@ -61,7 +68,17 @@ pub struct LocalInterest {
 struct Local {
     present: HashSet<String>,
     dirty: HashSet<String>,
-    tokens: Vec<u64>,
+    tokens: Vec<Waiter>,
+}
+
+/// Someone waiting until the other nodes know of this node's filters.
+#[derive(Debug)]
+enum Waiter {
+    /// A SUBACK the router holds.
+    Router(u64),
+    /// A task of this node (a session moved here: its filters must be known before its
+    /// client is answered).
+    Local(tokio::sync::oneshot::Sender<()>),
 }
 
 impl LocalInterest {
@@ -81,13 +98,25 @@ impl LocalInterest {
     /// The router holds a SUBACK until the other nodes know of every change so far.
     pub fn sync(&self, token: u64) {
         if let Ok(mut s) = self.state.lock() {
-            s.tokens.push(token);
+            s.tokens.push(Waiter::Router(token));
         }
         self.notify.notify_one();
     }
 
-    /// The changed filters (each with whether it is present now) and the tokens waiting.
-    fn take(&self) -> (Vec<(String, bool)>, Vec<u64>) {
+    /// Resolves once the other nodes know of every change told so far (or after
+    /// [`SYNC_TIMEOUT`] without their answer; or never, when the link is not running: bound
+    /// the wait).
+    pub fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut s) = self.state.lock() {
+            s.tokens.push(Waiter::Local(tx));
+        }
+        self.notify.notify_one();
+        rx
+    }
+
+    /// The changed filters (each with whether it is present now) and the waiters.
+    fn take(&self) -> (Vec<(String, bool)>, Vec<Waiter>) {
         let Ok(mut s) = self.state.lock() else {
             return (Vec::new(), Vec::new());
         };
@@ -150,10 +179,11 @@ pub async fn start(
         .subscribe(sync_subject(&settings.cluster))
         .await
         .map_err(|e| e.to_string())?;
-    let end = js
+    let mut stream = js
         .get_stream(format!("KV_{}", bucket_name(&settings.cluster)))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let end = stream
         .info()
         .await
         .map_err(|e| e.to_string())?
@@ -169,6 +199,8 @@ pub async fn start(
         cluster: settings.cluster.clone(),
         client,
         bucket,
+        stream,
+        purges: std::collections::VecDeque::new(),
         shared: Arc::new(Shared::default()),
         local,
         placement,
@@ -213,6 +245,10 @@ struct Task {
     cluster: String,
     client: async_nats::Client,
     bucket: kv::Store,
+    /// The bucket's stream (for purging markers).
+    stream: jetstream::stream::Stream,
+    /// Markers of this node's removed filters: (when to purge, key, the marker's revision).
+    purges: std::collections::VecDeque<(tokio::time::Instant, String, u64)>,
     shared: Arc<Shared>,
     local: Arc<LocalInterest>,
     placement: Arc<Placement>,
@@ -227,18 +263,22 @@ struct Task {
     /// Bucket writes in flight: (filter, present, revision or error).
     writes: FuturesUnordered<BoxFuture<'static, WriteResult>>,
     /// Sync rounds in flight, each giving its tokens back when done.
-    syncs: FuturesUnordered<BoxFuture<'static, (Vec<u64>, bool)>>,
+    syncs: FuturesUnordered<BoxFuture<'static, (Vec<Waiter>, bool)>>,
     retry_at: Option<tokio::time::Instant>,
 }
 
 impl Task {
     async fn run(
         mut self,
-        mut watch: kv::Watch,
+        watch: kv::Watch,
         mut requests: async_nats::Subscriber,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local = Arc::clone(&self.local);
+        let bucket = self.bucket.clone();
+        let mut watch = Some(watch);
+        let mut purge_tick = tokio::time::interval(PURGE_AFTER / 4);
+        purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = async {
                 match self.retry_at {
@@ -252,25 +292,13 @@ impl Task {
                         break;
                     }
                 }
-                e = watch.next() => match e {
-                    Some(Ok(entry)) => {
-                        self.apply(entry);
-                        self.answer_waiting().await;
-                    }
-                    Some(Err(e)) => tracing::debug!(node = %self.node, error = %e, "watching the cluster's interest"),
-                    None => {
-                        tracing::warn!(node = %self.node, "the watch of the cluster's interest ended; watching again");
-                        match self.bucket.watch_all_from_revision(self.applied + 1).await {
-                            Ok(w) => watch = w,
-                            Err(e) => {
-                                tracing::warn!(node = %self.node, error = %e, "cannot watch the cluster's interest");
-                                tokio::time::sleep(RETRY_DELAY).await;
-                            }
-                        }
-                    }
-                },
+                entry = next_entry(&mut watch, &bucket, self.applied + 1, &self.node) => {
+                    self.apply(entry);
+                    self.answer_waiting().await;
+                }
                 Some(m) = requests.next() => self.sync_request(m).await,
                 () = local.notify.notified() => self.round(),
+                _ = purge_tick.tick() => self.purge_due(),
                 () = retry => {
                     self.retry_at = None;
                     self.round();
@@ -280,9 +308,25 @@ impl Task {
                     if !complete {
                         ClusterStats::inc(&self.stats.interest_sync_timeouts);
                     }
-                    (self.synced)(tokens);
+                    self.release(tokens);
                 }
             }
+        }
+    }
+
+    /// Tells the waiters the other nodes know (or were waited for long enough).
+    fn release(&self, waiters: Vec<Waiter>) {
+        let mut tokens = Vec::new();
+        for w in waiters {
+            match w {
+                Waiter::Router(t) => tokens.push(t),
+                Waiter::Local(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        if !tokens.is_empty() {
+            (self.synced)(tokens);
         }
     }
 
@@ -299,6 +343,10 @@ impl Task {
                 self.mine.insert(entry.key, (filter, entry.revision));
             } else {
                 self.mine.remove(&entry.key);
+                if self.purges.len() < PURGE_LIMIT {
+                    let at = tokio::time::Instant::now() + PURGE_AFTER;
+                    self.purges.push_back((at, entry.key, entry.revision));
+                }
             }
             return;
         }
@@ -320,6 +368,24 @@ impl Task {
         }
     }
 
+    /// Purges the markers of removed filters that are old enough (up to the marker only: a
+    /// filter added again since keeps its new value).
+    fn purge_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self.purges.front().is_some_and(|(at, _, _)| *at <= now) {
+            let Some((_, key, revision)) = self.purges.pop_front() else {
+                break;
+            };
+            let stream = self.stream.clone();
+            let subject = format!("$KV.{}.{key}", bucket_name(&self.cluster));
+            tokio::spawn(async move {
+                if let Err(e) = stream.purge().filter(subject).sequence(revision + 1).await {
+                    tracing::debug!(error = %e, "purging a removed filter's marker");
+                }
+            });
+        }
+    }
+
     /// Makes this node's keys match its filters (at start).
     fn reconcile(&mut self) {
         let (_, tokens) = self.local.take();
@@ -337,7 +403,7 @@ impl Task {
             self.write(filter, false);
         }
         if !tokens.is_empty() {
-            (self.synced)(tokens);
+            self.release(tokens);
         }
     }
 
@@ -429,7 +495,7 @@ impl Task {
                 if failed {
                     // The backplane refused: the SUBACK does not wait for it to come back.
                     ClusterStats::inc(&self.stats.interest_sync_timeouts);
-                    (self.synced)(tokens);
+                    self.release(tokens);
                 } else {
                     self.start_sync(self.newest_mine(), tokens);
                 }
@@ -439,14 +505,14 @@ impl Task {
 
     /// Asks every other live node to confirm it has read the bucket up to `revision`, then
     /// hands `tokens` back (after [`SYNC_TIMEOUT`] at most).
-    fn start_sync(&mut self, revision: u64, tokens: Vec<u64>) {
+    fn start_sync(&mut self, revision: u64, tokens: Vec<Waiter>) {
         let mut expected: HashSet<String> = self
             .placement
             .live_nodes(std::time::Instant::now())
             .into_iter()
             .collect();
         if expected.is_empty() || revision == 0 {
-            (self.synced)(tokens);
+            self.release(tokens);
             return;
         }
         let client = self.client.clone();
@@ -514,4 +580,38 @@ impl Task {
 /// Tells a node waiting for a sync that this node has read the bucket far enough.
 async fn confirm(client: async_nats::Client, reply: async_nats::Subject, node: String) {
     let _ = client.publish(reply, Bytes::from(node.into_bytes())).await;
+}
+
+/// The next entry of the bucket's watch; a watch that fails or ends is dropped and made again
+/// from revision `from` (never polled again: the client's ordered consumer does not allow it).
+async fn next_entry(
+    watch: &mut Option<kv::Watch>,
+    bucket: &kv::Store,
+    from: u64,
+    node: &str,
+) -> kv::Entry {
+    loop {
+        match watch {
+            Some(w) => match w.next().await {
+                Some(Ok(entry)) => return entry,
+                Some(Err(e)) => {
+                    tracing::debug!(node = %node, error = %e, "the watch of the cluster's interest failed; watching again");
+                    *watch = None;
+                }
+                None => {
+                    tracing::debug!(node = %node, "the watch of the cluster's interest ended; watching again");
+                    *watch = None;
+                }
+            },
+            None => {
+                tokio::time::sleep(RETRY_DELAY).await;
+                match bucket.watch_all_from_revision(from).await {
+                    Ok(w) => *watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "cannot watch the cluster's interest")
+                    }
+                }
+            }
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub(crate) struct ClusterConns {
     pub(crate) sessions: Directory,
     /// The link's counters (what waits for the backplane).
     pub(crate) stats: Arc<ClusterStats>,
+    /// This node's filters, as the other nodes are told them.
+    pub(crate) interest: Arc<LocalInterest>,
 }
 
 /// The cluster's parts started before the connection tasks' shared state exists (the session
@@ -169,6 +171,7 @@ pub(crate) fn prepare(
             claims: claims_tx,
             sessions: directory,
             stats: Arc::clone(&stats),
+            interest: Arc::clone(&interest),
         },
         Prepared {
             settings,
@@ -309,17 +312,23 @@ pub(crate) async fn resume_from_cluster(
         })
         .await
         .map_err(unavailable)?;
-    let Some((holder, since_ms)) = orphaned else {
-        return Ok(None);
-    };
-    // The session's subscriptions are in force before the stream's end is read: what is
-    // stored after it arrives the ordinary way.
+    // The session's subscriptions are in force here, and the other nodes know it, before
+    // its client is answered (what they publish after the CONNACK comes here) and before
+    // the stream's end is read (what is stored after it arrives the ordinary way).
     let (reply, rx) = oneshot::channel();
     router
         .send(Command::Ping { reply })
         .await
         .map_err(unavailable)?;
     let _ = rx.await;
+    let _ = tokio::time::timeout(
+        culex_cluster::interest_sync::SYNC_TIMEOUT + Duration::from_secs(1),
+        conns.interest.barrier(),
+    )
+    .await;
+    let Some((holder, since_ms)) = orphaned else {
+        return Ok(None);
+    };
     // What local clients published before then is in the stream once the link's backlog is.
     let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
     while conns.stats.queued.load(Ordering::Relaxed)

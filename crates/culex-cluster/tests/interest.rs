@@ -1,0 +1,150 @@
+//! The cluster's interest (which node wants which topics), kept in step through a real
+//! `nats-server` (the `testkit`): what one node's router tells reaches the other node's table
+//! before the SUBACK is released, removals follow, a restarted node drops the filters it no
+//! longer has, and the markers of removed filters are purged. Skipped with a note when
+//! nats-server is missing, unless `CULEX_REQUIRE_NATS=1` (CI).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test code: failing loudly is the point
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use culex_cluster::interest_sync::{self, LocalInterest, Shared, PURGE_AFTER};
+use culex_cluster::shared::Placement;
+use culex_cluster::testkit::NatsCluster;
+use culex_cluster::{ClusterStats, Settings};
+use tokio::sync::{mpsc, watch};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn settings(nats: &NatsCluster, node: &str) -> Settings {
+    Settings {
+        servers: nats.urls(),
+        node: node.to_owned(),
+        cluster: "it".to_owned(),
+        credentials: None,
+        replicas: 1,
+    }
+}
+
+/// One node's interest task, with what it told its router.
+struct NodeInterest {
+    local: Arc<LocalInterest>,
+    placement: Arc<Placement>,
+    shared: Arc<Shared>,
+    synced: mpsc::UnboundedReceiver<Vec<u64>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(nats: &NatsCluster, node: &str, filters: &[&str]) -> NodeInterest {
+    let local = Arc::new(LocalInterest::default());
+    for f in filters {
+        local.changed(f, true);
+    }
+    let placement = Arc::new(Placement::new(node));
+    let (tx, synced) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
+    let (shared, task) = interest_sync::start(
+        &settings(nats, node),
+        nats.connect().await.unwrap(),
+        Arc::clone(&local),
+        Arc::clone(&placement),
+        Arc::new(move |tokens| {
+            let _ = tx.send(tokens);
+        }),
+        Arc::new(ClusterStats::default()),
+        stop_rx,
+    )
+    .await
+    .unwrap();
+    NodeInterest {
+        local,
+        placement,
+        shared,
+        synced,
+        stop,
+        task,
+    }
+}
+
+fn wanted_by(n: &NodeInterest, topic: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    n.shared
+        .table
+        .read()
+        .unwrap()
+        .nodes_for(topic, "", &mut out);
+    out.iter().map(|n| n.to_string()).collect()
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_reaches_the_other_nodes_before_the_suback_and_goes_when_it_goes() {
+    let nats = match NatsCluster::start_or_skip(1).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let mut a = start(&nats, "a", &["x/#", "y"]).await;
+    let b = start(&nats, "b", &[]).await;
+    assert_eq!(wanted_by(&b, "x/1"), ["a"], "read at start");
+    assert!(wanted_by(&a, "x/1").is_empty(), "a node leaves itself out");
+
+    // b is alive for a (its announcements): a SUBACK waits until b has the new filter.
+    a.placement
+        .set_remote("b", Vec::new(), std::time::Instant::now());
+    for i in 0..20 {
+        let filter = format!("new/{i}/+");
+        a.local.changed(&filter, true);
+        a.local.sync(i);
+        let tokens = tokio::time::timeout(TIMEOUT, a.synced.recv())
+            .await
+            .expect("synced")
+            .expect("open");
+        assert_eq!(tokens, [i]);
+        assert_eq!(
+            wanted_by(&b, &format!("new/{i}/z")),
+            ["a"],
+            "released before b knew {filter}"
+        );
+    }
+
+    a.local.changed("x/#", false);
+    wait_until("b forgetting x/#", || wanted_by(&b, "x/1").is_empty()).await;
+    assert_eq!(wanted_by(&b, "y"), ["a"]);
+
+    // a restarts with only z: its other keys go.
+    let _ = a.stop.send(true);
+    a.task.await.unwrap();
+    let _a = start(&nats, "a", &["z"]).await;
+    wait_until("b seeing a's filters after its restart", || {
+        wanted_by(&b, "y").is_empty() && wanted_by(&b, "new/3/z").is_empty()
+    })
+    .await;
+    assert_eq!(wanted_by(&b, "z"), ["a"]);
+
+    // The markers of the removed filters are purged: only z's key is left.
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    let mut stream = js.get_stream("KV_it-interest").await.unwrap();
+    let deadline = Instant::now() + PURGE_AFTER * 3;
+    loop {
+        let messages = stream.info().await.unwrap().state.messages;
+        if messages == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{messages} messages left in the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(wanted_by(&b, "z"), ["a"], "the live key stays");
+    drop(b.stop);
+}
