@@ -1259,3 +1259,41 @@ fn a_moved_session_gets_what_is_published_right_after_its_connack() {
         drop(nomad);
     }
 }
+
+/// A QoS 1 message that no other node wants stays off the backplane, unless a persistent
+/// session here subscribes to it: then one copy is kept in the stream (read back for that
+/// session should this node die).
+#[test]
+fn local_traffic_stays_local_unless_a_persistent_session_needs_it() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let _n2 = node(&nats, "node2", 1, "");
+    let out = || {
+        n1.metric("culex_cluster_messages_out_total")
+            .unwrap_or(-1.0)
+    };
+    let clean = Mqtt::connect(n1.port, "clean", true);
+    clean.subscribe("local/#", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    for i in 0..50 {
+        publisher.publish("local/a", &format!("c{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(receive(&clean, 50).len(), 50);
+    assert_eq!(
+        out(),
+        0.0,
+        "QoS 1 for a clean session here went to the backplane"
+    );
+
+    let durable = Mqtt::connect(n1.port, "durable", false);
+    durable.subscribe("local/#", QoS::AtLeastOnce);
+    for i in 0..50 {
+        publisher.publish("local/b", &format!("d{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(receive(&durable, 50).len(), 50);
+    wait_until("the kept copies", || out() >= 50.0);
+    assert_eq!(out(), 50.0, "one kept copy each");
+}

@@ -44,6 +44,9 @@ pub trait InterestSink: Send + Sync + std::fmt::Debug {
     /// `filter` (a shared subscription's topic part) gained its first subscription on this
     /// node (`present`) or lost its last.
     fn changed(&self, filter: &str, present: bool);
+    /// `filter` gained its first subscription of a persistent session on this node, or lost
+    /// its last.
+    fn persistent_changed(&self, filter: &str, present: bool);
     /// Once the other nodes know of every change told so far, the router is to get
     /// [`Command::InterestSynced`] with `token` (and the SUBACK it holds goes out).
     fn sync(&self, token: u64);

@@ -464,6 +464,9 @@ impl Router {
         });
         s.expiry_interval = session_expiry;
         s.will = will.map(Box::new);
+        let persistent = session_expiry > 0;
+        self.interest
+            .persistence(sid, &s.client_id, persistent, s.subscriptions.keys());
         s.username = username;
         s.access = access;
         s.set_queue_policy(queue);
@@ -647,7 +650,7 @@ impl Router {
             let existed = s.subscriptions.insert(f.filter.clone(), entry).is_some();
             let counts = self.interest.counts_for(&s.client_id);
             if self.tree.insert(&f.filter, sid, entry).is_none() && counts {
-                self.interest.added(&f.filter);
+                self.interest.added(&f.filter, sid);
             }
             reason_codes.push(ReasonCode::granted(options.qos));
             let send_retained = !shared
@@ -711,7 +714,7 @@ impl Router {
         for f in &unsubscribe.filters {
             if s.subscriptions.remove(f).is_some() {
                 if self.tree.remove(f, sid).is_some() && counts {
-                    self.interest.removed(f);
+                    self.interest.removed(f, sid);
                 }
                 reason_codes.push(ReasonCode::Success);
             } else {
@@ -755,6 +758,8 @@ impl Router {
         }
         if let Some(e) = session_expiry {
             s.expiry_interval = e;
+            self.interest
+                .persistence(sid, &s.client_id, e > 0, s.subscriptions.keys());
         }
         let will = PendingWill::take_from(s);
         let expiry = s.expiry_interval;
@@ -804,9 +809,10 @@ impl Router {
         let counts = self.interest.counts_for(&s.client_id);
         for filter in s.subscriptions.keys() {
             if self.tree.remove(filter, sid).is_some() && counts {
-                self.interest.removed(filter);
+                self.interest.removed(filter, sid);
             }
         }
+        self.interest.forget(sid);
         if let Some(link) = &s.link {
             self.by_conn.remove(&link.conn);
         }

@@ -57,11 +57,14 @@ fn sync_subject(cluster: &str) -> String {
     format!("{cluster}.interest.sync")
 }
 
-/// This node's filters as the router tells them, waiting for the task.
+/// This node's filters as the router tells them, waiting for the task; and the filters of
+/// its persistent sessions, which decide whether a message no other node wants is kept in
+/// the stream all the same.
 #[derive(Debug, Default)]
 pub struct LocalInterest {
     state: Mutex<Local>,
     notify: Notify,
+    persistent: RwLock<InterestTable>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,27 @@ impl LocalInterest {
             s.dirty.insert(filter.to_owned());
         }
         self.notify.notify_one();
+    }
+
+    /// `filter` gained its first subscription of a persistent session here, or lost its last.
+    pub fn persistent_changed(&self, filter: &str, present: bool) {
+        if let Ok(mut table) = self.persistent.write() {
+            let key = key("local", filter);
+            if present {
+                table.put(&key, "local", filter);
+            } else {
+                table.delete(&key);
+            }
+        }
+    }
+
+    /// Whether a persistent session here subscribes to `topic`.
+    pub fn persistent_wants(&self, topic: &str) -> bool {
+        let mut out = Vec::new();
+        if let Ok(table) = self.persistent.read() {
+            table.nodes_for(topic, "", &mut out);
+        }
+        !out.is_empty()
     }
 
     /// The router holds a SUBACK until the other nodes know of every change so far.

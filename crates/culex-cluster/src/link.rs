@@ -693,9 +693,17 @@ impl Link {
                     }
                 }
             }
+            Some(packet_id) if dests.is_empty() && !self.interest.persistent_wants(&p.topic) => {
+                // Nobody elsewhere wants it, and nothing here would survive this node: the
+                // backplane has nothing to keep.
+                if let Some(local) = self.local.as_mut() {
+                    local.ack(packet_id, p.qos);
+                }
+            }
             Some(packet_id) => {
                 self.next_id += 1;
-                // One copy per node that wants it; with none, one kept for this node.
+                // One copy per node that wants it; with none, one kept for this node's
+                // persistent sessions (read back should it die).
                 let copies: Vec<(String, Option<&str>)> = if dests.is_empty() {
                     vec![(self.settings.kept_prefix(&self.settings.node), None)]
                 } else {

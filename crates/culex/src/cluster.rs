@@ -216,6 +216,10 @@ impl culex_broker::InterestSink for InterestGlue {
     fn sync(&self, token: u64) {
         self.0.sync(token);
     }
+
+    fn persistent_changed(&self, filter: &str, present: bool) {
+        self.0.persistent_changed(filter, present);
+    }
 }
 
 /// The router's view of a [`Placement`].

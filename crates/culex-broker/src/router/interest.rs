@@ -6,12 +6,16 @@
 //! that gave this node a new filter gets its SUBACK only once the sink reports that the other
 //! nodes know of it ([`Command::InterestSynced`](crate::Command::InterestSynced)): a message
 //! published anywhere in the cluster after the SUBACK reaches the new subscription.
+//!
+//! It counts the subscriptions of persistent sessions (session expiry above 0) apart too: a
+//! message published here that no other node wants needs the backplane only when one of those
+//! matches (the cluster keeps it for them should this node die).
 
 use std::sync::Arc;
 
 use culex_proto::topic::parse_shared;
 use culex_proto::Packet;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{Router, SessionId};
 use crate::api::{ConnId, InterestSink};
@@ -25,6 +29,10 @@ pub(super) struct Interest {
     link_client: Option<Arc<str>>,
     /// Subscriptions per filter.
     counts: FxHashMap<Box<str>, u32>,
+    /// Subscriptions of persistent sessions per filter.
+    persistent: FxHashMap<Box<str>, u32>,
+    /// Sessions whose subscriptions count in `persistent`.
+    persistent_sessions: FxHashSet<SessionId>,
     /// A filter gained its first subscription while the current command was handled.
     pub(super) grew: bool,
     /// SUBACKs waiting for the other nodes: token -> (session, its connection, the SUBACK).
@@ -45,35 +53,92 @@ impl Interest {
         self.sink.is_some() && self.link_client.as_deref() != Some(client_id)
     }
 
-    /// A subscription to `filter` was added (not replaced).
-    pub(super) fn added(&mut self, filter: &str) {
+    /// A subscription of `sid` to `filter` was added (not replaced).
+    pub(super) fn added(&mut self, filter: &str, sid: SessionId) {
         let Some(sink) = &self.sink else {
             return;
         };
         let filter = routing_filter(filter);
-        let count = self.counts.entry(filter.into()).or_default();
-        *count += 1;
-        if *count == 1 {
+        if up(&mut self.counts, filter) {
             sink.changed(filter, true);
             self.grew = true;
         }
+        if self.persistent_sessions.contains(&sid) && up(&mut self.persistent, filter) {
+            sink.persistent_changed(filter, true);
+        }
     }
 
-    /// A subscription to `filter` was removed.
-    pub(super) fn removed(&mut self, filter: &str) {
+    /// A subscription of `sid` to `filter` was removed.
+    pub(super) fn removed(&mut self, filter: &str, sid: SessionId) {
         let Some(sink) = &self.sink else {
             return;
         };
         let filter = routing_filter(filter);
-        let Some(count) = self.counts.get_mut(filter) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            self.counts.remove(filter);
+        if down(&mut self.counts, filter) {
             sink.changed(filter, false);
         }
+        if self.persistent_sessions.contains(&sid) && down(&mut self.persistent, filter) {
+            sink.persistent_changed(filter, false);
+        }
     }
+
+    /// Session `sid` of `client_id` is persistent (or not) now, with `filters`: its
+    /// subscriptions count as persistent from now on (or no longer).
+    pub(super) fn persistence<'a>(
+        &mut self,
+        sid: SessionId,
+        client_id: &str,
+        persistent: bool,
+        filters: impl Iterator<Item = &'a String>,
+    ) {
+        if !self.counts_for(client_id) || self.persistent_sessions.contains(&sid) == persistent {
+            return;
+        }
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        if persistent {
+            self.persistent_sessions.insert(sid);
+        } else {
+            self.persistent_sessions.remove(&sid);
+        }
+        for filter in filters {
+            let filter = routing_filter(filter);
+            let changed = if persistent {
+                up(&mut self.persistent, filter)
+            } else {
+                down(&mut self.persistent, filter)
+            };
+            if changed {
+                sink.persistent_changed(filter, persistent);
+            }
+        }
+    }
+
+    /// Session `sid` ended (its subscriptions were removed).
+    pub(super) fn forget(&mut self, sid: SessionId) {
+        self.persistent_sessions.remove(&sid);
+    }
+}
+
+/// Counts one more for `filter`; true when it is the first.
+fn up(counts: &mut FxHashMap<Box<str>, u32>, filter: &str) -> bool {
+    let count = counts.entry(filter.into()).or_default();
+    *count += 1;
+    *count == 1
+}
+
+/// Counts one less for `filter`; true when it was the last.
+fn down(counts: &mut FxHashMap<Box<str>, u32>, filter: &str) -> bool {
+    let Some(count) = counts.get_mut(filter) else {
+        return false;
+    };
+    *count -= 1;
+    if *count == 0 {
+        counts.remove(filter);
+        return true;
+    }
+    false
 }
 
 impl Router {
@@ -81,20 +146,19 @@ impl Router {
     /// subscriptions of `link_client`, the cluster link itself, left out), and holds the
     /// SUBACK of a SUBSCRIBE that added one until the sink says the cluster knows.
     pub fn set_interest_sink(&mut self, sink: Arc<dyn InterestSink>, link_client: &str) {
-        for s in self.sessions.values() {
-            if *s.client_id != *link_client {
-                for filter in s.subscriptions.keys() {
-                    let filter = routing_filter(filter);
-                    let count = self.interest.counts.entry(filter.into()).or_default();
-                    *count += 1;
-                    if *count == 1 {
-                        sink.changed(filter, true);
-                    }
-                }
-            }
-        }
         self.interest.sink = Some(sink);
         self.interest.link_client = Some(link_client.into());
+        for (&sid, s) in &self.sessions {
+            if !self.interest.counts_for(&s.client_id) {
+                continue;
+            }
+            self.interest
+                .persistence(sid, &s.client_id, s.expiry_interval > 0, std::iter::empty());
+            for filter in s.subscriptions.keys() {
+                self.interest.added(filter, sid);
+            }
+        }
+        self.interest.grew = false;
     }
 
     /// Sends `suback` to `sid` now, or once the cluster knows of the filters it added.

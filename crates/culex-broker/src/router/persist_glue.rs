@@ -110,6 +110,8 @@ impl Router {
         };
         s.username = rs.record.username;
         s.expiry_interval = rs.record.expiry_interval;
+        self.interest
+            .persistence(sid, &s.client_id, s.expiry_interval > 0, std::iter::empty());
         s.inbound_qos2 = rs.record.inbound_qos2;
         s.access = access;
         let counts = self.interest.counts_for(&s.client_id);
@@ -119,7 +121,7 @@ impl Router {
                 id: sub.id,
             };
             if self.tree.insert(&sub.filter, sid, entry).is_none() && counts {
-                self.interest.added(&sub.filter);
+                self.interest.added(&sub.filter, sid);
             }
             s.subscriptions.insert(sub.filter, entry);
         }
