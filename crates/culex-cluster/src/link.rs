@@ -134,9 +134,16 @@ impl Settings {
         format!("{}.q1.kept.{node}", self.cluster)
     }
 
-    /// The stream's name.
-    pub fn stream_name(&self) -> String {
-        format!("{}-messages", self.cluster)
+    /// The stream of QoS 1/2 messages for `node` (subjects [`Settings::stored_prefix`]):
+    /// each node's own stream, so that the streams' leaders spread over the NATS servers.
+    pub fn inbound_stream(&self, node: &str) -> String {
+        format!("{}-in-{node}", self.cluster)
+    }
+
+    /// The stream of QoS 1/2 messages `node` keeps for its own persistent sessions
+    /// (subjects [`Settings::kept_prefix`]).
+    pub fn kept_stream(&self, node: &str) -> String {
+        format!("{}-kept-{node}", self.cluster)
     }
 
     /// This node's durable consumer.
@@ -702,16 +709,15 @@ impl Link {
             }
             Some(packet_id) => {
                 self.next_id += 1;
-                // One copy per node that wants it; with none, one kept for this node's
-                // persistent sessions (read back should it die).
-                let copies: Vec<(String, Option<&str>)> = if dests.is_empty() {
-                    vec![(self.settings.kept_prefix(&self.settings.node), None)]
-                } else {
-                    dests
-                        .iter()
-                        .map(|n| (self.settings.stored_prefix(n), Some(&**n)))
-                        .collect()
-                };
+                // One copy per node that wants it, and one kept for this node's persistent
+                // sessions that want it (read back should this node die).
+                let mut copies: Vec<(String, Option<&str>)> = dests
+                    .iter()
+                    .map(|n| (self.settings.stored_prefix(n), Some(&**n)))
+                    .collect();
+                if self.interest.persistent_wants(&p.topic) {
+                    copies.push((self.settings.kept_prefix(&self.settings.node), None));
+                }
                 self.unconfirmed.insert(packet_id, copies.len());
                 for (prefix, dest) in copies {
                     let export = Export {
@@ -912,25 +918,21 @@ async fn try_backplane(
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client.clone());
-    js.get_or_create_stream(stream::Config {
-        name: settings.stream_name(),
-        subjects: vec![format!("{}.q1.>", settings.cluster)],
-        num_replicas: settings.replicas,
-        max_age: STREAM_MAX_AGE,
-        max_bytes: STREAM_MAX_BYTES,
-        discard: stream::DiscardPolicy::Old,
-        storage: stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot create the JetStream stream {} with {} replicas: {e} (is JetStream enabled, and are there as many NATS servers as cluster_replicas?)",
-            settings.stream_name(),
-            settings.replicas
-        )
-    })?;
+    let me = &settings.node;
+    open_stream(
+        &js,
+        settings,
+        settings.inbound_stream(me),
+        settings.stored_prefix(me),
+    )
+    .await?;
+    open_stream(
+        &js,
+        settings,
+        settings.kept_stream(me),
+        settings.kept_prefix(me),
+    )
+    .await?;
     let stored = stored_messages(settings, &js).await?;
     let core = client
         .subscribe(format!("{}.>", settings.qos0_prefix(&settings.node)))
@@ -948,6 +950,34 @@ async fn try_backplane(
         claims,
         core,
         stored,
+    })
+}
+
+/// Creates (or finds) the stream `name` of the subjects under `prefix`.
+async fn open_stream(
+    js: &jetstream::Context,
+    settings: &Settings,
+    name: String,
+    prefix: String,
+) -> Result<(), String> {
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        num_replicas: settings.replicas,
+        max_age: STREAM_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        format!(
+            "cannot create the JetStream stream {name} with {} replicas: {e} (is JetStream enabled, and are there as many NATS servers as cluster_replicas?)",
+            settings.replicas
+        )
     })
 }
 
@@ -976,13 +1006,9 @@ async fn stored_messages(
     js: &jetstream::Context,
 ) -> Result<consumer::pull::Stream, String> {
     let stream = js
-        .get_stream(settings.stream_name())
+        .get_stream(settings.inbound_stream(&settings.node))
         .await
         .map_err(|e| e.to_string())?;
-    // The consumer of versions before interest routing read every node's messages.
-    let _ = stream
-        .delete_consumer(&format!("{}-node-{}", settings.cluster, settings.node))
-        .await;
     let name = settings.consumer_name();
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(

@@ -344,7 +344,7 @@ pub(crate) async fn resume_from_cluster(
     }
     match conns
         .sessions
-        .read_back(&filters, since_ms, REPLAY_LIMIT)
+        .read_back(&holder, &filters, since_ms, REPLAY_LIMIT)
         .await
     {
         Ok(back) => {
