@@ -8,8 +8,9 @@
 # Setups: "single" (one node, no cluster), "cluster" (one nats-server with JetStream, replicas
 # 1, three nodes; the publisher on node 1, subscribers on nodes 2 and 3) and "cluster-r3"
 # (three nats-servers, replicas 3, same nodes). Cases, 64-byte payloads, MQTT 3.1.1: 1 publisher
-# -> 2 subscribers at QoS 0 and QoS 1 (closed-loop saturation), and QoS 1 at 5,000 msg/s for
-# latency. Writes the table (medians over rounds) between the `cluster` markers of
+# -> 2 subscribers at QoS 0 and QoS 1 (closed-loop saturation), QoS 1 at 5,000 msg/s for
+# latency, and 1 -> 1 QoS 1 with publisher and (clean-session) subscriber on node 1: traffic no
+# other node wants, which interest routing keeps off the backplane. Writes the table (medians over rounds) between the `cluster` markers of
 # docs/benchmarks.md (or of --output FILE) and prints it; JSON reports stay in the work
 # directory it names. scripts/bench.sh --cluster runs it after the side-by-side run.
 #
@@ -108,19 +109,23 @@ start_node() {
     NODE_PORT=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/log" | head -1)
 }
 
+# NAME|ARGS|WHERE: WHERE "remote" puts the subscribers on nodes 2 and 3, "local" on node 1.
 CASES=(
-    "fanout2_q0|--publishers 1 --subscribers 2 --qos 0"
-    "fanout2_q1|--publishers 1 --subscribers 2 --qos 1"
-    "rate5k_q1|--publishers 1 --subscribers 2 --qos 1 --rate 5000"
+    "fanout2_q0|--publishers 1 --subscribers 2 --qos 0|remote"
+    "fanout2_q1|--publishers 1 --subscribers 2 --qos 1|remote"
+    "rate5k_q1|--publishers 1 --subscribers 2 --qos 1 --rate 5000|remote"
+    "local_q1|--publishers 1 --subscribers 1 --qos 1|local"
 )
 
 run_cases() { # SETUP PUB_PORT PID SUB_PORTS ROUND
-    local setup=$1 port=$2 pid=$3 subs=$4 round=$5 c name args
+    local setup=$1 port=$2 pid=$3 subs=$4 round=$5 c name args rest where sub_ports
     for c in "${CASES[@]}"; do
-        name="${c%%|*}"; args="${c#*|}"
+        name="${c%%|*}"; rest="${c#*|}"; args="${rest%%|*}"; where="${rest#*|}"
+        sub_ports=$subs
+        [ "$where" = local ] && sub_ports=$port
         # shellcheck disable=SC2086
         "$GEN" --port "$port" --broker-pid "$pid" --label "$setup" -o "$WORK/$setup.$name.$round.json" \
-            pubsub $args --sub-port "$subs" --warmup 1 --duration "$DURATION" --drain 3 \
+            pubsub $args --sub-port "$sub_ports" --warmup 1 --duration "$DURATION" --drain 3 \
             || log "$setup: $name failed"
     done
 }
@@ -149,7 +154,7 @@ python3 - "$WORK" "$ROUNDS" "$DURATION" "$CPU_MODEL" "$(nproc)" "$(nats-server -
 import glob, json, re, statistics, sys, time
 work, rounds, duration, cpu, cores, nats, out_md, commit = sys.argv[1:9]
 setups = ["single", "cluster", "cluster-r3"]
-cases = ["fanout2_q0", "fanout2_q1", "rate5k_q1"]
+cases = ["fanout2_q0", "fanout2_q1", "rate5k_q1", "local_q1"]
 def load(setup, case):
     out = []
     for f in sorted(glob.glob(f"{work}/{setup}.{case}.*.json")):
@@ -159,6 +164,7 @@ names = {
     "fanout2_q0": "1 → 2, QoS 0, saturation",
     "fanout2_q1": "1 → 2, QoS 1, saturation",
     "rate5k_q1": "1 → 2, QoS 1 at 5,000 msg/s",
+    "local_q1": "1 → 1 on node 1, QoS 1, saturation",
 }
 lines = [
     f"Run {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} at commit {commit}: {cpu}, {cores} cores; "
