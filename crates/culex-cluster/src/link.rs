@@ -175,7 +175,7 @@ pub fn spawn(
             synced: hooks.synced,
             routes: None,
             dests: Vec::new(),
-            unconfirmed: HashMap::new(),
+            unconfirmed: Unconfirmed::default(),
             claims: crate::claims::Claims::default(),
             stats,
             shutdown,
@@ -206,9 +206,43 @@ struct Export {
     /// The local delivery to acknowledge once JetStream has the message (every copy of it).
     packet_id: u16,
     qos: QoS,
+    /// Which publication this copy belongs to (the link's count of publications): a delivery
+    /// the broker sent again under the same packet id is a new publication, and the copies
+    /// of the earlier one no longer count for it.
+    publication: u64,
 }
 
 type ExportResult = (Export, Result<(), String>);
+
+/// The copies of each local delivery that JetStream has not stored yet: the delivery is
+/// acknowledged once every copy is stored. A delivery the broker sends again under the same
+/// packet id (after the link's local connection dropped) is a new publication; copies of the
+/// earlier one still on their way then confirm nothing (they would otherwise acknowledge it, or
+/// a later message that reused the packet id, too early).
+#[derive(Debug, Default)]
+struct Unconfirmed(HashMap<u16, (u64, usize)>);
+
+impl Unconfirmed {
+    /// Publication `publication` of delivery `packet_id` goes out in `copies` copies.
+    fn start(&mut self, packet_id: u16, publication: u64, copies: usize) {
+        self.0.insert(packet_id, (publication, copies));
+    }
+
+    /// One copy of `publication` is stored; true when it was the delivery's last.
+    fn stored(&mut self, packet_id: u16, publication: u64) -> bool {
+        match self.0.get_mut(&packet_id) {
+            Some((current, left)) if *current == publication => {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.0.remove(&packet_id);
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
 
 struct Link {
     settings: Settings,
@@ -223,8 +257,8 @@ struct Link {
     routes: Option<Arc<crate::interest_sync::Shared>>,
     /// Scratch: the nodes a message goes to.
     dests: Vec<Arc<str>>,
-    /// Local packet id -> copies of that message JetStream has not stored yet.
-    unconfirmed: HashMap<u16, usize>,
+    /// The copies JetStream has not stored yet, per local delivery.
+    unconfirmed: Unconfirmed,
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
     local: Option<Connection>,
@@ -718,7 +752,8 @@ impl Link {
                 if self.interest.persistent_wants(&p.topic) {
                     copies.push((self.settings.kept_prefix(&self.settings.node), None));
                 }
-                self.unconfirmed.insert(packet_id, copies.len());
+                let publication = self.next_id;
+                self.unconfirmed.start(packet_id, publication, copies.len());
                 for (prefix, dest) in copies {
                     let export = Export {
                         subject: topic_to_subject(&prefix, &p.topic),
@@ -726,6 +761,7 @@ impl Link {
                         envelope: envelope.clone(),
                         packet_id,
                         qos: p.qos,
+                        publication,
                     };
                     self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
                     self.send_stored(&backplane.js, export);
@@ -778,12 +814,10 @@ impl Link {
             Ok(()) => {
                 self.stats.pending_out.fetch_sub(1, Ordering::Relaxed);
                 ClusterStats::inc(&self.stats.messages_out);
-                let left = self.unconfirmed.get_mut(&export.packet_id).map(|n| {
-                    *n = n.saturating_sub(1);
-                    *n
-                });
-                if left.unwrap_or(0) == 0 {
-                    self.unconfirmed.remove(&export.packet_id);
+                if self
+                    .unconfirmed
+                    .stored(export.packet_id, export.publication)
+                {
                     if let Some(local) = self.local.as_mut() {
                         local.ack(export.packet_id, export.qos);
                     }
@@ -1064,4 +1098,27 @@ fn local_options(settings: &Settings) -> ConnectOptions {
     o.max_inflight = WINDOW;
     o.manual_acks = true;
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unconfirmed;
+
+    #[test]
+    fn a_delivery_is_confirmed_by_its_last_copy_and_never_by_an_earlier_publication() {
+        let mut u = Unconfirmed::default();
+        u.start(7, 1, 2);
+        assert!(!u.stored(7, 1));
+        // The broker sent delivery 7 again (new publication 2, three copies) before the
+        // first publication's second copy was stored.
+        u.start(7, 2, 3);
+        assert!(!u.stored(7, 1), "a copy of the earlier publication");
+        assert!(!u.stored(7, 2) && !u.stored(7, 2));
+        assert!(u.stored(7, 2));
+        // Packet id 7 reused for another message: stale copies still confirm nothing.
+        u.start(7, 3, 1);
+        assert!(!u.stored(7, 2));
+        assert!(u.stored(7, 3));
+        assert!(!u.stored(7, 3), "nothing left");
+    }
 }
