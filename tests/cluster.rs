@@ -1297,3 +1297,62 @@ fn local_traffic_stays_local_unless_a_persistent_session_needs_it() {
     wait_until("the kept copies", || out() >= 50.0);
     assert_eq!(out(), 50.0, "one kept copy each");
 }
+
+/// A shared group that gains a member on another node shares each message between the nodes
+/// from that member's SUBACK on: nothing twice, nothing lost.
+#[test]
+fn a_shared_group_member_joining_on_another_node_takes_its_share_from_its_suback() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let m1 = Mqtt::connect(n2.port, "m1", true);
+    m1.subscribe("$share/g/sg/#", QoS::AtLeastOnce);
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    publisher.publish("sg/first", "first", QoS::AtLeastOnce);
+    m1.recv_matching("sg/first", "first");
+    let m2 = Mqtt::connect(n3.port, "m2", true);
+    m2.subscribe("$share/g/sg/#", QoS::AtLeastOnce);
+    const N: usize = 200;
+    for i in 0..N {
+        publisher.publish(&format!("sg/{i}"), &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    // Fences until each member has one: what either got twice arrived before its fence.
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let mut per_member = [0usize; 2];
+    let mut fenced = [false; 2];
+    let mut k = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while !(fenced[0] && fenced[1]) {
+        assert!(Instant::now() < deadline, "got {} of {N}", got.len());
+        if got.len() >= N {
+            publisher.publish(
+                &format!("sg/fence{k}"),
+                &format!("fence{k}"),
+                QoS::AtLeastOnce,
+            );
+            k += 1;
+        }
+        for (i, m) in [&m1, &m2].iter().enumerate() {
+            while let Ok(p) = m.messages.recv_timeout(Duration::from_millis(20)) {
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                if payload.starts_with("fence") {
+                    fenced[i] = true;
+                } else {
+                    per_member[i] += 1;
+                    *got.entry(payload).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered to the group twice: {twice:?}");
+    assert_eq!(got.len(), N);
+    assert!(
+        per_member[0] > 0 && per_member[1] > 0,
+        "both members serve: {per_member:?}"
+    );
+}

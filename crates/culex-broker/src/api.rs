@@ -41,8 +41,8 @@ pub trait SharedPlacement: Send + Sync + std::fmt::Debug {
 /// In a cluster: told which topic filters this node's sessions subscribe to, so that the
 /// other nodes send this node only the messages it needs.
 pub trait InterestSink: Send + Sync + std::fmt::Debug {
-    /// `filter` (a shared subscription's topic part) gained its first subscription on this
-    /// node (`present`) or lost its last.
+    /// `filter` (a shared subscription's whole, `$share/{group}/{filter}`: the group has
+    /// members here) gained its first subscription on this node (`present`) or lost its last.
     fn changed(&self, filter: &str, present: bool);
     /// `filter` gained its first subscription of a persistent session on this node, or lost
     /// its last.

@@ -1,10 +1,11 @@
 //! Which nodes of the cluster want which topics: each node's subscription filters, for routing
 //! a message only to the nodes with a matching subscription.
 //!
-//! Every node keeps its filters (the topic part of shared ones) in the replicated key-value
-//! bucket `<cluster>-interest`, one key per filter (`<node>.<hash of the filter>`, the filter
-//! itself as the value, so that any filter fits in a key), and every node watches the whole
-//! bucket into an [`InterestTable`]. [`crate::interest_sync`] keeps the bucket and the tables
+//! Every node keeps its filters in the replicated key-value bucket `<cluster>-interest`, one
+//! key per filter (`<node>.<hash of the filter>`, the filter itself as the value, so that any
+//! filter fits in a key), and every node watches the whole bucket into an [`InterestTable`]. A
+//! shared subscription's filter (`$share/{group}/{filter}`) routes by its topic part and says
+//! the group has members on that node ([`crate::shared`]). [`crate::interest_sync`] keeps the bucket and the tables
 //! in step.
 
 use std::collections::HashMap;
@@ -135,9 +136,11 @@ pub struct InterestTable {
     nodes: Vec<Arc<str>>,
     index: HashMap<Arc<str>, usize>,
     root: Level,
-    /// Bucket key -> (node index, filter), for deletions (which carry only the key).
+    /// Bucket key -> (node index, filter as written), for deletions (which carry only the
+    /// key).
     by_key: HashMap<String, (usize, String)>,
-    /// Filters per node (a filter set twice under different keys counts once per key).
+    /// Keys per node and topic filter (a plain filter and shared ones on the same topics are
+    /// one topic filter).
     counts: HashMap<(usize, String), u32>,
 }
 
@@ -152,27 +155,37 @@ impl InterestTable {
         self.nodes.len() - 1
     }
 
-    /// The bucket says `key` (of `node`) holds `filter`.
-    pub fn put(&mut self, key: &str, node: &str, filter: &str) {
+    /// The bucket says `key` (of `node`) holds `filter`. False when that was known already.
+    pub fn put(&mut self, key: &str, node: &str, filter: &str) -> bool {
         if self.by_key.get(key).is_some_and(|(_, f)| f == filter) {
-            return;
+            return false;
         }
         self.delete(key);
+        let Some(topics) = routing_filter(filter) else {
+            return false;
+        };
         let i = self.node_index(node);
         self.by_key.insert(key.to_owned(), (i, filter.to_owned()));
-        let count = self.counts.entry((i, filter.to_owned())).or_default();
+        let count = self.counts.entry((i, topics.to_owned())).or_default();
         *count += 1;
         if *count == 1 {
-            let levels: Vec<&str> = filter.split('/').collect();
+            let levels: Vec<&str> = topics.split('/').collect();
             self.root.update(&levels, bit(i), true);
         }
+        true
     }
 
-    /// The bucket no longer holds `key`.
-    pub fn delete(&mut self, key: &str) {
-        let Some((i, filter)) = self.by_key.remove(key) else {
-            return;
-        };
+    /// The bucket no longer holds `key`: its node and filter, if it was known.
+    pub fn delete(&mut self, key: &str) -> Option<(Arc<str>, String)> {
+        let (i, written) = self.by_key.remove(key)?;
+        let removed = self.nodes.get(i).map(|n| (Arc::clone(n), written.clone()));
+        let filter = routing_filter(&written).unwrap_or_default().to_owned();
+        self.forget(i, filter);
+        removed
+    }
+
+    /// One key less of node `i` for topic filter `filter`.
+    fn forget(&mut self, i: usize, filter: String) {
         let entry = (i, filter);
         let Some(count) = self.counts.get_mut(&entry) else {
             return;
@@ -293,6 +306,30 @@ mod tests {
         t.delete(&key("b", "x/1"));
         assert!(nodes(&t, "x/1", "").is_empty());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_shared_filter_routes_by_its_topics_beside_a_plain_one() {
+        let mut t = InterestTable::default();
+        assert!(t.put(&key("a", "x/+"), "a", "x/+"));
+        assert!(t.put(&key("a", "$share/g/x/+"), "a", "$share/g/x/+"));
+        assert!(!t.put(&key("a", "x/+"), "a", "x/+"), "known already");
+        assert_eq!(nodes(&t, "x/1", ""), ["a"]);
+        assert_eq!(
+            t.delete(&key("a", "x/+")).map(|(n, f)| (n.to_string(), f)),
+            Some(("a".to_owned(), "x/+".to_owned()))
+        );
+        assert_eq!(
+            nodes(&t, "x/1", ""),
+            ["a"],
+            "the shared one still wants x/+"
+        );
+        t.delete(&key("a", "$share/g/x/+"));
+        assert!(nodes(&t, "x/1", "").is_empty());
+        assert!(
+            !t.put(&key("a", "$share//x"), "a", "$share//x"),
+            "not a filter"
+        );
     }
 
     #[test]

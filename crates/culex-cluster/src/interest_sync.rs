@@ -374,21 +374,33 @@ impl Task {
             }
             return;
         }
+        self.placement.heard_of(node, std::time::Instant::now());
+        let mut group = None;
         if let Ok(mut table) = self.shared.table.write() {
             if put {
                 match std::str::from_utf8(&entry.value) {
-                    Ok(filter) => table.put(&entry.key, node, filter),
+                    Ok(filter) => {
+                        if table.put(&entry.key, node, filter) && is_shared(filter) {
+                            group = Some((filter.to_owned(), true));
+                        }
+                    }
                     Err(_) => {
                         ClusterStats::inc(&self.stats.bad_messages);
                         return;
                     }
                 }
-            } else {
-                table.delete(&entry.key);
+            } else if let Some((_, filter)) = table.delete(&entry.key) {
+                if is_shared(&filter) {
+                    group = Some((filter, false));
+                }
             }
             self.stats
                 .remote_filters
                 .store(table.len() as u64, Ordering::Relaxed);
+        }
+        // Which nodes serve a shared group (outside the table's lock).
+        if let Some((filter, present)) = group {
+            self.placement.set_remote(node, &filter, present);
         }
     }
 
@@ -638,4 +650,9 @@ async fn next_entry(
             }
         }
     }
+}
+
+/// Whether `filter` is a shared subscription's (`$share/{group}/{filter}`).
+fn is_shared(filter: &str) -> bool {
+    matches!(culex_proto::topic::parse_shared(filter), Ok(Some(_)))
 }

@@ -66,8 +66,6 @@ pub struct Report {
     /// Sessions whose record changed: client identifier and the session's image without
     /// messages (its subscriptions), or `None` once it ended here.
     pub changed: Vec<(String, Option<Vec<u8>>)>,
-    /// The shared groups with members here (see [`crate::shared`]).
-    pub shared_groups: Vec<String>,
 }
 
 /// What [`Directory::fetch`] found.
@@ -492,7 +490,8 @@ pub struct Hooks {
     pub restore: RestoreFn,
     /// Reports changed session records and the age of the oldest pending message.
     pub report: ReportFn,
-    /// Which node serves each shared group, kept up to date from the nodes' announcements.
+    /// Which node serves each shared group: told here which nodes are alive (their
+    /// announcements).
     pub placement: Arc<crate::shared::Placement>,
     /// Ends a stale copy of a session another node holds.
     pub discard: DiscardFn,
@@ -595,9 +594,7 @@ async fn serve(
             }
             Some(m) = groups.next() => {
                 let node = m.subject.as_str().strip_prefix(&groups_prefix).unwrap_or_default();
-                if let Some(list) = crate::shared::decode(&m.payload) {
-                    placement.set_remote(node, list, std::time::Instant::now());
-                }
+                placement.heard(node, std::time::Instant::now());
             }
             m = requests.next() => {
                 let Some(m) = m else { break };
@@ -616,8 +613,8 @@ async fn serve(
     let _ = reporter.await;
 }
 
-/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown, and announces this
-/// node's shared groups.
+/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown, and announces that
+/// this node is alive.
 async fn run_reports(
     ready: Ready,
     settings: Settings,
@@ -639,10 +636,8 @@ async fn run_reports(
                 }
             }
             _ = tick.tick() => {
-                let Some(mut r) = report().await else { continue };
-                let groups = std::mem::take(&mut r.shared_groups);
-                let _ = ready.client.publish(announce.clone(), crate::shared::encode(&groups)).await;
-                placement.set_local(groups);
+                let Some(r) = report().await else { continue };
+                let _ = ready.client.publish(announce.clone(), bytes::Bytes::new()).await;
                 placement.expire(std::time::Instant::now());
                 stats.shared_memberships.store(placement.remote_memberships() as u64, std::sync::atomic::Ordering::Relaxed);
                 match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {

@@ -204,12 +204,16 @@ pub(crate) fn link_client_id(config: &Config) -> Option<String> {
     Some(Settings::from_config(&config.cluster)?.local_client_id())
 }
 
-/// The router's view of a [`LocalInterest`].
+/// The router's view of a [`LocalInterest`] (and of the [`Placement`] of shared groups,
+/// which learns at once that a group has members here, or no longer).
 #[derive(Debug)]
-pub(crate) struct InterestGlue(pub(crate) Arc<LocalInterest>);
+pub(crate) struct InterestGlue(pub(crate) Arc<LocalInterest>, pub(crate) Arc<Placement>);
 
 impl culex_broker::InterestSink for InterestGlue {
     fn changed(&self, filter: &str, present: bool) {
+        if matches!(culex_proto::topic::parse_shared(filter), Ok(Some(_))) {
+            self.1.set_local(filter, present);
+        }
         self.0.changed(filter, present);
     }
 
@@ -266,7 +270,6 @@ fn sessions_report(report: ClusterReport) -> culex_cluster::sessions::Report {
     culex_cluster::sessions::Report {
         oldest_pending: report.oldest_pending,
         changed,
-        shared_groups: report.shared_groups,
     }
 }
 

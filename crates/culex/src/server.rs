@@ -360,8 +360,13 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         router.set_shared_placement(Arc::new(crate::cluster::SharedGroups(Arc::clone(p))));
     }
     let interest = crate::cluster::local_interest(config);
-    if let (Some(i), Some(link)) = (&interest, crate::cluster::link_client_id(config)) {
-        router.set_interest_sink(Arc::new(crate::cluster::InterestGlue(Arc::clone(i))), &link);
+    if let (Some(i), Some(p), Some(link)) = (
+        &interest,
+        &placement,
+        crate::cluster::link_client_id(config),
+    ) {
+        let glue = crate::cluster::InterestGlue(Arc::clone(i), Arc::clone(p));
+        router.set_interest_sink(Arc::new(glue), &link);
     }
     let router_task = tokio::spawn(run_router(router, router_rx));
     aux.push(tokio::spawn(crate::memory::release_freed_memory(

@@ -46,8 +46,6 @@ pub struct ClusterReport {
     /// Sessions whose record changed since the last report: their record while persistent,
     /// `None` once they ended (or stopped being persistent) here.
     pub changed: Vec<(Arc<str>, Option<SessionRecord>)>,
-    /// The shared groups with members here (connected or not), by full filter.
-    pub shared_groups: Vec<String>,
 }
 
 impl Router {
@@ -142,7 +140,6 @@ impl Router {
         ClusterReport {
             oldest_pending: oldest.map(|q| Duration::from_secs(u64::from(now_s.saturating_sub(q)))),
             changed,
-            shared_groups: self.tree.shared_groups(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! In a cluster: which topic filters this node's sessions subscribe to, for the other nodes to
 //! send it only matching messages (see [`InterestSink`]).
 //!
-//! The router counts the subscriptions per filter (a shared one by its topic part) and tells
-//! the sink when a filter gains its first subscription here or loses its last. A SUBSCRIBE
+//! The router counts the subscriptions per filter (a shared one, `$share/{group}/{filter}`,
+//! on its own: it also tells the cluster the group has members here) and tells the sink when
+//! a filter gains its first subscription here or loses its last. A SUBSCRIBE
 //! that gave this node a new filter gets its SUBACK only once the sink reports that the other
 //! nodes know of it ([`Command::InterestSynced`](crate::Command::InterestSynced)): a message
 //! published anywhere in the cluster after the SUBACK reaches the new subscription.
@@ -13,7 +14,6 @@
 
 use std::sync::Arc;
 
-use culex_proto::topic::parse_shared;
 use culex_proto::Packet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -40,13 +40,6 @@ pub(super) struct Interest {
     next_token: u64,
 }
 
-fn routing_filter(filter: &str) -> &str {
-    match parse_shared(filter) {
-        Ok(Some(shared)) => shared.filter,
-        _ => filter,
-    }
-}
-
 impl Interest {
     /// Whether `client_id`'s subscriptions count.
     pub(super) fn counts_for(&self, client_id: &str) -> bool {
@@ -58,7 +51,6 @@ impl Interest {
         let Some(sink) = &self.sink else {
             return;
         };
-        let filter = routing_filter(filter);
         if up(&mut self.counts, filter) {
             sink.changed(filter, true);
             self.grew = true;
@@ -73,7 +65,6 @@ impl Interest {
         let Some(sink) = &self.sink else {
             return;
         };
-        let filter = routing_filter(filter);
         if down(&mut self.counts, filter) {
             sink.changed(filter, false);
         }
@@ -103,7 +94,6 @@ impl Interest {
             self.persistent_sessions.remove(&sid);
         }
         for filter in filters {
-            let filter = routing_filter(filter);
             let changed = if persistent {
                 up(&mut self.persistent, filter)
             } else {

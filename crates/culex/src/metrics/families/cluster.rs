@@ -168,7 +168,7 @@ pub(super) static CLUSTER: &[Family] = &[
         group: Group::Cluster,
         labels: "",
         help: "Shared subscription groups with members on other nodes, as pairs of node and group known here.",
-        doc: "shared subscription groups with members on other nodes (pairs of node and group), from the nodes' announcements; a message to a group with members on several nodes goes to one of them",
+        doc: "shared subscription groups with members on other nodes (pairs of node and group), from the cluster's interest bucket, live nodes only; a message to a group with members on several nodes goes to one of them",
         sys: &[],
         read: |s, e| cluster(s, e, |st| st.shared_memberships.load(Relaxed) as f64),
     },
