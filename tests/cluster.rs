@@ -1356,3 +1356,29 @@ fn a_shared_group_member_joining_on_another_node_takes_its_share_from_its_suback
         "both members serve: {per_member:?}"
     );
 }
+
+/// A node that has just joined routes what its clients publish to subscriptions made on other
+/// nodes right after it started: the other nodes' SUBACKs wait for it too.
+#[test]
+fn a_node_that_just_joined_gets_subscriptions_made_elsewhere_right_after() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let sub = Mqtt::connect(n1.port, "sub", true);
+    let mut joined = Vec::new();
+    for i in 0..5 {
+        let newcomer = node(&nats, &format!("new{i}"), 1, "");
+        let topic = format!("joined/{i}");
+        sub.subscribe(&topic, QoS::AtLeastOnce);
+        let publisher = Mqtt::connect(newcomer.port, &format!("pub{i}"), true);
+        publisher.publish(&topic, "hello", QoS::AtLeastOnce);
+        let p = sub
+            .messages
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{topic}: published on a node that just joined, lost"));
+        assert_eq!(p.topic, topic);
+        joined.push((newcomer, publisher));
+    }
+}

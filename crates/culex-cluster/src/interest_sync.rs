@@ -203,6 +203,12 @@ pub async fn start(
         .subscribe(sync_subject(&settings.cluster))
         .await
         .map_err(|e| e.to_string())?;
+    // This node's presence, before it reads the bucket: a node whose filter is written after
+    // this reads it before its next sync, so it waits for this node too (see `start_sync`).
+    bucket
+        .put(presence_key(&settings.node), Bytes::new())
+        .await
+        .map_err(|e| format!("announcing this node in the interest bucket: {e}"))?;
     let mut stream = js
         .get_stream(format!("KV_{}", bucket_name(&settings.cluster)))
         .await
@@ -232,6 +238,7 @@ pub async fn start(
         stats,
         mine: HashMap::new(),
         applied: 0,
+        applied_tx: watch::channel(0).0,
         waiting: Vec::new(),
         writes: FuturesUnordered::new(),
         syncs: FuturesUnordered::new(),
@@ -282,6 +289,8 @@ struct Task {
     mine: HashMap<String, (String, u64)>,
     /// Revision of the newest bucket entry read.
     applied: u64,
+    /// The same, for sync rounds waiting for it.
+    applied_tx: watch::Sender<u64>,
     /// Other nodes' sync requests waiting for the watch: (revision, reply subject).
     waiting: Vec<(u64, async_nats::Subject)>,
     /// Bucket writes in flight: (filter, present, revision or error).
@@ -357,9 +366,14 @@ impl Task {
     /// One entry of the bucket.
     fn apply(&mut self, entry: kv::Entry) {
         self.applied = self.applied.max(entry.revision);
+        self.applied_tx.send_replace(self.applied);
         let Some(node) = node_of_key(&entry.key) else {
             return;
         };
+        if entry.key == presence_key(node) {
+            self.placement.heard_of(node, std::time::Instant::now());
+            return;
+        }
         let put = entry.operation == kv::Operation::Put;
         if node == self.node {
             if put {
@@ -541,19 +555,31 @@ impl Task {
 
     /// Asks every other live node to confirm it has read the bucket up to `revision`, then
     /// hands `tokens` back (after [`SYNC_TIMEOUT`] at most).
+    ///
+    /// The nodes asked are those alive once this node's own watch has read `revision`: every
+    /// node that wrote its presence before the filter is among them (a node that wrote it
+    /// after read the filter when it started).
     fn start_sync(&mut self, revision: u64, tokens: Vec<Waiter>) {
-        let mut expected: HashSet<String> = self
-            .placement
-            .live_nodes(std::time::Instant::now())
-            .into_iter()
-            .collect();
-        if expected.is_empty() || revision == 0 {
+        if revision == 0 {
             self.release(tokens);
             return;
         }
         let client = self.client.clone();
         let subject = sync_subject(&self.cluster);
+        let placement = Arc::clone(&self.placement);
+        let mut applied = self.applied_tx.subscribe();
         self.syncs.push(Box::pin(async move {
+            let read = tokio::time::timeout(SYNC_TIMEOUT, applied.wait_for(|a| *a >= revision));
+            if !matches!(read.await, Ok(Ok(_))) {
+                return (tokens, false);
+            }
+            let mut expected: HashSet<String> = placement
+                .live_nodes(std::time::Instant::now())
+                .into_iter()
+                .collect();
+            if expected.is_empty() {
+                return (tokens, true);
+            }
             let inbox = client.new_inbox();
             let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
                 return (tokens, false);
@@ -655,4 +681,10 @@ async fn next_entry(
 /// Whether `filter` is a shared subscription's (`$share/{group}/{filter}`).
 fn is_shared(filter: &str) -> bool {
     matches!(culex_proto::topic::parse_shared(filter), Ok(Some(_)))
+}
+
+/// The key that says `node` takes part in the cluster (written when its interest task
+/// starts).
+fn presence_key(node: &str) -> String {
+    format!("{node}.node")
 }
