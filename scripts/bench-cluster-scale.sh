@@ -39,49 +39,17 @@ GEN="$TARGET/release/culex-bench"
 WORK="$(mktemp -d /tmp/culex-bench-scale.XXXXXX)"
 PIDS=()
 
-log() { printf '[bench-scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_log() {
-    for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "bench-cluster-scale.sh: no '$2' in $1:" >&2; tail -20 "$1" >&2; exit 1
-}
-
-start_nats() {
-    local dir="$WORK/nats" port
-    rm -rf "$dir"; mkdir -p "$dir"; port=$(free_port)
-    nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir" >/dev/null 2>"$dir/log" &
-    PIDS+=($!)
-    wait_log "$dir/log" "Server is ready"
-    NATS_URL="nats://127.0.0.1:$port"
-}
-
-# start_node NAME: sets NODE_PORT.
-start_node() {
-    local dir="$WORK/$1"
-    rm -rf "$dir"; mkdir -p "$dir"
-    printf '%s\n' "listener 0 127.0.0.1" "allow_anonymous true" "sys_interval 0" \
-        "log_type information" "connection_messages false" "max_inflight_messages 100" \
-        "cluster_backplane $NATS_URL" "cluster_node_name $1" "cluster_replicas 1" > "$dir/culex.conf"
-    "$CULEX" -c "$dir/culex.conf" >/dev/null 2>"$dir/log" &
-    PIDS+=($!)
-    wait_log "$dir/log" "cluster link up"
-    NODE_PORT=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/log" | head -1)
-}
+BENCH_NAME=bench-scale
+# shellcheck source=scripts/cluster-bench-lib.sh
+source "$ROOT/scripts/cluster-bench-lib.sh"
 
 for round in $(seq "$ROUNDS"); do
     for n in 1 2 3; do
         for placement in local ring; do
             log "round $round/$ROUNDS: $n node(s), $placement"
-            start_nats
+            start_nats 1
             ports=()
-            for i in $(seq "$n"); do start_node "node$i"; ports+=("$NODE_PORT"); done
+            for i in $(seq "$n"); do start_node "node$i" 1; ports+=("$NODE_PORT"); done
             gens=()
             for i in $(seq 0 $((n - 1))); do
                 sub=${ports[$i]}
