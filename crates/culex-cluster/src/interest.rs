@@ -224,6 +224,12 @@ impl InterestTable {
         }
     }
 
+    /// Whether any node has a subscription matching `topic`.
+    pub fn any(&self, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        self.root.matching(&levels, topic.starts_with('$')) != 0
+    }
+
     /// Filters known, over all nodes.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -283,6 +289,7 @@ mod tests {
                     want,
                     "{filter} vs {topic}"
                 );
+                assert_eq!(t.any(topic), want, "{filter} vs {topic}");
             }
             t.delete(&key("n", filter));
             assert!(t.root.is_empty(), "{filter}: emptied");

@@ -112,11 +112,7 @@ impl LocalInterest {
 
     /// Whether a persistent session here subscribes to `topic`.
     pub fn persistent_wants(&self, topic: &str) -> bool {
-        let mut out = Vec::new();
-        if let Ok(table) = self.persistent.read() {
-            table.nodes_for(topic, "", &mut out);
-        }
-        !out.is_empty()
+        self.persistent.read().is_ok_and(|table| table.any(topic))
     }
 
     /// The router holds a SUBACK until the other nodes know of every change so far.

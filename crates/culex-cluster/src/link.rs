@@ -175,6 +175,7 @@ pub fn spawn(
             synced: hooks.synced,
             routes: None,
             dests: Vec::new(),
+            prefixes: HashMap::new(),
             unconfirmed: Unconfirmed::default(),
             claims: crate::claims::Claims::default(),
             stats,
@@ -257,6 +258,8 @@ struct Link {
     routes: Option<Arc<crate::interest_sync::Shared>>,
     /// Scratch: the nodes a message goes to.
     dests: Vec<Arc<str>>,
+    /// Subject prefixes per destination node (QoS 0, QoS 1/2), made once per node.
+    prefixes: HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
     /// The copies JetStream has not stored yet, per local delivery.
     unconfirmed: Unconfirmed,
     stats: Arc<ClusterStats>,
@@ -716,14 +719,28 @@ impl Link {
         if dests.is_empty() {
             ClusterStats::inc(&self.stats.unrouted);
         }
+        let routes: Vec<(Arc<str>, Arc<str>, Arc<str>)> = dests
+            .iter()
+            .map(|n| {
+                let (q0, q1) = self.prefixes.entry(Arc::clone(n)).or_insert_with(|| {
+                    (
+                        self.settings.qos0_prefix(n).into(),
+                        self.settings.stored_prefix(n).into(),
+                    )
+                });
+                (Arc::clone(n), Arc::clone(q0), Arc::clone(q1))
+            })
+            .collect();
+        // Asked once: the router may change it meanwhile.
+        let keep = local_ack.is_some() && self.interest.persistent_wants(&p.topic);
         match local_ack {
             None => {
-                for node in &dests {
+                for (_, q0, _) in &routes {
                     if !self.stats.connected() {
                         ClusterStats::inc(&self.stats.dropped_qos0);
                         continue;
                     }
-                    let subject = topic_to_subject(&self.settings.qos0_prefix(node), &p.topic);
+                    let subject = topic_to_subject(q0, &p.topic);
                     match backplane
                         .client
                         .publish_with_headers(subject, self.origin_headers(), envelope.clone())
@@ -734,7 +751,7 @@ impl Link {
                     }
                 }
             }
-            Some(packet_id) if dests.is_empty() && !self.interest.persistent_wants(&p.topic) => {
+            Some(packet_id) if routes.is_empty() && !keep => {
                 // Nobody elsewhere wants it, and nothing here would survive this node: the
                 // backplane has nothing to keep.
                 if let Some(local) = self.local.as_mut() {
@@ -745,12 +762,12 @@ impl Link {
                 self.next_id += 1;
                 // One copy per node that wants it, and one kept for this node's persistent
                 // sessions that want it (read back should this node die).
-                let mut copies: Vec<(String, Option<&str>)> = dests
+                let mut copies: Vec<(Arc<str>, Option<&str>)> = routes
                     .iter()
-                    .map(|n| (self.settings.stored_prefix(n), Some(&**n)))
+                    .map(|(n, _, q1)| (Arc::clone(q1), Some(&**n)))
                     .collect();
-                if self.interest.persistent_wants(&p.topic) {
-                    copies.push((self.settings.kept_prefix(&self.settings.node), None));
+                if keep {
+                    copies.push((self.settings.kept_prefix(&self.settings.node).into(), None));
                 }
                 let publication = self.next_id;
                 self.unconfirmed.start(packet_id, publication, copies.len());
