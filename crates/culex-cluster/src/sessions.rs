@@ -89,6 +89,8 @@ pub enum Fetched {
 
 /// How often the holder's records and floor are written.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a node announces it is alive (see [`crate::shared`]).
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Margin subtracted from a floor for clock differences between nodes and NATS servers.
 const CLOCK_MARGIN_MS: u64 = 2_000;
 
@@ -580,13 +582,22 @@ async fn serve(
         settings.clone(),
         report,
         discard,
-        Arc::clone(&placement),
         Arc::clone(&stats),
         shutdown.clone(),
     ));
     let groups_prefix = crate::shared::subject(&settings.cluster, "");
+    // Announced on a tick of its own: a report that waits for a busy broker or a slow write
+    // must not make this node look dead to the others.
+    let announce = crate::shared::subject(&settings.cluster, &settings.node);
+    let mut announce_tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    announce_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = announce_tick.tick() => {
+                let _ = ready.client.publish(announce.clone(), bytes::Bytes::new()).await;
+                placement.expire(std::time::Instant::now());
+                stats.shared_memberships.store(placement.remote_memberships() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     break;
@@ -613,19 +624,16 @@ async fn serve(
     let _ = reporter.await;
 }
 
-/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown, and announces that
-/// this node is alive.
+/// Writes the broker's reports every [`REPORT_INTERVAL`] until shutdown.
 async fn run_reports(
     ready: Ready,
     settings: Settings,
     report: ReportFn,
     discard: DiscardFn,
-    placement: Arc<crate::shared::Placement>,
     stats: Arc<ClusterStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let node = settings.node.clone();
-    let announce = crate::shared::subject(&settings.cluster, &node);
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -637,9 +645,6 @@ async fn run_reports(
             }
             _ = tick.tick() => {
                 let Some(r) = report().await else { continue };
-                let _ = ready.client.publish(announce.clone(), bytes::Bytes::new()).await;
-                placement.expire(std::time::Instant::now());
-                stats.shared_memberships.store(placement.remote_memberships() as u64, std::sync::atomic::Ordering::Relaxed);
                 match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {
                     Ok(Ok(stale)) => {
                         for client_id in stale {
