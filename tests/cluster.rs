@@ -1382,3 +1382,46 @@ fn a_node_that_just_joined_gets_subscriptions_made_elsewhere_right_after() {
         joined.push((newcomer, publisher));
     }
 }
+
+/// A node whose backplane cannot be reached from its start still answers a SUBSCRIBE (the
+/// SUBACK waits at most a few seconds for the cluster, counted; before, it waited for ever),
+/// and refuses network clients the cluster link's client identifiers (on any node's name:
+/// such a client would take the link's session, and every message of the cluster, over).
+#[test]
+fn a_node_without_its_backplane_answers_subscribes_and_keeps_the_link_s_client_id() {
+    let nobody = free_port();
+    let culex = Culex::start(&format!(
+        "listener 0 127.0.0.1\nallow_anonymous true\nmetrics_listener 127.0.0.1:0\n\
+         cluster_backplane nats://127.0.0.1:{nobody}\ncluster_node_name node1\ncluster_replicas 1\n"
+    ));
+    let metrics = culex.port_after("metrics on 127.0.0.1:");
+    let port = culex.port_after("listening on 127.0.0.1:");
+    let client = Mqtt::connect(port, "sub", true);
+    client.subscribe("t/#", QoS::AtLeastOnce);
+    let text = http_get(metrics, "/metrics");
+    assert!(
+        metric(&text, "culex_cluster_interest_sync_timeouts_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // Served locally all the same.
+    let publisher = Mqtt::connect(port, "pub", true);
+    publisher.publish("t/a", "local", QoS::AtMostOnce);
+    client.recv_matching("t/a", "local");
+
+    for id in ["culex-cluster-node1", "culex-cluster-node2"] {
+        let (_client, mut connection) =
+            rumqttc::Client::new(rumqttc::MqttOptions::new(id, "127.0.0.1", port), 10);
+        let first = connection
+            .iter()
+            .find(|e| !matches!(e, Ok(rumqttc::Event::Outgoing(_))));
+        assert!(
+            matches!(
+                first,
+                Some(Err(rumqttc::ConnectionError::ConnectionRefused(
+                    rumqttc::ConnectReturnCode::BadClientId
+                )))
+            ),
+            "{id}: {first:?}"
+        );
+    }
+}

@@ -268,7 +268,7 @@ impl Router {
             }
             Command::AdoptSession { session } => self.adopt_session(*session, now),
             Command::DiscardIfOffline { client_id } => self.discard_stale(&client_id, now),
-            Command::InterestSynced { tokens } => self.interest_synced(tokens),
+            Command::InterestSynced { tokens } => self.interest_synced(tokens, now),
             Command::ClusterReport { reply } => {
                 let _ = reply.send(self.cluster_report(now));
             }
@@ -594,7 +594,7 @@ impl Router {
         let Some(sid) = self.linked(conn) else {
             return;
         };
-        self.interest.grew = false;
+        self.interest.begin();
         let sub_id = subscribe
             .properties
             .subscription_identifiers
@@ -679,14 +679,11 @@ impl Router {
         }
         self.store_session(sid);
         self.session_changed(sid);
-        self.send_suback(
-            sid,
-            Packet::SubAck(SubAck {
-                packet_id: subscribe.packet_id,
-                reason_codes,
-                properties: Properties::default(),
-            }),
-        );
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reason_codes,
+            properties: Properties::default(),
+        });
         let queued_at = self.secs(now);
         let retained = retained
             .into_iter()
@@ -699,7 +696,7 @@ impl Router {
                 queued_at,
             })
             .collect();
-        self.send_retained(sid, retained, now);
+        self.send_suback(sid, suback, retained, now);
     }
 
     fn unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {

@@ -10,7 +10,12 @@
 //!   with the revision, each node answers once its watch got there. So a message published on
 //!   any node after the SUBACK reaches the new subscription. A node that does not answer
 //!   within [`SYNC_TIMEOUT`] (dying, or the backplane is down) does not hold the SUBACK
-//!   longer (counted).
+//!   longer (counted). A sync round starts once this node's writes so far are in the
+//!   bucket; a SUBACK no round took within [`WAIT_LIMIT`] (the backplane is not reachable,
+//!   or refuses the writes) goes out then (counted).
+//! * One write per filter at a time: a filter that changes while its key is being written is
+//!   written again, as it is then, once that is done (so a quick unsubscribe and subscribe
+//!   never leaves the bucket without a key the node needs).
 //! * At start the task reads the whole bucket, then makes this node's keys match its
 //!   subscriptions (a node that restarts removes what it no longer has). A node that dies keeps
 //!   its keys: the others go on storing its messages in the stream, where another node reads
@@ -19,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -39,6 +44,8 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sync requests of other nodes waiting for this node's watch (beyond: the oldest go
 /// unanswered; their SUBACK goes out after its timeout).
 const WAITING_LIMIT: usize = 10_000;
+/// How long a waiter no sync round took is kept at most (see [`expire_waiters`]).
+pub const WAIT_LIMIT: Duration = Duration::from_secs(2);
 /// Delay before bucket writes that failed are tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long the marker of a removed filter stays in the bucket before it is purged (every
@@ -71,7 +78,8 @@ pub struct LocalInterest {
 struct Local {
     present: HashSet<String>,
     dirty: HashSet<String>,
-    tokens: Vec<Waiter>,
+    /// Waiters not yet handed to a sync round, with when each came.
+    tokens: Vec<(Waiter, Instant)>,
 }
 
 /// Someone waiting until the other nodes know of this node's filters.
@@ -118,45 +126,58 @@ impl LocalInterest {
     /// The router holds a SUBACK until the other nodes know of every change so far.
     pub fn sync(&self, token: u64) {
         if let Ok(mut s) = self.state.lock() {
-            s.tokens.push(Waiter::Router(token));
+            s.tokens.push((Waiter::Router(token), Instant::now()));
         }
         self.notify.notify_one();
     }
 
     /// Resolves once the other nodes know of every change told so far (or after
-    /// [`SYNC_TIMEOUT`] without their answer; or never, when the link is not running: bound
-    /// the wait).
+    /// [`SYNC_TIMEOUT`] without their answer; or [`WAIT_LIMIT`] when no round took it; or
+    /// never, when no [`expire_waiters`] runs: bound the wait).
     pub fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut s) = self.state.lock() {
-            s.tokens.push(Waiter::Local(tx));
+            s.tokens.push((Waiter::Local(tx), Instant::now()));
         }
         self.notify.notify_one();
         rx
     }
 
-    /// The changed filters (each with whether it is present now) and the waiters.
-    fn take(&self) -> (Vec<(String, bool)>, Vec<Waiter>) {
-        let Ok(mut s) = self.state.lock() else {
-            return (Vec::new(), Vec::new());
-        };
-        let dirty = std::mem::take(&mut s.dirty);
-        let changes = dirty
-            .into_iter()
-            .map(|f| {
-                let present = s.present.contains(&f);
-                (f, present)
-            })
-            .collect();
-        (changes, std::mem::take(&mut s.tokens))
+    /// The filters changed since the last call.
+    fn take_changes(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|mut s| s.dirty.drain().collect())
+            .unwrap_or_default()
     }
 
-    /// Marks `filters` changed again (their bucket write failed).
-    fn redo(&self, filters: impl IntoIterator<Item = String>) {
-        if let Ok(mut s) = self.state.lock() {
-            s.dirty.extend(filters);
+    /// Whether `filter` has subscriptions here now.
+    fn is_present(&self, filter: &str) -> bool {
+        self.state.lock().is_ok_and(|s| s.present.contains(filter))
+    }
+
+    /// Every waiter so far (for a sync round), unless a change came since the last
+    /// [`LocalInterest::take_changes`] (`None`: it must be written first).
+    fn take_waiters_if_unchanged(&self) -> Option<Vec<Waiter>> {
+        let Ok(mut s) = self.state.lock() else {
+            return Some(Vec::new());
+        };
+        if !s.dirty.is_empty() {
+            return None;
         }
-        self.notify.notify_one();
+        Some(s.tokens.drain(..).map(|(w, _)| w).collect())
+    }
+
+    /// The waiters that came before `deadline`: the cluster did not take their filters in
+    /// time (the backplane is down or refuses the writes).
+    fn take_expired(&self, deadline: Instant) -> Vec<Waiter> {
+        let Ok(mut s) = self.state.lock() else {
+            return Vec::new();
+        };
+        let (expired, rest): (Vec<_>, Vec<_>) =
+            s.tokens.drain(..).partition(|(_, at)| *at <= deadline);
+        s.tokens = rest;
+        expired.into_iter().map(|(w, _)| w).collect()
     }
 
     /// Every filter present now.
@@ -175,9 +196,57 @@ pub struct Shared {
     pub table: RwLock<InterestTable>,
 }
 
+/// Hands waiters back after [`WAIT_LIMIT`] when no sync round took them (the link is not
+/// running yet, or the bucket refuses this node's writes): a SUBACK is late then, never
+/// lost. Runs until `shutdown`, from the node's start (before the backplane is reached).
+pub async fn expire_waiters(
+    local: Arc<LocalInterest>,
+    synced: SyncedFn,
+    stats: Arc<ClusterStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(WAIT_LIMIT / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let Some(deadline) = Instant::now().checked_sub(WAIT_LIMIT) else {
+                    continue;
+                };
+                let expired = local.take_expired(deadline);
+                if !expired.is_empty() {
+                    ClusterStats::inc(&stats.interest_sync_timeouts);
+                    release(&synced, expired);
+                }
+            }
+        }
+    }
+}
+
+/// Tells the waiters the other nodes know (or were waited for long enough).
+fn release(synced: &SyncedFn, waiters: Vec<Waiter>) {
+    let mut tokens = Vec::new();
+    for w in waiters {
+        match w {
+            Waiter::Router(t) => tokens.push(t),
+            Waiter::Local(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+    if !tokens.is_empty() {
+        synced(tokens);
+    }
+}
+
 /// Starts the task on an established backplane connection. Returns once the bucket has been
-/// read and this node's keys match its subscriptions (or `LOAD_TIMEOUT` passed): from then on
-/// the table can route.
+/// read and this node's keys are being made to match its subscriptions (or `LOAD_TIMEOUT`
+/// passed): from then on the table can route.
 pub async fn start(
     settings: &Settings,
     client: async_nats::Client,
@@ -216,7 +285,7 @@ pub async fn start(
         .state
         .last_sequence;
     // The current value of every key, then every change.
-    let watch = bucket
+    let mut watch = bucket
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
@@ -233,14 +302,17 @@ pub async fn start(
         synced,
         stats,
         mine: HashMap::new(),
+        loaded: false,
         applied: 0,
         applied_tx: watch::channel(0).0,
         waiting: Vec::new(),
         writes: FuturesUnordered::new(),
+        writing: HashSet::new(),
+        again: HashSet::new(),
+        failed: HashSet::new(),
         syncs: FuturesUnordered::new(),
         retry_at: None,
     };
-    let mut watch = watch;
     let loaded = tokio::time::timeout(LOAD_TIMEOUT, async {
         while task.applied < end {
             match watch.next().await {
@@ -259,9 +331,16 @@ pub async fn start(
             tracing::warn!(node = %task.node, "reading the cluster's interest timed out; routing with what was read")
         }
     }
+    task.loaded = true;
     task.reconcile();
     let shared = Arc::clone(&task.shared);
-    let handle = tokio::spawn(task.run(watch, requests, shutdown));
+    let entries = watch_entries(
+        watch,
+        task.bucket.clone(),
+        task.applied + 1,
+        task.node.clone(),
+    );
+    let handle = tokio::spawn(task.run(entries, requests, shutdown));
     Ok((shared, handle))
 }
 
@@ -281,8 +360,12 @@ struct Task {
     placement: Arc<Placement>,
     synced: SyncedFn,
     stats: Arc<ClusterStats>,
-    /// This node's keys in the bucket: key -> (filter, revision).
+    /// This node's keys in the bucket: key -> (filter, revision). Read from the bucket at
+    /// start, then kept by this node's own writes (never from the watch, which may be
+    /// behind them).
     mine: HashMap<String, (String, u64)>,
+    /// The bucket has been read at start.
+    loaded: bool,
     /// Revision of the newest bucket entry read.
     applied: u64,
     /// The same, for sync rounds waiting for it.
@@ -291,6 +374,13 @@ struct Task {
     waiting: Vec<(u64, async_nats::Subject)>,
     /// Bucket writes in flight: (filter, present, revision or error).
     writes: FuturesUnordered<BoxFuture<'static, WriteResult>>,
+    /// The filters being written (one write per filter at a time, so that they land in the
+    /// order they were made).
+    writing: HashSet<String>,
+    /// Filters that changed again while being written: written again once that is done.
+    again: HashSet<String>,
+    /// Filters whose write failed, tried again at `retry_at`.
+    failed: HashSet<String>,
     /// Sync rounds in flight, each giving its tokens back when done.
     syncs: FuturesUnordered<BoxFuture<'static, (Vec<Waiter>, bool)>>,
     retry_at: Option<tokio::time::Instant>,
@@ -299,13 +389,11 @@ struct Task {
 impl Task {
     async fn run(
         mut self,
-        watch: kv::Watch,
+        mut entries: Entries,
         mut requests: async_nats::Subscriber,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local = Arc::clone(&self.local);
-        let bucket = self.bucket.clone();
-        let mut watch = Some(watch);
         let mut purge_tick = tokio::time::interval(PURGE_AFTER / 4);
         purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -321,7 +409,8 @@ impl Task {
                         break;
                     }
                 }
-                entry = next_entry(&mut watch, &bucket, self.applied + 1, &self.node) => {
+                entry = entries.rx.recv() => {
+                    let Some(entry) = entry else { break };
                     self.apply(entry);
                     self.answer_waiting().await;
                 }
@@ -330,33 +419,21 @@ impl Task {
                 _ = purge_tick.tick() => self.purge_due(),
                 () = retry => {
                     self.retry_at = None;
-                    self.round();
+                    for filter in std::mem::take(&mut self.failed) {
+                        self.write_current(filter);
+                    }
+                    self.sync_if_settled();
                 }
                 Some((filter, present, result)) = self.writes.next() => self.written(filter, present, result),
                 Some((tokens, complete)) = self.syncs.next() => {
                     if !complete {
                         ClusterStats::inc(&self.stats.interest_sync_timeouts);
                     }
-                    self.release(tokens);
+                    release(&self.synced, tokens);
                 }
             }
         }
-    }
-
-    /// Tells the waiters the other nodes know (or were waited for long enough).
-    fn release(&self, waiters: Vec<Waiter>) {
-        let mut tokens = Vec::new();
-        for w in waiters {
-            match w {
-                Waiter::Router(t) => tokens.push(t),
-                Waiter::Local(tx) => {
-                    let _ = tx.send(());
-                }
-            }
-        }
-        if !tokens.is_empty() {
-            (self.synced)(tokens);
-        }
+        entries.task.abort();
     }
 
     /// One entry of the bucket.
@@ -372,14 +449,17 @@ impl Task {
         }
         let put = entry.operation == kv::Operation::Put;
         if node == self.node {
-            if put {
-                let filter = String::from_utf8_lossy(&entry.value).into_owned();
-                self.mine.insert(entry.key, (filter, entry.revision));
-            } else {
-                self.mine.remove(&entry.key);
-                if self.purges.len() < PURGE_LIMIT {
-                    let at = tokio::time::Instant::now() + PURGE_AFTER;
-                    self.purges.push_back((at, entry.key, entry.revision));
+            if !put && self.purges.len() < PURGE_LIMIT {
+                let at = tokio::time::Instant::now() + PURGE_AFTER;
+                self.purges
+                    .push_back((at, entry.key.clone(), entry.revision));
+            }
+            if !self.loaded {
+                if put {
+                    let filter = String::from_utf8_lossy(&entry.value).into_owned();
+                    self.mine.insert(entry.key, (filter, entry.revision));
+                } else {
+                    self.mine.remove(&entry.key);
                 }
             }
             return;
@@ -432,9 +512,10 @@ impl Task {
         }
     }
 
-    /// Makes this node's keys match its filters (at start).
+    /// Makes this node's keys match its filters (at start); the waiters so far are answered
+    /// once that is written and known.
     fn reconcile(&mut self) {
-        let (_, tokens) = self.local.take();
+        let _ = self.local.take_changes();
         let want: HashSet<String> = self.local.all().into_iter().collect();
         let stale: Vec<String> = self
             .mine
@@ -442,54 +523,64 @@ impl Task {
             .map(|(f, _)| f.clone())
             .filter(|f| !want.contains(f))
             .collect();
-        for filter in want {
-            self.write(filter, true);
+        for filter in want.into_iter().chain(stale) {
+            self.write_current(filter);
         }
-        for filter in stale {
-            self.write(filter, false);
-        }
-        if !tokens.is_empty() {
-            self.release(tokens);
-        }
+        self.sync_if_settled();
     }
 
-    /// Writes what changed since the last round; a round with tokens then asks the other
-    /// nodes to confirm.
+    /// Writes what changed since the last round; once every write is done, the waiters so
+    /// far are handed to a sync round.
     fn round(&mut self) {
-        let (changes, tokens) = self.local.take();
-        let mut newest = 0;
-        for (filter, present) in changes {
-            if let Some(rev) = self.write(filter, present) {
-                newest = newest.max(rev);
+        self.sync_if_settled();
+    }
+
+    /// Writes the changes told so far; when no write is then in flight or failed, hands
+    /// every waiter to a sync round: the bucket holds this node's filters as the router told
+    /// them before those waiters came.
+    fn sync_if_settled(&mut self) {
+        loop {
+            for filter in self.local.take_changes() {
+                self.write_current(filter);
+            }
+            if !self.writing.is_empty() || !self.failed.is_empty() {
+                return;
+            }
+            match self.local.take_waiters_if_unchanged() {
+                // Changes came meanwhile: written first.
+                None => continue,
+                Some(waiters) if waiters.is_empty() => return,
+                Some(waiters) => {
+                    self.start_sync(self.newest_mine(), waiters);
+                    return;
+                }
             }
         }
-        if tokens.is_empty() {
-            return;
-        }
-        // Writes in flight: their revisions are not known yet; the round waits for them by
-        // asking for the newest revision once they are done (see `written`).
-        if !self.writes.is_empty() {
-            if let Ok(mut s) = self.local.state.lock() {
-                s.tokens.extend(tokens);
-            }
-            return;
-        }
-        self.start_sync(newest.max(self.newest_mine()), tokens);
     }
 
     fn newest_mine(&self) -> u64 {
         self.mine.values().map(|(_, r)| *r).max().unwrap_or(0)
     }
 
-    /// Starts writing `filter`'s key (or its removal) unless the bucket already says so;
-    /// `Some(revision)` when nothing needs writing.
-    fn write(&mut self, filter: String, present: bool) -> Option<u64> {
+    /// Makes `filter`'s key say what the router says now: starts the write unless the
+    /// bucket says so already. A filter being written is written again once that is done.
+    fn write_current(&mut self, filter: String) {
+        if self.writing.contains(&filter) {
+            self.again.insert(filter);
+            return;
+        }
+        if self.failed.contains(&filter) {
+            // Written at the retry, as it is then.
+            return;
+        }
+        let present = self.local.is_present(&filter);
         let key = key(&self.node, &filter);
         match (present, self.mine.get(&key)) {
-            (true, Some((f, rev))) if *f == filter => return Some(*rev),
-            (false, None) => return Some(0),
+            (true, Some((f, _))) if *f == filter => return,
+            (false, None) => return,
             _ => {}
         }
+        self.writing.insert(filter.clone());
         let bucket = self.bucket.clone();
         self.writes.push(Box::pin(async move {
             let result = if present {
@@ -506,47 +597,33 @@ impl Task {
             };
             (filter, present, result)
         }));
-        None
     }
 
     /// A bucket write finished.
     fn written(&mut self, filter: String, present: bool, result: Result<u64, String>) {
         ClusterStats::inc(&self.stats.interest_updates);
+        self.writing.remove(&filter);
         match result {
             Ok(rev) => {
                 let key = key(&self.node, &filter);
                 if present {
-                    self.mine.insert(key, (filter, rev));
+                    self.mine.insert(key, (filter.clone(), rev));
                 } else {
                     self.mine.remove(&key);
+                }
+                if self.again.remove(&filter) {
+                    self.write_current(filter);
                 }
             }
             Err(e) => {
                 tracing::debug!(node = %self.node, error = %e, "writing this node's interest failed; retrying");
-                self.local.redo([filter]);
+                self.again.remove(&filter);
+                self.failed.insert(filter);
                 self.retry_at
                     .get_or_insert_with(|| tokio::time::Instant::now() + RETRY_DELAY);
             }
         }
-        if self.writes.is_empty() {
-            // Tokens that waited for these writes.
-            let tokens = self
-                .local
-                .state
-                .lock()
-                .map(|mut s| std::mem::take(&mut s.tokens))
-                .unwrap_or_default();
-            if !tokens.is_empty() {
-                let failed = self.retry_at.is_some();
-                if failed {
-                    // The backplane refused: the SUBACK does not wait for it to come back.
-                    ClusterStats::inc(&self.stats.interest_sync_timeouts);
-                    self.release(tokens);
-                } else {
-                    self.start_sync(self.newest_mine(), tokens);
-                }
-            }
-        }
+        self.sync_if_settled();
     }
 
     /// Asks every other live node to confirm it has read the bucket up to `revision`, then
@@ -557,7 +634,7 @@ impl Task {
     /// after read the filter when it started).
     fn start_sync(&mut self, revision: u64, tokens: Vec<Waiter>) {
         if revision == 0 {
-            self.release(tokens);
+            release(&self.synced, tokens);
             return;
         }
         let client = self.client.clone();
@@ -640,38 +717,55 @@ async fn confirm(client: async_nats::Client, reply: async_nats::Subject, node: S
     let _ = client.publish(reply, Bytes::from(node.into_bytes())).await;
 }
 
-/// The next entry of the bucket's watch; a watch that fails or ends is dropped and made again
-/// from revision `from` (never polled again: the client's ordered consumer does not allow it).
-async fn next_entry(
-    watch: &mut Option<kv::Watch>,
-    bucket: &kv::Store,
-    from: u64,
-    node: &str,
-) -> kv::Entry {
-    loop {
-        match watch {
-            Some(w) => match w.next().await {
-                Some(Ok(entry)) => return entry,
-                Some(Err(e)) => {
-                    tracing::debug!(node = %node, error = %e, "the watch of the cluster's interest failed; watching again");
-                    *watch = None;
-                }
+/// The bucket's entries as read by [`watch_entries`]'s task.
+struct Entries {
+    rx: tokio::sync::mpsc::Receiver<kv::Entry>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Entries of the bucket read by a task of their own, from `watch` on: a watch that fails or
+/// ends is made again from the revision after the last entry read (the client's ordered
+/// consumer cannot be polled again), [`RETRY_DELAY`] later. Its own task, so that the delay
+/// runs out however busy the node's interest task is.
+fn watch_entries(watch: kv::Watch, bucket: kv::Store, from: u64, node: String) -> Entries {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        let mut watch = Some(watch);
+        let mut from = from;
+        loop {
+            match watch.as_mut() {
+                Some(w) => match w.next().await {
+                    Some(Ok(entry)) => {
+                        from = from.max(entry.revision + 1);
+                        if tx.send(entry).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(node = %node, error = %e, "the watch of the cluster's interest failed; watching again");
+                        watch = None;
+                    }
+                    None => {
+                        tracing::debug!(node = %node, "the watch of the cluster's interest ended; watching again");
+                        watch = None;
+                    }
+                },
                 None => {
-                    tracing::debug!(node = %node, "the watch of the cluster's interest ended; watching again");
-                    *watch = None;
-                }
-            },
-            None => {
-                tokio::time::sleep(RETRY_DELAY).await;
-                match bucket.watch_all_from_revision(from).await {
-                    Ok(w) => *watch = Some(w),
-                    Err(e) => {
-                        tracing::warn!(node = %node, error = %e, "cannot watch the cluster's interest")
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    match bucket.watch_all_from_revision(from).await {
+                        Ok(w) => watch = Some(w),
+                        Err(e) => {
+                            tracing::warn!(node = %node, error = %e, "cannot watch the cluster's interest")
+                        }
                     }
                 }
             }
         }
-    }
+    });
+    Entries { rx, task }
 }
 
 /// Whether `filter` is a shared subscription's (`$share/{group}/{filter}`).

@@ -153,9 +153,13 @@ impl Settings {
 
     /// The client id of the link's session in its own broker.
     pub fn local_client_id(&self) -> String {
-        format!("culex-cluster-{}", self.node)
+        format!("{LOCAL_CLIENT_PREFIX}{}", self.node)
     }
 }
+
+/// The prefix of the link's client id in its broker (the node's name follows); a broker in a
+/// cluster refuses it to network clients.
+pub const LOCAL_CLIENT_PREFIX: &str = "culex-cluster-";
 
 /// Starts the link; it runs until `shutdown` turns true.
 pub fn spawn(
@@ -164,6 +168,13 @@ pub fn spawn(
     stats: Arc<ClusterStats>,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    // SUBACKs are answered even while the backplane cannot be reached.
+    tokio::spawn(crate::interest_sync::expire_waiters(
+        Arc::clone(&hooks.interest),
+        Arc::clone(&hooks.synced),
+        Arc::clone(&stats),
+        shutdown.clone(),
+    ));
     tokio::spawn(async move {
         let mut link = Link {
             settings,

@@ -29,6 +29,8 @@ fn settings(nats: &NatsCluster, node: &str) -> Settings {
 /// One node's interest task, with what it told its router.
 struct NodeInterest {
     local: Arc<LocalInterest>,
+    placement: Arc<Placement>,
+    stats: Arc<ClusterStats>,
     shared: Arc<Shared>,
     synced: mpsc::UnboundedReceiver<Vec<u64>>,
     stop: watch::Sender<bool>,
@@ -41,6 +43,7 @@ async fn start(nats: &NatsCluster, node: &str, filters: &[&str]) -> NodeInterest
         local.changed(f, true);
     }
     let placement = Arc::new(Placement::new(node));
+    let stats = Arc::new(ClusterStats::default());
     let (tx, synced) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let (shared, task) = interest_sync::start(
@@ -51,13 +54,15 @@ async fn start(nats: &NatsCluster, node: &str, filters: &[&str]) -> NodeInterest
         Arc::new(move |tokens| {
             let _ = tx.send(tokens);
         }),
-        Arc::new(ClusterStats::default()),
+        Arc::clone(&stats),
         stop_rx,
     )
     .await
     .unwrap();
     NodeInterest {
         local,
+        placement,
+        stats,
         shared,
         synced,
         stop,
@@ -143,5 +148,98 @@ async fn interest_reaches_the_other_nodes_before_the_suback_and_goes_when_it_goe
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(wanted_by(&b, "z"), ["a"], "the live key stays");
+    drop(b.stop);
+}
+
+/// A filter removed and added again while its removal is being written keeps its key: the
+/// SUBACK of the new subscription is released only once the other node knows the filter.
+/// (Before, the add was skipped as already written, and the removal then landed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_added_again_while_its_removal_is_written_stays_known() {
+    let nats = match NatsCluster::start_or_skip(1).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let mut a = start(&nats, "a", &[]).await;
+    let b = start(&nats, "b", &[]).await;
+    // b stays alive for a (as its announcements would tell), so a's SUBACKs wait for it.
+    let placement = Arc::clone(&a.placement);
+    let alive = tokio::spawn(async move {
+        loop {
+            placement.heard("b", Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut token = 0;
+    for round in 0..60u64 {
+        let filter = format!("flap/{}", round % 3);
+        let topic = format!("flap/{}", round % 3);
+        a.local.changed(&filter, true);
+        token += 1;
+        a.local.sync(token);
+        let got = tokio::time::timeout(TIMEOUT, a.synced.recv())
+            .await
+            .expect("synced")
+            .expect("open");
+        assert_eq!(got, [token]);
+        // Removed, and added again at once or a moment later (while the removal may be on
+        // its way to the bucket).
+        a.local.changed(&filter, false);
+        match round % 4 {
+            0 => tokio::task::yield_now().await,
+            1 => tokio::time::sleep(Duration::from_micros(300)).await,
+            2 => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => tokio::time::sleep(Duration::from_millis(3)).await,
+        }
+        a.local.changed(&filter, true);
+        token += 1;
+        a.local.sync(token);
+        let got = tokio::time::timeout(TIMEOUT, a.synced.recv())
+            .await
+            .expect("synced")
+            .expect("open");
+        assert_eq!(got, [token]);
+        assert_eq!(
+            wanted_by(&b, &topic),
+            ["a"],
+            "round {round}: a subscribes to {filter} but b does not know (sync timeouts: {})",
+            a.stats
+                .interest_sync_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        a.local.changed(&filter, false);
+    }
+    alive.abort();
+    drop(b.stop);
+}
+
+/// Interest written after the NATS server restarts reaches the other node, and its SUBACK
+/// waits for it. (The bucket's watch survives the restart: the client makes its ordered
+/// consumer again. The node's own re-watch, for a watch that ends, is not reached here; an
+/// 8 s outage did not end it either.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_written_after_a_server_restart_reaches_the_other_node() {
+    let mut nats = match NatsCluster::start_or_skip(1).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let mut a = start(&nats, "a", &["before"]).await;
+    let b = start(&nats, "b", &[]).await;
+    assert_eq!(wanted_by(&b, "before"), ["a"]);
+    nats.restart(0).await.unwrap();
+    a.local.changed("after", true);
+    a.local.sync(1);
+    let got = tokio::time::timeout(TIMEOUT, a.synced.recv())
+        .await
+        .expect("synced")
+        .expect("open");
+    assert_eq!(got, [1]);
+    assert_eq!(
+        wanted_by(&b, "after"),
+        ["a"],
+        "released before b knew the filter"
+    );
     drop(b.stop);
 }

@@ -38,6 +38,23 @@ pub(crate) struct ConnLimits {
     pub(crate) max_topic_length: u16,
     /// `clientid_prefixes`: client identifiers must start with it.
     pub(crate) clientid_prefixes: Option<Box<str>>,
+    /// Client identifiers of the broker's own connections (each bridge's local session):
+    /// refused to network clients, which would take those sessions over.
+    pub(crate) reserved_client_ids: Box<[Box<str>]>,
+    /// In a cluster, the prefix of the cluster link's client identifiers (on every node:
+    /// a claim of one on this node would end the link's session on its own), refused too.
+    pub(crate) reserved_client_prefix: Option<Box<str>>,
+}
+
+impl ConnLimits {
+    /// Whether `client_id` belongs to the broker's own connections.
+    pub(crate) fn is_reserved(&self, client_id: &str) -> bool {
+        self.reserved_client_ids.iter().any(|id| **id == *client_id)
+            || self
+                .reserved_client_prefix
+                .as_deref()
+                .is_some_and(|p| client_id.starts_with(p))
+    }
 }
 
 /// What a connection needs to know of the listener that accepted it.
@@ -91,6 +108,15 @@ pub(crate) fn conn_limits(config: &Config) -> ConnLimits {
         max_topic_levels: config.limits.max_topic_levels,
         max_topic_length: config.limits.max_topic_length,
         clientid_prefixes: config.sessions.clientid_prefixes.as_deref().map(Box::from),
+        reserved_client_ids: config
+            .bridges
+            .iter()
+            .map(|b| Box::from(b.local_clientid.as_str()))
+            .collect(),
+        reserved_client_prefix: config
+            .cluster
+            .enabled()
+            .then(|| Box::from(culex_cluster::link::LOCAL_CLIENT_PREFIX)),
     }
 }
 

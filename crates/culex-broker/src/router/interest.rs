@@ -13,12 +13,14 @@
 //! matches (the cluster keeps it for them should this node die).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use culex_proto::Packet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{Router, SessionId};
 use crate::api::{ConnId, InterestSink};
+use crate::session::Pending;
 
 /// The router's side of the cluster's interest.
 #[derive(Debug, Default)]
@@ -33,11 +35,29 @@ pub(super) struct Interest {
     persistent: FxHashMap<Box<str>, u32>,
     /// Sessions whose subscriptions count in `persistent`.
     persistent_sessions: FxHashSet<SessionId>,
-    /// A filter gained its first subscription while the current command was handled.
+    /// The current command added a subscription the other nodes may not know of yet: its
+    /// answer waits for them.
     pub(super) grew: bool,
-    /// SUBACKs waiting for the other nodes: token -> (session, its connection, the SUBACK).
-    held: FxHashMap<u64, (SessionId, ConnId, Packet)>,
+    /// The filters that gained their first subscription in the current command.
+    grown: Vec<Box<str>>,
+    /// Filters told to the sink whose sync has not come back yet, each with the token that
+    /// waits for it: another subscription to one of them waits too.
+    unsynced: FxHashMap<Box<str>, u64>,
+    /// SUBACKs waiting for the other nodes, by token.
+    held: FxHashMap<u64, Held>,
     next_token: u64,
+}
+
+/// A SUBACK waiting for the other nodes, and the retained messages that follow it.
+#[derive(Debug)]
+struct Held {
+    sid: SessionId,
+    /// The connection it answers (none: the session had none; only the filters count).
+    conn: Option<ConnId>,
+    suback: Packet,
+    retained: Vec<Pending>,
+    /// The filters it waits for.
+    filters: Vec<Box<str>>,
 }
 
 impl Interest {
@@ -54,10 +74,19 @@ impl Interest {
         if up(&mut self.counts, filter) {
             sink.changed(filter, true);
             self.grew = true;
+            self.grown.push(filter.into());
+        } else if self.unsynced.contains_key(filter) {
+            self.grew = true;
         }
         if self.persistent_sessions.contains(&sid) && up(&mut self.persistent, filter) {
             sink.persistent_changed(filter, true);
         }
+    }
+
+    /// A command that may add subscriptions begins.
+    pub(super) fn begin(&mut self) {
+        self.grew = false;
+        self.grown.clear();
     }
 
     /// A subscription of `sid` to `filter` was removed.
@@ -148,42 +177,71 @@ impl Router {
                 self.interest.added(filter, sid);
             }
         }
-        self.interest.grew = false;
+        self.interest.begin();
     }
 
-    /// Sends `suback` to `sid` now, or once the cluster knows of the filters it added.
-    pub(super) fn send_suback(&mut self, sid: SessionId, suback: Packet) {
+    /// Sends `suback` to `sid`, then the `retained` messages its subscriptions found: now,
+    /// or once the cluster knows of the filters it added (or of those it subscribed to that
+    /// another SUBSCRIBE had just added).
+    pub(super) fn send_suback(
+        &mut self,
+        sid: SessionId,
+        suback: Packet,
+        retained: Vec<Pending>,
+        now: Instant,
+    ) {
         let grew = std::mem::take(&mut self.interest.grew);
+        let filters = std::mem::take(&mut self.interest.grown);
+        let Some(sink) = self.interest.sink.clone().filter(|_| grew) else {
+            self.send_control(sid, suback);
+            self.send_retained(sid, retained, now);
+            return;
+        };
         let conn = self
             .sessions
             .get(&sid)
             .and_then(|s| s.link.as_ref())
             .map(|l| l.conn);
-        match (&self.interest.sink, conn) {
-            (Some(sink), Some(conn)) if grew => {
-                self.interest.next_token += 1;
-                let token = self.interest.next_token;
-                self.interest.held.insert(token, (sid, conn, suback));
-                sink.sync(token);
-            }
-            _ => self.send_control(sid, suback),
+        self.interest.next_token += 1;
+        let token = self.interest.next_token;
+        for f in &filters {
+            self.interest.unsynced.insert(f.clone(), token);
         }
+        self.interest.held.insert(
+            token,
+            Held {
+                sid,
+                conn,
+                suback,
+                retained,
+                filters,
+            },
+        );
+        sink.sync(token);
     }
 
-    /// The cluster knows of the filters behind `tokens`: their SUBACKs go to connections
-    /// still open.
-    pub(super) fn interest_synced(&mut self, tokens: Vec<u64>) {
+    /// The cluster knows of the filters behind `tokens`: their SUBACKs (and the retained
+    /// messages after them) go to connections still open.
+    pub(super) fn interest_synced(&mut self, tokens: Vec<u64>, now: Instant) {
         for token in tokens {
-            let Some((sid, conn, suback)) = self.interest.held.remove(&token) else {
+            let Some(held) = self.interest.held.remove(&token) else {
                 continue;
             };
-            let same_connection = self
-                .sessions
-                .get(&sid)
-                .and_then(|s| s.link.as_ref())
-                .is_some_and(|l| l.conn == conn);
+            for f in &held.filters {
+                if self.interest.unsynced.get(f) == Some(&token) {
+                    self.interest.unsynced.remove(f);
+                }
+            }
+            let same_connection = held.conn.is_some()
+                && self
+                    .sessions
+                    .get(&held.sid)
+                    .and_then(|s| s.link.as_ref())
+                    .map(|l| l.conn)
+                    == held.conn;
             if same_connection {
-                self.send_control(sid, suback);
+                self.send_control(held.sid, held.suback);
+                self.send_retained(held.sid, held.retained, now);
             }
         }
     }

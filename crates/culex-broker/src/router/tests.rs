@@ -1938,3 +1938,45 @@ fn a_new_filter_is_told_to_the_cluster_and_its_suback_waits_for_it() {
     );
     assert_eq!(log.take(), ["-p y", "-y"]);
 }
+
+/// What the client got next, in short: `suback`, a delivery's topic, or `-` for nothing.
+fn next_out(c: &mut Client) -> String {
+    match c.rx.try_recv() {
+        Ok(Outbound::Packet(p)) if matches!(*p, Packet::SubAck(_)) => "suback".to_owned(),
+        Ok(Outbound::Deliver(d)) => d.message.topic.to_string(),
+        Ok(other) => format!("{other:?}"),
+        Err(_) => "-".to_owned(),
+    }
+}
+
+#[test]
+fn a_subscription_to_a_filter_the_cluster_does_not_know_yet_waits_too_and_retained_follow_the_suback(
+) {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let log = std::sync::Arc::new(InterestLog::default());
+    r.set_interest_sink(log.clone(), "link");
+    let _p = connect(&mut r, t0, 1, "p", true, 0, None);
+    publish(&mut r, t0, 1, "x/1", QoS::AtLeastOnce, true);
+
+    // a adds x/+: held. b subscribes to x/+ before the cluster knows it: held as well (its
+    // SUBACK would promise what a's cannot yet), and its retained message comes after it.
+    let mut a = connect(&mut r, t0, 2, "a", true, 0, None);
+    send_subscribe(&mut r, t0, &a, "x/+");
+    let mut b = connect(&mut r, t0, 3, "b", true, 0, None);
+    send_subscribe(&mut r, t0, &b, "x/+");
+    assert_eq!(log.take(), ["+x/+", "sync 1", "sync 2"]);
+    assert_eq!(next_out(&mut a), "-", "a: nothing before its SUBACK");
+    assert_eq!(next_out(&mut b), "-", "b: nothing before its SUBACK");
+    r.handle(Command::InterestSynced { tokens: vec![1] }, t0);
+    assert_eq!([next_out(&mut a), next_out(&mut a)], ["suback", "x/1"]);
+    assert_eq!(next_out(&mut b), "-");
+    r.handle(Command::InterestSynced { tokens: vec![2] }, t0);
+    assert_eq!([next_out(&mut b), next_out(&mut b)], ["suback", "x/1"]);
+
+    // Known now: the next one is answered at once.
+    let mut c = connect(&mut r, t0, 4, "c", true, 0, None);
+    send_subscribe(&mut r, t0, &c, "x/+");
+    assert_eq!(log.take(), Vec::<String>::new());
+    assert_eq!([next_out(&mut c), next_out(&mut c)], ["suback", "x/1"]);
+}

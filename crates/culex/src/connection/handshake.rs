@@ -34,9 +34,20 @@ impl Refused {
 }
 
 /// The checks made before the client's credentials are: its client identifier and the size
-/// of its will.
-pub(super) fn check_before_auth(connect: &Connect, limits: &ConnLimits) -> Result<(), Refused> {
+/// of its will. `internal`: a connection of the broker's own (a bridge, the cluster link),
+/// which may use the identifiers reserved for it and need not carry `clientid_prefixes`.
+pub(super) fn check_before_auth(
+    connect: &Connect,
+    limits: &ConnLimits,
+    internal: bool,
+) -> Result<(), Refused> {
     let v5 = connect.protocol.is_v5();
+    if !internal && limits.is_reserved(&connect.client_id) {
+        return Err(Refused {
+            reason: ReasonCode::ClientIdentifierNotValid,
+            log: Some("client refused: its client id is reserved for the broker's own connections (a bridge's local session, or the cluster link)"),
+        });
+    }
     if connect.client_id.is_empty() {
         let refuse = match connect.protocol {
             Protocol::V31 => true,
@@ -48,7 +59,7 @@ pub(super) fn check_before_auth(connect: &Connect, limits: &ConnLimits) -> Resul
             return Err(Refused::quiet(ReasonCode::ClientIdentifierNotValid));
         }
     }
-    if let Some(prefix) = limits.clientid_prefixes.as_deref() {
+    if let Some(prefix) = limits.clientid_prefixes.as_deref().filter(|_| !internal) {
         if !connect.client_id.is_empty() && !connect.client_id.starts_with(prefix) {
             // Mosquitto answers "not authorised" here too.
             return Err(Refused {
@@ -227,7 +238,8 @@ where
             self.state.problem_information =
                 connect.properties.request_problem_information != Some(0);
         }
-        if let Err(refused) = check_before_auth(&connect, &limits) {
+        let internal = self.state.listener.security.is_internal();
+        if let Err(refused) = check_before_auth(&connect, &limits, internal) {
             if let Some(line) = refused.log {
                 info!(peer = %peer, client_id = %Clipped(&connect.client_id), "{line}");
             }

@@ -37,7 +37,9 @@ fn will(payload: &'static [u8]) -> LastWill {
 }
 
 fn refused(connect: &Connect, limits: &ConnLimits) -> Option<ReasonCode> {
-    check_before_auth(connect, limits).err().map(|r| r.reason)
+    check_before_auth(connect, limits, false)
+        .err()
+        .map(|r| r.reason)
 }
 
 #[test]
@@ -73,7 +75,7 @@ fn clientid_prefixes_and_will_size() {
     let mut l = limits();
     l.clientid_prefixes = Some("dev-".into());
     assert_eq!(refused(&connect(Protocol::V5, "dev-1"), &l), None);
-    let r = check_before_auth(&connect(Protocol::V5, "other"), &l).unwrap_err();
+    let r = check_before_auth(&connect(Protocol::V5, "other"), &l, false).unwrap_err();
     assert_eq!(r.reason, ReasonCode::NotAuthorized);
     assert!(r.log.is_some(), "an operator sees why");
     l.clientid_prefixes = None;
@@ -88,6 +90,45 @@ fn clientid_prefixes_and_will_size() {
         c.will = Some(will(b"1234"));
         assert_eq!(refused(&c, &l), None, "{protocol:?}");
     }
+}
+
+/// The broker's own connections' identifiers (each bridge's local session, the cluster
+/// link's) are refused to network clients, which would take those sessions over (and, for
+/// the link's, every message of the cluster); its own connections use them, and need not
+/// carry `clientid_prefixes`.
+#[test]
+fn the_broker_s_own_client_ids_are_reserved() {
+    let mut config = Config::default();
+    config.cluster.backplane = vec!["nats://127.0.0.1:4222".to_owned()];
+    config.cluster.node_name = Some("n1".to_owned());
+    config.bridges.push(culex_config::bridge::BridgeConfig::new(
+        "sber",
+        "127.0.0.1",
+        1883,
+    ));
+    let mut l = conn_limits(&config);
+    l.clientid_prefixes = Some("dev-".into());
+    let bridge = config.bridges[0].local_clientid.clone();
+    for id in [bridge.as_str(), "culex-cluster-n1", "culex-cluster-n2"] {
+        let r = check_before_auth(&connect(Protocol::V5, id), &l, false).unwrap_err();
+        assert_eq!(r.reason, ReasonCode::ClientIdentifierNotValid, "{id}");
+        assert!(r.log.is_some(), "an operator sees why");
+        assert_eq!(
+            check_before_auth(&connect(Protocol::V5, id), &l, true),
+            Ok(()),
+            "{id}: the broker's own"
+        );
+    }
+    assert_eq!(
+        refused(&connect(Protocol::V5, "dev-culex-cluster-n1"), &l),
+        None
+    );
+    // Without a cluster, the link's prefix is an ordinary client id.
+    let plain = conn_limits(&Config::default());
+    assert_eq!(
+        refused(&connect(Protocol::V5, "culex-cluster-n1"), &plain),
+        None
+    );
 }
 
 #[test]
