@@ -366,7 +366,10 @@ pub(crate) const OPTIONS: &[Spec] = &[
         conf_key: "clientid_prefixes",
         kind: Kind::Str,
         doc: "When set, only clients whose id starts with it may connect (others are refused \
-              as not authorised, as in Mosquitto).",
+              as not authorised, as in Mosquitto). The broker's own connections (bridges' local \
+              sessions, the cluster link) are exempt; their ids (each bridge's \
+              `local_clientid`, and in a cluster any id starting with `culex-cluster-`) are \
+              refused to network clients (0x85 Client Identifier not valid).",
         field: Field::Config {
             set: |c, v| v.string().map(|x| c.sessions.clientid_prefixes = Some(x)),
             get: |c| c.sessions.clientid_prefixes.clone().map(Value::Str),
