@@ -1425,3 +1425,77 @@ fn a_node_without_its_backplane_answers_subscribes_and_keeps_the_link_s_client_i
         );
     }
 }
+
+/// Sends one request to the NATS server on `port` over its text protocol and returns the
+/// reply's payload (the tests need no NATS client of their own).
+fn nats_request(port: u16, subject: &str, payload: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("NATS");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n{payload}\r\n",
+        payload.len()
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("a reply");
+        assert!(n > 0, "NATS closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(at) = text.find("MSG _INBOX.test") {
+            let rest = &text[at..];
+            if let Some((header, body)) = rest.split_once("\r\n") {
+                let len: usize = header
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return body[..len].to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// A node removed for good (killed, and its stream deleted by the operator) while the
+/// others still hold its subscriptions: the copies for it are dropped and counted
+/// (`culex_cluster_dropped_total{reason="no_stream"}`), and the rest of the cluster's QoS 1
+/// traffic goes on. Before, each such copy was retried for ever and, once the link's window
+/// of 256 was full of them, nothing more crossed nodes.
+#[test]
+fn a_node_whose_stream_is_deleted_does_not_stall_the_others() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let gone = Mqtt::connect(n2.port, "gone", true);
+    gone.subscribe("dead/#", QoS::AtLeastOnce);
+    let live = Mqtt::connect(n3.port, "live", true);
+    live.subscribe("live/#", QoS::AtLeastOnce);
+    drop(gone);
+    drop(n2); // SIGKILL: its filters stay in the interest bucket
+    let reply = nats_request(
+        nats.servers[0].port,
+        "$JS.API.STREAM.DELETE.culex-in-node2",
+        "",
+    );
+    assert!(reply.contains("\"success\":true"), "{reply}");
+
+    let publisher = Mqtt::connect(n1.port, "pub", true);
+    for i in 0..400 {
+        publisher.publish("dead/x", &i.to_string(), QoS::AtLeastOnce);
+    }
+    publisher.publish("live/x", "after", QoS::AtLeastOnce);
+    live.recv_matching("live/x", "after");
+    wait_until("the dropped copies counted", || {
+        n1.metric("culex_cluster_dropped_total{reason=\"no_stream\"}")
+            .is_some_and(|n| n >= 1.0)
+    });
+}

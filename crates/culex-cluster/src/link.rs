@@ -1,6 +1,6 @@
 //! The cluster link of one node: its broker on one side, the NATS backplane on the other.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -187,6 +187,10 @@ pub fn spawn(
             routes: None,
             dests: Vec::new(),
             prefixes: HashMap::new(),
+            no_stream: HashMap::new(),
+            recreate_streams: false,
+            stream_checks: FuturesUnordered::new(),
+            checking: HashSet::new(),
             unconfirmed: Unconfirmed::default(),
             claims: crate::claims::Claims::default(),
             stats,
@@ -222,9 +226,45 @@ struct Export {
     /// the broker sent again under the same packet id is a new publication, and the copies
     /// of the earlier one no longer count for it.
     publication: u64,
+    /// The node this copy is for (`None`: kept for this node's own persistent sessions).
+    dest: Option<Arc<str>>,
+    /// The stream it goes to.
+    stream: Arc<str>,
 }
 
-type ExportResult = (Export, Result<(), String>);
+/// Why a copy did not reach its stream (it is tried again later).
+struct ExportError {
+    error: String,
+    /// Nothing answered: no such stream, or one without a leader for now (the link asks
+    /// which, on the side).
+    no_responders: bool,
+}
+
+/// A check of whether a stream exists: (stream, the node it belongs to or `None` for this
+/// node's own, whether it is missing).
+type StreamCheck = (Arc<str>, Option<Arc<str>>, bool);
+
+/// Where one copy of a message goes: its subject prefix, the node it is for (`None`: kept
+/// for this node), the stream.
+type CopyTo = (Arc<str>, Option<Arc<str>>, Arc<str>);
+
+/// How long a check of whether a stream exists may take (beyond: it counts as there).
+const STREAM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+type ExportResult = (Export, Result<(), ExportError>);
+
+/// How long copies for a node whose stream was found missing are dropped without trying.
+const NO_STREAM_RECHECK: Duration = Duration::from_secs(10);
+
+/// Where the copies for one node go.
+struct Route {
+    /// Subject prefix of its QoS 0 messages.
+    qos0: Arc<str>,
+    /// Subject prefix of its QoS 1/2 messages.
+    stored: Arc<str>,
+    /// Its stream's name.
+    stream: Arc<str>,
+}
 
 /// The copies of each local delivery that JetStream has not stored yet: the delivery is
 /// acknowledged once every copy is stored. A delivery the broker sends again under the same
@@ -269,8 +309,16 @@ struct Link {
     routes: Option<Arc<crate::interest_sync::Shared>>,
     /// Scratch: the nodes a message goes to.
     dests: Vec<Arc<str>>,
-    /// Subject prefixes per destination node (QoS 0, QoS 1/2), made once per node.
-    prefixes: HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
+    /// Subject prefixes and stream per destination node, made once per node.
+    prefixes: HashMap<Arc<str>, Arc<Route>>,
+    /// Nodes whose stream was found missing (removed from the cluster by an operator), until
+    /// when their copies are dropped without trying.
+    no_stream: HashMap<Arc<str>, Instant>,
+    /// This node's own streams must be made again (found missing).
+    recreate_streams: bool,
+    /// Checks of whether the streams of failed copies exist, and the streams being checked.
+    stream_checks: FuturesUnordered<BoxFuture<'static, StreamCheck>>,
+    checking: HashSet<Arc<str>>,
     /// The copies JetStream has not stored yet, per local delivery.
     unconfirmed: Unconfirmed,
     stats: Arc<ClusterStats>,
@@ -423,7 +471,12 @@ impl Link {
                     Some(Err(e)) => tracing::debug!(node = %self.name(), error = %e, "reading the cluster stream"),
                     None => {
                         tracing::warn!(node = %self.name(), "the cluster stream consumer ended; recreating it");
-                        match stored_messages(&self.settings, &backplane.js).await {
+                        // The stream itself may be gone (deleted by hand): made again.
+                        let made = match open_own_streams(&backplane.js, &self.settings).await {
+                            Ok(()) => stored_messages(&self.settings, &backplane.js).await,
+                            Err(e) => Err(e),
+                        };
+                        match made {
                             Ok(s) => backplane.stored = s,
                             Err(e) => {
                                 tracing::warn!(node = %self.name(), error = %e, "cannot read the cluster stream");
@@ -434,7 +487,8 @@ impl Link {
                         }
                     }
                 },
-                Some((export, result)) = self.exports.next() => self.exported(export, result, &mut retry_at),
+                Some((export, result)) = self.exports.next() => self.exported(export, result, &mut retry_at, &backplane.js),
+                Some(check) = self.stream_checks.next() => self.checked(check),
                 _ = floor_tick.tick() => {
                     self.update_import_floor();
                     if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -444,9 +498,17 @@ impl Link {
                 }
                 () = retry_due => {
                     retry_at = None;
+                    if std::mem::take(&mut self.recreate_streams) {
+                        if let Err(e) = open_own_streams(&backplane.js, &self.settings).await {
+                            tracing::warn!(node = %self.name(), error = %e, "cannot make this node's streams again");
+                            self.recreate_streams = true;
+                        }
+                    }
                     let pending: Vec<Export> = self.retry.drain(..).collect();
                     for export in pending {
-                        self.send_stored(&backplane.js, export);
+                        if !self.drop_if_no_stream(&export) {
+                            self.send_stored(&backplane.js, export);
+                        }
                     }
                 }
             }
@@ -730,28 +792,40 @@ impl Link {
         if dests.is_empty() {
             ClusterStats::inc(&self.stats.unrouted);
         }
-        let routes: Vec<(Arc<str>, Arc<str>, Arc<str>)> = dests
+        if !self.no_stream.is_empty() {
+            let now = Instant::now();
+            self.no_stream.retain(|_, until| *until > now);
+            let before = dests.len();
+            dests.retain(|n| !self.no_stream.contains_key(n));
+            if local_ack.is_some() {
+                self.stats
+                    .dropped_no_stream
+                    .fetch_add((before - dests.len()) as u64, Ordering::Relaxed);
+            }
+        }
+        let routes: Vec<(Arc<str>, Arc<Route>)> = dests
             .iter()
             .map(|n| {
-                let (q0, q1) = self.prefixes.entry(Arc::clone(n)).or_insert_with(|| {
-                    (
-                        self.settings.qos0_prefix(n).into(),
-                        self.settings.stored_prefix(n).into(),
-                    )
+                let route = self.prefixes.entry(Arc::clone(n)).or_insert_with(|| {
+                    Arc::new(Route {
+                        qos0: self.settings.qos0_prefix(n).into(),
+                        stored: self.settings.stored_prefix(n).into(),
+                        stream: self.settings.inbound_stream(n).into(),
+                    })
                 });
-                (Arc::clone(n), Arc::clone(q0), Arc::clone(q1))
+                (Arc::clone(n), Arc::clone(route))
             })
             .collect();
         // Asked once: the router may change it meanwhile.
         let keep = local_ack.is_some() && self.interest.persistent_wants(&p.topic);
         match local_ack {
             None => {
-                for (_, q0, _) in &routes {
+                for (_, route) in &routes {
                     if !self.stats.connected() {
                         ClusterStats::inc(&self.stats.dropped_qos0);
                         continue;
                     }
-                    let subject = topic_to_subject(q0, &p.topic);
+                    let subject = topic_to_subject(&route.qos0, &p.topic);
                     match backplane
                         .client
                         .publish_with_headers(subject, self.origin_headers(), envelope.clone())
@@ -773,23 +847,36 @@ impl Link {
                 self.next_id += 1;
                 // One copy per node that wants it, and one kept for this node's persistent
                 // sessions that want it (read back should this node die).
-                let mut copies: Vec<(Arc<str>, Option<&str>)> = routes
+                let mut copies: Vec<CopyTo> = routes
                     .iter()
-                    .map(|(n, _, q1)| (Arc::clone(q1), Some(&**n)))
+                    .map(|(n, route)| {
+                        (
+                            Arc::clone(&route.stored),
+                            Some(Arc::clone(n)),
+                            Arc::clone(&route.stream),
+                        )
+                    })
                     .collect();
                 if keep {
-                    copies.push((self.settings.kept_prefix(&self.settings.node).into(), None));
+                    let me = &self.settings.node;
+                    copies.push((
+                        self.settings.kept_prefix(me).into(),
+                        None,
+                        self.settings.kept_stream(me).into(),
+                    ));
                 }
                 let publication = self.next_id;
                 self.unconfirmed.start(packet_id, publication, copies.len());
-                for (prefix, dest) in copies {
+                for (prefix, dest, stream) in copies {
                     let export = Export {
                         subject: topic_to_subject(&prefix, &p.topic),
-                        headers: self.stored_headers(dest),
+                        headers: self.stored_headers(dest.as_deref()),
                         envelope: envelope.clone(),
                         packet_id,
                         qos: p.qos,
                         publication,
+                        dest,
+                        stream,
                     };
                     self.stats.pending_out.fetch_add(1, Ordering::Relaxed);
                     self.send_stored(&backplane.js, export);
@@ -824,38 +911,99 @@ impl Link {
                 .await;
             let _ = sent_tx.send(());
             let result = match sent {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(ack) => ack.await.map(|_| ()),
+                Err(e) => Err(e),
             };
+            let result = result.map_err(|e| ExportError {
+                no_responders: e.kind() == jetstream::context::PublishErrorKind::StreamNotFound,
+                error: e.to_string(),
+            });
             (export, result)
         }));
     }
 
-    /// JetStream answered a publication: acknowledge the local delivery, or retry.
+    /// JetStream answered a publication: acknowledge the local delivery, or retry (a copy
+    /// for a node whose stream is missing is dropped, counted).
     fn exported(
         &mut self,
         export: Export,
-        result: Result<(), String>,
+        result: Result<(), ExportError>,
         retry_at: &mut Option<Instant>,
+        js: &jetstream::Context,
     ) {
-        match result {
+        let e = match result {
             Ok(()) => {
-                self.stats.pending_out.fetch_sub(1, Ordering::Relaxed);
                 ClusterStats::inc(&self.stats.messages_out);
-                if self
-                    .unconfirmed
-                    .stored(export.packet_id, export.publication)
-                {
-                    if let Some(local) = self.local.as_mut() {
-                        local.ack(export.packet_id, export.qos);
-                    }
-                }
+                self.copy_done(&export);
+                return;
             }
-            Err(e) => {
-                ClusterStats::inc(&self.stats.publish_failures);
-                tracing::debug!(node = %self.name(), error = %e, "storing a message in the cluster stream failed; retrying");
-                self.retry.push_back(export);
-                retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
+            Err(e) => e,
+        };
+        if self.drop_if_no_stream(&export) {
+            return;
+        }
+        ClusterStats::inc(&self.stats.publish_failures);
+        tracing::debug!(node = %self.name(), error = %e.error, "storing a message in the cluster stream failed; retrying");
+        if e.no_responders && self.checking.insert(Arc::clone(&export.stream)) {
+            // Asked on the side: retries go on meanwhile at their pace.
+            let js = js.clone();
+            let (stream, dest) = (Arc::clone(&export.stream), export.dest.clone());
+            self.stream_checks.push(Box::pin(async move {
+                let missing =
+                    tokio::time::timeout(STREAM_CHECK_TIMEOUT, stream_missing(&js, &stream))
+                        .await
+                        .unwrap_or(false);
+                (stream, dest, missing)
+            }));
+        }
+        self.retry.push_back(export);
+        retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
+    }
+
+    /// A check of whether a stream exists came back.
+    fn checked(&mut self, (stream, dest, missing): StreamCheck) {
+        self.checking.remove(&stream);
+        if !missing {
+            return;
+        }
+        match dest {
+            Some(node) => {
+                // Removed from the cluster: what it wanted has nowhere to go.
+                tracing::warn!(node = %self.name(), gone = %node, stream = %stream,
+                    "the stream of another node is missing: the messages its subscriptions want are dropped (culex_cluster_dropped_total{{reason=\"no_stream\"}}); a node that starts makes its stream again");
+                self.no_stream
+                    .insert(node, Instant::now() + NO_STREAM_RECHECK);
+            }
+            None => {
+                tracing::warn!(node = %self.name(), stream = %stream, "this node's stream is missing; making it again");
+                self.recreate_streams = true;
+            }
+        }
+    }
+
+    /// Drops `export` (counted) when its node's stream is known to be missing.
+    fn drop_if_no_stream(&mut self, export: &Export) -> bool {
+        let gone = export
+            .dest
+            .as_ref()
+            .and_then(|n| self.no_stream.get(n))
+            .is_some_and(|until| *until > Instant::now());
+        if gone {
+            ClusterStats::inc(&self.stats.dropped_no_stream);
+            self.copy_done(export);
+        }
+        gone
+    }
+
+    /// One copy of a delivery is done with: the delivery is acknowledged after its last.
+    fn copy_done(&mut self, export: &Export) {
+        self.stats.pending_out.fetch_sub(1, Ordering::Relaxed);
+        if self
+            .unconfirmed
+            .stored(export.packet_id, export.publication)
+        {
+            if let Some(local) = self.local.as_mut() {
+                local.ack(export.packet_id, export.qos);
             }
         }
     }
@@ -980,21 +1128,7 @@ async fn try_backplane(
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client.clone());
-    let me = &settings.node;
-    open_stream(
-        &js,
-        settings,
-        settings.inbound_stream(me),
-        settings.stored_prefix(me),
-    )
-    .await?;
-    open_stream(
-        &js,
-        settings,
-        settings.kept_stream(me),
-        settings.kept_prefix(me),
-    )
-    .await?;
+    open_own_streams(&js, settings).await?;
     let stored = stored_messages(settings, &js).await?;
     let core = client
         .subscribe(format!("{}.>", settings.qos0_prefix(&settings.node)))
@@ -1013,6 +1147,38 @@ async fn try_backplane(
         core,
         stored,
     })
+}
+
+/// Creates (or finds) this node's streams: what the others send it, and what it keeps for its
+/// own persistent sessions.
+async fn open_own_streams(js: &jetstream::Context, settings: &Settings) -> Result<(), String> {
+    let me = &settings.node;
+    open_stream(
+        js,
+        settings,
+        settings.inbound_stream(me),
+        settings.stored_prefix(me),
+    )
+    .await?;
+    open_stream(
+        js,
+        settings,
+        settings.kept_stream(me),
+        settings.kept_prefix(me),
+    )
+    .await
+}
+
+/// Whether the NATS servers say stream `name` does not exist (not: cannot tell now).
+async fn stream_missing(js: &jetstream::Context, name: &str) -> bool {
+    match js.get_stream(name).await {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
+    }
 }
 
 /// Creates (or finds) the stream `name` of the subjects under `prefix`.

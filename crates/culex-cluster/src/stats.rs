@@ -23,6 +23,9 @@ pub struct ClusterStats {
     pub dropped_qos0: AtomicU64,
     /// Messages larger than the NATS servers accept (`max_payload`), dropped.
     pub dropped_too_large: AtomicU64,
+    /// Copies of QoS 1/2 messages for a node whose stream is missing (removed from the
+    /// cluster), dropped.
+    pub dropped_no_stream: AtomicU64,
     /// Messages from the backplane that could not be read (counted, acknowledged, skipped).
     pub bad_messages: AtomicU64,
     /// Messages waiting in the link's local session for the backplane.

@@ -188,7 +188,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages)",
+        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `no_stream` (a QoS 1/2 copy for a node whose stream is missing: removed from the cluster), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages)",
         help: "Messages the cluster link dropped, by reason.",
         doc: "messages the cluster link dropped",
         sys: &[],
@@ -197,6 +197,7 @@ pub(super) static CLUSTER: &[Family] = &[
                 e(&[("reason", "queue_full")], st.dropped_queue_full.load(Relaxed) as f64);
                 e(&[("reason", "qos0_offline")], st.dropped_qos0.load(Relaxed) as f64);
                 e(&[("reason", "too_large")], st.dropped_too_large.load(Relaxed) as f64);
+                e(&[("reason", "no_stream")], st.dropped_no_stream.load(Relaxed) as f64);
                 e(&[("reason", "unreadable")], st.bad_messages.load(Relaxed) as f64);
                 e(&[("reason", "replay_limit")], st.dropped_replay.load(Relaxed) as f64);
             }
