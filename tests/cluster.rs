@@ -1499,3 +1499,103 @@ fn a_node_whose_stream_is_deleted_does_not_stall_the_others() {
             .is_some_and(|n| n >= 1.0)
     });
 }
+
+/// A persistent session is resumed again and again (on the node it is on, or moving between
+/// two nodes) while node 1 publishes QoS 1 to it without a pause; returns the messages that
+/// never reached it (by number) and how many were published. Every message is acknowledged
+/// to its publisher before the test looks (a fence on a clean subscriber comes after them).
+fn walk(moving: bool) -> (Vec<usize>, usize) {
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let first = Mqtt::connect(n2.port, "walker", false);
+    first.subscribe("walk/#", QoS::AtLeastOnce);
+    let watcher = Mqtt::connect(n1.port, "walk-watcher", true);
+    watcher.subscribe("walk/#", QoS::AtLeastOnce);
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = {
+        let running = std::sync::Arc::clone(&running);
+        let port = n1.port;
+        thread::spawn(move || {
+            let publisher = Mqtt::connect(port, "walk-pub", true);
+            let mut sent = 0usize;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                publisher.publish("walk/x", &format!("m{sent}"), QoS::AtLeastOnce);
+                sent += 1;
+                if sent.is_multiple_of(20) {
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
+            publisher.publish("walk/fence", "fence", QoS::AtLeastOnce);
+            // Kept until the fence has come round (its in-flight messages with it).
+            (publisher, sent)
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let mut walker = first;
+    for i in 0..12 {
+        thread::sleep(Duration::from_millis(150));
+        let to = if moving && i % 2 == 0 { &n3 } else { &n2 };
+        // What the client received (and acknowledged) before it went counts as delivered.
+        for p in walker.close() {
+            *got.entry(String::from_utf8_lossy(&p.payload).into_owned())
+                .or_insert(0) += 1;
+        }
+        walker = Mqtt::connect(to.port, "walker", false);
+        assert!(walker.session_present, "resume {i}: the session came along");
+    }
+    thread::sleep(Duration::from_millis(150));
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (_publisher, sent) = publisher.join().unwrap();
+    until_fence(&watcher, "walk/fence", "fence");
+    for (payload, n) in until_fence(&walker, "walk/fence", "fence") {
+        *got.entry(payload).or_insert(0) += n;
+    }
+    let lost = (0..sent)
+        .filter(|i| !got.contains_key(&format!("m{i}")))
+        .collect();
+    drop((n1, n2, n3));
+    (lost, sent)
+}
+
+/// The same load on a session that its client resumes again and again on the same node of
+/// the cluster: nothing lost (the control for the next test).
+#[test]
+fn a_session_resumed_on_its_node_under_load_loses_nothing() {
+    if !have_nats() {
+        return;
+    }
+    let (lost, sent) = walk(false);
+    assert!(lost.is_empty(), "{} of {sent} lost: {lost:?}", lost.len());
+}
+
+/// KNOWN DEFECT, so ignored: a persistent session moving between live nodes while messages for
+/// it keep coming loses those that arrive during the move. Measured here (12 moves, ~7,000
+/// msg/s): 20–200 messages per move, 800–1,400 of ~21,000 in all (four runs). In one run with
+/// 800 lost, node 1 counted 300 as unrouted (no node's key for the filter visible to it: the
+/// old node's removal had landed before the new node's addition); every copy it sent was
+/// received by a node (messages out = messages in), so the other ~500 were delivered to no
+/// one there, most likely by the old node importing them after it had handed the session
+/// over. See docs/cluster.md (Limits) for what a fix needs. Run with `--ignored`.
+#[test]
+#[ignore = "known defect: messages arriving while a session moves between nodes are lost (docs/cluster.md, Limits)"]
+fn a_session_moving_under_load_loses_nothing() {
+    if !have_nats() {
+        return;
+    }
+    let (lost, sent) = walk(true);
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &i in &lost {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == i => *end = i,
+            _ => ranges.push((i, i)),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} messages never reached the moving session, in runs {ranges:?}",
+        lost.len()
+    );
+}

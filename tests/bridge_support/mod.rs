@@ -298,6 +298,8 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(a))) => {
                         let _ = ctx.send(a.session_present);
                     }
+                    // Asked to disconnect: done (what came before it was passed on).
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::RequestsDone) => return,
                     Err(_) => thread::sleep(Duration::from_millis(200)),
@@ -324,6 +326,20 @@ impl Mqtt {
         self.client
             .publish(topic, qos, false, payload.as_bytes().to_vec())
             .unwrap();
+    }
+
+    /// Disconnects, and returns every message received before (the client acknowledged
+    /// them: dropped with it, they would be lost to the test, not by the broker).
+    pub(crate) fn close(&self) -> Vec<rumqttc::Publish> {
+        let _ = self.client.disconnect();
+        let mut out = Vec::new();
+        loop {
+            match self.messages.recv_timeout(TIMEOUT) {
+                Ok(p) => out.push(p),
+                Err(RecvTimeoutError::Disconnected) => return out,
+                Err(RecvTimeoutError::Timeout) => panic!("the client did not disconnect"),
+            }
+        }
     }
 
     pub(crate) fn recv(&self) -> rumqttc::Publish {
