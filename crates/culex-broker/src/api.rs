@@ -279,6 +279,20 @@ pub enum Command {
         /// The session as the other node had it.
         session: Box<crate::persist::RecoveredSession>,
     },
+    /// A session another node of the cluster holds is about to move here: rebuilt now from
+    /// the cluster's record (its subscriptions), offline, so that it queues what is published
+    /// during the move; [`Command::AdoptSession`] then replaces it with the image, keeping
+    /// what it queued (see `router/migrate.rs`).
+    PrepareSession {
+        /// The session's record: its subscriptions, no messages.
+        record: Box<crate::persist::RecoveredSession>,
+    },
+    /// The move a session was prepared for did not happen: the prepared session ends, unless
+    /// a client uses it by now.
+    AbandonPrepared {
+        /// The client identifier.
+        client_id: String,
+    },
     /// In a cluster: another node holds this client's session (it moved on while this node
     /// was down): the copy recovered here from the store ends, if no client has used it since.
     DiscardIfOffline {

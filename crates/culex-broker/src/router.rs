@@ -267,6 +267,8 @@ impl Router {
                 self.export_session(&client_id, reply, now)
             }
             Command::AdoptSession { session } => self.adopt_session(*session, now),
+            Command::PrepareSession { record } => self.prepare_session(*record, now),
+            Command::AbandonPrepared { client_id } => self.abandon_prepared(&client_id, now),
             Command::DiscardIfOffline { client_id } => self.discard_stale(&client_id, now),
             Command::InterestSynced { tokens } => self.interest_synced(tokens, now),
             Command::ClusterReport { reply } => {

@@ -68,6 +68,16 @@ pub struct Report {
     pub changed: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// Another node's hold on a session ([`Directory::holder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The node that holds it.
+    pub node: String,
+    /// The session's record: its image without messages (empty until the holder's first
+    /// report after the session began).
+    pub record: Vec<u8>,
+}
+
 /// What [`Directory::fetch`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
@@ -230,21 +240,43 @@ impl Directory {
     /// The session of `client_id` if another node holds it (that node gives it up), or what
     /// the cluster recorded of it when that node is gone.
     pub async fn fetch(&self, client_id: &str) -> Result<Fetched, FetchError> {
+        match self.holder(client_id).await? {
+            Some(held) => self.fetch_from(client_id, held).await,
+            None => Ok(Fetched::Nothing),
+        }
+    }
+
+    /// Which other node holds `client_id`'s session, and its record there (the session's
+    /// image without messages; empty until the holder's first report after the session
+    /// began); `None` when no other node does.
+    pub async fn holder(&self, client_id: &str) -> Result<Option<Held>, FetchError> {
         let ready = self.ready()?;
         let entry = tokio::time::timeout(RECORD_TIMEOUT, ready.bucket.get(key(client_id)))
             .await
             .map_err(|_| FetchError::Unavailable("reading the session bucket timed out".into()))?
             .map_err(|e| FetchError::Unavailable(e.to_string()))?;
         let Some(entry) = entry else {
-            return Ok(Fetched::Nothing);
+            return Ok(None);
         };
         let Some((holder, record)) = parse_value(&entry) else {
-            return Ok(Fetched::Nothing);
+            return Ok(None);
         };
-        let holder = holder.to_owned();
         if *holder == *self.node {
-            return Ok(Fetched::Nothing);
+            return Ok(None);
         }
+        Ok(Some(Held {
+            node: holder.to_owned(),
+            record: record.to_vec(),
+        }))
+    }
+
+    /// [`Directory::fetch`] from the holder [`Directory::holder`] found.
+    pub async fn fetch_from(&self, client_id: &str, held: Held) -> Result<Fetched, FetchError> {
+        let ready = self.ready()?;
+        let Held {
+            node: holder,
+            record,
+        } = held;
         let transfer = |reason: String| FetchError::Transfer {
             node: holder.clone(),
             reason,
@@ -272,9 +304,7 @@ impl Directory {
                 .map_err(|_| transfer("timed out".to_owned()))?
                 .ok_or_else(|| transfer("the connection closed".to_owned()))?;
             if part.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                return self
-                    .orphaned(&ready, client_id, holder, record.to_vec())
-                    .await;
+                return self.orphaned(&ready, client_id, holder, record).await;
             }
             let (kind, index, bytes) =
                 parse_part(&part.payload).ok_or_else(|| transfer("a malformed part".to_owned()))?;
@@ -334,9 +364,11 @@ impl Directory {
         })
     }
 
-    /// Records that this node holds `client_id`'s session (its record follows with the next
-    /// report; one this node already wrote is kept).
-    pub async fn hold(&self, client_id: &str) -> Result<(), String> {
+    /// Records that this node holds `client_id`'s session, with its `record` when known (a
+    /// session that moved here: so that a move on within the report's second can prepare the
+    /// session from it); otherwise the record follows with the next report. One this node
+    /// already wrote is kept.
+    pub async fn hold(&self, client_id: &str, record: Option<&[u8]>) -> Result<(), String> {
         let ready = self.ready().map_err(|e| e.to_string())?;
         tokio::time::timeout(RECORD_TIMEOUT, async {
             let key = key(client_id);
@@ -348,7 +380,7 @@ impl Directory {
             if ours {
                 return Ok(());
             }
-            let value = value(&self.node, &[]);
+            let value = value(&self.node, record.unwrap_or_default());
             match entry {
                 Some(e) => ready
                     .bucket

@@ -281,21 +281,31 @@ pub(crate) async fn resume_from_cluster(
     conns: &ClusterConns,
     router: &mpsc::Sender<Command>,
     client_id: &str,
-) -> Result<Option<Replay>, FetchError> {
-    let (bytes, orphaned) = match conns.sessions.fetch(client_id).await {
-        Ok(Fetched::Nothing) => return Ok(None),
+) -> Result<Resumed, FetchError> {
+    let unknown = |e: String| {
+        // Whether another node holds a session is unknown; this node's own (if any) is
+        // used, as a single broker would.
+        warn!(client_id = %Clipped(client_id), error = %e, "cluster session directory unavailable; resuming from this node only");
+        Ok(Resumed::default())
+    };
+    let held = match conns.sessions.holder(client_id).await {
+        Ok(Some(held)) => held,
+        Ok(None) => return Ok(Resumed::default()),
+        Err(FetchError::Unavailable(e)) => return unknown(e),
+        Err(e) => return Err(e),
+    };
+    // Dropped (the move did not happen, or the client went away meanwhile): the prepared
+    // session ends.
+    let prepared = prepare_move(conns, router, client_id, &held.record).await?;
+    let (bytes, orphaned) = match conns.sessions.fetch_from(client_id, held).await {
+        Ok(Fetched::Nothing) => return Ok(Resumed::default()),
         Ok(Fetched::Moved(bytes)) => (bytes, None),
         Ok(Fetched::Orphaned {
             holder,
             image,
             since_ms,
         }) => (image, Some((holder, since_ms))),
-        Err(FetchError::Unavailable(e)) => {
-            // Whether another node holds a session is unknown; this node's own (if any) is
-            // used, as a single broker would.
-            warn!(client_id = %Clipped(client_id), error = %e, "cluster session directory unavailable; resuming from this node only");
-            return Ok(None);
-        }
+        Err(FetchError::Unavailable(e)) => return unknown(e),
         Err(e) => return Err(e),
     };
     let session = match culex_store::decode_session_image(&bytes, &Clocks::now()) {
@@ -303,38 +313,36 @@ pub(crate) async fn resume_from_cluster(
         Err(e) => {
             // The other node has let it go: the client starts a new session.
             warn!(client_id = %Clipped(client_id), error = %e, "a session moved from another node could not be read");
-            return Ok(None);
+            return Ok(Resumed::default());
         }
     };
+    let record =
+        culex_store::encode_session_image(&session.client_id, &session.record, &[], &Clocks::now())
+            .ok();
     let filters: Vec<String> = session
         .record
         .subscriptions
         .iter()
         .map(|s| s.filter.clone())
         .collect();
-    let unavailable = |_| FetchError::Unavailable("the router stopped".to_owned());
     router
         .send(Command::AdoptSession {
             session: Box::new(session),
         })
         .await
-        .map_err(unavailable)?;
+        .map_err(router_stopped)?;
+    if let Some(mut prepared) = prepared {
+        prepared.adopted = true;
+    }
     // The session's subscriptions are in force here, and the other nodes know it, before
     // its client is answered (what they publish after the CONNACK comes here) and before
     // the stream's end is read (what is stored after it arrives the ordinary way).
-    let (reply, rx) = oneshot::channel();
-    router
-        .send(Command::Ping { reply })
-        .await
-        .map_err(unavailable)?;
-    let _ = rx.await;
-    let _ = tokio::time::timeout(
-        culex_cluster::interest_sync::SYNC_TIMEOUT + Duration::from_secs(1),
-        conns.interest.barrier(),
-    )
-    .await;
+    settle(conns, router).await?;
     let Some((holder, since_ms)) = orphaned else {
-        return Ok(None);
+        return Ok(Resumed {
+            replay: None,
+            record,
+        });
     };
     // What local clients published before then is in the stream once the link's backlog is.
     let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
@@ -372,19 +380,110 @@ pub(crate) async fn resume_from_cluster(
             }
             tracing::info!(client_id = %Clipped(client_id), holder = %holder, read_back = count, left_out = back.left_out,
                 "session rebuilt after its node was lost");
-            Ok(Some(Replay {
-                client_id: client_id.to_owned(),
-                messages,
-                stats: Arc::clone(&conns.stats),
-            }))
+            Ok(Resumed {
+                replay: Some(Replay {
+                    client_id: client_id.to_owned(),
+                    messages,
+                    stats: Arc::clone(&conns.stats),
+                }),
+                record,
+            })
         }
         Err(e) => {
             conns.stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
             warn!(client_id = %Clipped(client_id), holder = %holder, error = %e,
                 "session rebuilt without its messages: reading the cluster stream failed");
-            Ok(None)
+            Ok(Resumed {
+                replay: None,
+                record,
+            })
         }
     }
+}
+
+fn router_stopped<T>(_: T) -> FetchError {
+    FetchError::Unavailable("the router stopped".to_owned())
+}
+
+/// Waits until the router has applied what it was sent and the other nodes know of the
+/// filters that changed (at most the sync limits).
+async fn settle(conns: &ClusterConns, router: &mpsc::Sender<Command>) -> Result<(), FetchError> {
+    let (reply, rx) = oneshot::channel();
+    router
+        .send(Command::Ping { reply })
+        .await
+        .map_err(router_stopped)?;
+    let _ = rx.await;
+    let _ = tokio::time::timeout(
+        culex_cluster::interest_sync::SYNC_TIMEOUT + Duration::from_secs(1),
+        conns.interest.barrier(),
+    )
+    .await;
+    Ok(())
+}
+
+/// A session prepared here for a move under way (see `Command::PrepareSession`): abandoned
+/// when dropped before the image was adopted.
+struct PreparedMove {
+    router: mpsc::Sender<Command>,
+    client_id: String,
+    adopted: bool,
+}
+
+impl Drop for PreparedMove {
+    fn drop(&mut self) {
+        if !self.adopted {
+            let _ = self.router.try_send(Command::AbandonPrepared {
+                client_id: std::mem::take(&mut self.client_id),
+            });
+        }
+    }
+}
+
+/// Before the holder is asked to give the session up: the session rebuilt here from its
+/// `record` (its subscriptions), and the other nodes told that this node wants its topics,
+/// so that what is published during the move is queued here if the holder no longer gets it.
+/// `None` when there is no record yet (the holder has not reported the session).
+async fn prepare_move(
+    conns: &ClusterConns,
+    router: &mpsc::Sender<Command>,
+    client_id: &str,
+    record: &[u8],
+) -> Result<Option<PreparedMove>, FetchError> {
+    if record.is_empty() {
+        return Ok(None);
+    }
+    let record = match culex_store::decode_session_image(record, &Clocks::now()) {
+        Ok(r) if r.messages.is_empty() => r,
+        Ok(_) => return Ok(None),
+        Err(e) => {
+            warn!(client_id = %Clipped(client_id), error = %e, "a session record of the cluster could not be read");
+            return Ok(None);
+        }
+    };
+    router
+        .send(Command::PrepareSession {
+            record: Box::new(record),
+        })
+        .await
+        .map_err(router_stopped)?;
+    let prepared = PreparedMove {
+        router: router.clone(),
+        client_id: client_id.to_owned(),
+        adopted: false,
+    };
+    settle(conns, router).await?;
+    Ok(Some(prepared))
+}
+
+/// A session [`resume_from_cluster`] brought here from another node (nothing when none did).
+#[derive(Debug, Default)]
+pub(crate) struct Resumed {
+    /// Messages read back for it from the cluster's streams (its node was gone).
+    pub(crate) replay: Option<Replay>,
+    /// Its record (the session's image without messages), for the cluster's session
+    /// directory.
+    pub(crate) record: Option<Vec<u8>>,
 }
 
 /// Messages read back from the stream for a rebuilt session, handed to the router after its

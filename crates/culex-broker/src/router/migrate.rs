@@ -9,8 +9,18 @@
 //! without its delayed will (the session goes on elsewhere). The other node rebuilds it
 //! ([`Command::AdoptSession`]) just before its client's CONNECT is handled.
 //!
+//! A move overlaps, it is not a bare hand-off: before the other node is asked, the node the
+//! client came to *prepares* the session from the cluster's record ([`Command::PrepareSession`]:
+//! its subscriptions in force, offline, queueing) and the other nodes learn that it wants the
+//! session's topics. So every message published while the session moves reaches the old node
+//! before it gives the session up (and is in the image) or the new one (and is queued in the
+//! prepared session). The image then takes the prepared session's place, with what that had
+//! queued after the image's own messages. A message that reached both during the overlap is
+//! delivered twice (at least once across a move).
+//!
 //! [`Command::ExportSession`]: crate::Command::ExportSession
 //! [`Command::AdoptSession`]: crate::Command::AdoptSession
+//! [`Command::PrepareSession`]: crate::Command::PrepareSession
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +43,8 @@ pub(crate) type ExportReply = oneshot::Sender<Option<RecoveredSession>>;
 pub(super) struct Migrations {
     /// By the connection being closed: until when to wait, its client, and what to do then.
     waiting: FxHashMap<ConnId, (Instant, Arc<str>, AfterEnd)>,
+    /// Client identifiers of sessions prepared here for a move that is under way.
+    prepared: rustc_hash::FxHashSet<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -88,9 +100,15 @@ impl Router {
     }
 
     /// A session that moved here from another node: rebuilt offline, replacing any session
-    /// of its client id here (which is older). Its client's CONNECT follows.
-    pub(super) fn adopt_session(&mut self, image: RecoveredSession, now: Instant) {
+    /// of its client id here (which is older); a session prepared for this move gives it what
+    /// it queued meanwhile, after the image's messages. Its client's CONNECT follows.
+    pub(super) fn adopt_session(&mut self, mut image: RecoveredSession, now: Instant) {
         if let Some(&sid) = self.by_client.get(&image.client_id) {
+            if self.migrations.prepared.remove(&image.client_id) {
+                let next = image.messages.last().map_or(1, |(seq, _)| seq + 1);
+                let queued = self.image_messages(sid).into_iter().map(|(_, m)| m);
+                image.messages.extend((next..).zip(queued));
+            }
             self.take_over(sid, now);
             self.cancel_delayed_will(sid);
             self.end_session(sid, now);
@@ -98,6 +116,38 @@ impl Router {
         self.stats.sessions_moved_in += 1;
         self.session_used(&image.client_id);
         self.restore_session(image, now, None, false);
+    }
+
+    /// A session another node holds is about to move here: rebuilt from the cluster's record
+    /// (`record`: its subscriptions, no messages), offline, so that it queues what arrives
+    /// during the move; replaced by the image when it comes ([`Router::adopt_session`]).
+    /// Nothing is prepared while a client of that identifier is connected here.
+    pub(super) fn prepare_session(&mut self, record: RecoveredSession, now: Instant) {
+        if self.live_connection(&record.client_id).is_some() {
+            return;
+        }
+        let client_id = Arc::clone(&record.client_id);
+        if let Some(&sid) = self.by_client.get(&client_id) {
+            self.cancel_delayed_will(sid);
+            self.end_session(sid, now);
+        }
+        self.restore_session(record, now, None, false);
+        self.session_used(&client_id);
+        self.migrations.prepared.insert(client_id);
+    }
+
+    /// The move a session was prepared for did not happen (the other node had no session, or
+    /// the transfer failed): the prepared session ends, unless a client uses it now.
+    pub(super) fn abandon_prepared(&mut self, client_id: &str, now: Instant) {
+        if !self.migrations.prepared.remove(client_id) {
+            return;
+        }
+        if let (Some(&sid), None) = (
+            self.by_client.get(client_id),
+            self.live_connection(client_id),
+        ) {
+            self.end_session(sid, now);
+        }
     }
 
     /// `conn` has ended and its end is applied: an export or discard that waited for it
@@ -163,8 +213,19 @@ impl Router {
         let s = self.sessions.get(&sid)?;
         let mut record = self.session_record(sid)?;
         record.expires_at = None;
-        let messages = s
-            .outgoing
+        Some(RecoveredSession {
+            client_id: Arc::clone(&s.client_id),
+            record,
+            messages: self.image_messages(sid),
+        })
+    }
+
+    /// A session's queued and in-flight messages, in sequence order.
+    fn image_messages(&self, sid: SessionId) -> Vec<(u64, MessageRecord)> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Vec::new();
+        };
+        s.outgoing
             .snapshot()
             .into_iter()
             .filter_map(|c| match c {
@@ -180,11 +241,6 @@ impl Router {
                 )),
                 Change::Delete(_) => None,
             })
-            .collect();
-        Some(RecoveredSession {
-            client_id: Arc::clone(&s.client_id),
-            record,
-            messages,
-        })
+            .collect()
     }
 }

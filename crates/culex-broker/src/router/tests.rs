@@ -1443,6 +1443,81 @@ fn a_session_moves_to_another_router_with_its_queue_inflight_and_subscriptions()
     assert_eq!(b.stats().sessions_moved_in, 1);
 }
 
+/// The record of a session (its subscriptions, no messages) as the cluster keeps it.
+fn record_only(image: &crate::persist::RecoveredSession) -> crate::persist::RecoveredSession {
+    crate::persist::RecoveredSession {
+        client_id: std::sync::Arc::clone(&image.client_id),
+        record: image.record.clone(),
+        messages: Vec::new(),
+    }
+}
+
+#[test]
+fn a_session_prepared_for_a_move_keeps_what_arrives_meanwhile_after_the_image() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (
+        Router::new(BrokerSettings::default()),
+        Router::new(BrokerSettings::default()),
+    );
+    let mut sub = connect(&mut a, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut a, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    disconnect(&mut a, t0, 1, DisconnectKind::Normal);
+    let _pa = connect(&mut a, t0, 2, "p", true, 0, None);
+    publish(&mut a, t0, 2, "t/1", QoS::AtLeastOnce, false);
+    let full = export(&mut a, t0, "s").try_recv().unwrap().unwrap();
+    let record = record_only(&full);
+
+    // The new node prepares the session from the record: it queues what arrives there.
+    b.handle(
+        Command::PrepareSession {
+            record: Box::new(record.clone()),
+        },
+        t0,
+    );
+    assert_eq!(b.session_count(), 1);
+    let _pb = connect(&mut b, t0, 8, "q", true, 0, None);
+    publish(&mut b, t0, 8, "t/2", QoS::AtLeastOnce, false);
+    publish(&mut b, t0, 8, "t/3", QoS::ExactlyOnce, false);
+
+    // The image (here with t/1, queued on the old node) takes its place.
+    let image = full;
+    assert_eq!(image.messages.len(), 1);
+    b.handle(
+        Command::AdoptSession {
+            session: Box::new(image),
+        },
+        t0,
+    );
+    let mut back = connect(&mut b, t0, 7, "s", false, u32::MAX, None);
+    assert!(back.outcome.session_present);
+    let topics: Vec<String> = std::iter::from_fn(|| next_topic(&mut back)).collect();
+    assert_eq!(
+        topics,
+        ["t/1", "t/2", "t/3"],
+        "the image's first, then the rest"
+    );
+
+    // A move that does not happen: the prepared session ends, unless its client came.
+    let other = crate::persist::RecoveredSession {
+        client_id: std::sync::Arc::from("o"),
+        ..record
+    };
+    b.handle(
+        Command::PrepareSession {
+            record: Box::new(other),
+        },
+        t0,
+    );
+    assert_eq!(b.session_count(), 3, "q, s and the prepared o");
+    b.handle(
+        Command::AbandonPrepared {
+            client_id: "o".into(),
+        },
+        t0,
+    );
+    assert_eq!(b.session_count(), 2, "q and s");
+}
+
 #[test]
 fn exporting_a_connected_session_closes_its_connection_and_waits_for_its_end() {
     let t0 = Instant::now();

@@ -331,14 +331,14 @@ where
             outbox: tx,
             reply: reply_tx,
         };
-        let mut replay = None;
+        let mut resumed = crate::cluster::Resumed::default();
         if let Some(cluster) = shared.cluster.as_ref().filter(|_| {
             !req.clean_start && !req.client_id.is_empty() && !listener.security.is_internal()
         }) {
             // Its session may be on another node: moved here before the CONNECT.
             match crate::cluster::resume_from_cluster(cluster, &shared.router, &req.client_id).await
             {
-                Ok(r) => replay = r,
+                Ok(r) => resumed = r,
                 Err(e) => {
                     tracing::warn!(peer = %peer, client_id = %Clipped(&req.client_id), error = %e,
                     "client refused: its session could not be moved from another node; it may retry");
@@ -401,7 +401,11 @@ where
             }
             if self.state.session_expiry > 0 {
                 // Recorded before CONNACK: a client that moves on at once finds it here.
-                if let Err(e) = cluster.sessions.hold(&client_id).await {
+                if let Err(e) = cluster
+                    .sessions
+                    .hold(&client_id, resumed.record.as_deref())
+                    .await
+                {
                     tracing::warn!(client_id = %Clipped(&client_id), error = %e,
                         "cannot record this session in the cluster: resuming it on another node will not find it");
                 }
@@ -415,7 +419,7 @@ where
             self.finish(Ending::socket_gone("write failed")).await;
             return None;
         }
-        if let Some(replay) = replay {
+        if let Some(replay) = resumed.replay {
             replay.feed(shared.router.clone());
         }
         Some(rx)
