@@ -12,6 +12,7 @@
 
 pub mod bucket;
 pub mod claims;
+pub mod departures;
 pub mod envelope;
 pub mod interest;
 pub mod interest_sync;

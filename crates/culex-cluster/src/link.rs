@@ -20,6 +20,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::departures::{Departures, DEST_HEADER};
 use crate::envelope::{decode_publish, encode_publish, ORIGIN_HEADER};
 use crate::interest_sync::{LocalInterest, SyncedFn};
 use crate::shared::Placement;
@@ -45,6 +46,8 @@ const STREAM_MAX_BYTES: i64 = 1 << 30;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Delay before publications that failed are sent again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How long passing a late copy on to another node may take (see [`crate::departures`]).
+const TAIL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delays between attempts to reach the backplane or the local broker.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -85,6 +88,8 @@ pub struct Hooks {
     pub placement: Arc<Placement>,
     /// Tells the router the other nodes know of its new filters (its SUBACKs go out).
     pub synced: SyncedFn,
+    /// Sessions that moved away lately: late copies for them are passed on.
+    pub departures: Arc<Departures>,
 }
 
 /// What the link needs to know.
@@ -184,6 +189,7 @@ pub fn spawn(
             interest: hooks.interest,
             placement: hooks.placement,
             synced: hooks.synced,
+            departures: hooks.departures,
             routes: None,
             dests: Vec::new(),
             prefixes: HashMap::new(),
@@ -305,6 +311,7 @@ struct Link {
     interest: Arc<LocalInterest>,
     placement: Arc<Placement>,
     synced: SyncedFn,
+    departures: Arc<Departures>,
     /// Which nodes want which topics (once the interest task runs).
     routes: Option<Arc<crate::interest_sync::Shared>>,
     /// Scratch: the nodes a message goes to.
@@ -688,6 +695,7 @@ impl Link {
         }
         for (packet_id, _reason) in done {
             if let Some(m) = self.imports.remove(&packet_id) {
+                self.pass_on_if_late(&backplane.client, &m);
                 if let Err(e) = m.ack().await {
                     tracing::debug!(node = %self.name(), error = %e, "confirming a cluster message");
                 }
@@ -724,11 +732,13 @@ impl Link {
         headers
     }
 
-    /// Headers of the copies of one publication to the stream: the origin and a message id
-    /// (unique per node and boot, so that JetStream stores a retried publication once), the
-    /// copy for a node carrying that node's name after a `.` (see [`crate::replay`]).
-    fn stored_headers(&mut self, dest: Option<&str>) -> HeaderMap {
+    /// Headers of the copies of one publication to the stream: the origin, the nodes it goes
+    /// to (`dests`, see [`crate::departures`]) and a message id (unique per node and boot, so
+    /// that JetStream stores a retried publication once), the copy for a node carrying that
+    /// node's name after a `.` (see [`crate::replay`]).
+    fn stored_headers(&mut self, dest: Option<&str>, dests: &str) -> HeaderMap {
         let mut headers = self.origin_headers();
+        headers.insert(DEST_HEADER, dests);
         let id = match dest {
             Some(node) => format!(
                 "{}-{}-{}.{node}",
@@ -867,10 +877,12 @@ impl Link {
                 }
                 let publication = self.next_id;
                 self.unconfirmed.start(packet_id, publication, copies.len());
+                let names: Vec<&str> = routes.iter().map(|(n, _)| &**n).collect();
+                let names = names.join(",");
                 for (prefix, dest, stream) in copies {
                     let export = Export {
                         subject: topic_to_subject(&prefix, &p.topic),
-                        headers: self.stored_headers(dest.as_deref()),
+                        headers: self.stored_headers(dest.as_deref(), &names),
                         envelope: envelope.clone(),
                         packet_id,
                         qos: p.qos,
@@ -1069,6 +1081,48 @@ impl Link {
                 let _ = m.ack_with(jetstream::AckKind::Nak(Some(RETRY_DELAY))).await;
             }
         }
+    }
+
+    /// A stream message the local broker has just accepted (routed): if a session that is
+    /// moving or moved away lately wants it, and its new node did not get a copy, it is passed
+    /// on to that node (see [`crate::departures`]). Asked once the broker has routed it: what
+    /// it routed before a move began is in the session's image.
+    fn pass_on_if_late(&self, client: &async_nats::Client, m: &jetstream::Message) {
+        if self.departures.is_empty() {
+            return;
+        }
+        let Ok(p) = decode_publish(&m.payload) else {
+            return;
+        };
+        let dests = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(DEST_HEADER))
+            .map(|v| v.as_str());
+        for (client_id, node) in self.departures.late_for(&p.topic, dests) {
+            self.pass_on(client, &client_id, &node, &m.payload);
+        }
+    }
+
+    /// Passes a late copy on to the node `client_id`'s session moved to (in the background:
+    /// counted when it arrives or not).
+    fn pass_on(&self, client: &async_nats::Client, client_id: &str, node: &str, envelope: &[u8]) {
+        let Some(payload) = crate::departures::encode_tail(client_id, envelope) else {
+            return;
+        };
+        let subject = crate::departures::tail_subject(&self.settings.cluster, node);
+        let (client, stats) = (client.clone(), Arc::clone(&self.stats));
+        tracing::debug!(node = %self.name(), to = %node, client_id = %client_id.get(..128).unwrap_or(client_id),
+            "a late copy for a session that moved away is passed on");
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(TAIL_TIMEOUT, client.request(subject, payload)).await;
+            match answer {
+                Ok(Ok(reply)) if &reply.payload[..] == b"ok" => {
+                    ClusterStats::inc(&stats.late_passed_on);
+                }
+                _ => ClusterStats::inc(&stats.dropped_late),
+            }
+        });
     }
 
     /// Publishes a message from another node into this broker: its local packet id (QoS 1/2),

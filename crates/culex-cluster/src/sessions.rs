@@ -9,7 +9,10 @@
 //! in-flight QoS 1/2 messages, inbound QoS 2 packet identifiers) in parts no larger than the
 //! servers' `max_payload`, then waits for the receiver to confirm the whole image; without the
 //! confirmation it takes the session back. The receiver rebuilds the session and answers the
-//! client with session present = 1.
+//! client with session present = 1. Before asking, the receiver prepares the session from its
+//! record (see `router/migrate.rs` in culex-broker); the request names the receiver
+//! ([`FROM_HEADER`]) so that the holder passes on what reaches it too late for the image
+//! ([`crate::departures`], served here on [`crate::departures::tail_subject`]).
 //!
 //! The holder also keeps, about once a second, each persistent session's record
 //! (subscriptions) next to its name in the bucket, and its node's *floor* under
@@ -35,6 +38,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use crate::departures::{Departures, FROM_HEADER};
 use crate::link::Settings;
 use crate::stats::ClusterStats;
 
@@ -47,9 +51,13 @@ const PART_OVERHEAD: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Asks this node's broker for the image of a client's session (ending it here); `None` when
-/// there is none.
-pub type ExportFn = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
+/// Asks this node's broker for the image of a client's session (ending it here) and the
+/// session's subscription filters; `None` when there is none.
+pub type ExportFn =
+    Arc<dyn Fn(String) -> BoxFuture<'static, Option<(Vec<u8>, Vec<String>)>> + Send + Sync>;
+/// Queues a late copy (an envelope) for a session that moved here (see
+/// [`crate::departures`]); whether the session took it.
+pub type TailFn = Arc<dyn Fn(String, Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>;
 /// Gives an image back to this node's broker (a transfer the receiver did not confirm).
 pub type RestoreFn = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 /// Tells this node's broker that another node holds a client's session: the copy here is
@@ -198,6 +206,7 @@ struct Ready {
 pub struct Directory {
     node: Arc<str>,
     cluster: Arc<str>,
+    departures: Arc<Departures>,
     ready: watch::Receiver<Option<Ready>>,
     stats: Arc<ClusterStats>,
 }
@@ -287,15 +296,20 @@ impl Directory {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| transfer(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(FROM_HEADER, &*self.node);
         ready
             .client
-            .publish_with_reply(
+            .publish_with_reply_and_headers(
                 request_subject(&self.cluster, &holder),
                 inbox,
+                headers,
                 Bytes::from(client_id.to_owned()),
             )
             .await
             .map_err(|e| transfer(e.to_string()))?;
+        // The session is here again (if it was here lately): nothing more is passed on.
+        self.departures.returned(client_id);
         let mut image = Vec::new();
         let mut expect = 0u32;
         loop {
@@ -529,6 +543,10 @@ pub struct Hooks {
     pub placement: Arc<crate::shared::Placement>,
     /// Ends a stale copy of a session another node holds.
     pub discard: DiscardFn,
+    /// Queues a late copy for a session that moved here.
+    pub tail: TailFn,
+    /// Sessions that moved away lately (recorded when a move is confirmed).
+    pub departures: Arc<Departures>,
 }
 
 /// Starts the directory: connects to NATS (retrying), opens the bucket and serves other
@@ -543,6 +561,7 @@ pub fn spawn(
     let directory = Directory {
         node: Arc::from(settings.node.as_str()),
         cluster: Arc::from(settings.cluster.as_str()),
+        departures: Arc::clone(&hooks.departures),
         ready: ready_rx,
         stats: Arc::clone(&stats),
     };
@@ -550,9 +569,16 @@ pub fn spawn(
     (directory, task)
 }
 
-async fn setup(
-    settings: &Settings,
-) -> Result<(Ready, async_nats::Subscriber, async_nats::Subscriber), String> {
+/// The directory's NATS side, and its subscriptions: session requests, announcements, late
+/// copies.
+type Setup = (
+    Ready,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+);
+
+async fn setup(settings: &Settings) -> Result<Setup, String> {
     let client = crate::link::nats_options(settings, "sessions")
         .await?
         .connect(settings.servers.clone())
@@ -574,7 +600,14 @@ async fn setup(
         .subscribe(crate::shared::subject(&settings.cluster, "*"))
         .await
         .map_err(|e| e.to_string())?;
-    Ok((Ready { client, bucket }, requests, groups))
+    let tails = client
+        .subscribe(crate::departures::tail_subject(
+            &settings.cluster,
+            &settings.node,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((Ready { client, bucket }, requests, groups, tails))
 }
 
 async fn serve(
@@ -585,7 +618,7 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = BACKOFF_MIN;
-    let (ready, mut requests, mut groups) = loop {
+    let (ready, mut requests, mut groups, mut tails) = loop {
         if *shutdown.borrow() {
             return;
         }
@@ -608,6 +641,8 @@ async fn serve(
         report,
         placement,
         discard,
+        tail,
+        departures,
     } = hooks;
     let reporter = tokio::spawn(run_reports(
         ready.clone(),
@@ -641,13 +676,28 @@ async fn serve(
             }
             m = requests.next() => {
                 let Some(m) = m else { break };
+                let from = m.headers.as_ref().and_then(|h| h.get(FROM_HEADER)).map(|v| v.to_string());
                 let (Some(reply), Ok(client_id)) = (m.reply, String::from_utf8(m.payload.to_vec())) else {
                     continue;
                 };
                 let (export, restore, stats) = (Arc::clone(&export), Arc::clone(&restore), Arc::clone(&stats));
+                let departures = Arc::clone(&departures);
                 let client = ready.client.clone();
                 tokio::spawn(async move {
-                    hand_over(client, reply.to_string(), client_id, export, restore, stats).await;
+                    let to = Receiver { reply: reply.to_string(), node: from };
+                    hand_over(client, to, client_id, export, restore, stats, departures).await;
+                });
+            }
+            Some(m) = tails.next() => {
+                let Some(reply) = m.reply else { continue };
+                let Some((client_id, envelope)) = crate::departures::decode_tail(&m.payload) else {
+                    continue;
+                };
+                let took = tail(client_id.to_owned(), envelope.to_vec());
+                let client = ready.client.clone();
+                tokio::spawn(async move {
+                    let answer: &'static [u8] = if took.await { b"ok" } else { b"gone" };
+                    let _ = client.publish(reply, Bytes::from_static(answer)).await;
                 });
             }
         }
@@ -696,23 +746,42 @@ async fn run_reports(
 
 /// Sends the session of `client_id` to the node that asked for it, and takes it back when
 /// that node does not confirm it.
+/// Where a session goes: the reply subject of the request and the node that asked.
+struct Receiver {
+    reply: String,
+    node: Option<String>,
+}
+
 async fn hand_over(
     client: async_nats::Client,
-    reply: String,
+    to: Receiver,
     client_id: String,
     export: ExportFn,
     restore: RestoreFn,
     stats: Arc<ClusterStats>,
+    departures: Arc<Departures>,
 ) {
-    let Some(image) = export(client_id.clone()).await else {
-        let _ = client.publish(reply, part(PartKind::None, 0, &[])).await;
+    if let Some(node) = &to.node {
+        // Before the router gives the session up: what it accepts from now on may miss the
+        // image, and is passed on.
+        departures.departing(&client_id, node);
+    }
+    let Some((image, filters)) = export(client_id.clone()).await else {
+        departures.returned(&client_id);
+        let _ = client.publish(to.reply, part(PartKind::None, 0, &[])).await;
         return;
     };
-    let result = send_parts(&client, reply, &image).await;
+    let result = send_parts(&client, to.reply, &image).await;
     match result {
-        Ok(()) => ClusterStats::inc(&stats.sessions_out),
+        Ok(()) => {
+            ClusterStats::inc(&stats.sessions_out);
+            if let Some(node) = &to.node {
+                departures.departed(&client_id, node, filters);
+            }
+        }
         Err(e) => {
             ClusterStats::inc(&stats.session_transfer_failures);
+            departures.returned(&client_id);
             tracing::warn!(client_id = %clip(&client_id), error = %e, "a session transfer to another node was not confirmed; the session stays here");
             restore(image);
         }

@@ -60,6 +60,12 @@ pub struct ClusterStats {
     pub session_records: AtomicU64,
     /// Messages read back from the stream for a rebuilt session beyond the limit, left out.
     pub dropped_replay: AtomicU64,
+    /// Copies for a session that moved away lately, imported here after it left and passed
+    /// on to its new node (see [`crate::departures`]).
+    pub late_passed_on: AtomicU64,
+    /// Such copies that could not be passed on (the new node did not answer, or no longer
+    /// has the session).
+    pub dropped_late: AtomicU64,
     /// Sessions rebuilt here from the cluster's records after their node died (subscriptions
     /// and the stream's messages since that node's floor).
     pub sessions_recovered: AtomicU64,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use culex_broker::log_clip::Clipped;
 use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
+use culex_cluster::departures::Departures;
 use culex_cluster::interest_sync::LocalInterest;
 use culex_cluster::sessions::{Directory, FetchError, Fetched};
 use culex_cluster::shared::Placement;
@@ -63,6 +64,7 @@ pub(crate) struct Prepared {
     directory: tokio::task::JoinHandle<()>,
     placement: Arc<Placement>,
     interest: Arc<LocalInterest>,
+    departures: Arc<Departures>,
 }
 
 /// The running link.
@@ -122,7 +124,15 @@ pub(crate) fn prepare(
                 &image.messages,
                 &Clocks::now(),
             ) {
-                Ok(bytes) => Some(bytes),
+                Ok(bytes) => Some((
+                    bytes,
+                    image
+                        .record
+                        .subscriptions
+                        .iter()
+                        .map(|s| s.filter.clone())
+                        .collect(),
+                )),
                 Err(e) => {
                     // Not sendable: keep it here rather than lose it.
                     warn!(error = %e, "a session could not be encoded for another node; it stays here");
@@ -144,6 +154,7 @@ pub(crate) fn prepare(
             let _ = router.try_send(Command::DiscardIfOffline { client_id });
         }
     });
+    let tail_router = router.clone();
     let report: culex_cluster::sessions::ReportFn = Arc::new(move || {
         let router = router.clone();
         Box::pin(async move {
@@ -153,6 +164,11 @@ pub(crate) fn prepare(
             Some(sessions_report(rx.await.ok()?))
         })
     });
+    let tail: culex_cluster::sessions::TailFn = Arc::new(move |client_id, envelope| {
+        let router = tail_router.clone();
+        Box::pin(async move { queue_late_copy(router, client_id, &envelope).await })
+    });
+    let departures = Arc::new(Departures::default());
     let (directory, directory_task) = culex_cluster::sessions::spawn(
         settings.clone(),
         culex_cluster::sessions::Hooks {
@@ -161,6 +177,8 @@ pub(crate) fn prepare(
             report,
             placement: Arc::clone(&placement),
             discard,
+            tail,
+            departures: Arc::clone(&departures),
         },
         Arc::clone(&stats),
         shutdown_rx,
@@ -181,8 +199,37 @@ pub(crate) fn prepare(
             directory: directory_task,
             placement,
             interest,
+            departures,
         },
     ))
+}
+
+/// Queues a late copy that another node passed on for the session of `client_id`, which has
+/// just moved here (see `culex_cluster::departures`); whether the session took it.
+async fn queue_late_copy(
+    router: mpsc::WeakSender<Command>,
+    client_id: String,
+    envelope: &[u8],
+) -> bool {
+    let Some(router) = router.upgrade() else {
+        return false;
+    };
+    let Some(message) = culex_cluster::envelope::decode_publish(envelope)
+        .ok()
+        .and_then(|p| message_of(p, 0))
+    else {
+        return false;
+    };
+    let (reply, rx) = oneshot::channel();
+    let command = Command::Replay {
+        client_id,
+        messages: vec![message],
+        reply,
+    };
+    if router.send(command).await.is_err() {
+        return false;
+    }
+    matches!(rx.await, Ok(Ok(rest)) if rest.is_empty())
 }
 
 /// The placement of shared groups for this node, if it is part of a cluster: the router
@@ -580,6 +627,7 @@ pub(crate) fn spawn(
         directory,
         placement,
         interest,
+        departures,
     } = prepared;
     let ctx = Arc::new(ListenerCtx {
         local: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -633,6 +681,7 @@ pub(crate) fn spawn(
             interest,
             placement,
             synced,
+            departures,
         },
         Arc::clone(&stats),
         shutdown_rx,

@@ -12,11 +12,13 @@
 //! A move overlaps, it is not a bare hand-off: before the other node is asked, the node the
 //! client came to *prepares* the session from the cluster's record ([`Command::PrepareSession`]:
 //! its subscriptions in force, offline, queueing) and the other nodes learn that it wants the
-//! session's topics. So every message published while the session moves reaches the old node
-//! before it gives the session up (and is in the image) or the new one (and is queued in the
-//! prepared session). The image then takes the prepared session's place, with what that had
-//! queued after the image's own messages. A message that reached both during the overlap is
-//! delivered twice (at least once across a move).
+//! session's topics. So every message published from then on goes to the new node too (and is
+//! queued in the prepared session), and what the old node got before it gave the session up is
+//! in the image. The image then takes the prepared session's place, with what that had
+//! queued after the image's own messages. Copies already on their way to the old node alone
+//! when it gives the session up are passed on by its cluster link (`culex_cluster::departures`).
+//! A message that reached both nodes during the overlap is delivered twice (at least once
+//! across a move).
 //!
 //! [`Command::ExportSession`]: crate::Command::ExportSession
 //! [`Command::AdoptSession`]: crate::Command::AdoptSession

@@ -188,7 +188,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `no_stream` (a QoS 1/2 copy for a node whose stream is missing: removed from the cluster), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages)",
+        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `no_stream` (a QoS 1/2 copy for a node whose stream is missing: removed from the cluster), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages), `late_copy` (a copy for a session that had just moved to another node, which could not be passed on to it)",
         help: "Messages the cluster link dropped, by reason.",
         doc: "messages the cluster link dropped",
         sys: &[],
@@ -200,7 +200,19 @@ pub(super) static CLUSTER: &[Family] = &[
                 e(&[("reason", "no_stream")], st.dropped_no_stream.load(Relaxed) as f64);
                 e(&[("reason", "unreadable")], st.bad_messages.load(Relaxed) as f64);
                 e(&[("reason", "replay_limit")], st.dropped_replay.load(Relaxed) as f64);
+                e(&[("reason", "late_copy")], st.dropped_late.load(Relaxed) as f64);
             }
         },
+    },
+    Family {
+        name: "culex_cluster_late_copies_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Copies for sessions that had just moved to another node, passed on to it.",
+        doc: "QoS 1/2 copies that reached this node for a persistent session after it had moved to another node (sent before the sender knew of the move), passed on to that node; see docs/cluster.md",
+        sys: &[],
+        read: |s, e| cluster(s, e, |st| st.late_passed_on.load(Relaxed) as f64),
     },
 ];
