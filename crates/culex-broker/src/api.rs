@@ -50,6 +50,12 @@ pub trait InterestSink: Send + Sync + std::fmt::Debug {
     /// Once the other nodes know of every change told so far, the router is to get
     /// [`Command::InterestSynced`] with `token` (and the SUBACK it holds goes out).
     fn sync(&self, token: u64);
+    /// The session of `client_id`, subscribed to `filters`, was handed to another node
+    /// ([`Command::ExportSession`]): told before the router routes anything else, so that
+    /// what the session would have wanted from then on can be passed on to it.
+    fn session_exported(&self, client_id: &str, filters: &[&str]) {
+        let _ = (client_id, filters);
+    }
 }
 
 /// Told about one session's queue: the bridges watch the local session that holds what waits

@@ -5,12 +5,15 @@
 //! A copy that another node sent *here alone*, before it knew of the new node, can still be on
 //! its way (in the publishing node's link, in the stream, in this node's link or on its way
 //! into this node's router) when this node hands the session over: this node would deliver it
-//! to no one. So from the moment a move is asked for (before the router gives the session up)
-//! until [`LINGER`] after it, every stream message this node's router accepts that the session
-//! wants is passed on to the new node ([`tail_subject`]), which queues it for the session
-//! alone; unless the new node got a copy itself: every stored copy names the nodes its
-//! publication went to ([`DEST_HEADER`]). What the router accepted before the move was asked
-//! for is in the session's image; what it accepted meanwhile may be in both (at least once).
+//! to no one. So from the moment the router hands the session over (it tells so before it
+//! routes anything else) until [`LINGER`] after, every stream message this node's router
+//! accepts that the session wants is passed on to the new node ([`tail_subject`]), which
+//! queues it for the session alone, or passes it on again if the session has moved on since;
+//! unless the new node got a copy itself: every stored copy names the nodes its publication
+//! went to ([`DEST_HEADER`]). The link learns that the router accepted a message a little after
+//! it did, so a copy routed just before the hand-over may be in the image and passed on too
+//! (at least once). The old node confirms such a copy to the stream only once the new node has
+//! it (or could not be reached: counted).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -21,6 +24,12 @@ use culex_proto::topic::{matches, parse_shared};
 
 /// How long after a move late copies are passed on.
 pub const LINGER: Duration = Duration::from_secs(30);
+/// How long one attempt at passing a late copy on may take.
+pub const TAIL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts at passing a late copy on (a node that does not answer in time); all within the
+/// stream's wait for a confirmation (10 s), so that the stream does not send the copy again
+/// meanwhile.
+pub const TAIL_ATTEMPTS: u32 = 3;
 /// The header of a stored copy naming every node its publication went to (`,`-separated).
 pub const DEST_HEADER: &str = "Culex-Dest";
 /// The header of a session request naming the node that asks.
@@ -58,12 +67,13 @@ pub fn names(dests: &str, node: &str) -> bool {
 struct Departure {
     client_id: String,
     to: String,
-    /// The session's filters; `None` (every topic) until the router has given the image.
+    /// The session's filters, once the router has handed the session over; `None` while the
+    /// move is asked for and the session is still here (nothing is passed on then).
     filters: Option<Vec<String>>,
     until: Instant,
 }
 
-/// The sessions that moved away from this node in the last [`LINGER`].
+/// The sessions that are moving away from this node or moved in the last [`LINGER`].
 #[derive(Debug, Default)]
 pub struct Departures {
     list: Mutex<Vec<Departure>>,
@@ -72,78 +82,105 @@ pub struct Departures {
 }
 
 impl Departures {
-    /// Node `to` asks for `client_id`'s session: from now on, what the router accepts may
-    /// come too late for the image.
-    pub fn departing(&self, client_id: &str, to: &str) {
+    fn edit(&self, f: impl FnOnce(&mut Vec<Departure>)) {
         if let Ok(mut list) = self.list.lock() {
-            list.retain(|d| d.client_id != client_id);
+            f(&mut list);
+            self.count.store(list.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Node `to` asks for `client_id`'s session (nothing is passed on until the router has
+    /// handed it over: [`Departures::exported`]).
+    pub fn departing(&self, client_id: &str, to: &str) {
+        self.edit(|list| {
+            list.retain(|d| !(d.client_id == client_id && d.to == to));
             list.push(Departure {
                 client_id: client_id.to_owned(),
                 to: to.to_owned(),
                 filters: None,
                 until: Instant::now() + LINGER,
             });
-            self.count.store(list.len(), Ordering::Relaxed);
-        }
+        });
     }
 
-    /// `client_id`'s session, subscribed to `filters`, moved to node `to`.
-    pub fn departed(&self, client_id: &str, to: &str, filters: Vec<String>) {
-        let filters = filters
-            .into_iter()
+    /// The router has handed `client_id`'s session, subscribed to `filters`, over (before it
+    /// routes anything else): from now on, copies it wants go on to the node that asked.
+    pub fn exported(&self, client_id: &str, filters: &[&str]) {
+        if self.is_empty() {
+            return;
+        }
+        let filters: Vec<String> = filters
+            .iter()
             .filter(|f| matches!(parse_shared(f), Ok(None)))
+            .map(|f| (*f).to_owned())
             .collect();
-        if let Ok(mut list) = self.list.lock() {
-            list.retain(|d| d.client_id != client_id);
-            list.push(Departure {
-                client_id: client_id.to_owned(),
-                to: to.to_owned(),
-                filters: Some(filters),
-                until: Instant::now() + LINGER,
-            });
-            self.count.store(list.len(), Ordering::Relaxed);
-        }
+        self.edit(|list| {
+            for d in list
+                .iter_mut()
+                .filter(|d| d.client_id == client_id && d.filters.is_none())
+            {
+                d.filters = Some(filters.clone());
+                d.until = Instant::now() + LINGER;
+            }
+        });
     }
 
-    /// Whether no session moved away lately.
+    /// The move of `client_id`'s session to `to` did not happen (no session here, or the
+    /// transfer failed and the session stays).
+    pub fn abandoned(&self, client_id: &str, to: &str) {
+        self.edit(|list| list.retain(|d| !(d.client_id == client_id && d.to == to)));
+    }
+
+    /// `client_id`'s session is here again: nothing more is passed on for it.
+    pub fn returned(&self, client_id: &str) {
+        if self.is_empty() {
+            return;
+        }
+        self.edit(|list| list.retain(|d| d.client_id != client_id));
+    }
+
+    /// Whether no session is moving away or moved lately.
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Relaxed) == 0
     }
 
-    /// `client_id`'s session is here again (or never left: the move did not happen): nothing
-    /// more is passed on for it.
-    pub fn returned(&self, client_id: &str) {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return;
+    /// The node `client_id`'s session moved to from here lately, if it did: where a late copy
+    /// for it that reached this node after it left goes on to.
+    pub fn moved_to(&self, client_id: &str) -> Option<String> {
+        if self.is_empty() {
+            return None;
         }
-        if let Ok(mut list) = self.list.lock() {
-            list.retain(|d| d.client_id != client_id);
-            self.count.store(list.len(), Ordering::Relaxed);
-        }
+        let now = Instant::now();
+        let list = self.list.lock().ok()?;
+        list.iter()
+            .rev()
+            .find(|d| d.client_id == client_id && d.filters.is_some() && d.until > now)
+            .map(|d| d.to.clone())
     }
 
     /// The sessions (client identifier, node) a copy on `topic` should be passed on to: those
-    /// that moved lately, subscribe to `topic`, and whose new node is not among `dests` (the
+    /// handed over lately that subscribe to `topic`, whose new node is not among `dests` (the
     /// nodes the publication went to; `None`: not known, passed on).
     pub fn late_for(&self, topic: &str, dests: Option<&str>) -> Vec<(String, String)> {
-        if self.count.load(Ordering::Relaxed) == 0 {
+        if self.is_empty() {
             return Vec::new();
         }
-        let Ok(mut list) = self.list.lock() else {
-            return Vec::new();
-        };
         let now = Instant::now();
-        list.retain(|d| d.until > now);
-        self.count.store(list.len(), Ordering::Relaxed);
-        list.iter()
-            .filter(|d| dests.is_none_or(|dests| !names(dests, &d.to)))
-            .filter(|d| {
-                d.filters
-                    .as_ref()
-                    .is_none_or(|fs| fs.iter().any(|f| matches(f, topic)))
-            })
-            .map(|d| (d.client_id.clone(), d.to.clone()))
-            .collect()
+        let mut out = Vec::new();
+        self.edit(|list| {
+            list.retain(|d| d.until > now);
+            out = list
+                .iter()
+                .filter(|d| dests.is_none_or(|dests| !names(dests, &d.to)))
+                .filter(|d| {
+                    d.filters
+                        .as_ref()
+                        .is_some_and(|fs| fs.iter().any(|f| matches(f, topic)))
+                })
+                .map(|d| (d.client_id.clone(), d.to.clone()))
+                .collect();
+        });
+        out
     }
 }
 
@@ -155,8 +192,14 @@ mod tests {
     fn a_late_copy_goes_to_a_session_that_wants_it_unless_its_node_had_one() {
         let d = Departures::default();
         assert!(d.late_for("a/b", None).is_empty());
-        d.departed("c1", "n2", vec!["a/#".into(), "$share/g/x".into()]);
-        d.departed("c2", "n3", vec!["z".into()]);
+        d.departing("c1", "n2");
+        assert!(
+            d.late_for("a/b", None).is_empty(),
+            "still here: nothing passed on"
+        );
+        d.exported("c1", &["a/#", "$share/g/x"]);
+        d.departing("c2", "n3");
+        d.exported("c2", &["z"]);
         assert_eq!(d.late_for("a/b", Some("n1")), [("c1".into(), "n2".into())]);
         assert!(
             d.late_for("a/b", Some("n1,n2")).is_empty(),
@@ -167,17 +210,24 @@ mod tests {
             d.late_for("x", None).is_empty(),
             "shared filters are not followed"
         );
+        assert_eq!(d.moved_to("c1").as_deref(), Some("n2"));
         d.returned("c1");
         assert!(d.late_for("a/b", None).is_empty());
+        assert_eq!(d.moved_to("c1"), None);
         assert_eq!(d.late_for("z", Some("")).len(), 1);
-        d.departing("c3", "n4");
-        assert_eq!(
-            d.late_for("any/thing", Some("n1")),
-            [("c3".into(), "n4".into())],
-            "while the image is made: every topic"
-        );
-        d.departed("c3", "n4", vec!["q".into()]);
-        assert!(d.late_for("any/thing", Some("n1")).is_empty());
+    }
+
+    #[test]
+    fn a_failed_move_removes_only_its_own_entry() {
+        let d = Departures::default();
+        d.departing("c", "n2");
+        d.exported("c", &["t"]);
+        // Another node asks too; it finds nothing here and gives up.
+        d.departing("c", "n3");
+        d.abandoned("c", "n3");
+        assert_eq!(d.late_for("t", None), [("c".into(), "n2".into())]);
+        d.abandoned("c", "n2");
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -46,8 +46,6 @@ const STREAM_MAX_BYTES: i64 = 1 << 30;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Delay before publications that failed are sent again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
-/// How long passing a late copy on to another node may take (see [`crate::departures`]).
-const TAIL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delays between attempts to reach the backplane or the local broker.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -695,11 +693,14 @@ impl Link {
         }
         for (packet_id, _reason) in done {
             if let Some(m) = self.imports.remove(&packet_id) {
-                self.pass_on_if_late(&backplane.client, &m);
+                ClusterStats::inc(&self.stats.messages_in);
+                // A late copy is confirmed once passed on.
+                let Some(m) = self.pass_on_if_late(&backplane.client, m) else {
+                    continue;
+                };
                 if let Err(e) = m.ack().await {
                     tracing::debug!(node = %self.name(), error = %e, "confirming a cluster message");
                 }
-                ClusterStats::inc(&self.stats.messages_in);
             }
         }
     }
@@ -1083,46 +1084,52 @@ impl Link {
         }
     }
 
-    /// A stream message the local broker has just accepted (routed): if a session that is
-    /// moving or moved away lately wants it, and its new node did not get a copy, it is passed
-    /// on to that node (see [`crate::departures`]). Asked once the broker has routed it: what
-    /// it routed before a move began is in the session's image.
-    fn pass_on_if_late(&self, client: &async_nats::Client, m: &jetstream::Message) {
+    /// A stream message the local broker has just accepted (routed): if a session handed
+    /// over lately wants it, and its new node did not get a copy, it is passed on to that node
+    /// (see [`crate::departures`]) and confirmed to the stream after that, in the background
+    /// (`None`); otherwise it is given back to be confirmed now.
+    fn pass_on_if_late(
+        &self,
+        client: &async_nats::Client,
+        m: jetstream::Message,
+    ) -> Option<jetstream::Message> {
         if self.departures.is_empty() {
-            return;
+            return Some(m);
         }
         let Ok(p) = decode_publish(&m.payload) else {
-            return;
+            return Some(m);
         };
         let dests = m
             .headers
             .as_ref()
             .and_then(|h| h.get(DEST_HEADER))
             .map(|v| v.as_str());
-        for (client_id, node) in self.departures.late_for(&p.topic, dests) {
-            self.pass_on(client, &client_id, &node, &m.payload);
+        let late = self.departures.late_for(&p.topic, dests);
+        if late.is_empty() {
+            return Some(m);
         }
-    }
-
-    /// Passes a late copy on to the node `client_id`'s session moved to (in the background:
-    /// counted when it arrives or not).
-    fn pass_on(&self, client: &async_nats::Client, client_id: &str, node: &str, envelope: &[u8]) {
-        let Some(payload) = crate::departures::encode_tail(client_id, envelope) else {
-            return;
-        };
-        let subject = crate::departures::tail_subject(&self.settings.cluster, node);
+        let copies: Vec<(String, Bytes)> = late
+            .iter()
+            .filter_map(|(client_id, node)| {
+                tracing::debug!(node = %self.name(), to = %node, client_id = %client_id.get(..128).unwrap_or(client_id),
+                    "a late copy for a session handed to another node is passed on");
+                let subject = crate::departures::tail_subject(&self.settings.cluster, node);
+                Some((subject, crate::departures::encode_tail(client_id, &m.payload)?))
+            })
+            .collect();
         let (client, stats) = (client.clone(), Arc::clone(&self.stats));
-        tracing::debug!(node = %self.name(), to = %node, client_id = %client_id.get(..128).unwrap_or(client_id),
-            "a late copy for a session that moved away is passed on");
         tokio::spawn(async move {
-            let answer = tokio::time::timeout(TAIL_TIMEOUT, client.request(subject, payload)).await;
-            match answer {
-                Ok(Ok(reply)) if &reply.payload[..] == b"ok" => {
-                    ClusterStats::inc(&stats.late_passed_on);
-                }
-                _ => ClusterStats::inc(&stats.dropped_late),
+            for (subject, payload) in copies {
+                let passed = pass_on(&client, subject, payload).await;
+                ClusterStats::inc(if passed {
+                    &stats.late_passed_on
+                } else {
+                    &stats.dropped_late
+                });
             }
+            let _ = m.ack().await;
         });
+        None
     }
 
     /// Publishes a message from another node into this broker: its local packet id (QoS 1/2),
@@ -1142,6 +1149,24 @@ impl Link {
             tracing::warn!(node = %self.name(), error = %e, "cannot publish a cluster message locally");
         })
     }
+}
+
+/// Hands a late copy to another node ([`crate::departures::tail_subject`]): whether its
+/// session took it. A node that does not answer in time is asked again.
+async fn pass_on(client: &async_nats::Client, subject: String, payload: Bytes) -> bool {
+    for _ in 0..crate::departures::TAIL_ATTEMPTS {
+        let answer = tokio::time::timeout(
+            crate::departures::TAIL_TIMEOUT,
+            client.request(subject.clone(), payload.clone()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(reply)) => return &reply.payload[..] == b"ok",
+            // No answer (in time), or no responder (the node is restarting): again.
+            _ => tokio::time::sleep(RETRY_DELAY).await,
+        }
+    }
+    false
 }
 
 async fn try_backplane(

@@ -46,15 +46,16 @@ use crate::stats::ClusterStats;
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for reading or writing the holder's record.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at recording this node as a session's holder when the record changes meanwhile.
+const HOLD_ATTEMPTS: usize = 3;
 /// Room left in each part for the NATS headers and the part header.
 const PART_OVERHEAD: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Asks this node's broker for the image of a client's session (ending it here) and the
-/// session's subscription filters; `None` when there is none.
-pub type ExportFn =
-    Arc<dyn Fn(String) -> BoxFuture<'static, Option<(Vec<u8>, Vec<String>)>> + Send + Sync>;
+/// Asks this node's broker for the image of a client's session (ending it here); `None` when
+/// there is none.
+pub type ExportFn = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
 /// Queues a late copy (an envelope) for a session that moved here (see
 /// [`crate::departures`]); whether the session took it.
 pub type TailFn = Arc<dyn Fn(String, Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>;
@@ -386,29 +387,38 @@ impl Directory {
         let ready = self.ready().map_err(|e| e.to_string())?;
         tokio::time::timeout(RECORD_TIMEOUT, async {
             let key = key(client_id);
-            let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
-            let ours = entry
-                .as_ref()
-                .and_then(|e| parse_value(&e.value))
-                .is_some_and(|(holder, _)| *holder == *self.node);
-            if ours {
-                return Ok(());
+            // Written over the revision read: when the entry changed in between (the node the
+            // session came from removed its record in its report), read again.
+            let mut result = Ok(());
+            for _ in 0..HOLD_ATTEMPTS {
+                let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
+                let ours = entry
+                    .as_ref()
+                    .and_then(|e| parse_value(&e.value))
+                    .is_some_and(|(holder, _)| *holder == *self.node);
+                if ours {
+                    return Ok(());
+                }
+                let value = value(&self.node, record.unwrap_or_default());
+                result = match entry {
+                    Some(e) => ready
+                        .bucket
+                        .update(&key, value, e.revision)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => ready
+                        .bucket
+                        .create(&key, value)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                };
+                if result.is_ok() {
+                    break;
+                }
             }
-            let value = value(&self.node, record.unwrap_or_default());
-            match entry {
-                Some(e) => ready
-                    .bucket
-                    .update(&key, value, e.revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => ready
-                    .bucket
-                    .create(&key, value)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            }
+            result
         })
         .await
         .map_err(|_| "writing the session bucket timed out".to_owned())?
@@ -545,7 +555,8 @@ pub struct Hooks {
     pub discard: DiscardFn,
     /// Queues a late copy for a session that moved here.
     pub tail: TailFn,
-    /// Sessions that moved away lately (recorded when a move is confirmed).
+    /// Sessions moving away or moved lately: a move asked for is recorded here, the
+    /// broker's hand-over activates it (see [`crate::departures`]).
     pub departures: Arc<Departures>,
 }
 
@@ -694,10 +705,22 @@ async fn serve(
                     continue;
                 };
                 let took = tail(client_id.to_owned(), envelope.to_vec());
+                // The session may have moved on from here meanwhile: then the copy follows it.
+                let next = departures
+                    .moved_to(client_id)
+                    .filter(|n| **n != *settings.node)
+                    .map(|n| crate::departures::tail_subject(&settings.cluster, &n));
                 let client = ready.client.clone();
                 tokio::spawn(async move {
-                    let answer: &'static [u8] = if took.await { b"ok" } else { b"gone" };
-                    let _ = client.publish(reply, Bytes::from_static(answer)).await;
+                    let mut answer: Bytes = Bytes::from_static(if took.await { b"ok" } else { b"gone" });
+                    if &answer[..] != b"ok" {
+                        if let Some(next) = next {
+                            if let Ok(Ok(r)) = tokio::time::timeout(crate::departures::TAIL_TIMEOUT, client.request(next, m.payload)).await {
+                                answer = r.payload;
+                            }
+                        }
+                    }
+                    let _ = client.publish(reply, answer).await;
                 });
             }
         }
@@ -752,6 +775,8 @@ struct Receiver {
     node: Option<String>,
 }
 
+/// Another node asks for `client_id`'s session: the broker gives its image, sent in parts;
+/// without the receiver's confirmation the session is restored here.
 async fn hand_over(
     client: async_nats::Client,
     to: Receiver,
@@ -762,26 +787,28 @@ async fn hand_over(
     departures: Arc<Departures>,
 ) {
     if let Some(node) = &to.node {
-        // Before the router gives the session up: what it accepts from now on may miss the
-        // image, and is passed on.
+        // Before the broker hands the session over (it activates the record then: what it
+        // routes from then on may miss the image, and is passed on).
         departures.departing(&client_id, node);
     }
-    let Some((image, filters)) = export(client_id.clone()).await else {
-        departures.returned(&client_id);
-        let _ = client.publish(to.reply, part(PartKind::None, 0, &[])).await;
+    let abandon = || {
+        if let Some(node) = &to.node {
+            departures.abandoned(&client_id, node);
+        }
+    };
+    let Some(image) = export(client_id.clone()).await else {
+        abandon();
+        let _ = client
+            .publish(to.reply.clone(), part(PartKind::None, 0, &[]))
+            .await;
         return;
     };
-    let result = send_parts(&client, to.reply, &image).await;
+    let result = send_parts(&client, to.reply.clone(), &image).await;
     match result {
-        Ok(()) => {
-            ClusterStats::inc(&stats.sessions_out);
-            if let Some(node) = &to.node {
-                departures.departed(&client_id, node, filters);
-            }
-        }
+        Ok(()) => ClusterStats::inc(&stats.sessions_out),
         Err(e) => {
             ClusterStats::inc(&stats.session_transfer_failures);
-            departures.returned(&client_id);
+            abandon();
             tracing::warn!(client_id = %clip(&client_id), error = %e, "a session transfer to another node was not confirmed; the session stays here");
             restore(image);
         }

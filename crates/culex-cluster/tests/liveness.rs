@@ -33,9 +33,7 @@ fn directory(
 ) -> Arc<Placement> {
     let placement = Arc::new(Placement::new(node));
     let hooks = Hooks {
-        export: Arc::new(|_| -> BoxFuture<'static, Option<(Vec<u8>, Vec<String>)>> {
-            Box::pin(async { None })
-        }),
+        export: Arc::new(|_| -> BoxFuture<'static, Option<Vec<u8>>> { Box::pin(async { None }) }),
         restore: Arc::new(|_| {}),
         report,
         placement: Arc::clone(&placement),

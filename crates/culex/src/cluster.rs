@@ -102,9 +102,10 @@ pub(crate) fn prepare(
     router: mpsc::WeakSender<Command>,
     placement: Option<Arc<Placement>>,
     interest: Option<Arc<LocalInterest>>,
+    departures: Option<Arc<Departures>>,
 ) -> Option<(ClusterConns, Prepared)> {
     let settings = Settings::from_config(&config.cluster)?;
-    let (placement, interest) = (placement?, interest?);
+    let (placement, interest, departures) = (placement?, interest?, departures?);
     let stats = Arc::new(ClusterStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let export_router = router.clone();
@@ -124,15 +125,7 @@ pub(crate) fn prepare(
                 &image.messages,
                 &Clocks::now(),
             ) {
-                Ok(bytes) => Some((
-                    bytes,
-                    image
-                        .record
-                        .subscriptions
-                        .iter()
-                        .map(|s| s.filter.clone())
-                        .collect(),
-                )),
+                Ok(bytes) => Some(bytes),
                 Err(e) => {
                     // Not sendable: keep it here rather than lose it.
                     warn!(error = %e, "a session could not be encoded for another node; it stays here");
@@ -168,7 +161,6 @@ pub(crate) fn prepare(
         let router = tail_router.clone();
         Box::pin(async move { queue_late_copy(router, client_id, &envelope).await })
     });
-    let departures = Arc::new(Departures::default());
     let (directory, directory_task) = culex_cluster::sessions::spawn(
         settings.clone(),
         culex_cluster::sessions::Hooks {
@@ -239,6 +231,14 @@ pub(crate) fn placement(config: &Config) -> Option<Arc<Placement>> {
     Some(Arc::new(Placement::new(&settings.node)))
 }
 
+/// The sessions moving away from this node, if it is part of a cluster: the router tells
+/// when it hands one over (see [`culex_broker::InterestSink::session_exported`]), the link
+/// passes late copies on to them.
+pub(crate) fn departures(config: &Config) -> Option<Arc<Departures>> {
+    Settings::from_config(&config.cluster)?;
+    Some(Arc::new(Departures::default()))
+}
+
 /// This node's subscription filters for the cluster, if it is part of one: the router tells
 /// them (see [`culex_broker::InterestSink`]), the link writes them for the other nodes.
 pub(crate) fn local_interest(config: &Config) -> Option<Arc<LocalInterest>> {
@@ -254,7 +254,11 @@ pub(crate) fn link_client_id(config: &Config) -> Option<String> {
 /// The router's view of a [`LocalInterest`] (and of the [`Placement`] of shared groups,
 /// which learns at once that a group has members here, or no longer).
 #[derive(Debug)]
-pub(crate) struct InterestGlue(pub(crate) Arc<LocalInterest>, pub(crate) Arc<Placement>);
+pub(crate) struct InterestGlue(
+    pub(crate) Arc<LocalInterest>,
+    pub(crate) Arc<Placement>,
+    pub(crate) Arc<Departures>,
+);
 
 impl culex_broker::InterestSink for InterestGlue {
     fn changed(&self, filter: &str, present: bool) {
@@ -270,6 +274,10 @@ impl culex_broker::InterestSink for InterestGlue {
 
     fn persistent_changed(&self, filter: &str, present: bool) {
         self.0.persistent_changed(filter, present);
+    }
+
+    fn session_exported(&self, client_id: &str, filters: &[&str]) {
+        self.2.exported(client_id, filters);
     }
 }
 
@@ -479,10 +487,24 @@ struct PreparedMove {
 
 impl Drop for PreparedMove {
     fn drop(&mut self) {
-        if !self.adopted {
-            let _ = self.router.try_send(Command::AbandonPrepared {
-                client_id: std::mem::take(&mut self.client_id),
-            });
+        if self.adopted {
+            return;
+        }
+        let command = Command::AbandonPrepared {
+            client_id: std::mem::take(&mut self.client_id),
+        };
+        // Awaited (a full command queue must not leave the prepared session behind), where a
+        // runtime is there to await it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let router = self.router.clone();
+                runtime.spawn(async move {
+                    let _ = router.send(command).await;
+                });
+            }
+            Err(_) => {
+                let _ = self.router.try_send(command);
+            }
         }
     }
 }

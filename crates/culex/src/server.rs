@@ -360,12 +360,14 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         router.set_shared_placement(Arc::new(crate::cluster::SharedGroups(Arc::clone(p))));
     }
     let interest = crate::cluster::local_interest(config);
-    if let (Some(i), Some(p), Some(link)) = (
+    let departures = crate::cluster::departures(config);
+    if let (Some(i), Some(p), Some(d), Some(link)) = (
         &interest,
         &placement,
+        &departures,
         crate::cluster::link_client_id(config),
     ) {
-        let glue = crate::cluster::InterestGlue(Arc::clone(i), Arc::clone(p));
+        let glue = crate::cluster::InterestGlue(Arc::clone(i), Arc::clone(p), Arc::clone(d));
         router.set_interest_sink(Arc::new(glue), &link);
     }
     let router_task = tokio::spawn(run_router(router, router_rx));
@@ -382,11 +384,16 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         )));
     }
     let router_weak = router_tx.downgrade();
-    let (cluster_conns, cluster_prepared) =
-        match crate::cluster::prepare(config, router_tx.downgrade(), placement, interest) {
-            Some((conns, prepared)) => (Some(conns), Some(prepared)),
-            None => (None, None),
-        };
+    let (cluster_conns, cluster_prepared) = match crate::cluster::prepare(
+        config,
+        router_tx.downgrade(),
+        placement,
+        interest,
+        departures,
+    ) {
+        Some((conns, prepared)) => (Some(conns), Some(prepared)),
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         router: router_tx,
         limits: Arc::new(conn_limits(config)),

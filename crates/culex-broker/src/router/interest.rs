@@ -46,6 +46,16 @@ pub(super) struct Interest {
     /// SUBACKs waiting for the other nodes, by token.
     held: FxHashMap<u64, Held>,
     next_token: u64,
+    /// While one session takes another's place: the filters that changed, with whether each
+    /// was present before (told once the swap is done, only where it differs: the sink must
+    /// never see a filter both sessions have go away for a moment).
+    deferred: Option<Deferred>,
+}
+
+#[derive(Debug, Default)]
+struct Deferred {
+    changed: FxHashMap<Box<str>, bool>,
+    persistent: FxHashMap<Box<str>, bool>,
 }
 
 /// A SUBACK waiting for the other nodes, and the retained messages that follow it.
@@ -66,20 +76,69 @@ impl Interest {
         self.sink.is_some() && self.link_client.as_deref() != Some(client_id)
     }
 
-    /// A subscription of `sid` to `filter` was added (not replaced).
-    pub(super) fn added(&mut self, filter: &str, sid: SessionId) {
-        let Some(sink) = &self.sink else {
+    /// Tells the sink that `filter` gained its first subscription (or lost its last), or
+    /// notes it while deferred.
+    fn tell(&mut self, filter: &str, present: bool) {
+        match (&mut self.deferred, &self.sink) {
+            (Some(d), _) => {
+                d.changed.entry(filter.into()).or_insert(!present);
+            }
+            (None, Some(sink)) => sink.changed(filter, present),
+            (None, None) => {}
+        }
+    }
+
+    /// [`Interest::tell`] for the subscriptions of persistent sessions.
+    fn tell_persistent(&mut self, filter: &str, present: bool) {
+        match (&mut self.deferred, &self.sink) {
+            (Some(d), _) => {
+                d.persistent.entry(filter.into()).or_insert(!present);
+            }
+            (None, Some(sink)) => sink.persistent_changed(filter, present),
+            (None, None) => {}
+        }
+    }
+
+    /// Holds what would be told to the sink until [`Interest::flush`].
+    pub(super) fn defer(&mut self) {
+        if self.sink.is_some() && self.deferred.is_none() {
+            self.deferred = Some(Deferred::default());
+        }
+    }
+
+    /// Tells the sink what changed since [`Interest::defer`], as it is now.
+    pub(super) fn flush(&mut self) {
+        let (Some(d), Some(sink)) = (self.deferred.take(), &self.sink) else {
             return;
         };
+        for (filter, was) in d.changed {
+            let now = self.counts.contains_key(&filter);
+            if now != was {
+                sink.changed(&filter, now);
+            }
+        }
+        for (filter, was) in d.persistent {
+            let now = self.persistent.contains_key(&filter);
+            if now != was {
+                sink.persistent_changed(&filter, now);
+            }
+        }
+    }
+
+    /// A subscription of `sid` to `filter` was added (not replaced).
+    pub(super) fn added(&mut self, filter: &str, sid: SessionId) {
+        if self.sink.is_none() {
+            return;
+        }
         if up(&mut self.counts, filter) {
-            sink.changed(filter, true);
+            self.tell(filter, true);
             self.grew = true;
             self.grown.push(filter.into());
         } else if self.unsynced.contains_key(filter) {
             self.grew = true;
         }
         if self.persistent_sessions.contains(&sid) && up(&mut self.persistent, filter) {
-            sink.persistent_changed(filter, true);
+            self.tell_persistent(filter, true);
         }
     }
 
@@ -91,14 +150,14 @@ impl Interest {
 
     /// A subscription of `sid` to `filter` was removed.
     pub(super) fn removed(&mut self, filter: &str, sid: SessionId) {
-        let Some(sink) = &self.sink else {
+        if self.sink.is_none() {
             return;
-        };
+        }
         if down(&mut self.counts, filter) {
-            sink.changed(filter, false);
+            self.tell(filter, false);
         }
         if self.persistent_sessions.contains(&sid) && down(&mut self.persistent, filter) {
-            sink.persistent_changed(filter, false);
+            self.tell_persistent(filter, false);
         }
     }
 
@@ -114,9 +173,6 @@ impl Interest {
         if !self.counts_for(client_id) || self.persistent_sessions.contains(&sid) == persistent {
             return;
         }
-        let Some(sink) = &self.sink else {
-            return;
-        };
         if persistent {
             self.persistent_sessions.insert(sid);
         } else {
@@ -129,7 +185,7 @@ impl Interest {
                 down(&mut self.persistent, filter)
             };
             if changed {
-                sink.persistent_changed(filter, persistent);
+                self.tell_persistent(filter, persistent);
             }
         }
     }
@@ -178,6 +234,16 @@ impl Router {
             }
         }
         self.interest.begin();
+    }
+
+    /// Tells the sink that `sid`'s session is handed to another node (see
+    /// [`InterestSink::session_exported`]).
+    pub(super) fn tell_exported(&self, sid: SessionId) {
+        let (Some(sink), Some(s)) = (&self.interest.sink, self.sessions.get(&sid)) else {
+            return;
+        };
+        let filters: Vec<&str> = s.subscriptions.keys().map(|f| &**f).collect();
+        sink.session_exported(&s.client_id, &filters);
     }
 
     /// Sends `suback` to `sid`, then the `retained` messages its subscriptions found: now,

@@ -75,6 +75,7 @@ impl Router {
             return;
         }
         let image = self.session_image(sid);
+        self.tell_exported(sid);
         self.cancel_delayed_will(sid);
         self.end_session(sid, now);
         self.stats.sessions_moved_out += 1;
@@ -105,6 +106,8 @@ impl Router {
     /// of its client id here (which is older); a session prepared for this move gives it what
     /// it queued meanwhile, after the image's messages. Its client's CONNECT follows.
     pub(super) fn adopt_session(&mut self, mut image: RecoveredSession, now: Instant) {
+        // The cluster sees the filters the two sessions share stay (never go for a moment).
+        self.interest.defer();
         if let Some(&sid) = self.by_client.get(&image.client_id) {
             if self.migrations.prepared.remove(&image.client_id) {
                 let next = image.messages.last().map_or(1, |(seq, _)| seq + 1);
@@ -118,24 +121,29 @@ impl Router {
         self.stats.sessions_moved_in += 1;
         self.session_used(&image.client_id);
         self.restore_session(image, now, None, false);
+        self.interest.flush();
     }
 
     /// A session another node holds is about to move here: rebuilt from the cluster's record
     /// (`record`: its subscriptions, no messages), offline, so that it queues what arrives
     /// during the move; replaced by the image when it comes ([`Router::adopt_session`]).
-    /// Nothing is prepared while a client of that identifier is connected here.
+    /// Nothing is prepared while this node has a session of that client (the move may not
+    /// happen: the other node may have none; a session here must not be lost for it).
     pub(super) fn prepare_session(&mut self, record: RecoveredSession, now: Instant) {
-        if self.live_connection(&record.client_id).is_some() {
+        if self.by_client.contains_key(&record.client_id) {
             return;
         }
         let client_id = Arc::clone(&record.client_id);
-        if let Some(&sid) = self.by_client.get(&client_id) {
-            self.cancel_delayed_will(sid);
-            self.end_session(sid, now);
-        }
         self.restore_session(record, now, None, false);
         self.session_used(&client_id);
         self.migrations.prepared.insert(client_id);
+    }
+
+    /// `client_id`'s session here ends: it is no longer one prepared for a move.
+    pub(super) fn forget_prepared(&mut self, client_id: &str) {
+        if !self.migrations.prepared.is_empty() {
+            self.migrations.prepared.remove(client_id);
+        }
     }
 
     /// The move a session was prepared for did not happen (the other node had no session, or

@@ -1519,6 +1519,43 @@ fn a_session_prepared_for_a_move_keeps_what_arrives_meanwhile_after_the_image() 
 }
 
 #[test]
+fn a_session_here_is_never_replaced_by_one_prepared_for_a_move_that_may_not_happen() {
+    let t0 = Instant::now();
+    let mut r = Router::new(BrokerSettings::default());
+    let mut s = connect(&mut r, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut r, t0, &mut s, "mine", QoS::AtLeastOnce);
+    disconnect(&mut r, t0, 1, DisconnectKind::Normal);
+    let _p = connect(&mut r, t0, 2, "p", true, 0, None);
+    publish(&mut r, t0, 2, "mine", QoS::AtLeastOnce, false);
+    // The cluster's directory still names another node (this node's claim was not written):
+    // the move is prepared, finds nothing there, and is abandoned.
+    let mut other = Router::new(BrokerSettings::default());
+    let mut old = connect(&mut other, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut other, t0, &mut old, "theirs", QoS::AtLeastOnce);
+    disconnect(&mut other, t0, 1, DisconnectKind::Normal);
+    let elsewhere = record_only(&export(&mut other, t0, "s").try_recv().unwrap().unwrap());
+    r.handle(
+        Command::PrepareSession {
+            record: Box::new(elsewhere),
+        },
+        t0,
+    );
+    r.handle(
+        Command::AbandonPrepared {
+            client_id: "s".into(),
+        },
+        t0,
+    );
+    let mut back = connect(&mut r, t0, 3, "s", false, u32::MAX, None);
+    assert!(back.outcome.session_present, "the session here is kept");
+    assert_eq!(
+        next_topic(&mut back).as_deref(),
+        Some("mine"),
+        "with its queue"
+    );
+}
+
+#[test]
 fn exporting_a_connected_session_closes_its_connection_and_waits_for_its_end() {
     let t0 = Instant::now();
     let mut r = Router::new(BrokerSettings::default());
@@ -1947,6 +1984,50 @@ fn send_subscribe(r: &mut Router, now: Instant, c: &Client, filter: &str) {
 
 fn has_suback(c: &mut Client) -> bool {
     matches!(c.rx.try_recv(), Ok(Outbound::Packet(p)) if matches!(*p, Packet::SubAck(_)))
+}
+
+/// The image of a moving session replaces the session prepared for it in one step: the
+/// cluster is told only what differs, never that a filter both have went away for a moment
+/// (a node that read that in between would route the filter's messages to no node).
+#[test]
+fn a_prepared_session_hands_its_filters_to_the_image_without_a_gap() {
+    let t0 = Instant::now();
+    let mut other = Router::new(BrokerSettings::default());
+    let mut s = connect(&mut other, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut other, t0, &mut s, "kept", QoS::AtLeastOnce);
+    subscribe(&mut other, t0, &mut s, "dropped", QoS::AtLeastOnce);
+    disconnect(&mut other, t0, 1, DisconnectKind::Normal);
+    let record = record_only(&export(&mut other, t0, "s").try_recv().unwrap().unwrap());
+    // Meanwhile the session dropped a filter and took another: the image says so.
+    let mut s = connect(&mut other, t0, 2, "s2", false, u32::MAX, None);
+    subscribe(&mut other, t0, &mut s, "kept", QoS::AtLeastOnce);
+    subscribe(&mut other, t0, &mut s, "new", QoS::AtLeastOnce);
+    disconnect(&mut other, t0, 2, DisconnectKind::Normal);
+    let mut image = export(&mut other, t0, "s2").try_recv().unwrap().unwrap();
+    image.client_id = std::sync::Arc::from("s");
+
+    let mut r = Router::new(cluster_settings());
+    let log = std::sync::Arc::new(InterestLog::default());
+    let _link = connect(&mut r, t0, 1, "link", true, 0, None);
+    r.set_interest_sink(log.clone(), "link");
+    r.handle(
+        Command::PrepareSession {
+            record: Box::new(record),
+        },
+        t0,
+    );
+    let mut told = log.take();
+    told.sort();
+    assert_eq!(told, ["+dropped", "+kept", "+p dropped", "+p kept"]);
+    r.handle(
+        Command::AdoptSession {
+            session: Box::new(image),
+        },
+        t0,
+    );
+    let mut told = log.take();
+    told.sort();
+    assert_eq!(told, ["+new", "+p new", "-dropped", "-p dropped"]);
 }
 
 #[test]

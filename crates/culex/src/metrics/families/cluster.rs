@@ -188,7 +188,7 @@ pub(super) static CLUSTER: &[Family] = &[
         kind: Kind::Counter,
         unit: None,
         group: Group::Cluster,
-        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `no_stream` (a QoS 1/2 copy for a node whose stream is missing: removed from the cluster), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages), `late_copy` (a copy for a session that had just moved to another node, which could not be passed on to it)",
+        labels: "`reason`: `queue_full` (the link's session here was full: oldest dropped), `qos0_offline` (QoS 0 while the backplane was down), `too_large` (above the NATS servers' `max_payload`), `no_stream` (a QoS 1/2 copy for a node whose stream is missing: removed from the cluster), `unreadable` (a backplane message that is not a Culex envelope), `replay_limit` (read back from the stream for a session whose node died, beyond 100,000 messages), `late_copy` (a copy for a session that had just moved to another node, which could not be passed on to it: that node did not answer in three attempts, or its session was gone, or its queue full)",
         help: "Messages the cluster link dropped, by reason.",
         doc: "messages the cluster link dropped",
         sys: &[],
