@@ -145,6 +145,7 @@ fn bench_publish(c: &mut Criterion) {
                     conn: 0,
                     publish: publish(black_box("fan/site/42/temp"), qos, id),
                     ack: false,
+                    publication: None,
                 },
                 now,
             );

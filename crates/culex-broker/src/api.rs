@@ -171,6 +171,9 @@ pub enum Command {
         /// The router acknowledges it (PUBACK / PUBREC) once what it caused is durable; set
         /// for QoS 1/2 when the broker persists, otherwise the connection acked it already.
         ack: bool,
+        /// In a cluster, the publication a message from the cluster link is a copy of
+        /// ([`Message::publication`]); `None` for every other client.
+        publication: Option<u64>,
     },
     /// PUBREL from a client, when the router acknowledges (persistence on): the router forgets
     /// the packet id and sends PUBCOMP once that is durable.

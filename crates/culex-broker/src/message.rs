@@ -25,6 +25,11 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Session of the publisher, for No Local; `None` for wills and internal messages.
     pub origin: Option<u64>,
+    /// In a cluster, the identity of the publication this message is a copy of: the same on
+    /// every node's copy, so that a session moving between nodes keeps one copy of what
+    /// reached both (see `router/migrate.rs`); `None` for messages published on this node
+    /// and outside a cluster.
+    pub publication: Option<u64>,
 }
 
 impl Message {

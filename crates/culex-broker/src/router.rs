@@ -213,7 +213,12 @@ impl Router {
             Command::Ping { reply } => {
                 let _ = reply.send(());
             }
-            Command::Publish { conn, publish, ack } => {
+            Command::Publish {
+                conn,
+                publish,
+                ack,
+                publication,
+            } => {
                 let Some(&sid) = self.by_conn.get(&conn) else {
                     return;
                 };
@@ -232,6 +237,7 @@ impl Router {
                     properties,
                     expires_at,
                     origin: Some(sid),
+                    publication,
                 };
                 self.stats.messages_received += 1;
                 let hold = ack && qos == QoS::ExactlyOnce;

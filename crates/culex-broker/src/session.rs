@@ -871,6 +871,7 @@ mod tests {
             properties: Default::default(),
             expires_at,
             origin: None,
+            publication: None,
         })
     }
 

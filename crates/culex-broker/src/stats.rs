@@ -44,6 +44,9 @@ pub struct RouterStats {
     /// Offline sessions ended because another node of the cluster holds them (they moved on
     /// while this node was down).
     pub sessions_stale_dropped: u64,
+    /// Copies of a message that a session moving here got from both nodes (its image and
+    /// what it queued during the move, or a late copy the old node passed on), kept once.
+    pub move_duplicates: u64,
 }
 
 impl RouterStats {

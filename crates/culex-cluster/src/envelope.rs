@@ -1,12 +1,60 @@
 //! What travels on the backplane: the MQTT 5 PUBLISH itself (topic, QoS, RETAIN flag,
 //! properties and payload, encoded by culex-proto), so that every node re-publishes exactly
 //! what its peer accepted. The originating node rides in a NATS header, for echo suppression.
+//!
+//! Each stored copy of a publication also carries the publication's identity (from its
+//! `Nats-Msg-Id`, [`publication_of`]), which the link hands to its broker in a user property
+//! ([`PUBLICATION_PROPERTY`]) that the broker takes off again: a session that moves between
+//! nodes keeps one copy of what reached both.
 
 use bytes::{Bytes, BytesMut};
 use culex_proto::{decode, encode, Packet, Properties, Protocol, Publish, QoS};
 
 /// NATS header naming the node a message entered the cluster at.
 pub const ORIGIN_HEADER: &str = "Culex-Origin";
+
+/// NATS header of a late copy passed on to a session's new node: its publication
+/// ([`publication_of`]), as a decimal number.
+pub const PUBLICATION_HEADER: &str = "Culex-Publication";
+
+/// User property by which the cluster link tells its broker which publication a message from
+/// the stream is a copy of (a decimal number). The broker takes it off the link's own
+/// messages ([`take_publication`]), so no subscriber sees it.
+pub const PUBLICATION_PROPERTY: &str = "culex-publication";
+
+/// The identity of a publication, from a stored copy's `Nats-Msg-Id`: `<node>-<boot>-<n>`,
+/// followed by `.<destination node>` in a destination's copy (node names have no `.`). The
+/// same for every copy of one publication, on every node: a 64-bit FNV-1a hash of
+/// `<node>-<boot>-<n>` finished with SplitMix64's mixer (it runs for every message from the
+/// stream, so it must be cheap).
+pub fn publication_of(msg_id: &str) -> u64 {
+    let base = msg_id.split('.').next().unwrap_or(msg_id);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in base.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Takes the [`PUBLICATION_PROPERTY`] off `properties`: the publication it names, if any.
+pub fn take_publication(properties: &mut Properties) -> Option<u64> {
+    if properties.is_empty() || properties.user_properties.is_empty() {
+        return None;
+    }
+    let at = properties
+        .user_properties
+        .iter()
+        .position(|(k, _)| k == PUBLICATION_PROPERTY)?;
+    let (_, value) = properties.user_properties.remove(at);
+    if properties.is_empty() {
+        // Nothing else set: no allocation to carry (and clone) along with the message.
+        *properties = Properties::default();
+    }
+    value.parse().ok()
+}
 
 /// Largest envelope decoded: MQTT's largest packet.
 const MAX_ENVELOPE: u32 = 268_435_455 + 5;
@@ -84,6 +132,34 @@ mod tests {
         assert_eq!(got.properties.message_expiry_interval, Some(60));
         assert_eq!(got.properties.topic_alias, None);
         assert!(got.properties.subscription_identifiers.is_empty());
+    }
+
+    #[test]
+    fn every_copy_of_a_publication_has_its_identity() {
+        let base = publication_of("node1-1733400000123-42");
+        assert_eq!(publication_of("node1-1733400000123-42.node2"), base);
+        assert_eq!(publication_of("node1-1733400000123-42.node3"), base);
+        assert_ne!(publication_of("node1-1733400000123-43.node2"), base);
+        assert_ne!(publication_of("node2-1733400000123-42.node1"), base);
+    }
+
+    #[test]
+    fn the_publication_property_is_taken_off() {
+        let mut properties = Properties::default();
+        properties.user_properties = vec![
+            ("a".into(), "1".into()),
+            (PUBLICATION_PROPERTY.into(), "77".into()),
+            ("b".into(), "2".into()),
+        ];
+        assert_eq!(take_publication(&mut properties), Some(77));
+        assert_eq!(
+            properties.user_properties,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(take_publication(&mut properties), None);
+        let mut empty = Properties::default();
+        assert_eq!(take_publication(&mut empty), None);
+        assert!(empty.is_empty(), "reading allocates nothing");
     }
 
     #[test]

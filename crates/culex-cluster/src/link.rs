@@ -21,7 +21,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::departures::{Departures, DEST_HEADER};
-use crate::envelope::{decode_publish, encode_publish, ORIGIN_HEADER};
+use crate::envelope::{
+    decode_publish, encode_publish, publication_of, ORIGIN_HEADER, PUBLICATION_HEADER,
+    PUBLICATION_PROPERTY,
+};
 use crate::interest_sync::{LocalInterest, SyncedFn};
 use crate::shared::Placement;
 use crate::stats::ClusterStats;
@@ -1060,7 +1063,7 @@ impl Link {
             let _ = m.ack().await;
             return;
         }
-        let p = match decode_publish(&m.payload) {
+        let mut p = match decode_publish(&m.payload) {
             Ok(p) => p,
             Err(e) => {
                 ClusterStats::inc(&self.stats.bad_messages);
@@ -1069,6 +1072,13 @@ impl Link {
                 return;
             }
         };
+        if let Some(id) = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        {
+            mark_publication(&mut p, publication_of(id.as_str()));
+        }
         match self.publish_local(p) {
             Ok(Some(packet_id)) => {
                 self.imports.insert(packet_id, m);
@@ -1117,10 +1127,21 @@ impl Link {
                 Some((subject, crate::departures::encode_tail(client_id, &m.payload)?))
             })
             .collect();
+        let mut headers = HeaderMap::new();
+        if let Some(id) = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        {
+            headers.insert(
+                PUBLICATION_HEADER,
+                publication_of(id.as_str()).to_string().as_str(),
+            );
+        }
         let (client, stats) = (client.clone(), Arc::clone(&self.stats));
         tokio::spawn(async move {
             for (subject, payload) in copies {
-                let passed = pass_on(&client, subject, payload).await;
+                let passed = pass_on(&client, subject, headers.clone(), payload).await;
                 ClusterStats::inc(if passed {
                     &stats.late_passed_on
                 } else {
@@ -1151,13 +1172,26 @@ impl Link {
     }
 }
 
+/// Names the publication `p` is a copy of, for the broker (see
+/// [`crate::envelope::PUBLICATION_PROPERTY`]).
+fn mark_publication(p: &mut Publish, publication: u64) {
+    p.properties
+        .user_properties
+        .push((PUBLICATION_PROPERTY.to_owned(), publication.to_string()));
+}
+
 /// Hands a late copy to another node ([`crate::departures::tail_subject`]): whether its
 /// session took it. A node that does not answer in time is asked again.
-async fn pass_on(client: &async_nats::Client, subject: String, payload: Bytes) -> bool {
+async fn pass_on(
+    client: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> bool {
     for _ in 0..crate::departures::TAIL_ATTEMPTS {
         let answer = tokio::time::timeout(
             crate::departures::TAIL_TIMEOUT,
-            client.request(subject.clone(), payload.clone()),
+            client.request_with_headers(subject.clone(), headers.clone(), payload.clone()),
         )
         .await;
         match answer {

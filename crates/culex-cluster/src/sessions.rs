@@ -56,9 +56,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Asks this node's broker for the image of a client's session (ending it here); `None` when
 /// there is none.
 pub type ExportFn = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
-/// Queues a late copy (an envelope) for a session that moved here (see
+/// Queues a late copy (an envelope, and its publication when known: see
+/// [`crate::envelope::publication_of`]) for a session that moved here (see
 /// [`crate::departures`]); whether the session took it.
-pub type TailFn = Arc<dyn Fn(String, Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>;
+pub type TailFn =
+    Arc<dyn Fn(String, Vec<u8>, Option<u64>) -> BoxFuture<'static, bool> + Send + Sync>;
 /// Gives an image back to this node's broker (a transfer the receiver did not confirm).
 pub type RestoreFn = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 /// Tells this node's broker that another node holds a client's session: the copy here is
@@ -704,7 +706,11 @@ async fn serve(
                 let Some((client_id, envelope)) = crate::departures::decode_tail(&m.payload) else {
                     continue;
                 };
-                let took = tail(client_id.to_owned(), envelope.to_vec());
+                let headers = m.headers.clone().unwrap_or_default();
+                let publication = headers
+                    .get(crate::envelope::PUBLICATION_HEADER)
+                    .and_then(|v| v.as_str().parse().ok());
+                let took = tail(client_id.to_owned(), envelope.to_vec(), publication);
                 // The session may have moved on from here meanwhile: then the copy follows it.
                 let next = departures
                     .moved_to(client_id)
@@ -715,7 +721,7 @@ async fn serve(
                     let mut answer: Bytes = Bytes::from_static(if took.await { b"ok" } else { b"gone" });
                     if &answer[..] != b"ok" {
                         if let Some(next) = next {
-                            if let Ok(Ok(r)) = tokio::time::timeout(crate::departures::TAIL_TIMEOUT, client.request(next, m.payload)).await {
+                            if let Ok(Ok(r)) = tokio::time::timeout(crate::departures::TAIL_TIMEOUT, client.request_with_headers(next, headers, m.payload)).await {
                                 answer = r.payload;
                             }
                         }
@@ -753,7 +759,6 @@ async fn run_reports(
                 match tokio::time::timeout(REPORT_INTERVAL * 5, write_report(&ready, &node, &stats, r)).await {
                     Ok(Ok(stale)) => {
                         for client_id in stale {
-                            ClusterStats::inc(&stats.sessions_stale);
                             tracing::info!(node = %node, client_id = %clip(&client_id),
                                 "another node holds this client's session now: the copy here ends");
                             discard(client_id);

@@ -54,8 +54,6 @@ pub struct ClusterStats {
     pub session_transfer_failures: AtomicU64,
     /// Pairs of another node and a shared group with members there, as known here.
     pub shared_memberships: AtomicU64,
-    /// Stale copies of sessions ended here because another node holds them.
-    pub sessions_stale: AtomicU64,
     /// Session records (and removals) written to the cluster's bucket.
     pub session_records: AtomicU64,
     /// Messages read back from the stream for a rebuilt session beyond the limit, left out.

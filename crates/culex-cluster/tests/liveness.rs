@@ -38,7 +38,7 @@ fn directory(
         report,
         placement: Arc::clone(&placement),
         discard: Arc::new(|_| {}),
-        tail: Arc::new(|_, _| -> BoxFuture<'static, bool> { Box::pin(async { false }) }),
+        tail: Arc::new(|_, _, _| -> BoxFuture<'static, bool> { Box::pin(async { false }) }),
         departures: Arc::default(),
     };
     let _ = sessions::spawn(

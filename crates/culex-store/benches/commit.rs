@@ -62,6 +62,7 @@ impl Bench {
             properties: Properties::default(),
             expires_at: None,
             origin: None,
+            publication: None,
         });
         let mut b = Bench {
             handle,

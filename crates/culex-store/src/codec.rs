@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! retained value:  version u8 | flags u8 (bit 0: has expiry) | [expiry_ms u64] | PUBLISH
-//! message value:   version u8 | flags u8 (bit 0: has expiry, bit 1: retain as delivered)
-//!                  | [expiry_ms u64] | qos u8 | state u8 (0 queued, 1 wait PUBACK,
+//! message value:   version u8 | flags u8 (bit 0: has expiry, bit 1: retain as delivered,
+//!                  bit 2: has publication) | [expiry_ms u64] | [publication u64] | qos u8 | state u8 (0 queued, 1 wait PUBACK,
 //!                  2 wait PUBREC, 3 released) | packet_id u16 (0 when queued)
 //!                  | n u32 | n × subscription id u32 | PUBLISH
 //! session value:   version u8 | flags u8 (bit 0: has username, bit 1: has expires_at)
@@ -153,10 +153,15 @@ pub(crate) fn encode_message(r: &MessageRecord, clocks: &Clocks) -> Result<Vec<u
         m.payload.len() + m.topic.len() + 48 + 4 * r.subscription_ids.len(),
     );
     out.put_u8(RECORD_VERSION);
-    let flags = u8::from(m.expires_at.is_some()) | u8::from(r.retain) << 1;
+    let flags = u8::from(m.expires_at.is_some())
+        | u8::from(r.retain) << 1
+        | u8::from(m.publication.is_some()) << 2;
     out.put_u8(flags);
     if let Some(t) = m.expires_at {
         out.put_u64(clocks.instant_to_ms(t));
+    }
+    if let Some(id) = m.publication {
+        out.put_u64(id);
     }
     out.put_u8(r.qos.as_u8());
     let (state, packet_id) = state_parts(r.state);
@@ -313,6 +318,7 @@ fn decode_publish(rest: &[u8], expires_at: Option<Instant>) -> Result<Message> {
         properties: p.properties,
         expires_at,
         origin: None,
+        publication: None,
     })
 }
 
@@ -354,10 +360,15 @@ pub(crate) fn decode_message(value: &[u8], clocks: &Clocks) -> Result<Decoded<Me
     let mut r = Reader { buf: value };
     r.version()?;
     let flags = r.u8("flags")?;
-    if flags & !3 != 0 {
+    if flags & !7 != 0 {
         return Err(CodecError(format!("unknown flags {flags:#04x}")));
     }
     let expires = expiry(&mut r, flags & 1 != 0, clocks)?;
+    let publication = if flags & 4 != 0 {
+        Some(r.u64("publication")?)
+    } else {
+        None
+    };
     let qos = r.u8("qos")?;
     let qos = QoS::from_u8(qos).ok_or_else(|| CodecError(format!("bad QoS {qos}")))?;
     let state = r.u8("state")?;
@@ -380,7 +391,10 @@ pub(crate) fn decode_message(value: &[u8], clocks: &Clocks) -> Result<Decoded<Me
         None if state == MessageState::Queued => None,
         None => Some(clocks.now),
     };
-    let message = decode_publish(r.buf, expires_at)?;
+    let message = Message {
+        publication,
+        ..decode_publish(r.buf, expires_at)?
+    };
     if expires.is_none() && state == MessageState::Queued {
         return Ok(Decoded::Expired);
     }
@@ -486,6 +500,7 @@ mod tests {
             }),
             expires_at: expires.map(|d| c.now + d),
             origin: Some(7),
+            publication: None,
         }
     }
 
@@ -506,6 +521,7 @@ mod tests {
             Message {
                 expires_at: m.expires_at,
                 origin: m.origin,
+                publication: None,
                 ..back
             },
             m
@@ -539,6 +555,31 @@ mod tests {
         };
         assert_eq!(back.state, MessageState::WaitPubAck(9));
         assert_eq!(back.subscription_ids, vec![1, 268_435_455]);
+    }
+
+    #[test]
+    fn a_message_keeps_its_cluster_publication() {
+        let c = clocks();
+        for publication in [None, Some(0), Some(u64::MAX)] {
+            let rec = MessageRecord {
+                message: Arc::new(Message {
+                    publication,
+                    ..message(Some(Duration::from_secs(60)), &c)
+                }),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                subscription_ids: vec![2],
+                state: MessageState::WaitPubRec(3),
+            };
+            let bytes = encode_message(&rec, &c).unwrap();
+            let Decoded::Live(back) = decode_message(&bytes, &c).unwrap() else {
+                panic!("dropped")
+            };
+            assert_eq!(back.message.publication, publication);
+            assert_eq!(back.message.payload, rec.message.payload);
+            assert_eq!(back.state, MessageState::WaitPubRec(3));
+            assert_eq!(back.subscription_ids, vec![2]);
+        }
     }
 
     #[test]

@@ -122,6 +122,7 @@ mod tests {
                 properties: Properties::default(),
                 expires_at: expires.map(|d| clocks.now + d),
                 origin: Some(9),
+                publication: None,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,

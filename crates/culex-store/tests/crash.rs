@@ -31,6 +31,7 @@ fn message(i: u64) -> Arc<Message> {
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        publication: None,
     })
 }
 

@@ -28,6 +28,7 @@ fn retain(i: usize, size: usize) -> StoreOp {
             properties: Properties::default(),
             expires_at: None,
             origin: None,
+            publication: None,
         })),
     }
 }

@@ -39,6 +39,7 @@ fn message(topic: &str, payload: &[u8], qos: QoS, expires_at: Option<Instant>) -
         properties: full_properties(),
         expires_at,
         origin: Some(42),
+        publication: None,
     })
 }
 
@@ -56,6 +57,7 @@ fn assert_same_message(got: &Message, want: &Message) {
     }
     let normalised = Message {
         origin: want.origin,
+        publication: None,
         expires_at: want.expires_at,
         ..got.clone()
     };

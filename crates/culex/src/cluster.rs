@@ -37,6 +37,9 @@ const REPLAY_LIMIT: usize = 100_000;
 const BACKLOG_WAIT: Duration = Duration::from_secs(1);
 /// How often a rebuilt session's queue is offered the next messages read back for it.
 const REPLAY_PACE: Duration = Duration::from_millis(20);
+/// How long a late copy for a connected client's full queue waits for room: less than the
+/// sender waits for the answer before it asks again.
+const LATE_COPY_WAIT: Duration = Duration::from_millis(1_500);
 /// How long shutdown waits for the link to close its local session.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -157,10 +160,13 @@ pub(crate) fn prepare(
             Some(sessions_report(rx.await.ok()?))
         })
     });
-    let tail: culex_cluster::sessions::TailFn = Arc::new(move |client_id, envelope| {
-        let router = tail_router.clone();
-        Box::pin(async move { queue_late_copy(router, client_id, &envelope).await })
-    });
+    let tail: culex_cluster::sessions::TailFn =
+        Arc::new(move |client_id, envelope, publication| {
+            let router = tail_router.clone();
+            Box::pin(
+                async move { queue_late_copy(router, client_id, &envelope, publication).await },
+            )
+        });
     let (directory, directory_task) = culex_cluster::sessions::spawn(
         settings.clone(),
         culex_cluster::sessions::Hooks {
@@ -202,6 +208,7 @@ async fn queue_late_copy(
     router: mpsc::WeakSender<Command>,
     client_id: String,
     envelope: &[u8],
+    publication: Option<u64>,
 ) -> bool {
     let Some(router) = router.upgrade() else {
         return false;
@@ -212,16 +219,32 @@ async fn queue_late_copy(
     else {
         return false;
     };
-    let (reply, rx) = oneshot::channel();
-    let command = Command::Replay {
-        client_id,
-        messages: vec![message],
-        reply,
-    };
-    if router.send(command).await.is_err() {
-        return false;
+    let mut messages = vec![culex_broker::Message {
+        publication,
+        ..message
+    }];
+    // A full queue of a connected client makes room as the client reads: the copy waits
+    // (within the sender's time for an answer), as a publisher's messages would.
+    let deadline = tokio::time::Instant::now() + LATE_COPY_WAIT;
+    loop {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Replay {
+            client_id: client_id.clone(),
+            messages,
+            reply,
+        };
+        if router.send(command).await.is_err() {
+            return false;
+        }
+        match rx.await {
+            Ok(Ok(rest)) if rest.is_empty() => return true,
+            Ok(Ok(rest)) if tokio::time::Instant::now() < deadline => {
+                messages = rest;
+                tokio::time::sleep(REPLAY_PACE).await;
+            }
+            _ => return false,
+        }
     }
-    matches!(rx.await, Ok(Ok(rest)) if rest.is_empty())
 }
 
 /// The placement of shared groups for this node, if it is part of a cluster: the router
@@ -631,6 +654,7 @@ fn message_of(p: culex_proto::Publish, age_ms: u64) -> Option<culex_broker::Mess
         properties,
         expires_at,
         origin: None,
+        publication: None,
     })
 }
 

@@ -213,6 +213,7 @@ pub(crate) async fn run(
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                publication: None,
             };
             let Some(tx) = router.upgrade() else { return };
             if tx.send(Command::PublishInternal { message }).await.is_err() {

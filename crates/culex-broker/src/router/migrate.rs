@@ -17,18 +17,25 @@
 //! in the image. The image then takes the prepared session's place, with what that had
 //! queued after the image's own messages. Copies already on their way to the old node alone
 //! when it gives the session up are passed on by its cluster link (`culex_cluster::departures`).
-//! A message that reached both nodes during the overlap is delivered twice (at least once
-//! across a move).
+//!
+//! A message that reached both nodes during the overlap is kept once: every copy of a
+//! publication from the cluster names it ([`Message::publication`]), so what the prepared
+//! session queued that the image has too is dropped when they merge, and a late copy the old
+//! node passes on of a message the image had is skipped for [`RECENT`] after the move. What
+//! the old node had delivered to a client still connected there (a takeover) is not in the
+//! image and may come again.
+//!
+//! [`Message::publication`]: crate::Message::publication
 //!
 //! [`Command::ExportSession`]: crate::Command::ExportSession
 //! [`Command::AdoptSession`]: crate::Command::AdoptSession
 //! [`Command::PrepareSession`]: crate::Command::PrepareSession
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use culex_proto::ReasonCode;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 
 use super::takeover::TAKEOVER_WAIT;
@@ -36,6 +43,10 @@ use super::{Router, SessionId};
 use crate::api::ConnId;
 use crate::persist::{MessageRecord, RecoveredSession};
 use crate::session::Change;
+
+/// How long the publications of a session that moved here are remembered, to skip late
+/// copies of them: longer than the old node passes late copies on (30 s).
+pub(super) const RECENT: Duration = Duration::from_secs(60);
 
 /// Where an exported session goes.
 pub(crate) type ExportReply = oneshot::Sender<Option<RecoveredSession>>;
@@ -46,7 +57,27 @@ pub(super) struct Migrations {
     /// By the connection being closed: until when to wait, its client, and what to do then.
     waiting: FxHashMap<ConnId, (Instant, Arc<str>, AfterEnd)>,
     /// Client identifiers of sessions prepared here for a move that is under way.
-    prepared: rustc_hash::FxHashSet<Arc<str>>,
+    prepared: FxHashSet<Arc<str>>,
+    /// Sessions that moved here lately: until when, and the publications their images
+    /// brought (late copies of them are skipped).
+    recent: FxHashMap<Arc<str>, (Instant, FxHashSet<u64>)>,
+}
+
+impl Migrations {
+    /// Whether the session of `client_id`, which moved here lately, came with `publication`.
+    pub(super) fn had(&mut self, client_id: &str, publication: u64, now: Instant) -> bool {
+        if self.recent.is_empty() {
+            return false;
+        }
+        match self.recent.get(client_id) {
+            Some((until, _)) if *until <= now => {
+                self.recent.remove(client_id);
+                false
+            }
+            Some((_, had)) => had.contains(&publication),
+            None => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -108,10 +139,22 @@ impl Router {
     pub(super) fn adopt_session(&mut self, mut image: RecoveredSession, now: Instant) {
         // The cluster sees the filters the two sessions share stay (never go for a moment).
         self.interest.defer();
+        let had: FxHashSet<u64> = image
+            .messages
+            .iter()
+            .filter_map(|(_, m)| m.message.publication)
+            .collect();
         if let Some(&sid) = self.by_client.get(&image.client_id) {
             if self.migrations.prepared.remove(&image.client_id) {
                 let next = image.messages.last().map_or(1, |(seq, _)| seq + 1);
-                let queued = self.image_messages(sid).into_iter().map(|(_, m)| m);
+                let prepared = self.image_messages(sid);
+                let before = prepared.len();
+                let queued: Vec<MessageRecord> = prepared
+                    .into_iter()
+                    .map(|(_, m)| m)
+                    .filter(|m| m.message.publication.is_none_or(|p| !had.contains(&p)))
+                    .collect();
+                self.stats.move_duplicates += (before - queued.len()) as u64;
                 image.messages.extend((next..).zip(queued));
             }
             self.take_over(sid, now);
@@ -119,6 +162,12 @@ impl Router {
             self.end_session(sid, now);
         }
         self.stats.sessions_moved_in += 1;
+        self.migrations.recent.retain(|_, (until, _)| *until > now);
+        if !had.is_empty() {
+            self.migrations
+                .recent
+                .insert(Arc::clone(&image.client_id), (now + RECENT, had));
+        }
         self.session_used(&image.client_id);
         self.restore_session(image, now, None, false);
         self.interest.flush();

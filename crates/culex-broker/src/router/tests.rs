@@ -109,6 +109,7 @@ fn publish(r: &mut Router, now: Instant, conn: u64, topic: &str, qos: QoS, retai
                 properties: Properties::default(),
                 payload: Bytes::from_static(b"hello"),
             },
+            publication: None,
         },
         now,
     );
@@ -324,6 +325,7 @@ fn qos2_publish_already_sent_does_not_expire_before_pubrec() {
                     }),
                     payload: Bytes::from_static(b"short-lived"),
                 },
+                publication: None,
             },
             t0,
         );
@@ -531,6 +533,7 @@ fn retained_is_sent_after_suback_and_cleared_by_empty_payload() {
                 properties: Properties::default(),
                 payload: Bytes::new(),
             },
+            publication: None,
         },
         t0,
     );
@@ -694,6 +697,7 @@ fn internal_publish_is_routed_and_retained_but_not_counted_as_received() {
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                publication: None,
             },
         },
         now,
@@ -804,6 +808,7 @@ fn acknowledgements_wait_for_the_store_and_keep_their_order() {
                     properties: Properties::default(),
                     payload: Bytes::from_static(b"x"),
                 },
+                publication: None,
             },
             t0,
         )
@@ -852,6 +857,7 @@ fn qos2_deliveries_and_pubrel_wait_for_the_store() {
                 properties: Properties::default(),
                 payload: Bytes::from_static(b"x"),
             },
+            publication: None,
         },
         t0,
     );
@@ -905,6 +911,7 @@ fn restored_session_resumes_with_its_queue_and_subscriptions() {
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        publication: None,
     });
     let record = |state| MessageRecord {
         message: message.clone(),
@@ -978,6 +985,7 @@ fn shutdown_closes_connected_clients_and_later_connects() {
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                publication: None,
             },
         },
         t0,
@@ -1023,6 +1031,7 @@ fn small_retained_payloads_do_not_keep_their_read_buffer_alive() {
                     properties: Properties::default(),
                     payload: chunk.slice(range),
                 },
+                publication: None,
             },
             t0,
         );
@@ -1154,6 +1163,7 @@ fn publish_acked(r: &mut Router, now: Instant, conn: u64, topic: &str, packet_id
                 properties: Properties::default(),
                 payload: Bytes::from_static(b"m"),
             },
+            publication: None,
         },
         now,
     );
@@ -1518,6 +1528,101 @@ fn a_session_prepared_for_a_move_keeps_what_arrives_meanwhile_after_the_image() 
     assert_eq!(b.session_count(), 2, "q and s");
 }
 
+/// A copy of publication `publication` from the cluster link (`conn`) on `topic`.
+fn publish_copy(r: &mut Router, now: Instant, conn: u64, topic: &str, publication: u64) {
+    r.handle(
+        Command::Publish {
+            conn,
+            ack: false,
+            publish: Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: topic.into(),
+                packet_id: Some(7),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"copy"),
+            },
+            publication: Some(publication),
+        },
+        now,
+    );
+}
+
+#[test]
+fn a_moving_session_keeps_one_copy_of_what_reached_both_nodes() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (
+        Router::new(cluster_settings()),
+        Router::new(cluster_settings()),
+    );
+    let mut sub = connect(&mut a, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut a, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    disconnect(&mut a, t0, 1, DisconnectKind::Normal);
+    let _link_a = connect(&mut a, t0, 2, "link", true, 0, None);
+    let _link_b = connect(&mut b, t0, 2, "link", true, 0, None);
+    let record = record_only(&export(&mut a, t0, "s").try_recv().unwrap().unwrap());
+    let mut sub = connect(&mut a, t0, 1, "s", false, u32::MAX, None);
+    subscribe(&mut a, t0, &mut sub, "t/#", QoS::AtLeastOnce);
+    disconnect(&mut a, t0, 1, DisconnectKind::Normal);
+    // The new node prepares the session; t/2 and t/3 reach both nodes, t/1 the old one only,
+    // t/4 the new one only.
+    b.handle(
+        Command::PrepareSession {
+            record: Box::new(record),
+        },
+        t0,
+    );
+    publish_copy(&mut a, t0, 2, "t/1", 1);
+    for (topic, publication) in [("t/2", 2), ("t/3", 3)] {
+        publish_copy(&mut a, t0, 2, topic, publication);
+        publish_copy(&mut b, t0, 2, topic, publication);
+    }
+    publish_copy(&mut b, t0, 2, "t/4", 4);
+    let image = export(&mut a, t0, "s").try_recv().unwrap().unwrap();
+    assert_eq!(image.messages.len(), 3);
+    b.handle(
+        Command::AdoptSession {
+            session: Box::new(image),
+        },
+        t0,
+    );
+    assert_eq!(b.stats().move_duplicates, 2);
+    // Late copies the old node passes on: of one the image had (skipped), of a new one (kept).
+    let late = |r: &mut Router, now: Instant, topic: &str, publication: u64| {
+        let (reply, mut rx) = oneshot::channel();
+        let message = Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"late"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+            publication: Some(publication),
+        };
+        r.handle(
+            Command::Replay {
+                client_id: "s".into(),
+                messages: vec![message],
+                reply,
+            },
+            now,
+        );
+        assert_eq!(rx.try_recv().expect("answered").map(|m| m.len()), Ok(0));
+    };
+    late(&mut b, t0, "t/1", 1);
+    late(&mut b, t0, "t/5", 5);
+    assert_eq!(b.stats().move_duplicates, 3);
+    let mut back = connect(&mut b, t0, 7, "s", false, u32::MAX, None);
+    let topics: Vec<String> = std::iter::from_fn(|| next_topic(&mut back)).collect();
+    assert_eq!(topics, ["t/1", "t/2", "t/3", "t/4", "t/5"], "each once");
+    // Long after the move, the image's publications are forgotten.
+    let later = t0 + super::migrate::RECENT;
+    late(&mut b, later, "t/1", 1);
+    assert_eq!(next_topic(&mut back).as_deref(), Some("t/1"));
+}
+
 #[test]
 fn a_session_here_is_never_replaced_by_one_prepared_for_a_move_that_may_not_happen() {
     let t0 = Instant::now();
@@ -1746,6 +1851,7 @@ fn replayed_messages_go_to_that_session_only_as_its_own_subscriptions_match() {
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        publication: None,
     };
     let replay = |r: &mut Router, messages: Vec<Message>| {
         let (reply, mut rx) = oneshot::channel();

@@ -53,6 +53,7 @@ impl Router {
             properties,
             expires_at,
             origin: None,
+            publication: None,
         };
         self.stats.wills_published += 1;
         self.stats.messages_received += 1;

@@ -488,17 +488,34 @@ impl ConnState {
 
     /// Hands a PUBLISH to the router. Returns true when the router will acknowledge it (after
     /// what it caused is durable); false when the connection acknowledges it now.
-    fn route(&mut self, p: Publish, out: &mut Output) -> bool {
+    fn route(&mut self, mut p: Publish, out: &mut Output) -> bool {
         let ack = p.qos != QoS::AtMostOnce && self.router_answers();
         if ack {
             self.pending_replies += 1;
         }
+        let publication = if self.is_cluster_link() {
+            culex_cluster::envelope::take_publication(&mut p.properties)
+        } else {
+            None
+        };
         out.commands.push_back(Command::Publish {
             conn: self.conn,
             publish: p,
             ack,
+            publication,
         });
         ack
+    }
+
+    /// Whether this is the cluster link's connection (an internal one with the link's
+    /// reserved client id), whose messages name their publication.
+    fn is_cluster_link(&self) -> bool {
+        self.shared
+            .limits
+            .reserved_client_prefix
+            .as_deref()
+            .is_some_and(|prefix| self.client_id.starts_with(prefix))
+            && self.listener.security.is_internal()
     }
 
     /// Whether the router answers this client's QoS 1/2 PUBLISH (and the connection's own

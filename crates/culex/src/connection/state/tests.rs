@@ -26,6 +26,8 @@ struct Setup {
     /// Password file text; with one, anonymous access is off.
     passwords: Option<String>,
     mount: Option<&'static str>,
+    /// The broker's own connection (a bridge, the cluster link), with this client id.
+    internal: Option<&'static str>,
 }
 
 impl Setup {
@@ -36,6 +38,7 @@ impl Setup {
             acl: None,
             passwords: None,
             mount: None,
+            internal: None,
         }
     }
 
@@ -54,7 +57,10 @@ impl Setup {
             security.allow_anonymous = false;
         }
         let gate = Arc::new(LoginGate::with_threads(1, 0));
-        let security = Arc::new(SecurityHandle::load(&security, gate).expect("security"));
+        let security = Arc::new(match self.internal {
+            Some(_) => SecurityHandle::internal(),
+            None => SecurityHandle::load(&security, gate).expect("security"),
+        });
         let listener = Arc::new(ListenerCtx {
             local: "127.0.0.1:1883".parse().expect("addr"),
             protocol: ListenerProtocol::Mqtt,
@@ -75,7 +81,7 @@ impl Setup {
         let peer = "127.0.0.1:50000".parse().expect("addr");
         let mut state = ConnState::new(7, peer, listener, shared, None, None);
         state.protocol = self.protocol;
-        state.client_id = Arc::from("c1");
+        state.client_id = Arc::from(self.internal.unwrap_or("c1"));
         state.session_expiry = 0;
         (state, dir)
     }
@@ -119,6 +125,68 @@ fn ack_of(p: &Packet) -> (&'static str, u16, ReasonCode) {
         Packet::PubComp(r) => ("PUBCOMP", r.packet_id, r.reason_code),
         other => panic!("not an acknowledgement: {other:?}"),
     }
+}
+
+/// The publication a message from the cluster link names, in the property the link adds.
+fn routed_publication(setup: Setup, client_id: Option<&'static str>) -> (Option<u64>, usize) {
+    let (mut s, _dir) = Setup {
+        internal: client_id,
+        ..setup
+    }
+    .build();
+    let mut out = Output::default();
+    let mut p = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "a/b".into(),
+        packet_id: Some(5),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"hello"),
+    };
+    p.properties.user_properties = vec![
+        ("k".into(), "v".into()),
+        (
+            culex_cluster::envelope::PUBLICATION_PROPERTY.into(),
+            "42".into(),
+        ),
+    ];
+    assert!(s.on_packet(Packet::Publish(p), &mut out).is_none());
+    match out.commands.pop_front() {
+        Some(Command::Publish {
+            publish,
+            publication,
+            ..
+        }) => (publication, publish.properties.user_properties.len()),
+        other => panic!("not routed: {other:?}"),
+    }
+}
+
+#[test]
+fn only_the_cluster_link_names_the_publication_of_its_messages() {
+    let mut cluster = conn_limits(&Config::default());
+    cluster.reserved_client_prefix = Some(culex_cluster::link::LOCAL_CLIENT_PREFIX.into());
+    let with = |limits: &ConnLimits| Setup {
+        limits: limits.clone(),
+        ..Setup::new(Protocol::V5)
+    };
+    // The link's own connection: the property is taken off and names the publication.
+    assert_eq!(
+        routed_publication(with(&cluster), Some("culex-cluster-node1")),
+        (Some(42), 1)
+    );
+    // A network client, a bridge (internal, another id), a broker outside a cluster: the
+    // property is the client's own and goes on to subscribers as it is.
+    assert_eq!(routed_publication(with(&cluster), None), (None, 2));
+    assert_eq!(
+        routed_publication(with(&cluster), Some("bridge-local")),
+        (None, 2)
+    );
+    let single = conn_limits(&Config::default());
+    assert_eq!(
+        routed_publication(with(&single), Some("culex-cluster-node1")),
+        (None, 2)
+    );
 }
 
 #[test]
@@ -274,6 +342,7 @@ fn outbound_topic_aliases_are_assigned_then_reused() {
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        publication: None,
     });
     let deliver = || {
         Outbound::Deliver(Delivery {

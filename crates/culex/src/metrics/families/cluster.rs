@@ -153,7 +153,11 @@ pub(super) static CLUSTER: &[Family] = &[
                 e(&[("event", "recovered")], st.sessions_recovered.load(Relaxed) as f64);
                 e(&[("event", "lost")], st.sessions_lost.load(Relaxed) as f64);
                 e(&[("event", "recorded")], st.session_records.load(Relaxed) as f64);
-                e(&[("event", "stale_dropped")], st.sessions_stale.load(Relaxed) as f64);
+                // Counted where the copy ends: the router keeps one a client is using.
+                e(
+                    &[("event", "stale_dropped")],
+                    s.router.stats.sessions_stale_dropped as f64,
+                );
                 e(
                     &[("event", "transfer_failed")],
                     st.session_transfer_failures.load(Relaxed) as f64,
@@ -214,5 +218,20 @@ pub(super) static CLUSTER: &[Family] = &[
         doc: "QoS 1/2 copies that reached this node for a persistent session after it had moved to another node (sent before the sender knew of the move), passed on to that node; see docs/cluster.md",
         sys: &[],
         read: |s, e| cluster(s, e, |st| st.late_passed_on.load(Relaxed) as f64),
+    },
+    Family {
+        name: "culex_cluster_move_duplicates_total",
+        kind: Kind::Counter,
+        unit: None,
+        group: Group::Cluster,
+        labels: "",
+        help: "Second copies of a message that a session moving here got from both nodes, kept once.",
+        doc: "QoS 1/2 messages that a persistent session moving to this node got twice (in the image from its old node and queued here during the move, or passed on late by the old node), delivered once; see docs/cluster.md",
+        sys: &[],
+        read: |s, e| {
+            if s.counters.cluster.get().is_some() {
+                e(&[], s.router.stats.move_duplicates as f64);
+            }
+        },
     },
 ];
