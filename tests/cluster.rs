@@ -835,6 +835,43 @@ fn a_persistent_session_resumes_on_another_node() {
 /// (session present = 1) rebuilt from the cluster's record, and with what it had received
 /// before, every message the publisher had acknowledged: those queued on the dead node and
 /// those published while no node held the session (at least once: some may come twice).
+/// A persistent session subscribed right before its node dies is rebuilt on another node with
+/// every message acknowledged to its publisher: its SUBACK waited until the cluster had the
+/// session's record. Before, the record followed with the node's next report (within a
+/// second): killed in between, the node left no record, and the client got a new session
+/// without the messages (session present 0, most runs).
+#[test]
+fn a_session_subscribed_just_before_its_node_dies_fails_over() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(1);
+    let n1 = node(&nats, "node1", 1, "");
+    let n2 = node(&nats, "node2", 1, "");
+    let n3 = node(&nats, "node3", 1, "");
+    let publisher = Mqtt::connect(n1.port, "quick-pub", true);
+    publisher.subscribe("quick-fence/#", QoS::AtLeastOnce);
+    let client = Mqtt::connect(n2.port, "quick", false);
+    client.subscribe("quick/#", QoS::AtLeastOnce);
+    assert!(client.close().is_empty());
+    let count = 50;
+    for i in 0..count {
+        publisher.publish("quick/x", &format!("q{i}"), QoS::AtLeastOnce);
+    }
+    // A QoS 1 round trip after the last one: every publication acknowledged.
+    publisher.publish("quick-fence/done", "done", QoS::AtLeastOnce);
+    publisher.recv_matching("quick-fence/done", "done");
+    drop(n2); // SIGKILL, within a second of the SUBACK
+    let again = Mqtt::connect(n3.port, "quick", false);
+    assert!(again.session_present, "the session was rebuilt on node 3");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < count {
+        let m = again.recv();
+        seen.insert(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    drop((n1, n3));
+}
+
 #[test]
 fn a_killed_nodes_persistent_session_fails_over_with_every_acknowledged_message() {
     if !have_nats() {

@@ -56,6 +56,14 @@ pub trait InterestSink: Send + Sync + std::fmt::Debug {
     fn session_exported(&self, client_id: &str, filters: &[&str]) {
         let _ = (client_id, filters);
     }
+    /// A persistent session's SUBSCRIBE changed its `record`: whether the sink writes it for
+    /// the cluster now and then gives the router [`Command::RecordWritten`] with `token` (the
+    /// SUBACK waits for it, so that a session whose client has its SUBACK can be rebuilt
+    /// elsewhere should this node die). `false`: the SUBACK does not wait for it.
+    fn record(&self, token: u64, client_id: &str, record: crate::persist::SessionRecord) -> bool {
+        let _ = (token, client_id, record);
+        false
+    }
 }
 
 /// Told about one session's queue: the bridges watch the local session that holds what waits
@@ -313,6 +321,12 @@ pub enum Command {
     InterestSynced {
         /// The tokens.
         tokens: Vec<u64>,
+    },
+    /// In a cluster: the record behind this token was written, or could not be
+    /// ([`InterestSink::record`]).
+    RecordWritten {
+        /// The token.
+        token: u64,
     },
     /// In a cluster (`BrokerSettings::cluster`): what the cluster records about this node's
     /// sessions, asked for about once a second.

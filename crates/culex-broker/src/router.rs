@@ -277,6 +277,7 @@ impl Router {
             Command::AbandonPrepared { client_id } => self.abandon_prepared(&client_id, now),
             Command::DiscardIfOffline { client_id } => self.discard_stale(&client_id, now),
             Command::InterestSynced { tokens } => self.interest_synced(tokens, now),
+            Command::RecordWritten { token } => self.interest_synced(vec![token], now),
             Command::ClusterReport { reply } => {
                 let _ = reply.send(self.cluster_report(now));
             }

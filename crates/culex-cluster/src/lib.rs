@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod interest;
 pub mod interest_sync;
 pub mod link;
+pub mod records;
 pub mod replay;
 pub mod retained;
 pub mod sessions;

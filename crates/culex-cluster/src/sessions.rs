@@ -14,8 +14,9 @@
 //! ([`FROM_HEADER`]) so that the holder passes on what reaches it too late for the image
 //! ([`crate::departures`], served here on [`crate::departures::tail_subject`]).
 //!
-//! The holder also keeps, about once a second, each persistent session's record
-//! (subscriptions) next to its name in the bucket, and its node's *floor* under
+//! The holder also keeps each persistent session's record (subscriptions) next to its name in
+//! the bucket (written before the SUBACK of a SUBSCRIBE, see [`crate::records`], and with its
+//! report about once a second), and its node's *floor* under
 //! `node.<name>`: a time before which every stream message its persistent sessions may still
 //! need had been delivered and acknowledged. When the holder is gone (no NATS responder on
 //! its subject), the node where the client connects rebuilds the session from its record and
@@ -379,6 +380,39 @@ impl Directory {
             image,
             since_ms,
         })
+    }
+
+    /// Whether the NATS connection is up now.
+    pub fn connected(&self) -> bool {
+        self.ready().is_ok()
+    }
+
+    /// Writes `record` (the session's image without messages) as the record of `client_id`'s
+    /// session held here: over this node's own entry or where there is none, never over
+    /// another node's (the session has moved on). A write that finds the entry changed since
+    /// it read it gives way (the report's, as new, or another holder's).
+    pub async fn record(&self, client_id: &str, record: &[u8]) -> Result<(), String> {
+        let ready = self.ready().map_err(|e| e.to_string())?;
+        let key = key(client_id);
+        let entry = ready.bucket.entry(&key).await.map_err(|e| e.to_string())?;
+        let value = value(&self.node, record);
+        match entry {
+            Some(e) if parse_value(&e.value).is_some_and(|(h, _)| *h == *self.node) => ready
+                .bucket
+                .update(&key, value, e.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())?,
+            Some(_) => return Ok(()),
+            None => ready
+                .bucket
+                .create(&key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())?,
+        }
+        ClusterStats::inc(&self.stats.session_records);
+        Ok(())
     }
 
     /// Records that this node holds `client_id`'s session, with its `record` when known (a

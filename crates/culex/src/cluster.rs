@@ -11,6 +11,7 @@ use culex_broker::log_clip::Clipped;
 use culex_broker::{ClusterReport, Command, QueueObserver, QueuePolicy};
 use culex_cluster::departures::Departures;
 use culex_cluster::interest_sync::LocalInterest;
+use culex_cluster::records::Records;
 use culex_cluster::sessions::{Directory, FetchError, Fetched};
 use culex_cluster::shared::Placement;
 use culex_cluster::{ClusterStats, Settings};
@@ -106,9 +107,10 @@ pub(crate) fn prepare(
     placement: Option<Arc<Placement>>,
     interest: Option<Arc<LocalInterest>>,
     departures: Option<Arc<Departures>>,
+    records: Option<Arc<Records>>,
 ) -> Option<(ClusterConns, Prepared)> {
     let settings = Settings::from_config(&config.cluster)?;
-    let (placement, interest, departures) = (placement?, interest?, departures?);
+    let (placement, interest, departures, records) = (placement?, interest?, departures?, records?);
     let stats = Arc::new(ClusterStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let export_router = router.clone();
@@ -151,6 +153,7 @@ pub(crate) fn prepare(
         }
     });
     let tail_router = router.clone();
+    let written_router = router.clone();
     let report: culex_cluster::sessions::ReportFn = Arc::new(move || {
         let router = router.clone();
         Box::pin(async move {
@@ -181,6 +184,15 @@ pub(crate) fn prepare(
         Arc::clone(&stats),
         shutdown_rx,
     );
+    let written: culex_cluster::records::WrittenFn = Arc::new(move |token| {
+        let router = written_router.clone();
+        Box::pin(async move {
+            if let Some(router) = router.upgrade() {
+                let _ = router.send(Command::RecordWritten { token }).await;
+            }
+        })
+    });
+    records.attach(directory.clone(), written);
     let (claims_tx, claims_rx) = mpsc::channel(CLAIM_QUEUE);
     Some((
         ClusterConns {
@@ -254,6 +266,13 @@ pub(crate) fn placement(config: &Config) -> Option<Arc<Placement>> {
     Some(Arc::new(Placement::new(&settings.node)))
 }
 
+/// The session records written at once for the SUBACKs that wait for them, if this node is
+/// part of a cluster (see [`culex_cluster::records`]).
+pub(crate) fn records(config: &Config) -> Option<Arc<Records>> {
+    Settings::from_config(&config.cluster)?;
+    Some(Arc::new(Records::default()))
+}
+
 /// The sessions moving away from this node, if it is part of a cluster: the router tells
 /// when it hands one over (see [`culex_broker::InterestSink::session_exported`]), the link
 /// passes late copies on to them.
@@ -281,6 +300,7 @@ pub(crate) struct InterestGlue(
     pub(crate) Arc<LocalInterest>,
     pub(crate) Arc<Placement>,
     pub(crate) Arc<Departures>,
+    pub(crate) Arc<Records>,
 );
 
 impl culex_broker::InterestSink for InterestGlue {
@@ -301,6 +321,18 @@ impl culex_broker::InterestSink for InterestGlue {
 
     fn session_exported(&self, client_id: &str, filters: &[&str]) {
         self.2.exported(client_id, filters);
+    }
+
+    fn record(
+        &self,
+        token: u64,
+        client_id: &str,
+        record: culex_broker::persist::SessionRecord,
+    ) -> bool {
+        match culex_store::encode_session_image(client_id, &record, &[], &Clocks::now()) {
+            Ok(image) => self.3.write(token, client_id, image),
+            Err(_) => false,
+        }
     }
 }
 

@@ -361,13 +361,20 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
     }
     let interest = crate::cluster::local_interest(config);
     let departures = crate::cluster::departures(config);
-    if let (Some(i), Some(p), Some(d), Some(link)) = (
+    let records = crate::cluster::records(config);
+    if let (Some(i), Some(p), Some(d), Some(r), Some(link)) = (
         &interest,
         &placement,
         &departures,
+        &records,
         crate::cluster::link_client_id(config),
     ) {
-        let glue = crate::cluster::InterestGlue(Arc::clone(i), Arc::clone(p), Arc::clone(d));
+        let glue = crate::cluster::InterestGlue(
+            Arc::clone(i),
+            Arc::clone(p),
+            Arc::clone(d),
+            Arc::clone(r),
+        );
         router.set_interest_sink(Arc::new(glue), &link);
     }
     let router_task = tokio::spawn(run_router(router, router_rx));
@@ -390,6 +397,7 @@ pub async fn start(config: &Config) -> Result<RunningServer> {
         placement,
         interest,
         departures,
+        records,
     ) {
         Some((conns, prepared)) => (Some(conns), Some(prepared)),
         None => (None, None),

@@ -6,8 +6,12 @@
 //! a filter gains its first subscription here or loses its last. A SUBSCRIBE
 //! that gave this node a new filter gets its SUBACK only once the sink reports that the other
 //! nodes know of it ([`Command::InterestSynced`](crate::Command::InterestSynced)): a message
-//! published anywhere in the cluster after the SUBACK reaches the new subscription.
+//! published anywhere in the cluster after the SUBACK reaches the new subscription. The SUBACK
+//! of a persistent session's SUBSCRIBE also waits for the session's record to be written for
+//! the cluster ([`InterestSink::record`], [`Command::RecordWritten`]): should this node die,
+//! another rebuilds the session with that subscription.
 //!
+//! [`Command::RecordWritten`]: crate::Command::RecordWritten
 //! It counts the subscriptions of persistent sessions (session expiry above 0) apart too: a
 //! message published here that no other node wants needs the backplane only when one of those
 //! matches (the cluster keeps it for them should this node die).
@@ -68,6 +72,8 @@ struct Held {
     retained: Vec<Pending>,
     /// The filters it waits for.
     filters: Vec<Box<str>>,
+    /// Answers still to come: the other nodes' sync, the session's record.
+    pending: u8,
 }
 
 impl Interest {
@@ -258,18 +264,31 @@ impl Router {
     ) {
         let grew = std::mem::take(&mut self.interest.grew);
         let filters = std::mem::take(&mut self.interest.grown);
-        let Some(sink) = self.interest.sink.clone().filter(|_| grew) else {
+        let Some(sink) = self.interest.sink.clone() else {
             self.send_control(sid, suback);
             self.send_retained(sid, retained, now);
             return;
         };
-        let conn = self
-            .sessions
-            .get(&sid)
-            .and_then(|s| s.link.as_ref())
-            .map(|l| l.conn);
-        self.interest.next_token += 1;
-        let token = self.interest.next_token;
+        let (conn, client_id, persistent) = match self.sessions.get(&sid) {
+            Some(s) => (
+                s.link.as_ref().map(|l| l.conn),
+                Arc::clone(&s.client_id),
+                s.expiry_interval > 0,
+            ),
+            None => return,
+        };
+        let token = self.interest.next_token + 1;
+        let record = persistent && self.interest.counts_for(&client_id);
+        let recorded = record
+            && self
+                .session_record(sid)
+                .is_some_and(|r| sink.record(token, &client_id, r));
+        if !grew && !recorded {
+            self.send_control(sid, suback);
+            self.send_retained(sid, retained, now);
+            return;
+        }
+        self.interest.next_token = token;
         for f in &filters {
             self.interest.unsynced.insert(f.clone(), token);
         }
@@ -281,15 +300,26 @@ impl Router {
                 suback,
                 retained,
                 filters,
+                pending: u8::from(grew) + u8::from(recorded),
             },
         );
-        sink.sync(token);
+        if grew {
+            sink.sync(token);
+        }
     }
 
-    /// The cluster knows of the filters behind `tokens`: their SUBACKs (and the retained
-    /// messages after them) go to connections still open.
+    /// The cluster knows of the filters (or has the record) behind `tokens`: SUBACKs that
+    /// wait for nothing more (and the retained messages after them) go to connections still
+    /// open.
     pub(super) fn interest_synced(&mut self, tokens: Vec<u64>, now: Instant) {
         for token in tokens {
+            let Some(waiting) = self.interest.held.get_mut(&token) else {
+                continue;
+            };
+            waiting.pending = waiting.pending.saturating_sub(1);
+            if waiting.pending > 0 {
+                continue;
+            }
             let Some(held) = self.interest.held.remove(&token) else {
                 continue;
             };

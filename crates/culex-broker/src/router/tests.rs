@@ -2242,3 +2242,56 @@ fn a_subscription_to_a_filter_the_cluster_does_not_know_yet_waits_too_and_retain
     assert_eq!(log.take(), Vec::<String>::new());
     assert_eq!([next_out(&mut c), next_out(&mut c)], ["suback", "x/1"]);
 }
+
+/// [`InterestLog`] that also writes session records (and logs them).
+#[derive(Debug, Default)]
+struct RecordingLog(InterestLog);
+
+impl crate::api::InterestSink for RecordingLog {
+    fn changed(&self, filter: &str, present: bool) {
+        self.0.changed(filter, present);
+    }
+    fn sync(&self, token: u64) {
+        self.0.sync(token);
+    }
+    fn persistent_changed(&self, filter: &str, present: bool) {
+        self.0.persistent_changed(filter, present);
+    }
+    fn record(&self, token: u64, client_id: &str, record: crate::persist::SessionRecord) -> bool {
+        let filters: Vec<&str> = record.subscriptions.iter().map(|s| &*s.filter).collect();
+        self.0
+             .0
+            .lock()
+            .unwrap()
+            .push(format!("record {token} {client_id} {}", filters.join(",")));
+        true
+    }
+}
+
+#[test]
+fn a_persistent_sessions_suback_waits_for_its_record_in_the_cluster() {
+    let t0 = Instant::now();
+    let mut r = Router::new(cluster_settings());
+    let log = std::sync::Arc::new(RecordingLog::default());
+    let _link = connect(&mut r, t0, 1, "link", true, 0, None);
+    r.set_interest_sink(log.clone(), "link");
+    let mut p = connect(&mut r, t0, 2, "p", false, 60, None);
+    // A new filter: the SUBACK waits for the other nodes and for the record.
+    send_subscribe(&mut r, t0, &p, "a/#");
+    assert_eq!(log.0.take(), ["+a/#", "+p a/#", "record 1 p a/#", "sync 1"]);
+    r.handle(Command::InterestSynced { tokens: vec![1] }, t0);
+    assert!(!has_suback(&mut p), "not before the record is written");
+    r.handle(Command::RecordWritten { token: 1 }, t0);
+    assert!(has_suback(&mut p));
+    // A filter the cluster knows already: only the record.
+    send_subscribe(&mut r, t0, &p, "a/#");
+    assert_eq!(log.0.take(), ["record 2 p a/#"]);
+    assert!(!has_suback(&mut p));
+    r.handle(Command::RecordWritten { token: 2 }, t0);
+    assert!(has_suback(&mut p));
+    // A session without expiry needs no record.
+    let mut c = connect(&mut r, t0, 3, "c", true, 0, None);
+    send_subscribe(&mut r, t0, &c, "a/#");
+    assert_eq!(log.0.take(), Vec::<String>::new());
+    assert!(has_suback(&mut c));
+}
