@@ -823,7 +823,7 @@ impl Router {
             self.by_conn.remove(&link.conn);
         }
         self.by_client.remove(&s.client_id);
-        self.forget_prepared(&s.client_id);
+        self.forget_prepared(sid, &s.client_id);
     }
 }
 

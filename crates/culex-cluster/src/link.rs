@@ -1078,6 +1078,7 @@ impl Link {
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         {
             mark_publication(&mut p, publication_of(id.as_str()));
+            self.departures.imported(id.as_str());
         }
         match self.publish_local(p) {
             Ok(Some(packet_id)) => {
@@ -1109,12 +1110,14 @@ impl Link {
         let Ok(p) = decode_publish(&m.payload) else {
             return Some(m);
         };
-        let dests = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(DEST_HEADER))
-            .map(|v| v.as_str());
-        let late = self.departures.late_for(&p.topic, dests);
+        let headers = m.headers.as_ref();
+        let late = self.departures.late_for(
+            &p.topic,
+            headers.and_then(|h| h.get(DEST_HEADER)).map(|v| v.as_str()),
+            headers
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str()),
+        );
         if late.is_empty() {
             return Some(m);
         }

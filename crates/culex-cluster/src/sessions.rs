@@ -39,7 +39,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::departures::{Departures, FROM_HEADER};
+use crate::departures::{Departures, CUTOFF_HEADER, FROM_HEADER};
 use crate::link::Settings;
 use crate::stats::ClusterStats;
 
@@ -254,7 +254,10 @@ impl Directory {
     /// the cluster recorded of it when that node is gone.
     pub async fn fetch(&self, client_id: &str) -> Result<Fetched, FetchError> {
         match self.holder(client_id).await? {
-            Some(held) => self.fetch_from(client_id, held).await,
+            Some(held) => {
+                let cutoffs = self.cutoffs();
+                self.fetch_from(client_id, held, &cutoffs).await
+            }
             None => Ok(Fetched::Nothing),
         }
     }
@@ -283,8 +286,20 @@ impl Directory {
         }))
     }
 
-    /// [`Directory::fetch`] from the holder [`Directory::holder`] found.
-    pub async fn fetch_from(&self, client_id: &str, held: Held) -> Result<Fetched, FetchError> {
+    /// What this node's link has read from its stream so far, to tell the holder when asking
+    /// for a session prepared here just after ([`crate::departures::CUTOFF_HEADER`]).
+    pub fn cutoffs(&self) -> String {
+        self.departures.cutoffs()
+    }
+
+    /// [`Directory::fetch`] from the holder [`Directory::holder`] found; `cutoffs`: from
+    /// [`Directory::cutoffs`] before the session was prepared here.
+    pub async fn fetch_from(
+        &self,
+        client_id: &str,
+        held: Held,
+        cutoffs: &str,
+    ) -> Result<Fetched, FetchError> {
         let ready = self.ready()?;
         let Held {
             node: holder,
@@ -302,6 +317,7 @@ impl Directory {
             .map_err(|e| transfer(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(FROM_HEADER, &*self.node);
+        headers.insert(CUTOFF_HEADER, cutoffs);
         ready
             .client
             .publish_with_reply_and_headers(
@@ -723,7 +739,8 @@ async fn serve(
             }
             m = requests.next() => {
                 let Some(m) = m else { break };
-                let from = m.headers.as_ref().and_then(|h| h.get(FROM_HEADER)).map(|v| v.to_string());
+                let header = |name| m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.to_string());
+                let (from, cutoffs) = (header(FROM_HEADER), header(CUTOFF_HEADER));
                 let (Some(reply), Ok(client_id)) = (m.reply, String::from_utf8(m.payload.to_vec())) else {
                     continue;
                 };
@@ -731,7 +748,7 @@ async fn serve(
                 let departures = Arc::clone(&departures);
                 let client = ready.client.clone();
                 tokio::spawn(async move {
-                    let to = Receiver { reply: reply.to_string(), node: from };
+                    let to = Receiver { reply: reply.to_string(), node: from, cutoffs };
                     hand_over(client, to, client_id, export, restore, stats, departures).await;
                 });
             }
@@ -812,6 +829,9 @@ async fn run_reports(
 struct Receiver {
     reply: String,
     node: Option<String>,
+    /// What the node had read from its stream when it asked
+    /// ([`crate::departures::CUTOFF_HEADER`]).
+    cutoffs: Option<String>,
 }
 
 /// Another node asks for `client_id`'s session: the broker gives its image, sent in parts;
@@ -828,7 +848,7 @@ async fn hand_over(
     if let Some(node) = &to.node {
         // Before the broker hands the session over (it activates the record then: what it
         // routes from then on may miss the image, and is passed on).
-        departures.departing(&client_id, node);
+        departures.departing(&client_id, node, to.cutoffs.as_deref());
     }
     let abandon = || {
         if let Some(node) = &to.node {

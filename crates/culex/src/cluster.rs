@@ -406,8 +406,11 @@ pub(crate) async fn resume_from_cluster(
     };
     // Dropped (the move did not happen, or the client went away meanwhile): the prepared
     // session ends.
+    // What this node had read of the stream before the session was prepared here: copies
+    // read later reach the prepared session; the holder passes the others on.
+    let cutoffs = conns.sessions.cutoffs();
     let prepared = prepare_move(conns, router, client_id, &held.record).await?;
-    let (bytes, orphaned) = match conns.sessions.fetch_from(client_id, held).await {
+    let (bytes, orphaned) = match conns.sessions.fetch_from(client_id, held, &cutoffs).await {
         Ok(Fetched::Nothing) => return Ok(Resumed::default()),
         Ok(Fetched::Moved(bytes)) => (bytes, None),
         Ok(Fetched::Orphaned {

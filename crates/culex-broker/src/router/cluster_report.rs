@@ -186,13 +186,6 @@ impl Router {
             let Some(qos) = qos else {
                 continue;
             };
-            if let Some(publication) = message.publication {
-                if self.migrations.had(client_id, publication, now) {
-                    // A late copy of what the session brought when it moved here.
-                    self.stats.move_duplicates += 1;
-                    continue;
-                }
-            }
             self.stats.replayed += 1;
             let pending = Pending {
                 message: Arc::new(message),

@@ -190,6 +190,17 @@ impl Router {
             self.send_delivery(sid, d);
             return;
         }
+        let publication = pending.message.publication;
+        if let Some(p) = publication {
+            // A session that moved here lately takes each publication once (see migrate.rs).
+            if self.migrations.had(sid, p, now) {
+                self.stats.move_duplicates += 1;
+                return;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let window = s.window(&self.settings);
         if s.link.is_some() && s.outgoing.has_room(window) {
             let d = s.outgoing.start(pending, now);
@@ -221,6 +232,12 @@ impl Router {
         };
         if over_memory && limits != QueueLimits::UNBOUNDED {
             // Beyond `memory_limit` and not held for an online subscriber: dropped.
+            if let Some(p) = publication {
+                self.migrations.not_had(sid, p);
+            }
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
             self.stats.dropped_queue_full += 1;
             s.observe_queue(1);
             let why = Refusal::Full("the broker's memory_limit is reached");
@@ -232,6 +249,14 @@ impl Router {
         let dropped = s.outgoing.enqueue(pending, limits).unwrap_or(1);
         self.stats.dropped_queue_full += dropped;
         s.observe_queue(dropped);
+        if dropped > 0 && !limits.drop_oldest {
+            if let Some(p) = publication {
+                self.migrations.not_had(sid, p);
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if dropped > 0 {
             let why = Refusal::Full(if online {
                 "queue full (max_queued_messages / max_queued_bytes)"

@@ -18,12 +18,13 @@
 //! queued after the image's own messages. Copies already on their way to the old node alone
 //! when it gives the session up are passed on by its cluster link (`culex_cluster::departures`).
 //!
-//! A message that reached both nodes during the overlap is kept once: every copy of a
-//! publication from the cluster names it ([`Message::publication`]), so what the prepared
-//! session queued that the image has too is dropped when they merge, and a late copy the old
-//! node passes on of a message the image had is skipped for [`RECENT`] after the move. What
-//! the old node had delivered to a client still connected there (a takeover) is not in the
-//! image and may come again.
+//! A message that reached the session on both nodes is kept once: every copy of a publication
+//! from the cluster names it ([`Message::publication`]), so what the prepared session queued
+//! that the image has too is dropped when they merge, and for [`RECENT`] after the move the
+//! session takes each publication once (the image's, what it had queued here, what this node
+//! routes to it and the late copies the old node passes on; up to [`RECENT_LIMIT`] of them).
+//! What the old node had delivered to a client still connected there (a takeover) is not in
+//! the image and may come again.
 //!
 //! [`Message::publication`]: crate::Message::publication
 //!
@@ -44,9 +45,13 @@ use crate::api::ConnId;
 use crate::persist::{MessageRecord, RecoveredSession};
 use crate::session::Change;
 
-/// How long the publications of a session that moved here are remembered, to skip late
-/// copies of them: longer than the old node passes late copies on (30 s).
-pub(super) const RECENT: Duration = Duration::from_secs(60);
+/// How long after a move a session takes each publication once: the old node passes on what
+/// it routes within the time its link lags (well under a second here), asking again for up to
+/// 6 s when no answer comes; this node's own copies can lag as long.
+pub(super) const RECENT: Duration = Duration::from_secs(10);
+/// Publications remembered per session that moved here, at most (about 1.5 MB); beyond, the
+/// rest of the window only checks.
+const RECENT_LIMIT: usize = 50_000;
 
 /// Where an exported session goes.
 pub(crate) type ExportReply = oneshot::Sender<Option<RecoveredSession>>;
@@ -58,24 +63,38 @@ pub(super) struct Migrations {
     waiting: FxHashMap<ConnId, (Instant, Arc<str>, AfterEnd)>,
     /// Client identifiers of sessions prepared here for a move that is under way.
     prepared: FxHashSet<Arc<str>>,
-    /// Sessions that moved here lately: until when, and the publications their images
-    /// brought (late copies of them are skipped).
-    recent: FxHashMap<Arc<str>, (Instant, FxHashSet<u64>)>,
+    /// Sessions that moved here lately: until when, and the publications they have had.
+    recent: FxHashMap<SessionId, (Instant, FxHashSet<u64>)>,
 }
 
 impl Migrations {
-    /// Whether the session of `client_id`, which moved here lately, came with `publication`.
-    pub(super) fn had(&mut self, client_id: &str, publication: u64, now: Instant) -> bool {
+    /// Whether session `sid`, which moved here lately, has had `publication` already (if
+    /// not, it has it from now on).
+    pub(super) fn had(&mut self, sid: SessionId, publication: u64, now: Instant) -> bool {
         if self.recent.is_empty() {
             return false;
         }
-        match self.recent.get(client_id) {
+        match self.recent.get_mut(&sid) {
             Some((until, _)) if *until <= now => {
-                self.recent.remove(client_id);
+                self.recent.remove(&sid);
                 false
             }
-            Some((_, had)) => had.contains(&publication),
+            Some((_, had)) if had.contains(&publication) => true,
+            Some((_, had)) => {
+                if had.len() < RECENT_LIMIT {
+                    had.insert(publication);
+                }
+                false
+            }
             None => false,
+        }
+    }
+
+    /// Session `sid` did not take `publication` after all (its queue was full): another
+    /// copy may still come.
+    pub(super) fn not_had(&mut self, sid: SessionId, publication: u64) {
+        if let Some((_, had)) = self.recent.get_mut(&sid) {
+            had.remove(&publication);
         }
     }
 }
@@ -139,7 +158,7 @@ impl Router {
     pub(super) fn adopt_session(&mut self, mut image: RecoveredSession, now: Instant) {
         // The cluster sees the filters the two sessions share stay (never go for a moment).
         self.interest.defer();
-        let had: FxHashSet<u64> = image
+        let mut had: FxHashSet<u64> = image
             .messages
             .iter()
             .filter_map(|(_, m)| m.message.publication)
@@ -149,10 +168,12 @@ impl Router {
                 let next = image.messages.last().map_or(1, |(seq, _)| seq + 1);
                 let prepared = self.image_messages(sid);
                 let before = prepared.len();
+                // Each publication once: what the image has, or what came here twice (a late
+                // copy the old node passed on before the image).
                 let queued: Vec<MessageRecord> = prepared
                     .into_iter()
                     .map(|(_, m)| m)
-                    .filter(|m| m.message.publication.is_none_or(|p| !had.contains(&p)))
+                    .filter(|m| m.message.publication.is_none_or(|p| had.insert(p)))
                     .collect();
                 self.stats.move_duplicates += (before - queued.len()) as u64;
                 image.messages.extend((next..).zip(queued));
@@ -163,13 +184,12 @@ impl Router {
         }
         self.stats.sessions_moved_in += 1;
         self.migrations.recent.retain(|_, (until, _)| *until > now);
-        if !had.is_empty() {
-            self.migrations
-                .recent
-                .insert(Arc::clone(&image.client_id), (now + RECENT, had));
-        }
-        self.session_used(&image.client_id);
+        let client_id = Arc::clone(&image.client_id);
+        self.session_used(&client_id);
         self.restore_session(image, now, None, false);
+        if let Some(&sid) = self.by_client.get(&client_id) {
+            self.migrations.recent.insert(sid, (now + RECENT, had));
+        }
         self.interest.flush();
     }
 
@@ -188,10 +208,14 @@ impl Router {
         self.migrations.prepared.insert(client_id);
     }
 
-    /// `client_id`'s session here ends: it is no longer one prepared for a move.
-    pub(super) fn forget_prepared(&mut self, client_id: &str) {
+    /// `client_id`'s session `sid` here ends: it is no longer one prepared for a move, nor
+    /// one that moved here.
+    pub(super) fn forget_prepared(&mut self, sid: SessionId, client_id: &str) {
         if !self.migrations.prepared.is_empty() {
             self.migrations.prepared.remove(client_id);
+        }
+        if !self.migrations.recent.is_empty() {
+            self.migrations.recent.remove(&sid);
         }
     }
 
