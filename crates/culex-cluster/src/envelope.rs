@@ -39,7 +39,8 @@ pub fn publication_of(msg_id: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Takes the [`PUBLICATION_PROPERTY`] off `properties`: the publication it names, if any.
+/// Takes the [`PUBLICATION_PROPERTY`] the link added (the last one: a client's own property of
+/// that name stays, as it sent it) off `properties`: the publication it names, if any.
 pub fn take_publication(properties: &mut Properties) -> Option<u64> {
     if properties.is_empty() || properties.user_properties.is_empty() {
         return None;
@@ -47,7 +48,7 @@ pub fn take_publication(properties: &mut Properties) -> Option<u64> {
     let at = properties
         .user_properties
         .iter()
-        .position(|(k, _)| k == PUBLICATION_PROPERTY)?;
+        .rposition(|(k, _)| k == PUBLICATION_PROPERTY)?;
     let (_, value) = properties.user_properties.remove(at);
     if properties.is_empty() {
         // Nothing else set: no allocation to carry (and clone) along with the message.
@@ -146,17 +147,20 @@ mod tests {
     #[test]
     fn the_publication_property_is_taken_off() {
         let mut properties = Properties::default();
+        // A client's own property of that name (first), then the link's (last).
         properties.user_properties = vec![
+            (PUBLICATION_PROPERTY.into(), "5".into()),
             ("a".into(), "1".into()),
             (PUBLICATION_PROPERTY.into(), "77".into()),
-            ("b".into(), "2".into()),
         ];
         assert_eq!(take_publication(&mut properties), Some(77));
         assert_eq!(
             properties.user_properties,
-            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+            vec![
+                (PUBLICATION_PROPERTY.into(), "5".into()),
+                ("a".into(), "1".into())
+            ]
         );
-        assert_eq!(take_publication(&mut properties), None);
         let mut empty = Properties::default();
         assert_eq!(take_publication(&mut empty), None);
         assert!(empty.is_empty(), "reading allocates nothing");

@@ -667,7 +667,7 @@ impl Link {
             Ok(Ok(messages)) => {
                 let n = messages.len();
                 for p in messages {
-                    let _ = self.publish_local(p);
+                    let _ = self.publish_local(p, None);
                 }
                 tracing::info!(node = %self.name(), retained = n, "retained messages of the cluster loaded");
             }
@@ -1037,7 +1037,7 @@ impl Link {
         }
         match decode_publish(&m.payload) {
             Ok(p) => {
-                if self.publish_local(p).is_ok() {
+                if self.publish_local(p, None).is_ok() {
                     ClusterStats::inc(&self.stats.messages_in);
                 }
             }
@@ -1063,7 +1063,7 @@ impl Link {
             let _ = m.ack().await;
             return;
         }
-        let mut p = match decode_publish(&m.payload) {
+        let p = match decode_publish(&m.payload) {
             Ok(p) => p,
             Err(e) => {
                 ClusterStats::inc(&self.stats.bad_messages);
@@ -1072,15 +1072,15 @@ impl Link {
                 return;
             }
         };
-        if let Some(id) = m
+        let id = m
             .headers
             .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        {
-            mark_publication(&mut p, publication_of(id.as_str()));
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID));
+        if let Some(id) = id {
             self.departures.imported(id.as_str());
         }
-        match self.publish_local(p) {
+        let publication = id.map(|id| publication_of(id.as_str()));
+        match self.publish_local(p, publication) {
             Ok(Some(packet_id)) => {
                 self.imports.insert(packet_id, m);
             }
@@ -1156,12 +1156,18 @@ impl Link {
         None
     }
 
-    /// Publishes a message from another node into this broker: its local packet id (QoS 1/2),
-    /// `Ok(None)` for QoS 0, an error when it could not be handed to the broker.
-    fn publish_local(&mut self, p: Publish) -> Result<Option<u16>, ()> {
+    /// Publishes a message from another node into this broker, naming the `publication` it
+    /// is a copy of: its local packet id (QoS 1/2), `Ok(None)` for QoS 0, an error when it
+    /// could not be handed to the broker.
+    fn publish_local(
+        &mut self,
+        mut p: Publish,
+        publication: Option<u64>,
+    ) -> Result<Option<u16>, ()> {
         let Some(local) = self.local.as_mut() else {
             return Err(());
         };
+        mark_publication(&mut p, publication);
         let message = Message {
             topic: p.topic,
             payload: p.payload,
@@ -1175,12 +1181,26 @@ impl Link {
     }
 }
 
-/// Names the publication `p` is a copy of, for the broker (see
-/// [`crate::envelope::PUBLICATION_PROPERTY`]).
-fn mark_publication(p: &mut Publish, publication: u64) {
+/// Names the publication `p` is a copy of, for the broker, in the last user property (see
+/// [`crate::envelope::take_publication`]). Without one, a property of that name the
+/// publishing client set itself is followed by an empty one, so that it is not taken for
+/// the link's.
+fn mark_publication(p: &mut Publish, publication: Option<u64>) {
+    let value = match publication {
+        Some(id) => id.to_string(),
+        None if !p.properties.is_empty()
+            && p.properties
+                .user_properties
+                .iter()
+                .any(|(k, _)| k == PUBLICATION_PROPERTY) =>
+        {
+            String::new()
+        }
+        None => return,
+    };
     p.properties
         .user_properties
-        .push((PUBLICATION_PROPERTY.to_owned(), publication.to_string()));
+        .push((PUBLICATION_PROPERTY.to_owned(), value));
 }
 
 /// Hands a late copy to another node ([`crate::departures::tail_subject`]): whether its
@@ -1412,7 +1432,46 @@ fn local_options(settings: &Settings) -> ConnectOptions {
 
 #[cfg(test)]
 mod tests {
-    use super::Unconfirmed;
+    use super::{mark_publication, Unconfirmed};
+    use crate::envelope::{take_publication, PUBLICATION_PROPERTY};
+    use culex_proto::{Properties, Publish, QoS};
+
+    fn publish(own: &[(&str, &str)]) -> Publish {
+        let mut properties = Properties::default();
+        for (k, v) in own {
+            properties
+                .user_properties
+                .push(((*k).to_owned(), (*v).to_owned()));
+        }
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(1),
+            properties,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_clients_own_publication_property_is_never_taken_for_the_links() {
+        let own = [(PUBLICATION_PROPERTY, "42")];
+        // Marked: the broker takes the link's, the client's stays.
+        let mut p = publish(&own);
+        mark_publication(&mut p, Some(7));
+        assert_eq!(take_publication(&mut p.properties), Some(7));
+        assert_eq!(p.properties.user_properties.len(), 1);
+        // Not marked (no stream identity, QoS 0, retained): still not the client's.
+        let mut p = publish(&own);
+        mark_publication(&mut p, None);
+        assert_eq!(take_publication(&mut p.properties), None);
+        assert_eq!(p.properties.user_properties.len(), 1);
+        // Nothing to mark: no property added.
+        let mut p = publish(&[]);
+        mark_publication(&mut p, None);
+        assert!(p.properties.is_empty());
+    }
 
     #[test]
     fn a_delivery_is_confirmed_by_its_last_copy_and_never_by_an_earlier_publication() {
