@@ -219,6 +219,27 @@ impl Node {
     fn metric(&self, series: &str) -> Option<f64> {
         metric(&http_get(self.metrics, "/metrics"), series)
     }
+
+    /// The node's warnings and closed connections from its log, for a failure's message.
+    fn warnings(&self) -> String {
+        self.culex
+            .log()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains("connection closed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every nonzero series of the node's cluster and drop metrics, for a failure's message.
+    fn drops(&self) -> String {
+        let text = http_get(self.metrics, "/metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with("culex_cluster_") || l.contains("dropped"))
+            .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 fn node(nats: &Nats, name: &str, replicas: usize, extra: &str) -> Node {
@@ -461,9 +482,13 @@ fn a_backplane_outage_loses_no_acknowledged_message() {
 
 /// Three NATS servers (JetStream, 3 replicas) under three Culex nodes: a stream of QoS 1
 /// messages published on node 1 while one NATS server is killed (SIGKILL) and restarted
-/// reaches the subscribers on nodes 2 and 3, every message (at least once).
+/// reaches the subscribers on nodes 2 and 3, every message (at least once). The link's
+/// JetStream publications in flight to the dead server fail after a few seconds and go again
+/// through another: node 1 holds its publisher's PUBACKs meanwhile. Until the broker stopped
+/// counting the keepalive of a connection it was not reading (it owed the publisher too many
+/// answers), it closed the publisher for keepalive timeout after 7.5 s, and the clean-session
+/// publisher dropped its 99 messages in flight (about one run in five on a 2-core machine).
 #[test]
-#[ignore = "known defect (issue 18): 99 of 600 missing on node 2 in 2 of 4 CI runs on 2026-12-05, cause not found yet"]
 fn a_nats_server_killed_under_load_loses_nothing() {
     if !have_nats() {
         return;
@@ -493,23 +518,40 @@ fn a_nats_server_killed_under_load_loses_nothing() {
         }
         publisher.publish("load/x", &format!("m{i}"), QoS::AtLeastOnce);
     }
-    for (i, sub) in subs.iter().enumerate() {
-        let mut missing: std::collections::HashSet<String> =
-            (0..N).map(|i| format!("m{i}")).collect();
-        let deadline = Instant::now() + TIMEOUT * 2;
-        while !missing.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(p) = sub.messages.recv_timeout(left) else {
-                panic!(
-                    "node {}: {} of {N} missing, e.g. {:?}",
-                    i + 2,
-                    missing.len(),
-                    missing.iter().take(5).collect::<Vec<_>>()
-                );
-            };
-            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
-        }
-    }
+    // What each subscriber still misses when the time is up (both are waited for, so that a
+    // failure says whether the copies for one node or for both went missing).
+    let deadline = Instant::now() + TIMEOUT * 2;
+    let missing: Vec<Vec<usize>> = subs
+        .iter()
+        .map(|sub| {
+            let mut missing: std::collections::BTreeSet<usize> = (0..N).collect();
+            while !missing.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(p) = sub.messages.recv_timeout(left) else {
+                    break;
+                };
+                if let Some(i) = String::from_utf8_lossy(&p.payload)
+                    .strip_prefix('m')
+                    .and_then(|i| i.parse().ok())
+                {
+                    missing.remove(&i);
+                }
+            }
+            missing.into_iter().collect()
+        })
+        .collect();
+    assert!(
+        missing.iter().all(Vec::is_empty),
+        "missing of {N}: on node 2 {:?}, on node 3 {:?}\nnode1: {}\n{}\nnode2: {}\n{}\nnode3: {}\n{}",
+        missing[0],
+        missing[1],
+        n1.drops(),
+        n1.warnings(),
+        n2.drops(),
+        n2.warnings(),
+        n3.drops(),
+        n3.warnings()
+    );
     drop((n1, n2, n3));
 }
 
@@ -1584,6 +1626,8 @@ struct Walk {
     /// Second copies the nodes kept from the session
     /// (`culex_cluster_move_duplicates_total`).
     skipped: f64,
+    /// The nodes' nonzero drop and move counters ([`Node::drops`]), for a failure's message.
+    counted: String,
 }
 
 /// A persistent session walks between nodes 2 and 3 (`moving`) or reconnects to node 2 again
@@ -1591,9 +1635,12 @@ struct Walk {
 /// nodes 2 and 3 subscribes to the same topics (so both nodes get every message).
 fn walk(moving: bool, bystanders: bool) -> Walk {
     let nats = Nats::start(1);
-    let n1 = node(&nats, "node1", 1, "");
-    let n2 = node(&nats, "node2", 1, "");
-    let n3 = node(&nats, "node3", 1, "");
+    // Queues deep enough for the load through a move on a busy machine: what a full queue
+    // drops (counted) is the queue limits' business, not the move's.
+    let queues = "max_queued_messages 1000000\n";
+    let n1 = node(&nats, "node1", 1, queues);
+    let n2 = node(&nats, "node2", 1, queues);
+    let n3 = node(&nats, "node3", 1, queues);
     let first = Mqtt::connect(n2.port, "walker", false);
     first.subscribe("walk/#", QoS::AtLeastOnce);
     let watcher = Mqtt::connect(n1.port, "walk-watcher", true);
@@ -1661,12 +1708,18 @@ fn walk(moving: bool, bystanders: bool) -> Walk {
         .iter()
         .filter_map(|n| n.metric("culex_cluster_move_duplicates_total"))
         .sum();
+    let counted = [("node1", &n1), ("node2", &n2), ("node3", &n3)]
+        .iter()
+        .map(|(name, n)| format!("{name}: {}", n.drops()))
+        .collect::<Vec<_>>()
+        .join("\n");
     drop((n1, n2, n3));
     Walk {
         lost,
         sent,
         twice,
         skipped,
+        counted,
     }
 }
 
@@ -1678,8 +1731,17 @@ fn a_session_resumed_on_its_node_under_load_loses_nothing() {
         return;
     }
     let _load = under_load();
-    let Walk { lost, sent, .. } = walk(false, false);
-    assert!(lost.is_empty(), "{} of {sent} lost: {lost:?}", lost.len());
+    let Walk {
+        lost,
+        sent,
+        counted,
+        ..
+    } = walk(false, false);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} lost: {lost:?}\n{counted}",
+        lost.len()
+    );
 }
 
 /// A persistent session moves between two nodes 12 times while node 1 publishes QoS 1 to it
@@ -1690,7 +1752,11 @@ fn a_session_resumed_on_its_node_under_load_loses_nothing() {
 /// it gave the session up), 110–600 once the new node prepared the session and made its
 /// interest known first (copies sent to the old node alone, still on their way), and 9–16 in
 /// about one run of 15 while the image's replacing the prepared session removed and re-added
-/// their shared filters (a node that read the removal in between routed to no one).
+/// their shared filters (a node that read the removal in between routed to no one). With the
+/// default `max_queued_messages` (1000) and a core kept busy by another process, a move took
+/// long enough for the session's queue to fill (15–767 lost in 3 runs of 4, every one counted
+/// as `queue_full` or `late_copy`; a CI run lost 142, not known whether counted): [`walk`]
+/// sets deep queues.
 #[test]
 fn a_session_moving_under_load_loses_nothing() {
     if !have_nats() {
@@ -1702,6 +1768,7 @@ fn a_session_moving_under_load_loses_nothing() {
         sent,
         twice,
         skipped,
+        counted,
     } = walk(true, false);
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     for &i in &lost {
@@ -1712,7 +1779,7 @@ fn a_session_moving_under_load_loses_nothing() {
     }
     assert!(
         lost.is_empty(),
-        "{} of {sent} messages never reached the moving session, in runs {ranges:?}",
+        "{} of {sent} messages never reached the moving session, in runs {ranges:?}\n{counted}",
         lost.len()
     );
     // Copies that reached both nodes during a move are kept once: the nodes dropped some
@@ -1737,11 +1804,15 @@ fn a_session_moving_where_others_want_its_topics_loses_nothing() {
     }
     let _load = under_load();
     let Walk {
-        lost, sent, twice, ..
+        lost,
+        sent,
+        twice,
+        counted,
+        ..
     } = walk(true, true);
     assert!(
         lost.is_empty(),
-        "{} of {sent} messages never reached the moving session: {:?}",
+        "{} of {sent} messages never reached the moving session: {:?}\n{counted}",
         lost.len(),
         lost.get(..50)
     );

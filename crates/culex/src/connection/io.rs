@@ -130,6 +130,8 @@ where
         let max = self.state.shared.limits.max_packet_size;
         let keepalive = Duration::from_secs(u64::from(self.state.keep_alive)).mul_f32(1.5);
         let mut deadline = Instant::now() + keepalive;
+        // True while the connection holds the client's input back (see below).
+        let mut held_back = false;
         loop {
             // Handle every complete packet already buffered. Packets are handled without
             // awaiting (so no packet-sized value is part of this future's waiting state); the
@@ -193,19 +195,25 @@ where
             if self.rbuf.capacity() != 0 && self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(READ_CHUNK);
             }
+            // While so many answers are owed that the connection stops reading, what the
+            // client sends, its PINGREQs too, waits unread in the socket: the keepalive is
+            // not counted then, and starts afresh when reading resumes.
+            let resumed = reading && held_back;
+            held_back = !reading;
+            let keepalive_on = reading && !keepalive.is_zero();
             // One timer for both the keepalive and, while buffers are held, their release
             // once the connection has been quiet for `BUFFER_IDLE`.
             let holds = self.holds_buffers();
-            let now = (received || holds).then(Instant::now);
-            if let (true, Some(now)) = (received, now) {
+            let now = (received || resumed || holds).then(Instant::now);
+            if let (true, Some(now)) = (received || resumed, now) {
                 deadline = now + keepalive;
             }
             let release_at = now.filter(|_| holds).map(|now| now + BUFFER_IDLE);
-            let timer = match (release_at, keepalive.is_zero()) {
-                (Some(at), true) => Some(at),
-                (Some(at), false) => Some(at.min(deadline)),
-                (None, true) => None,
-                (None, false) => Some(deadline),
+            let timer = match (release_at, keepalive_on) {
+                (Some(at), false) => Some(at),
+                (Some(at), true) => Some(at.min(deadline)),
+                (None, false) => None,
+                (None, true) => Some(deadline),
             };
             tokio::select! {
                 biased;
@@ -236,7 +244,7 @@ where
                     }
                 }
                 _ = sleep_until(timer.unwrap_or(deadline)), if timer.is_some() => {
-                    if !keepalive.is_zero() && Instant::now() >= deadline {
+                    if keepalive_on && Instant::now() >= deadline {
                         return Ending::abnormal(Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
                     }
                     self.release_buffers();
